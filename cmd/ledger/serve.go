@@ -1,0 +1,130 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/handlers"
+	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/jmoiron/sqlx"
+	"github.com/spf13/cobra"
+)
+
+func addServiceFlags(cmd *cobra.Command) {
+	cmd.Flags().String("addr", "", "listen address host:port (overrides LEDGER_ADDR; default "+defaultAddr+")")
+	cmd.Flags().String("webhook-secret", "", "webhook signing secret(s), space-separated (overrides CLERK_WEBHOOK_SIGNING_SECRET)")
+	cmd.Flags().String("clerk-secret-key", "", "Clerk secret key (overrides CLERK_SECRET_KEY)")
+	cmd.Flags().String("clerk-jwt-key", "", "Clerk JWT verification key, PEM (overrides CLERK_JWT_KEY)")
+	cmd.Flags().String("clerk-publishable-key", "", "Clerk publishable key (overrides PUBLIC_CLERK_PUBLISHABLE_KEY)")
+}
+
+func (a *app) serveCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the service: webhook endpoint, web pages, API and projectors",
+		Long: `serve applies pending migrations, then serves POST /api/webhooks/clerk, the web
+pages, the JSON API, /healthz, /readyz and /metrics on LEDGER_ADDR, and runs the
+projectors in-process. It needs DATABASE_URL and CLERK_WEBHOOK_SIGNING_SECRET.
+SIGINT or SIGTERM stops accepting, finishes requests in flight and exits.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			log, err := a.logger(cmd)
+			if err != nil {
+				return err
+			}
+			cfg, err := a.loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			if cfg.DatabaseURL == "" {
+				return domain.Errorf(domain.EINVALID, "DATABASE_URL is not set (e.g. postgres://postgres@localhost:5432/ledger)")
+			}
+			if len(cfg.WebhookSecrets) == 0 {
+				return domain.Errorf(domain.EINVALID, "CLERK_WEBHOOK_SIGNING_SECRET is not set (Clerk dashboard > Webhooks > endpoint > Signing Secret)")
+			}
+			return a.serve(cmd.Context(), log, cfg, nil)
+		},
+	}
+	addServiceFlags(cmd)
+	return cmd
+}
+
+// serve runs the service until ctx ends. ready, when not nil, is told the
+// listening address once the server accepts connections.
+func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready func(addr string)) error {
+	verifier, err := handlers.NewVerifier(cfg.WebhookSecrets)
+	if err != nil {
+		return err
+	}
+	db, err := schema.Open(ctx, cfg.DatabaseURL, schema.PoolOptions{})
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if err := migrate(ctx, log, db); err != nil {
+		return err
+	}
+	store := schema.NewStore(db)
+	srv := &http.Server{
+		Handler: handlers.NewServer(handlers.Deps{
+			Log:      log,
+			Verifier: verifier,
+			Store:    store,
+			Ready:    store,
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "webhook", "http://"+ln.Addr().String()+"/api/webhooks/clerk", "signing_secrets", len(cfg.WebhookSecrets))
+	if ready != nil {
+		ready(ln.Addr().String())
+	}
+	return serveUntilDone(ctx, log, srv, ln, db)
+}
+
+// serveUntilDone serves on ln until ctx ends, then shuts down gracefully:
+// stop accepting, finish requests in flight (up to 20 s).
+func serveUntilDone(ctx context.Context, log *slog.Logger, srv *http.Server, ln net.Listener, db *sqlx.DB) error {
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func migrate(ctx context.Context, log *slog.Logger, db *sqlx.DB) error {
+	res, err := schema.Migrate(ctx, db.DB)
+	if err != nil {
+		return err
+	}
+	for _, r := range res {
+		log.Info("migration applied", "version", r.Version, "name", r.Name, "duration_ms", r.Duration.Milliseconds())
+	}
+	return nil
+}

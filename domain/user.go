@@ -1,0 +1,211 @@
+package domain
+
+import (
+	"encoding/json"
+	"strings"
+	"time"
+)
+
+// User is the read model of one Clerk user, folded from the ledger. The same
+// fold (Apply) feeds the users projection and the auditors' point-in-time view.
+type User struct {
+	ID             string          `json:"id"`
+	Email          string          `json:"email"`
+	FirstName      string          `json:"first_name"`
+	LastName       string          `json:"last_name"`
+	Username       string          `json:"username"`
+	ImageURL       string          `json:"image_url"`
+	PublicMetadata json.RawMessage `json:"public_metadata"`
+	CreatedAt      time.Time       `json:"created_at"`
+	UpdatedAt      time.Time       `json:"updated_at"`
+	Deleted        bool            `json:"deleted"`
+	DeletedAt      time.Time       `json:"deleted_at,omitzero"`
+	// Version orders the snapshots the fold has seen; the greatest wins.
+	Version Version `json:"-"`
+}
+
+// Version is the total order the fold uses to pick the newest snapshot of a
+// user, independent of delivery order: Clerk's updated_at first, then the
+// envelope's timestamp, then the delivery id as a deterministic tie-break.
+type Version struct {
+	UpdatedAt  int64  // Clerk updated_at, ms
+	OccurredAt int64  // envelope timestamp, ms
+	DeliveryID string // svix-id
+}
+
+// Less reports whether v orders before w.
+func (v Version) Less(w Version) bool {
+	if v.UpdatedAt != w.UpdatedAt {
+		return v.UpdatedAt < w.UpdatedAt
+	}
+	if v.OccurredAt != w.OccurredAt {
+		return v.OccurredAt < w.OccurredAt
+	}
+	return v.DeliveryID < w.DeliveryID
+}
+
+// Name is the display name built from what exists: "First Last", one of them,
+// the username, the email, or the id. Never "null null".
+func (u User) Name() string {
+	if n := strings.TrimSpace(strings.TrimSpace(u.FirstName) + " " + strings.TrimSpace(u.LastName)); n != "" {
+		return n
+	}
+	if u.Username != "" {
+		return u.Username
+	}
+	if u.Email != "" {
+		return u.Email
+	}
+	return u.ID
+}
+
+// Exists reports whether any event has been folded into u.
+func (u User) Exists() bool { return u.ID != "" }
+
+// IsUserEvent reports whether the fold reads events of this type.
+func IsUserEvent(typ string) bool {
+	return typ == "user.created" || typ == "user.updated" || typ == "user.deleted"
+}
+
+// userData is the part of Clerk's user object the fold reads.
+type userData struct {
+	ID                    string  `json:"id"`
+	Deleted               bool    `json:"deleted"`
+	PrimaryEmailAddressID *string `json:"primary_email_address_id"`
+	EmailAddresses        []struct {
+		ID           string `json:"id"`
+		EmailAddress string `json:"email_address"`
+	} `json:"email_addresses"`
+	FirstName      *string         `json:"first_name"`
+	LastName       *string         `json:"last_name"`
+	Username       *string         `json:"username"`
+	ImageURL       *string         `json:"image_url"`
+	PublicMetadata json.RawMessage `json:"public_metadata"`
+	CreatedAt      int64           `json:"created_at"`
+	UpdatedAt      int64           `json:"updated_at"`
+}
+
+func str(p *string) string {
+	if p == nil {
+		return ""
+	}
+	return *p
+}
+
+// Apply folds one ledger event into u and returns the new state. Events of
+// types the fold does not read, or about another user, return u unchanged.
+//
+// The fold is order-insensitive and idempotent: applying any permutation of a
+// set of events, with any duplicates, gives the same User. The snapshot with
+// the greatest Version wins; user.deleted is a tombstone that clears personal
+// fields and that no later or earlier snapshot resurrects.
+//
+// Apply returns an EINVALID error (and u unchanged) for a user event whose
+// data cannot be decoded or names no user: a poison event.
+func Apply(u User, e Event) (User, error) {
+	if !IsUserEvent(e.Type) {
+		return u, nil
+	}
+	var env struct {
+		Timestamp int64    `json:"timestamp"`
+		Data      userData `json:"data"`
+	}
+	if err := json.Unmarshal(e.Body, &env); err != nil {
+		return u, Errorf(EINVALID, "event %d (%s): user data does not decode: %v", e.Position, e.Type, err)
+	}
+	d := env.Data
+	if d.ID == "" {
+		return u, Errorf(EINVALID, "event %d (%s): user data has no id", e.Position, e.Type)
+	}
+	if u.ID != "" && u.ID != d.ID {
+		return u, nil
+	}
+	occurred := env.Timestamp
+	if occurred == 0 {
+		occurred = e.OccurredAt.UnixMilli()
+	}
+	u.ID = d.ID
+
+	if e.Type == "user.deleted" || d.Deleted {
+		at := time.UnixMilli(occurred).UTC()
+		if !u.Deleted || at.Before(u.DeletedAt) {
+			u.DeletedAt = at
+		}
+		return tombstone(u), nil
+	}
+	if u.Deleted {
+		// A snapshot never resurrects a tombstone; it may only tell when the
+		// account was created, which is the same in every snapshot.
+		if c := msTime(d.CreatedAt); !c.IsZero() && (u.CreatedAt.IsZero() || c.Before(u.CreatedAt)) {
+			u.CreatedAt = c
+		}
+		return u, nil
+	}
+	v := Version{UpdatedAt: d.UpdatedAt, OccurredAt: occurred, DeliveryID: e.DeliveryID}
+	if u.Version != (Version{}) && !u.Version.Less(v) {
+		return u, nil
+	}
+	email := ""
+	if d.PrimaryEmailAddressID != nil {
+		for _, a := range d.EmailAddresses {
+			if a.ID == *d.PrimaryEmailAddressID {
+				email = a.EmailAddress
+				break
+			}
+		}
+	}
+	meta := d.PublicMetadata
+	if len(meta) == 0 || string(meta) == "null" {
+		meta = json.RawMessage(`{}`)
+	}
+	return User{
+		ID:             d.ID,
+		Email:          email,
+		FirstName:      str(d.FirstName),
+		LastName:       str(d.LastName),
+		Username:       str(d.Username),
+		ImageURL:       str(d.ImageURL),
+		PublicMetadata: append(json.RawMessage(nil), meta...),
+		CreatedAt:      msTime(d.CreatedAt),
+		UpdatedAt:      msTime(d.UpdatedAt),
+		Version:        v,
+	}, nil
+}
+
+// tombstone clears every personal field of u and marks it deleted. CreatedAt
+// is kept (it says when the account existed, not who it was); UpdatedAt
+// becomes the deletion time.
+func tombstone(u User) User {
+	return User{
+		ID:             u.ID,
+		PublicMetadata: json.RawMessage(`{}`),
+		CreatedAt:      u.CreatedAt,
+		UpdatedAt:      u.DeletedAt,
+		Deleted:        true,
+		DeletedAt:      u.DeletedAt,
+		Version:        Version{},
+	}
+}
+
+func msTime(ms int64) time.Time {
+	if ms == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms).UTC()
+}
+
+// Fold applies events in order to the zero User and returns the result and
+// the events that failed to apply (poison events), which are skipped.
+func Fold(events []Event) (User, []error) {
+	var u User
+	var errs []error
+	for _, e := range events {
+		next, err := Apply(u, e)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		u = next
+	}
+	return u, errs
+}

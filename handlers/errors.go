@@ -1,0 +1,67 @@
+// Package handlers is clerk-ledger's HTTP surface: routes.go lists every route;
+// the Clerk webhook, pages, JSON API, session middleware, health and metrics
+// live beside it. Handler makers take their dependencies as arguments.
+package handlers
+
+import (
+	"encoding/json"
+	"log/slog"
+	"net/http"
+
+	"github.com/clerk-ledger/clerk-ledger/domain"
+)
+
+// statusByCode maps the domain error vocabulary to HTTP status codes: the one
+// place that does so.
+var statusByCode = map[string]int{
+	domain.EINVALID:      http.StatusBadRequest,
+	domain.EUNAUTHORIZED: http.StatusUnauthorized,
+	domain.EFORBIDDEN:    http.StatusForbidden,
+	domain.ENOTFOUND:     http.StatusNotFound,
+	domain.ECONFLICT:     http.StatusConflict,
+	domain.ETOOLARGE:     http.StatusRequestEntityTooLarge,
+	domain.ERATELIMIT:    http.StatusTooManyRequests,
+	domain.EUNAVAILABLE:  http.StatusServiceUnavailable,
+	domain.EINTERNAL:     http.StatusInternalServerError,
+}
+
+// ErrorStatus returns the HTTP status for err's domain code.
+func ErrorStatus(err error) int {
+	if s, ok := statusByCode[domain.ErrorCode(err)]; ok {
+		return s
+	}
+	return http.StatusInternalServerError
+}
+
+// errorBody is the JSON shape of every API error.
+type errorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+// writeError answers err as JSON with its mapped status. Internal errors are
+// logged here, once, and shown to the caller only as "internal error";
+// unavailability adds Retry-After so webhook senders retry.
+func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	status := ErrorStatus(err)
+	if status >= 500 {
+		log.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
+	}
+	if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
+		w.Header().Set("Retry-After", "5")
+	}
+	var body errorBody
+	body.Error.Code = domain.ErrorCode(err)
+	body.Error.Message = domain.ErrorMessage(err)
+	writeJSON(w, status, body)
+}
+
+// writeJSON answers v as JSON with status.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

@@ -1,0 +1,136 @@
+package schema
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+)
+
+// PoolOptions tunes the connection pool Open creates.
+type PoolOptions struct {
+	MaxOpen int // default 32
+	MaxIdle int // default MaxOpen
+}
+
+// Open connects to the Postgres database at dsn (a postgres:// URL or a
+// key=value string) and checks that it answers. The pool is safe for
+// concurrent use; the caller closes it.
+func Open(ctx context.Context, dsn string, o PoolOptions) (*sqlx.DB, error) {
+	if o.MaxOpen <= 0 {
+		o.MaxOpen = 32
+	}
+	if o.MaxIdle <= 0 {
+		o.MaxIdle = o.MaxOpen
+	}
+	db, err := sqlx.Open("postgres", dsn)
+	if err != nil {
+		return nil, domain.Errorf(domain.EINVALID, "DATABASE_URL is malformed: %v", err)
+	}
+	db.SetMaxOpenConns(o.MaxOpen)
+	db.SetMaxIdleConns(o.MaxIdle)
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := db.PingContext(pctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("connect to %s: %w", RedactURL(dsn), classify(err))
+	}
+	return db, nil
+}
+
+// CreateDatabase creates the database named in dsn when it does not exist,
+// connecting to the server's "postgres" database to do so. It reports whether
+// it created it.
+func CreateDatabase(ctx context.Context, dsn string) (bool, error) {
+	u, err := url.Parse(dsn)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		return false, domain.Errorf(domain.EINVALID, "DATABASE_URL must be a postgres:// URL to create its database")
+	}
+	name := strings.TrimPrefix(u.Path, "/")
+	if name == "" {
+		return false, domain.Errorf(domain.EINVALID, "DATABASE_URL names no database")
+	}
+	admin := *u
+	admin.Path = "/postgres"
+	db, err := Open(ctx, admin.String(), PoolOptions{MaxOpen: 1})
+	if err != nil {
+		return false, err
+	}
+	defer db.Close()
+	var exists bool
+	if err := db.GetContext(ctx, &exists, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name); err != nil {
+		return false, fmt.Errorf("look up database %s: %w", name, classify(err))
+	}
+	if exists {
+		return false, nil
+	}
+	if _, err := db.ExecContext(ctx, `CREATE DATABASE `+pq.QuoteIdentifier(name)); err != nil {
+		var pqErr *pq.Error
+		if errors.As(err, &pqErr) && pqErr.Code == "42P04" { // created meanwhile
+			return false, nil
+		}
+		return false, fmt.Errorf("create database %s: %w", name, classify(err))
+	}
+	return true, nil
+}
+
+// RedactURL returns dsn with any password replaced, safe to log.
+func RedactURL(dsn string) string {
+	u, err := url.Parse(dsn)
+	if err != nil || u.Host == "" {
+		return "(database)"
+	}
+	return u.Redacted()
+}
+
+// classify wraps errors that mean "the database is unreachable or overloaded,
+// try again" as EUNAVAILABLE, keeping the cause in the chain. Other errors are
+// returned unchanged.
+func classify(err error) error {
+	if err == nil || !Unavailable(err) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", domain.Errorf(domain.EUNAVAILABLE, "database unavailable"), err)
+}
+
+// Unavailable reports whether err means the database could not be reached or
+// could not take the work now (connection refused or lost, timeout, shutdown,
+// too many connections), as opposed to a bug or a constraint violation.
+func Unavailable(err error) bool {
+	if err == nil {
+		return false
+	}
+	if domain.ErrorCode(err) == domain.EUNAVAILABLE {
+		return true
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, driver.ErrBadConn) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed) {
+		return true
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) {
+		return true
+	}
+	var pqErr *pq.Error
+	if errors.As(err, &pqErr) {
+		switch pqErr.Code.Class() {
+		case "08", "53", "57": // connection exception, insufficient resources, operator intervention
+			return true
+		}
+		return false
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "driver: bad connection") || strings.Contains(msg, "connection refused") ||
+		strings.Contains(msg, "unexpected EOF") || strings.Contains(msg, "broken pipe")
+}

@@ -1,0 +1,224 @@
+package schema
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	wmsql "github.com/ThreeDotsLabs/watermill-sql/v3/pkg/sql"
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/jmoiron/sqlx"
+)
+
+// Store is the event store: it appends verified deliveries to the events
+// table through a Watermill publisher and reads the ledger back in ledger
+// order. It is safe for concurrent use.
+type Store struct {
+	db     *sqlx.DB
+	schema EventsSchema
+	// AppendTimeout bounds one append; past it the append fails as
+	// EUNAVAILABLE so the sender retries. Default 5 s.
+	AppendTimeout time.Duration
+}
+
+// NewStore returns a Store on db.
+func NewStore(db *sqlx.DB) *Store {
+	return &Store{db: db, AppendTimeout: 5 * time.Second}
+}
+
+// DB returns the store's connection pool.
+func (s *Store) DB() *sqlx.DB { return s.db }
+
+// resultExec is the ContextExecutor a per-append Watermill publisher writes
+// through: it runs the publisher's INSERT under the append's own context
+// (watermill-sql v3 passes context.Background()) and keeps the number of rows
+// the INSERT wrote, which tells a new delivery from a redelivery.
+type resultExec struct {
+	*sqlx.DB
+	ctx  context.Context
+	rows int64
+}
+
+func (e *resultExec) ExecContext(_ context.Context, query string, args ...any) (sql.Result, error) {
+	res, err := e.DB.ExecContext(e.ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	e.rows, err = res.RowsAffected()
+	return res, err
+}
+
+// Append durably stores d in the ledger through Watermill's SQL publisher and
+// reports whether it was new. A delivery whose id is already stored is not
+// stored again (stored=false, err=nil), also when copies race: the unique
+// delivery id decides. When Append returns nil the row is committed.
+// Errors: EUNAVAILABLE when the database is unreachable, overloaded or too
+// slow (the caller should answer 503 so the sender retries).
+func (s *Store) Append(ctx context.Context, d domain.Delivery) (stored bool, err error) {
+	if s.AppendTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.AppendTimeout)
+		defer cancel()
+	}
+	exec := &resultExec{DB: s.db, ctx: ctx}
+	pub, err := wmsql.NewPublisher(exec, wmsql.PublisherConfig{SchemaAdapter: s.schema}, nil)
+	if err != nil {
+		return false, fmt.Errorf("append delivery %s: %w", d.ID, err)
+	}
+	if err := pub.Publish(Topic, DeliveryMessage(d)); err != nil {
+		return false, fmt.Errorf("append delivery %s: %w", d.ID, classify(err))
+	}
+	return exec.rows == 1, nil
+}
+
+// DeliveryMessage is the Watermill message EventsSchema stores for d.
+func DeliveryMessage(d domain.Delivery) *message.Message {
+	msg := message.NewMessage(watermill.NewUUID(), d.Body)
+	msg.Metadata.Set(MetaDeliveryID, d.ID)
+	msg.Metadata.Set(MetaType, d.Type)
+	msg.Metadata.Set(MetaUserID, d.UserID)
+	msg.Metadata.Set(MetaOccurredAt, d.OccurredAt.Format(time.RFC3339Nano))
+	msg.Metadata.Set(MetaSvixTimestamp, strconv.FormatInt(d.Timestamp, 10))
+	msg.Metadata.Set(MetaSvixSignature, d.Signature)
+	return msg
+}
+
+// Cursor is a place in ledger order: the last (transaction id, position) read.
+// The zero Cursor is before the first event.
+type Cursor struct {
+	TxID     uint64 `json:"transaction_id,string"`
+	Position int64  `json:"position"`
+}
+
+// After returns the cursor just past e.
+func After(e domain.Event) Cursor { return Cursor{TxID: e.TxID, Position: e.Position} }
+
+func (c Cursor) String() string {
+	return strconv.FormatUint(c.TxID, 10) + ":" + strconv.FormatInt(c.Position, 10)
+}
+
+// Queryer is what ledger reads run on: a *sqlx.DB or a *sqlx.Tx.
+type Queryer interface {
+	QueryxContext(ctx context.Context, query string, args ...any) (*sqlx.Rows, error)
+	QueryRowxContext(ctx context.Context, query string, args ...any) *sqlx.Row
+}
+
+const readAfterSQL = `SELECT ` + eventColumns + ` FROM events
+WHERE (transaction_id, position) > ($1::xid8, $2::bigint)
+  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY transaction_id, position
+LIMIT $3`
+
+// ReadAfter returns up to limit events after c in ledger order, only from
+// transactions older than every transaction still running (the xid8 gate), so
+// an event that commits late is never skipped by a reader that moved on. An
+// open transaction anywhere in the cluster therefore holds reads back until it
+// ends. It runs on q, so a projector can read inside its own transaction.
+func ReadAfter(ctx context.Context, q Queryer, c Cursor, limit int) ([]domain.Event, error) {
+	rows, err := q.QueryxContext(ctx, readAfterSQL, strconv.FormatUint(c.TxID, 10), c.Position, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read ledger after %s: %w", c, classify(err))
+	}
+	defer rows.Close()
+	events := make([]domain.Event, 0, limit)
+	for rows.Next() {
+		e, err := scanEvent(rows)
+		if err != nil {
+			return nil, err
+		}
+		events = append(events, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read ledger after %s: %w", c, classify(err))
+	}
+	return events, nil
+}
+
+func scanEvent(row wmsql.Scanner) (domain.Event, error) {
+	var e domain.Event
+	var b []byte
+	if err := row.Scan(&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &b, &e.SvixTimestamp, &e.SvixSignature); err != nil {
+		return domain.Event{}, fmt.Errorf("scan event: %w", classify(err))
+	}
+	e.Body = b
+	e.OccurredAt = e.OccurredAt.UTC()
+	e.ReceivedAt = e.ReceivedAt.UTC()
+	return e, nil
+}
+
+// Head is the newest event readers can see (below the xid8 gate) and how
+// many events the ledger holds in all.
+type Head struct {
+	Cursor     Cursor
+	OccurredAt time.Time
+	ReceivedAt time.Time
+	Count      int64 // every stored event, gated or not
+}
+
+// ReadHead returns the ledger head. On an empty ledger it returns the zero Head.
+func ReadHead(ctx context.Context, q Queryer) (Head, error) {
+	var h Head
+	var tx sql.NullString
+	var pos sql.NullInt64
+	var occ, rec sql.NullTime
+	err := q.QueryRowxContext(ctx, `SELECT transaction_id::text, position, occurred_at, received_at FROM events
+WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY transaction_id DESC, position DESC LIMIT 1`).Scan(&tx, &pos, &occ, &rec)
+	if err != nil && err != sql.ErrNoRows {
+		return Head{}, fmt.Errorf("read ledger head: %w", classify(err))
+	}
+	if tx.Valid {
+		h.Cursor.TxID, _ = strconv.ParseUint(tx.String, 10, 64)
+		h.Cursor.Position = pos.Int64
+		h.OccurredAt, h.ReceivedAt = occ.Time.UTC(), rec.Time.UTC()
+	}
+	if err := q.QueryRowxContext(ctx, `SELECT count(*) FROM events`).Scan(&h.Count); err != nil {
+		return Head{}, fmt.Errorf("count ledger: %w", classify(err))
+	}
+	return h, nil
+}
+
+// CountAfter returns how many visible events lie after c: a projector's lag.
+func CountAfter(ctx context.Context, q Queryer, c Cursor) (int64, error) {
+	var n int64
+	err := q.QueryRowxContext(ctx, `SELECT count(*) FROM events
+WHERE (transaction_id, position) > ($1::xid8, $2::bigint)
+  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())`, strconv.FormatUint(c.TxID, 10), c.Position).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("count events after %s: %w", c, classify(err))
+	}
+	return n, nil
+}
+
+// EventByDeliveryID returns the stored event with that svix-id.
+// Errors: ENOTFOUND when there is none.
+func EventByDeliveryID(ctx context.Context, q Queryer, id string) (domain.Event, error) {
+	e, err := scanEvent(q.QueryRowxContext(ctx, `SELECT `+eventColumns+` FROM events WHERE delivery_id = $1`, id))
+	if err != nil {
+		if errorsIsNoRows(err) {
+			return domain.Event{}, domain.Errorf(domain.ENOTFOUND, "no event with delivery id %s", id)
+		}
+		return domain.Event{}, err
+	}
+	return e, nil
+}
+
+// Ready returns nil when the database answers and every embedded migration is
+// applied; otherwise EUNAVAILABLE saying which.
+func (s *Store) Ready(ctx context.Context) error {
+	if err := s.db.PingContext(ctx); err != nil {
+		return fmt.Errorf("ping: %w", classify(err))
+	}
+	ok, err := MigrationsCurrent(ctx, s.db.DB)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return domain.Errorf(domain.EUNAVAILABLE, "database migrations are not current (run ledger migrate)")
+	}
+	return nil
+}

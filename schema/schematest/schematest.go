@@ -1,0 +1,82 @@
+// Package schematest gives tests a fresh, migrated PostgreSQL database on the
+// real server (TEST_DATABASE_URL, default postgres://postgres@127.0.0.1:5432/postgres),
+// dropped when the test ends. Packages and tests can run in parallel: every
+// database has its own random name.
+package schematest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"net/url"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+)
+
+// ServerURL is the URL of the maintenance database tests create databases from.
+func ServerURL() string {
+	if u := os.Getenv("TEST_DATABASE_URL"); u != "" {
+		return u
+	}
+	return "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+}
+
+// NewURL creates an empty database with a random name and returns its URL;
+// it is dropped (with any open connections) when t ends. The test fails
+// (never skips) when the server is not reachable.
+func NewURL(t testing.TB) string {
+	t.Helper()
+	ctx := context.Background()
+	admin, err := schema.Open(ctx, ServerURL(), schema.PoolOptions{MaxOpen: 1})
+	if err != nil {
+		t.Fatalf("schematest: PostgreSQL test server: %v (start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start)", err)
+	}
+	b := make([]byte, 6)
+	rand.Read(b)
+	name := "ledger_test_" + hex.EncodeToString(b)
+	if _, err := admin.ExecContext(ctx, `CREATE DATABASE `+pq.QuoteIdentifier(name)); err != nil {
+		admin.Close()
+		t.Fatalf("schematest: create database: %v", err)
+	}
+	t.Cleanup(func() {
+		defer admin.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := admin.ExecContext(ctx, `DROP DATABASE IF EXISTS `+pq.QuoteIdentifier(name)+` WITH (FORCE)`); err != nil {
+			t.Errorf("schematest: drop database %s: %v", name, err)
+		}
+	})
+	u, err := url.Parse(ServerURL())
+	if err != nil {
+		t.Fatalf("schematest: TEST_DATABASE_URL: %v", err)
+	}
+	u.Path = "/" + name
+	return u.String()
+}
+
+// NewDB creates a fresh database, applies every migration and returns a pool
+// on it, closed and dropped when t ends.
+func NewDB(t testing.TB) *sqlx.DB {
+	t.Helper()
+	db := Open(t, NewURL(t))
+	if _, err := schema.Migrate(context.Background(), db.DB); err != nil {
+		t.Fatalf("schematest: migrate: %v", err)
+	}
+	return db
+}
+
+// Open opens a pool on dsn, closed when t ends.
+func Open(t testing.TB, dsn string) *sqlx.DB {
+	t.Helper()
+	db, err := schema.Open(context.Background(), dsn, schema.PoolOptions{MaxOpen: 40})
+	if err != nil {
+		t.Fatalf("schematest: open: %v", err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
