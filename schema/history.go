@@ -1,0 +1,100 @@
+package schema
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/lib/pq"
+)
+
+// EventFilter selects ledger events for history queries. Zero fields do not
+// filter. Results come in ledger order, after After (keyset paging).
+type EventFilter struct {
+	UserID string
+	// Types are exact types ("user.created") or prefixes ending in ".*"
+	// ("user.*"); an event matches when it matches any of them.
+	Types []string
+	Since time.Time // occurred_at >= Since
+	Until time.Time // occurred_at < Until
+	After Cursor
+	Limit int // default 100
+}
+
+// QueryEvents returns the events matching f in ledger order, only from
+// transactions below the xid8 gate, so paging with After never misses or
+// repeats an event while new ones arrive.
+func QueryEvents(ctx context.Context, q Queryer, f EventFilter) ([]domain.Event, error) {
+	if f.Limit <= 0 {
+		f.Limit = 100
+	}
+	where, args := f.where()
+	args = append(args, f.Limit)
+	query := `SELECT ` + eventColumns + ` FROM events WHERE ` + where +
+		` ORDER BY transaction_id, position LIMIT $` + strconv.Itoa(len(args))
+	rows, err := q.QueryxContext(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("query events: %w", classify(err))
+	}
+	defer rows.Close()
+	var out []domain.Event
+	for rows.Next() {
+		e, err := scanEvent(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("query events: %w", classify(err))
+	}
+	return out, nil
+}
+
+// where returns the SQL condition and its arguments for f (without Limit).
+func (f EventFilter) where() (string, []any) {
+	conds := []string{
+		`(transaction_id, position) > ($1::xid8, $2::bigint)`,
+		`transaction_id < pg_snapshot_xmin(pg_current_snapshot())`,
+	}
+	args := []any{strconv.FormatUint(f.After.TxID, 10), f.After.Position}
+	add := func(cond string, arg any) {
+		args = append(args, arg)
+		conds = append(conds, strings.ReplaceAll(cond, "$?", "$"+strconv.Itoa(len(args))))
+	}
+	if f.UserID != "" {
+		add(`user_id = $?`, f.UserID)
+	}
+	if len(f.Types) > 0 {
+		var exact, prefixes []string
+		for _, t := range f.Types {
+			if p, ok := strings.CutSuffix(t, "*"); ok {
+				prefixes = append(prefixes, p)
+			} else {
+				exact = append(exact, t)
+			}
+		}
+		var or []string
+		if len(exact) > 0 {
+			args = append(args, pq.Array(exact))
+			or = append(or, `type = ANY($`+strconv.Itoa(len(args))+`)`)
+		}
+		for _, p := range prefixes {
+			args = append(args, p)
+			n := strconv.Itoa(len(args))
+			// COLLATE "C" range: an index range scan on events_type_idx.
+			or = append(or, `(type >= $`+n+` AND type < $`+n+` || chr(1114111))`)
+		}
+		conds = append(conds, "("+strings.Join(or, " OR ")+")")
+	}
+	if !f.Since.IsZero() {
+		add(`occurred_at >= $?`, f.Since)
+	}
+	if !f.Until.IsZero() {
+		add(`occurred_at < $?`, f.Until)
+	}
+	return strings.Join(conds, " AND "), args
+}
