@@ -49,7 +49,7 @@ func GetUser(ctx context.Context, q schema.Queryer, id string) (domain.User, err
 		return domain.User{}, domain.Errorf(domain.ENOTFOUND, "user %s is not in the users projection yet", id)
 	}
 	if err != nil {
-		return domain.User{}, fmt.Errorf("get user %s: %w", id, err)
+		return domain.User{}, fmt.Errorf("get user %s: %w", id, schema.Classify(err))
 	}
 	return u, nil
 }

@@ -27,7 +27,7 @@ func LastLink(ctx context.Context, q Queryer) (ChainLink, error) {
 		return ChainLink{}, nil
 	}
 	if err != nil {
-		return ChainLink{}, fmt.Errorf("read chain head: %w", classify(err))
+		return ChainLink{}, fmt.Errorf("read chain head: %w", Classify(err))
 	}
 	return l, nil
 }
@@ -58,7 +58,7 @@ func Seal(ctx context.Context, tx *sqlx.Tx, events []domain.Event) (ChainLink, e
 	_, err = tx.ExecContext(ctx, `INSERT INTO event_chain (seq, position, hash)
 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])`, pq.Array(seqs), pq.Array(positions), pq.Array(hashes))
 	if err != nil {
-		return ChainLink{}, fmt.Errorf("seal %d events after seq %d: %w", len(events), last.Seq, classify(err))
+		return ChainLink{}, fmt.Errorf("seal %d events after seq %d: %w", len(events), last.Seq, Classify(err))
 	}
 	n := len(events) - 1
 	return ChainLink{Seq: seqs[n], Position: positions[n], Hash: hashes[n]}, nil

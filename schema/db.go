@@ -43,7 +43,7 @@ func Open(ctx context.Context, dsn string, o PoolOptions) (*sqlx.DB, error) {
 	defer cancel()
 	if err := db.PingContext(pctx); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("connect to %s: %w", RedactURL(dsn), classify(err))
+		return nil, fmt.Errorf("connect to %s: %w", RedactURL(dsn), Classify(err))
 	}
 	return db, nil
 }
@@ -69,7 +69,7 @@ func CreateDatabase(ctx context.Context, dsn string) (bool, error) {
 	defer db.Close()
 	var exists bool
 	if err := db.GetContext(ctx, &exists, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name); err != nil {
-		return false, fmt.Errorf("look up database %s: %w", name, classify(err))
+		return false, fmt.Errorf("look up database %s: %w", name, Classify(err))
 	}
 	if exists {
 		return false, nil
@@ -79,7 +79,7 @@ func CreateDatabase(ctx context.Context, dsn string) (bool, error) {
 		if errors.As(err, &pqErr) && pqErr.Code == "42P04" { // created meanwhile
 			return false, nil
 		}
-		return false, fmt.Errorf("create database %s: %w", name, classify(err))
+		return false, fmt.Errorf("create database %s: %w", name, Classify(err))
 	}
 	return true, nil
 }
@@ -93,10 +93,10 @@ func RedactURL(dsn string) string {
 	return u.Redacted()
 }
 
-// classify wraps errors that mean "the database is unreachable or overloaded,
+// Classify wraps errors that mean "the database is unreachable or overloaded,
 // try again" as EUNAVAILABLE, keeping the cause in the chain. Other errors are
 // returned unchanged.
-func classify(err error) error {
+func Classify(err error) error {
 	if err == nil || !Unavailable(err) {
 		return err
 	}

@@ -70,7 +70,7 @@ func (s *Store) Append(ctx context.Context, d domain.Delivery) (stored bool, err
 		return false, fmt.Errorf("append delivery %s: %w", d.ID, err)
 	}
 	if err := pub.Publish(Topic, DeliveryMessage(d)); err != nil {
-		return false, fmt.Errorf("append delivery %s: %w", d.ID, classify(err))
+		return false, fmt.Errorf("append delivery %s: %w", d.ID, Classify(err))
 	}
 	return exec.rows == 1, nil
 }
@@ -121,7 +121,7 @@ LIMIT $3`
 func ReadAfter(ctx context.Context, q Queryer, c Cursor, limit int) ([]domain.Event, error) {
 	rows, err := q.QueryxContext(ctx, readAfterSQL, strconv.FormatUint(c.TxID, 10), c.Position, limit)
 	if err != nil {
-		return nil, fmt.Errorf("read ledger after %s: %w", c, classify(err))
+		return nil, fmt.Errorf("read ledger after %s: %w", c, Classify(err))
 	}
 	defer rows.Close()
 	events := make([]domain.Event, 0, limit)
@@ -133,7 +133,7 @@ func ReadAfter(ctx context.Context, q Queryer, c Cursor, limit int) ([]domain.Ev
 		events = append(events, e)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read ledger after %s: %w", c, classify(err))
+		return nil, fmt.Errorf("read ledger after %s: %w", c, Classify(err))
 	}
 	return events, nil
 }
@@ -142,7 +142,7 @@ func scanEvent(row wmsql.Scanner) (domain.Event, error) {
 	var e domain.Event
 	var b []byte
 	if err := row.Scan(&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &b, &e.SvixTimestamp, &e.SvixSignature); err != nil {
-		return domain.Event{}, fmt.Errorf("scan event: %w", classify(err))
+		return domain.Event{}, fmt.Errorf("scan event: %w", Classify(err))
 	}
 	e.Body = b
 	e.OccurredAt = e.OccurredAt.UTC()
@@ -169,7 +169,7 @@ func ReadHead(ctx context.Context, q Queryer) (Head, error) {
 WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY transaction_id DESC, position DESC LIMIT 1`).Scan(&tx, &pos, &occ, &rec)
 	if err != nil && err != sql.ErrNoRows {
-		return Head{}, fmt.Errorf("read ledger head: %w", classify(err))
+		return Head{}, fmt.Errorf("read ledger head: %w", Classify(err))
 	}
 	if tx.Valid {
 		h.Cursor.TxID, _ = strconv.ParseUint(tx.String, 10, 64)
@@ -177,7 +177,7 @@ ORDER BY transaction_id DESC, position DESC LIMIT 1`).Scan(&tx, &pos, &occ, &rec
 		h.OccurredAt, h.ReceivedAt = occ.Time.UTC(), rec.Time.UTC()
 	}
 	if err := q.QueryRowxContext(ctx, `SELECT count(*) FROM events`).Scan(&h.Count); err != nil {
-		return Head{}, fmt.Errorf("count ledger: %w", classify(err))
+		return Head{}, fmt.Errorf("count ledger: %w", Classify(err))
 	}
 	return h, nil
 }
@@ -189,7 +189,7 @@ func CountAfter(ctx context.Context, q Queryer, c Cursor) (int64, error) {
 WHERE (transaction_id, position) > ($1::xid8, $2::bigint)
   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())`, strconv.FormatUint(c.TxID, 10), c.Position).Scan(&n)
 	if err != nil {
-		return 0, fmt.Errorf("count events after %s: %w", c, classify(err))
+		return 0, fmt.Errorf("count events after %s: %w", c, Classify(err))
 	}
 	return n, nil
 }
@@ -211,7 +211,7 @@ func EventByDeliveryID(ctx context.Context, q Queryer, id string) (domain.Event,
 // applied; otherwise EUNAVAILABLE saying which.
 func (s *Store) Ready(ctx context.Context) error {
 	if err := s.db.PingContext(ctx); err != nil {
-		return fmt.Errorf("ping: %w", classify(err))
+		return fmt.Errorf("ping: %w", Classify(err))
 	}
 	ok, err := MigrationsCurrent(ctx, s.db.DB)
 	if err != nil {

@@ -37,7 +37,7 @@ func QueryEvents(ctx context.Context, q Queryer, f EventFilter) ([]domain.Event,
 		` ORDER BY transaction_id, position LIMIT $` + strconv.Itoa(len(args))
 	rows, err := q.QueryxContext(ctx, query, args...)
 	if err != nil {
-		return nil, fmt.Errorf("query events: %w", classify(err))
+		return nil, fmt.Errorf("query events: %w", Classify(err))
 	}
 	defer rows.Close()
 	var out []domain.Event
@@ -49,7 +49,7 @@ func QueryEvents(ctx context.Context, q Queryer, f EventFilter) ([]domain.Event,
 		out = append(out, e)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("query events: %w", classify(err))
+		return nil, fmt.Errorf("query events: %w", Classify(err))
 	}
 	return out, nil
 }

@@ -48,7 +48,7 @@ func Migrate(ctx context.Context, db *sql.DB) ([]MigrationResult, error) {
 	}
 	res, err := p.Up(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("apply migrations: %w", classify(err))
+		return nil, fmt.Errorf("apply migrations: %w", Classify(err))
 	}
 	out := make([]MigrationResult, 0, len(res))
 	for _, r := range res {
@@ -73,7 +73,7 @@ func MigrationStatus(ctx context.Context, db *sql.DB) ([]MigrationState, error) 
 	}
 	st, err := p.Status(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("migration status: %w", classify(err))
+		return nil, fmt.Errorf("migration status: %w", Classify(err))
 	}
 	out := make([]MigrationState, 0, len(st))
 	for _, s := range st {
@@ -95,7 +95,7 @@ func MigrationsCurrent(ctx context.Context, db *sql.DB) (bool, error) {
 	}
 	pending, err := p.HasPending(ctx)
 	if err != nil {
-		return false, fmt.Errorf("check migrations: %w", classify(err))
+		return false, fmt.Errorf("check migrations: %w", Classify(err))
 	}
 	return !pending, nil
 }
