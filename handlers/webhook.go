@@ -70,25 +70,15 @@ func (v *Verifier) Verify(body []byte, h http.Header, now time.Time) error {
 	if d := now.Sub(time.Unix(sec, 0)); d > svixTolerance || d < -svixTolerance {
 		return domain.Errorf(domain.EUNAUTHORIZED, "svix-timestamp is outside the 5 minute tolerance")
 	}
-	return v.verify(body, h, true)
+	return v.VerifyIgnoringTimestamp(body, h) // the age is checked above, against now
 }
 
 // VerifyIgnoringTimestamp checks the signature with every secret but not its
 // age: for re-checking stored deliveries. It returns EUNAUTHORIZED when no
 // secret matches.
 func (v *Verifier) VerifyIgnoringTimestamp(body []byte, h http.Header) error {
-	return v.verify(body, h, false)
-}
-
-func (v *Verifier) verify(body []byte, h http.Header, tolerance bool) error {
 	for _, wh := range v.hooks {
-		var err error
-		if tolerance {
-			err = wh.Verify(body, h)
-		} else {
-			err = wh.VerifyIgnoringTimestamp(body, h)
-		}
-		if err == nil {
+		if wh.VerifyIgnoringTimestamp(body, h) == nil {
 			return nil
 		}
 	}

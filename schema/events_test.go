@@ -1,0 +1,253 @@
+package schema_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	wmsql "github.com/ThreeDotsLabs/watermill-sql/v3/pkg/sql"
+	"github.com/clerk-ledger/clerk-ledger/clerkgen"
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
+)
+
+func delivery(t testing.TB, id, typ, user string) domain.Delivery {
+	t.Helper()
+	body, err := clerkgen.Event(typ, clerkgen.User{ID: user, Email: "e@example.com"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := domain.NewDelivery(id, time.Now().Unix(), "v1,sig", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func TestMigrateTwiceAndConcurrently(t *testing.T) {
+	dsn := schematest.NewURL(t)
+	db := schematest.Open(t, dsn)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	applied := make([]int, 4)
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			own := schematest.Open(t, dsn)
+			res, err := schema.Migrate(ctx, own.DB)
+			errs[i], applied[i] = err, len(res)
+		}()
+	}
+	wg.Wait()
+	total := 0
+	for i := range 4 {
+		if errs[i] != nil {
+			t.Fatalf("migrator %d: %v", i, errs[i])
+		}
+		total += applied[i]
+	}
+	st, err := schema.MigrationStatus(ctx, db.DB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if total != len(st) {
+		t.Errorf("4 concurrent migrators applied %d migrations in all, want each of %d exactly once", total, len(st))
+	}
+	res, err := schema.Migrate(ctx, db.DB)
+	if err != nil || len(res) != 0 {
+		t.Fatalf("second migrate: %d applied, err %v", len(res), err)
+	}
+	ok, err := schema.MigrationsCurrent(ctx, db.DB)
+	if err != nil || !ok {
+		t.Fatalf("MigrationsCurrent = %v, %v", ok, err)
+	}
+	for _, s := range st {
+		if !s.Applied {
+			t.Errorf("%s not applied", s.Name)
+		}
+	}
+}
+
+func TestEventsAreAppendOnly(t *testing.T) {
+	db := schematest.NewDB(t)
+	ctx := context.Background()
+	store := schema.NewStore(db)
+	if _, err := store.Append(ctx, delivery(t, "msg_1", "user.created", "user_1")); err != nil {
+		t.Fatal(err)
+	}
+	for _, stmt := range []string{
+		`UPDATE events SET body = '{}'`,
+		`UPDATE events SET type = 'user.deleted'`,
+		`DELETE FROM events`,
+		`TRUNCATE events`,
+	} {
+		_, err := db.ExecContext(ctx, stmt)
+		if err == nil || !strings.Contains(err.Error(), "append-only") {
+			t.Errorf("%s: err = %v, want the append-only trigger to refuse", stmt, err)
+		}
+	}
+	var n int
+	db.Get(&n, `SELECT count(*) FROM events WHERE type = 'user.created'`)
+	if n != 1 {
+		t.Fatalf("rows after refused changes: %d", n)
+	}
+}
+
+func TestAppendReportsNewAndDuplicate(t *testing.T) {
+	db := schematest.NewDB(t)
+	ctx := context.Background()
+	store := schema.NewStore(db)
+	d := delivery(t, "msg_x", "user.created", "user_1")
+	if stored, err := store.Append(ctx, d); err != nil || !stored {
+		t.Fatalf("first append: %v %v", stored, err)
+	}
+	d2 := delivery(t, "msg_x", "user.updated", "user_1") // same svix-id, other body
+	if stored, err := store.Append(ctx, d2); err != nil || stored {
+		t.Fatalf("second append: stored=%v err=%v, want a no-op", stored, err)
+	}
+	e, err := schema.EventByDeliveryID(ctx, db, "msg_x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Type != "user.created" || string(e.Body) != string(d.Body) {
+		t.Errorf("first delivery was overwritten: %s", e.Type)
+	}
+	if _, err := schema.EventByDeliveryID(ctx, db, "msg_nope"); domain.ErrorCode(err) != domain.ENOTFOUND {
+		t.Errorf("missing delivery: %v, want ENOTFOUND", err)
+	}
+}
+
+// A transaction that appended an event but commits late must not be skipped
+// by a reader that already read past events committed after it.
+func TestReadAfterNeverSkipsLateCommit(t *testing.T) {
+	db := schematest.NewDB(t)
+	ctx := context.Background()
+	store := schema.NewStore(db)
+
+	late, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer late.Rollback()
+	pub, err := wmsql.NewPublisher(late, wmsql.PublisherConfig{SchemaAdapter: schema.EventsSchema{}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.Publish(schema.Topic, schema.DeliveryMessage(delivery(t, "msg_late", "user.created", "user_l"))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Append(ctx, delivery(t, "msg_early", "user.created", "user_e")); err != nil {
+		t.Fatal(err)
+	}
+	// msg_early is committed, but an older transaction is still open: the gate holds it back.
+	got, err := schema.ReadAfter(ctx, db, schema.Cursor{}, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 0 {
+		t.Fatalf("read %d events past an open older transaction, want 0", len(got))
+	}
+	if err := late.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	got, err = schema.ReadAfter(ctx, db, schema.Cursor{}, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].DeliveryID != "msg_late" || got[1].DeliveryID != "msg_early" {
+		t.Fatalf("ledger order = %v, want msg_late then msg_early", ids(got))
+	}
+	// Paging with the cursor continues after the last one read.
+	rest, err := schema.ReadAfter(ctx, db, schema.After(got[0]), 10)
+	if err != nil || len(rest) != 1 || rest[0].DeliveryID != "msg_early" {
+		t.Fatalf("after first: %v %v", ids(rest), err)
+	}
+}
+
+func ids(es []domain.Event) []string {
+	out := make([]string, len(es))
+	for i, e := range es {
+		out[i] = e.DeliveryID
+	}
+	return out
+}
+
+// The Watermill SQL subscriber reads the ledger through EventsSchema, in
+// ledger order, with the exact bodies.
+func TestWatermillSubscriberReadsLedger(t *testing.T) {
+	db := schematest.NewDB(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	store := schema.NewStore(db)
+	var want []domain.Delivery
+	for i := range 25 {
+		d := delivery(t, fmt.Sprintf("msg_%02d", i), "user.updated", "user_w")
+		if _, err := store.Append(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, d)
+	}
+	sub, err := wmsql.NewSubscriber(db, wmsql.SubscriberConfig{
+		ConsumerGroup:    "test",
+		SchemaAdapter:    schema.EventsSchema{BatchSize: 10},
+		OffsetsAdapter:   wmsql.DefaultPostgreSQLOffsetsAdapter{},
+		InitializeSchema: true,
+		PollInterval:     50 * time.Millisecond,
+	}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	msgs, err := sub.Subscribe(ctx, schema.Topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range want {
+		select {
+		case m := <-msgs:
+			if m.Metadata.Get(schema.MetaDeliveryID) != d.ID || string(m.Payload) != string(d.Body) {
+				t.Fatalf("message %d: %s, want %s", i, m.Metadata.Get(schema.MetaDeliveryID), d.ID)
+			}
+			m.Ack()
+		case <-ctx.Done():
+			t.Fatalf("only %d of %d messages arrived", i, len(want))
+		}
+	}
+}
+
+func TestQueryEventsFilters(t *testing.T) {
+	db := schematest.NewDB(t)
+	ctx := context.Background()
+	store := schema.NewStore(db)
+	for i, c := range []struct{ typ, user string }{
+		{"user.created", "user_a"}, {"session.created", "user_a"}, {"user.updated", "user_b"},
+		{"email.created", "user_a"}, {"user.deleted", "user_a"},
+	} {
+		if _, err := store.Append(ctx, delivery(t, fmt.Sprintf("msg_%d", i), c.typ, c.user)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(f schema.EventFilter, want ...string) {
+		t.Helper()
+		got, err := schema.QueryEvents(ctx, db, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(ids(got)) != fmt.Sprint(want) {
+			t.Errorf("%+v: got %v, want %v", f, ids(got), want)
+		}
+	}
+	check(schema.EventFilter{UserID: "user_a"}, "msg_0", "msg_1", "msg_3", "msg_4")
+	check(schema.EventFilter{Types: []string{"user.*"}}, "msg_0", "msg_2", "msg_4")
+	check(schema.EventFilter{Types: []string{"user.*", "email.created"}, UserID: "user_a"}, "msg_0", "msg_3", "msg_4")
+	check(schema.EventFilter{Types: []string{"session.created"}}, "msg_1")
+	check(schema.EventFilter{Since: time.Now().Add(time.Hour)})
+	check(schema.EventFilter{Until: time.Now().Add(time.Hour), Limit: 2}, "msg_0", "msg_1")
+}
