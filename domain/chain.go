@@ -81,4 +81,3 @@ func ParseDigest(s string) (Digest, error) {
 	copy(d.Hash[:], b)
 	return d, nil
 }
-

@@ -20,7 +20,7 @@ func (a *app) webhookCmd() *cobra.Command {
 	}
 	var (
 		url, userID, email, first, last, username, deliveryID string
-		phoneOnly                                            bool
+		phoneOnly                                             bool
 	)
 	send := &cobra.Command{
 		Use:   "send TYPE",
