@@ -3,8 +3,10 @@ package schema
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -17,62 +19,166 @@ import (
 // Store is the event store: it appends verified deliveries to the events
 // table through a Watermill publisher and reads the ledger back in ledger
 // order. It is safe for concurrent use.
+//
+// Appends are group-committed: concurrent Append calls are gathered into one
+// multi-row INSERT (one transaction, one WAL flush), at most MaxBatch rows and
+// at most MaxInFlight INSERTs at a time. No goroutine runs in the background:
+// a caller whose delivery is waiting becomes the one that flushes.
 type Store struct {
 	db     *sqlx.DB
 	schema EventsSchema
-	// AppendTimeout bounds one append; past it the append fails as
+	// AppendTimeout bounds one INSERT; past it the append fails as
 	// EUNAVAILABLE so the sender retries. Default 5 s.
 	AppendTimeout time.Duration
+	// MaxBatch is the most deliveries one INSERT carries (default 200).
+	MaxBatch int
+	// MaxInFlight is the most INSERTs running at once (default 4).
+	MaxInFlight int
+
+	mu       sync.Mutex
+	pending  []*appendReq
+	flushers int
+}
+
+// appendReq is one Append waiting for its group commit.
+type appendReq struct {
+	d      domain.Delivery
+	stored bool
+	err    error
+	done   chan struct{} // closed when stored/err are set
+	lead   chan struct{} // closed when this caller must flush for the others
+	// promoted is set (under Store.mu) when lead is closed.
+	promoted bool
 }
 
 // NewStore returns a Store on db.
 func NewStore(db *sqlx.DB) *Store {
-	return &Store{db: db, AppendTimeout: 5 * time.Second}
+	return &Store{db: db, AppendTimeout: 5 * time.Second, MaxBatch: 200, MaxInFlight: 4}
 }
 
 // DB returns the store's connection pool.
 func (s *Store) DB() *sqlx.DB { return s.db }
 
-// resultExec is the ContextExecutor a per-append Watermill publisher writes
-// through: it runs the publisher's INSERT under the append's own context
-// (watermill-sql v3 passes context.Background()) and keeps the number of rows
-// the INSERT wrote, which tells a new delivery from a redelivery.
+// resultExec is the ContextExecutor a per-batch Watermill publisher writes
+// through: it runs the publisher's INSERT ... RETURNING delivery_id under the
+// batch's own context (watermill-sql v3 passes context.Background()) and
+// keeps the ids the INSERT wrote, which tells new deliveries from redeliveries.
 type resultExec struct {
 	*sqlx.DB
-	ctx  context.Context
-	rows int64
+	ctx      context.Context
+	inserted map[string]bool
 }
 
 func (e *resultExec) ExecContext(_ context.Context, query string, args ...any) (sql.Result, error) {
-	res, err := e.DB.ExecContext(e.ctx, query, args...)
+	rows, err := e.DB.QueryContext(e.ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
-	e.rows, err = res.RowsAffected()
-	return res, err
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		e.inserted[id] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return driver.RowsAffected(len(e.inserted)), nil
 }
 
 // Append durably stores d in the ledger through Watermill's SQL publisher and
 // reports whether it was new. A delivery whose id is already stored is not
 // stored again (stored=false, err=nil), also when copies race: the unique
-// delivery id decides. When Append returns nil the row is committed.
+// delivery id decides, and within one group commit the first copy wins.
+// When Append returns nil the row is committed.
 // Errors: EUNAVAILABLE when the database is unreachable, overloaded or too
 // slow (the caller should answer 503 so the sender retries).
 func (s *Store) Append(ctx context.Context, d domain.Delivery) (stored bool, err error) {
-	if s.AppendTimeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, s.AppendTimeout)
-		defer cancel()
+	r := &appendReq{d: d, done: make(chan struct{}), lead: make(chan struct{})}
+	s.mu.Lock()
+	s.pending = append(s.pending, r)
+	leader := s.flushers < max(1, s.MaxInFlight)
+	if leader {
+		s.flushers++
 	}
-	exec := &resultExec{DB: s.db, ctx: ctx}
+	s.mu.Unlock()
+	if !leader {
+		select {
+		case <-r.done:
+		case <-r.lead:
+		}
+		select {
+		case <-r.lead:
+			leader = true
+		default:
+		}
+	}
+	if leader {
+		s.flushLoop(r)
+	}
+	<-r.done
+	return r.stored, r.err
+}
+
+// flushLoop flushes pending deliveries until me is done, then hands the
+// flusher's place to a waiting caller, or gives it up when none waits.
+func (s *Store) flushLoop(me *appendReq) {
+	for {
+		s.mu.Lock()
+		if len(s.pending) == 0 {
+			s.flushers--
+			s.mu.Unlock()
+			return
+		}
+		select {
+		case <-me.done:
+			// Our own delivery is answered: hand our place to a waiting
+			// caller, unless one was already handed a place.
+			if next := s.pending[0]; !next.promoted {
+				next.promoted = true
+				close(next.lead)
+			} else {
+				s.flushers--
+			}
+			s.mu.Unlock()
+			return
+		default:
+		}
+		n := min(len(s.pending), max(1, s.MaxBatch))
+		batch := s.pending[:n:n]
+		s.pending = append([]*appendReq(nil), s.pending[n:]...)
+		s.mu.Unlock()
+		s.flush(batch)
+	}
+}
+
+// flush appends one batch in one INSERT and answers every request in it.
+func (s *Store) flush(batch []*appendReq) {
+	first := make(map[string]*appendReq, len(batch))
+	msgs := make(message.Messages, 0, len(batch))
+	for _, r := range batch {
+		if _, seen := first[r.d.ID]; !seen {
+			first[r.d.ID] = r
+			msgs = append(msgs, DeliveryMessage(r.d))
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.AppendTimeout)
+	defer cancel()
+	exec := &resultExec{DB: s.db, ctx: ctx, inserted: make(map[string]bool, len(msgs))}
 	pub, err := wmsql.NewPublisher(exec, wmsql.PublisherConfig{SchemaAdapter: s.schema}, nil)
-	if err != nil {
-		return false, fmt.Errorf("append delivery %s: %w", d.ID, err)
+	if err == nil {
+		err = pub.Publish(Topic, msgs...)
 	}
-	if err := pub.Publish(Topic, DeliveryMessage(d)); err != nil {
-		return false, fmt.Errorf("append delivery %s: %w", d.ID, Classify(err))
+	for _, r := range batch {
+		if err != nil {
+			r.err = fmt.Errorf("append delivery %s: %w", r.d.ID, Classify(err))
+		} else {
+			r.stored = first[r.d.ID] == r && exec.inserted[r.d.ID]
+		}
+		close(r.done)
 	}
-	return exec.rows == 1, nil
 }
 
 // DeliveryMessage is the Watermill message EventsSchema stores for d.

@@ -251,3 +251,52 @@ func TestQueryEventsFilters(t *testing.T) {
 	check(schema.EventFilter{Since: time.Now().Add(time.Hour)})
 	check(schema.EventFilter{Until: time.Now().Add(time.Hour), Limit: 2}, "msg_0", "msg_1")
 }
+
+// Many concurrent appends, with copies of the same delivery racing inside
+// and across group commits: every delivery stored exactly once, exactly one
+// caller told "stored" per delivery id, every caller answered.
+func TestGroupCommitUnderConcurrency(t *testing.T) {
+	db := schematest.NewDB(t)
+	ctx := context.Background()
+	for _, cfg := range []struct{ batch, inFlight int }{{1, 1}, {3, 2}, {200, 4}} {
+		store := schema.NewStore(db)
+		store.MaxBatch, store.MaxInFlight = cfg.batch, cfg.inFlight
+		const ids, copies = 60, 4
+		var mu sync.Mutex
+		storedBy := map[string]int{}
+		var wg sync.WaitGroup
+		for i := range ids * copies {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				id := fmt.Sprintf("msg_gc_%d_%d_%d", cfg.batch, cfg.inFlight, i%ids)
+				stored, err := store.Append(ctx, delivery(t, id, "user.updated", "user_gc"))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				if stored {
+					storedBy[id]++
+				} else if _, ok := storedBy[id]; !ok {
+					storedBy[id] += 0
+				}
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+		var n int
+		db.Get(&n, `SELECT count(*) FROM events WHERE delivery_id LIKE $1`, fmt.Sprintf("msg_gc_%d_%d_%%", cfg.batch, cfg.inFlight))
+		if n != ids {
+			t.Errorf("%+v: %d rows, want %d", cfg, n, ids)
+		}
+		for id, k := range storedBy {
+			if k != 1 {
+				t.Errorf("%+v: %s answered stored %d times", cfg, id, k)
+			}
+		}
+		if len(storedBy) != ids {
+			t.Errorf("%+v: %d ids answered stored, want %d", cfg, len(storedBy), ids)
+		}
+	}
+}

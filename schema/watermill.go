@@ -30,6 +30,7 @@ const (
 // EventsSchema is the watermill-sql v3 SchemaAdapter for the events table.
 // Unlike Watermill's default table it has a unique delivery id and audit
 // columns; a re-published delivery is a no-op (ON CONFLICT DO NOTHING). Its
+// INSERT returns the delivery ids it inserted. Its
 // SELECT keeps Watermill's xid8 + pg_snapshot_xmin gate but uses a row
 // comparison, an index range scan however long the unread backlog is.
 // The table itself is created by the embedded migrations, not by Watermill.
@@ -78,7 +79,9 @@ func (s EventsSchema) InsertQuery(topic string, msgs message.Messages) (wmsql.Qu
 		// The body goes as a string: lib/pq would hex-encode a []byte.
 		args = append(args, m.UUID, id, typ, user, occurred, string(m.Payload), ts, m.Metadata.Get(MetaSvixSignature))
 	}
-	b.WriteString(` ON CONFLICT (delivery_id) DO NOTHING`)
+	// RETURNING names the rows actually inserted: an executor that runs the
+	// statement as a query learns which deliveries were new. Exec ignores it.
+	b.WriteString(` ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id`)
 	return wmsql.Query{Query: b.String(), Args: args}, nil
 }
 

@@ -1,9 +1,370 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/clerk-ledger/clerk-ledger/clerkgen"
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/spf13/cobra"
 )
 
 func (a *app) benchCmd() *cobra.Command {
-	return &cobra.Command{Use: "bench", Short: "Benchmarks (TODO)"}
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure ingest and projection speed on this machine",
+	}
+	cmd.AddCommand(a.benchIngestCmd())
+	return cmd
+}
+
+type ingestOptions struct {
+	concurrency int
+	duration    time.Duration
+	baseline    bool
+	target      string
+	secret      string
+	database    string
+}
+
+func (a *app) benchIngestCmd() *cobra.Command {
+	var o ingestOptions
+	cmd := &cobra.Command{
+		Use:   "ingest",
+		Short: "Send signed, unique ~1 KB deliveries flat out and report rate and latency",
+		Long: `ingest starts 'ledger serve' as a child process on a scratch database
+(ledger_bench on the DATABASE_URL server, or the dev default), then sends
+signed, unique, realistic (~1 KB) user.updated deliveries from --concurrency
+clients for --duration, and prints deliveries/s, p50/p95/p99 latency, the
+non-2xx count and the server's peak RSS.
+
+--baseline also runs, in the same invocation, plain single-row durable INSERTs
+of the same payloads at the same concurrency into a scratch table, and prints
+our rate as a ratio of it. --url targets a running service instead (with
+--webhook-secret or CLERK_WEBHOOK_SIGNING_SECRET; no RSS then).`,
+		Example: "  ledger bench ingest --concurrency 32 --duration 20s --baseline",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.concurrency < 1 || o.duration <= 0 {
+				return domain.Errorf(domain.EINVALID, "--concurrency must be >= 1 and --duration > 0")
+			}
+			o.secret = a.setting(cmd, "webhook-secret", "CLERK_WEBHOOK_SIGNING_SECRET")
+			o.database = a.setting(cmd, "database-url", "DATABASE_URL")
+			return a.benchIngest(cmd.Context(), o)
+		},
+	}
+	cmd.Flags().IntVarP(&o.concurrency, "concurrency", "c", 32, "concurrent senders")
+	cmd.Flags().DurationVarP(&o.duration, "duration", "d", 20*time.Second, "how long to send")
+	cmd.Flags().BoolVar(&o.baseline, "baseline", false, "also time plain durable INSERTs and print the ratio")
+	cmd.Flags().StringVar(&o.target, "url", "", "webhook URL of a running service (default: start one)")
+	cmd.Flags().String("webhook-secret", "", "signing secret of the --url service")
+	return cmd
+}
+
+// benchDatabase returns the URL of a fresh scratch database named name on the
+// server of base (or the dev default server).
+func benchDatabase(ctx context.Context, base, name string) (string, error) {
+	if base == "" {
+		base = devDefaultURL
+	}
+	u, err := url.Parse(base)
+	if err != nil {
+		return "", domain.Errorf(domain.EINVALID, "DATABASE_URL is malformed")
+	}
+	u.Path = "/postgres"
+	admin, err := schema.Open(ctx, u.String(), schema.PoolOptions{MaxOpen: 1})
+	if err != nil {
+		return "", err
+	}
+	defer admin.Close()
+	if _, err := admin.ExecContext(ctx, `DROP DATABASE IF EXISTS `+name+` WITH (FORCE)`); err != nil {
+		return "", fmt.Errorf("drop %s: %w", name, err)
+	}
+	if _, err := admin.ExecContext(ctx, `CREATE DATABASE `+name); err != nil {
+		return "", fmt.Errorf("create %s: %w", name, err)
+	}
+	u.Path = "/" + name
+	return u.String(), nil
+}
+
+// childService is a `ledger serve` child process for benchmarks.
+type childService struct {
+	cmd  *exec.Cmd
+	addr string
+	logs *os.File
+}
+
+func startChildService(ctx context.Context, dsn, secret string, extraEnv ...string) (*childService, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	addr, err := freeLocalAddr()
+	if err != nil {
+		return nil, err
+	}
+	logs, err := os.CreateTemp("", "ledger-bench-serve-*.log")
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(exe, "serve")
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+dsn, "CLERK_WEBHOOK_SIGNING_SECRET="+secret, "LEDGER_ADDR="+addr, "LOG_LEVEL=warn")
+	cmd.Env = append(cmd.Env, extraEnv...)
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s serve: %w", filepath.Base(exe), err)
+	}
+	c := &childService{cmd: cmd, addr: addr, logs: logs}
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		res, err := http.Get("http://" + addr + "/readyz")
+		if err == nil {
+			res.Body.Close()
+			if res.StatusCode == 200 {
+				return c, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			c.stop()
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	c.stop()
+	return nil, fmt.Errorf("the child service never became ready (log: %s)", logs.Name())
+}
+
+// peakRSS returns the child's peak resident set size in bytes (VmHWM).
+func (c *childService) peakRSS() int64 { return procStatusBytes(c.cmd.Process.Pid, "VmHWM:") }
+
+func (c *childService) stop() {
+	c.cmd.Process.Signal(os.Interrupt)
+	done := make(chan struct{})
+	go func() { c.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		c.cmd.Process.Kill()
+		<-done
+	}
+	c.logs.Close()
+	os.Remove(c.logs.Name())
+}
+
+// procStatusBytes reads a "kB" field of /proc/PID/status, in bytes.
+func procStatusBytes(pid int, field string) int64 {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if rest, ok := strings.CutPrefix(s.Text(), field); ok {
+			kb, _ := strconv.ParseInt(strings.Fields(rest)[0], 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}
+
+func freeLocalAddr() (string, error) {
+	ln, err := listenLocal()
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// payloads makes unique, realistic ~1 KB user.updated bodies cheaply: one
+// template rendered once, with a per-delivery user id and timestamp spliced in.
+type payloads struct {
+	parts [][]byte // template split at the user id
+}
+
+func newPayloads() *payloads {
+	const marker = "user_BENCHMARKUSERIDMARKER00000"
+	body, _ := clerkgen.Event("user.updated", clerkgen.User{ID: marker, Email: "grace.hopper@example.com", FirstName: "Grace", LastName: "Hopper", Username: "grace",
+		PublicMetadata: map[string]any{"plan": "pro", "team": "compilers"}}, time.Now())
+	return &payloads{parts: bytes.Split(body, []byte(marker))}
+}
+
+func (p *payloads) body(userID string) []byte {
+	return bytes.Join(p.parts, []byte(userID))
+}
+
+// latencies collects request latencies from many goroutines.
+type latencies struct {
+	mu sync.Mutex
+	d  []time.Duration
+}
+
+func (l *latencies) add(d []time.Duration) {
+	l.mu.Lock()
+	l.d = append(l.d, d...)
+	l.mu.Unlock()
+}
+
+func (l *latencies) quantile(q float64) time.Duration {
+	if len(l.d) == 0 {
+		return 0
+	}
+	slices.Sort(l.d)
+	return l.d[min(len(l.d)-1, int(q*float64(len(l.d))))]
+}
+
+func (a *app) benchIngest(ctx context.Context, o ingestOptions) error {
+	target := o.target
+	var child *childService
+	var dsn string
+	if target == "" {
+		var err error
+		dsn, err = benchDatabase(ctx, o.database, "ledger_bench")
+		if err != nil {
+			return err
+		}
+		o.secret = clerkgen.NewSecret()
+		child, err = startChildService(ctx, dsn, o.secret)
+		if err != nil {
+			return err
+		}
+		defer child.stop()
+		target = "http://" + child.addr + "/api/webhooks/clerk"
+	}
+	if o.secret == "" {
+		return domain.Errorf(domain.EINVALID, "--url needs the service's signing secret: --webhook-secret or CLERK_WEBHOOK_SIGNING_SECRET")
+	}
+	signer, err := clerkgen.NewSigner(strings.Fields(o.secret)[0])
+	if err != nil {
+		return domain.Errorf(domain.EINVALID, "CLERK_WEBHOOK_SIGNING_SECRET is malformed")
+	}
+	p := newPayloads()
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: o.concurrency, MaxConnsPerHost: o.concurrency}, Timeout: 30 * time.Second}
+
+	fmt.Fprintf(a.stdout, "bench ingest: %d senders for %s -> %s\n", o.concurrency, o.duration, target)
+	var sent, non2xx, failed atomic.Int64
+	lat := &latencies{}
+	runID := strconv.FormatInt(time.Now().UnixNano(), 36)
+	start := time.Now()
+	deadline := start.Add(o.duration)
+	var wg sync.WaitGroup
+	for w := range o.concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			local := make([]time.Duration, 0, 4096)
+			for i := 0; time.Now().Before(deadline) && ctx.Err() == nil; i++ {
+				id := fmt.Sprintf("msg_%s_%d_%d", runID, w, i)
+				body := p.body(fmt.Sprintf("user_b%s%04d%07d", runID, w, i))
+				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
+				req.Header = signer.Headers(id, time.Now(), body)
+				t0 := time.Now()
+				res, err := client.Do(req)
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				local = append(local, time.Since(t0))
+				sent.Add(1)
+				if res.StatusCode/100 != 2 {
+					non2xx.Add(1)
+				}
+			}
+			lat.add(local)
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	rate := float64(sent.Load()) / elapsed.Seconds()
+	fmt.Fprintf(a.stdout, "ledger:   %8.0f deliveries/s  p50 %s  p95 %s  p99 %s  non-2xx %d  errors %d  (%d in %s)\n",
+		rate, ms(lat.quantile(0.50)), ms(lat.quantile(0.95)), ms(lat.quantile(0.99)), non2xx.Load(), failed.Load(), sent.Load(), elapsed.Round(time.Millisecond))
+	if child != nil {
+		fmt.Fprintf(a.stdout, "server peak RSS: %.1f MB\n", float64(child.peakRSS())/1e6)
+	}
+	if !o.baseline {
+		return nil
+	}
+	if dsn == "" {
+		if dsn, err = benchDatabase(ctx, o.database, "ledger_bench"); err != nil {
+			return err
+		}
+	}
+	base, err := insertBaseline(ctx, dsn, p, o)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(a.stdout, "baseline: %8.0f inserts/s     p50 %s  p95 %s  p99 %s  (plain single-row durable INSERTs, same payloads and concurrency)\n",
+		base.rate, ms(base.p50), ms(base.p95), ms(base.p99))
+	fmt.Fprintf(a.stdout, "ratio:    %.2f (ledger / baseline)\n", rate/base.rate)
+	return nil
+}
+
+type baselineResult struct {
+	rate          float64
+	p50, p95, p99 time.Duration
+}
+
+// insertBaseline runs single-row autocommit INSERTs of the same bodies at the
+// same concurrency for the same duration into a scratch table.
+func insertBaseline(ctx context.Context, dsn string, p *payloads, o ingestOptions) (baselineResult, error) {
+	db, err := schema.Open(ctx, dsn, schema.PoolOptions{MaxOpen: o.concurrency})
+	if err != nil {
+		return baselineResult{}, err
+	}
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, `DROP TABLE IF EXISTS bench_baseline; CREATE TABLE bench_baseline (id bigserial PRIMARY KEY, delivery_id text NOT NULL, body text NOT NULL)`); err != nil {
+		return baselineResult{}, fmt.Errorf("create baseline table: %w", err)
+	}
+	var n, failed atomic.Int64
+	lat := &latencies{}
+	start := time.Now()
+	deadline := start.Add(o.duration)
+	var wg sync.WaitGroup
+	for w := range o.concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			local := make([]time.Duration, 0, 4096)
+			for i := 0; time.Now().Before(deadline) && ctx.Err() == nil; i++ {
+				body := p.body(fmt.Sprintf("user_base%04d%07d", w, i))
+				t0 := time.Now()
+				if _, err := db.ExecContext(ctx, `INSERT INTO bench_baseline (delivery_id, body) VALUES ($1, $2)`, fmt.Sprintf("msg_%d_%d", w, i), string(body)); err != nil {
+					failed.Add(1)
+					continue
+				}
+				local = append(local, time.Since(t0))
+				n.Add(1)
+			}
+			lat.add(local)
+		}()
+	}
+	wg.Wait()
+	if f := failed.Load(); f > 0 {
+		return baselineResult{}, errors.New("baseline inserts failed: " + strconv.FormatInt(f, 10))
+	}
+	return baselineResult{rate: float64(n.Load()) / time.Since(start).Seconds(), p50: lat.quantile(.5), p95: lat.quantile(.95), p99: lat.quantile(.99)}, nil
+}
+
+func ms(d time.Duration) string {
+	return fmt.Sprintf("%.1fms", float64(d.Microseconds())/1000)
 }
