@@ -32,7 +32,7 @@ type Store struct {
 	AppendTimeout time.Duration
 	// MaxBatch is the most deliveries one INSERT carries (default 200).
 	MaxBatch int
-	// MaxInFlight is the most INSERTs running at once (default 4).
+	// MaxInFlight is the most INSERTs running at once (default 2).
 	MaxInFlight int
 
 	mu       sync.Mutex
@@ -53,7 +53,7 @@ type appendReq struct {
 
 // NewStore returns a Store on db.
 func NewStore(db *sqlx.DB) *Store {
-	return &Store{db: db, AppendTimeout: 5 * time.Second, MaxBatch: 200, MaxInFlight: 4}
+	return &Store{db: db, AppendTimeout: 5 * time.Second, MaxBatch: 200, MaxInFlight: 2}
 }
 
 // DB returns the store's connection pool.
