@@ -224,9 +224,9 @@ func (p *Users) upsert(ctx context.Context, tx *sqlx.Tx, states map[string]*user
 	n := len(states)
 	var (
 		ids, emails, firsts, lasts, names, usernames, images, metas = make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n)
-		created, updated, deletedAt, vdel                            = make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n)
-		deleted                                                      = make([]bool, 0, n)
-		vupd, vocc, lastPos                                          = make([]int64, 0, n), make([]int64, 0, n), make([]int64, 0, n)
+		created, updated, deletedAt, vdel                           = make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n)
+		deleted                                                     = make([]bool, 0, n)
+		vupd, vocc, lastPos                                         = make([]int64, 0, n), make([]int64, 0, n), make([]int64, 0, n)
 	)
 	for _, s := range states {
 		u := s.u
