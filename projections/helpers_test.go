@@ -212,7 +212,7 @@ func waitVisible(t testing.TB, db *sqlx.DB) {
 	t.Helper()
 	var last schema.Cursor
 	var tx string
-	err := db.QueryRow(`SELECT transaction_id::text, position FROM events ORDER BY transaction_id DESC, position DESC LIMIT 1`).Scan(&tx, &last.Position)
+	err := db.QueryRow(`SELECT transaction_id::text AS tx, position FROM events ORDER BY transaction_id DESC, position DESC LIMIT 1`).Scan(&tx, &last.Position)
 	if err != nil {
 		return // no events
 	}

@@ -256,7 +256,7 @@ func TestStatusNumbers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(st) != 2 || st[0].Name != UsersName || st[0].Started || st[0].LagEvents != 40 || st[1].LagEvents != 40 {
+	if len(st) != 2 || st[1].Name != UsersName || st[1].Started || st[0].LagEvents != 40 || st[1].LagEvents != 40 {
 		t.Fatalf("before any run: %+v", st)
 	}
 	r := NewRunner(db, nil, NewUsers(), NewChain())

@@ -5,7 +5,9 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/schema"
@@ -97,6 +99,7 @@ FROM projection_checkpoints ORDER BY name`)
 			out = append(out, Status{Name: k})
 		}
 	}
+	slices.SortFunc(out, func(a, b Status) int { return strings.Compare(a.Name, b.Name) })
 	for i := range out {
 		s := &out[i]
 		s.Head = head

@@ -28,7 +28,7 @@ func (c Cursor) Less(d Cursor) bool {
 func GateHead(ctx context.Context, q Queryer) (Cursor, error) {
 	var tx string
 	var c Cursor
-	err := q.QueryRowxContext(ctx, `SELECT transaction_id::text, position FROM events
+	err := q.QueryRowxContext(ctx, `SELECT transaction_id::text AS tx, position FROM events
 WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY transaction_id DESC, position DESC LIMIT 1`).Scan(&tx, &c.Position)
 	if errors.Is(err, sql.ErrNoRows) {
