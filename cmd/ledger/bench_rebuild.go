@@ -96,6 +96,7 @@ created and seeded (ledger seed) when empty; a later run reuses the data.`,
 			}
 			fmt.Fprintf(a.stdout, "baseline (SQL DISTINCT ON): %d users in %s (%.0f events/s)\n", n, base.Round(time.Millisecond), float64(userEvents)/base.Seconds())
 
+			defer tuneGCForFold()()
 			resetPeakRSS()
 			var phases []string
 			var phase string
