@@ -71,6 +71,7 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 		return err
 	}
 	store := schema.NewStore(db)
+	defer startProjectors(ctx, log, db)()
 	srv := &http.Server{
 		Handler: handlers.NewServer(handlers.Deps{
 			Log:      log,

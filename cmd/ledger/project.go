@@ -1,0 +1,62 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/clerk-ledger/clerk-ledger/projections"
+	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/jmoiron/sqlx"
+	"github.com/spf13/cobra"
+)
+
+func (a *app) projectCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "project",
+		Short: "Run the projectors alone (users, chain) until interrupted",
+		Long: `project applies pending migrations, then runs the projectors (users and the
+hash-chain sealer) against DATABASE_URL until SIGINT or SIGTERM, without the
+web service. serve and dev run them in-process already; run this to scale them
+apart. Any number of project processes (and services) may run against one
+database: each batch commits with its checkpoint under a per-projector lock, so
+no event is ever applied twice.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			log, err := a.logger(cmd)
+			if err != nil {
+				return err
+			}
+			dsn, err := a.requireDatabaseURL(cmd)
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			db, err := schema.Open(ctx, dsn, schema.PoolOptions{MaxOpen: 4})
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			if err := migrate(ctx, log, db); err != nil {
+				return err
+			}
+			projections.NewRunner(db, log, projections.Default()...).Run(ctx)
+			return nil
+		},
+	}
+}
+
+// startProjectors runs the default projectors on db in the background and
+// returns the function that stops them and waits until they have stopped
+// (a batch in flight is rolled back, never half applied).
+func startProjectors(ctx context.Context, log *slog.Logger, db *sqlx.DB) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		projections.NewRunner(db, log, projections.Default()...).Run(ctx)
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}

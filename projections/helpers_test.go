@@ -1,0 +1,224 @@
+package projections
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/clerk-ledger/clerk-ledger/clerkgen"
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+)
+
+// history returns the deliveries of a synthetic history in the order things
+// happened (no duplicates).
+func history(t testing.TB, seed uint64, users, events int) []domain.Delivery {
+	t.Helper()
+	h, err := clerkgen.NewHistory(clerkgen.HistoryOptions{Users: users, Events: events, Seed: seed, Ordered: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]domain.Delivery, h.Len())
+	for i := range out {
+		if out[i], err = h.Delivery(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+// load appends ds to the ledger with COPY in one transaction.
+func load(t testing.TB, db *sqlx.DB, ds []domain.Delivery) {
+	t.Helper()
+	if len(ds) == 0 {
+		return
+	}
+	bd := make([]schema.Backdated, len(ds))
+	for i, d := range ds {
+		if d.Signature == "" {
+			d.Signature = "v1,test"
+		}
+		bd[i] = schema.Backdated{Delivery: d, ReceivedAt: time.Now()}
+	}
+	tx, err := db.Beginx()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if err := schema.CopyDeliveries(context.Background(), tx, bd); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// shuffledWithDuplicates permutes ds and repeats some of them under new
+// delivery ids (same body), as Clerk and Svix may.
+func shuffledWithDuplicates(r *rand.Rand, ds []domain.Delivery) []domain.Delivery {
+	out := append([]domain.Delivery(nil), ds...)
+	for i, d := range ds {
+		for k := range r.IntN(3) {
+			if r.IntN(3) == 0 {
+				d.ID = fmt.Sprintf("%s_dup%d_%d", ds[i].ID, k, i)
+				out = append(out, d)
+			}
+		}
+	}
+	r.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+	return out
+}
+
+// visibleUsers returns the users table as text, one line per user, with
+// what readers see (not last_position or the tie-break delivery id, which
+// depend on which copy of an event came last).
+func visibleUsers(t testing.TB, db *sqlx.DB) string {
+	t.Helper()
+	var lines []string
+	err := db.Select(&lines, `SELECT concat_ws('|', id, email, first_name, last_name, name, username, image_url,
+    public_metadata::text, created_at, updated_at, deleted, deleted_at, version_updated_at, version_occurred_at)
+FROM users ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Join(lines, "\n")
+}
+
+// logProjector records every event it applies in applied_log (created on
+// first use), without any uniqueness: a double application shows.
+type logProjector struct{ name string }
+
+func (p logProjector) Name() string    { return p.name }
+func (p logProjector) Types() []string { return nil }
+func (p logProjector) Apply(ctx context.Context, tx *sqlx.Tx, events []domain.Event) ([]Failure, error) {
+	pos := make([]int64, len(events))
+	for i, e := range events {
+		pos[i] = e.Position
+	}
+	_, err := tx.ExecContext(ctx, `INSERT INTO applied_log (projector, position) SELECT $1, unnest($2::bigint[])`, p.name, pq.Array(pos))
+	return nil, err
+}
+
+func createAppliedLog(t testing.TB, db *sqlx.DB) {
+	t.Helper()
+	if _, err := db.Exec(`CREATE TABLE applied_log (projector text NOT NULL, position bigint NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// assertAppliedOnce checks that projector applied every event of the
+// ledger exactly once.
+func assertAppliedOnce(t testing.TB, db *sqlx.DB, projector string) {
+	t.Helper()
+	var dups, missing, total int
+	if err := db.Get(&dups, `SELECT count(*) FROM (SELECT position FROM applied_log WHERE projector = $1 GROUP BY position HAVING count(*) > 1) d`, projector); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Get(&missing, `SELECT count(*) FROM events e WHERE NOT EXISTS (SELECT 1 FROM applied_log a WHERE a.projector = $1 AND a.position = e.position)`, projector); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Get(&total, `SELECT count(*) FROM applied_log WHERE projector = $1`, projector); err != nil {
+		t.Fatal(err)
+	}
+	if dups != 0 || missing != 0 {
+		t.Fatalf("projector %s: %d events applied more than once, %d never (%d applications)", projector, dups, missing, total)
+	}
+}
+
+// verifyChain recomputes every chain hash from the events in ledger order.
+func verifyChain(t testing.TB, db *sqlx.DB) int {
+	t.Helper()
+	ctx := context.Background()
+	var links []struct {
+		Seq      int64  `db:"seq"`
+		Position int64  `db:"position"`
+		Hash     []byte `db:"hash"`
+	}
+	if err := db.Select(&links, `SELECT seq, position, hash FROM event_chain ORDER BY seq`); err != nil {
+		t.Fatal(err)
+	}
+	var prev []byte
+	var c schema.Cursor
+	n := 0
+	for {
+		evs, err := schema.ReadAfter(ctx, db, c, 500)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(evs) == 0 {
+			break
+		}
+		for _, e := range evs {
+			if n >= len(links) {
+				t.Fatalf("event %d is not sealed (%d links)", e.Position, len(links))
+			}
+			l := links[n]
+			h := domain.ChainHash(prev, e)
+			if l.Seq != int64(n+1) || l.Position != e.Position || !bytes.Equal(l.Hash, h[:]) {
+				t.Fatalf("link %d (position %d) does not verify against event %d", l.Seq, l.Position, e.Position)
+			}
+			prev = l.Hash
+			n++
+		}
+		c = schema.After(evs[len(evs)-1])
+	}
+	if n != len(links) {
+		t.Fatalf("%d links for %d events", len(links), n)
+	}
+	return n
+}
+
+func checkpointOf(t testing.TB, db *sqlx.DB, name string) (schema.Cursor, int64, int64) {
+	t.Helper()
+	var c schema.Cursor
+	var tx string
+	var applied, failed int64
+	if err := db.QueryRow(`SELECT transaction_id::text, position, applied, failed FROM projection_checkpoints WHERE name = $1`, name).Scan(&tx, &c.Position, &applied, &failed); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Sscan(tx, &c.TxID)
+	return c, applied, failed
+}
+
+func countUserEvents(t testing.TB, db *sqlx.DB) int64 {
+	t.Helper()
+	var n int64
+	if err := db.Get(&n, `SELECT count(*) FROM events WHERE type LIKE 'user.%'`); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// waitFor polls cond until it holds or 20 s pass.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitVisible waits until every committed event is below the xid8 gate.
+func waitVisible(t testing.TB, db *sqlx.DB) {
+	t.Helper()
+	var last schema.Cursor
+	var tx string
+	err := db.QueryRow(`SELECT transaction_id::text AS tx, position FROM events ORDER BY transaction_id DESC, position DESC LIMIT 1`).Scan(&tx, &last.Position)
+	if err != nil {
+		return // no events
+	}
+	fmt.Sscan(tx, &last.TxID)
+	waitFor(t, "events to pass the xid8 gate", func() bool {
+		h, err := schema.GateHead(context.Background(), db)
+		return err == nil && !h.Less(last)
+	})
+}

@@ -1,0 +1,284 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+)
+
+// Projector builds one read model from the ledger. The Runner calls Apply
+// with the next events in ledger order inside the transaction that also
+// moves the projector's checkpoint, so whatever Apply writes in tx is
+// committed exactly once with it, or not at all.
+type Projector interface {
+	// Name is the projector's stable name: its checkpoint row and lock.
+	Name() string
+	// Types lists the event types the projector reads; nil means all.
+	Types() []string
+	// Apply applies events (the next ones in ledger order, possibly none)
+	// inside tx. It returns the events it could not apply and skipped
+	// (poison events, e.g. a user.updated whose data does not decode);
+	// the Runner records them in the same transaction. Any error rolls the
+	// whole batch back; the Runner retries it later.
+	Apply(ctx context.Context, tx *sqlx.Tx, events []domain.Event) ([]Failure, error)
+}
+
+// Failure is a poison event a projector skipped.
+type Failure struct {
+	Position   int64
+	DeliveryID string
+	Err        error
+}
+
+// Runner runs projectors against the ledger, each in its own goroutine, one
+// batch per transaction:
+//
+//	BEGIN; pg_try_advisory_xact_lock('projector:'||name); read checkpoint;
+//	read next events (xid8 gate); Apply; record poison events; move
+//	checkpoint (compare-and-set); COMMIT
+//
+// A batch commits whole or not at all, so an event is applied exactly once
+// also across crashes, and any number of Runners (processes) may run the
+// same projectors on one database: the advisory lock lets one work at a time
+// and the compare-and-set on the checkpoint rejects a batch that raced. An
+// advisory lock takes no transaction id, so an idle projector never holds
+// back the xid8 gate of other readers.
+type Runner struct {
+	db         *sqlx.DB
+	log        *slog.Logger
+	projectors []Projector
+
+	// BatchSize is the most events one batch reads (default 2000).
+	BatchSize int
+	// Idle is how long a caught-up projector waits before polling again
+	// (default 100 ms). A full batch is followed by the next at once.
+	Idle time.Duration
+	// MaxBackoff caps the wait after a failed batch (default 5 s); the wait
+	// doubles from Idle on each failure in a row.
+	MaxBackoff time.Duration
+}
+
+// NewRunner returns a Runner for projectors on db. log may be nil.
+func NewRunner(db *sqlx.DB, log *slog.Logger, projectors ...Projector) *Runner {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Runner{db: db, log: log, projectors: projectors, BatchSize: 2000, Idle: 100 * time.Millisecond, MaxBackoff: 5 * time.Second}
+}
+
+// Projectors returns the projectors the Runner runs.
+func (r *Runner) Projectors() []Projector { return r.projectors }
+
+// Run runs every projector until ctx ends, retrying failed batches (and a
+// database that is down) with backoff; it returns when ctx ends.
+func (r *Runner) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, p := range r.projectors {
+		wg.Go(func() { r.loop(ctx, p) })
+	}
+	wg.Wait()
+}
+
+func (r *Runner) loop(ctx context.Context, p Projector) {
+	log := r.log.With("projector", p.Name())
+	log.Info("projector started")
+	fails := 0
+	ensured := false
+	for {
+		var res StepResult
+		var err error
+		if !ensured {
+			err = EnsureCheckpoint(ctx, r.db, p.Name())
+			ensured = err == nil
+		}
+		if ensured {
+			res, err = r.Step(ctx, p)
+		}
+		wait := r.Idle
+		switch {
+		case ctx.Err() != nil:
+			log.Info("projector stopped")
+			return
+		case err != nil:
+			fails++
+			wait = min(r.Idle<<min(fails, 10), r.MaxBackoff)
+			log.Error("projector batch failed; retrying", "err", err, "failures_in_row", fails, "retry_in_ms", wait.Milliseconds())
+			r.recordError(ctx, p.Name(), err)
+		case res.Full:
+			fails = 0
+			continue
+		default:
+			fails = 0
+		}
+		select {
+		case <-ctx.Done():
+			log.Info("projector stopped")
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// recordError stores err as the projector's last error, for status. It is
+// best effort: when the database is down this fails too.
+func (r *Runner) recordError(ctx context.Context, name string, err error) {
+	_, _ = r.db.ExecContext(ctx, `UPDATE projection_checkpoints SET last_error = $2, last_error_at = now() WHERE name = $1`, name, err.Error())
+}
+
+// StepResult tells what one batch did.
+type StepResult struct {
+	Busy    bool // another process holds the projector's lock; nothing done
+	Read    int  // events read and applied or skipped
+	Failed  int  // poison events among them
+	Full    bool // the batch was full: more events are probably waiting
+	Advance bool // the checkpoint moved
+}
+
+// ErrCheckpointMoved is returned by Step when the checkpoint changed under
+// the batch (a concurrent runner without the lock); the batch was rolled back.
+var ErrCheckpointMoved = errors.New("checkpoint moved during the batch")
+
+// Step runs one batch of p in one transaction (see Runner) and reports what
+// it did. On error nothing of the batch is committed.
+func (r *Runner) Step(ctx context.Context, p Projector) (StepResult, error) {
+	tx, err := r.db.BeginTxx(ctx, nil)
+	if err != nil {
+		return StepResult{}, fmt.Errorf("projector %s: begin: %w", p.Name(), schema.Classify(err))
+	}
+	defer tx.Rollback()
+	var locked bool
+	if err := tx.QueryRowxContext(ctx, `SELECT pg_try_advisory_xact_lock(hashtext('projector:' || $1))`, p.Name()).Scan(&locked); err != nil {
+		return StepResult{}, fmt.Errorf("projector %s: lock: %w", p.Name(), schema.Classify(err))
+	}
+	if !locked {
+		return StepResult{Busy: true}, nil
+	}
+	cp, err := readCheckpoint(ctx, tx, p.Name())
+	if err != nil {
+		return StepResult{}, err
+	}
+	batch, err := schema.ReadBatch(ctx, tx, cp, p.Types(), r.BatchSize)
+	if err != nil {
+		return StepResult{}, fmt.Errorf("projector %s: %w", p.Name(), err)
+	}
+	res := StepResult{Read: len(batch.Events), Full: batch.Full}
+	if batch.Next == cp {
+		return res, nil // nothing new: no write, no transaction id
+	}
+	failures, err := p.Apply(ctx, tx, batch.Events)
+	if err != nil {
+		return StepResult{}, fmt.Errorf("projector %s: apply %d events after %s: %w", p.Name(), len(batch.Events), cp, err)
+	}
+	if err := recordFailures(ctx, tx, p.Name(), failures); err != nil {
+		return StepResult{}, err
+	}
+	for _, f := range failures {
+		r.log.Warn("poison event skipped", "projector", p.Name(), "position", f.Position, "delivery_id", f.DeliveryID, "err", f.Err)
+	}
+	res.Failed = len(failures)
+	if err := moveCheckpoint(ctx, tx, p.Name(), cp, batch.Next, len(batch.Events)-len(failures), len(failures)); err != nil {
+		return StepResult{}, err
+	}
+	if err := tx.Commit(); err != nil {
+		return StepResult{}, fmt.Errorf("projector %s: commit: %w", p.Name(), schema.Classify(err))
+	}
+	res.Advance = true
+	return res, nil
+}
+
+// CatchUp runs batches of every projector until each has applied every
+// event below the gate as of its last batch. A projector busy in another
+// process is waited for. It is for tools and tests; services use Run.
+func (r *Runner) CatchUp(ctx context.Context) error {
+	for _, p := range r.projectors {
+		if err := EnsureCheckpoint(ctx, r.db, p.Name()); err != nil {
+			return err
+		}
+		for {
+			res, err := r.Step(ctx, p)
+			if err != nil {
+				return err
+			}
+			if res.Busy {
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(10 * time.Millisecond):
+				}
+				continue
+			}
+			if !res.Full {
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// EnsureCheckpoint creates the checkpoint row of projector name (at the
+// start of the ledger) when it does not exist.
+func EnsureCheckpoint(ctx context.Context, db sqlx.ExecerContext, name string) error {
+	if _, err := db.ExecContext(ctx, `INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING`, name); err != nil {
+		return fmt.Errorf("create checkpoint of %s: %w", name, schema.Classify(err))
+	}
+	return nil
+}
+
+func readCheckpoint(ctx context.Context, q schema.Queryer, name string) (schema.Cursor, error) {
+	var tx string
+	var c schema.Cursor
+	err := q.QueryRowxContext(ctx, `SELECT transaction_id::text, position FROM projection_checkpoints WHERE name = $1`, name).Scan(&tx, &c.Position)
+	if err != nil {
+		return schema.Cursor{}, fmt.Errorf("read checkpoint of %s: %w", name, schema.Classify(err))
+	}
+	if c.TxID, err = strconv.ParseUint(tx, 10, 64); err != nil {
+		return schema.Cursor{}, fmt.Errorf("read checkpoint of %s: transaction id %q: %w", name, tx, err)
+	}
+	return c, nil
+}
+
+// moveCheckpoint moves name's checkpoint from `from` to `to` and adds to its
+// counters, failing with ErrCheckpointMoved when it is no longer at from.
+func moveCheckpoint(ctx context.Context, tx *sqlx.Tx, name string, from, to schema.Cursor, applied, failed int) error {
+	res, err := tx.ExecContext(ctx, `UPDATE projection_checkpoints
+SET transaction_id = $4::xid8, position = $5, applied = applied + $6, failed = failed + $7, updated_at = now()
+WHERE name = $1 AND transaction_id = $2::xid8 AND position = $3`,
+		name, strconv.FormatUint(from.TxID, 10), from.Position, strconv.FormatUint(to.TxID, 10), to.Position, applied, failed)
+	if err != nil {
+		return fmt.Errorf("move checkpoint of %s to %s: %w", name, to, schema.Classify(err))
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		return fmt.Errorf("projector %s at %s: %w", name, from, ErrCheckpointMoved)
+	}
+	return nil
+}
+
+// recordFailures stores poison events in projection_failures; one already
+// recorded (a rebuild finding it again) is kept as it is.
+func recordFailures(ctx context.Context, tx *sqlx.Tx, name string, fs []Failure) error {
+	if len(fs) == 0 {
+		return nil
+	}
+	pos := make([]int64, len(fs))
+	ids := make([]string, len(fs))
+	msgs := make([]string, len(fs))
+	for i, f := range fs {
+		pos[i], ids[i], msgs[i] = f.Position, f.DeliveryID, f.Err.Error()
+	}
+	_, err := tx.ExecContext(ctx, `INSERT INTO projection_failures (projector, position, delivery_id, error)
+SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[])
+ON CONFLICT (projector, position) DO NOTHING`, name, pq.Array(pos), pq.Array(ids), pq.Array(msgs))
+	if err != nil {
+		return fmt.Errorf("record %d poison events of %s: %w", len(fs), name, schema.Classify(err))
+	}
+	return nil
+}

@@ -1,0 +1,235 @@
+package schema
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+)
+
+// Less reports whether c comes before d in ledger order.
+func (c Cursor) Less(d Cursor) bool {
+	if c.TxID != d.TxID {
+		return c.TxID < d.TxID
+	}
+	return c.Position < d.Position
+}
+
+// GateHead returns the last event in ledger order below the xid8 gate, or
+// the zero Cursor on an empty ledger. Every event at or before it is final:
+// no transaction that could still add one before it is running.
+func GateHead(ctx context.Context, q Queryer) (Cursor, error) {
+	var tx string
+	var c Cursor
+	err := q.QueryRowxContext(ctx, `SELECT transaction_id::text AS tx, position FROM events
+WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY transaction_id DESC, position DESC LIMIT 1`).Scan(&tx, &c.Position)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Cursor{}, nil
+	}
+	if err != nil {
+		return Cursor{}, fmt.Errorf("read ledger gate head: %w", Classify(err))
+	}
+	if c.TxID, err = strconv.ParseUint(tx, 10, 64); err != nil {
+		return Cursor{}, fmt.Errorf("read ledger gate head: transaction id %q: %w", tx, err)
+	}
+	return c, nil
+}
+
+// Batch is a run of ledger events read by ReadBatch and the cursor a reader
+// that has processed them moves to.
+type Batch struct {
+	Events []domain.Event
+	// Next is the new cursor. With a type filter it may lie past the last
+	// event of the batch: events of other types in between are skipped.
+	Next Cursor
+	// Full reports whether the batch hit the limit (more may be waiting).
+	Full bool
+}
+
+// ReadBatch returns up to limit events after c in ledger order, only from
+// below the xid8 gate (see ReadAfter). With types (exact type names) it
+// returns only events of those types, and when fewer than limit match it
+// moves Next to the gate head, so a reader of a few types does not lag
+// behind on events it does not read. It runs on q, so a projector can read
+// inside its own transaction.
+func ReadBatch(ctx context.Context, q Queryer, c Cursor, types []string, limit int) (Batch, error) {
+	if len(types) == 0 {
+		evs, err := ReadAfter(ctx, q, c, limit)
+		if err != nil {
+			return Batch{}, err
+		}
+		b := Batch{Events: evs, Next: c, Full: len(evs) == limit}
+		if len(evs) > 0 {
+			b.Next = After(evs[len(evs)-1])
+		}
+		return b, nil
+	}
+	// The head is read first: every event up to it is final, so the read
+	// below, bounded by it, sees all of them whatever commits meanwhile.
+	head, err := GateHead(ctx, q)
+	if err != nil {
+		return Batch{}, err
+	}
+	if !c.Less(head) {
+		return Batch{Next: c}, nil
+	}
+	rows, err := q.QueryxContext(ctx, `SELECT `+eventColumns+` FROM events
+WHERE (transaction_id, position) > ($1::xid8, $2::bigint)
+  AND (transaction_id, position) <= ($3::xid8, $4::bigint)
+  AND type = ANY($5)
+ORDER BY transaction_id, position
+LIMIT $6`, strconv.FormatUint(c.TxID, 10), c.Position, strconv.FormatUint(head.TxID, 10), head.Position, pq.Array(types), limit)
+	if err != nil {
+		return Batch{}, fmt.Errorf("read ledger after %s: %w", c, Classify(err))
+	}
+	defer rows.Close()
+	b := Batch{Events: make([]domain.Event, 0, min(limit, 1024))}
+	for rows.Next() {
+		e, err := scanEvent(rows)
+		if err != nil {
+			return Batch{}, err
+		}
+		b.Events = append(b.Events, e)
+	}
+	if err := rows.Err(); err != nil {
+		return Batch{}, fmt.Errorf("read ledger after %s: %w", c, Classify(err))
+	}
+	b.Full = len(b.Events) == limit
+	b.Next = head
+	if b.Full {
+		b.Next = After(b.Events[len(b.Events)-1])
+	}
+	return b, nil
+}
+
+// rangeWhere is the condition of StreamEvents and CountEvents.
+const rangeWhere = `(transaction_id, position) > ($1::xid8, $2::bigint)
+  AND (transaction_id, position) <= ($3::xid8, $4::bigint)
+  AND ($5::text[] IS NULL OR type = ANY($5))`
+
+func rangeArgs(after, upTo Cursor, types []string) []any {
+	var t any // NULL: every type
+	if len(types) > 0 {
+		t = pq.Array(types)
+	}
+	return []any{strconv.FormatUint(after.TxID, 10), after.Position, strconv.FormatUint(upTo.TxID, 10), upTo.Position, t}
+}
+
+// StreamEvents calls fn with every event after `after` up to and including
+// upTo, of the given types (none: all), in NO particular order: it is one
+// sequential scan, the fastest way to read a large part of the ledger. upTo
+// should come from GateHead, so the range is final. To read less, it leaves
+// ReceivedAt, SvixTimestamp and SvixSignature empty: it is for folding, not
+// for auditing. fn's error stops the scan and is returned as is.
+func StreamEvents(ctx context.Context, q Queryer, after, upTo Cursor, types []string, fn func(domain.Event) error) error {
+	rows, err := q.QueryxContext(ctx, `SELECT position, transaction_id, delivery_id, type, COALESCE(user_id, ''), occurred_at, body
+FROM events WHERE `+rangeWhere, rangeArgs(after, upTo, types)...)
+	if err != nil {
+		return fmt.Errorf("stream ledger %s..%s: %w", after, upTo, Classify(err))
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var e domain.Event
+		if err := rows.Scan(&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.Body); err != nil {
+			return fmt.Errorf("stream ledger: scan event: %w", Classify(err))
+		}
+		e.OccurredAt = e.OccurredAt.UTC()
+		if err := fn(e); err != nil {
+			return err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("stream ledger %s..%s: %w", after, upTo, Classify(err))
+	}
+	return nil
+}
+
+// CountEvents returns how many events of the given types (none: all) lie
+// after `after` up to and including upTo.
+func CountEvents(ctx context.Context, q Queryer, after, upTo Cursor, types []string) (int64, error) {
+	var n int64
+	if err := q.QueryRowxContext(ctx, `SELECT count(*) FROM events WHERE `+rangeWhere, rangeArgs(after, upTo, types)...).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count events %s..%s: %w", after, upTo, Classify(err))
+	}
+	return n, nil
+}
+
+// Backdated is a delivery loaded straight into the ledger (by `ledger seed`)
+// with the time it was received.
+type Backdated struct {
+	domain.Delivery
+	ReceivedAt time.Time
+}
+
+// CopyDeliveries appends ds to the ledger with COPY inside tx, the fastest
+// way to load a large synthetic history. It bypasses the webhook path: no
+// signature is checked, and a delivery id already stored makes the whole COPY
+// fail (no ON CONFLICT with COPY). All rows share tx's transaction id, so
+// their ledger order is the order of ds.
+func CopyDeliveries(ctx context.Context, tx *sqlx.Tx, ds []Backdated) error {
+	stmt, err := tx.PrepareContext(ctx, pq.CopyIn("events", "message_uuid", "delivery_id", "type", "user_id",
+		"occurred_at", "received_at", "body", "svix_timestamp", "svix_signature"))
+	if err != nil {
+		return fmt.Errorf("copy into events: %w", Classify(err))
+	}
+	defer stmt.Close()
+	for _, d := range ds {
+		var user any
+		if d.UserID != "" {
+			user = d.UserID
+		}
+		if _, err := stmt.ExecContext(ctx, watermill.NewUUID(), d.ID, d.Type, user, d.OccurredAt, d.ReceivedAt,
+			string(d.Body), d.Timestamp, d.Signature); err != nil {
+			return fmt.Errorf("copy delivery %s: %w", d.ID, Classify(err))
+		}
+	}
+	if _, err := stmt.ExecContext(ctx); err != nil {
+		return fmt.Errorf("copy into events: %w", Classify(err))
+	}
+	return nil
+}
+
+// BaselineUsers builds table (dropped first if it exists) from the user
+// events with one set-based statement: the last user.* event of each user in
+// ledger order, its fields extracted in SQL (DISTINCT ON (user_id) ... ORDER
+// BY ... DESC). It is the speed baseline of `ledger bench rebuild`, not a
+// correct fold: it trusts ledger order, so a late older update wins. It
+// returns the number of rows built.
+func BaselineUsers(ctx context.Context, db *sqlx.DB, table string) (int64, error) {
+	t := pq.QuoteIdentifier(table)
+	if _, err := db.ExecContext(ctx, `DROP TABLE IF EXISTS `+t); err != nil {
+		return 0, fmt.Errorf("drop %s: %w", table, Classify(err))
+	}
+	res, err := db.ExecContext(ctx, `CREATE TABLE `+t+` AS
+SELECT user_id AS id,
+       deleted,
+       CASE WHEN deleted THEN '' ELSE COALESCE((SELECT a->>'email_address' FROM jsonb_array_elements(d->'email_addresses') a
+                                                WHERE a->>'id' = d->>'primary_email_address_id' LIMIT 1), '') END AS email,
+       CASE WHEN deleted THEN '' ELSE COALESCE(d->>'first_name', '') END AS first_name,
+       CASE WHEN deleted THEN '' ELSE COALESCE(d->>'last_name', '') END AS last_name,
+       CASE WHEN deleted THEN '' ELSE COALESCE(d->>'username', '') END AS username,
+       CASE WHEN deleted THEN '' ELSE COALESCE(d->>'image_url', '') END AS image_url,
+       CASE WHEN deleted THEN '{}'::jsonb ELSE COALESCE(d->'public_metadata', '{}'::jsonb) END AS public_metadata,
+       to_timestamp((d->>'created_at')::bigint / 1000.0) AS created_at,
+       to_timestamp((d->>'updated_at')::bigint / 1000.0) AS updated_at,
+       position AS last_position
+FROM (
+    SELECT DISTINCT ON (user_id) user_id, position, type = 'user.deleted' AS deleted, body::jsonb->'data' AS d
+    FROM events
+    WHERE type IN ('user.created', 'user.updated', 'user.deleted') AND user_id IS NOT NULL
+    ORDER BY user_id, transaction_id DESC, position DESC
+) last`)
+	if err != nil {
+		return 0, fmt.Errorf("baseline rebuild into %s: %w", table, Classify(err))
+	}
+	n, _ := res.RowsAffected()
+	return n, nil
+}
