@@ -45,7 +45,7 @@ func queryEventsPage(ctx context.Context, db *sqlx.DB, q EventQuery, actor, chan
 		p.Events[i] = NewAuditEventJSON(e)
 	}
 	if len(events) == q.Filter.Limit && len(events) > 0 {
-		p.NextCursor = encodeCursor(schema.After(events[len(events)-1].Event))
+		p.NextCursor = EncodeCursor(schema.After(events[len(events)-1].Event))
 	}
 	return p, events, nil
 }

@@ -123,8 +123,8 @@ func parseTimeParam(v url.Values, name string) (time.Time, error) {
 	return t.UTC(), nil
 }
 
-// encodeCursor makes the opaque paging cursor for the place after c.
-func encodeCursor(c schema.Cursor) string {
+// EncodeCursor makes the opaque paging cursor for the place after c.
+func EncodeCursor(c schema.Cursor) string {
 	return base64.RawURLEncoding.EncodeToString([]byte("v1:" + c.String()))
 }
 

@@ -98,3 +98,29 @@ func (s *Sealer) Seal(tb testing.TB, db *sqlx.DB) int {
 		n += len(events)
 	}
 }
+
+// Tamper runs query as the superuser with the append-only triggers
+// disabled (session_replication_role = replica), as an attacker with
+// database access could: tests use it to show the tampering is detected.
+func Tamper(tb testing.TB, db *sqlx.DB, query string, args ...any) {
+	tb.Helper()
+	ctx := context.Background()
+	tx, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		tb.Fatalf("schematest: tamper: %v", err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `SET LOCAL session_replication_role = replica`); err != nil {
+		tb.Fatalf("schematest: tamper: %v", err)
+	}
+	res, err := tx.ExecContext(ctx, query, args...)
+	if err != nil {
+		tb.Fatalf("schematest: tamper %q: %v", query, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		tb.Fatalf("schematest: tamper %q changed no row", query)
+	}
+	if err := tx.Commit(); err != nil {
+		tb.Fatalf("schematest: tamper: %v", err)
+	}
+}
