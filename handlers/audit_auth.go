@@ -9,7 +9,7 @@ import (
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/projections"
-	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/jmoiron/sqlx"
 )
 
 // Auditors decides who may use the audit routes and pages: a signed-in user
@@ -17,12 +17,12 @@ import (
 // users.public_metadata.role is "auditor". It is safe for concurrent use.
 type Auditors struct {
 	ids map[string]bool
-	db  schema.Queryer // the users projection; nil: the list only
+	db  *sqlx.DB // the users projection; nil: the list only
 }
 
 // NewAuditors returns Auditors for the listed user ids, looking roles up in
 // the users projection on db (which may be nil: then only the list counts).
-func NewAuditors(ids []string, db schema.Queryer) *Auditors {
+func NewAuditors(ids []string, db *sqlx.DB) *Auditors {
 	a := &Auditors{ids: map[string]bool{}, db: db}
 	for _, id := range ids {
 		if id = strings.TrimSpace(id); id != "" {
