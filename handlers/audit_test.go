@@ -91,6 +91,26 @@ func (e *auditEnv) append(t testing.TB, id, typ string, u clerkgen.User, at time
 	return d
 }
 
+// visible waits until n events are readable below the xid8 gate (other
+// tests' open transactions in the cluster hold it back).
+func (e *auditEnv) visible(t testing.TB, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := schema.CountAfter(context.Background(), e.db, schema.Cursor{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d events became readable", c, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // putUser writes a users projection row as the users projector would.
 func putUser(t testing.TB, db *sqlx.DB, u domain.User) {
 	t.Helper()
@@ -116,6 +136,7 @@ var tBase = time.Date(2024, 5, 28, 12, 0, 0, 0, time.UTC)
 func TestAuditAuthorizationMatrix(t *testing.T) {
 	e := newAuditEnv(t)
 	e.append(t, "msg_1", "user.created", clerkgen.User{ID: "user_subject", Email: "s@example.com"}, tBase)
+	e.visible(t, 1)
 	putUser(t, e.db, domain.User{ID: "user_role_auditor", PublicMetadata: json.RawMessage(`{"role":"auditor"}`)})
 	putUser(t, e.db, domain.User{ID: "user_member", PublicMetadata: json.RawMessage(`{"role":"member"}`)})
 	putUser(t, e.db, domain.User{ID: "user_deleted_auditor", PublicMetadata: json.RawMessage(`{"role":"auditor"}`), Deleted: true})
@@ -189,8 +210,9 @@ func TestAuditEventsPagingExportAndAccessLog(t *testing.T) {
 		typ := []string{"user.created", "session.created", "user.updated", "email.created"}[i%4]
 		stored = append(stored, e.append(t, fmt.Sprintf("msg_%03d", i), typ, clerkgen.User{ID: fmt.Sprintf("user_%d", i%2), Email: "p@example.com"}, tBase.Add(time.Duration(i)*time.Minute)))
 	}
-	e.sealer.Seal(t, e.db)
+	e.sealer.SealAll(t, e.db, 25)
 	e.append(t, "msg_unsealed", "user.updated", clerkgen.User{ID: "user_0"}, tBase.Add(time.Hour))
+	e.visible(t, 26)
 
 	// Page through user.* events of user_0, four at a time.
 	var got []AuditEventJSON
@@ -318,6 +340,7 @@ func TestAuditPointInTimeAgainstHandComputedStates(t *testing.T) {
 	e.append(t, "msg_s", "session.created", created, t1.Add(time.Minute))
 	e.append(t, "msg_b", "user.updated", renamed, t2)
 	e.append(t, "msg_d", "user.deleted", created, t4)
+	e.visible(t, 6)
 
 	state := func(at string) (int, UserHistory) {
 		t.Helper()
@@ -396,7 +419,7 @@ func TestAuditVerifyCatchesTampering(t *testing.T) {
 	for i := range 10 {
 		ds = append(ds, e.append(t, fmt.Sprintf("msg_%d", i), "user.updated", clerkgen.User{ID: "user_v", Email: "v@example.com", UpdatedAt: tBase.Add(time.Duration(i) * time.Minute)}, tBase.Add(time.Duration(i)*time.Minute)))
 	}
-	e.sealer.Seal(t, e.db)
+	e.sealer.SealAll(t, e.db, 10)
 	verify := func(q string) verifyAnswer {
 		t.Helper()
 		res, body := e.get(t, listedAuditor, "/api/audit/verify"+q)
@@ -442,6 +465,7 @@ func TestAuditSearchPage(t *testing.T) {
 	for i := range 5 {
 		e.append(t, fmt.Sprintf("msg_%d", i), "session.created", clerkgen.User{ID: "user_p"}, tBase.Add(time.Duration(i)*time.Minute))
 	}
+	e.visible(t, 5)
 	res, body := e.get(t, listedAuditor, "/audit?user_id=user_p&type=session.*&limit=2&since=2024-05-28T12:00")
 	s := string(body)
 	if res.StatusCode != 200 || strings.Count(s, "<td class=\"mono\">session.created</td>") != 2 || !strings.Contains(s, "rel=\"next\"") ||
@@ -511,6 +535,7 @@ func TestAuditExportOfLargeHistoryInConstantMemory(t *testing.T) {
 	e := newAuditEnv(t)
 	const n = 200_000
 	schematest.CopyEvents(t, e.db, n, func(i int) domain.Delivery { return synthDelivery(e.signer, i, 2000) })
+	e.visible(t, n)
 	base := heapInUse()
 	w := &countingWriter{header: http.Header{}, sampleAt: 20000}
 	req := httptest.NewRequest(http.MethodGet, "/api/audit/events?format=jsonl", nil)

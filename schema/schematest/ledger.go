@@ -3,6 +3,7 @@ package schematest
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
@@ -64,7 +65,22 @@ func uuid(i int) string {
 // schema.Seal over schema.ReadAfter batches, in ledger order, one
 // transaction per batch. It is not safe for concurrent use.
 type Sealer struct {
-	after schema.Cursor
+	after  schema.Cursor
+	sealed int
+}
+
+// SealAll seals until this Sealer has sealed total events, waiting for the
+// xid8 gate (an open transaction anywhere in the cluster, such as another
+// package's test, holds it back). It fails the test after 20 s.
+func (s *Sealer) SealAll(tb testing.TB, db *sqlx.DB, total int) {
+	tb.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for s.Seal(tb, db); s.sealed < total; s.Seal(tb, db) {
+		if time.Now().After(deadline) {
+			tb.Fatalf("schematest: sealed %d events, want %d", s.sealed, total)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // Seal seals every event readable now (below the xid8 gate) that this
@@ -96,6 +112,7 @@ func (s *Sealer) Seal(tb testing.TB, db *sqlx.DB) int {
 		}
 		s.after = schema.After(events[len(events)-1])
 		n += len(events)
+		s.sealed += len(events)
 	}
 }
 
