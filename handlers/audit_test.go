@@ -27,11 +27,12 @@ import (
 // request's session comes from the test-only X-Test-Session header (the real
 // token middleware is branch web's), set with withSession.
 type auditEnv struct {
-	h      http.Handler
-	db     *sqlx.DB
-	store  *schema.Store
-	signer *clerkgen.Signer
-	sealer schematest.Sealer
+	h        http.Handler
+	db       *sqlx.DB
+	store    *schema.Store
+	signer   *clerkgen.Signer
+	verifier *Verifier
+	sealer   schematest.Sealer
 }
 
 const listedAuditor = "user_listed_auditor"
@@ -56,7 +57,7 @@ func newAuditEnv(t testing.TB) *auditEnv {
 		}
 		srv.ServeHTTP(w, r)
 	})
-	return &auditEnv{h: h, db: db, store: store, signer: signer}
+	return &auditEnv{h: h, db: db, store: store, signer: signer, verifier: v}
 }
 
 // get serves GET path as the session user (none when "").

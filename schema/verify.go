@@ -51,7 +51,14 @@ const verifyChainSQL = `SELECT c.seq, c.position, c.hash, e.position IS NOT NULL
   COALESCE((extract(epoch FROM e.received_at) * 1000000)::bigint, 0),
   COALESCE(e.body, ''), COALESCE(e.svix_timestamp, 0), COALESCE(e.svix_signature, '')
 FROM event_chain c LEFT JOIN events e ON e.position = c.position
-ORDER BY c.seq`
+WHERE c.seq > $1
+ORDER BY c.seq
+LIMIT $2`
+
+// verifyPage is how many links VerifyChain reads per keyset page: a page in
+// seq order is a nested loop on the two unique indexes, where one ORDER BY
+// seq over everything made PostgreSQL sort the whole ledger on disk.
+const verifyPage = 20000
 
 // VerifyChain recomputes the whole hash chain from the stored events in seal
 // order, inside one read-only REPEATABLE READ snapshot, streaming (memory
@@ -81,11 +88,6 @@ func VerifyChain(ctx context.Context, db *sqlx.DB, want *domain.Digest) (ChainRe
 		rep.Duration = time.Since(start)
 		return rep, nil
 	}
-	rows, err := tx.QueryContext(ctx, verifyChainSQL)
-	if err != nil {
-		return rep, fmt.Errorf("verify chain: %w", Classify(err))
-	}
-	defer rows.Close()
 	var (
 		prev     [domain.HashSize]byte
 		seq      int64
@@ -95,39 +97,57 @@ func VerifyChain(ctx context.Context, db *sqlx.DB, want *domain.Digest) (ChainRe
 		body     sql.RawBytes
 		e        domain.Event
 		reached  bool
+		rows     *sql.Rows
 	)
-	for rows.Next() {
-		var s int64
-		if err := rows.Scan(&s, &e.Position, &stored, &exists, &e.DeliveryID, &e.Type, &e.UserID, &occ, &rec, &body, &e.SvixTimestamp, &e.SvixSignature); err != nil {
-			return rep, fmt.Errorf("verify chain: scan: %w", Classify(err))
+	defer func() {
+		if rows != nil {
+			rows.Close()
 		}
-		if s != seq+1 {
-			return fail(e.Position, "chain link %d is missing: the link after %d is %d", seq+1, seq, s)
+	}()
+	for {
+		rows, err = tx.QueryContext(ctx, verifyChainSQL, seq, verifyPage)
+		if err != nil {
+			return rep, fmt.Errorf("verify chain: %w", Classify(err))
 		}
-		seq = s
-		if !exists {
-			return fail(e.Position, "event at position %d (link %d) is missing from the ledger", e.Position, s)
-		}
-		e.OccurredAt = time.UnixMicro(occ)
-		e.ReceivedAt = time.UnixMicro(rec)
-		e.Body = body
-		h := domain.ChainHash(prev[:], e)
-		if string(h[:]) != string(stored) {
-			return fail(e.Position, "event at position %d (link %d) does not match its chain hash: it or the link was changed", e.Position, s)
-		}
-		prev = h
-		rep.Checked++
-		if want != nil && e.Position == want.Position {
-			if h != want.Hash {
-				return fail(e.Position, "the chain does not reach the kept digest: the hash at position %d differs", e.Position)
+		got := 0
+		for rows.Next() {
+			got++
+			var s int64
+			if err := rows.Scan(&s, &e.Position, &stored, &exists, &e.DeliveryID, &e.Type, &e.UserID, &occ, &rec, &body, &e.SvixTimestamp, &e.SvixSignature); err != nil {
+				return rep, fmt.Errorf("verify chain: scan: %w", Classify(err))
 			}
-			reached = true
+			if s != seq+1 {
+				return fail(e.Position, "chain link %d is missing: the link after %d is %d", seq+1, seq, s)
+			}
+			seq = s
+			if !exists {
+				return fail(e.Position, "event at position %d (link %d) is missing from the ledger", e.Position, s)
+			}
+			e.OccurredAt = time.UnixMicro(occ)
+			e.ReceivedAt = time.UnixMicro(rec)
+			e.Body = body
+			h := domain.ChainHash(prev[:], e)
+			if string(h[:]) != string(stored) {
+				return fail(e.Position, "event at position %d (link %d) does not match its chain hash: it or the link was changed", e.Position, s)
+			}
+			prev = h
+			rep.Checked++
+			if want != nil && e.Position == want.Position {
+				if h != want.Hash {
+					return fail(e.Position, "the chain does not reach the kept digest: the hash at position %d differs", e.Position)
+				}
+				reached = true
+			}
+		}
+		if err := rows.Err(); err != nil {
+			rows.Close()
+			return rep, fmt.Errorf("verify chain: %w", Classify(err))
+		}
+		rows.Close()
+		if got < verifyPage {
+			break
 		}
 	}
-	if err := rows.Err(); err != nil {
-		return rep, fmt.Errorf("verify chain: %w", Classify(err))
-	}
-	rows.Close()
 	if want != nil && !reached {
 		return fail(want.Position, "the chain does not reach the kept digest: no link seals position %d", want.Position)
 	}
