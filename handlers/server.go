@@ -4,6 +4,8 @@ import (
 	"log/slog"
 	"net/http"
 	"time"
+
+	"github.com/jmoiron/sqlx"
 )
 
 // Deps is everything the HTTP surface needs; run builds it.
@@ -14,6 +16,8 @@ type Deps struct {
 	Ready    ReadinessChecker
 	Observer DeliveryObserver // may be nil
 	Now      func() time.Time // default time.Now
+	DB       *sqlx.DB         // the ledger database: audit queries, users projection
+	Auditors []string         // LEDGER_AUDITORS: Clerk user ids allowed into the audit workspace
 }
 
 // NewServer returns the service's HTTP handler: every route of routes.go

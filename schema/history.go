@@ -33,8 +33,8 @@ func QueryEvents(ctx context.Context, q Queryer, f EventFilter) ([]domain.Event,
 	}
 	where, args := f.where()
 	args = append(args, f.Limit)
-	query := `SELECT ` + eventColumns + ` FROM events WHERE ` + where +
-		` ORDER BY transaction_id, position LIMIT $` + strconv.Itoa(len(args))
+	query := `SELECT ` + eventColumns + ` FROM events e WHERE ` + where +
+		` ORDER BY e.transaction_id, e.position LIMIT $` + strconv.Itoa(len(args))
 	rows, err := q.QueryxContext(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("query events: %w", Classify(err))
@@ -54,11 +54,12 @@ func QueryEvents(ctx context.Context, q Queryer, f EventFilter) ([]domain.Event,
 	return out, nil
 }
 
-// where returns the SQL condition and its arguments for f (without Limit).
+// where returns the SQL condition and its arguments for f (without Limit),
+// on the events table aliased as e.
 func (f EventFilter) where() (string, []any) {
 	conds := []string{
-		`(transaction_id, position) > ($1::xid8, $2::bigint)`,
-		`transaction_id < pg_snapshot_xmin(pg_current_snapshot())`,
+		`(e.transaction_id, e.position) > ($1::xid8, $2::bigint)`,
+		`e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())`,
 	}
 	args := []any{strconv.FormatUint(f.After.TxID, 10), f.After.Position}
 	add := func(cond string, arg any) {
@@ -66,7 +67,7 @@ func (f EventFilter) where() (string, []any) {
 		conds = append(conds, strings.ReplaceAll(cond, "$?", "$"+strconv.Itoa(len(args))))
 	}
 	if f.UserID != "" {
-		add(`user_id = $?`, f.UserID)
+		add(`e.user_id = $?`, f.UserID)
 	}
 	if len(f.Types) > 0 {
 		var exact, prefixes []string
@@ -80,21 +81,21 @@ func (f EventFilter) where() (string, []any) {
 		var or []string
 		if len(exact) > 0 {
 			args = append(args, pq.Array(exact))
-			or = append(or, `type = ANY($`+strconv.Itoa(len(args))+`)`)
+			or = append(or, `e.type = ANY($`+strconv.Itoa(len(args))+`)`)
 		}
 		for _, p := range prefixes {
 			args = append(args, p)
 			n := strconv.Itoa(len(args))
 			// COLLATE "C" range: an index range scan on events_type_idx.
-			or = append(or, `(type >= $`+n+` AND type < $`+n+` || chr(1114111))`)
+			or = append(or, `(e.type >= $`+n+` AND e.type < $`+n+` || chr(1114111))`)
 		}
 		conds = append(conds, "("+strings.Join(or, " OR ")+")")
 	}
 	if !f.Since.IsZero() {
-		add(`occurred_at >= $?`, f.Since)
+		add(`e.occurred_at >= $?`, f.Since)
 	}
 	if !f.Until.IsZero() {
-		add(`occurred_at < $?`, f.Until)
+		add(`e.occurred_at < $?`, f.Until)
 	}
 	return strings.Join(conds, " AND "), args
 }

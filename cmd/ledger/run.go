@@ -82,7 +82,7 @@ LOG_FORMAT (text|json), LOG_LEVEL.`,
 	root.PersistentFlags().String("database-url", "", "PostgreSQL URL (overrides DATABASE_URL)")
 	root.PersistentFlags().String("log-format", "", "log format: text or json (overrides LOG_FORMAT)")
 	root.AddCommand(a.serveCmd(), a.devCmd(), a.migrateCmd(), a.webhookCmd(), a.benchCmd())
-	root.AddCommand(a.projectionsCmd(), a.projectCmd(), a.seedCmd())
+	root.AddCommand(a.projectionsCmd(), a.projectCmd(), a.seedCmd(), a.auditCmd())
 	return root
 }
 

@@ -78,6 +78,8 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 			Verifier: verifier,
 			Store:    store,
 			Ready:    store,
+			DB:       db,
+			Auditors: cfg.Auditors,
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,

@@ -1,0 +1,296 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/handlers"
+	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/jmoiron/sqlx"
+	"github.com/spf13/cobra"
+)
+
+// auditCmd is `ledger audit`: the auditors' tools for operators with
+// database access. Every query is recorded in the audit access log as
+// cli:<os user>.
+func (a *app) auditCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "audit",
+		Short: "Query the ledger's history, a user's past state, and prove the record unaltered",
+		Long: `audit reads the ledger in DATABASE_URL directly. Queries and exports are
+recorded in the audit access log (actor cli:$USER), like the workspace's.`,
+	}
+	cmd.AddCommand(a.auditEventsCmd(), a.auditUserCmd(), a.auditDigestCmd(), a.auditVerifyCmd())
+	return cmd
+}
+
+// cliActor names the operator in the access log.
+func (a *app) cliActor() string {
+	u := a.env("USER")
+	if u == "" {
+		u = "unknown"
+	}
+	return "cli:" + u
+}
+
+func (a *app) openAuditDB(cmd *cobra.Command) (*sqlx.DB, error) {
+	dsn, err := a.requireDatabaseURL(cmd)
+	if err != nil {
+		return nil, err
+	}
+	return schema.Open(cmd.Context(), dsn, schema.PoolOptions{MaxOpen: 2})
+}
+
+func (a *app) auditEventsCmd() *cobra.Command {
+	var (
+		userID, since, until, format, cursor string
+		types                                []string
+		limit                                int
+	)
+	cmd := &cobra.Command{
+		Use:   "events",
+		Short: "List or export ledger events in ledger order",
+		Long: `events lists the ledger's events in ledger order with their chain hashes,
+filtered like GET /api/audit/events. --format table prints one page (--limit,
+default 100, at most 1000) and the cursor of the next; jsonl and csv stream
+every matching event (or --limit of them) in constant memory.`,
+		Example: `  ledger audit events --user-id user_123
+  ledger audit events --type 'user.*' --since 2024-05-01T00:00:00Z --format csv > may.csv`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			v := url.Values{}
+			set := func(k, s string) {
+				if s != "" {
+					v.Set(k, s)
+				}
+			}
+			set("user_id", userID)
+			set("since", since)
+			set("until", until)
+			set("cursor", cursor)
+			if limit > 0 {
+				set("limit", strconv.Itoa(limit))
+			}
+			for _, t := range types {
+				v.Add("type", t)
+			}
+			switch format {
+			case "table":
+			case handlers.FormatJSONL, handlers.FormatCSV:
+				v.Set("format", format)
+			default:
+				return domain.Errorf(domain.EINVALID, "--format %q is not table, jsonl or csv", format)
+			}
+			q, err := handlers.ParseEventQuery(v)
+			if err != nil {
+				return domain.Errorf(domain.EINVALID, "--%s", strings.Replace(domain.ErrorMessage(err), "user_id", "user-id", 1))
+			}
+			db, err := a.openAuditDB(cmd)
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			ctx := cmd.Context()
+			if format != "table" {
+				bw := bufio.NewWriterSize(a.stdout, 64<<10)
+				enc, err := handlers.NewEventWriter(bw, format)
+				if err != nil {
+					return err
+				}
+				n, err := schema.StreamAuditEvents(ctx, db, q.Filter, enc.Write)
+				if err == nil {
+					if err = enc.Flush(); err == nil {
+						err = bw.Flush()
+					}
+				}
+				if rerr := schema.RecordAccess(ctx, db, schema.Access{Actor: a.cliActor(), Channel: schema.ChannelCLI, Action: schema.ActionExport, Filters: handlers.FilterRecord(q), RowCount: n}); rerr != nil && err == nil {
+					err = rerr
+				}
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stderr, "%d events\n", n)
+				return nil
+			}
+			events, err := schema.QueryAuditEvents(ctx, db, q.Filter)
+			if err != nil {
+				return err
+			}
+			if err := schema.RecordAccess(ctx, db, schema.Access{Actor: a.cliActor(), Channel: schema.ChannelCLI, Action: schema.ActionEvents, Filters: handlers.FilterRecord(q), RowCount: int64(len(events))}); err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "POSITION\tOCCURRED AT\tTYPE\tUSER\tDELIVERY\tCHAIN HASH")
+			for _, e := range events {
+				hash := "(not sealed)"
+				if e.ChainHash != nil {
+					hash = fmt.Sprintf("%x", e.ChainHash[:8])
+				}
+				user := e.UserID
+				if user == "" {
+					user = "-"
+				}
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", e.Position, e.OccurredAt.Format(time.RFC3339Nano), e.Type, user, e.DeliveryID, hash)
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if len(events) == q.Filter.Limit && len(events) > 0 {
+				fmt.Fprintf(a.stderr, "%d events; more with --cursor %s\n", len(events), handlers.EncodeCursor(schema.After(events[len(events)-1].Event)))
+			} else {
+				fmt.Fprintf(a.stderr, "%d events\n", len(events))
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&userID, "user-id", "", "only events about this Clerk user")
+	f.StringArrayVar(&types, "type", nil, "only this type, or a prefix like user.* (repeatable)")
+	f.StringVar(&since, "since", "", "only events that occurred at or after this RFC 3339 time")
+	f.StringVar(&until, "until", "", "only events that occurred before this RFC 3339 time")
+	f.IntVar(&limit, "limit", 0, "at most this many (table: default 100, max 1000; exports: all)")
+	f.StringVar(&cursor, "cursor", "", "continue after this cursor (printed by the previous page)")
+	f.StringVar(&format, "format", "table", "table, jsonl or csv")
+	return cmd
+}
+
+func (a *app) auditUserCmd() *cobra.Command {
+	var at string
+	cmd := &cobra.Command{
+		Use:   "user ID",
+		Short: "Print a user's state as of a time, folded from the ledger, and the events that made it (JSON)",
+		Long: `user folds the state of Clerk user ID from the ledger's events about them that
+occurred at or before --at (default: now) with the users projection's own fold,
+and prints it with those events as JSON. Without --at it also prints the users
+projection's row and whether the two match.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var t time.Time
+			if at != "" {
+				var err error
+				if t, err = time.Parse(time.RFC3339Nano, at); err != nil {
+					return domain.Errorf(domain.EINVALID, "--at %q is not an RFC 3339 time (e.g. 2024-05-28T12:00:00Z)", at)
+				}
+			}
+			db, err := a.openAuditDB(cmd)
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			h, err := handlers.UserAt(cmd.Context(), db, args[0], t)
+			if err != nil {
+				return err
+			}
+			filters := map[string]string{"user_id": args[0]}
+			if at != "" {
+				filters["at"] = t.UTC().Format(time.RFC3339Nano)
+			}
+			if err := schema.RecordAccess(cmd.Context(), db, schema.Access{Actor: a.cliActor(), Channel: schema.ChannelCLI, Action: schema.ActionUser, Filters: filters, RowCount: int64(len(h.Events))}); err != nil {
+				return err
+			}
+			if len(h.Events) == 0 {
+				return domain.Errorf(domain.ENOTFOUND, "the ledger has no event about user %s by then", args[0])
+			}
+			enc := json.NewEncoder(a.stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(h)
+		},
+	}
+	cmd.Flags().StringVar(&at, "at", "", "RFC 3339 instant (default: now)")
+	return cmd
+}
+
+func (a *app) auditDigestCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "digest",
+		Short: "Print the chain head POSITION:HASH and when it was sealed, to keep elsewhere",
+		Long: `digest prints the head of the ledger's hash chain as POSITION:HASH and the
+time it was sealed. Keep it outside the database (a ticket, an email, paper):
+later, ledger audit verify --digest POSITION:HASH proves that the ledger up to
+that event has not been altered since.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			db, err := a.openAuditDB(cmd)
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			d, at, err := schema.ChainHead(cmd.Context(), db)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "%s %s\n", d, at.Format(time.RFC3339Nano))
+			return nil
+		},
+	}
+}
+
+func (a *app) auditVerifyCmd() *cobra.Command {
+	var (
+		digest     string
+		signatures bool
+	)
+	cmd := &cobra.Command{
+		Use:   "verify",
+		Short: "Recompute the hash chain (and re-check signatures); print OK or the first position that does not match",
+		Long: `verify recomputes the whole hash chain from the stored events in seal order and
+checks every stored link, that no sealed event is missing and no event was
+slipped in, and with --digest that the chain still reaches the digest you kept.
+With --signatures it also re-checks every stored delivery's Svix signature with
+CLERK_WEBHOOK_SIGNING_SECRET (all of them, space-separated, during a rotation),
+ignoring the age limit: proof that Clerk sent exactly these bytes.
+It prints OK or the first position that does not match and then exits 1.
+Every run is recorded in the verification log shown in the workspace.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts := handlers.VerifyOptions{Signatures: signatures, Actor: a.cliActor(), Channel: schema.ChannelCLI}
+			if digest != "" {
+				d, err := domain.ParseDigest(digest)
+				if err != nil {
+					return domain.Errorf(domain.EINVALID, "--digest: %s", domain.ErrorMessage(err))
+				}
+				opts.Digest = &d
+			}
+			if signatures {
+				cfg, err := a.loadConfig(cmd)
+				if err != nil {
+					return err
+				}
+				if opts.Verifier, err = handlers.NewVerifier(cfg.WebhookSecrets); err != nil {
+					return err
+				}
+			}
+			db, err := a.openAuditDB(cmd)
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			res, err := handlers.VerifyLedger(cmd.Context(), db, opts)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(a.stdout, res.Message())
+			if !res.OK {
+				fmt.Fprintf(a.stdout, "first position that does not match: %d\n", res.FirstBad())
+				return exitCode(1)
+			}
+			secs := res.Chain.Duration.Seconds()
+			if res.Signatures != nil {
+				secs += res.Signatures.Duration.Seconds()
+			}
+			fmt.Fprintf(a.stderr, "verified in %.2fs\n", secs)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&digest, "digest", "", "a kept digest POSITION:HASH (from ledger audit digest) the chain must reach")
+	cmd.Flags().BoolVar(&signatures, "signatures", false, "also re-check each stored delivery's Svix signature, ignoring its age")
+	cmd.Flags().String("webhook-secret", "", "signing secret(s), space-separated (overrides CLERK_WEBHOOK_SIGNING_SECRET)")
+	return cmd
+}

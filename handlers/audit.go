@@ -1,0 +1,272 @@
+package handlers
+
+import (
+	"bufio"
+	"context"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/jmoiron/sqlx"
+)
+
+// actorOf names who made an audit request, for the access log.
+func actorOf(r *http.Request) string {
+	s, _ := sessionFrom(r.Context())
+	return s.UserID
+}
+
+// eventsPage is the answer of GET /api/audit/events (format=json).
+type eventsPage struct {
+	Events []AuditEventJSON `json:"events"`
+	Count  int              `json:"count"`
+	// NextCursor continues after the last event; empty when the page was
+	// not full (the end of what is visible now).
+	NextCursor string `json:"next_cursor"`
+}
+
+// queryEventsPage runs one page of a history query and records it in the
+// access log before answering: a query that cannot be recorded is not answered.
+func queryEventsPage(ctx context.Context, db *sqlx.DB, q EventQuery, actor, channel string) (eventsPage, []schema.AuditEvent, error) {
+	events, err := schema.QueryAuditEvents(ctx, db, q.Filter)
+	if err != nil {
+		return eventsPage{}, nil, err
+	}
+	if err := schema.RecordAccess(ctx, db, schema.Access{Actor: actor, Channel: channel, Action: schema.ActionEvents, Filters: FilterRecord(q), RowCount: int64(len(events))}); err != nil {
+		return eventsPage{}, nil, err
+	}
+	p := eventsPage{Events: make([]AuditEventJSON, len(events)), Count: len(events)}
+	for i, e := range events {
+		p.Events[i] = NewAuditEventJSON(e)
+	}
+	if len(events) == q.Filter.Limit && len(events) > 0 {
+		p.NextCursor = EncodeCursor(schema.After(events[len(events)-1].Event))
+	}
+	return p, events, nil
+}
+
+// handleAuditEvents serves GET /api/audit/events: the history query (one
+// page as JSON) or, with format=jsonl|csv, the streamed export of every
+// matching event. 400 names a bad parameter. Every call is recorded in the
+// access log with its filters and row count.
+func handleAuditEvents(log *slog.Logger, db *sqlx.DB, now func() time.Time) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		q, err := ParseEventQuery(r.URL.Query())
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		if q.Format != "json" {
+			exportEvents(w, r, log, db, q, now())
+			return
+		}
+		p, _, err := queryEventsPage(r.Context(), db, q, actorOf(r), schema.ChannelAPI)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, p)
+	}
+}
+
+// exportEvents streams every event matching q in q.Format with constant
+// memory, then records the export and its row count in the access log (also
+// when the client goes away mid-way). Once the first byte is out, a failure
+// can only cut the stream short: it is logged and the body ends early.
+func exportEvents(w http.ResponseWriter, r *http.Request, log *slog.Logger, db *sqlx.DB, q EventQuery, now time.Time) {
+	ext := q.Format
+	name := "ledger-events-" + now.UTC().Format("20060102T150405Z") + "." + ext
+	w.Header().Set("Content-Type", ExportContentType(q.Format))
+	w.Header().Set("Content-Disposition", `attachment; filename="`+name+`"`)
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	// An export may outlast the server's WriteTimeout.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
+
+	bw := bufio.NewWriterSize(w, 64<<10)
+	enc, err := NewEventWriter(bw, q.Format)
+	if err != nil {
+		writeError(w, r, log, err)
+		return
+	}
+	n, err := schema.StreamAuditEvents(r.Context(), db, q.Filter, enc.Write)
+	if err == nil {
+		if err = enc.Flush(); err == nil {
+			err = bw.Flush()
+		}
+	}
+	if err != nil && n == 0 && r.Context().Err() == nil {
+		// Nothing has reached the client yet beyond buffers: answer properly.
+		w.Header().Del("Content-Disposition")
+		writeError(w, r, log, err)
+	} else if err != nil && r.Context().Err() == nil {
+		log.ErrorContext(r.Context(), "audit export cut short", "rows", n, "err", err)
+	}
+	rec := schema.Access{Actor: actorOf(r), Channel: schema.ChannelAPI, Action: schema.ActionExport, Filters: FilterRecord(q), RowCount: n}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 5*time.Second)
+	defer cancel()
+	if err := schema.RecordAccess(ctx, db, rec); err != nil {
+		log.ErrorContext(r.Context(), "record audit export", "rows", n, "err", err)
+	}
+}
+
+// parseAt parses the optional at parameter (RFC 3339).
+func parseAt(r *http.Request) (time.Time, error) {
+	s := strings.TrimSpace(r.URL.Query().Get("at"))
+	if s == "" {
+		return time.Time{}, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, domain.Errorf(domain.EINVALID, "at %q is not an RFC 3339 time (e.g. 2024-05-28T12:00:00Z)", s)
+	}
+	return t, nil
+}
+
+// userAt runs UserAt and records it in the access log.
+func userAt(ctx context.Context, db *sqlx.DB, id string, at time.Time, actor, channel string) (UserHistory, error) {
+	if id == "" || len(id) > 200 {
+		return UserHistory{}, domain.Errorf(domain.EINVALID, "user id must be 1 to 200 characters")
+	}
+	h, err := UserAt(ctx, db, id, at)
+	if err != nil {
+		return h, err
+	}
+	filters := map[string]string{"user_id": id}
+	if !at.IsZero() {
+		filters["at"] = at.UTC().Format(time.RFC3339Nano)
+	}
+	if err := schema.RecordAccess(ctx, db, schema.Access{Actor: actor, Channel: channel, Action: schema.ActionUser, Filters: filters, RowCount: int64(len(h.Events))}); err != nil {
+		return h, err
+	}
+	return h, nil
+}
+
+// handleAuditUser serves GET /api/audit/users/{id}?at=RFC3339: the user's
+// state as of `at` (default now) folded from the ledger, and those events.
+// 404 when the ledger has no event about that user by then.
+func handleAuditUser(log *slog.Logger, db *sqlx.DB) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		for k := range r.URL.Query() {
+			if k != "at" {
+				writeError(w, r, log, domain.Errorf(domain.EINVALID, "unknown parameter %q (want at)", k))
+				return
+			}
+		}
+		at, err := parseAt(r)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		h, err := userAt(r.Context(), db, r.PathValue("id"), at, actorOf(r), schema.ChannelAPI)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		if len(h.Events) == 0 {
+			writeError(w, r, log, domain.Errorf(domain.ENOTFOUND, "the ledger has no event about user %s by then", h.UserID))
+			return
+		}
+		writeJSON(w, http.StatusOK, h)
+	}
+}
+
+// verifyAnswer is the JSON answer of GET /api/audit/verify.
+type verifyAnswer struct {
+	OK           bool      `json:"ok"`
+	Message      string    `json:"message"`
+	FirstBad     int64     `json:"first_bad_position,omitempty"`
+	Checked      int64     `json:"checked"`
+	Head         string    `json:"head,omitempty"`
+	HeadSealedAt time.Time `json:"head_sealed_at,omitzero"`
+	Digest       string    `json:"digest,omitempty"`
+	Signatures   *struct {
+		Checked int64   `json:"checked"`
+		Failed  int64   `json:"failed"`
+		Bad     []int64 `json:"bad_positions,omitempty"`
+	} `json:"signatures,omitempty"`
+	DurationMS int64 `json:"duration_ms"`
+}
+
+func newVerifyAnswer(res VerifyResult) verifyAnswer {
+	a := verifyAnswer{OK: res.OK, Message: res.Message(), FirstBad: res.FirstBad(), Checked: res.Chain.Checked,
+		HeadSealedAt: res.Chain.HeadSealedAt, DurationMS: res.Chain.Duration.Milliseconds()}
+	if res.Chain.Head.Position > 0 {
+		a.Head = res.Chain.Head.String()
+	}
+	if res.Chain.Digest != nil {
+		a.Digest = res.Chain.Digest.String()
+	}
+	if s := res.Signatures; s != nil {
+		a.Signatures = &struct {
+			Checked int64   `json:"checked"`
+			Failed  int64   `json:"failed"`
+			Bad     []int64 `json:"bad_positions,omitempty"`
+		}{s.Checked, s.Failed, s.Bad}
+		a.DurationMS += s.Duration.Milliseconds()
+	}
+	return a
+}
+
+// verifyRunner lets one verification run at a time: each reads the whole
+// ledger.
+type verifyRunner struct {
+	mu       sync.Mutex
+	db       *sqlx.DB
+	verifier *Verifier
+}
+
+// parseVerifyParams reads digest and signatures from the query.
+func parseVerifyParams(r *http.Request) (*domain.Digest, bool, error) {
+	var d *domain.Digest
+	if s := strings.TrimSpace(r.URL.Query().Get("digest")); s != "" {
+		dg, err := domain.ParseDigest(s)
+		if err != nil {
+			return nil, false, err
+		}
+		d = &dg
+	}
+	sigs := false
+	if s := r.URL.Query().Get("signatures"); s != "" {
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return nil, false, domain.Errorf(domain.EINVALID, "signatures %q is not true or false", s)
+		}
+		sigs = b
+	}
+	return d, sigs, nil
+}
+
+func (v *verifyRunner) run(ctx context.Context, d *domain.Digest, sigs bool, actor, channel string) (VerifyResult, error) {
+	if !v.mu.TryLock() {
+		return VerifyResult{}, domain.Errorf(domain.ERATELIMIT, "a verification is already running; try again when it is done")
+	}
+	defer v.mu.Unlock()
+	return VerifyLedger(ctx, v.db, VerifyOptions{Digest: d, Signatures: sigs, Verifier: v.verifier, Actor: actor, Channel: channel})
+}
+
+// handleAuditVerify serves GET /api/audit/verify[?digest=POSITION:HASH][&signatures=true]:
+// it recomputes the hash chain (and re-checks signatures), records the run,
+// and answers 200 with ok true or false and the first position that does not
+// match. 429 while another verification runs.
+func handleAuditVerify(log *slog.Logger, runner *verifyRunner) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		d, sigs, err := parseVerifyParams(r)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
+		res, err := runner.run(r.Context(), d, sigs, actorOf(r), schema.ChannelAPI)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, newVerifyAnswer(res))
+	}
+}

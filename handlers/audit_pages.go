@@ -1,0 +1,423 @@
+package handlers
+
+import (
+	"bytes"
+	"context"
+	"embed"
+	"encoding/json"
+	"html"
+	"html/template"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/jmoiron/sqlx"
+)
+
+//go:embed templates/audit_*.html
+var auditTemplateFS embed.FS
+
+// parseAuditTemplates parses the audit workspace's templates.
+func parseAuditTemplates() (*template.Template, error) {
+	return template.New("audit").Funcs(template.FuncMap{
+		"deref": func(b *bool) bool { return b != nil && *b },
+	}).ParseFS(auditTemplateFS, "templates/audit_*.html")
+}
+
+// auditPages renders the workspace pages. When the templates do not parse
+// (a build defect), every page answers 500 and says so in the log.
+type auditPages struct {
+	log  *slog.Logger
+	tmpl *template.Template
+	err  error
+}
+
+func newAuditPages(log *slog.Logger) *auditPages {
+	t, err := parseAuditTemplates()
+	return &auditPages{log: log, tmpl: t, err: err}
+}
+
+// render executes the named template into a buffer first, so a template
+// error never leaves half a page.
+func (p *auditPages) render(w http.ResponseWriter, r *http.Request, status int, name string, data any) {
+	if p.err != nil {
+		writePageError(w, r, p.log, p.err)
+		return
+	}
+	var buf bytes.Buffer
+	if err := p.tmpl.ExecuteTemplate(&buf, name, data); err != nil {
+		writePageError(w, r, p.log, err)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Frame-Options", "DENY")
+	w.WriteHeader(status)
+	_, _ = w.Write(buf.Bytes())
+}
+
+// writePageError answers err as a small HTML page with its mapped status
+// (the HTML twin of writeError): internal errors are logged once, here.
+func writePageError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	status := ErrorStatus(err)
+	if status >= 500 {
+		log.ErrorContext(r.Context(), "page failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
+	}
+	if status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "5")
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	title := strconv.Itoa(status) + " " + http.StatusText(status)
+	_, _ = io.WriteString(w, `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>`+title+` · clerk-ledger audit</title>
+<style>body{font:15px/1.5 system-ui,sans-serif;margin:3rem auto;max-width:40rem;color:#1b1f24}</style></head>
+<body><h1>`+title+`</h1><p>`+html.EscapeString(domain.ErrorMessage(err))+`</p><p><a href="/">Home</a></p></body></html>
+`)
+}
+
+// jsonIndent pretty-prints a payload for people.
+func jsonIndent(buf *bytes.Buffer, b []byte) error { return json.Indent(buf, b, "", "  ") }
+
+// pageEvent is one event as the pages show it.
+type pageEvent struct {
+	Position               int64
+	Type, UserID           string
+	OccurredAt, ReceivedAt string
+	DeliveryID, ChainHash  string
+	Payload                string
+	After                  bool // occurred after the chosen instant (timeline)
+}
+
+func newPageEvent(j AuditEventJSON) pageEvent {
+	p := pageEvent{Position: j.Position, Type: j.Type, DeliveryID: j.DeliveryID,
+		OccurredAt: j.OccurredAt.Format(time.RFC3339Nano), ReceivedAt: j.ReceivedAt.Format(time.RFC3339Nano)}
+	if j.UserID != nil {
+		p.UserID = *j.UserID
+	}
+	if j.ChainHash != nil {
+		p.ChainHash = *j.ChainHash
+	}
+	var buf bytes.Buffer
+	if err := jsonIndent(&buf, j.Payload); err == nil {
+		p.Payload = buf.String()
+	} else {
+		p.Payload = string(j.Payload)
+	}
+	return p
+}
+
+// chainStatus is the chain status box.
+type chainStatus struct {
+	Head         string
+	HeadSealedAt string
+	Last         *schema.Verification
+}
+
+func loadChainStatus(ctx context.Context, db *sqlx.DB) (chainStatus, error) {
+	var c chainStatus
+	d, at, err := schema.ChainHead(ctx, db)
+	switch {
+	case domain.ErrorCode(err) == domain.ENOTFOUND:
+	case err != nil:
+		return c, err
+	default:
+		c.Head, c.HeadSealedAt = d.String(), at.Format(time.RFC3339)
+	}
+	v, err := schema.LastVerification(ctx, db)
+	switch {
+	case domain.ErrorCode(err) == domain.ENOTFOUND:
+	case err != nil:
+		return c, err
+	default:
+		c.Last = &v
+	}
+	return c, nil
+}
+
+// pageTimeLayouts are what a datetime-local input sends (no zone: UTC).
+var pageTimeLayouts = []string{"2006-01-02T15:04:05", "2006-01-02T15:04"}
+
+// normalizeTime turns a datetime-local value into RFC 3339 UTC; anything
+// else is returned as is for the strict parser to judge.
+func normalizeTime(s string) string {
+	s = strings.TrimSpace(s)
+	for _, l := range pageTimeLayouts {
+		if t, err := time.Parse(l, s); err == nil {
+			return t.UTC().Format(time.RFC3339)
+		}
+	}
+	return s
+}
+
+var typeChoices = []string{"user.*", "session.*", "email.*", "organization.*"}
+
+type typeChoice struct {
+	Value   string
+	Checked bool
+}
+
+// searchPage is the data of audit_search.html.
+type searchPage struct {
+	Title, Actor, Error    string
+	UserID, Since, Until   string
+	Limit                  int
+	TypeChoices            []typeChoice
+	OtherTypes             string
+	Ran                    bool
+	Count                  int
+	Events                 []pageEvent
+	NextURL, FirstURL      string
+	ExportJSONL, ExportCSV string
+	Chain                  chainStatus
+	Access                 []schema.Access
+}
+
+// handleAuditSearchPage serves GET /audit: the search form, one page of
+// results with paging and export links, the chain status and the newest
+// access log entries. A search is recorded in the access log.
+func handleAuditSearchPage(p *auditPages, db *sqlx.DB) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		in := r.URL.Query()
+		v := url.Values{}
+		var other []string
+		chosen := map[string]bool{}
+		for k, vs := range in {
+			for _, s := range vs {
+				switch k {
+				case "type":
+					for _, t := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' }) {
+						v.Add("type", t)
+						chosen[t] = true
+					}
+				case "since", "until":
+					if s = normalizeTime(s); s != "" {
+						v.Set(k, s)
+					}
+				default:
+					if strings.TrimSpace(s) != "" {
+						v.Add(k, s)
+					}
+				}
+			}
+		}
+		data := searchPage{Title: "Search the ledger", Actor: actorOf(r), Limit: DefaultAuditLimit,
+			UserID: v.Get("user_id"), Since: v.Get("since"), Until: v.Get("until")}
+		for _, c := range typeChoices {
+			data.TypeChoices = append(data.TypeChoices, typeChoice{Value: c, Checked: chosen[c]})
+		}
+		for _, t := range v["type"] {
+			if !contains(typeChoices, t) {
+				other = append(other, t)
+			}
+		}
+		data.OtherTypes = strings.Join(other, " ")
+		status := http.StatusOK
+		if len(in) > 0 {
+			v.Del("format")
+			q, err := ParseEventQuery(v)
+			if err != nil {
+				status, data.Error = ErrorStatus(err), domain.ErrorMessage(err)
+			} else {
+				data.Limit = q.Filter.Limit
+				page, _, err := queryEventsPage(r.Context(), db, q, actorOf(r), schema.ChannelPage)
+				if err != nil {
+					writePageError(w, r, p.log, err)
+					return
+				}
+				data.Ran, data.Count = true, page.Count
+				for _, e := range page.Events {
+					data.Events = append(data.Events, newPageEvent(e))
+				}
+				base := cloneValues(v)
+				base.Del("cursor")
+				if page.NextCursor != "" {
+					next := cloneValues(base)
+					next.Set("cursor", page.NextCursor)
+					data.NextURL = "/audit?" + next.Encode()
+				}
+				if v.Get("cursor") != "" {
+					data.FirstURL = "/audit?" + base.Encode()
+				}
+				exp := cloneValues(base)
+				exp.Del("limit")
+				exp.Set("format", FormatJSONL)
+				data.ExportJSONL = "/api/audit/events?" + exp.Encode()
+				exp.Set("format", FormatCSV)
+				data.ExportCSV = "/api/audit/events?" + exp.Encode()
+			}
+		}
+		var err error
+		if data.Chain, err = loadChainStatus(r.Context(), db); err != nil {
+			writePageError(w, r, p.log, err)
+			return
+		}
+		if data.Access, err = schema.ListAccess(r.Context(), db, 0, 10); err != nil {
+			writePageError(w, r, p.log, err)
+			return
+		}
+		p.render(w, r, status, "audit_search.html", data)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func cloneValues(v url.Values) url.Values {
+	out := url.Values{}
+	for k, vs := range v {
+		out[k] = append([]string(nil), vs...)
+	}
+	return out
+}
+
+// userPage is the data of audit_user.html.
+type userPage struct {
+	Title, Actor, Error string
+	UserID              string
+	AtLocal, AtText     string
+	History             *UserHistory
+	Events              []pageEvent
+}
+
+// handleAuditUserPage serves GET /audit/users/{id}?at=: the user's timeline
+// (every event about them, later ones greyed) with a point-in-time picker
+// and the state as of the chosen instant. Recorded in the access log.
+func handleAuditUserPage(p *auditPages, db *sqlx.DB) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		data := userPage{Title: "User " + id, Actor: actorOf(r), UserID: id}
+		var at time.Time
+		if s := r.URL.Query().Get("at"); strings.TrimSpace(s) != "" {
+			t, err := time.Parse(time.RFC3339Nano, normalizeTime(s))
+			if err != nil {
+				data.Error = "at " + strconv.Quote(s) + " is not a time (use the picker, or RFC 3339)"
+				p.render(w, r, http.StatusBadRequest, "audit_user.html", data)
+				return
+			}
+			at = t.UTC()
+			data.AtLocal, data.AtText = at.Format("2006-01-02T15:04:05"), at.Format(time.RFC3339Nano)
+		}
+		// The timeline shows every event; the state is folded up to at.
+		all, err := userAt(r.Context(), db, id, time.Time{}, actorOf(r), schema.ChannelPage)
+		if err != nil {
+			writePageError(w, r, p.log, err)
+			return
+		}
+		h := all
+		if !at.IsZero() {
+			if h, err = UserAt(r.Context(), db, id, at); err != nil {
+				writePageError(w, r, p.log, err)
+				return
+			}
+		}
+		data.History = &h
+		for _, e := range all.Events {
+			pe := newPageEvent(e)
+			pe.After = !at.IsZero() && e.OccurredAt.After(at)
+			data.Events = append(data.Events, pe)
+		}
+		status := http.StatusOK
+		if len(all.Events) == 0 {
+			status, data.Error = http.StatusNotFound, "The ledger has no event about user "+id+"."
+		}
+		p.render(w, r, status, "audit_user.html", data)
+	}
+}
+
+// chainPage is the data of audit_chain.html.
+type chainPage struct {
+	Title, Actor, Error string
+	Chain               chainStatus
+	Digest              string
+	Signatures          bool
+	Result              *struct {
+		OK      bool
+		Message string
+	}
+}
+
+// handleAuditChainPage serves GET /audit/chain: the chain status, and with
+// verify=1 runs the verification (digest, signatures) and shows its outcome.
+func handleAuditChainPage(p *auditPages, db *sqlx.DB, runner *verifyRunner) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		data := chainPage{Title: "Hash chain", Actor: actorOf(r), Digest: r.URL.Query().Get("digest")}
+		status := http.StatusOK
+		if r.URL.Query().Get("verify") != "" {
+			d, sigs, err := parseVerifyParams(r)
+			data.Signatures = sigs
+			if err == nil {
+				var res VerifyResult
+				res, err = runner.run(r.Context(), d, sigs, actorOf(r), schema.ChannelPage)
+				if err == nil {
+					data.Result = &struct {
+						OK      bool
+						Message string
+					}{res.OK, res.Message()}
+				}
+			}
+			if err != nil {
+				if ErrorStatus(err) >= 500 {
+					writePageError(w, r, p.log, err)
+					return
+				}
+				status, data.Error = ErrorStatus(err), domain.ErrorMessage(err)
+			}
+		}
+		var err error
+		if data.Chain, err = loadChainStatus(r.Context(), db); err != nil {
+			writePageError(w, r, p.log, err)
+			return
+		}
+		p.render(w, r, status, "audit_chain.html", data)
+	}
+}
+
+// logPage is the data of audit_log.html.
+type logPage struct {
+	Title, Actor, Error string
+	Access              []schema.Access
+	OlderURL            string
+}
+
+// handleAuditLogPage serves GET /audit/log?before=ID: the access log, 100
+// entries a page, newest first.
+func handleAuditLogPage(p *auditPages, db *sqlx.DB) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		data := logPage{Title: "Audit access log", Actor: actorOf(r)}
+		var before int64
+		if s := r.URL.Query().Get("before"); s != "" {
+			n, err := strconv.ParseInt(s, 10, 64)
+			if err != nil || n < 1 {
+				data.Error = "before " + strconv.Quote(s) + " is not a positive integer"
+				p.render(w, r, http.StatusBadRequest, "audit_log.html", data)
+				return
+			}
+			before = n
+		}
+		const pageSize = 100
+		list, err := schema.ListAccess(r.Context(), db, before, pageSize)
+		if err != nil {
+			writePageError(w, r, p.log, err)
+			return
+		}
+		data.Access = list
+		if len(list) == pageSize {
+			data.OlderURL = "/audit/log?before=" + strconv.FormatInt(list[len(list)-1].ID, 10)
+		}
+		p.render(w, r, http.StatusOK, "audit_log.html", data)
+	}
+}

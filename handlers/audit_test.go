@@ -1,0 +1,562 @@
+package handlers
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/clerk-ledger/clerk-ledger/clerkgen"
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
+	"github.com/jmoiron/sqlx"
+)
+
+// auditEnv is the service over a fresh database with the audit routes; a
+// request's session comes from the test-only X-Test-Session header (the real
+// token middleware is branch web's), set with withSession.
+type auditEnv struct {
+	h        http.Handler
+	db       *sqlx.DB
+	store    *schema.Store
+	signer   *clerkgen.Signer
+	verifier *Verifier
+	sealer   schematest.Sealer
+}
+
+const listedAuditor = "user_listed_auditor"
+
+func newAuditEnv(t testing.TB) *auditEnv {
+	t.Helper()
+	db := schematest.NewDB(t)
+	secret := clerkgen.NewSecret()
+	v, err := NewVerifier([]string{secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := clerkgen.NewSigner(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := schema.NewStore(db)
+	srv := NewServer(Deps{Verifier: v, Store: store, Ready: store, DB: db, Auditors: []string{listedAuditor}})
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if id := r.Header.Get("X-Test-Session"); id != "" {
+			r = r.WithContext(withSession(r.Context(), Session{UserID: id, SessionID: "sess_test"}))
+		}
+		srv.ServeHTTP(w, r)
+	})
+	return &auditEnv{h: h, db: db, store: store, signer: signer, verifier: v}
+}
+
+// get serves GET path as the session user (none when "").
+func (e *auditEnv) get(t testing.TB, user, path string) (*http.Response, []byte) {
+	t.Helper()
+	req := httptest.NewRequest(http.MethodGet, path, nil)
+	if user != "" {
+		req.Header.Set("X-Test-Session", user)
+	}
+	rec := httptest.NewRecorder()
+	e.h.ServeHTTP(rec, req)
+	res := rec.Result()
+	b, _ := io.ReadAll(res.Body)
+	return res, b
+}
+
+// append stores a signed delivery of typ about u that occurred at `at`.
+func (e *auditEnv) append(t testing.TB, id, typ string, u clerkgen.User, at time.Time) domain.Delivery {
+	t.Helper()
+	body, err := clerkgen.Event(typ, u, at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig := e.signer.Headers(id, at, body).Get("svix-signature")
+	d, err := domain.NewDelivery(id, at.Unix(), sig, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.store.Append(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// visible waits until n events are readable below the xid8 gate (other
+// tests' open transactions in the cluster hold it back).
+func (e *auditEnv) visible(t testing.TB, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := schema.CountAfter(context.Background(), e.db, schema.Cursor{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d events became readable", c, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// putUser writes a users projection row as the users projector would.
+func putUser(t testing.TB, db *sqlx.DB, u domain.User) {
+	t.Helper()
+	null := func(t time.Time) any {
+		if t.IsZero() {
+			return nil
+		}
+		return t
+	}
+	_, err := db.Exec(`INSERT INTO users (id, email, first_name, last_name, name, username, image_url, public_metadata,
+created_at, updated_at, deleted, deleted_at, version_updated_at, version_occurred_at, version_delivery_id)
+VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)
+ON CONFLICT (id) DO UPDATE SET email = EXCLUDED.email, first_name = EXCLUDED.first_name, public_metadata = EXCLUDED.public_metadata, deleted = EXCLUDED.deleted`,
+		u.ID, u.Email, u.FirstName, u.LastName, u.Name(), u.Username, u.ImageURL, string(u.PublicMetadata),
+		null(u.CreatedAt), null(u.UpdatedAt), u.Deleted, null(u.DeletedAt), u.Version.UpdatedAt, u.Version.OccurredAt, u.Version.DeliveryID)
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+var tBase = time.Date(2024, 5, 28, 12, 0, 0, 0, time.UTC)
+
+func TestAuditAuthorizationMatrix(t *testing.T) {
+	e := newAuditEnv(t)
+	e.append(t, "msg_1", "user.created", clerkgen.User{ID: "user_subject", Email: "s@example.com"}, tBase)
+	e.visible(t, 1)
+	putUser(t, e.db, domain.User{ID: "user_role_auditor", PublicMetadata: json.RawMessage(`{"role":"auditor"}`)})
+	putUser(t, e.db, domain.User{ID: "user_member", PublicMetadata: json.RawMessage(`{"role":"member"}`)})
+	putUser(t, e.db, domain.User{ID: "user_deleted_auditor", PublicMetadata: json.RawMessage(`{"role":"auditor"}`), Deleted: true})
+	putUser(t, e.db, domain.User{ID: "user_role_object", PublicMetadata: json.RawMessage(`{"role":{"auditor":true}}`)})
+
+	routes := []string{
+		"/api/audit/events", "/api/audit/events?format=jsonl", "/api/audit/events?format=csv",
+		"/api/audit/users/user_subject", "/api/audit/verify",
+		"/audit", "/audit?user_id=user_subject", "/audit/users/user_subject", "/audit/chain", "/audit/chain?verify=1", "/audit/log",
+	}
+	sessions := []struct {
+		name, user string
+		want       int
+	}{
+		{"no session", "", http.StatusUnauthorized},
+		{"ordinary user, not projected", "user_nobody", http.StatusForbidden},
+		{"ordinary user with another role", "user_member", http.StatusForbidden},
+		{"role that is not the string auditor", "user_role_object", http.StatusForbidden},
+		{"deleted user", "user_deleted_auditor", http.StatusForbidden},
+		{"auditor by LEDGER_AUDITORS", listedAuditor, http.StatusOK},
+		{"auditor by public_metadata.role", "user_role_auditor", http.StatusOK},
+	}
+	for _, s := range sessions {
+		for _, r := range routes {
+			res, body := e.get(t, s.user, r)
+			if res.StatusCode != s.want {
+				t.Errorf("%s GET %s: %d, want %d: %.200s", s.name, r, res.StatusCode, s.want, body)
+			}
+			if s.want != http.StatusOK && bytes.Contains(body, []byte("s@example.com")) {
+				t.Errorf("%s GET %s leaks ledger data", s.name, r)
+			}
+		}
+	}
+}
+
+func TestAuditEventsRejectsBadParameters(t *testing.T) {
+	e := newAuditEnv(t)
+	for q, name := range map[string]string{
+		"limit=0": "limit", "limit=1001": "limit", "limit=ten": "limit",
+		"since=yesterday": "since", "until=2024-13-01T00:00:00Z": "until",
+		"since=2024-05-02T00:00:00Z&until=2024-05-01T00:00:00Z": "until",
+		"type=us*er": "type", "type=*": "type", "cursor=garbage": "cursor", "cursor=" + base64.RawURLEncoding.EncodeToString([]byte("v1:x:1")): "cursor",
+		"format=xml": "format", "usr=user_1": "usr", "user_id=a&user_id=b": "user_id",
+	} {
+		res, body := e.get(t, listedAuditor, "/api/audit/events?"+q)
+		var eb errorBody
+		json.Unmarshal(body, &eb)
+		if res.StatusCode != http.StatusBadRequest || eb.Error.Code != domain.EINVALID || !strings.Contains(eb.Error.Message, name) {
+			t.Errorf("%s: %d %s (want 400 naming %s)", q, res.StatusCode, body, name)
+		}
+	}
+	for _, q := range []string{"at=noon", "when=2024-05-01T00:00:00Z"} {
+		if res, body := e.get(t, listedAuditor, "/api/audit/users/user_1?"+q); res.StatusCode != http.StatusBadRequest {
+			t.Errorf("user %s: %d %s", q, res.StatusCode, body)
+		}
+	}
+	if res, body := e.get(t, listedAuditor, "/api/audit/verify?digest=12:zz"); res.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "digest") {
+		t.Errorf("bad digest: %d %s", res.StatusCode, body)
+	}
+	// Bad parameters are not queries: nothing recorded.
+	if list, _ := schema.ListAccess(context.Background(), e.db, 0, 10); len(list) != 0 {
+		t.Errorf("rejected queries were recorded: %+v", list)
+	}
+}
+
+func TestAuditEventsPagingExportAndAccessLog(t *testing.T) {
+	e := newAuditEnv(t)
+	ctx := context.Background()
+	var stored []domain.Delivery
+	for i := range 25 {
+		typ := []string{"user.created", "session.created", "user.updated", "email.created"}[i%4]
+		stored = append(stored, e.append(t, fmt.Sprintf("msg_%03d", i), typ, clerkgen.User{ID: fmt.Sprintf("user_%d", i%2), Email: "p@example.com"}, tBase.Add(time.Duration(i)*time.Minute)))
+	}
+	e.sealer.SealAll(t, e.db, 25)
+	e.append(t, "msg_unsealed", "user.updated", clerkgen.User{ID: "user_0"}, tBase.Add(time.Hour))
+	e.visible(t, 26)
+
+	// Page through user.* events of user_0, four at a time.
+	var got []AuditEventJSON
+	path := "/api/audit/events?type=user.*&user_id=user_0&limit=4"
+	pages := 0
+	for {
+		res, body := e.get(t, listedAuditor, path)
+		if res.StatusCode != 200 {
+			t.Fatalf("%s: %d %s", path, res.StatusCode, body)
+		}
+		var p eventsPage
+		if err := json.Unmarshal(body, &p); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, p.Events...)
+		pages++
+		if p.NextCursor == "" {
+			break
+		}
+		path = "/api/audit/events?type=user.*&user_id=user_0&limit=4&cursor=" + url.QueryEscape(p.NextCursor)
+	}
+	var want []string
+	for _, d := range stored {
+		if d.UserID == "user_0" && strings.HasPrefix(d.Type, "user.") {
+			want = append(want, d.ID)
+		}
+	}
+	want = append(want, "msg_unsealed")
+	var ids []string
+	for _, ev := range got {
+		ids = append(ids, ev.DeliveryID)
+	}
+	if fmt.Sprint(ids) != fmt.Sprint(want) {
+		t.Fatalf("paged %v, want %v", ids, want)
+	}
+	first := got[0]
+	if first.ChainHash == nil || len(*first.ChainHash) != 64 || first.UserID == nil || *first.UserID != "user_0" || first.Position == 0 {
+		t.Errorf("event fields: %+v", first)
+	}
+	if last := got[len(got)-1]; last.ChainHash != nil {
+		t.Errorf("unsealed event has a chain hash: %+v", last)
+	}
+	var payload struct {
+		Type string `json:"type"`
+		Data struct {
+			ID string `json:"id"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(first.Payload, &payload); err != nil || payload.Type != "user.created" || payload.Data.ID != "user_0" {
+		t.Errorf("payload is not the stored event: %s", first.Payload)
+	}
+
+	// Exports: every matching event, filename, parseable lines.
+	res, body := e.get(t, listedAuditor, "/api/audit/events?format=jsonl&since=2024-05-28T12:05:00Z")
+	if res.StatusCode != 200 || !strings.HasPrefix(res.Header.Get("Content-Disposition"), `attachment; filename="ledger-events-`) || !strings.HasSuffix(res.Header.Get("Content-Disposition"), `.jsonl"`) {
+		t.Fatalf("jsonl export: %d %v", res.StatusCode, res.Header)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(body), "\n"), "\n")
+	if len(lines) != 21 {
+		t.Fatalf("jsonl export has %d lines, want 21", len(lines))
+	}
+	for i, l := range lines {
+		var ev AuditEventJSON
+		if err := json.Unmarshal([]byte(l), &ev); err != nil {
+			t.Fatalf("line %d: %v: %s", i, err, l)
+		}
+		if i < 20 {
+			st, err := schema.EventByDeliveryID(ctx, e.db, ev.DeliveryID)
+			if err != nil || !bytes.Equal(st.Body, ev.Payload) || !st.OccurredAt.Equal(ev.OccurredAt) {
+				t.Errorf("line %d does not carry the stored event exactly", i)
+			}
+		}
+	}
+	res, body = e.get(t, listedAuditor, "/api/audit/events?format=csv&type=session.*")
+	if res.StatusCode != 200 || !strings.HasPrefix(res.Header.Get("Content-Type"), "text/csv") || !strings.Contains(res.Header.Get("Content-Disposition"), `.csv"`) {
+		t.Fatalf("csv export: %d %v", res.StatusCode, res.Header)
+	}
+	recs, err := csv.NewReader(bytes.NewReader(body)).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 1+6 || strings.Join(recs[0], ",") != "position,delivery_id,type,user_id,occurred_at,received_at,chain_hash,payload" {
+		t.Fatalf("csv: %d records, header %v", len(recs), recs[0])
+	}
+	if !json.Valid([]byte(recs[1][7])) || recs[1][2] != "session.created" {
+		t.Errorf("csv row: %v", recs[1])
+	}
+
+	// Each query and export is in the access log, with its filters and rows.
+	list, err := schema.ListAccess(ctx, e.db, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != pages+2 {
+		t.Fatalf("access log has %d entries, want %d", len(list), pages+2)
+	}
+	if a := list[0]; a.Action != schema.ActionExport || a.Filters["format"] != "csv" || a.Filters["type"] != "session.*" || a.RowCount != 6 || a.Actor != listedAuditor {
+		t.Errorf("csv export entry: %+v", a)
+	}
+	if a := list[1]; a.Action != schema.ActionExport || a.RowCount != 21 || a.Filters["since"] != "2024-05-28T12:05:00Z" {
+		t.Errorf("jsonl export entry: %+v", a)
+	}
+	if a := list[len(list)-1]; a.Action != schema.ActionEvents || a.Filters["user_id"] != "user_0" || a.RowCount != 4 || a.Channel != schema.ChannelAPI {
+		t.Errorf("first query entry: %+v", a)
+	}
+	// The workspace shows it.
+	if res, body := e.get(t, listedAuditor, "/audit/log"); res.StatusCode != 200 || !strings.Contains(string(body), "session.*") {
+		t.Errorf("access log page: %d", res.StatusCode)
+	}
+}
+
+func TestAuditPointInTimeAgainstHandComputedStates(t *testing.T) {
+	e := newAuditEnv(t)
+	id := "user_ada"
+	t1, t2, t3, t4 := tBase, tBase.Add(time.Hour), tBase.Add(2*time.Hour), tBase.Add(3*time.Hour)
+	created := clerkgen.User{ID: id, Email: "ada@example.com", FirstName: "Ada", LastName: "Lovelace", CreatedAt: t1, UpdatedAt: t1}
+	renamed := created
+	renamed.FirstName, renamed.UpdatedAt = "Augusta", t2
+	promoted := renamed
+	promoted.Email, promoted.PublicMetadata, promoted.UpdatedAt = "augusta@example.com", map[string]any{"role": "auditor"}, t3
+	// Delivered out of order, with a redelivery and another user's events.
+	e.append(t, "msg_c", "user.updated", promoted, t3)
+	e.append(t, "msg_a", "user.created", created, t1)
+	e.append(t, "msg_x", "user.created", clerkgen.User{ID: "user_other", Email: "o@example.com"}, t2)
+	e.append(t, "msg_s", "session.created", created, t1.Add(time.Minute))
+	e.append(t, "msg_b", "user.updated", renamed, t2)
+	e.append(t, "msg_d", "user.deleted", created, t4)
+	e.visible(t, 6)
+
+	state := func(at string) (int, UserHistory) {
+		t.Helper()
+		path := "/api/audit/users/" + id
+		if at != "" {
+			path += "?at=" + url.QueryEscape(at)
+		}
+		res, body := e.get(t, listedAuditor, path)
+		var h UserHistory
+		if res.StatusCode == 200 {
+			if err := json.Unmarshal(body, &h); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return res.StatusCode, h
+	}
+	if code, _ := state(t1.Add(-time.Second).Format(time.RFC3339)); code != http.StatusNotFound {
+		t.Errorf("before creation: %d, want 404", code)
+	}
+	for _, c := range []struct {
+		at                 time.Time
+		first, email, meta string
+		deleted            bool
+		events             int
+	}{
+		{t1, "Ada", "ada@example.com", `{}`, false, 1},
+		{t1.Add(30 * time.Minute), "Ada", "ada@example.com", `{}`, false, 2},
+		{t2.Add(-time.Millisecond), "Ada", "ada@example.com", `{}`, false, 2},
+		{t2, "Augusta", "ada@example.com", `{}`, false, 3},
+		{t3, "Augusta", "augusta@example.com", `{"role":"auditor"}`, false, 4},
+		{t4, "", "", `{}`, true, 5},
+	} {
+		code, h := state(c.at.Format(time.RFC3339Nano))
+		if code != 200 {
+			t.Fatalf("at %v: %d", c.at, code)
+		}
+		u := h.State
+		var meta any
+		json.Unmarshal(u.PublicMetadata, &meta)
+		wantMeta, _ := json.Marshal(meta)
+		if !h.Exists || u.FirstName != c.first || u.Email != c.email || string(wantMeta) != c.meta || u.Deleted != c.deleted || len(h.Events) != c.events {
+			t.Errorf("at %v: got %+v (%d events), want first %q email %q meta %s deleted %v, %d events", c.at, u, len(h.Events), c.first, c.email, c.meta, c.deleted, c.events)
+		}
+		if h.Projection != nil || h.Matches != nil {
+			t.Errorf("at %v: projection compared for a past instant", c.at)
+		}
+	}
+	if _, h := state(t4.Format(time.RFC3339)); !h.State.CreatedAt.Equal(t1) || !h.State.DeletedAt.Equal(t4) || h.State.LastName != "" {
+		t.Errorf("tombstone: %+v", h.State)
+	}
+	// Now, without at: the fold equals the projection's row (hand-written
+	// here as the users projector writes it), and says so when it does not.
+	_, now := state("")
+	if now.At != nil || now.Matches != nil || len(now.Events) != 5 {
+		t.Fatalf("now without a projection row: %+v", now)
+	}
+	want := domain.User{ID: id, PublicMetadata: json.RawMessage(`{}`), CreatedAt: t1, UpdatedAt: t4, Deleted: true, DeletedAt: t4}
+	putUser(t, e.db, want)
+	if _, now = state(""); now.Matches == nil || !*now.Matches || !SameUser(now.State, want) {
+		t.Errorf("now: fold %+v, projection %+v, matches %v", now.State, now.Projection, now.Matches)
+	}
+	putUser(t, e.db, domain.User{ID: id, Email: "stale@example.com", PublicMetadata: json.RawMessage(`{}`)})
+	if _, now = state(""); now.Matches == nil || *now.Matches {
+		t.Errorf("a differing projection row was reported as matching")
+	}
+	// The timeline page shows the picker and the state then.
+	res, body := e.get(t, listedAuditor, "/audit/users/"+id+"?at=2024-05-28T14:00:00")
+	if res.StatusCode != 200 || !strings.Contains(string(body), "augusta@example.com") || !strings.Contains(string(body), `value="2024-05-28T14:00:00"`) || !strings.Contains(string(body), `class="after"`) {
+		t.Errorf("user page at 14:00: %d\n%.2000s", res.StatusCode, body)
+	}
+}
+
+func TestAuditVerifyCatchesTampering(t *testing.T) {
+	e := newAuditEnv(t)
+	var ds []domain.Delivery
+	for i := range 10 {
+		ds = append(ds, e.append(t, fmt.Sprintf("msg_%d", i), "user.updated", clerkgen.User{ID: "user_v", Email: "v@example.com", UpdatedAt: tBase.Add(time.Duration(i) * time.Minute)}, tBase.Add(time.Duration(i)*time.Minute)))
+	}
+	e.sealer.SealAll(t, e.db, 10)
+	verify := func(q string) verifyAnswer {
+		t.Helper()
+		res, body := e.get(t, listedAuditor, "/api/audit/verify"+q)
+		if res.StatusCode != 200 {
+			t.Fatalf("verify%s: %d %s", q, res.StatusCode, body)
+		}
+		var a verifyAnswer
+		if err := json.Unmarshal(body, &a); err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	ok := verify("?signatures=true")
+	if !ok.OK || ok.Checked != 10 || ok.Signatures == nil || ok.Signatures.Checked != 10 || ok.Head == "" {
+		t.Fatalf("intact: %+v", ok)
+	}
+	ev, err := schema.EventByDeliveryID(context.Background(), e.db, ds[3].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	schematest.Tamper(t, e.db, `UPDATE events SET body = replace(body, 'v@example.com', 'x@example.com') WHERE position = $1`, ev.Position)
+	bad := verify("?digest=" + url.QueryEscape(ok.Head))
+	if bad.OK || bad.FirstBad != ev.Position {
+		t.Errorf("edited row: %+v", bad)
+	}
+	if sig := verify("?signatures=true"); sig.OK || sig.FirstBad != ev.Position || sig.Signatures == nil || sig.Signatures.Failed != 1 || sig.Signatures.Bad[0] != ev.Position {
+		t.Errorf("signatures after edit: %+v", sig)
+	}
+	// The workspace shows the last verification and can run one.
+	res, body := e.get(t, listedAuditor, "/audit/chain")
+	if res.StatusCode != 200 || !strings.Contains(string(body), "FAILED") || !strings.Contains(string(body), ok.Head) {
+		t.Errorf("chain page: %d\n%.3000s", res.StatusCode, body)
+	}
+	res, body = e.get(t, listedAuditor, "/audit/chain?verify=1&signatures=true")
+	if res.StatusCode != 200 || !strings.Contains(string(body), fmt.Sprintf("position %d", ev.Position)) {
+		t.Errorf("chain page verify: %d\n%.3000s", res.StatusCode, body)
+	}
+}
+
+// The search page runs the query, pages, links exports and records the search.
+func TestAuditSearchPage(t *testing.T) {
+	e := newAuditEnv(t)
+	for i := range 5 {
+		e.append(t, fmt.Sprintf("msg_%d", i), "session.created", clerkgen.User{ID: "user_p"}, tBase.Add(time.Duration(i)*time.Minute))
+	}
+	e.visible(t, 5)
+	res, body := e.get(t, listedAuditor, "/audit?user_id=user_p&type=session.*&limit=2&since=2024-05-28T12:00")
+	s := string(body)
+	if res.StatusCode != 200 || strings.Count(s, "<td class=\"mono\">session.created</td>") != 2 || !strings.Contains(s, "rel=\"next\"") ||
+		!strings.Contains(s, "/api/audit/events?format=jsonl&amp;since=2024-05-28T12%3A00%3A00Z&amp;type=session.%2A&amp;user_id=user_p") {
+		t.Errorf("search page: %d\n%s", res.StatusCode, s)
+	}
+	res, body = e.get(t, listedAuditor, "/audit?limit=5000")
+	if res.StatusCode != 400 || !strings.Contains(string(body), "limit 5000 is more than 1000") {
+		t.Errorf("bad search: %d", res.StatusCode)
+	}
+	if list, _ := schema.ListAccess(context.Background(), e.db, 0, 10); len(list) != 1 || list[0].Channel != schema.ChannelPage {
+		t.Errorf("page search not recorded: %+v", list)
+	}
+}
+
+// synthDelivery is the i-th delivery of a large synthetic history over
+// `users` users, signed with signer: user.created first, then updates and
+// sessions.
+func synthDelivery(signer *clerkgen.Signer, i, users int) domain.Delivery {
+	u := i % users
+	uid := fmt.Sprintf("user_%027d", u)
+	at := tBase.Add(time.Duration(i) * time.Second)
+	typ := "user.updated"
+	switch {
+	case i < users:
+		typ = "user.created"
+	case i%3 == 0:
+		typ = "session.created"
+	}
+	body := fmt.Appendf(nil, `{"data":{"id":%q,"object":"user","first_name":"Name%d","last_name":null,"username":null,"image_url":"https://img.clerk.com/eyJ0eXBlIjoiZGVmYXVsdCIsImlpZCI6Imluc18yY1hqVm1FMWx3Zm5HYUhXb0FiNnA3WFBrRFMifQ","primary_email_address_id":"idn_%d","email_addresses":[{"id":"idn_%d","object":"email_address","email_address":"u%d@example.com","verification":{"status":"verified","strategy":"email_code"}}],"public_metadata":{},"private_metadata":{},"unsafe_metadata":{},"created_at":%d,"updated_at":%d,"user_id":%q},"object":"event","type":%q,"timestamp":%d,"instance_id":"ins_2cXjVmE1lwfnGaHWoAb6p7XPkDS","event_attributes":{"http_request":{"client_ip":"192.0.2.10","user_agent":"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"}}}`,
+		uid, i, u, u, u, tBase.UnixMilli(), at.UnixMilli(), uid, typ, at.UnixMilli())
+	id := fmt.Sprintf("msg_%027d", i)
+	return domain.Delivery{ID: id, Timestamp: at.Unix(), Signature: signer.Headers(id, at, body).Get("svix-signature"),
+		Body: body, Type: typ, UserID: uid, OccurredAt: at}
+}
+
+// countingWriter is a ResponseWriter that discards the body, counts lines
+// and samples the heap every sampleEvery lines.
+type countingWriter struct {
+	header   http.Header
+	status   int
+	lines    int
+	bytes    int64
+	maxHeap  uint64
+	tail     []byte
+	sampleAt int
+}
+
+func (c *countingWriter) Header() http.Header { return c.header }
+func (c *countingWriter) WriteHeader(s int)   { c.status = s }
+func (c *countingWriter) Write(p []byte) (int, error) {
+	if c.status == 0 {
+		c.status = http.StatusOK
+	}
+	c.bytes += int64(len(p))
+	c.lines += bytes.Count(p, []byte{'\n'})
+	if c.lines >= c.sampleAt {
+		c.sampleAt += 20000
+		if h := heapInUse(); h > c.maxHeap {
+			c.maxHeap = h
+		}
+	}
+	return len(p), nil
+}
+
+func TestAuditExportOfLargeHistoryInConstantMemory(t *testing.T) {
+	e := newAuditEnv(t)
+	const n = 200_000
+	schematest.CopyEvents(t, e.db, n, func(i int) domain.Delivery { return synthDelivery(e.signer, i, 2000) })
+	e.visible(t, n)
+	base := heapInUse()
+	w := &countingWriter{header: http.Header{}, sampleAt: 20000}
+	req := httptest.NewRequest(http.MethodGet, "/api/audit/events?format=jsonl", nil)
+	req.Header.Set("X-Test-Session", listedAuditor)
+	e.h.ServeHTTP(w, req)
+	if w.status != 200 || w.lines != n {
+		t.Fatalf("export: status %d, %d lines, want %d", w.status, w.lines, n)
+	}
+	growth := int64(w.maxHeap) - int64(base)
+	t.Logf("exported %d rows, %d MB; heap in use grew by at most %.1f MB", n, w.bytes>>20, float64(growth)/(1<<20))
+	// The body is ~200 MB; buffering even a tenth of it would show.
+	if growth > 16<<20 {
+		t.Errorf("heap grew by %d MB while exporting %d MB: the export is not streamed", growth>>20, w.bytes>>20)
+	}
+}
+
+// heapInUse is the live heap after a collection.
+func heapInUse() uint64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}

@@ -1,0 +1,416 @@
+package schema_test
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/clerk-ledger/clerk-ledger/clerkgen"
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
+	"github.com/jmoiron/sqlx"
+)
+
+var t0 = time.Date(2024, 5, 28, 12, 0, 0, 0, time.UTC)
+
+// deliveryAt is a delivery of typ about user that occurred at `at`.
+func deliveryAt(t testing.TB, id, typ, user string, at time.Time) domain.Delivery {
+	t.Helper()
+	body, err := clerkgen.Event(typ, clerkgen.User{ID: user, Email: user + "@example.com"}, at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := domain.NewDelivery(id, at.Unix(), "v1,sig", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+var historyTypes = []string{"user.created", "session.created", "user.updated", "email.created", "session.ended", "user.updated", "organization.created"}
+
+// historyEvent is the i-th event of the known test history.
+func historyEvent(t testing.TB, i int) domain.Delivery {
+	typ := historyTypes[i%len(historyTypes)]
+	user := fmt.Sprintf("user_%d", i%3)
+	return deliveryAt(t, fmt.Sprintf("msg_%04d", i), typ, user, t0.Add(time.Duration(i)*time.Minute))
+}
+
+// pageAll pages through f with QueryAuditEvents until a short page, starting at c.
+func pageAll(t *testing.T, db schema.Queryer, f schema.EventFilter, seen *[]schema.AuditEvent) {
+	t.Helper()
+	for {
+		got, err := schema.QueryAuditEvents(context.Background(), db, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		*seen = append(*seen, got...)
+		if len(got) > 0 {
+			f.After = schema.After(got[len(got)-1].Event)
+		}
+		if len(got) < f.Limit {
+			return
+		}
+	}
+}
+
+// waitVisible waits until n events are readable below the xid8 gate.
+func waitVisible(t *testing.T, db schema.Queryer, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := schema.CountAfter(context.Background(), db, schema.Cursor{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d events became readable", c, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestAuditPagingWhileEventsArrive(t *testing.T) {
+	db := schematest.NewDB(t)
+	ctx := context.Background()
+	store := schema.NewStore(db)
+	const before, during = 40, 160
+	for i := range before {
+		if _, err := store.Append(ctx, historyEvent(t, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Appenders run while the reader pages.
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := before + w; i < before+during; i += 4 {
+				if _, err := store.Append(ctx, historyEvent(t, i)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	go func() { wg.Wait(); close(done) }()
+
+	filters := []schema.EventFilter{
+		{Types: []string{"user.*"}, Limit: 7},
+		{UserID: "user_1", Types: []string{"session.*", "email.created"}, Limit: 5},
+		{Limit: 9},
+	}
+	seen := make([][]schema.AuditEvent, len(filters))
+	cursors := make([]schema.Cursor, len(filters))
+	// Page while appends are going on, keeping each cursor.
+	for running := true; running; {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		for i, f := range filters {
+			f.After = cursors[i]
+			got, err := schema.QueryAuditEvents(ctx, db, f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen[i] = append(seen[i], got...)
+			if len(got) > 0 {
+				cursors[i] = schema.After(got[len(got)-1].Event)
+			}
+		}
+	}
+	// Wait until every event is past the xid8 gate (other tests' open
+	// transactions in the cluster hold it back), then read to the end.
+	waitVisible(t, db, before+during)
+	for i, f := range filters {
+		f.After = cursors[i]
+		pageAll(t, db, f, &seen[i])
+	}
+
+	match := func(f schema.EventFilter, d domain.Delivery) bool {
+		if f.UserID != "" && d.UserID != f.UserID {
+			return false
+		}
+		if len(f.Types) == 0 {
+			return true
+		}
+		for _, typ := range f.Types {
+			if p, ok := strings.CutSuffix(typ, "*"); ok && strings.HasPrefix(d.Type, p) || typ == d.Type {
+				return true
+			}
+		}
+		return false
+	}
+	for i, f := range filters {
+		var want []string
+		for n := range before + during {
+			if d := historyEvent(t, n); match(f, d) {
+				want = append(want, d.ID)
+			}
+		}
+		var got []string
+		for j, e := range seen[i] {
+			got = append(got, e.DeliveryID)
+			if j > 0 {
+				p := seen[i][j-1]
+				if p.TxID > e.TxID || (p.TxID == e.TxID && p.Position >= e.Position) {
+					t.Errorf("filter %d: events %d and %d out of ledger order", i, p.Position, e.Position)
+				}
+			}
+		}
+		sort.Strings(got)
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("filter %+v: got %d events, want %d (missed or repeated)\n got %v\nwant %v", f, len(got), len(want), got, want)
+		}
+	}
+}
+
+func TestAuditQueryFiltersAndChainHashes(t *testing.T) {
+	db := schematest.NewDB(t)
+	ctx := context.Background()
+	store := schema.NewStore(db)
+	for i := range 21 {
+		if _, err := store.Append(ctx, historyEvent(t, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var s schematest.Sealer
+	s.SealAll(t, db, 21)
+	if _, err := store.Append(ctx, historyEvent(t, 21)); err != nil {
+		t.Fatal(err)
+	}
+	waitVisible(t, db, 22)
+	// since is inclusive, until exclusive, on occurred_at.
+	got, err := schema.QueryAuditEvents(ctx, db, schema.EventFilter{Since: t0.Add(5 * time.Minute), Until: t0.Add(8 * time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 || got[0].DeliveryID != "msg_0005" || got[2].DeliveryID != "msg_0007" {
+		t.Errorf("since/until: got %v", got)
+	}
+	all, err := schema.QueryAuditEvents(ctx, db, schema.EventFilter{Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 22 {
+		t.Fatalf("got %d events", len(all))
+	}
+	var prev []byte
+	for _, e := range all[:21] {
+		want := domain.ChainHash(prev, e.Event)
+		if string(e.ChainHash) != string(want[:]) {
+			t.Errorf("event %d: chain hash %x, want %x", e.Position, e.ChainHash, want)
+		}
+		prev = e.ChainHash
+	}
+	if all[21].ChainHash != nil {
+		t.Errorf("unsealed event has chain hash %x", all[21].ChainHash)
+	}
+	// UserEvents: occurred_at <= at, to the microsecond.
+	at := t0.Add(9 * time.Minute) // msg_0009 is about user_0 and occurred exactly then
+	ev, err := schema.UserEvents(ctx, db, "user_0", at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// user_0's events are msg_0000, msg_0003 and msg_0009 (msg_0006 is about an organization).
+	if last := ev[len(ev)-1]; last.DeliveryID != "msg_0009" || len(ev) != 3 {
+		t.Errorf("UserEvents at %v: %d events, last %s", at, len(ev), last.DeliveryID)
+	}
+	ev, _ = schema.UserEvents(ctx, db, "user_0", at.Add(-time.Microsecond))
+	if len(ev) != 2 {
+		t.Errorf("UserEvents just before: %d events, want 2", len(ev))
+	}
+	// Streaming gives the same as paging, in one snapshot, and honours Limit.
+	var streamed []string
+	n, err := schema.StreamAuditEvents(ctx, db, schema.EventFilter{Types: []string{"user.*"}}, func(e schema.AuditEvent) error {
+		streamed = append(streamed, e.DeliveryID)
+		return nil
+	})
+	if err != nil || n != int64(len(streamed)) || len(streamed) != 10 {
+		t.Errorf("stream: n %d err %v, %v", n, err, streamed)
+	}
+	n, _ = schema.StreamAuditEvents(ctx, db, schema.EventFilter{Limit: 5}, func(schema.AuditEvent) error { return nil })
+	if n != 5 {
+		t.Errorf("stream with limit 5 gave %d", n)
+	}
+}
+
+// sealedLedger appends n events, each in its own transaction, and seals them.
+func sealedLedger(t *testing.T, n int) (*schematestDB, []domain.Event) {
+	t.Helper()
+	db := schematest.NewDB(t)
+	store := schema.NewStore(db)
+	for i := range n {
+		if _, err := store.Append(context.Background(), historyEvent(t, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var s schematest.Sealer
+	s.SealAll(t, db, n)
+	events, err := schema.ReadAfter(context.Background(), db, schema.Cursor{}, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &schematestDB{db, &s}, events
+}
+
+type schematestDB struct {
+	sqlxDB *sqlx.DB
+	sealer *schematest.Sealer
+}
+
+func verify(t *testing.T, db *schematestDB, d *domain.Digest) schema.ChainReport {
+	t.Helper()
+	rep, err := schema.VerifyChain(context.Background(), db.sqlxDB, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
+
+func TestVerifyChainDetectsTampering(t *testing.T) {
+	ctx := context.Background()
+	t.Run("intact, and a kept digest is still reached later", func(t *testing.T) {
+		db, events := sealedLedger(t, 12)
+		rep := verify(t, db, nil)
+		if !rep.OK || rep.Checked != 12 || rep.Head.Position != events[11].Position {
+			t.Fatalf("intact ledger: %+v", rep)
+		}
+		kept := rep.Head
+		store := schema.NewStore(db.sqlxDB)
+		for i := 12; i < 15; i++ {
+			if _, err := store.Append(ctx, historyEvent(t, i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		db.sealer.SealAll(t, db.sqlxDB, 15)
+		if rep := verify(t, db, &kept); !rep.OK || rep.Checked != 15 {
+			t.Errorf("with kept digest: %+v", rep)
+		}
+		wrong := kept
+		wrong.Hash[0] ^= 1
+		if rep := verify(t, db, &wrong); rep.OK || rep.FirstBad != kept.Position {
+			t.Errorf("wrong digest accepted: %+v", rep)
+		}
+		beyond := domain.Digest{Position: 999, Hash: kept.Hash}
+		if rep := verify(t, db, &beyond); rep.OK || rep.FirstBad != 999 {
+			t.Errorf("unreached digest accepted: %+v", rep)
+		}
+	})
+	t.Run("edited body", func(t *testing.T) {
+		db, events := sealedLedger(t, 12)
+		p := events[4].Position
+		schematest.Tamper(t, db.sqlxDB, `UPDATE events SET body = body || ' ' WHERE position = $1`, p)
+		if rep := verify(t, db, nil); rep.OK || rep.FirstBad != p || !strings.Contains(rep.Problem, "does not match") {
+			t.Errorf("edit at %d: %+v", p, rep)
+		}
+	})
+	t.Run("edited time", func(t *testing.T) {
+		db, events := sealedLedger(t, 12)
+		p := events[7].Position
+		schematest.Tamper(t, db.sqlxDB, `UPDATE events SET occurred_at = occurred_at - interval '1 microsecond' WHERE position = $1`, p)
+		if rep := verify(t, db, nil); rep.OK || rep.FirstBad != p {
+			t.Errorf("edit at %d: %+v", p, rep)
+		}
+	})
+	t.Run("deleted row", func(t *testing.T) {
+		db, events := sealedLedger(t, 12)
+		p := events[6].Position
+		schematest.Tamper(t, db.sqlxDB, `DELETE FROM events WHERE position = $1`, p)
+		if rep := verify(t, db, nil); rep.OK || rep.FirstBad != p || !strings.Contains(rep.Problem, "missing") {
+			t.Errorf("delete at %d: %+v", p, rep)
+		}
+	})
+	t.Run("row slipped into the sealed range", func(t *testing.T) {
+		db, events := sealedLedger(t, 12)
+		schematest.Tamper(t, db.sqlxDB, `INSERT INTO events (transaction_id, message_uuid, delivery_id, type, user_id, occurred_at, body, svix_timestamp, svix_signature)
+SELECT transaction_id, gen_random_uuid(), 'msg_forged', type, user_id, occurred_at, body, svix_timestamp, svix_signature FROM events WHERE position = $1`, events[2].Position)
+		rep := verify(t, db, nil)
+		if rep.OK || rep.FirstBad <= events[11].Position || !strings.Contains(rep.Problem, "inserted") {
+			t.Errorf("insert: %+v", rep)
+		}
+	})
+	t.Run("edit with the chain rewritten is caught by the kept digest", func(t *testing.T) {
+		db, events := sealedLedger(t, 12)
+		kept := verify(t, db, nil).Head
+		p := events[3].Position
+		schematest.Tamper(t, db.sqlxDB, `UPDATE events SET body = replace(body, 'example.com', 'evil.test') WHERE position = $1`, p)
+		// The attacker recomputes every link from the edited event on.
+		edited, err := schema.ReadAfter(ctx, db.sqlxDB, schema.Cursor{}, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var prev []byte
+		for i, e := range edited {
+			h := domain.ChainHash(prev, e)
+			prev = h[:]
+			if i >= 3 {
+				schematest.Tamper(t, db.sqlxDB, `UPDATE event_chain SET hash = $1 WHERE position = $2`, h[:], e.Position)
+			}
+		}
+		if rep := verify(t, db, nil); !rep.OK {
+			t.Fatalf("rewritten chain should be self-consistent: %+v", rep)
+		}
+		if rep := verify(t, db, &kept); rep.OK || rep.FirstBad != kept.Position {
+			t.Errorf("kept digest did not catch the rewrite: %+v", rep)
+		}
+	})
+	t.Run("chain tail cut is caught by the kept digest", func(t *testing.T) {
+		db, _ := sealedLedger(t, 12)
+		kept := verify(t, db, nil).Head
+		schematest.Tamper(t, db.sqlxDB, `DELETE FROM event_chain WHERE seq > 10`)
+		if rep := verify(t, db, nil); !rep.OK {
+			t.Errorf("a shorter chain alone is consistent: %+v", rep)
+		}
+		if rep := verify(t, db, &kept); rep.OK || rep.FirstBad != kept.Position {
+			t.Errorf("cut tail: %+v", rep)
+		}
+	})
+}
+
+func TestAccessLogIsAppendOnly(t *testing.T) {
+	db := schematest.NewDB(t)
+	ctx := context.Background()
+	for i := range 3 {
+		a := schema.Access{Actor: "user_aud", Channel: schema.ChannelAPI, Action: schema.ActionEvents, Filters: map[string]string{"user_id": fmt.Sprint(i)}, RowCount: int64(i)}
+		if err := schema.RecordAccess(ctx, db, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := schema.LastVerification(ctx, db); domain.ErrorCode(err) != domain.ENOTFOUND {
+		t.Errorf("never verified: %v", err)
+	}
+	list, err := schema.ListAccess(ctx, db, 0, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 2 || list[0].Filters["user_id"] != "2" || list[0].RowCount != 2 || list[0].At.IsZero() {
+		t.Errorf("newest first: %+v", list)
+	}
+	if older, _ := schema.ListAccess(ctx, db, list[1].ID, 10); len(older) != 1 || older[0].Filters["user_id"] != "0" {
+		t.Errorf("older page: %+v", older)
+	}
+	if err := schema.RecordVerification(ctx, db, schema.Verification{Actor: "cli:op", Channel: schema.ChannelCLI, OK: true, Checked: 3}); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := schema.LastVerification(ctx, db); err != nil || !v.OK || v.Checked != 3 || v.Actor != "cli:op" {
+		t.Errorf("last verification: %+v %v", v, err)
+	}
+	for _, q := range []string{`UPDATE audit_access SET row_count = 0`, `DELETE FROM audit_access`, `TRUNCATE audit_access`, `DELETE FROM audit_verifications`} {
+		if _, err := db.ExecContext(ctx, q); err == nil || !strings.Contains(err.Error(), "append-only") {
+			t.Errorf("%s: %v", q, err)
+		}
+	}
+}

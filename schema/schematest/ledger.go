@@ -1,0 +1,143 @@
+package schematest
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+)
+
+// CopyEvents loads n deliveries made by gen into the events table with COPY,
+// in one transaction (so they share one transaction id and keep gen's order
+// in ledger order). It is for setting up large histories fast; the service
+// appends through schema.Store.
+func CopyEvents(tb testing.TB, db *sqlx.DB, n int, gen func(i int) domain.Delivery) {
+	tb.Helper()
+	ctx := context.Background()
+	tx, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		tb.Fatalf("schematest: copy events: %v", err)
+	}
+	defer tx.Rollback()
+	stmt, err := tx.PrepareContext(ctx, pq.CopyIn("events", "message_uuid", "delivery_id", "type", "user_id", "occurred_at", "body", "svix_timestamp", "svix_signature"))
+	if err != nil {
+		tb.Fatalf("schematest: copy events: %v", err)
+	}
+	for i := range n {
+		d := gen(i)
+		var user any
+		if d.UserID != "" {
+			user = d.UserID
+		}
+		if _, err := stmt.ExecContext(ctx, uuid(i), d.ID, d.Type, user, d.OccurredAt, string(d.Body), d.Timestamp, d.Signature); err != nil {
+			tb.Fatalf("schematest: copy event %d: %v", i, err)
+		}
+	}
+	if _, err := stmt.ExecContext(ctx); err != nil {
+		tb.Fatalf("schematest: copy events: %v", err)
+	}
+	if err := stmt.Close(); err != nil {
+		tb.Fatalf("schematest: copy events: %v", err)
+	}
+	if err := tx.Commit(); err != nil {
+		tb.Fatalf("schematest: copy events: %v", err)
+	}
+}
+
+func uuid(i int) string {
+	const hex = "0123456789abcdef"
+	b := []byte("00000000-0000-4000-8000-000000000000")
+	for p, v := len(b)-1, uint64(i); v > 0 && p >= 0; p-- {
+		if b[p] == '-' {
+			continue
+		}
+		b[p] = hex[v%16]
+		v /= 16
+	}
+	return string(b)
+}
+
+// Sealer seals the ledger for tests as the chain sealer projector does:
+// schema.Seal over schema.ReadAfter batches, in ledger order, one
+// transaction per batch. It is not safe for concurrent use.
+type Sealer struct {
+	after  schema.Cursor
+	sealed int
+}
+
+// SealAll seals until this Sealer has sealed total events, waiting for the
+// xid8 gate (an open transaction anywhere in the cluster, such as another
+// package's test, holds it back). It fails the test after 20 s.
+func (s *Sealer) SealAll(tb testing.TB, db *sqlx.DB, total int) {
+	tb.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for s.Seal(tb, db); s.sealed < total; s.Seal(tb, db) {
+		if time.Now().After(deadline) {
+			tb.Fatalf("schematest: sealed %d events, want %d", s.sealed, total)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Seal seals every event readable now (below the xid8 gate) that this
+// Sealer has not sealed yet, and returns how many it sealed.
+func (s *Sealer) Seal(tb testing.TB, db *sqlx.DB) int {
+	tb.Helper()
+	ctx := context.Background()
+	n := 0
+	for {
+		tx, err := db.BeginTxx(ctx, nil)
+		if err != nil {
+			tb.Fatalf("schematest: seal: %v", err)
+		}
+		events, err := schema.ReadAfter(ctx, tx, s.after, 5000)
+		if err != nil {
+			tx.Rollback()
+			tb.Fatalf("schematest: seal: %v", err)
+		}
+		if len(events) == 0 {
+			tx.Rollback()
+			return n
+		}
+		if _, err := schema.Seal(ctx, tx, events); err != nil {
+			tx.Rollback()
+			tb.Fatalf("schematest: seal: %v", err)
+		}
+		if err := tx.Commit(); err != nil {
+			tb.Fatalf("schematest: seal: %v", err)
+		}
+		s.after = schema.After(events[len(events)-1])
+		n += len(events)
+		s.sealed += len(events)
+	}
+}
+
+// Tamper runs query as the superuser with the append-only triggers
+// disabled (session_replication_role = replica), as an attacker with
+// database access could: tests use it to show the tampering is detected.
+func Tamper(tb testing.TB, db *sqlx.DB, query string, args ...any) {
+	tb.Helper()
+	ctx := context.Background()
+	tx, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		tb.Fatalf("schematest: tamper: %v", err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `SET LOCAL session_replication_role = replica`); err != nil {
+		tb.Fatalf("schematest: tamper: %v", err)
+	}
+	res, err := tx.ExecContext(ctx, query, args...)
+	if err != nil {
+		tb.Fatalf("schematest: tamper %q: %v", query, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		tb.Fatalf("schematest: tamper %q changed no row", query)
+	}
+	if err := tx.Commit(); err != nil {
+		tb.Fatalf("schematest: tamper: %v", err)
+	}
+}
