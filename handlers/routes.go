@@ -4,9 +4,27 @@ import (
 	"net/http"
 )
 
-// addRoutes lists every route the service serves. Nothing else registers routes.
-func addRoutes(mux *http.ServeMux, d Deps) {
-	mux.Handle("POST /api/webhooks/clerk", handleClerkWebhook(d.Log, d.Verifier, d.Store, d.Observer, d.Now))
+// webhookPath is the Clerk webhook endpoint: server-to-server and signed, so
+// exempt from the Origin check.
+const webhookPath = "/api/webhooks/clerk"
+
+// addRoutes lists every route the service serves. Nothing else registers
+// routes. session verifies the Clerk session (see authenticate); pages and
+// API routes that show data wrap their handler in it.
+func addRoutes(mux *http.ServeMux, d Deps, pg *pages, session func(http.Handler) http.Handler, avatarHosts []string) {
+	mux.Handle("POST "+webhookPath, handleClerkWebhook(d.Log, d.Verifier, d.Store, d.Observer, d.Now))
 	mux.Handle("GET /healthz", handleHealthz())
 	mux.Handle("GET /readyz", handleReadyz(d.Log, d.Ready))
+
+	mux.Handle("GET /{$}", session(handleHome(d.Log, pg, d.DB, avatarHosts)))
+	mux.Handle("GET /api/me", session(requireAPISession(d.Log, handleMe(d.Log, d.DB))))
+	mux.Handle("GET /static/", handleStatic())
+
+	if d.DevSignIn != nil {
+		mux.Handle("GET /dev/sign-in", session(handleDevSignInPage(pg, d.DB)))
+		mux.Handle("POST /dev/sign-in", handleDevSignIn(d.Log, pg, d.DevSignIn, d.DB))
+		mux.Handle("POST /dev/sign-out", handleDevSignOut())
+	}
+
+	mux.Handle("/", session(handleNotFound(d.Log, pg)))
 }
