@@ -17,6 +17,13 @@
     }
   });
 
+  // An avatar that cannot load leaves the initials underneath visible.
+  document.querySelectorAll(".avatar img").forEach(function (img) {
+    function drop() { img.remove(); }
+    img.addEventListener("error", drop);
+    if (img.complete && img.naturalWidth === 0) drop();
+  });
+
   if (body.dataset.clerk !== "on") return;
 
   function status(msg) {
