@@ -5,6 +5,7 @@ import (
 	"crypto/rsa"
 	"encoding/base64"
 	"encoding/json"
+	"log/slog"
 	"maps"
 	"net/http"
 	"net/http/httptest"
@@ -61,6 +62,8 @@ func TestSessionTokens(t *testing.T) {
 			b := strings.Split(mintJWT(t, rs, sessionClaims(ada.ID, e.srv.URL), testClerkKey(), nil), ".")
 			return b[0] + "." + b[1] + "." + a[2]
 		}(), false},
+		{"pending session (sts)", mintJWT(t, rs, with(func(c map[string]any) { c["sts"] = "pending" }), testClerkKey(), nil), false},
+		{"active session (sts)", mintJWT(t, rs, with(func(c map[string]any) { c["sts"] = "active" }), testClerkKey(), nil), true},
 		{"garbage", "not.a.token", false},
 		{"four parts", "a.b.c.d", false},
 	}
@@ -333,6 +336,38 @@ func TestFrontendAPIHost(t *testing.T) {
 		"pk_test_" + b64("evil.com/x\" onload=\"$"), "pk_test_" + b64("a b$")} {
 		if _, err := FrontendAPIHost(pk); domain.ErrorCode(err) != domain.EINVALID {
 			t.Errorf("FrontendAPIHost(%q) = %v, want EINVALID", pk, err)
+		}
+	}
+}
+
+// TestRequirePageSession: the wrapper for pages only signed-in people may
+// see (the audit pages) runs the page only with a session.
+func TestRequirePageSession(t *testing.T) {
+	pg, err := parsePages(slog.New(slog.DiscardHandler), clerkJS{}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := requirePageSession(pg, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s, _ := sessionFrom(r.Context())
+		w.Write([]byte("secret page for " + s.UserID))
+	}))
+	for _, tc := range []struct {
+		name   string
+		ctx    context.Context
+		status int
+		want   string
+	}{
+		{"signed in", withSession(context.Background(), Session{UserID: "user_1"}), http.StatusOK, "secret page for user_1"},
+		{"needs refresh", context.WithValue(context.Background(), refreshKey{}, true), http.StatusOK, `id="refresh"`},
+		{"signed out", context.Background(), http.StatusUnauthorized, `Sign in`},
+	} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/audit", nil).WithContext(tc.ctx))
+		if rec.Code != tc.status || !strings.Contains(rec.Body.String(), tc.want) {
+			t.Errorf("%s: %d %q", tc.name, rec.Code, rec.Body.String())
+		}
+		if tc.name != "signed in" && strings.Contains(rec.Body.String(), "secret") {
+			t.Errorf("%s: the page ran", tc.name)
 		}
 	}
 }

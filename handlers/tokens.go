@@ -145,7 +145,7 @@ func (c clock) Now() time.Time { return c().UTC() }
 // Errors (all EUNAUTHORIZED unless noted): errNoToken for "",
 // errSessionExpired for a genuine token past exp + leeway, errBadToken for
 // anything else wrong (signature, alg, missing exp, nbf/iat in the future,
-// issuer, azp, subject); EUNAVAILABLE when the JWKS cannot be fetched.
+// issuer, azp, subject, a pending session); EUNAVAILABLE when the JWKS cannot be fetched.
 func (v *SessionVerifier) Verify(ctx context.Context, token string) (Session, error) {
 	if token == "" {
 		return Session{}, errNoToken
@@ -164,10 +164,11 @@ func (v *SessionVerifier) Verify(ctx context.Context, token string) (Session, er
 		}
 	}
 	claims, err := clerkjwt.Verify(ctx, &clerkjwt.VerifyParams{
-		Token:  token,
-		JWK:    key,
-		Leeway: v.leeway,
-		Clock:  clock(v.now),
+		Token:                   token,
+		JWK:                     key,
+		Leeway:                  v.leeway,
+		Clock:                   clock(v.now),
+		CustomClaimsConstructor: func(context.Context) any { return &statusClaim{} },
 	})
 	if errors.Is(err, josejwt.ErrExpired) {
 		return Session{}, errSessionExpired
@@ -188,7 +189,17 @@ func (v *SessionVerifier) Verify(ctx context.Context, token string) (Session, er
 	if claims.Subject == "" {
 		return Session{}, fmt.Errorf("%w: no sub claim", errBadToken)
 	}
+	// A session with pending tasks (sts "pending", e.g. choose an
+	// organization) is not signed in yet, as Clerk's SDKs treat it.
+	if st, _ := claims.Custom.(*statusClaim); st != nil && st.Status == "pending" {
+		return Session{}, fmt.Errorf("%w: session is pending", errBadToken)
+	}
 	return Session{UserID: claims.Subject, SessionID: claims.SessionID}, nil
+}
+
+// statusClaim is the session status claim of Clerk session tokens v2.
+type statusClaim struct {
+	Status string `json:"sts"`
 }
 
 // tokenKeyID returns the kid of a compact JWS without verifying anything.
