@@ -20,7 +20,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/projections"
-	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/jmoiron/sqlx"
 )
 
 // devIssuer is the iss of dev sign-in tokens. It matches Clerk's issuer
@@ -180,10 +180,14 @@ func remoteLoopback(r *http.Request) bool {
 
 // handleDevSignInPage serves GET /dev/sign-in: the bannered list of
 // projected users to sign in as. Only answered to loopback clients.
-func handleDevSignInPage(pg *pages, db schema.Queryer) http.HandlerFunc {
+func handleDevSignInPage(pg *pages, db *sqlx.DB) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if !remoteLoopback(r) {
 			pg.renderError(w, r, domain.Errorf(domain.EFORBIDDEN, "the dev sign-in only answers this machine"))
+			return
+		}
+		if db == nil {
+			pg.renderError(w, r, domain.Errorf(domain.EUNAVAILABLE, "no database"))
 			return
 		}
 		users, err := projections.ListUsers(r.Context(), db, 200)
@@ -199,10 +203,14 @@ func handleDevSignInPage(pg *pages, db schema.Queryer) http.HandlerFunc {
 // the browser in as that projected user with a dev session token in the
 // __session cookie and redirects to /. 404 page for a user not in the
 // projection. Origin is checked by checkOrigin; only loopback clients.
-func handleDevSignIn(log *slog.Logger, pg *pages, dev *DevSignIn, db schema.Queryer) http.HandlerFunc {
+func handleDevSignIn(log *slog.Logger, pg *pages, dev *DevSignIn, db *sqlx.DB) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if !remoteLoopback(r) {
 			pg.renderError(w, r, domain.Errorf(domain.EFORBIDDEN, "the dev sign-in only answers this machine"))
+			return
+		}
+		if db == nil {
+			pg.renderError(w, r, domain.Errorf(domain.EUNAVAILABLE, "no database"))
 			return
 		}
 		id := strings.TrimSpace(r.PostFormValue("user_id"))

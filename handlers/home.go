@@ -13,6 +13,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/projections"
 	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/jmoiron/sqlx"
 )
 
 // Timeline limits: the page reads at most timelineReadCap of a user's events
@@ -49,7 +50,7 @@ type timelineEntry struct {
 // refresh page when ClerkJS must renew the session cookie, or the signed-in
 // person's own record and event timeline. It reads only the session
 // subject's rows: never another user's.
-func handleHome(log *slog.Logger, pg *pages, db schema.Queryer, avatarHosts []string) http.HandlerFunc {
+func handleHome(log *slog.Logger, pg *pages, db *sqlx.DB, avatarHosts []string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		s, ok := sessionFrom(r.Context())
 		if !ok {

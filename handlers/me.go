@@ -7,7 +7,7 @@ import (
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/projections"
-	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/jmoiron/sqlx"
 )
 
 // meJSON is the JSON shape of GET /api/me. Times are RFC 3339 in UTC, null
@@ -37,7 +37,7 @@ func timePtr(t time.Time) *time.Time {
 // projection. It must run behind requireAPISession. It reads only the
 // session subject's row: 404 when no webhook about them has been projected
 // yet, 503 when the database is unreachable.
-func handleMe(log *slog.Logger, db schema.Queryer) http.HandlerFunc {
+func handleMe(log *slog.Logger, db *sqlx.DB) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		s, ok := sessionFrom(r.Context())
 		if !ok {

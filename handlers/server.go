@@ -5,7 +5,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/jmoiron/sqlx"
 )
 
 // Deps is everything the HTTP surface needs; run builds it.
@@ -17,9 +17,9 @@ type Deps struct {
 	Observer DeliveryObserver // may be nil
 	Now      func() time.Time // default time.Now
 
-	// DB is where pages and the API read the users projection and the
-	// ledger (a *sqlx.DB).
-	DB schema.Queryer
+	// DB is the ledger database: pages and the API read the users
+	// projection and the ledger from it.
+	DB *sqlx.DB
 	// Sessions verifies Clerk session tokens. Nil: nobody can sign in
 	// (pages are signed out, /api/me answers 401).
 	Sessions *SessionVerifier
