@@ -4,17 +4,33 @@ import (
 	"net/http"
 )
 
-// addRoutes lists every route the service serves. Nothing else registers routes.
-func addRoutes(mux *http.ServeMux, d Deps) {
-	mux.Handle("POST /api/webhooks/clerk", handleClerkWebhook(d.Log, d.Verifier, d.Store, d.Observer, d.Now))
+// webhookPath is the Clerk webhook endpoint: server-to-server and signed, so
+// exempt from the Origin check.
+const webhookPath = "/api/webhooks/clerk"
+
+// addRoutes lists every route the service serves. Nothing else registers
+// routes. session verifies the Clerk session (see authenticate); pages and
+// API routes that show data wrap their handler in it.
+func addRoutes(mux *http.ServeMux, d Deps, pg *pages, session func(http.Handler) http.Handler, avatarHosts []string) {
+	mux.Handle("POST "+webhookPath, handleClerkWebhook(d.Log, d.Verifier, d.Store, d.Observer, d.Now))
 	mux.Handle("GET /healthz", handleHealthz())
 	mux.Handle("GET /readyz", handleReadyz(d.Log, d.Ready))
+
+	mux.Handle("GET /{$}", session(handleHome(d.Log, pg, d.DB, avatarHosts)))
+	mux.Handle("GET /api/me", session(requireAPISession(d.Log, handleMe(d.Log, d.DB))))
+	mux.Handle("GET /static/", handleStatic())
+
+	if d.DevSignIn != nil {
+		mux.Handle("GET /dev/sign-in", session(handleDevSignInPage(pg, d.DB)))
+		mux.Handle("POST /dev/sign-in", handleDevSignIn(d.Log, pg, d.DevSignIn, d.DB))
+		mux.Handle("POST /dev/sign-out", handleDevSignOut())
+	}
 
 	// Auditor workspace: every route behind requireAuditor (401 without a
 	// session, 403 for anyone not an auditor).
 	auditors := NewAuditors(d.Auditors, d.DB)
-	api := func(h http.Handler) http.Handler { return requireAuditor(d.Log, auditors, false, h) }
-	page := func(h http.Handler) http.Handler { return requireAuditor(d.Log, auditors, true, h) }
+	api := func(h http.Handler) http.Handler { return session(requireAuditor(d.Log, auditors, false, h)) }
+	page := func(h http.Handler) http.Handler { return session(requireAuditor(d.Log, auditors, true, h)) }
 	verify := &verifyRunner{db: d.DB, verifier: d.Verifier}
 	pages := newAuditPages(d.Log)
 	mux.Handle("GET /api/audit/events", api(handleAuditEvents(d.Log, d.DB, d.Now)))
@@ -24,4 +40,6 @@ func addRoutes(mux *http.ServeMux, d Deps) {
 	mux.Handle("GET /audit/users/{id}", page(handleAuditUserPage(pages, d.DB)))
 	mux.Handle("GET /audit/chain", page(handleAuditChainPage(pages, d.DB, verify)))
 	mux.Handle("GET /audit/log", page(handleAuditLogPage(pages, d.DB)))
+
+	mux.Handle("/", session(handleNotFound(d.Log, pg)))
 }

@@ -16,12 +16,29 @@ type Deps struct {
 	Ready    ReadinessChecker
 	Observer DeliveryObserver // may be nil
 	Now      func() time.Time // default time.Now
-	DB       *sqlx.DB         // the ledger database: audit queries, users projection
-	Auditors []string         // LEDGER_AUDITORS: Clerk user ids allowed into the audit workspace
+
+	// DB is the ledger database: pages and the API read the users
+	// projection and the ledger from it.
+	DB *sqlx.DB
+	// Sessions verifies Clerk session tokens. Nil: nobody can sign in
+	// (pages are signed out, /api/me answers 401).
+	Sessions *SessionVerifier
+	// PublishableKey is Clerk's publishable key: pages load ClerkJS from
+	// its Frontend API host and the CSP allows that host. Empty: no ClerkJS.
+	// A malformed key is logged and treated as empty (validate it at start
+	// with FrontendAPIHost).
+	PublishableKey string
+	// DevSignIn, when not nil, serves the development sign-in under
+	// /dev/ (ledger dev only; NewDevSignIn refuses real Clerk keys).
+	DevSignIn *DevSignIn
+	// Auditors are the Clerk user ids (LEDGER_AUDITORS) allowed into the
+	// audit workspace, besides users whose public_metadata.role is "auditor".
+	Auditors []string
 }
 
 // NewServer returns the service's HTTP handler: every route of routes.go
-// behind the common middleware.
+// behind the common middleware (security headers, Origin check on
+// state-changing requests).
 func NewServer(d Deps) http.Handler {
 	if d.Now == nil {
 		d.Now = time.Now
@@ -29,8 +46,33 @@ func NewServer(d Deps) http.Handler {
 	if d.Log == nil {
 		d.Log = slog.New(slog.DiscardHandler)
 	}
+	var clerk clerkJS
+	if d.PublishableKey != "" {
+		host, err := FrontendAPIHost(d.PublishableKey)
+		if err != nil {
+			d.Log.Error("ClerkJS disabled", "err", err)
+		} else {
+			clerk = clerkJS{PublishableKey: d.PublishableKey, FrontendAPI: host}
+		}
+	}
+	pg, err := parsePages(d.Log, clerk, d.DevSignIn != nil)
+	if err != nil {
+		// Unreachable with the embedded templates (tests parse them); pages
+		// then answer a plain 500.
+		d.Log.Error("page templates do not parse", "err", err)
+	}
+	var trusted []string
+	if d.Sessions != nil {
+		trusted = d.Sessions.AuthorizedParties()
+	}
+	avatarHosts := []string{}
+	if clerk.FrontendAPI != "" {
+		avatarHosts = append(avatarHosts, clerkImageHost, clerk.FrontendAPI)
+	}
 	mux := http.NewServeMux()
-	addRoutes(mux, d)
+	addRoutes(mux, d, pg, authenticate(d.Log, d.Sessions, clerk.FrontendAPI != ""), avatarHosts)
 	var h http.Handler = mux
+	h = checkOrigin(d.Log, trusted, webhookPath)(h)
+	h = securityHeaders(clerk.FrontendAPI)(h)
 	return h
 }

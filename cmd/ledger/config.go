@@ -19,6 +19,9 @@ type config struct {
 	Addr              string
 	Auditors          []string
 	AuthorizedParties []string
+	// Dev is set by `ledger dev`: with no Clerk keys on a loopback address
+	// the development sign-in is served.
+	Dev bool
 }
 
 const defaultAddr = "localhost:4321"

@@ -50,6 +50,7 @@ ready 'ledger webhook send' command line. Then it runs what serve runs.`,
 				return err
 			}
 			ctx := cmd.Context()
+			cfg.Dev = true
 			if cfg.DatabaseURL == "" {
 				dsn, stop, err := devDatabase(ctx, log, devDataDir, devDefaultURL, devPGPort)
 				if err != nil {

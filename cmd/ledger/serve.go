@@ -71,25 +71,33 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 		return err
 	}
 	store := schema.NewStore(db)
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+	}
+	defer ln.Close()
+	sessions, devSignIn, err := webAuth(log, cfg, ln.Addr().String(), cfg.Dev)
+	if err != nil {
+		return err
+	}
 	defer startProjectors(ctx, log, db)()
 	srv := &http.Server{
 		Handler: handlers.NewServer(handlers.Deps{
-			Log:      log,
-			Verifier: verifier,
-			Store:    store,
-			Ready:    store,
-			DB:       db,
-			Auditors: cfg.Auditors,
+			Log:            log,
+			Verifier:       verifier,
+			Store:          store,
+			Ready:          store,
+			DB:             db,
+			Sessions:       sessions,
+			PublishableKey: cfg.PublishableKey,
+			DevSignIn:      devSignIn,
+			Auditors:       cfg.Auditors,
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      60 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
-	ln, err := net.Listen("tcp", cfg.Addr)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "webhook", "http://"+ln.Addr().String()+"/api/webhooks/clerk", "signing_secrets", len(cfg.WebhookSecrets))
 	if ready != nil {

@@ -1,0 +1,62 @@
+package handlers
+
+import (
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/projections"
+	"github.com/jmoiron/sqlx"
+)
+
+// meJSON is the JSON shape of GET /api/me. Times are RFC 3339 in UTC, null
+// when unknown.
+type meJSON struct {
+	ID        string     `json:"id"`
+	Email     string     `json:"email"`
+	FirstName string     `json:"first_name"`
+	LastName  string     `json:"last_name"`
+	Name      string     `json:"name"`
+	Username  string     `json:"username"`
+	ImageURL  string     `json:"image_url"`
+	CreatedAt *time.Time `json:"created_at"`
+	UpdatedAt *time.Time `json:"updated_at"`
+	Deleted   bool       `json:"deleted"`
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	t = t.UTC()
+	return &t
+}
+
+// handleMe serves GET /api/me: the signed-in person's record from the users
+// projection. It must run behind requireAPISession. It reads only the
+// session subject's row: 404 when no webhook about them has been projected
+// yet, 503 when the database is unreachable.
+func handleMe(log *slog.Logger, db *sqlx.DB) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s, ok := sessionFrom(r.Context())
+		if !ok {
+			writeError(w, r, log, domain.Errorf(domain.EUNAUTHORIZED, "sign in first"))
+			return
+		}
+		if db == nil {
+			writeError(w, r, log, domain.Errorf(domain.EUNAVAILABLE, "no database"))
+			return
+		}
+		u, err := projections.GetUser(r.Context(), db, s.UserID)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, meJSON{
+			ID: u.ID, Email: u.Email, FirstName: u.FirstName, LastName: u.LastName,
+			Name: u.Name(), Username: u.Username, ImageURL: u.ImageURL,
+			CreatedAt: timePtr(u.CreatedAt), UpdatedAt: timePtr(u.UpdatedAt), Deleted: u.Deleted,
+		})
+	}
+}
