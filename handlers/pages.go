@@ -94,7 +94,7 @@ func parsePages(log *slog.Logger, clerk clerkJS, dev bool) (*pages, error) {
 	p := &pages{log: log, byName: map[string]*template.Template{}, clerk: clerk, dev: dev}
 	for _, n := range names {
 		name := path.Base(n)
-		if name == "layout.html" {
+		if name == "layout.html" || strings.HasPrefix(name, "audit_") { // audit pages have their own set (audit_pages.go)
 			continue
 		}
 		t, err := base.Clone()

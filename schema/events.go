@@ -271,7 +271,7 @@ func ReadHead(ctx context.Context, q Queryer) (Head, error) {
 	var tx sql.NullString
 	var pos sql.NullInt64
 	var occ, rec sql.NullTime
-	err := q.QueryRowxContext(ctx, `SELECT transaction_id::text, position, occurred_at, received_at FROM events
+	err := q.QueryRowxContext(ctx, `SELECT transaction_id::text AS tx, position, occurred_at, received_at FROM events
 WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY transaction_id DESC, position DESC LIMIT 1`).Scan(&tx, &pos, &occ, &rec)
 	if err != nil && err != sql.ErrNoRows {
