@@ -1,0 +1,21 @@
+# The two set-up commands (README): `make run` and `make test`.
+.PHONY: run test deps bench-ingest
+
+# run: the service on local defaults (ledger dev: database, secret and all).
+run:
+	go run ./cmd/ledger dev
+
+# test: the whole suite against a real PostgreSQL and headless Chromium.
+# deps installs and starts them when missing (as root, Debian).
+test: deps
+	go vet ./...
+	go test -count=1 -timeout 20m ./...
+
+deps:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -1) main start
+	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && exit 0; sleep 1; done; echo "PostgreSQL did not start"; exit 1
+
+bench-ingest:
+	go run ./cmd/ledger bench ingest --concurrency 32 --duration 20s --baseline
