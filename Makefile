@@ -6,10 +6,12 @@ run:
 	go run ./cmd/ledger dev
 
 # test: the whole suite against a real PostgreSQL and headless Chromium.
+# -p 1: the xid8 read gate is cluster-wide, so an open transaction in one
+# package's tests would hold back reads in another's.
 # deps installs and starts them when missing (as root, Debian).
 test: deps
 	go vet ./...
-	go test -count=1 -timeout 20m ./...
+	go test -p 1 -count=1 -timeout 25m ./...
 
 deps:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
