@@ -260,44 +260,27 @@ func (a *app) benchIngest(ctx context.Context, o ingestOptions) error {
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: o.concurrency, MaxConnsPerHost: o.concurrency}, Timeout: 30 * time.Second}
 
 	fmt.Fprintf(a.stdout, "bench ingest: %d senders for %s -> %s\n", o.concurrency, o.duration, target)
-	var sent, non2xx, failed atomic.Int64
-	lat := &latencies{}
+	var non2xx atomic.Int64
 	runID := strconv.FormatInt(time.Now().UnixNano(), 36)
-	start := time.Now()
-	deadline := start.Add(o.duration)
-	var wg sync.WaitGroup
-	for w := range o.concurrency {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			local := make([]time.Duration, 0, 4096)
-			for i := 0; time.Now().Before(deadline) && ctx.Err() == nil; i++ {
-				id := fmt.Sprintf("msg_%s_%d_%d", runID, w, i)
-				body := p.body(fmt.Sprintf("user_b%s%04d%07d", runID, w, i))
-				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
-				req.Header = signer.Headers(id, time.Now(), body)
-				t0 := time.Now()
-				res, err := client.Do(req)
-				if err != nil {
-					failed.Add(1)
-					continue
-				}
-				io.Copy(io.Discard, res.Body)
-				res.Body.Close()
-				local = append(local, time.Since(t0))
-				sent.Add(1)
-				if res.StatusCode/100 != 2 {
-					non2xx.Add(1)
-				}
-			}
-			lat.add(local)
-		}()
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	rate := float64(sent.Load()) / elapsed.Seconds()
+	res := runLoad(ctx, o.concurrency, o.duration, func(w, i int) error {
+		id := fmt.Sprintf("msg_%s_%d_%d", runID, w, i)
+		body := p.body(fmt.Sprintf("user_b%s%04d%07d", runID, w, i))
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
+		req.Header = signer.Headers(id, time.Now(), body)
+		res, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if res.StatusCode/100 != 2 {
+			non2xx.Add(1)
+		}
+		return nil
+	})
+	rate := float64(res.ok) / res.elapsed.Seconds()
 	fmt.Fprintf(a.stdout, "ledger:   %8.0f deliveries/s  p50 %s  p95 %s  p99 %s  non-2xx %d  errors %d  (%d in %s)\n",
-		rate, ms(lat.quantile(0.50)), ms(lat.quantile(0.95)), ms(lat.quantile(0.99)), non2xx.Load(), failed.Load(), sent.Load(), elapsed.Round(time.Millisecond))
+		rate, ms(res.lat.quantile(0.50)), ms(res.lat.quantile(0.95)), ms(res.lat.quantile(0.99)), non2xx.Load(), res.failed, res.ok, res.elapsed.Round(time.Millisecond))
 	if child != nil {
 		fmt.Fprintf(a.stdout, "server peak RSS: %.1f MB\n", float64(child.peakRSS())/1e6)
 	}
@@ -335,34 +318,52 @@ func insertBaseline(ctx context.Context, dsn string, p *payloads, o ingestOption
 	if _, err := db.ExecContext(ctx, `DROP TABLE IF EXISTS bench_baseline; CREATE TABLE bench_baseline (id bigserial PRIMARY KEY, delivery_id text NOT NULL, body text NOT NULL)`); err != nil {
 		return baselineResult{}, fmt.Errorf("create baseline table: %w", err)
 	}
-	var n, failed atomic.Int64
+	res := runLoad(ctx, o.concurrency, o.duration, func(w, i int) error {
+		body := p.body(fmt.Sprintf("user_base%04d%07d", w, i))
+		_, err := db.ExecContext(ctx, `INSERT INTO bench_baseline (delivery_id, body) VALUES ($1, $2)`, fmt.Sprintf("msg_%d_%d", w, i), string(body))
+		return err
+	})
+	if res.failed > 0 {
+		return baselineResult{}, errors.New("baseline inserts failed: " + strconv.FormatInt(res.failed, 10))
+	}
+	return baselineResult{rate: float64(res.ok) / res.elapsed.Seconds(), p50: res.lat.quantile(.5), p95: res.lat.quantile(.95), p99: res.lat.quantile(.99)}, nil
+}
+
+// loadResult is what runLoad measured.
+type loadResult struct {
+	ok, failed int64
+	elapsed    time.Duration
+	lat        *latencies
+}
+
+// runLoad calls op from `workers` goroutines, each with its own counter i,
+// until the duration is over or ctx ends, and times every call that returned
+// no error.
+func runLoad(ctx context.Context, workers int, d time.Duration, op func(w, i int) error) loadResult {
+	var ok, failed atomic.Int64
 	lat := &latencies{}
 	start := time.Now()
-	deadline := start.Add(o.duration)
+	deadline := start.Add(d)
 	var wg sync.WaitGroup
-	for w := range o.concurrency {
+	for w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			local := make([]time.Duration, 0, 4096)
 			for i := 0; time.Now().Before(deadline) && ctx.Err() == nil; i++ {
-				body := p.body(fmt.Sprintf("user_base%04d%07d", w, i))
 				t0 := time.Now()
-				if _, err := db.ExecContext(ctx, `INSERT INTO bench_baseline (delivery_id, body) VALUES ($1, $2)`, fmt.Sprintf("msg_%d_%d", w, i), string(body)); err != nil {
+				if err := op(w, i); err != nil {
 					failed.Add(1)
 					continue
 				}
 				local = append(local, time.Since(t0))
-				n.Add(1)
+				ok.Add(1)
 			}
 			lat.add(local)
 		}()
 	}
 	wg.Wait()
-	if f := failed.Load(); f > 0 {
-		return baselineResult{}, errors.New("baseline inserts failed: " + strconv.FormatInt(f, 10))
-	}
-	return baselineResult{rate: float64(n.Load()) / time.Since(start).Seconds(), p50: lat.quantile(.5), p95: lat.quantile(.95), p99: lat.quantile(.99)}, nil
+	return loadResult{ok: ok.Load(), failed: failed.Load(), elapsed: time.Since(start), lat: lat}
 }
 
 func ms(d time.Duration) string {
