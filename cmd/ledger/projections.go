@@ -62,11 +62,7 @@ the live table untouched. A second rebuild of the same projection at the same
 time is refused. The chain projection cannot be rebuilt.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := projectorNamed(args[0])
-			if err != nil {
-				return err
-			}
-			db, err := a.openDB(cmd)
+			p, db, err := a.openProjector(cmd, args[0])
 			if err != nil {
 				return err
 			}
@@ -99,11 +95,7 @@ of personal columns are not shown) and exits 1 when there is any. It changes
 nothing.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := projectorNamed(args[0])
-			if err != nil {
-				return err
-			}
-			db, err := a.openDB(cmd)
+			p, db, err := a.openProjector(cmd, args[0])
 			if err != nil {
 				return err
 			}
@@ -153,6 +145,19 @@ func projectorNames() []string {
 		names = append(names, p.Name())
 	}
 	return names
+}
+
+// openProjector returns the projector NAME and a pool on the database.
+func (a *app) openProjector(cmd *cobra.Command, name string) (projections.Projector, *sqlx.DB, error) {
+	p, err := projectorNamed(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	db, err := a.openDB(cmd)
+	if err != nil {
+		return nil, nil, err
+	}
+	return p, db, nil
 }
 
 func projectorNamed(name string) (projections.Projector, error) {
