@@ -30,7 +30,7 @@ func (a *app) benchCmd() *cobra.Command {
 		Use:   "bench",
 		Short: "Measure ingest and projection speed on this machine",
 	}
-	cmd.AddCommand(a.benchIngestCmd(), a.benchRebuildCmd())
+	cmd.AddCommand(a.benchIngestCmd(), a.benchRebuildCmd(), a.benchSoakCmd())
 	return cmd
 }
 
