@@ -106,11 +106,8 @@ func Apply(u User, e Event) (User, error) {
 	if !IsUserEvent(e.Type) {
 		return u, nil
 	}
-	var env struct {
-		Timestamp int64    `json:"timestamp"`
-		Data      userData `json:"data"`
-	}
-	if err := json.Unmarshal(e.Body, &env); err != nil {
+	env, err := decodeUserEnvelope(e.Body)
+	if err != nil {
 		return u, Errorf(EINVALID, "event %d (%s): user data does not decode: %v", e.Position, e.Type, err)
 	}
 	d := env.Data

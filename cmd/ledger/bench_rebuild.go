@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -20,7 +21,7 @@ import (
 // benchRebuildCmd is `ledger bench rebuild`; attach it under `bench`.
 func (a *app) benchRebuildCmd() *cobra.Command {
 	var users, events int
-	var dbName string
+	var dbName, cpuProfile string
 	cmd := &cobra.Command{
 		Use:   "rebuild",
 		Short: "Time a users rebuild against a set-based SQL baseline on the same data",
@@ -97,6 +98,17 @@ created and seeded (ledger seed) when empty; a later run reuses the data.`,
 			fmt.Fprintf(a.stdout, "baseline (SQL DISTINCT ON): %d users in %s (%.0f events/s)\n", n, base.Round(time.Millisecond), float64(userEvents)/base.Seconds())
 
 			defer tuneGCForFold()()
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return fmt.Errorf("cpu profile: %w", err)
+				}
+				defer pprof.StopCPUProfile()
+			}
 			resetPeakRSS()
 			var phases []string
 			var phase string
@@ -123,6 +135,7 @@ created and seeded (ledger seed) when empty; a later run reuses the data.`,
 	}
 	cmd.Flags().IntVar(&users, "users", 100000, "users to seed when the database is empty")
 	cmd.Flags().IntVar(&events, "events", 1000000, "deliveries to seed when the database is empty")
+	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of our rebuild to this file (go tool pprof)")
 	cmd.Flags().StringVar(&dbName, "db-name", "ledger_bench_rebuild", "database to use on the DATABASE_URL server")
 	return cmd
 }
