@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -199,10 +200,14 @@ func handleDevSignInPage(pg *pages, db *sqlx.DB) http.HandlerFunc {
 	}
 }
 
+// devFormMaxBytes bounds the dev sign-in form (one user id).
+const devFormMaxBytes = 4 << 10
+
 // handleDevSignIn serves POST /dev/sign-in (form field user_id): it signs
 // the browser in as that projected user with a dev session token in the
 // __session cookie and redirects to /. 404 page for a user not in the
-// projection. Origin is checked by checkOrigin; only loopback clients.
+// projection, 413 for a form over devFormMaxBytes. Origin is checked by
+// checkOrigin; only loopback clients.
 func handleDevSignIn(log *slog.Logger, pg *pages, dev *DevSignIn, db *sqlx.DB) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if !remoteLoopback(r) {
@@ -211,6 +216,16 @@ func handleDevSignIn(log *slog.Logger, pg *pages, dev *DevSignIn, db *sqlx.DB) h
 		}
 		if db == nil {
 			pg.renderError(w, r, domain.Errorf(domain.EUNAVAILABLE, "no database"))
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, devFormMaxBytes)
+		if err := r.ParseForm(); err != nil {
+			var tooLarge *http.MaxBytesError
+			if errors.As(err, &tooLarge) {
+				pg.renderError(w, r, domain.Errorf(domain.ETOOLARGE, "the form is larger than %d bytes", devFormMaxBytes))
+				return
+			}
+			pg.renderError(w, r, domain.Errorf(domain.EINVALID, "the form does not parse"))
 			return
 		}
 		id := strings.TrimSpace(r.PostFormValue("user_id"))

@@ -43,13 +43,14 @@ type errorBody struct {
 
 // writeError answers err as JSON with its mapped status. Internal errors are
 // logged here, once, and shown to the caller only as "internal error";
-// unavailability adds Retry-After so webhook senders retry.
+// unavailability and rate limiting add Retry-After (5 s unless the caller
+// set one) so webhook senders retry.
 func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
 	status := ErrorStatus(err)
 	if status >= 500 {
 		log.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
 	}
-	if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
+	if (status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests) && w.Header().Get("Retry-After") == "" {
 		w.Header().Set("Retry-After", "5")
 	}
 	var body errorBody

@@ -8,10 +8,16 @@ import (
 // exempt from the Origin check.
 const webhookPath = "/api/webhooks/clerk"
 
+// routeMux is what addRoutes registers on: the server's *http.ServeMux, or
+// the route security test's recorder.
+type routeMux interface {
+	Handle(pattern string, handler http.Handler)
+}
+
 // addRoutes lists every route the service serves. Nothing else registers
 // routes. session verifies the Clerk session (see authenticate); pages and
 // API routes that show data wrap their handler in it.
-func addRoutes(mux *http.ServeMux, d Deps, pg *pages, session func(http.Handler) http.Handler, avatarHosts []string) {
+func addRoutes(mux routeMux, d Deps, pg *pages, session func(http.Handler) http.Handler, avatarHosts []string) {
 	mux.Handle("POST "+webhookPath, handleClerkWebhook(d.Log, d.Verifier, d.Store, d.Observer, d.Now))
 	mux.Handle("GET /healthz", handleHealthz())
 	mux.Handle("GET /readyz", handleReadyz(d.Log, d.Ready))

@@ -3,6 +3,7 @@ package handlers
 import (
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -34,11 +35,18 @@ type Deps struct {
 	// Auditors are the Clerk user ids (LEDGER_AUDITORS) allowed into the
 	// audit workspace, besides users whose public_metadata.role is "auditor".
 	Auditors []string
+	// WebhookRateLimit and APIRateLimit limit requests per client address
+	// to the webhook and to every other /api/ route (zero: no limit); see
+	// rateLimit. TrustedProxies are the reverse proxies whose
+	// X-Forwarded-For names the client (none: the TCP peer is the client).
+	WebhookRateLimit RateLimit
+	APIRateLimit     RateLimit
+	TrustedProxies   []netip.Prefix
 }
 
 // NewServer returns the service's HTTP handler: every route of routes.go
-// behind the common middleware (security headers, Origin check on
-// state-changing requests).
+// behind the common middleware (security headers, per-client rate limits on
+// /api/, Origin check on state-changing requests).
 func NewServer(d Deps) http.Handler {
 	if d.Now == nil {
 		d.Now = time.Now
@@ -73,6 +81,7 @@ func NewServer(d Deps) http.Handler {
 	addRoutes(mux, d, pg, authenticate(d.Log, d.Sessions, clerk.FrontendAPI != ""), avatarHosts)
 	var h http.Handler = mux
 	h = checkOrigin(d.Log, trusted, webhookPath)(h)
+	h = rateLimit(d.Log, rateLimitConfig{Webhook: d.WebhookRateLimit, API: d.APIRateLimit, Trusted: d.TrustedProxies, Observer: d.Observer, Now: d.Now}, webhookPath)(h)
 	h = securityHeaders(clerk.FrontendAPI)(h)
 	return h
 }

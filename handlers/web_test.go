@@ -92,7 +92,8 @@ type webEnv struct {
 }
 
 type webOptions struct {
-	dev bool // ledger dev: no Clerk keys, the dev sign-in
+	dev      bool     // ledger dev: no Clerk keys, the dev sign-in
+	auditors []string // LEDGER_AUDITORS
 }
 
 func newWebEnv(t *testing.T, opt webOptions) *webEnv {
@@ -114,7 +115,7 @@ func newWebEnv(t *testing.T, opt webOptions) *webEnv {
 	e := &webEnv{srv: srv, db: db, signer: signer, logs: &logBuffer{}}
 	deps := Deps{
 		Log:      slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Verifier: verifier, Store: store, Ready: store, DB: db,
+		Verifier: verifier, Store: store, Ready: store, DB: db, Auditors: opt.auditors,
 	}
 	if opt.dev {
 		e.dev, err = NewDevSignIn(DevSignInConfig{Addr: srv.Listener.Addr().String()})

@@ -99,6 +99,7 @@ const (
 	OutcomeMalformed   = "malformed"
 	OutcomeUnavailable = "unavailable"
 	OutcomeError       = "error"
+	OutcomeRateLimited = "rate_limited" // refused before reading (429); Svix retries
 )
 
 // DeliveryObserver is told the outcome of every webhook delivery (metrics).

@@ -2,10 +2,12 @@ package main
 
 import (
 	"net"
+	"net/netip"
 	"net/url"
 	"strings"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/handlers"
 	"github.com/spf13/cobra"
 )
 
@@ -19,12 +21,25 @@ type config struct {
 	Addr              string
 	Auditors          []string
 	AuthorizedParties []string
+	// Per-client rate limits (LEDGER_WEBHOOK_RATE_LIMIT, LEDGER_API_RATE_LIMIT)
+	// and the proxies whose X-Forwarded-For is believed (LEDGER_TRUSTED_PROXIES).
+	WebhookRateLimit, APIRateLimit handlers.RateLimit
+	TrustedProxies                 []netip.Prefix
 	// Dev is set by `ledger dev`: with no Clerk keys on a loopback address
 	// the development sign-in is served.
 	Dev bool
 }
 
 const defaultAddr = "localhost:4321"
+
+// Default rate limits per client address, "requests per second:burst". The
+// webhook's is far above what Svix sends from one of its few addresses (and
+// a refusal only delays: Svix retries a 429); the API's is ample for people
+// and scripts paging through the audit API.
+const (
+	defaultWebhookRateLimit = "1000:2000"
+	defaultAPIRateLimit     = "20:60"
+)
 
 // loadConfig reads the service settings. It validates what it reads but does
 // not require anything: the caller decides what is required.
@@ -48,6 +63,9 @@ func (a *app) loadConfig(cmd *cobra.Command) (config, error) {
 	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
 		return c, domain.Errorf(domain.EINVALID, "LEDGER_ADDR %q is not host:port", c.Addr)
 	}
+	if err := c.loadRateLimits(a.env); err != nil {
+		return c, err
+	}
 	if c.DatabaseURL != "" {
 		if err := checkDatabaseURL(c.DatabaseURL); err != nil {
 			return c, err
@@ -60,6 +78,26 @@ func (a *app) loadConfig(cmd *cobra.Command) (config, error) {
 		return c, domain.Errorf(domain.EINVALID, "PUBLIC_CLERK_PUBLISHABLE_KEY is malformed: it must start with pk_")
 	}
 	return c, nil
+}
+
+// loadRateLimits reads LEDGER_WEBHOOK_RATE_LIMIT, LEDGER_API_RATE_LIMIT
+// (defaults above; 0 disables) and LEDGER_TRUSTED_PROXIES.
+func (c *config) loadRateLimits(env func(string) string) error {
+	or := func(v, def string) string {
+		if v = strings.TrimSpace(v); v == "" {
+			return def
+		}
+		return v
+	}
+	var err error
+	if c.WebhookRateLimit, err = handlers.ParseRateLimit("LEDGER_WEBHOOK_RATE_LIMIT", or(env("LEDGER_WEBHOOK_RATE_LIMIT"), defaultWebhookRateLimit)); err != nil {
+		return err
+	}
+	if c.APIRateLimit, err = handlers.ParseRateLimit("LEDGER_API_RATE_LIMIT", or(env("LEDGER_API_RATE_LIMIT"), defaultAPIRateLimit)); err != nil {
+		return err
+	}
+	c.TrustedProxies, err = handlers.ParseTrustedProxies(splitList(env("LEDGER_TRUSTED_PROXIES")))
+	return err
 }
 
 func checkDatabaseURL(s string) error {

@@ -92,6 +92,10 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 			PublishableKey: cfg.PublishableKey,
 			DevSignIn:      devSignIn,
 			Auditors:       cfg.Auditors,
+
+			WebhookRateLimit: cfg.WebhookRateLimit,
+			APIRateLimit:     cfg.APIRateLimit,
+			TrustedProxies:   cfg.TrustedProxies,
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
