@@ -70,6 +70,46 @@ once: each migration is applied exactly once.`,
 			return tw.Flush()
 		},
 	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "xid",
+		Short: "Check the transaction counter against the ledger (after a restore) and print the fix",
+		Long: `xid compares the cluster's transaction counter with the newest transaction id
+stored in the events table. After a logical dump (pg_dump) is restored into a
+new cluster the counter starts below the stored ids, so new deliveries would
+sort before the ones already read and no projector would see them (watermill
+issue 576); serve and project refuse to start then. xid prints OK, or the
+pg_resetwal command that moves the counter past the stored ids, and exits 1.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dsn, err := a.requireDatabaseURL(cmd)
+			if err != nil {
+				return err
+			}
+			db, err := schema.Open(cmd.Context(), dsn, schema.PoolOptions{MaxOpen: 1})
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			c, err := schema.ReadXIDCounter(cmd.Context(), db)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "newest stored transaction id: %d\nnext transaction id:          %d\n", c.MaxStored, c.Next)
+			if !c.Behind() {
+				fmt.Fprintln(a.stdout, "OK: the counter is ahead of the ledger")
+				return nil
+			}
+			epoch, xid := c.ResetWALArgs()
+			fmt.Fprintf(a.stdout, `BEHIND: new deliveries would be invisible to the projectors. On the database server, as the
+postgres user, with the cluster's data directory in $PGDATA:
+  pg_ctl stop -D "$PGDATA" -m fast
+  pg_resetwal -e %d -x %d "$PGDATA"
+  pg_ctl start -D "$PGDATA"
+then run 'ledger migrate xid' again.
+`, epoch, xid)
+			return domain.Errorf(domain.ECONFLICT, "the transaction counter is behind the ledger")
+		},
+	})
 	return cmd
 }
 

@@ -141,5 +141,20 @@ func migrate(ctx context.Context, log *slog.Logger, db *sqlx.DB) error {
 	for _, r := range res {
 		log.Info("migration applied", "version", r.Version, "name", r.Name, "duration_ms", r.Duration.Milliseconds())
 	}
+	return checkXIDCounter(ctx, db)
+}
+
+// checkXIDCounter refuses to start on a cluster whose transaction counter is
+// behind the ledger's stored xid8 values (a logical dump restored into a new
+// cluster): deliveries would be stored where no reader looks.
+func checkXIDCounter(ctx context.Context, db *sqlx.DB) error {
+	c, err := schema.ReadXIDCounter(ctx, db)
+	if err != nil {
+		return err
+	}
+	if c.Behind() {
+		return domain.Errorf(domain.ECONFLICT, "this cluster's transaction counter (%d) is behind the ledger's newest transaction id (%d): "+
+			"the database was restored from a logical dump into a new cluster; run `ledger migrate xid` for the fix", c.Next, c.MaxStored)
+	}
 	return nil
 }
