@@ -28,6 +28,9 @@ type config struct {
 	// Dev is set by `ledger dev`: with no Clerk keys on a loopback address
 	// the development sign-in is served.
 	Dev bool
+	// Projectors runs the projectors inside serve (LEDGER_PROJECTORS, default
+	// on); off for web-only replicas when `ledger project` runs them.
+	Projectors bool
 }
 
 const defaultAddr = "localhost:4321"
@@ -65,6 +68,14 @@ func (a *app) loadConfig(cmd *cobra.Command) (config, error) {
 	}
 	if err := c.loadRateLimits(a.env); err != nil {
 		return c, err
+	}
+	switch v := strings.ToLower(strings.TrimSpace(a.env("LEDGER_PROJECTORS"))); v {
+	case "", "on", "true", "1":
+		c.Projectors = true
+	case "off", "false", "0":
+		c.Projectors = false
+	default:
+		return c, domain.Errorf(domain.EINVALID, "LEDGER_PROJECTORS %q is not on or off", v)
 	}
 	if c.DatabaseURL != "" {
 		if err := checkDatabaseURL(c.DatabaseURL); err != nil {

@@ -57,3 +57,26 @@ func TestRateLimitSettings(t *testing.T) {
 		}
 	}
 }
+
+// TestProjectorsSetting: on by default, off for web-only replicas, anything
+// else refused naming the setting.
+func TestProjectorsSetting(t *testing.T) {
+	load := func(v string) (config, error) {
+		a := &app{stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}, env: func(k string) string {
+			if k == "LEDGER_PROJECTORS" {
+				return v
+			}
+			return ""
+		}}
+		return a.loadConfig(a.serveCmd())
+	}
+	for v, want := range map[string]bool{"": true, "on": true, "OFF": false, "false": false, "1": true} {
+		c, err := load(v)
+		if err != nil || c.Projectors != want {
+			t.Errorf("LEDGER_PROJECTORS=%q: projectors %t, %v; want %t", v, c.Projectors, err, want)
+		}
+	}
+	if _, err := load("sometimes"); domain.ErrorCode(err) != domain.EINVALID || !strings.Contains(err.Error(), "LEDGER_PROJECTORS") {
+		t.Errorf("LEDGER_PROJECTORS=sometimes: %v", err)
+	}
+}

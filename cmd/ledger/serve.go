@@ -80,7 +80,11 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 	if err != nil {
 		return err
 	}
-	defer startProjectors(ctx, log, db)()
+	if cfg.Projectors {
+		defer startProjectors(ctx, log, db)()
+	} else {
+		log.Info("projectors off in this process (LEDGER_PROJECTORS=off): run `ledger project`")
+	}
 	srv := &http.Server{
 		Handler: handlers.NewServer(handlers.Deps{
 			Log:            log,
