@@ -34,11 +34,14 @@ type Deps struct {
 	// Auditors are the Clerk user ids (LEDGER_AUDITORS) allowed into the
 	// audit workspace, besides users whose public_metadata.role is "auditor".
 	Auditors []string
+	// Metrics, when not nil, times every request and serves GET /metrics.
+	Metrics *Metrics
 }
 
 // NewServer returns the service's HTTP handler: every route of routes.go
-// behind the common middleware (security headers, Origin check on
-// state-changing requests).
+// behind the common middleware (request id, metrics, security headers,
+// Origin check on state-changing requests). Every log line written with a
+// request's context carries its request_id.
 func NewServer(d Deps) http.Handler {
 	if d.Now == nil {
 		d.Now = time.Now
@@ -46,6 +49,7 @@ func NewServer(d Deps) http.Handler {
 	if d.Log == nil {
 		d.Log = slog.New(slog.DiscardHandler)
 	}
+	d.Log = slog.New(withRequestID(d.Log.Handler()))
 	var clerk clerkJS
 	if d.PublishableKey != "" {
 		host, err := FrontendAPIHost(d.PublishableKey)
@@ -74,5 +78,9 @@ func NewServer(d Deps) http.Handler {
 	var h http.Handler = mux
 	h = checkOrigin(d.Log, trusted, webhookPath)(h)
 	h = securityHeaders(clerk.FrontendAPI)(h)
+	if d.Metrics != nil {
+		h = d.Metrics.instrument(mux)(h)
+	}
+	h = requestID(h)
 	return h
 }
