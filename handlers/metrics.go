@@ -19,6 +19,8 @@ type Metrics struct {
 	deliveries *prometheus.CounterVec
 	requests   *prometheus.HistogramVec
 	appends    *prometheus.HistogramVec
+	commits    *prometheus.HistogramVec
+	batchSize  prometheus.Histogram
 }
 
 // NewMetrics creates the HTTP metrics and registers them in reg, which
@@ -42,8 +44,18 @@ func NewMetrics(reg *prometheus.Registry) (*Metrics, error) {
 			Help:    "Time one delivery spends in the event store's append (waiting for and running its group commit), by result (ok, unavailable, error).",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 		}, []string{"result"}),
+		commits: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "ledger_group_commit_duration_seconds",
+			Help:    "Time one group commit (a multi-row INSERT of waiting deliveries) took, by result (ok, error).",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}, []string{"result"}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "ledger_group_commit_deliveries",
+			Help:    "Deliveries one group commit carried.",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 200},
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.deliveries, m.requests, m.appends} {
+	for _, c := range []prometheus.Collector{m.deliveries, m.requests, m.appends, m.commits, m.batchSize} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -60,6 +72,17 @@ func NewMetrics(reg *prometheus.Registry) (*Metrics, error) {
 // outcome. The event type is not a label (it comes from the sender).
 func (m *Metrics) ObserveDelivery(outcome string, _ string, _ time.Duration) {
 	m.deliveries.WithLabelValues(outcome).Inc()
+}
+
+// ObserveCommit records one group commit of the event store (see
+// schema.Store.OnCommit): its size and duration.
+func (m *Metrics) ObserveCommit(deliveries int, d time.Duration, err error) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	m.commits.WithLabelValues(result).Observe(d.Seconds())
+	m.batchSize.Observe(float64(deliveries))
 }
 
 // Handler serves the registry in the Prometheus text format. A collector

@@ -56,6 +56,7 @@ func newMetricsEnv(t *testing.T) *metricsEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
+	store.OnCommit = m.ObserveCommit
 	logs := &logBuffer{}
 	srv := httptest.NewServer(NewServer(Deps{
 		Log:      slog.New(slog.NewJSONHandler(logs, nil)),
@@ -170,6 +171,12 @@ func TestMetricsCountDeliveriesByOutcome(t *testing.T) {
 
 		`ledger_append_duration_seconds_count{result="ok"}`:          3,
 		`ledger_append_duration_seconds_count{result="unavailable"}`: 1,
+
+		// One at a time: each delivery is its own group commit.
+		`ledger_group_commit_duration_seconds_count{result="ok"}`:    3,
+		`ledger_group_commit_duration_seconds_count{result="error"}`: 1,
+		`ledger_group_commit_deliveries_count`:                       4,
+		`ledger_group_commit_deliveries_sum`:                         4,
 	}
 	for k, v := range want {
 		if g, ok := got[k]; !ok || g != v {

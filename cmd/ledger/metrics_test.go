@@ -100,7 +100,7 @@ func TestServeJSONLogsAndMetrics(t *testing.T) {
 		}
 	}
 	for _, name := range []string{"go_goroutines", "process_resident_memory_bytes", `go_sql_open_connections{db_name="ledger"}`,
-		`ledger_projector_checkpoint_position{projector="users"}`, `ledger_append_duration_seconds_count{result="ok"}`,
+		`ledger_projector_checkpoint_position{projector="users"}`, `ledger_append_duration_seconds_count{result="ok"}`, `ledger_group_commit_deliveries_count`,
 		`ledger_http_request_duration_seconds_count{code="200",route="POST /api/webhooks/clerk"}`} {
 		if _, ok := sample(text, name); !ok {
 			t.Errorf("/metrics has no %s", name)

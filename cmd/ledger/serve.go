@@ -75,6 +75,7 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
+	store.OnCommit = metrics.ObserveCommit
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
