@@ -12,8 +12,9 @@ import (
 )
 
 // Metrics are the HTTP side's Prometheus metrics (deliveries by outcome,
-// request latency by route, append latency) and the /metrics handler of the
-// registry they live in. It is safe for concurrent use.
+// request latency by route, append and group commit latency) and the
+// /metrics handler of the registry they live in. It is safe for concurrent
+// use.
 type Metrics struct {
 	reg        *prometheus.Registry
 	deliveries *prometheus.CounterVec
@@ -95,8 +96,8 @@ func (m *Metrics) Handler() http.Handler {
 	})
 }
 
-// TimeAppends returns a that records each Append's latency in
-// ledger_append_duration_seconds.
+// TimeAppends returns an Appender that appends through a and records each
+// Append's latency in ledger_append_duration_seconds.
 func (m *Metrics) TimeAppends(a Appender) Appender { return &timedAppender{a: a, h: m.appends} }
 
 type timedAppender struct {
