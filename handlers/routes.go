@@ -21,6 +21,11 @@ func addRoutes(mux routeMux, d Deps, pg *pages, session func(http.Handler) http.
 	mux.Handle("POST "+webhookPath, handleClerkWebhook(d.Log, d.Verifier, d.Store, d.Observer, d.Now))
 	mux.Handle("GET /healthz", handleHealthz())
 	mux.Handle("GET /readyz", handleReadyz(d.Log, d.Ready))
+	if d.Metrics != nil {
+		// Unauthenticated, like /healthz: counters and positions only, no
+		// personal data. Keep it to the private network (see README).
+		mux.Handle("GET /metrics", d.Metrics.Handler())
+	}
 
 	mux.Handle("GET /{$}", session(handleHome(d.Log, pg, d.DB, avatarHosts)))
 	mux.Handle("GET /api/me", session(requireAPISession(d.Log, handleMe(d.Log, d.DB))))

@@ -42,11 +42,14 @@ type Deps struct {
 	WebhookRateLimit RateLimit
 	APIRateLimit     RateLimit
 	TrustedProxies   []netip.Prefix
+	// Metrics, when not nil, times every request and serves GET /metrics.
+	Metrics *Metrics
 }
 
 // NewServer returns the service's HTTP handler: every route of routes.go
-// behind the common middleware (security headers, per-client rate limits on
-// /api/, Origin check on state-changing requests).
+// behind the common middleware (request id, metrics, security headers,
+// per-client rate limits on /api/, Origin check on state-changing requests).
+// Every log line written with a request's context carries its request_id.
 func NewServer(d Deps) http.Handler {
 	if d.Now == nil {
 		d.Now = time.Now
@@ -54,6 +57,7 @@ func NewServer(d Deps) http.Handler {
 	if d.Log == nil {
 		d.Log = slog.New(slog.DiscardHandler)
 	}
+	d.Log = slog.New(withRequestID(d.Log.Handler()))
 	var clerk clerkJS
 	if d.PublishableKey != "" {
 		host, err := FrontendAPIHost(d.PublishableKey)
@@ -83,5 +87,9 @@ func NewServer(d Deps) http.Handler {
 	h = checkOrigin(d.Log, trusted, webhookPath)(h)
 	h = rateLimit(d.Log, rateLimitConfig{Webhook: d.WebhookRateLimit, API: d.APIRateLimit, Trusted: d.TrustedProxies, Observer: d.Observer, Now: d.Now}, webhookPath)(h)
 	h = securityHeaders(clerk.FrontendAPI)(h)
+	if d.Metrics != nil {
+		h = d.Metrics.instrument(mux)(h)
+	}
+	h = requestID(h)
 	return h
 }

@@ -34,6 +34,11 @@ type Store struct {
 	MaxBatch int
 	// MaxInFlight is the most INSERTs running at once (default 2).
 	MaxInFlight int
+	// OnCommit, when not nil, is told of every group commit: the deliveries
+	// it carried, how long its INSERT took, and its error (metrics). It is
+	// called from the appending goroutines, possibly concurrently, and must
+	// not block. Set it before the first Append.
+	OnCommit func(deliveries int, d time.Duration, err error)
 
 	mu       sync.Mutex
 	pending  []*appendReq
@@ -164,12 +169,16 @@ func (s *Store) flush(batch []*appendReq) {
 			msgs = append(msgs, DeliveryMessage(r.d))
 		}
 	}
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), s.AppendTimeout)
 	defer cancel()
 	exec := &resultExec{DB: s.db, ctx: ctx, inserted: make(map[string]bool, len(msgs))}
 	pub, err := wmsql.NewPublisher(exec, wmsql.PublisherConfig{SchemaAdapter: s.schema}, nil)
 	if err == nil {
 		err = pub.Publish(Topic, msgs...)
+	}
+	if s.OnCommit != nil {
+		s.OnCommit(len(batch), time.Since(start), err)
 	}
 	for _, r := range batch {
 		if err != nil {

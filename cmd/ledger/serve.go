@@ -71,6 +71,11 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 		return err
 	}
 	store := schema.NewStore(db)
+	metrics, err := newMetrics(log, db)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	store.OnCommit = metrics.ObserveCommit
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
@@ -89,8 +94,10 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 		Handler: handlers.NewServer(handlers.Deps{
 			Log:            log,
 			Verifier:       verifier,
-			Store:          store,
+			Store:          metrics.TimeAppends(store),
 			Ready:          store,
+			Observer:       metrics,
+			Metrics:        metrics,
 			DB:             db,
 			Sessions:       sessions,
 			PublishableKey: cfg.PublishableKey,

@@ -1,0 +1,34 @@
+package main
+
+import (
+	"log/slog"
+
+	"github.com/clerk-ledger/clerk-ledger/handlers"
+	"github.com/clerk-ledger/clerk-ledger/projections"
+	"github.com/jmoiron/sqlx"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// newMetrics builds the service's private Prometheus registry (never the
+// global default one): Go runtime and process collectors, the database
+// pool's stats, the projectors and hash chain read from db at scrape time,
+// and the HTTP metrics, which it returns to serve GET /metrics.
+func newMetrics(log *slog.Logger, db *sqlx.DB) (*handlers.Metrics, error) {
+	reg := prometheus.NewRegistry()
+	var known []string
+	for _, p := range projections.Default() {
+		known = append(known, p.Name())
+	}
+	for _, c := range []prometheus.Collector{
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewDBStatsCollector(db.DB, "ledger"),
+		projections.NewCollector(db, log, known...),
+	} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return handlers.NewMetrics(reg)
+}
