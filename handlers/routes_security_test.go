@@ -72,6 +72,9 @@ var securityRoutes = []routeRow{
 		want: [nCallers]int{401, 200, 401, 401, 401, 401, 401, 401, 401, 404, 413, 200}},
 	{pattern: "GET /healthz", path: "/healthz", kind: "session", want: open},
 	{pattern: "GET /readyz", path: "/readyz", kind: "session", want: open},
+	// Counts and positions only, no personal data (the leak check runs on
+	// it too); kept to the private network by deployment (README).
+	{pattern: "GET /metrics", path: "/metrics", kind: "session", want: open},
 	// The home page answers 200 to everyone: the signed-out page, or the
 	// caller's own record (the leak check makes sure it is nobody else's).
 	{pattern: "GET /{$}", path: "/", kind: "session", want: open},
@@ -104,7 +107,7 @@ func (p *patternRecorder) Handle(pattern string, _ http.Handler) { *p = append(*
 func registeredPatterns(t *testing.T) []string {
 	t.Helper()
 	var rec patternRecorder
-	addRoutes(&rec, Deps{DevSignIn: &DevSignIn{}}, nil, func(h http.Handler) http.Handler { return h }, nil)
+	addRoutes(&rec, Deps{DevSignIn: &DevSignIn{}, Metrics: &Metrics{}}, nil, func(h http.Handler) http.Handler { return h }, nil)
 	return rec
 }
 

@@ -13,6 +13,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"github.com/prometheus/client_golang/prometheus"
 	"io"
 	"log/slog"
 	"net/http"
@@ -117,6 +118,10 @@ func newWebEnv(t *testing.T, opt webOptions) *webEnv {
 		Log:      slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Verifier: verifier, Store: store, Ready: store, DB: db, Auditors: opt.auditors,
 	}
+	if deps.Metrics, err = NewMetrics(prometheus.NewRegistry()); err != nil {
+		t.Fatal(err)
+	}
+	deps.Observer = deps.Metrics
 	if opt.dev {
 		e.dev, err = NewDevSignIn(DevSignInConfig{Addr: srv.Listener.Addr().String()})
 		if err != nil {
