@@ -478,3 +478,235 @@ WHERE datname = current_database() AND application_name = 'faults_serve' AND pid
 	default:
 	}
 }
+
+// holdingXID reports whether a backend of application app on dsn's database
+// is inside a transaction that has written (holds a transaction id).
+func holdingXID(t *testing.T, db *sqlx.DB, app string) bool {
+	t.Helper()
+	var n int
+	if err := db.QueryRow(`SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND application_name = $1 AND backend_xid IS NOT NULL`, app).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n > 0
+}
+
+// TestFaultProjectKilledMidBatch SIGKILLs `ledger project` several times
+// while a history is being loaded, each time while one of its batches is
+// writing, then restarts it: every user event is applied exactly once
+// (the applied counters equal the ledger's counts) and check is clean.
+func TestFaultProjectKilledMidBatch(t *testing.T) {
+	dsn := schematest.NewURL(t)
+	env := map[string]string{"DATABASE_URL": dsn}
+	if out, errOut, code := runLedger(t, env, "migrate"); code != 0 {
+		t.Fatalf("migrate: exit %d\n%s%s", code, out, errOut)
+	}
+	db := schematest.Open(t, dsn)
+	t0 := time.Now()
+	seed := startLedger(t, env, "seed", "--users", "3000", "--events", "30000", "--seed", "5")
+	projEnv := map[string]string{"DATABASE_URL": withAppName(dsn, "faults_project"), "LOG_LEVEL": "warn"}
+	// Each kill lands while a batch is writing, and (after the first) once
+	// the previous run committed at least one batch, so each restart resumes
+	// from a checkpoint in the middle of the ledger.
+	last := int64(-1)
+	for kill := 1; kill <= 3; kill++ {
+		p := startLedger(t, projEnv, "project")
+		waitFor(t, 20*time.Second, "the projector writing a batch past the last checkpoint", func() (bool, string) {
+			applied, _ := checkpoint(t, db, "users")
+			return applied > last && holdingXID(t, db, "faults_project"), fmt.Sprintf("users applied %d", applied)
+		})
+		p.kill()
+		last, _ = checkpoint(t, db, "users")
+		all, user := ledgerCounts(t, db)
+		t.Logf("kill %d: users applied %d; ledger %d events (%d user events) so far", kill, last, all, user)
+	}
+	if err := seed.wait(45 * time.Second); err != nil {
+		t.Fatalf("seed: %v\n%s", err, seed.logs.String())
+	}
+	t.Logf("seeded at %s", time.Since(t0).Round(time.Millisecond))
+	startLedger(t, projEnv, "project")
+	waitCaughtUp(t, db, 40*time.Second)
+	t.Logf("caught up at %s", time.Since(t0).Round(time.Millisecond))
+	checkUsers(t, dsn)
+}
+
+// TestFaultRebuildKilled SIGKILLs `ledger projections rebuild users` twice
+// (while it folds, then past the fold: loading, catching up or swapping)
+// while the live projector and a second load run. The live users table
+// never shrinks or errors for a reader; the killed rebuild's lock does not
+// block the next one, which succeeds; the counters and check are exact.
+func TestFaultRebuildKilled(t *testing.T) {
+	dsn := schematest.NewURL(t)
+	env := map[string]string{"DATABASE_URL": dsn}
+	if out, errOut, code := runLedger(t, env, "seed", "--users", "3000", "--events", "30000", "--seed", "6"); code != 0 {
+		t.Fatalf("seed: exit %d\n%s%s", code, out, errOut)
+	}
+	db := schematest.Open(t, dsn)
+	startLedger(t, map[string]string{"DATABASE_URL": dsn, "LOG_LEVEL": "warn"}, "project")
+	waitCaughtUp(t, db, 40*time.Second)
+
+	// A reader of the live table, all along.
+	var live0 int64
+	if err := db.QueryRow(`SELECT count(*) FROM users`).Scan(&live0); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	type reading struct {
+		min, reads int64
+		err        error
+	}
+	readings := make(chan reading, 1)
+	go func() {
+		r := reading{min: live0}
+		defer func() { readings <- r }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			var n int64
+			if err := db.QueryRow(`SELECT count(*) FROM users`).Scan(&n); err != nil {
+				r.err = err
+				return
+			}
+			r.min = min(r.min, n)
+			r.reads++
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+
+	// More events arrive meanwhile.
+	more := startLedger(t, env, "seed", "--users", "1000", "--events", "10000", "--seed", "7")
+
+	phase := func() string {
+		var p string
+		err := db.QueryRow(`SELECT phase FROM projection_rebuilds WHERE name = 'users'`).Scan(&p)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, past := range []bool{false, true} {
+		rb := startLedger(t, env, "projections", "rebuild", "users")
+		var at string
+		waitFor(t, 30*time.Second, "the rebuild reaching its phase", func() (bool, string) {
+			at = phase()
+			if past {
+				return at != "" && at != "start" && at != "fold", at
+			}
+			return at == "fold", at
+		})
+		rb.kill()
+		t.Logf("rebuild killed in phase %s", at)
+	}
+	if err := more.wait(45 * time.Second); err != nil {
+		t.Fatalf("seed: %v\n%s", err, more.logs.String())
+	}
+
+	start := time.Now()
+	out, errOut, code := runLedger(t, env, "projections", "rebuild", "users")
+	if code != 0 || !strings.Contains(out, "rebuilt users:") {
+		t.Fatalf("rebuild after the killed ones: exit %d\n%s%s", code, out, errOut)
+	}
+	t.Logf("rebuild after two killed ones: %s in %s", strings.TrimSpace(out), time.Since(start).Round(time.Millisecond))
+	close(stop)
+	r := <-readings
+	if r.err != nil {
+		t.Fatalf("a reader of the live table failed during the rebuilds: %v", r.err)
+	}
+	if r.min < live0 {
+		t.Fatalf("the live users table shrank to %d rows (from %d) during the rebuilds", r.min, live0)
+	}
+	t.Logf("%d reads of the live table, never below %d rows", r.reads, live0)
+	var leftovers int
+	if err := db.QueryRow(`SELECT count(*) FROM pg_tables WHERE tablename LIKE 'users\_%'`).Scan(&leftovers); err != nil {
+		t.Fatal(err)
+	}
+	if leftovers != 0 {
+		t.Errorf("%d tables left over by the rebuilds", leftovers)
+	}
+	waitCaughtUp(t, db, 40*time.Second)
+	checkUsers(t, dsn)
+}
+
+// TestFaultTwoServicesSameDeliveries runs two services on one database (both
+// migrating at start, both running the projectors) and sends every delivery
+// to both at once: each is stored once, exactly one of the two answers says
+// "stored", and the projectors apply each event once.
+func TestFaultTwoServicesSameDeliveries(t *testing.T) {
+	dsn := schematest.NewURL(t)
+	secret := clerkgen.NewSecret()
+	var addrs [2]string
+	var serves [2]*child
+	var wg sync.WaitGroup
+	for i := range addrs {
+		wg.Go(func() { serves[i], addrs[i] = startServe(t, dsn, secret) })
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	db := schematest.Open(t, dsn)
+	ds := history(t, 40, 400, 21)
+	s := newSender(t, secret)
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	next := make(chan domain.Delivery)
+	go func() {
+		defer close(next)
+		for _, d := range ds {
+			next <- d
+		}
+	}()
+	var mu sync.Mutex
+	outcomes := map[string][]string{}
+	for range 8 {
+		wg.Go(func() {
+			for d := range next {
+				var both sync.WaitGroup
+				for _, addr := range addrs {
+					both.Go(func() {
+						o, err := s.deliver(ctx, addr, d)
+						if err != nil {
+							t.Error(err)
+						}
+						mu.Lock()
+						outcomes[d.ID] = append(outcomes[d.ID], o)
+						mu.Unlock()
+					})
+				}
+				both.Wait()
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	for id, o := range outcomes {
+		if len(o) != 2 || !(o[0] == "stored") == !(o[1] == "stored") || (o[0] != "duplicate" && o[1] != "duplicate") {
+			t.Errorf("delivery %s answered %v, want one stored and one duplicate", id, o)
+		}
+	}
+	if len(outcomes) != len(ds) {
+		t.Errorf("%d deliveries answered, want %d", len(outcomes), len(ds))
+	}
+	t.Logf("%d deliveries to two services: %d attempts, %d not 2xx %v", len(ds), s.attempts.Load(), s.failures.Load(), s.codes)
+	for what, n := range s.codes {
+		// Racing copies of one delivery are no error: at worst a transient
+		// 503 (+ Retry-After), never a 500 or a 4xx.
+		if what != "503 Service Unavailable" {
+			t.Errorf("%d answers: %s\n%s\n%s", n, what, serves[0].logs.String(), serves[1].logs.String())
+		}
+	}
+	var rows, distinct int
+	if err := db.QueryRow(`SELECT count(*), count(DISTINCT delivery_id) FROM events`).Scan(&rows, &distinct); err != nil {
+		t.Fatal(err)
+	}
+	if rows != len(ds) || distinct != len(ds) {
+		t.Fatalf("ledger holds %d rows (%d distinct delivery ids), want %d", rows, distinct, len(ds))
+	}
+	waitCaughtUp(t, db, 30*time.Second)
+	checkUsers(t, dsn)
+}
