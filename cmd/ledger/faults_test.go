@@ -29,6 +29,7 @@ import (
 
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
 	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/projections"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
@@ -709,4 +710,128 @@ func TestFaultTwoServicesSameDeliveries(t *testing.T) {
 	}
 	waitCaughtUp(t, db, 30*time.Second)
 	checkUsers(t, dsn)
+}
+
+// sendAll delivers ds to addr from 8 senders, retrying as Svix does, and
+// fails the test unless every one is answered 2xx.
+func sendAll(t *testing.T, ctx context.Context, s *sender, addr string, ds []domain.Delivery) {
+	t.Helper()
+	next := make(chan domain.Delivery)
+	go func() {
+		defer close(next)
+		for _, d := range ds {
+			next <- d
+		}
+	}()
+	errs := make(chan error, len(ds))
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for d := range next {
+				if _, err := s.deliver(ctx, addr, d); err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+func readStatus(t *testing.T, dsn string) map[string]projections.Status {
+	t.Helper()
+	out, errOut, code := runLedger(t, map[string]string{"DATABASE_URL": dsn}, "projections", "status", "--json")
+	if code != 0 {
+		t.Fatalf("projections status --json: exit %d\n%s%s", code, out, errOut)
+	}
+	var st []projections.Status
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("projections status --json: %v\n%s", err, out)
+	}
+	m := map[string]projections.Status{}
+	for _, s := range st {
+		m[s.Name] = s
+	}
+	return m
+}
+
+// TestFaultLongTransactionHoldsGate opens an unrelated transaction that holds
+// a transaction id while deliveries arrive: they are still accepted and
+// stored, the projection does not advance past the gate while it is open,
+// `projections status` shows the stall and the transaction behind it, and
+// once it ends the projection catches up and check is clean. The
+// transaction is held a few seconds only: the gate is cluster-wide.
+func TestFaultLongTransactionHoldsGate(t *testing.T) {
+	dsn := schematest.NewURL(t)
+	secret := clerkgen.NewSecret()
+	_, addr := startServe(t, dsn, secret)
+	db := schematest.Open(t, dsn)
+	ds := history(t, 30, 300, 31)
+	before, during := ds[:100], ds[100:]
+	s := newSender(t, secret)
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	sendAll(t, ctx, s, addr, before)
+	waitCaughtUp(t, db, 30*time.Second)
+	applied0, _ := checkpoint(t, db, "users")
+
+	blocker, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Rollback()
+	var xidText string
+	var pid int
+	if err := blocker.QueryRow(`SELECT pg_current_xact_id()::xid::text, pg_backend_pid()`).Scan(&xidText, &pid); err != nil {
+		t.Fatal(err)
+	}
+	opened := time.Now()
+
+	sendAll(t, ctx, s, addr, during)
+	var rows int
+	if err := db.QueryRow(`SELECT count(*) FROM events`).Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if rows != len(ds) {
+		t.Fatalf("ledger holds %d rows while the gate is held, want %d", rows, len(ds))
+	}
+	st := readStatus(t, dsn)["users"]
+	if st.Gate.Waiting != int64(len(during)) || st.Gate.BlockedBy == nil {
+		t.Fatalf("status while the gate is held: gate %+v, want %d events waiting and the blocking transaction", st.Gate, len(during))
+	}
+	b := st.Gate.BlockedBy
+	if xid := fmt.Sprint(b.XID); xid == xidText && b.PID != pid {
+		t.Errorf("status names pid %d for our transaction %s, want pid %d", b.PID, xidText, pid)
+	} else if xid != xidText {
+		t.Logf("the gate is held by an older transaction elsewhere in the cluster: %+v", *b)
+	}
+	if st.Applied != applied0 || st.LagEvents != 0 || st.LagSeconds <= 0 {
+		t.Errorf("status while the gate is held: applied %d (want %d), lag %d events, %.3fs (want 0 visible, > 0 s)", st.Applied, applied0, st.LagEvents, st.LagSeconds)
+	}
+	out, _, code := runLedger(t, map[string]string{"DATABASE_URL": dsn}, "projections", "status")
+	if code != 0 || !strings.Contains(out, fmt.Sprintf("gate: %d committed events", len(during))) || !strings.Contains(out, "gate: blocked by pid") {
+		t.Errorf("text status does not show the stall: exit %d\n%s", code, out)
+	}
+	// The projector keeps polling (every 100 ms) but cannot move.
+	for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if a, _ := checkpoint(t, db, "users"); a != applied0 {
+			t.Fatalf("users applied %d events while the gate was held (from %d)", a, applied0)
+		}
+	}
+	if err := blocker.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("gate held for %s by pid %d (xid %s)", time.Since(opened).Round(time.Millisecond), pid, xidText)
+
+	waitCaughtUp(t, db, 30*time.Second)
+	checkUsers(t, dsn)
+	if g := readStatus(t, dsn)["users"].Gate; g.Waiting != 0 || g.BlockedBy != nil {
+		// Another package's transaction could hold it again; only ours is checked.
+		if g.BlockedBy != nil && g.BlockedBy.PID == pid {
+			t.Errorf("status still names the ended transaction: %+v", g)
+		}
+	}
 }
