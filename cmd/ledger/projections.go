@@ -29,7 +29,7 @@ func (a *app) projectionsCmd() *cobra.Command {
 	var asJSON bool
 	status := &cobra.Command{
 		Use:   "status",
-		Short: "Per projector: checkpoint, ledger head, lag, events applied, last error, rebuild running",
+		Short: "Per projector: checkpoint, ledger head, lag, events applied, last error, rebuild running; events held behind the xid8 gate and the transaction holding it",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			db, err := a.openDB(cmd)
