@@ -30,6 +30,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/projections"
+	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
@@ -340,8 +341,18 @@ func waitCaughtUp(t *testing.T, db *sqlx.DB, d time.Duration) {
 		if ua > user || ca > all {
 			t.Fatalf("applied more than the ledger holds: users %d of %d user events, chain %d of %d events", ua, user, ca, all)
 		}
-		return ua == user && uf == 0 && ca == all && cf == 0,
-			fmt.Sprintf("users applied %d failed %d of %d user events; chain applied %d failed %d of %d events", ua, uf, user, ca, cf, all)
+		if ua == user && uf == 0 && ca == all && cf == 0 {
+			return true, ""
+		}
+		msg := fmt.Sprintf("users applied %d failed %d of %d user events; chain applied %d failed %d of %d events", ua, uf, user, ca, cf, all)
+		// The gate is cluster-wide: say who holds it, when someone does.
+		if g, err := schema.ReadGate(context.Background(), db); err == nil && g.Waiting > 0 {
+			msg += fmt.Sprintf("; %d events wait behind the gate", g.Waiting)
+			if b := g.BlockedBy; b != nil {
+				msg += fmt.Sprintf(", held by pid %d on database %s (%s, open %.1fs)", b.PID, b.Database, b.State, b.AgeSeconds)
+			}
+		}
+		return false, msg
 	})
 }
 
@@ -686,7 +697,15 @@ func TestFaultTwoServicesSameDeliveries(t *testing.T) {
 		t.FailNow()
 	}
 	for id, o := range outcomes {
-		if len(o) != 2 || !(o[0] == "stored") == !(o[1] == "stored") || (o[0] != "duplicate" && o[1] != "duplicate") {
+		stored := 0
+		for _, x := range o {
+			if x == "stored" {
+				stored++
+			}
+		}
+		// Exactly one "stored"; none only when a retried attempt had
+		// committed before its answer was lost (then both say duplicate).
+		if len(o) != 2 || stored > 1 || (stored == 0 && s.failures.Load() == 0) {
 			t.Errorf("delivery %s answered %v, want one stored and one duplicate", id, o)
 		}
 	}
