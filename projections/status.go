@@ -23,11 +23,15 @@ type Status struct {
 	// type; a projector reading some types moves past the others when idle).
 	LagEvents int64 `json:"lag_events"`
 	// LagSeconds is how long the oldest event after the checkpoint has been
-	// waiting (0 when caught up).
-	LagSeconds float64   `json:"lag_seconds"`
-	Applied    int64     `json:"applied"`
-	Failed     int64     `json:"failed"`
-	UpdatedAt  time.Time `json:"updated_at,omitzero"`
+	// waiting, visible or still behind the gate (0 when caught up).
+	LagSeconds float64 `json:"lag_seconds"`
+	// Gate is what the xid8 gate holds back (the same for every projector):
+	// committed events no projector can read until the transaction named
+	// in Gate.BlockedBy ends. Waiting > 0 with LagEvents == 0 is a stall.
+	Gate      schema.Gate `json:"gate"`
+	Applied   int64       `json:"applied"`
+	Failed    int64       `json:"failed"`
+	UpdatedAt time.Time   `json:"updated_at,omitzero"`
 	// LastError is the last runtime error (a batch rolled back and retried).
 	LastError   string    `json:"last_error,omitempty"`
 	LastErrorAt time.Time `json:"last_error_at,omitzero"`
@@ -69,6 +73,10 @@ func ReadStatus(ctx context.Context, db *sqlx.DB, known ...string) ([]Status, er
 	if err := db.GetContext(ctx, &now, `SELECT now()`); err != nil {
 		return nil, fmt.Errorf("status: %w", schema.Classify(err))
 	}
+	gate, err := schema.ReadGate(ctx, db)
+	if err != nil {
+		return nil, fmt.Errorf("status: %w", err)
+	}
 	rows, err := db.QueryxContext(ctx, `SELECT name, transaction_id::text, position, applied, failed, updated_at, last_error, last_error_at
 FROM projection_checkpoints ORDER BY name`)
 	if err != nil {
@@ -102,7 +110,10 @@ FROM projection_checkpoints ORDER BY name`)
 	slices.SortFunc(out, func(a, b Status) int { return strings.Compare(a.Name, b.Name) })
 	for i := range out {
 		s := &out[i]
-		s.Head = head
+		s.Head, s.Gate = head, gate
+		if gate.Waiting > 0 {
+			s.LagSeconds = max(0, now.Sub(gate.OldestWaiting).Seconds())
+		}
 		if s.LagEvents, err = schema.CountAfter(ctx, db, s.Checkpoint); err != nil {
 			return nil, err
 		}
@@ -112,7 +123,7 @@ FROM projection_checkpoints ORDER BY name`)
 				return nil, err
 			}
 			if len(next) == 1 {
-				s.LagSeconds = max(0, now.Sub(next[0].ReceivedAt).Seconds())
+				s.LagSeconds = max(s.LagSeconds, now.Sub(next[0].ReceivedAt).Seconds())
 			}
 		}
 		var f FailureRecord

@@ -105,7 +105,8 @@ func Classify(err error) error {
 
 // Unavailable reports whether err means the database could not be reached or
 // could not take the work now (connection refused or lost, timeout, shutdown,
-// too many connections), as opposed to a bug or a constraint violation.
+// too many connections, a deadlock or serialization failure that rolled the
+// transaction back), as opposed to a bug or a constraint violation.
 func Unavailable(err error) bool {
 	if err == nil {
 		return false
@@ -126,6 +127,8 @@ func Unavailable(err error) bool {
 	if errors.As(err, &pqErr) {
 		switch pqErr.Code.Class() {
 		case "08", "53", "57": // connection exception, insufficient resources, operator intervention
+			return true
+		case "40": // deadlock or serialization failure: the transaction was rolled back, retry it
 			return true
 		}
 		return false

@@ -1,10 +1,12 @@
 package schema
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"database/sql/driver"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -160,14 +162,22 @@ func (s *Store) flushLoop(me *appendReq) {
 }
 
 // flush appends one batch in one INSERT and answers every request in it.
+// The rows go in delivery id order: two INSERTs racing on the same ids (two
+// services receiving the same redeliveries) then wait for each other's
+// unique-index entries in the same order and cannot deadlock.
 func (s *Store) flush(batch []*appendReq) {
 	first := make(map[string]*appendReq, len(batch))
-	msgs := make(message.Messages, 0, len(batch))
+	uniq := make([]domain.Delivery, 0, len(batch))
 	for _, r := range batch {
 		if _, seen := first[r.d.ID]; !seen {
 			first[r.d.ID] = r
-			msgs = append(msgs, DeliveryMessage(r.d))
+			uniq = append(uniq, r.d)
 		}
+	}
+	slices.SortFunc(uniq, func(a, b domain.Delivery) int { return cmp.Compare(a.ID, b.ID) })
+	msgs := make(message.Messages, 0, len(uniq))
+	for _, d := range uniq {
+		msgs = append(msgs, DeliveryMessage(d))
 	}
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), s.AppendTimeout)

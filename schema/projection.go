@@ -43,6 +43,63 @@ ORDER BY transaction_id DESC, position DESC LIMIT 1`).Scan(&tx, &c.Position)
 	return c, nil
 }
 
+// Gate is what the xid8 gate holds back now: committed events that readers
+// cannot see yet because an older transaction, anywhere in the cluster, is
+// still running, and the oldest such transaction.
+type Gate struct {
+	// Waiting counts committed events at or above the gate (not yet readable).
+	Waiting int64 `json:"waiting"`
+	// OldestWaiting is when the oldest of them was received (zero when none).
+	OldestWaiting time.Time `json:"oldest_waiting,omitzero"`
+	// BlockedBy is the oldest running transaction holding a transaction id
+	// (the one the gate waits for), when any events are waiting and the
+	// server lets this role see it (superusers and pg_read_all_stats do).
+	BlockedBy *GateBlocker `json:"blocked_by,omitempty"`
+}
+
+// GateBlocker is a running transaction that holds the xid8 gate back.
+type GateBlocker struct {
+	PID             int       `json:"pid"`
+	Database        string    `json:"database"`
+	ApplicationName string    `json:"application_name,omitempty"`
+	State           string    `json:"state"`
+	XID             uint64    `json:"xid"` // its 32-bit transaction id (backend_xid)
+	XactStart       time.Time `json:"xact_start"`
+	AgeSeconds      float64   `json:"age_seconds"`
+}
+
+// ReadGate reports what the xid8 gate holds back now (see Gate). A reader
+// that is caught up but finds Waiting > 0 is stalled by BlockedBy, not slow.
+func ReadGate(ctx context.Context, q Queryer) (Gate, error) {
+	var g Gate
+	var oldest sql.NullTime
+	if err := q.QueryRowxContext(ctx, `SELECT count(*), min(received_at) FROM events
+WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot())`).Scan(&g.Waiting, &oldest); err != nil {
+		return Gate{}, fmt.Errorf("read the ledger gate: %w", Classify(err))
+	}
+	g.OldestWaiting = oldest.Time.UTC()
+	if g.Waiting == 0 {
+		return g, nil
+	}
+	var b GateBlocker
+	var xid string
+	var start sql.NullTime
+	err := q.QueryRowxContext(ctx, `SELECT pid, COALESCE(datname, ''), COALESCE(application_name, ''), COALESCE(state, ''),
+       backend_xid::text, xact_start, COALESCE(EXTRACT(epoch FROM clock_timestamp() - xact_start), 0)::float8
+FROM pg_stat_activity WHERE backend_xid IS NOT NULL
+ORDER BY age(backend_xid) DESC LIMIT 1`).Scan(&b.PID, &b.Database, &b.ApplicationName, &b.State, &xid, &start, &b.AgeSeconds)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return g, nil // ended meanwhile, or not visible to this role
+	case err != nil:
+		return Gate{}, fmt.Errorf("read the transaction holding the ledger gate: %w", Classify(err))
+	}
+	b.XactStart = start.Time.UTC()
+	b.XID, _ = strconv.ParseUint(xid, 10, 32)
+	g.BlockedBy = &b
+	return g, nil
+}
+
 // Batch is a run of ledger events read by ReadBatch and the cursor a reader
 // that has processed them moves to.
 type Batch struct {

@@ -29,7 +29,7 @@ func (a *app) projectionsCmd() *cobra.Command {
 	var asJSON bool
 	status := &cobra.Command{
 		Use:   "status",
-		Short: "Per projector: checkpoint, ledger head, lag, events applied, last error, rebuild running",
+		Short: "Per projector: checkpoint, ledger head, lag, events applied, last error, rebuild running; events held behind the xid8 gate and the transaction holding it",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			db, err := a.openDB(cmd)
@@ -212,7 +212,19 @@ func printStatus(w io.Writer, st []projections.Status) error {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.1fs\t%d\t%d\t%s\t%s\n", s.Name, cp, s.Head.Position, s.LagEvents, s.LagSeconds,
 			s.Applied, s.Failed, truncate(lastErr, 100), rebuild)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(st) > 0 && st[0].Gate.Waiting > 0 {
+		g := st[0].Gate
+		fmt.Fprintf(w, "gate: %d committed events (oldest received %s) wait behind an open transaction; no projector reads past it until it ends\n",
+			g.Waiting, ago(g.OldestWaiting))
+		if b := g.BlockedBy; b != nil {
+			fmt.Fprintf(w, "gate: blocked by pid %d on database %s (application %q, %s, xid %d, open %.1fs)\n",
+				b.PID, b.Database, b.ApplicationName, b.State, b.XID, b.AgeSeconds)
+		}
+	}
+	return nil
 }
 
 func ago(t time.Time) string { return time.Since(t).Round(time.Second).String() + " ago" }
