@@ -27,6 +27,7 @@ type soakOptions struct {
 	fraction    float64
 	concurrency int
 	database    string
+	dbName      string
 }
 
 func (a *app) benchSoakCmd() *cobra.Command {
@@ -35,7 +36,7 @@ func (a *app) benchSoakCmd() *cobra.Command {
 		Use:   "soak",
 		Short: "Run a steady delivery load for a long time and report RSS, goroutines, errors and lag",
 		Long: `soak starts 'ledger serve' (projectors in-process) as a child process on a
-scratch database (ledger_soak on the DATABASE_URL server, or the dev default),
+scratch database (--db-name on the DATABASE_URL server, or the dev default),
 then sends signed, unique ~1 KB deliveries at a steady rate for --duration.
 The rate is --rate deliveries/s or, when --rate is 0, --fraction of the maximum
 rate measured by a 5 s flat-out probe first.
@@ -51,6 +52,9 @@ stayed flat; it exits 1 when a delivery failed or the server grew.`,
 			if o.duration <= 0 || o.interval <= 0 || o.concurrency < 1 || o.rate < 0 || o.fraction <= 0 || o.fraction > 1 {
 				return domain.Errorf(domain.EINVALID, "--duration and --interval must be > 0, --concurrency >= 1, --rate >= 0, 0 < --fraction <= 1")
 			}
+			if !validDBName(o.dbName) {
+				return domain.Errorf(domain.EINVALID, "--db-name %q: use lower-case letters, digits and _", o.dbName)
+			}
 			o.database = a.setting(cmd, "database-url", "DATABASE_URL")
 			return a.benchSoak(cmd.Context(), o)
 		},
@@ -60,6 +64,7 @@ stayed flat; it exits 1 when a delivery failed or the server grew.`,
 	cmd.Flags().Float64Var(&o.rate, "rate", 0, "deliveries/s (0: --fraction of the probed maximum)")
 	cmd.Flags().Float64Var(&o.fraction, "fraction", 0.5, "fraction of the probed maximum rate to send at")
 	cmd.Flags().IntVarP(&o.concurrency, "concurrency", "c", 32, "concurrent senders")
+	cmd.Flags().StringVar(&o.dbName, "db-name", "ledger_soak", "scratch database to create (dropped first) on the DATABASE_URL server")
 	return cmd
 }
 
@@ -76,7 +81,7 @@ type soakSample struct {
 }
 
 func (a *app) benchSoak(ctx context.Context, o soakOptions) error {
-	dsn, err := benchDatabase(ctx, o.database, "ledger_soak")
+	dsn, err := benchDatabase(ctx, o.database, o.dbName)
 	if err != nil {
 		return err
 	}
@@ -273,4 +278,18 @@ func scrapeGauge(ctx context.Context, url, name string) int64 {
 		}
 	}
 	return -1
+}
+
+// validDBName reports whether s is a plain lower-case identifier, safe to
+// splice into CREATE/DROP DATABASE.
+func validDBName(s string) bool {
+	if s == "" || len(s) > 63 || s[0] >= '0' && s[0] <= '9' {
+		return false
+	}
+	for _, c := range s {
+		if !(c == '_' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9') {
+			return false
+		}
+	}
+	return true
 }
