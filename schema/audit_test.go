@@ -271,11 +271,24 @@ type schematestDB struct {
 	sealer *schematest.Sealer
 }
 
+// verify runs VerifyChain, and the same check split into 1-, 2-, 3- and
+// 5-link ranges checked in parallel, and requires every split to report
+// exactly what the single pass does.
 func verify(t *testing.T, db *schematestDB, d *domain.Digest) schema.ChainReport {
 	t.Helper()
 	rep, err := schema.VerifyChain(context.Background(), db.sqlxDB, d)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, size := range []int64{1, 2, 3, 5} {
+		split, err := schema.VerifyChainInRanges(context.Background(), db.sqlxDB, d, 64, size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		split.Duration, rep.Duration = 0, 0
+		if fmt.Sprintf("%+v", split) != fmt.Sprintf("%+v", rep) {
+			t.Errorf("ranges of %d links report\n%+v\nthe single pass\n%+v", size, split, rep)
+		}
 	}
 	return rep
 }
@@ -331,6 +344,13 @@ func TestVerifyChainDetectsTampering(t *testing.T) {
 		schematest.Tamper(t, db.sqlxDB, `DELETE FROM events WHERE position = $1`, p)
 		if rep := verify(t, db, nil); rep.OK || rep.FirstBad != p || !strings.Contains(rep.Problem, "missing") {
 			t.Errorf("delete at %d: %+v", p, rep)
+		}
+	})
+	t.Run("deleted link", func(t *testing.T) {
+		db, events := sealedLedger(t, 12)
+		schematest.Tamper(t, db.sqlxDB, `DELETE FROM event_chain WHERE seq = 6`)
+		if rep := verify(t, db, nil); rep.OK || rep.FirstBad != events[6].Position || !strings.Contains(rep.Problem, "link 6 is missing") {
+			t.Errorf("deleted link 6: %+v", rep)
 		}
 	})
 	t.Run("row slipped into the sealed range", func(t *testing.T) {
