@@ -21,7 +21,8 @@ func actorOf(r *http.Request) string {
 	return s.UserID
 }
 
-// eventsPage is the answer of GET /api/audit/events (format=json).
+// eventsPage is the answer of GET /api/audit/events (format=json);
+// appendEventsPage encodes it.
 type eventsPage struct {
 	Events []AuditEventJSON `json:"events"`
 	Count  int              `json:"count"`
@@ -65,12 +66,15 @@ func handleAuditEvents(log *slog.Logger, db *sqlx.DB, now func() time.Time) http
 			exportEvents(w, r, log, db, q, now())
 			return
 		}
-		p, _, err := queryEventsPage(r.Context(), db, q, actorOf(r), schema.ChannelAPI)
+		p, events, err := queryEventsPage(r.Context(), db, q, actorOf(r), schema.ChannelAPI)
 		if err != nil {
 			writeError(w, r, log, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, p)
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(http.StatusOK)
+		w.Write(appendEventsPage(nil, events, p.NextCursor))
 	}
 }
 
