@@ -65,19 +65,28 @@ type RebuildStatus struct {
 // ReadStatus returns the status of every projector with a checkpoint, and of
 // each of known (by name) that has none yet, sorted by name.
 func ReadStatus(ctx context.Context, db *sqlx.DB, known ...string) ([]Status, error) {
-	head, err := schema.GateHead(ctx, db)
+	// One read-only snapshot for every number, so they agree with each
+	// other: read apart, a busy projector moves between the reads, and the
+	// lag counts events it has already applied. now() is the snapshot's
+	// time, so the ages are measured against the same moment.
+	tx, err := db.BeginTxx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
+	if err != nil {
+		return nil, fmt.Errorf("status: %w", schema.Classify(err))
+	}
+	defer tx.Rollback()
+	head, err := schema.GateHead(ctx, tx)
 	if err != nil {
 		return nil, err
 	}
 	var now time.Time
-	if err := db.GetContext(ctx, &now, `SELECT now()`); err != nil {
+	if err := tx.GetContext(ctx, &now, `SELECT now()`); err != nil {
 		return nil, fmt.Errorf("status: %w", schema.Classify(err))
 	}
-	gate, err := schema.ReadGate(ctx, db)
+	gate, err := schema.ReadGate(ctx, tx)
 	if err != nil {
 		return nil, fmt.Errorf("status: %w", err)
 	}
-	rows, err := db.QueryxContext(ctx, `SELECT name, transaction_id::text, position, applied, failed, updated_at, last_error, last_error_at
+	rows, err := tx.QueryxContext(ctx, `SELECT name, transaction_id::text, position, applied, failed, updated_at, last_error, last_error_at
 FROM projection_checkpoints ORDER BY name`)
 	if err != nil {
 		return nil, fmt.Errorf("status: read checkpoints: %w", schema.Classify(err))
@@ -114,11 +123,11 @@ FROM projection_checkpoints ORDER BY name`)
 		if gate.Waiting > 0 {
 			s.LagSeconds = max(0, now.Sub(gate.OldestWaiting).Seconds())
 		}
-		if s.LagEvents, err = schema.CountAfter(ctx, db, s.Checkpoint); err != nil {
+		if s.LagEvents, err = schema.CountAfter(ctx, tx, s.Checkpoint); err != nil {
 			return nil, err
 		}
 		if s.LagEvents > 0 {
-			next, err := schema.ReadAfter(ctx, db, s.Checkpoint, 1)
+			next, err := schema.ReadAfter(ctx, tx, s.Checkpoint, 1)
 			if err != nil {
 				return nil, err
 			}
@@ -127,7 +136,7 @@ FROM projection_checkpoints ORDER BY name`)
 			}
 		}
 		var f FailureRecord
-		err := db.QueryRowxContext(ctx, `SELECT position, delivery_id, error, failed_at FROM projection_failures
+		err := tx.QueryRowxContext(ctx, `SELECT position, delivery_id, error, failed_at FROM projection_failures
 WHERE projector = $1 ORDER BY failed_at DESC, position DESC LIMIT 1`, s.Name).Scan(&f.Position, &f.DeliveryID, &f.Error, &f.FailedAt)
 		switch {
 		case err == nil:
@@ -135,19 +144,19 @@ WHERE projector = $1 ORDER BY failed_at DESC, position DESC LIMIT 1`, s.Name).Sc
 		case !errors.Is(err, sql.ErrNoRows):
 			return nil, fmt.Errorf("status: read failures: %w", schema.Classify(err))
 		}
-		if s.Rebuild, err = readRebuild(ctx, db, s.Name); err != nil {
+		if s.Rebuild, err = readRebuild(ctx, tx, s.Name); err != nil {
 			return nil, err
 		}
 	}
-	return out, nil
+	return out, tx.Commit()
 }
 
 // readRebuild returns the rebuild of name in progress: a projection_rebuilds
 // row whose process still holds the rebuild lock (a row left by a crashed
 // process is not one).
-func readRebuild(ctx context.Context, db *sqlx.DB, name string) (*RebuildStatus, error) {
+func readRebuild(ctx context.Context, q schema.Queryer, name string) (*RebuildStatus, error) {
 	var r RebuildStatus
-	err := db.QueryRowxContext(ctx, `SELECT pid, host, phase, done, total, started_at, updated_at FROM projection_rebuilds r
+	err := q.QueryRowxContext(ctx, `SELECT pid, host, phase, done, total, started_at, updated_at FROM projection_rebuilds r
 WHERE name = $1 AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
     AND l.classid = $2 AND l.objid = (hashtext(r.name)::bigint & 4294967295)::oid AND l.objsubid = 2)`, name, rebuildLockNS).
