@@ -21,7 +21,9 @@ import (
 
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
 	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/projections"
 	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/jmoiron/sqlx"
 	"github.com/spf13/cobra"
 )
 
@@ -261,6 +263,12 @@ func (a *app) benchIngest(ctx context.Context, o ingestOptions) error {
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: o.concurrency, MaxConnsPerHost: o.concurrency}, Timeout: 30 * time.Second}
 
 	fmt.Fprintf(a.stdout, "bench ingest: %d senders for %s -> %s\n", o.concurrency, o.duration, target)
+	var lag *lagSampler
+	if child != nil {
+		if lag, err = startLagSampler(ctx, dsn); err != nil {
+			return err
+		}
+	}
 	var non2xx atomic.Int64
 	runID := strconv.FormatInt(time.Now().UnixNano(), 36)
 	res := runLoad(ctx, o.concurrency, o.duration, func(w, i int) error {
@@ -284,6 +292,9 @@ func (a *app) benchIngest(ctx context.Context, o ingestOptions) error {
 		rate, ms(res.lat.quantile(0.50)), ms(res.lat.quantile(0.95)), ms(res.lat.quantile(0.99)), non2xx.Load(), res.failed, res.ok, res.elapsed.Round(time.Millisecond))
 	if child != nil {
 		fmt.Fprintf(a.stdout, "server peak RSS: %.1f MB\n", float64(child.peakRSS())/1e6)
+		lag.stop()
+		fmt.Fprintf(a.stdout, "users projector lag while sending (sampled every 250 ms): max %d events, max %.2f s; caught up %s after the last delivery\n",
+			lag.maxEvents, lag.maxSeconds, lag.catchUp(ctx, 30*time.Second))
 	}
 	if !o.baseline {
 		return nil
@@ -369,4 +380,72 @@ func runLoad(ctx context.Context, workers int, d time.Duration, op func(w, i int
 
 func ms(d time.Duration) string {
 	return fmt.Sprintf("%.1fms", float64(d.Microseconds())/1000)
+}
+
+// lagSampler polls the users projector's status during a benchmark and keeps
+// the worst lag seen.
+type lagSampler struct {
+	db         *sqlx.DB
+	cancel     context.CancelFunc
+	done       chan struct{}
+	maxEvents  int64
+	maxSeconds float64
+}
+
+func startLagSampler(ctx context.Context, dsn string) (*lagSampler, error) {
+	db, err := schema.Open(ctx, dsn, schema.PoolOptions{MaxOpen: 1})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	l := &lagSampler{db: db, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if s, ok := l.users(ctx); ok {
+				l.maxEvents, l.maxSeconds = max(l.maxEvents, s.LagEvents), max(l.maxSeconds, s.LagSeconds)
+			}
+		}
+	}()
+	return l, nil
+}
+
+func (l *lagSampler) users(ctx context.Context) (projections.Status, bool) {
+	st, err := projections.ReadStatus(ctx, l.db, projections.UsersName)
+	if err != nil {
+		return projections.Status{}, false
+	}
+	for _, s := range st {
+		if s.Name == projections.UsersName {
+			return s, true
+		}
+	}
+	return projections.Status{}, false
+}
+
+// stop ends the sampling; the database stays open for catchUp.
+func (l *lagSampler) stop() {
+	l.cancel()
+	<-l.done
+}
+
+// catchUp waits until the users projector has no lag and says how long that
+// took, then closes the sampler's database.
+func (l *lagSampler) catchUp(ctx context.Context, limit time.Duration) string {
+	defer l.db.Close()
+	start := time.Now()
+	for time.Since(start) < limit {
+		if s, ok := l.users(ctx); ok && s.LagEvents == 0 {
+			return time.Since(start).Round(time.Millisecond).String()
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return "not within " + limit.String()
 }
