@@ -40,15 +40,7 @@ const listedAuditor = "user_listed_auditor"
 func newAuditEnv(t testing.TB) *auditEnv {
 	t.Helper()
 	db := schematest.NewDB(t)
-	secret := clerkgen.NewSecret()
-	v, err := NewVerifier([]string{secret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := clerkgen.NewSigner(secret)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, v, signer := newSigning(t)
 	store := schema.NewStore(db)
 	srv := NewServer(Deps{Verifier: v, Store: store, Ready: store, DB: db, Auditors: []string{listedAuditor}})
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

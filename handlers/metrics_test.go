@@ -43,15 +43,7 @@ func newMetricsEnv(t *testing.T) *metricsEnv {
 	proxy := schematest.NewProxy(t, dsn)
 	store := schema.NewStore(schematest.Open(t, proxy.URL(dsn)))
 	store.AppendTimeout = 2 * time.Second
-	secret := clerkgen.NewSecret()
-	v, err := NewVerifier([]string{secret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := clerkgen.NewSigner(secret)
-	if err != nil {
-		t.Fatal(err)
-	}
+	secret, v, signer := newSigning(t)
 	m, err := NewMetrics(prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/clerk-ledger/clerk-ledger/clerkgen"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
@@ -152,15 +151,7 @@ func TestRateLimitDisabled(t *testing.T) {
 func TestRateLimitedDeliveryRetriedStoredOnce(t *testing.T) {
 	db := schematest.NewDB(t)
 	store := schema.NewStore(db)
-	secret := clerkgen.NewSecret()
-	v, err := NewVerifier([]string{secret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := clerkgen.NewSigner(secret)
-	if err != nil {
-		t.Fatal(err)
-	}
+	secret, v, signer := newSigning(t)
 	clock := &fakeClock{t: time.Now()}
 	obs := &outcomes{}
 	logs := &logBuffer{}

@@ -101,15 +101,8 @@ func newWebEnv(t *testing.T, opt webOptions) *webEnv {
 	t.Helper()
 	db := schematest.NewDB(t)
 	store := schema.NewStore(db)
-	secret := clerkgen.NewSecret()
-	verifier, err := NewVerifier([]string{secret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := clerkgen.NewSigner(secret)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, verifier, signer := newSigning(t)
+	var err error
 	var h http.Handler
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(w, r) }))
 	t.Cleanup(srv.Close)

@@ -36,15 +36,7 @@ func newWebhookEnv(t *testing.T) *webhookEnv {
 
 func newWebhookEnvOn(t *testing.T, db *sqlx.DB, store *schema.Store) *webhookEnv {
 	t.Helper()
-	secret := clerkgen.NewSecret()
-	v, err := NewVerifier([]string{secret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := clerkgen.NewSigner(secret)
-	if err != nil {
-		t.Fatal(err)
-	}
+	secret, v, signer := newSigning(t)
 	srv := httptest.NewServer(NewServer(Deps{Verifier: v, Store: store, Ready: store}))
 	t.Cleanup(srv.Close)
 	return &webhookEnv{srv: srv, db: db, signer: signer, secret: secret}
@@ -432,4 +424,20 @@ func TestHealthAndReadiness(t *testing.T) {
 	if res.StatusCode != http.StatusMethodNotAllowed && res.StatusCode != http.StatusNotFound {
 		t.Errorf("GET webhook: %d, want 405 or 404", res.StatusCode)
 	}
+}
+
+// newSigning returns a fresh webhook secret, a Verifier for it and a
+// Svix-like signer with it.
+func newSigning(t testing.TB) (string, *Verifier, *clerkgen.Signer) {
+	t.Helper()
+	secret := clerkgen.NewSecret()
+	v, err := NewVerifier([]string{secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := clerkgen.NewSigner(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return secret, v, signer
 }

@@ -214,6 +214,26 @@ func (p *payloads) body(userID string) []byte {
 	return bytes.Join(p.parts, []byte(userID))
 }
 
+// postDelivery sends one delivery signed like Svix and counts a non-2xx
+// answer in non2xx; it returns only transport errors.
+func postDelivery(ctx context.Context, client *http.Client, target string, signer *clerkgen.Signer, id string, body []byte, non2xx *atomic.Int64) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header = signer.Headers(id, time.Now(), body)
+	res, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	if res.StatusCode/100 != 2 {
+		non2xx.Add(1)
+	}
+	return nil
+}
+
 // latencies collects request latencies from many goroutines.
 type latencies struct {
 	mu sync.Mutex
@@ -273,19 +293,7 @@ func (a *app) benchIngest(ctx context.Context, o ingestOptions) error {
 	runID := strconv.FormatInt(time.Now().UnixNano(), 36)
 	res := runLoad(ctx, o.concurrency, o.duration, func(w, i int) error {
 		id := fmt.Sprintf("msg_%s_%d_%d", runID, w, i)
-		body := p.body(fmt.Sprintf("user_b%s%04d%07d", runID, w, i))
-		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
-		req.Header = signer.Headers(id, time.Now(), body)
-		res, err := client.Do(req)
-		if err != nil {
-			return err
-		}
-		io.Copy(io.Discard, res.Body)
-		res.Body.Close()
-		if res.StatusCode/100 != 2 {
-			non2xx.Add(1)
-		}
-		return nil
+		return postDelivery(ctx, client, target, signer, id, p.body(fmt.Sprintf("user_b%s%04d%07d", runID, w, i)), &non2xx)
 	})
 	rate := float64(res.ok) / res.elapsed.Seconds()
 	fmt.Fprintf(a.stdout, "ledger:   %8.0f deliveries/s  p50 %s  p95 %s  p99 %s  non-2xx %d  errors %d  (%d in %s)\n",

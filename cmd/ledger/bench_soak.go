@@ -2,10 +2,8 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -107,19 +105,7 @@ func (a *app) benchSoak(ctx context.Context, o soakOptions) error {
 	var non2xx atomic.Int64
 	send := func(tag string, w, i int) error {
 		id := fmt.Sprintf("msg_%s%s_%d_%d", runID, tag, w, i)
-		body := p.body(fmt.Sprintf("user_s%s%s%04d%07d", runID, tag, w, i%5000))
-		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
-		req.Header = signer.Headers(id, time.Now(), body)
-		res, err := client.Do(req)
-		if err != nil {
-			return err
-		}
-		io.Copy(io.Discard, res.Body)
-		res.Body.Close()
-		if res.StatusCode/100 != 2 {
-			non2xx.Add(1)
-		}
-		return nil
+		return postDelivery(ctx, client, target, signer, id, p.body(fmt.Sprintf("user_s%s%s%04d%07d", runID, tag, w, i%5000)), &non2xx)
 	}
 
 	rate := o.rate
