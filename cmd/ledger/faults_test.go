@@ -475,15 +475,7 @@ WHERE datname = current_database() AND application_name = 'faults_serve' AND pid
 	}
 
 	// Every delivery once; nothing else.
-	var rows, distinct int
-	if err := db.QueryRow(`SELECT count(*), count(DISTINCT delivery_id) FROM events`).Scan(&rows, &distinct); err != nil {
-		t.Fatal(err)
-	}
-	if rows != len(ds) || distinct != len(ds) {
-		t.Fatalf("ledger holds %d rows (%d distinct delivery ids), want %d", rows, distinct, len(ds))
-	}
-	waitCaughtUp(t, db, 30*time.Second)
-	checkUsers(t, dsn)
+	requireEachOnceAndProjected(t, db, dsn, len(ds))
 	select {
 	case <-serve.done:
 		t.Fatalf("serve exited during the outage: %v\n%s", serve.err, serve.logs.String())
@@ -720,12 +712,20 @@ func TestFaultTwoServicesSameDeliveries(t *testing.T) {
 			t.Errorf("%d answers: %s\n%s\n%s", n, what, serves[0].logs.String(), serves[1].logs.String())
 		}
 	}
+	requireEachOnceAndProjected(t, db, dsn, len(ds))
+}
+
+// requireEachOnceAndProjected fails t unless the ledger holds exactly n rows
+// with n distinct delivery ids, and then the projectors catch up and the users
+// projection passes check.
+func requireEachOnceAndProjected(t *testing.T, db *sqlx.DB, dsn string, n int) {
+	t.Helper()
 	var rows, distinct int
 	if err := db.QueryRow(`SELECT count(*), count(DISTINCT delivery_id) FROM events`).Scan(&rows, &distinct); err != nil {
 		t.Fatal(err)
 	}
-	if rows != len(ds) || distinct != len(ds) {
-		t.Fatalf("ledger holds %d rows (%d distinct delivery ids), want %d", rows, distinct, len(ds))
+	if rows != n || distinct != n {
+		t.Fatalf("ledger holds %d rows (%d distinct delivery ids), want %d", rows, distinct, n)
 	}
 	waitCaughtUp(t, db, 30*time.Second)
 	checkUsers(t, dsn)
