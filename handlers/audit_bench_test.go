@@ -47,8 +47,14 @@ func BenchmarkAudit(b *testing.B) {
 	schematest.CopyEvents(b, e.db, n, func(i int) domain.Delivery { return synthDelivery(e.signer, i, users) })
 	loaded := time.Since(start)
 	e.sealer.SealAll(b, e.db, n)
-	if _, err := e.db.Exec(`ANALYZE events; ANALYZE event_chain`); err != nil {
-		b.Fatal(err)
+	// Measure the steady state, not the aftermath of a 1 GB bulk load: set
+	// hint bits and the visibility map (VACUUM) and write the load's dirty
+	// pages out (CHECKPOINT) before timing anything, as a database that has
+	// been running would have.
+	for _, q := range []string{`VACUUM (ANALYZE) events`, `VACUUM (ANALYZE) event_chain`, `CHECKPOINT`} {
+		if _, err := e.db.Exec(q); err != nil {
+			b.Fatalf("%s: %v", q, err)
+		}
 	}
 	b.Logf("%d events over %d users: COPY %s, sealed in %s", n, users, loaded.Round(time.Millisecond), (time.Since(start) - loaded).Round(time.Millisecond))
 	ctx := context.Background()

@@ -33,7 +33,7 @@ func NewMetrics(reg *prometheus.Registry) (*Metrics, error) {
 		reg: reg,
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ledger_webhook_deliveries_total",
-			Help: "Webhook deliveries answered, by outcome (stored, duplicate, invalid_signature, too_large, malformed, unavailable, error).",
+			Help: "Webhook deliveries answered, by outcome (stored, duplicate, invalid_signature, too_large, malformed, unavailable, rate_limited, error).",
 		}, []string{"outcome"}),
 		requests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "ledger_http_request_duration_seconds",
@@ -63,7 +63,7 @@ func NewMetrics(reg *prometheus.Registry) (*Metrics, error) {
 	}
 	// Every outcome's counter starts at 0, so rates and alerts work before
 	// the first delivery of that outcome.
-	for _, o := range []string{OutcomeStored, OutcomeDuplicate, OutcomeInvalidSig, OutcomeTooLarge, OutcomeMalformed, OutcomeUnavailable, OutcomeError} {
+	for _, o := range []string{OutcomeStored, OutcomeDuplicate, OutcomeInvalidSig, OutcomeTooLarge, OutcomeMalformed, OutcomeUnavailable, OutcomeRateLimited, OutcomeError} {
 		m.deliveries.WithLabelValues(o)
 	}
 	return m, nil
