@@ -23,14 +23,13 @@ type XIDCounter struct {
 // position) would then never see them.
 func (c XIDCounter) Behind() bool { return c.Next <= c.MaxStored }
 
-// ResetWALArgs returns the pg_resetwal arguments that move the counter past
-// MaxStored: the epoch (-e) and the 32-bit xid (-x), rounded up to a pg_xact
-// segment boundary (0x100000) as pg_resetwal's documentation asks.
-func (c XIDCounter) ResetWALArgs() (epoch, xid uint64) {
-	const segment = 0x100000
-	target := (c.MaxStored/segment + 1) * segment
-	return target >> 32, target & 0xFFFFFFFF
-}
+// ResetEpoch returns the transaction id epoch to give pg_resetwal (-e) so
+// that every new transaction id is above MaxStored: one past MaxStored's
+// epoch. Only the epoch moves: PostgreSQL keeps it nowhere but in the
+// control file, while moving the 32-bit counter (-x) far ahead would make
+// the restored rows' own, unfrozen xmins look like the future (they would
+// vanish) or trip the wraparound limits.
+func (c XIDCounter) ResetEpoch() uint64 { return c.MaxStored>>32 + 1 }
 
 // ReadXIDCounter reads the counter (without taking a transaction id).
 func ReadXIDCounter(ctx context.Context, q Queryer) (XIDCounter, error) {

@@ -99,14 +99,14 @@ pg_resetwal command that moves the counter past the stored ids, and exits 1.`,
 				fmt.Fprintln(a.stdout, "OK: the counter is ahead of the ledger")
 				return nil
 			}
-			epoch, xid := c.ResetWALArgs()
 			fmt.Fprintf(a.stdout, `BEHIND: new deliveries would be invisible to the projectors. On the database server, as the
 postgres user, with the cluster's data directory in $PGDATA:
   pg_ctl stop -D "$PGDATA" -m fast
-  pg_resetwal -e %d -x %d "$PGDATA"
+  pg_resetwal -e %d "$PGDATA"
   pg_ctl start -D "$PGDATA"
+(only the epoch of the transaction counter moves; nothing else in the cluster changes)
 then run 'ledger migrate xid' again.
-`, epoch, xid)
+`, c.ResetEpoch())
 			return domain.Errorf(domain.ECONFLICT, "the transaction counter is behind the ledger")
 		},
 	})
