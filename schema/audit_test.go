@@ -322,6 +322,16 @@ func TestVerifyChainDetectsTampering(t *testing.T) {
 			t.Errorf("unreached digest accepted: %+v", rep)
 		}
 	})
+	t.Run("a pool of one connection checks in one range", func(t *testing.T) {
+		db, _ := sealedLedger(t, 12)
+		db.sqlxDB.SetMaxOpenConns(1) // the exporting transaction holds it
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		rep, err := schema.VerifyChain(ctx, db.sqlxDB, nil)
+		if err != nil || !rep.OK || rep.Checked != 12 {
+			t.Fatalf("one connection: %+v %v", rep, err)
+		}
+	})
 	t.Run("edited body", func(t *testing.T) {
 		db, events := sealedLedger(t, 12)
 		p := events[4].Position

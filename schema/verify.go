@@ -72,13 +72,19 @@ const verifyPage = 20000
 // ChainReport (the first one in seal order), not as an error; errors mean the
 // check could not run (EUNAVAILABLE when the database is unreachable).
 //
-// The links are checked in GOMAXPROCS ranges at once, each on its own
-// connection importing the same exported snapshot: a link is right when it
-// recomputes from its predecessor's stored hash, so each range starts from
-// the stored link before it. Every link recomputing from its predecessor is
-// the whole chain recomputing from the start.
+// The links are checked in up to GOMAXPROCS ranges at once (at most half
+// the pool's connections, so a check never starves the webhook's appends),
+// each on its own connection importing the same exported snapshot: a link
+// is right when it recomputes from its predecessor's stored hash, so each
+// range starts from the stored link before it. Every link recomputing from
+// its predecessor is the whole chain recomputing from the start. A range
+// that finds a problem stops the ranges after it.
 func VerifyChain(ctx context.Context, db *sqlx.DB, want *domain.Digest) (ChainReport, error) {
-	return verifyChain(ctx, db, want, runtime.GOMAXPROCS(0), verifyPage)
+	parts := runtime.GOMAXPROCS(0)
+	if n := db.Stats().MaxOpenConnections; n > 0 {
+		parts = max(1, min(parts, n/2))
+	}
+	return verifyChain(ctx, db, want, parts, verifyPage)
 }
 
 // verifyChain is VerifyChain in at most parts ranges of at least minLinks.
@@ -109,25 +115,48 @@ func verifyChain(ctx context.Context, db *sqlx.DB, want *domain.Digest, parts in
 	ranges := splitRange(links, parts, minLinks)
 	results := make([]rangeResult, len(ranges))
 	errs := make([]error, len(ranges))
-	var wg sync.WaitGroup
-	for i, r := range ranges {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			results[i], errs[i] = verifyRange(ctx, db, snapshot, r[0], r[1], want)
-		}()
+	if len(ranges) == 1 {
+		// One range: on this transaction, no second connection needed.
+		results[0], errs[0] = verifyRangeTx(ctx, tx, ranges[0][0], ranges[0][1], want)
+	} else {
+		// cancels[i] stops range i; a range with a problem or an error
+		// stops every range after it (the first problem in seal order is
+		// the answer, so what they would find does not matter).
+		ctxs, cancels := make([]context.Context, len(ranges)), make([]context.CancelFunc, len(ranges))
+		for i := range ranges {
+			ctxs[i], cancels[i] = context.WithCancel(ctx)
+			defer cancels[i]()
+		}
+		var wg sync.WaitGroup
+		for i, r := range ranges {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				results[i], errs[i] = verifyRange(ctxs[i], db, snapshot, r[0], r[1], want)
+				if errs[i] != nil || results[i].problem != "" {
+					for _, cancel := range cancels[i+1:] {
+						cancel()
+					}
+				}
+			}()
+		}
+		wg.Wait()
 	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return rep, err
+	for i := range results { // in seal order: the first problem wins
+		if errs[i] != nil {
+			return rep, errs[i]
+		}
+		if results[i].problem != "" {
+			for _, r := range results[:i+1] {
+				rep.Checked += r.checked
+			}
+			return fail(results[i].firstBad, results[i].problem)
+		}
 	}
 	reached := false
 	var last [domain.HashSize]byte
-	for _, r := range results { // in seal order: the first problem wins
+	for _, r := range results {
 		rep.Checked += r.checked
-		if r.problem != "" {
-			return fail(r.firstBad, r.problem)
-		}
 		reached = reached || r.reached
 		last = r.last
 	}
@@ -197,6 +226,15 @@ func verifyRange(ctx context.Context, db *sqlx.DB, snapshot string, from, to int
 	if _, err := tx.ExecContext(ctx, `SET TRANSACTION SNAPSHOT '`+snapshot+`'`); err != nil {
 		return res, fmt.Errorf("verify chain: import snapshot: %w", Classify(err))
 	}
+	if res, err = verifyRangeTx(ctx, tx, from, to, want); err != nil {
+		return res, err
+	}
+	return res, tx.Commit()
+}
+
+// verifyRangeTx is verifyRange's work, on tx.
+func verifyRangeTx(ctx context.Context, tx *sqlx.Tx, from, to int64, want *domain.Digest) (rangeResult, error) {
+	var res rangeResult
 	// The ranges are the parallelism: a Gather Merge under each page only
 	// adds workers fighting for the same cores (measured: 128 ms a page
 	// with it, 90 ms without).
@@ -277,7 +315,7 @@ func verifyRange(ctx context.Context, db *sqlx.DB, snapshot string, from, to int
 		}
 	}
 	res.last = prev
-	return res, tx.Commit()
+	return res, nil
 }
 
 // SignatureReport is the outcome of VerifySignatures.

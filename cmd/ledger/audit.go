@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
+	"runtime"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -45,7 +46,9 @@ func (a *app) openAuditDB(cmd *cobra.Command) (*sqlx.DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	return schema.Open(cmd.Context(), dsn, schema.PoolOptions{MaxOpen: 2})
+	// Room for verify's parallel ranges (half the pool) and its exporting
+	// transaction.
+	return schema.Open(cmd.Context(), dsn, schema.PoolOptions{MaxOpen: 2*runtime.GOMAXPROCS(0) + 1})
 }
 
 func (a *app) auditEventsCmd() *cobra.Command {
