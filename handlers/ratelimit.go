@@ -150,9 +150,11 @@ func bucketKey(a netip.Addr, ok bool) netip.Prefix {
 // ipLimiter holds one token bucket per client (bucketKey), at most max of
 // them. Buckets idle for longer than idle (by which time they have refilled,
 // so forgetting them changes nothing) are swept inline, at most once per
-// idle/2; when the table is full anyway, a new client evicts an arbitrary
-// bucket, so memory stays bounded whatever the number of addresses. No
-// goroutine. Safe for concurrent use.
+// idle/2. When the table is full anyway, new clients share one overflow
+// bucket until a sweep makes room: memory and the work per request stay
+// bounded whatever the number of addresses, and no throttled client is
+// evicted to come back with a full burst. No goroutine. Safe for
+// concurrent use.
 type ipLimiter struct {
 	limit rate.Limit
 	burst int
@@ -161,6 +163,7 @@ type ipLimiter struct {
 
 	mu        sync.Mutex
 	buckets   map[netip.Prefix]*bucket
+	overflow  *bucket // shared by new clients while the table is full
 	lastSweep time.Time
 }
 
@@ -191,18 +194,16 @@ func (l *ipLimiter) allow(key netip.Prefix, now time.Time) (ok bool, wait time.D
 		l.sweep(now)
 	}
 	b := l.buckets[key]
-	if b == nil {
-		if len(l.buckets) >= l.max {
-			l.sweep(now)
-		}
-		for k := range l.buckets { // still full: evict an arbitrary bucket
-			if len(l.buckets) < l.max {
-				break
-			}
-			delete(l.buckets, k)
-		}
+	switch {
+	case b != nil:
+	case len(l.buckets) < l.max:
 		b = &bucket{lim: rate.NewLimiter(l.limit, l.burst)}
 		l.buckets[key] = b
+	default:
+		if l.overflow == nil {
+			l.overflow = &bucket{lim: rate.NewLimiter(l.limit, l.burst)}
+		}
+		b = l.overflow
 	}
 	b.seen = now
 	if b.lim.AllowN(now, 1) {

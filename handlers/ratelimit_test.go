@@ -196,19 +196,40 @@ func TestRateLimitedDeliveryRetriedStoredOnce(t *testing.T) {
 }
 
 // TestIPLimiterBounded: however many addresses call, the bucket table
-// never holds more than its bound; idle buckets are swept inline; IPv6
-// clients share a bucket per /64.
+// never holds more than its bound; beyond it new clients share one overflow
+// bucket, and a throttled client is not evicted to come back with a full
+// burst; idle buckets are swept inline; IPv6 clients share a bucket per /64.
 func TestIPLimiterBounded(t *testing.T) {
 	l := newIPLimiter(RateLimit{Rate: 1, Burst: 1}, 100)
 	now := time.Now()
-	for i := range 10000 {
-		a := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
-		if ok, _, _ := l.allow(bucketKey(a, true), now); !ok {
-			t.Fatalf("new client %d refused", i)
+	addr := func(i int) netip.Prefix {
+		return bucketKey(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), true)
+	}
+	if ok, _, _ := l.allow(addr(0), now); !ok {
+		t.Fatal("first client refused")
+	}
+	if ok, _, _ := l.allow(addr(0), now); ok {
+		t.Fatal("client 0 not throttled after its burst")
+	}
+	refused := 0
+	for i := 1; i < 10000; i++ {
+		ok, _, _ := l.allow(addr(i), now)
+		switch {
+		case i < 100 && !ok:
+			t.Fatalf("client %d refused while the table has room", i)
+		case !ok:
+			refused++
 		}
 		if n := l.size(); n > 100 {
 			t.Fatalf("%d buckets after %d clients, bound 100", n, i+1)
 		}
+	}
+	// Clients 100..9999 shared the overflow bucket: one burst between them.
+	if refused != 9900-1 {
+		t.Errorf("%d overflow clients refused, want %d", refused, 9900-1)
+	}
+	if ok, _, _ := l.allow(addr(0), now); ok {
+		t.Error("throttled client 0 got a fresh burst after the table filled")
 	}
 	// Idle buckets are forgotten by the next request once idle has passed.
 	now = now.Add(l.idle)
