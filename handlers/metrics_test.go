@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"sort"
 	"strings"
 	"testing"
@@ -58,6 +59,8 @@ func newMetricsEnv(t *testing.T) *metricsEnv {
 		Observer: m,
 		Metrics:  m,
 		DB:       db,
+		// The test client is the "proxy" whose request ids are kept.
+		TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
 	}))
 	t.Cleanup(srv.Close)
 	return &metricsEnv{webhookEnv: &webhookEnv{srv: srv, db: db, signer: signer, secret: secret}, logs: logs, proxy: proxy}
@@ -189,22 +192,19 @@ func TestMetricsCountDeliveriesByOutcome(t *testing.T) {
 	}
 }
 
+// TestRequestIDEchoedOrGenerated: a valid id from a trusted proxy is kept;
+// an invalid one, or any id from a peer that is not a trusted proxy, is
+// replaced by a new one.
 func TestRequestIDEchoedOrGenerated(t *testing.T) {
-	srv := httptest.NewServer(NewServer(Deps{}))
+	loopback := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	srv := httptest.NewServer(NewServer(Deps{TrustedProxies: loopback}))
 	t.Cleanup(srv.Close)
-	get := func(id string) string {
-		t.Helper()
-		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/healthz", nil)
-		if id != "" {
-			req.Header.Set("X-Request-Id", id)
-		}
-		res, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		res.Body.Close()
-		return res.Header.Get("X-Request-Id")
+	direct := httptest.NewServer(NewServer(Deps{}))
+	t.Cleanup(direct.Close)
+	if got := getRequestID(t, direct.URL, "abc-123"); got == "abc-123" || !validRequestID(got) {
+		t.Errorf("a client that is not a trusted proxy chose its request id: %q", got)
 	}
+	get := func(id string) string { return getRequestID(t, srv.URL, id) }
 	for _, id := range []string{"abc-123", "req_2024.01.02:7", strings.Repeat("a", 128)} {
 		if got := get(id); got != id {
 			t.Errorf("request id %q answered as %q, want it echoed", id, got)
@@ -220,6 +220,22 @@ func TestRequestIDEchoedOrGenerated(t *testing.T) {
 			t.Errorf("request id %q answered as %q, want a new valid id", bad, got)
 		}
 	}
+}
+
+// getRequestID GETs /healthz at url with X-Request-Id id (none when "") and
+// returns the answer's X-Request-Id.
+func getRequestID(t *testing.T, url, id string) string {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url+"/healthz", nil)
+	if id != "" {
+		req.Header.Set("X-Request-Id", id)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	return res.Header.Get("X-Request-Id")
 }
 
 // Every log line of a request carries its request_id, in JSON; no payload,

@@ -101,6 +101,19 @@ func (c clientIPs) isTrusted(a netip.Addr) bool {
 	return false
 }
 
+// peerTrusted reports whether r's TCP peer is a trusted proxy.
+func (c clientIPs) peerTrusted(r *http.Request) bool {
+	if len(c.trusted) == 0 {
+		return false
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	peer, err := netip.ParseAddr(host)
+	return err == nil && c.isTrusted(peer.Unmap().WithZone(""))
+}
+
 // of returns r's client address; ok is false when RemoteAddr is not an IP
 // (then the caller shares one bucket with every such request).
 func (c clientIPs) of(r *http.Request) (netip.Addr, bool) {

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"log/slog"
 	"net/http"
+	"net/netip"
 )
 
 // requestIDHeader carries the request id, in and out.
@@ -40,19 +41,24 @@ func validRequestID(id string) bool {
 }
 
 // requestID returns middleware that gives every request an id: the incoming
-// X-Request-Id when it is valid (see validRequestID), else a new random one.
-// The id is set on the response's X-Request-Id header and in the request
-// context, where the logger of withRequestID adds it to every log line
-// written with that context.
-func requestID(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id := r.Header.Get(requestIDHeader)
-		if !validRequestID(id) {
-			id = rand.Text()
-		}
-		w.Header().Set(requestIDHeader, id)
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), requestIDKey{}, id)))
-	})
+// X-Request-Id when it comes from a trusted proxy (trusted: see clientIPs)
+// and is valid (see validRequestID), else a new random one, so a client
+// cannot give its request another request's id. The id is set on the
+// response's X-Request-Id header and in the request context, where the
+// logger of withRequestID adds it to every log line written with that
+// context.
+func requestID(trusted []netip.Prefix) func(http.Handler) http.Handler {
+	proxies := clientIPs{trusted: trusted}
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			id := r.Header.Get(requestIDHeader)
+			if !validRequestID(id) || !proxies.peerTrusted(r) {
+				id = rand.Text()
+			}
+			w.Header().Set(requestIDHeader, id)
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), requestIDKey{}, id)))
+		})
+	}
 }
 
 // withRequestID returns h adding request_id to every record logged with a

@@ -90,6 +90,6 @@ func NewServer(d Deps) http.Handler {
 	if d.Metrics != nil {
 		h = d.Metrics.instrument(mux)(h)
 	}
-	h = requestID(h)
+	h = requestID(d.TrustedProxies)(h)
 	return h
 }

@@ -27,6 +27,7 @@ func TestServeJSONLogsAndMetrics(t *testing.T) {
 		"CLERK_WEBHOOK_SIGNING_SECRET": secret,
 		"LEDGER_ADDR":                  freeAddr(t),
 		"LOG_FORMAT":                   "json",
+		"LEDGER_TRUSTED_PROXIES":       "127.0.0.1", // the test client stands for the proxy whose request ids are kept
 	}
 	logs := startService(t, env, "serve")
 	base := "http://" + env["LEDGER_ADDR"]
