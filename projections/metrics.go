@@ -2,6 +2,8 @@ package projections
 
 import (
 	"context"
+	"database/sql"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -46,7 +48,7 @@ func NewCollector(db *sqlx.DB, log *slog.Logger, known ...string) *Collector {
 		head:                prometheus.NewDesc("ledger_head_position", "Position of the newest event readers can see (below the xid8 gate).", nil, nil),
 		checkpoint:          prometheus.NewDesc("ledger_projector_checkpoint_position", "Position of the last event the projector has processed.", p, nil),
 		lagEvents:           prometheus.NewDesc("ledger_projector_lag_events", "Visible events after the projector's checkpoint.", p, nil),
-		lagSeconds:          prometheus.NewDesc("ledger_projector_lag_seconds", "How long the oldest event after the checkpoint has been waiting (0 when caught up).", p, nil),
+		lagSeconds:          prometheus.NewDesc("ledger_projector_lag_seconds", "How long the oldest event after the checkpoint has been waiting, counting committed events held behind the xid8 gate by a running transaction anywhere in the cluster (0 when caught up).", p, nil),
 		applied:             prometheus.NewDesc("ledger_projector_applied_total", "Events the projector applied (a rebuild resets it).", p, nil),
 		failed:              prometheus.NewDesc("ledger_projector_failed_total", "Poison events the projector skipped.", p, nil),
 		rebuildRunning:      prometheus.NewDesc("ledger_projector_rebuild_running", "1 while a rebuild of the projection runs (any process), else 0.", p, nil),
@@ -107,13 +109,21 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.chainSealedLinks, float64(link.Seq))
 }
 
+// read takes every value from one read-only snapshot, so they agree.
 func (c *Collector) read(ctx context.Context) (head schema.Cursor, statuses []Status, link schema.ChainLink, err error) {
-	if head, err = schema.GateHead(ctx, c.db); err != nil {
+	tx, err := c.db.BeginTxx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
+	if err != nil {
+		return head, nil, link, fmt.Errorf("metrics: %w", schema.Classify(err))
+	}
+	defer tx.Rollback()
+	if head, err = schema.GateHead(ctx, tx); err != nil {
 		return
 	}
-	if statuses, err = ReadStatus(ctx, c.db, c.known...); err != nil {
+	if statuses, err = readStatus(ctx, tx, c.known...); err != nil {
 		return
 	}
-	link, err = schema.LastLink(ctx, c.db)
-	return
+	if link, err = schema.LastLink(ctx, tx); err != nil {
+		return
+	}
+	return head, statuses, link, tx.Commit()
 }

@@ -74,6 +74,15 @@ func ReadStatus(ctx context.Context, db *sqlx.DB, known ...string) ([]Status, er
 		return nil, fmt.Errorf("status: %w", schema.Classify(err))
 	}
 	defer tx.Rollback()
+	out, err := readStatus(ctx, tx, known...)
+	if err != nil {
+		return nil, err
+	}
+	return out, tx.Commit()
+}
+
+// readStatus is ReadStatus inside tx (a read-only snapshot).
+func readStatus(ctx context.Context, tx *sqlx.Tx, known ...string) ([]Status, error) {
 	head, err := schema.GateHead(ctx, tx)
 	if err != nil {
 		return nil, err
@@ -148,7 +157,7 @@ WHERE projector = $1 ORDER BY failed_at DESC, position DESC LIMIT 1`, s.Name).Sc
 			return nil, err
 		}
 	}
-	return out, tx.Commit()
+	return out, nil
 }
 
 // readRebuild returns the rebuild of name in progress: a projection_rebuilds
