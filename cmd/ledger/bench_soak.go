@@ -112,6 +112,9 @@ func (a *app) benchSoak(ctx context.Context, o soakOptions) error {
 	if rate == 0 {
 		probe := runLoad(ctx, o.concurrency, 5*time.Second, func(w, i int) error { return send("p", w, i) })
 		max := float64(probe.ok) / probe.elapsed.Seconds()
+		if probe.ok == 0 || non2xx.Load() > 0 {
+			return domain.Errorf(domain.EUNAVAILABLE, "the probe failed: %d answered, %d not 2xx, %d transport errors (log: %s)", probe.ok, non2xx.Load(), probe.failed, child.logs.Name())
+		}
 		rate = max * o.fraction
 		fmt.Fprintf(a.stdout, "probe: %.0f deliveries/s flat out; soaking at %.0f/s (%.0f%%)\n", max, rate, o.fraction*100)
 	}
@@ -201,9 +204,13 @@ type soakResult struct {
 	grFirst, grLast   float64
 	maxLagSeconds     float64
 	flat              bool
+	unmeasured        bool // a sample lacks RSS or goroutines
 }
 
 func (r soakResult) String() string {
+	if r.unmeasured {
+		return "RSS or goroutines could not be read in some samples (/proc or /metrics of the child): NOT MEASURED"
+	}
 	return fmt.Sprintf("RSS %.1f MB -> %.1f MB (%+.0f%%), goroutines %.0f -> %.0f, max lag %.2f s: %s",
 		r.rssFirst, r.rssLast, pct(r.rssFirst, r.rssLast), r.grFirst, r.grLast, r.maxLagSeconds, map[bool]string{true: "flat", false: "GROWING"}[r.flat])
 }
@@ -239,6 +246,11 @@ func soakVerdict(s []soakSample) soakResult {
 	r.rssFirst, r.rssLast = mean(s[:n], rss), mean(s[len(s)-n:], rss)
 	r.grFirst, r.grLast = mean(s[:n], gr), mean(s[len(s)-n:], gr)
 	r.flat = r.rssLast <= max(r.rssFirst*1.25, r.rssFirst+10) && r.grLast <= max(r.grFirst*1.2, r.grFirst+10)
+	for _, x := range s {
+		if x.goroutines < 0 || x.rss <= 0 {
+			r.flat, r.unmeasured = false, true // cannot call it flat without the numbers
+		}
+	}
 	return r
 }
 

@@ -36,7 +36,9 @@ func TestBenchSoakShort(t *testing.T) {
 	sent, _ := strconv.Atoi(last[1])
 	rss, _ := strconv.ParseFloat(last[4], 64)
 	goroutines, _ := strconv.Atoi(last[5])
-	if sent < 400 || sent > 1000 || last[2] != "0" || last[3] != "0" {
+	// ~800 at 200/s for 4 s; the bound only catches a pacing that is
+	// clearly broken (nothing sent, or no pacing at all), not slowness.
+	if sent < 100 || sent > 2000 || last[2] != "0" || last[3] != "0" {
 		t.Errorf("sent %s non-2xx %s errors %s; want ~800 sent and no failure", last[1], last[2], last[3])
 	}
 	if rss < 5 || goroutines < 5 {
