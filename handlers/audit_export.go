@@ -105,17 +105,32 @@ func appendAuditEvent(b []byte, e schema.AuditEvent) []byte {
 }
 
 // appendEventsPage appends the eventsPage of events (and next, the cursor
-// after them) as JSON, followed by a newline as json.Encoder writes it.
+// after them) as JSON, followed by a newline as json.Encoder writes it. It is
+// eventsPageStart, appendPageEvent for each event and appendEventsPageEnd,
+// which the history handler calls as the rows arrive.
 func appendEventsPage(b []byte, events []schema.AuditEvent, next string) []byte {
-	b = append(b, `{"events":[`...)
+	b = append(b, eventsPageStart...)
 	for i, e := range events {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = appendAuditEvent(b, e)
+		b = appendPageEvent(b, i, e)
 	}
+	return appendEventsPageEnd(b, len(events), next)
+}
+
+// eventsPageStart opens an eventsPage.
+const eventsPageStart = `{"events":[`
+
+// appendPageEvent appends e, the i-th event (from 0) of an eventsPage.
+func appendPageEvent(b []byte, i int, e schema.AuditEvent) []byte {
+	if i > 0 {
+		b = append(b, ',')
+	}
+	return appendAuditEvent(b, e)
+}
+
+// appendEventsPageEnd closes an eventsPage of count events.
+func appendEventsPageEnd(b []byte, count int, next string) []byte {
 	b = append(b, `],"count":`...)
-	b = strconv.AppendInt(b, int64(len(events)), 10)
+	b = strconv.AppendInt(b, int64(count), 10)
 	b = append(b, `,"next_cursor":`...)
 	b = appendJSONString(b, next)
 	return append(b, "}\n"...)

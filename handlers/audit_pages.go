@@ -227,20 +227,20 @@ func handleAuditSearchPage(p *auditPages, db *sqlx.DB) http.HandlerFunc {
 				status, data.Error = ErrorStatus(err), domain.ErrorMessage(err)
 			} else {
 				data.Limit = q.Filter.Limit
-				page, _, err := queryEventsPage(r.Context(), db, q, actorOf(r), schema.ChannelPage)
+				var events []pageEvent
+				n, nextCursor, err := queryEventsPage(r.Context(), db, q, actorOf(r), schema.ChannelPage, func(_ int, e schema.AuditEvent) {
+					events = append(events, newPageEvent(NewAuditEventJSON(e)))
+				})
 				if err != nil {
 					writePageError(w, r, p.log, err)
 					return
 				}
-				data.Ran, data.Count = true, page.Count
-				for _, e := range page.Events {
-					data.Events = append(data.Events, newPageEvent(e))
-				}
+				data.Ran, data.Count, data.Events = true, n, events
 				base := cloneValues(v)
 				base.Del("cursor")
-				if page.NextCursor != "" {
+				if nextCursor != "" {
 					next := cloneValues(base)
-					next.Set("cursor", page.NextCursor)
+					next.Set("cursor", nextCursor)
 					data.NextURL = "/audit?" + next.Encode()
 				}
 				if v.Get("cursor") != "" {

@@ -552,3 +552,31 @@ func heapInUse() uint64 {
 	runtime.ReadMemStats(&m)
 	return m.HeapAlloc
 }
+
+// TestAuditHistoryUnrecordedIsNotAnswered: when the access log refuses the
+// record, the history API and page answer an error and show no event.
+func TestAuditHistoryUnrecordedIsNotAnswered(t *testing.T) {
+	e := newAuditEnv(t)
+	u := clerkgen.User{ID: "user_secret", Email: "secret@example.com"}
+	e.append(t, "msg_unrecorded", "user.created", u, time.Date(2024, 5, 28, 12, 0, 0, 0, time.UTC))
+	for _, path := range []string{"/api/audit/events?user_id=user_secret", "/audit?user_id=user_secret"} {
+		if res, body := e.get(t, listedAuditor, path); res.StatusCode != 200 || !strings.Contains(string(body), "msg_unrecorded") {
+			t.Fatalf("%s before: %d %.300s", path, res.StatusCode, body)
+		}
+	}
+	for _, q := range []string{
+		`CREATE FUNCTION refuse_access() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'access log refused'; END $$`,
+		`CREATE TRIGGER refuse BEFORE INSERT ON audit_access FOR EACH ROW EXECUTE FUNCTION refuse_access()`,
+	} {
+		e.db.MustExec(q)
+	}
+	for _, path := range []string{"/api/audit/events?user_id=user_secret", "/audit?user_id=user_secret"} {
+		res, body := e.get(t, listedAuditor, path)
+		if res.StatusCode < 500 || strings.Contains(string(body), "msg_unrecorded") || strings.Contains(string(body), "secret@example.com") {
+			t.Errorf("%s with the access log refusing: %d %.300s", path, res.StatusCode, body)
+		}
+	}
+	if list, _ := schema.ListAccess(context.Background(), e.db, 0, 10); len(list) != 2 {
+		t.Errorf("access log: %d entries, want only the 2 answered queries'", len(list))
+	}
+}

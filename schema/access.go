@@ -42,19 +42,28 @@ type Access struct {
 // database). The log is append-only: the table's trigger refuses UPDATE,
 // DELETE and TRUNCATE.
 func RecordAccess(ctx context.Context, q Execer, a Access) error {
-	filters, err := json.Marshal(a.Filters)
+	filters, err := accessFilters(a)
 	if err != nil {
-		return fmt.Errorf("record audit access: %w", err)
-	}
-	if a.Filters == nil {
-		filters = []byte(`{}`)
+		return err
 	}
 	_, err = q.ExecContext(ctx, `INSERT INTO audit_access (actor, channel, action, filters, row_count) VALUES ($1, $2, $3, $4, $5)`,
-		a.Actor, a.Channel, a.Action, string(filters), a.RowCount)
+		a.Actor, a.Channel, a.Action, filters, a.RowCount)
 	if err != nil {
 		return fmt.Errorf("record audit access by %s: %w", a.Actor, Classify(err))
 	}
 	return nil
+}
+
+// accessFilters is a.Filters as the JSON object the access log stores.
+func accessFilters(a Access) (string, error) {
+	if a.Filters == nil {
+		return `{}`, nil
+	}
+	b, err := json.Marshal(a.Filters)
+	if err != nil {
+		return "", fmt.Errorf("record audit access: %w", err)
+	}
+	return string(b), nil
 }
 
 // ListAccess returns up to limit access log entries, newest first, with ids

@@ -1,6 +1,7 @@
 package schema
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"fmt"
@@ -22,14 +23,16 @@ type AuditEvent struct {
 // and its chain link (aliased c, LEFT JOINed).
 const auditColumns = `e.position, e.transaction_id, e.delivery_id, e.type, COALESCE(e.user_id, ''), e.occurred_at, e.received_at, e.body, e.svix_timestamp, e.svix_signature, c.hash`
 
-func scanAuditEvent(row interface{ Scan(...any) error }) (AuditEvent, error) {
+// scanAuditEvent scans one row of auditColumns. The event's Body is *body,
+// which the next scan (or the rows' next Next or Close) overwrites: a caller
+// that keeps the event clones it. The other fields are the event's own.
+func scanAuditEvent(row interface{ Scan(...any) error }, body *sql.RawBytes) (AuditEvent, error) {
 	var a AuditEvent
-	var body []byte
-	err := row.Scan(&a.Position, &a.TxID, &a.DeliveryID, &a.Type, &a.UserID, &a.OccurredAt, &a.ReceivedAt, &body, &a.SvixTimestamp, &a.SvixSignature, &a.ChainHash)
+	err := row.Scan(&a.Position, &a.TxID, &a.DeliveryID, &a.Type, &a.UserID, &a.OccurredAt, &a.ReceivedAt, body, &a.SvixTimestamp, &a.SvixSignature, &a.ChainHash)
 	if err != nil {
 		return AuditEvent{}, fmt.Errorf("scan audit event: %w", Classify(err))
 	}
-	a.Body = body
+	a.Body = *body
 	a.OccurredAt = a.OccurredAt.UTC()
 	a.ReceivedAt = a.ReceivedAt.UTC()
 	return a, nil
@@ -58,11 +61,13 @@ func QueryAuditEvents(ctx context.Context, q Queryer, f EventFilter) ([]AuditEve
 	}
 	defer rows.Close()
 	var out []AuditEvent
+	var body sql.RawBytes
 	for rows.Next() {
-		a, err := scanAuditEvent(rows)
+		a, err := scanAuditEvent(rows, &body)
 		if err != nil {
 			return nil, err
 		}
+		a.Body = bytes.Clone(a.Body)
 		out = append(out, a)
 	}
 	if err := rows.Err(); err != nil {
@@ -71,13 +76,64 @@ func QueryAuditEvents(ctx context.Context, q Queryer, f EventFilter) ([]AuditEve
 	return out, nil
 }
 
+// QueryAuditEventsRecorded runs QueryAuditEvents's query and appends a to
+// the audit access log, with RowCount set to the number of events the query
+// returned, in the same statement and so the same commit: one round trip and
+// one WAL flush for the query and its record. It calls fn with each event in
+// ledger order as it arrives; e.Body is only valid during the call (clone it
+// to keep it). It returns how many events fn was given, and nil only once the
+// commit succeeded: after an error, whatever fn built from the events must
+// not be shown, because the query was not recorded (nothing was).
+// An error from fn stops the calls and is returned; the rest of the
+// statement still runs and commits, recording the whole page.
+func QueryAuditEventsRecorded(ctx context.Context, q Queryer, f EventFilter, a Access, fn func(AuditEvent) error) (int, error) {
+	filters, err := accessFilters(a)
+	if err != nil {
+		return 0, err
+	}
+	page, args := auditQuery(f)
+	n := len(args)
+	args = append(args, a.Actor, a.Channel, a.Action, filters)
+	// MATERIALIZED: the page is computed once, counted for the record and
+	// returned. A data-modifying CTE runs to completion whether or not the
+	// outer query reads it. The rows reach the client before the implicit
+	// commit at the end of the statement; lib/pq reports a failed commit
+	// from rows.Err, which is read before returning.
+	query := `WITH page AS MATERIALIZED (` + page + `), recorded AS (
+INSERT INTO audit_access (actor, channel, action, filters, row_count)
+SELECT $` + strconv.Itoa(n+1) + `, $` + strconv.Itoa(n+2) + `, $` + strconv.Itoa(n+3) + `, $` + strconv.Itoa(n+4) + `, count(*) FROM page)
+SELECT * FROM page ORDER BY page.transaction_id, page.position`
+	rows, err := q.QueryxContext(ctx, query, args...)
+	if err != nil {
+		return 0, fmt.Errorf("query audit events for %s: %w", a.Actor, Classify(err))
+	}
+	defer rows.Close()
+	got := 0
+	var body sql.RawBytes
+	for rows.Next() {
+		e, err := scanAuditEvent(rows, &body)
+		if err != nil {
+			return got, err
+		}
+		if err := fn(e); err != nil {
+			return got, err
+		}
+		got++
+	}
+	if err := rows.Err(); err != nil {
+		return got, fmt.Errorf("query audit events for %s: %w", a.Actor, Classify(err))
+	}
+	return got, nil
+}
+
 // StreamBatch is how many rows StreamAuditEvents reads per keyset page.
 const StreamBatch = 2000
 
 // StreamAuditEvents calls fn for every event matching f (f.Limit is the total
 // cap, 0 for no cap) in ledger order, reading keyset pages of StreamBatch rows
 // inside one read-only REPEATABLE READ transaction: the export is one
-// consistent snapshot and memory stays constant however many rows match. It
+// consistent snapshot and memory stays constant however many rows match.
+// e.Body is only valid during the call to fn (clone it to keep it). It
 // stops at the first error of fn and returns it; it returns how many events fn
 // was given.
 func StreamAuditEvents(ctx context.Context, db *sqlx.DB, f EventFilter, fn func(AuditEvent) error) (int64, error) {
@@ -120,8 +176,9 @@ func streamPage(ctx context.Context, tx *sqlx.Tx, f EventFilter, fn func(AuditEv
 	defer rows.Close()
 	var n int64
 	var last Cursor
+	var body sql.RawBytes
 	for rows.Next() {
-		a, err := scanAuditEvent(rows)
+		a, err := scanAuditEvent(rows, &body)
 		if err != nil {
 			return n, last, err
 		}

@@ -1,6 +1,7 @@
 package schema_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"sort"
@@ -442,5 +443,92 @@ func TestAccessLogIsAppendOnly(t *testing.T) {
 		if _, err := db.ExecContext(ctx, q); err == nil || !strings.Contains(err.Error(), "append-only") {
 			t.Errorf("%s: %v", q, err)
 		}
+	}
+}
+
+// TestQueryAuditEventsRecorded checks that the one-statement query returns
+// exactly what QueryAuditEvents does for each filter and page, records each
+// call once with its row count, and answers nothing when the record fails.
+func TestQueryAuditEventsRecorded(t *testing.T) {
+	db := schematest.NewDB(t)
+	ctx := context.Background()
+	store := schema.NewStore(db)
+	for i := range 30 {
+		if _, err := store.Append(ctx, historyEvent(t, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var s schematest.Sealer
+	s.SealAll(t, db, 25) // the last 5 stay unsealed: a nil chain hash
+	waitVisible(t, db, 30)
+	filters := []schema.EventFilter{
+		{},
+		{UserID: "user_1", Limit: 4},
+		{Types: []string{"user.*", "session.ended"}, Limit: 7},
+		{Since: t0.Add(5 * time.Minute), Until: t0.Add(20 * time.Minute), Limit: 6},
+		{UserID: "user_nobody"},
+	}
+	calls := 0
+	for fi, f := range filters {
+		for page := 0; ; page++ {
+			want, err := schema.QueryAuditEvents(ctx, db, f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a := schema.Access{Actor: "user_aud", Channel: schema.ChannelAPI, Action: schema.ActionEvents, Filters: map[string]string{"filter": fmt.Sprint(fi), "page": fmt.Sprint(page)}}
+			var got []schema.AuditEvent
+			n, err := schema.QueryAuditEventsRecorded(ctx, db, f, a, func(e schema.AuditEvent) error {
+				e.Body = bytes.Clone(e.Body)
+				got = append(got, e)
+				return nil
+			})
+			if err != nil || n != len(got) {
+				t.Fatal(n, err)
+			}
+			calls++
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Fatalf("filter %d page %d:\n got %v\nwant %v", fi, page, got, want)
+			}
+			last, err := schema.ListAccess(ctx, db, 0, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(last) != 1 || last[0].RowCount != int64(len(got)) || last[0].Filters["filter"] != fmt.Sprint(fi) || last[0].Filters["page"] != fmt.Sprint(page) || last[0].Actor != "user_aud" {
+				t.Fatalf("filter %d page %d: recorded %+v, want %d rows", fi, page, last, len(got))
+			}
+			limit := f.Limit
+			if limit == 0 {
+				limit = 100
+			}
+			if len(got) < limit {
+				break
+			}
+			f.After = schema.After(got[len(got)-1].Event)
+		}
+	}
+	all, err := schema.ListAccess(ctx, db, 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != calls {
+		t.Errorf("%d calls recorded %d times", calls, len(all))
+	}
+
+	// A record that cannot be written: no events are returned, nothing is
+	// recorded.
+	for _, q := range []string{
+		`CREATE FUNCTION refuse_access() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'access log refused'; END $$`,
+		`CREATE TRIGGER refuse BEFORE INSERT ON audit_access FOR EACH ROW EXECUTE FUNCTION refuse_access()`,
+	} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = schema.QueryAuditEventsRecorded(ctx, db, schema.EventFilter{}, schema.Access{Actor: "user_aud", Channel: schema.ChannelAPI, Action: schema.ActionEvents}, func(schema.AuditEvent) error { return nil })
+	if err == nil || !strings.Contains(err.Error(), "access log refused") {
+		t.Errorf("record refused: err %v", err)
+	}
+	if after, _ := schema.ListAccess(ctx, db, 0, 1000); len(after) != calls {
+		t.Errorf("refused query recorded: %d entries, want %d", len(after), calls)
 	}
 }

@@ -122,11 +122,14 @@ every matching event (or --limit of them) in constant memory.`,
 				fmt.Fprintf(a.stderr, "%d events\n", n)
 				return nil
 			}
-			events, err := schema.QueryAuditEvents(ctx, db, q.Filter)
+			var events []schema.AuditEvent
+			_, err = schema.QueryAuditEventsRecorded(ctx, db, q.Filter, schema.Access{Actor: a.cliActor(), Channel: schema.ChannelCLI, Action: schema.ActionEvents, Filters: handlers.FilterRecord(q)},
+				func(e schema.AuditEvent) error {
+					e.Body = nil // the table does not show it
+					events = append(events, e)
+					return nil
+				})
 			if err != nil {
-				return err
-			}
-			if err := schema.RecordAccess(ctx, db, schema.Access{Actor: a.cliActor(), Channel: schema.ChannelCLI, Action: schema.ActionEvents, Filters: handlers.FilterRecord(q), RowCount: int64(len(events))}); err != nil {
 				return err
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
