@@ -97,7 +97,11 @@ created and seeded (ledger seed) when empty; a later run reuses the data.`,
 			}
 			fmt.Fprintf(a.stdout, "baseline (SQL DISTINCT ON): %d users in %s (%.0f events/s)\n", n, base.Round(time.Millisecond), float64(userEvents)/base.Seconds())
 
-			defer tuneGCForFold()()
+			undoGC, _, err := tuneGC(a.env, foldGCPercent, foldMemLimit)
+			if err != nil {
+				return err
+			}
+			defer undoGC()
 			if cpuProfile != "" {
 				f, err := os.Create(cpuProfile)
 				if err != nil {

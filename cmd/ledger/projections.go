@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime/debug"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -67,7 +66,11 @@ time is refused. The chain projection cannot be rebuilt.`,
 				return err
 			}
 			defer db.Close()
-			defer tuneGCForFold()()
+			undoGC, _, err := tuneGC(a.env, foldGCPercent, foldMemLimit)
+			if err != nil {
+				return err
+			}
+			defer undoGC()
 			prog := a.progress("rebuild " + p.Name())
 			res, err := projections.Rebuild(cmd.Context(), db, p, prog.update)
 			prog.finish()
@@ -100,7 +103,11 @@ nothing.`,
 				return err
 			}
 			defer db.Close()
-			defer tuneGCForFold()()
+			undoGC, _, err := tuneGC(a.env, foldGCPercent, foldMemLimit)
+			if err != nil {
+				return err
+			}
+			defer undoGC()
 			prog := a.progress("check " + p.Name())
 			res, err := projections.Check(cmd.Context(), db, p, prog.update)
 			prog.finish()
@@ -125,18 +132,6 @@ nothing.`,
 	check.Flags().BoolVar(&checkJSON, "json", false, "print JSON")
 	cmd.AddCommand(status, rebuild, check)
 	return cmd
-}
-
-// tuneGCForFold trades memory for CPU while a whole ledger is folded in this
-// process (rebuild, check, bench): the garbage collector runs less often
-// (GOGC 400) but keeps the heap under 256 MiB. It returns the undo.
-func tuneGCForFold() (undo func()) {
-	gc := debug.SetGCPercent(400)
-	limit := debug.SetMemoryLimit(256 << 20)
-	return func() {
-		debug.SetGCPercent(gc)
-		debug.SetMemoryLimit(limit)
-	}
 }
 
 func projectorNames() []string {

@@ -62,6 +62,11 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 	if err != nil {
 		return err
 	}
+	undoGC, gcPercent, err := tuneGC(a.env, serveGCPercent, serveMemLimit)
+	if err != nil {
+		return err
+	}
+	defer undoGC()
 	db, err := schema.Open(ctx, cfg.DatabaseURL, schema.PoolOptions{})
 	if err != nil {
 		return err
@@ -114,7 +119,7 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	log.Info("listening", "addr", ln.Addr().String(), "webhook", "http://"+ln.Addr().String()+"/api/webhooks/clerk", "signing_secrets", len(cfg.WebhookSecrets))
+	log.Info("listening", "addr", ln.Addr().String(), "webhook", "http://"+ln.Addr().String()+"/api/webhooks/clerk", "signing_secrets", len(cfg.WebhookSecrets), "gogc", gcSetting(gcPercent))
 	if ready != nil {
 		ready(ln.Addr().String())
 	}

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"runtime/debug"
+	"strconv"
+	"strings"
+
+	"github.com/clerk-ledger/clerk-ledger/domain"
+)
+
+// GC settings of the long-running commands, used unless the operator sets
+// GOGC or GOMEMLIMIT.
+//
+// serve: the live heap is small (25 MB in the soak) while each history page
+// allocates about 0.4 MB in lib/pq, so at Go's default GOGC 100 a collection
+// ran every few requests and competed with PostgreSQL for the cores: it made
+// most of the history p99 (BenchmarkAudit: p99 3.3-5.2 ms at 100, 1.6-2.8 ms
+// at 400, same runs). The limit keeps a burst of large pages from growing the
+// heap without bound.
+//
+// fold (rebuild, check, bench rebuild): a whole ledger is folded in memory;
+// collecting less often is most of the speed, within 256 MiB.
+const (
+	serveGCPercent = 400
+	serveMemLimit  = 512 << 20
+	foldGCPercent  = 400
+	foldMemLimit   = 256 << 20
+)
+
+// tuneGC sets the collector's percent and soft memory limit for this process,
+// except where env (the environment or .env, which the runtime itself never
+// reads) sets GOGC or GOMEMLIMIT: those win. It returns the undo, which
+// restores the previous settings (tests run commands in-process), and the GC
+// percent now in force. Errors: EINVALID for a malformed GOGC or GOMEMLIMIT.
+func tuneGC(env func(string) string, percent int, limit int64) (undo func(), gcPercent int, err error) {
+	if s := strings.TrimSpace(env("GOGC")); s != "" {
+		if percent, err = parseGOGC(s); err != nil {
+			return nil, 0, err
+		}
+	}
+	if s := strings.TrimSpace(env("GOMEMLIMIT")); s != "" {
+		if limit, err = parseMemLimit(s); err != nil {
+			return nil, 0, err
+		}
+	}
+	prevGC := debug.SetGCPercent(percent)
+	prevLimit := debug.SetMemoryLimit(limit)
+	return func() {
+		debug.SetGCPercent(prevGC)
+		debug.SetMemoryLimit(prevLimit)
+	}, percent, nil
+}
+
+// parseGOGC parses GOGC as the runtime does: a percentage, or "off" (-1).
+func parseGOGC(s string) (int, error) {
+	if s == "off" {
+		return -1, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return 0, domain.Errorf(domain.EINVALID, "GOGC=%q: want a percentage such as 100, or off", s)
+	}
+	return n, nil
+}
+
+// parseMemLimit parses GOMEMLIMIT as the runtime does: bytes with an optional
+// unit B, KiB, MiB, GiB or TiB, or "off" (no limit).
+func parseMemLimit(s string) (int64, error) {
+	if s == "off" {
+		return math.MaxInt64, nil
+	}
+	num, mult := s, int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40}, {"B", 1}} {
+		if v, ok := strings.CutSuffix(s, u.suffix); ok {
+			num, mult = v, u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64/mult {
+		return 0, domain.Errorf(domain.EINVALID, "GOMEMLIMIT=%q: want bytes with an optional unit (B, KiB, MiB, GiB, TiB), such as 512MiB, or off", s)
+	}
+	return n * mult, nil
+}
+
+// gcSetting describes a GC percent for logs.
+func gcSetting(percent int) string {
+	if percent < 0 {
+		return "off"
+	}
+	return fmt.Sprint(percent)
+}
