@@ -102,6 +102,11 @@ every matching event (or --limit of them) in constant memory.`,
 			defer db.Close()
 			ctx := cmd.Context()
 			if format != "table" {
+				undoGC, _, err := tuneGC(a.env, passGCPercent, passMemLimit)
+				if err != nil {
+					return err
+				}
+				defer undoGC()
 				bw := bufio.NewWriterSize(a.stdout, 64<<10)
 				enc, err := handlers.NewEventWriter(bw, format)
 				if err != nil {
@@ -278,6 +283,11 @@ Every run is recorded in the verification log shown in the workspace.`,
 				return err
 			}
 			defer db.Close()
+			undoGC, _, err := tuneGC(a.env, passGCPercent, passMemLimit)
+			if err != nil {
+				return err
+			}
+			defer undoGC()
 			res, err := handlers.VerifyLedger(cmd.Context(), db, opts)
 			if err != nil {
 				return err

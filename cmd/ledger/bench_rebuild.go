@@ -97,7 +97,7 @@ created and seeded (ledger seed) when empty; a later run reuses the data.`,
 			}
 			fmt.Fprintf(a.stdout, "baseline (SQL DISTINCT ON): %d users in %s (%.0f events/s)\n", n, base.Round(time.Millisecond), float64(userEvents)/base.Seconds())
 
-			undoGC, _, err := tuneGC(a.env, foldGCPercent, foldMemLimit)
+			undoGC, _, err := tuneGC(a.env, passGCPercent, passMemLimit)
 			if err != nil {
 				return err
 			}

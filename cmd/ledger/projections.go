@@ -66,7 +66,7 @@ time is refused. The chain projection cannot be rebuilt.`,
 				return err
 			}
 			defer db.Close()
-			undoGC, _, err := tuneGC(a.env, foldGCPercent, foldMemLimit)
+			undoGC, _, err := tuneGC(a.env, passGCPercent, passMemLimit)
 			if err != nil {
 				return err
 			}
@@ -103,7 +103,7 @@ nothing.`,
 				return err
 			}
 			defer db.Close()
-			undoGC, _, err := tuneGC(a.env, foldGCPercent, foldMemLimit)
+			undoGC, _, err := tuneGC(a.env, passGCPercent, passMemLimit)
 			if err != nil {
 				return err
 			}
