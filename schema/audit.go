@@ -76,33 +76,25 @@ func QueryAuditEvents(ctx context.Context, q Queryer, f EventFilter) ([]AuditEve
 	return out, nil
 }
 
-// QueryAuditEventsRecorded runs QueryAuditEvents's query and appends a to
-// the audit access log, with RowCount set to the number of events the query
-// returned, in the same statement and so the same commit: one round trip and
-// one WAL flush for the query and its record. It calls fn with each event in
-// ledger order as it arrives; e.Body is only valid during the call (clone it
-// to keep it). It returns how many events fn was given, and nil only once the
-// commit succeeded: after an error, whatever fn built from the events must
-// not be shown, because the query was not recorded (nothing was).
-// An error from fn stops the calls and is returned; the rest of the
-// statement still runs and commits, recording the whole page.
-func QueryAuditEventsRecorded(ctx context.Context, q Queryer, f EventFilter, a Access, fn func(AuditEvent) error) (int, error) {
-	filters, err := accessFilters(a)
-	if err != nil {
-		return 0, err
-	}
-	page, args := auditQuery(f)
-	n := len(args)
-	args = append(args, a.Actor, a.Channel, a.Action, filters)
-	// MATERIALIZED: the page is computed once, counted for the record and
-	// returned. A data-modifying CTE runs to completion whether or not the
-	// outer query reads it. The rows reach the client before the implicit
-	// commit at the end of the statement; lib/pq reports a failed commit
-	// from rows.Err, which is read before returning.
-	query := `WITH page AS MATERIALIZED (` + page + `), recorded AS (
-INSERT INTO audit_access (actor, channel, action, filters, row_count)
-SELECT $` + strconv.Itoa(n+1) + `, $` + strconv.Itoa(n+2) + `, $` + strconv.Itoa(n+3) + `, $` + strconv.Itoa(n+4) + `, count(*) FROM page)
-SELECT * FROM page ORDER BY page.transaction_id, page.position`
+// QueryAuditEventsRecorded runs QueryAuditEvents's query and then appends a
+// to the audit access log, with a.RowCount set to the number of events the
+// query returned. It calls fn with each event in ledger order as it arrives;
+// e.Body is only valid during the call (clone it to keep it). It returns how
+// many events fn was given, and nil only once the record is committed: after
+// an error, whatever fn built from the events must not be shown, because the
+// query was not recorded. An error from fn stops the query and is returned;
+// nothing is recorded then.
+//
+// The page is read by a statement of its own, which takes no transaction id,
+// and the record is a short INSERT after it. One statement doing both (a
+// data-modifying CTE) would save a round trip but hold a transaction id
+// until the client had read the whole page, and with it the xid8 gate of
+// every reader of the ledger, projectors included.
+func QueryAuditEventsRecorded(ctx context.Context, q interface {
+	Queryer
+	Execer
+}, f EventFilter, a Access, fn func(AuditEvent) error) (int, error) {
+	query, args := auditQuery(f)
 	rows, err := q.QueryxContext(ctx, query, args...)
 	if err != nil {
 		return 0, fmt.Errorf("query audit events for %s: %w", a.Actor, Classify(err))
@@ -123,7 +115,9 @@ SELECT * FROM page ORDER BY page.transaction_id, page.position`
 	if err := rows.Err(); err != nil {
 		return got, fmt.Errorf("query audit events for %s: %w", a.Actor, Classify(err))
 	}
-	return got, nil
+	rows.Close()
+	a.RowCount = int64(got)
+	return got, RecordAccess(ctx, q, a)
 }
 
 // StreamBatch is how many rows StreamAuditEvents reads per keyset page.

@@ -532,3 +532,47 @@ func TestQueryAuditEventsRecorded(t *testing.T) {
 		t.Errorf("refused query recorded: %d entries, want %d", len(after), calls)
 	}
 }
+
+// TestQueryAuditEventsRecordedHoldsNoXID: while the caller is still reading a
+// large page, the query holds no transaction id, so it never holds back the
+// xid8 gate that every reader of the ledger (projectors included) waits on.
+func TestQueryAuditEventsRecordedHoldsNoXID(t *testing.T) {
+	db := schematest.NewDB(t)
+	ctx := context.Background()
+	store := schema.NewStore(db)
+	pad := strings.Repeat("x", 20000)
+	for i := range 300 {
+		body, err := clerkgen.Event("user.updated", clerkgen.User{ID: "user_big", Email: "big@example.com"}, t0.Add(time.Duration(i)*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body = append(body[:len(body)-1], `,"padding":"`+pad+`"}`...)
+		d, err := domain.NewDelivery(fmt.Sprintf("msg_big_%03d", i), t0.Unix(), "v1,sig", body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := store.Append(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitVisible(t, db, 300)
+	checked := false
+	n, err := schema.QueryAuditEventsRecorded(ctx, db, schema.EventFilter{UserID: "user_big", Limit: 300}, schema.Access{Actor: "user_aud", Channel: schema.ChannelAPI, Action: schema.ActionEvents}, func(e schema.AuditEvent) error {
+		if checked {
+			return nil
+		}
+		checked = true
+		// 6 MB of rows: the server is still sending when the first arrives.
+		var holding []string
+		if err := db.SelectContext(ctx, &holding, `SELECT backend_xid::text FROM pg_stat_activity WHERE datname = current_database() AND backend_xid IS NOT NULL`); err != nil {
+			return err
+		}
+		if len(holding) > 0 {
+			t.Errorf("a backend holds transaction id %v while the page is read", holding)
+		}
+		return nil
+	})
+	if err != nil || n != 300 || !checked {
+		t.Fatalf("%d events, %v", n, err)
+	}
+}

@@ -16,7 +16,7 @@ import (
 // serve: the live heap is small (25 MB in the soak) while each history page
 // allocates about 0.4 MB in lib/pq, so at Go's default GOGC 100 a collection
 // ran every few requests and competed with PostgreSQL for the cores: it made
-// most of the history p99 (BenchmarkAudit: p99 3.3-5.2 ms at 100, 1.6-2.8 ms
+// most of the history p99 (BenchmarkAudit: p99 5.7-5.8 ms at 100, 3.2-3.8 ms
 // at 400, same runs). The limit keeps a burst of large pages from growing the
 // heap without bound.
 //
@@ -32,18 +32,26 @@ const (
 )
 
 // tuneGC sets the collector's percent and soft memory limit for this process,
-// except where env (the environment or .env, which the runtime itself never
-// reads) sets GOGC or GOMEMLIMIT: those win. It returns the undo, which
-// restores the previous settings (tests run commands in-process), and the GC
-// percent now in force. Errors: EINVALID for a malformed GOGC or GOMEMLIMIT.
+// unless env (the environment or .env, which the runtime itself never reads)
+// sets GOGC or GOMEMLIMIT: then the operator owns the collector, and only
+// what they set is applied (the other stays as the runtime has it). It
+// returns the undo, which restores the previous settings (tests run commands
+// in-process), and the GC percent now in force. Errors: EINVALID for a
+// malformed GOGC or GOMEMLIMIT (stricter than the runtime, which ignores one).
 func tuneGC(env func(string) string, percent int, limit int64) (undo func(), gcPercent int, err error) {
-	if s := strings.TrimSpace(env("GOGC")); s != "" {
-		if percent, err = parseGOGC(s); err != nil {
+	gogc, memLimit := strings.TrimSpace(env("GOGC")), strings.TrimSpace(env("GOMEMLIMIT"))
+	if gogc != "" || memLimit != "" {
+		percent = debug.SetGCPercent(100)
+		debug.SetGCPercent(percent)
+		limit = debug.SetMemoryLimit(-1) // negative: only reads
+	}
+	if gogc != "" {
+		if percent, err = parseGOGC(gogc); err != nil {
 			return nil, 0, err
 		}
 	}
-	if s := strings.TrimSpace(env("GOMEMLIMIT")); s != "" {
-		if limit, err = parseMemLimit(s); err != nil {
+	if memLimit != "" {
+		if limit, err = parseMemLimit(memLimit); err != nil {
 			return nil, 0, err
 		}
 	}
@@ -55,16 +63,17 @@ func tuneGC(env func(string) string, percent int, limit int64) (undo func(), gcP
 	}, percent, nil
 }
 
-// parseGOGC parses GOGC as the runtime does: a percentage, or "off" (-1).
+// parseGOGC parses GOGC as the runtime does: a percentage, or "off" or a
+// negative number (-1: no collection but by the memory limit).
 func parseGOGC(s string) (int, error) {
 	if s == "off" {
 		return -1, nil
 	}
 	n, err := strconv.Atoi(s)
-	if err != nil || n < 0 {
+	if err != nil || strings.HasPrefix(s, "+") {
 		return 0, domain.Errorf(domain.EINVALID, "GOGC=%q: want a percentage such as 100, or off", s)
 	}
-	return n, nil
+	return max(n, -1), nil
 }
 
 // parseMemLimit parses GOMEMLIMIT as the runtime does: bytes with an optional
@@ -84,7 +93,7 @@ func parseMemLimit(s string) (int64, error) {
 		}
 	}
 	n, err := strconv.ParseInt(num, 10, 64)
-	if err != nil || n < 0 || n > math.MaxInt64/mult {
+	if err != nil || n < 0 || n > math.MaxInt64/mult || strings.HasPrefix(num, "+") {
 		return 0, domain.Errorf(domain.EINVALID, "GOMEMLIMIT=%q: want bytes with an optional unit (B, KiB, MiB, GiB, TiB), such as 512MiB, or off", s)
 	}
 	return n * mult, nil

@@ -9,12 +9,12 @@ import (
 )
 
 func TestParseGCSettings(t *testing.T) {
-	for s, want := range map[string]int{"100": 100, "0": 0, "400": 400, "off": -1} {
+	for s, want := range map[string]int{"100": 100, "0": 0, "400": 400, "off": -1, "-5": -1} {
 		if got, err := parseGOGC(s); err != nil || got != want {
 			t.Errorf("GOGC=%s: %d %v, want %d", s, got, err, want)
 		}
 	}
-	for _, s := range []string{"", "-5", "fast", "100%", "1e3"} {
+	for _, s := range []string{"", "+5", "fast", "100%", "1e3"} {
 		if _, err := parseGOGC(s); domain.ErrorCode(err) != domain.EINVALID {
 			t.Errorf("GOGC=%q: %v, want EINVALID", s, err)
 		}
@@ -24,7 +24,7 @@ func TestParseGCSettings(t *testing.T) {
 			t.Errorf("GOMEMLIMIT=%s: %d %v, want %d", s, got, err, want)
 		}
 	}
-	for _, s := range []string{"", "512MB", "MiB", "-1GiB", "1.5GiB", "99999999999TiB"} {
+	for _, s := range []string{"", "512MB", "MiB", "-1GiB", "+5MiB", "1.5GiB", "99999999999TiB"} {
 		if _, err := parseMemLimit(s); domain.ErrorCode(err) != domain.EINVALID {
 			t.Errorf("GOMEMLIMIT=%q: %v, want EINVALID", s, err)
 		}
@@ -48,7 +48,10 @@ func TestTuneGC(t *testing.T) {
 		wantError bool
 	}{
 		{env: nil, gc: serveGCPercent, limit: serveMemLimit},
-		{env: map[string]string{"GOGC": "150"}, gc: 150, limit: serveMemLimit},
+		// Either variable set: the operator owns the collector, and the
+		// other stays as the runtime has it (our limit is not applied).
+		{env: map[string]string{"GOGC": "150"}, gc: 150, limit: limit0},
+		{env: map[string]string{"GOMEMLIMIT": "64MiB"}, gc: gc0, limit: 64 << 20},
 		{env: map[string]string{"GOGC": "off", "GOMEMLIMIT": "1GiB"}, gc: -1, limit: 1 << 30},
 		{env: map[string]string{"GOGC": "lots"}, wantError: true},
 		{env: map[string]string{"GOMEMLIMIT": "1GB"}, wantError: true},
