@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -18,6 +20,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // BenchmarkAudit measures the auditors' paths on a large sealed ledger:
@@ -25,6 +28,7 @@ import (
 // with COPY and sealed once. Sub-benchmarks:
 //
 //	history     GET /api/audit/events?user_id=U (100 events), p50/p99 ms,
+//	            in-process (history_tcp: over TCP with a verified token),
 //	            with GOGC 400 as serve runs; history_gogc100 the same at
 //	            Go's default, in the same run
 //	parts       at serve's GOGC 400: its steps (query, access-log
@@ -79,6 +83,40 @@ func BenchmarkAudit(b *testing.B) {
 			benchHistory(b, e, users, uint64(i+1))
 		})
 	}
+	// history_tcp is history as a client sees it from `ledger serve`: over
+	// TCP with keep-alive, through every middleware (request ids, metrics,
+	// rate limits at their defaults scaled out of the way, logging), with a
+	// Clerk session token verified (RS256, networkless) on each request.
+	b.Run("history_tcp", func(b *testing.B) {
+		defer debug.SetGCPercent(debug.SetGCPercent(400))
+		base, token := historyServer(b, e)
+		client := &http.Client{}
+		var lat []time.Duration
+		r := rand.New(rand.NewPCG(7, 2))
+		for b.Loop() {
+			for range 300 {
+				req, err := http.NewRequest(http.MethodGet, base+"/api/audit/events?user_id="+fmt.Sprintf("user_%027d", r.IntN(users)), nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				req.Header.Set("Authorization", "Bearer "+token)
+				t0 := time.Now()
+				res, err := client.Do(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				body, err := io.ReadAll(res.Body)
+				res.Body.Close()
+				lat = append(lat, time.Since(t0))
+				if err != nil || res.StatusCode != 200 || !strings.Contains(string(body), `"count":100`) {
+					b.Fatalf("%d %v %.200s", res.StatusCode, err, body)
+				}
+			}
+		}
+		slices.Sort(lat)
+		b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50_ms")
+		b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99_ms")
+	})
 	// parts splits the history request into its steps, and times next to
 	// them, in the same run, the machine's floor for each: the same user's
 	// rows by the same index without the chain join and the gate, and a
@@ -227,4 +265,31 @@ func benchHistory(b *testing.B, e *auditEnv, users int, seed uint64) {
 	slices.Sort(lat)
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50_ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99_ms")
+}
+
+// historyServer serves e's ledger over TCP as serve builds it, with Clerk
+// session verification, and returns its URL and a session token of the
+// listed auditor (valid 60 s).
+func historyServer(b *testing.B, e *auditEnv) (string, string) {
+	var h http.Handler
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(w, r) }))
+	b.Cleanup(srv.Close)
+	sessions, err := NewSessionVerifier(SessionConfig{JWTKey: publicPEM(b, testClerkKey()), PublishableKey: testPublishableKey, AuthorizedParties: []string{srv.URL}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	metrics, err := NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		b.Fatal(err)
+	}
+	h = NewServer(Deps{
+		Log:      slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Verifier: e.verifier, Store: e.store, Ready: e.store, DB: e.db, Auditors: []string{listedAuditor},
+		Sessions: sessions, PublishableKey: testPublishableKey, Metrics: metrics, Observer: metrics,
+		// serve's default is 20/s per client: one benchmark client asks
+		// far faster than an auditor would.
+		APIRateLimit: RateLimit{Rate: 100000, Burst: 100000},
+	})
+	token := mintJWT(b, map[string]any{"alg": "RS256", "typ": "JWT", "kid": "ins_test"}, sessionClaims(listedAuditor, srv.URL), testClerkKey(), nil)
+	return srv.URL, token
 }

@@ -16,7 +16,7 @@ import (
 // serve: the live heap is small (25 MB in the soak) while each history page
 // allocates about 0.4 MB in lib/pq, so at Go's default GOGC 100 a collection
 // ran every few requests and competed with PostgreSQL for the cores: it made
-// most of the history p99 (BenchmarkAudit: p99 5.7-5.8 ms at 100, 3.2-3.8 ms
+// most of the history p99 (BenchmarkAudit: p99 4.9-6.3 ms at 100, 2.2-4.7 ms
 // at 400, same runs). The limit keeps a burst of large pages from growing the
 // heap without bound.
 //
