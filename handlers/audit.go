@@ -32,8 +32,8 @@ type eventsPage struct {
 }
 
 // queryEventsPage runs one page of a history query, calling fn with each
-// event as it arrives (e.Body valid only during the call), and records the
-// query in the access log in the same commit. It returns the number of events
+// event as it arrives (e.Body valid only during the call), then records the
+// query in the access log and waits for that commit. It returns the number of events
 // and the cursor after them ("" when the page was not full: the end of what
 // is visible now). After an error, what fn built must not be shown: a query
 // that cannot be recorded is not answered.
