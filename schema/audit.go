@@ -83,7 +83,8 @@ func QueryAuditEvents(ctx context.Context, q Queryer, f EventFilter) ([]AuditEve
 // many events fn was given, and nil only once the record is committed: after
 // an error, whatever fn built from the events must not be shown, because the
 // query was not recorded. An error from fn stops the query and is returned;
-// nothing is recorded then.
+// nothing is recorded then. q is the pool: given a transaction, the record
+// is only as durable as that transaction's commit.
 //
 // The page is read by a statement of its own, which takes no transaction id,
 // and the record is a short INSERT after it. One statement doing both (a

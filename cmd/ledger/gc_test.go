@@ -14,7 +14,7 @@ func TestParseGCSettings(t *testing.T) {
 			t.Errorf("GOGC=%s: %d %v, want %d", s, got, err, want)
 		}
 	}
-	for _, s := range []string{"", "+5", "fast", "100%", "1e3"} {
+	for _, s := range []string{"", "+5", "fast", "100%", "1e3", "2147483648"} {
 		if _, err := parseGOGC(s); domain.ErrorCode(err) != domain.EINVALID {
 			t.Errorf("GOGC=%q: %v, want EINVALID", s, err)
 		}
@@ -60,6 +60,9 @@ func TestTuneGC(t *testing.T) {
 		if c.wantError {
 			if domain.ErrorCode(err) != domain.EINVALID {
 				t.Errorf("%v: %v, want EINVALID", c.env, err)
+			}
+			if undo != nil {
+				undo()
 			}
 			if gc, limit := read(); gc != gc0 || limit != limit0 {
 				t.Errorf("%v: a refused setting changed the GC to %d/%d", c.env, gc, limit)
