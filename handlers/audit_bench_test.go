@@ -113,9 +113,7 @@ func BenchmarkAudit(b *testing.B) {
 				}
 			}
 		}
-		slices.Sort(lat)
-		b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50_ms")
-		b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99_ms")
+		reportLatency(b, lat)
 	})
 	// parts splits the history request into its steps, and times next to
 	// them, in the same run, the machine's floor for each: the same user's
@@ -262,6 +260,11 @@ func benchHistory(b *testing.B, e *auditEnv, users int, seed uint64) {
 			}
 		}
 	}
+	reportLatency(b, lat)
+}
+
+// reportLatency reports the p50 and p99 of lat in milliseconds.
+func reportLatency(b *testing.B, lat []time.Duration) {
 	slices.Sort(lat)
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50_ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99_ms")

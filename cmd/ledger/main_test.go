@@ -157,6 +157,8 @@ func TestStartupRefusesBadSettings(t *testing.T) {
 		{with("LEDGER_ADDR", "nohostport"), "LEDGER_ADDR"},
 		{with("LOG_FORMAT", "xml"), "LOG_FORMAT"},
 		{with("CLERK_SECRET_KEY", "nope"), "CLERK_SECRET_KEY is malformed"},
+		{with("GOGC", "lots"), "GOGC"},
+		{with("GOMEMLIMIT", "1GB"), "GOMEMLIMIT"},
 	}
 	for _, c := range cases {
 		var out, errOut bytes.Buffer
