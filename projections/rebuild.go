@@ -55,8 +55,11 @@ func rebuildable(p Projector) (*Users, error) {
 //  1. take the rebuild lock of p (session advisory lock; a second rebuild of
 //     the same projection is refused with ECONFLICT);
 //  2. fold every event up to the gate head in memory (one sequential scan,
-//     parallel decoding) and COPY the result into a new table aside;
-//  3. catch up the table aside batch by batch with what arrived meanwhile;
+//     parallel decoding) and COPY the result into a new table aside (a row
+//     PostgreSQL refuses isolates its events as the live projector does:
+//     see Users.loadFolded);
+//  3. catch up the table aside batch by batch with what arrived meanwhile
+//     (with applyIsolated, as the live projector);
 //  4. in one transaction holding the live projector's lock: apply the last
 //     events, swap the tables (renames), keep the live table's index names,
 //     set the checkpoint, commit.
@@ -140,7 +143,8 @@ func Rebuild(ctx context.Context, db *sqlx.DB, p Projector, progress Progress) (
 }
 
 // buildAside folds the ledger up to the gate head in memory and COPYs it
-// into the (empty) table aside. It returns the cursor it built up to.
+// into the (empty) table aside, recording the poison events found. It
+// returns the cursor it built up to.
 func buildAside(ctx context.Context, db *sqlx.DB, aside *Users, report Progress) (RebuildResult, schema.Cursor, error) {
 	head, err := schema.GateHead(ctx, db)
 	if err != nil {
@@ -385,8 +389,9 @@ type CheckResult struct {
 var personal = map[string]bool{"email": true, "first_name": true, "last_name": true, "name": true, "username": true, "image_url": true, "public_metadata": true}
 
 // Check builds p's read model from the events aside (in memory and a
-// temporary table) exactly up to the live checkpoint and compares it with
-// the live table, column by column. It reads the checkpoint and the live
+// temporary table, refusing and isolating rows as the live projector does)
+// exactly up to the live checkpoint and compares it with the live table,
+// column by column. It reads the checkpoint and the live
 // table in one REPEATABLE READ snapshot, so it is exact while ingest and the
 // live projector run. It changes nothing.
 func Check(ctx context.Context, db *sqlx.DB, p Projector, progress Progress) (CheckResult, error) {

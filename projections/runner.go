@@ -53,8 +53,12 @@ type Failure struct {
 // batch per transaction:
 //
 //	BEGIN; pg_try_advisory_xact_lock('projector:'||name); read checkpoint;
-//	read next events (xid8 gate); Apply; record poison events; move
-//	checkpoint (compare-and-set); COMMIT
+//	read next events (xid8 gate); Apply (in a savepoint: applyIsolated);
+//	record poison events; move checkpoint (compare-and-set); COMMIT
+//
+// A poison event (one the projector cannot decode, or whose row PostgreSQL
+// refuses) is recorded and skipped, and the rest of its batch commits; any
+// other error rolls the batch back and it is retried with backoff.
 //
 // A batch commits whole or not at all, so an event is applied exactly once
 // also across crashes, and any number of Runners (processes) may run the

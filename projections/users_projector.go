@@ -28,7 +28,9 @@ var userTypes = []string{"user.created", "user.updated", "user.deleted"}
 // folded in memory (in parallel, one goroutine per shard of users) and
 // written back in one upsert. Because the fold is order-insensitive and
 // idempotent, the table converges whatever order and however often events
-// arrive.
+// arrive. The fold keeps text in storable form (domain.StorableText and
+// StorableJSON); a row PostgreSQL still refuses is the Runner's to isolate
+// (applyIsolated), and a rebuild's and check's (loadFolded).
 type Users struct {
 	table   string
 	workers int
