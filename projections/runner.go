@@ -27,13 +27,14 @@ type Projector interface {
 	// Apply applies events (the next ones in ledger order, possibly none)
 	// inside tx. It returns the events it could not apply and skipped
 	// (poison events, e.g. a user.updated whose data does not decode);
-	// the Runner records them in the same transaction. Any other error
-	// undoes what Apply wrote. When PostgreSQL refuses what Apply writes
-	// (schema.Refused: a data error caused by the rows), the Runner finds
-	// the events whose rows are refused by applying smaller runs of the
-	// batch (see applyIsolated) and records them as poison; any other
-	// error rolls the whole batch back and the Runner retries it later.
-	// So Apply must be correct for any split of the ledger into batches.
+	// the Runner records them in the same transaction. An error means the
+	// batch is not applied. When it is PostgreSQL refusing what Apply
+	// writes (schema.Refused: a data error caused by the rows), the Runner
+	// rolls back to a savepoint, applies smaller runs of the batch to find
+	// the events whose rows are refused and records those as poison (see
+	// applyIsolated); any other error rolls the whole batch back and the
+	// Runner retries it later. So Apply must give the same read model for
+	// any split of the ledger into batches.
 	Apply(ctx context.Context, tx *sqlx.Tx, events []domain.Event) ([]Failure, error)
 }
 
@@ -170,7 +171,8 @@ func errorText(err error) string {
 // Failure (a poison event, recorded like one that does not decode); every
 // other event is applied, in runs as long as possible. With k poison events
 // in a batch of n this takes O(k log n) extra Apply calls, and none when
-// nothing is refused. Any error that is not a refusal (the database down,
+// nothing is refused; a refusal that no single event causes (only events
+// together) ends with every event applied in shorter runs. Any error that is not a refusal (the database down,
 // a cancelled context, a bug) is returned as is, for the caller to roll the
 // whole batch back and retry.
 //
