@@ -391,9 +391,9 @@ var personal = map[string]bool{"email": true, "first_name": true, "last_name": t
 // Check builds p's read model from the events aside (in memory and a
 // temporary table, refusing and isolating rows as the live projector does)
 // exactly up to the live checkpoint and compares it with the live table,
-// column by column. It reads the checkpoint and the live
-// table in one REPEATABLE READ snapshot, so it is exact while ingest and the
-// live projector run. It changes nothing.
+// column by column. It reads the checkpoint and the live table in one
+// REPEATABLE READ snapshot, so it is exact while ingest and the live
+// projector run. It changes nothing.
 func Check(ctx context.Context, db *sqlx.DB, p Projector, progress Progress) (CheckResult, error) {
 	users, err := rebuildable(p)
 	if err != nil {
