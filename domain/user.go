@@ -100,8 +100,13 @@ func str(p *string) string {
 // the greatest Version wins; user.deleted is a tombstone that clears personal
 // fields and that no later or earlier snapshot resurrects.
 //
+// Text fields and public metadata are kept in their storable form (see
+// StorableText and StorableJSON: NUL and unpaired surrogates become U+FFFD);
+// the ledger keeps the exact bytes.
+//
 // Apply returns an EINVALID error (and u unchanged) for a user event whose
-// data cannot be decoded or names no user: a poison event.
+// data cannot be decoded, names no user, or has a NUL in the user id: a
+// poison event.
 func Apply(u User, e Event) (User, error) {
 	if !IsUserEvent(e.Type) {
 		return u, nil
@@ -113,6 +118,11 @@ func Apply(u User, e Event) (User, error) {
 	d := env.Data
 	if d.ID == "" {
 		return u, Errorf(EINVALID, "event %d (%s): user data has no id", e.Position, e.Type)
+	}
+	if strings.IndexByte(d.ID, 0) >= 0 {
+		// Not replaced like other text (see StorableText): the id is the
+		// user's key, and a replaced id could name another user.
+		return u, Errorf(EINVALID, "event %d (%s): user id contains a NUL character", e.Position, e.Type)
 	}
 	if u.ID != "" && u.ID != d.ID {
 		return u, nil
@@ -155,14 +165,16 @@ func Apply(u User, e Event) (User, error) {
 	if len(meta) == 0 || string(meta) == "null" {
 		meta = json.RawMessage(`{}`)
 	}
+	// Text is kept in its storable form (see StorableText): the same in the
+	// projection, a rebuild, check and the point-in-time view.
 	return User{
 		ID:             d.ID,
-		Email:          email,
-		FirstName:      str(d.FirstName),
-		LastName:       str(d.LastName),
-		Username:       str(d.Username),
-		ImageURL:       str(d.ImageURL),
-		PublicMetadata: append(json.RawMessage(nil), meta...),
+		Email:          StorableText(email),
+		FirstName:      StorableText(str(d.FirstName)),
+		LastName:       StorableText(str(d.LastName)),
+		Username:       StorableText(str(d.Username)),
+		ImageURL:       StorableText(str(d.ImageURL)),
+		PublicMetadata: append(json.RawMessage(nil), StorableJSON(meta)...),
 		CreatedAt:      msTime(d.CreatedAt),
 		UpdatedAt:      msTime(d.UpdatedAt),
 		Version:        v,

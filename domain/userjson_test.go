@@ -36,6 +36,9 @@ var userEnvelopeSeeds = []string{
 	`[]`,
 	` {"timestamp" : 5 , "data" : { "id" : "u" } } `,
 	`{"ſtamp":1,"timeſtamp":2,"data":{"id":"u","K":1}}`,
+	// What PostgreSQL refuses (the fold keeps it in storable form, see StorableJSON).
+	`{"data":{"id":"user_1","first_name":"a\u0000","username":"\ud800","public_metadata":{"k\u0000":"\udc00","x":"\\u0000"}}}`,
+	`{"data":{"id":"user_\u0000","public_metadata":{"n":1e1000000}}}`,
 }
 
 // TestScanUserEnvelopeAgreesWithEncodingJSON checks the seeds; the fuzz

@@ -28,11 +28,21 @@ func (*Chain) Name() string { return ChainName }
 func (*Chain) Types() []string { return nil }
 
 // Apply implements Projector. It never skips an event: any error rolls the
-// batch back.
+// batch back, and the Runner retries it (Chain is gapless: no event is ever
+// isolated as poison, or the chain would not cover the ledger).
+//
+// No event can make its own link refused: a link is (seq, position, hash),
+// all computed from the stored row (position, and SHA-256 over the stored
+// bytes, see domain.ChainHash), and the body is hashed, never decoded, so a
+// body the users projection refuses seals like any other. The errors left
+// are the database's (down, or event_chain tampered with), which retrying
+// and `ledger audit verify` are for.
 func (*Chain) Apply(ctx context.Context, tx *sqlx.Tx, events []domain.Event) ([]Failure, error) {
 	_, err := schema.Seal(ctx, tx, events)
 	return nil, err
 }
+
+func (*Chain) gapless() {}
 
 // Default returns the projectors a service runs: users and the chain sealer.
 func Default() []Projector { return []Projector{NewUsers(), NewChain()} }

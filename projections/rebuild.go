@@ -55,8 +55,11 @@ func rebuildable(p Projector) (*Users, error) {
 //  1. take the rebuild lock of p (session advisory lock; a second rebuild of
 //     the same projection is refused with ECONFLICT);
 //  2. fold every event up to the gate head in memory (one sequential scan,
-//     parallel decoding) and COPY the result into a new table aside;
-//  3. catch up the table aside batch by batch with what arrived meanwhile;
+//     parallel decoding) and COPY the result into a new table aside (a row
+//     PostgreSQL refuses isolates its events as the live projector does:
+//     see Users.loadFolded);
+//  3. catch up the table aside batch by batch with what arrived meanwhile
+//     (with applyIsolated, as the live projector);
 //  4. in one transaction holding the live projector's lock: apply the last
 //     events, swap the tables (renames), keep the live table's index names,
 //     set the checkpoint, commit.
@@ -140,7 +143,8 @@ func Rebuild(ctx context.Context, db *sqlx.DB, p Projector, progress Progress) (
 }
 
 // buildAside folds the ledger up to the gate head in memory and COPYs it
-// into the (empty) table aside. It returns the cursor it built up to.
+// into the (empty) table aside, recording the poison events found. It
+// returns the cursor it built up to.
 func buildAside(ctx context.Context, db *sqlx.DB, aside *Users, report Progress) (RebuildResult, schema.Cursor, error) {
 	head, err := schema.GateHead(ctx, db)
 	if err != nil {
@@ -162,11 +166,13 @@ func buildAside(ctx context.Context, db *sqlx.DB, aside *Users, report Progress)
 		return RebuildResult{}, schema.Cursor{}, fmt.Errorf("begin: %w", schema.Classify(err))
 	}
 	defer tx.Rollback()
-	if err := aside.copyInto(ctx, tx, bf.shards); err != nil {
+	failures, err := aside.loadFolded(ctx, tx, bf, schema.Cursor{}, head)
+	if err != nil {
 		return RebuildResult{}, schema.Cursor{}, err
 	}
 	bf.shards = nil // let the users go before catch-up
-	if err := recordFailures(ctx, tx, UsersName, bf.failures); err != nil {
+	res.Failures = len(failures)
+	if err := recordFailures(ctx, tx, UsersName, failures); err != nil {
 		return RebuildResult{}, schema.Cursor{}, err
 	}
 	if err := tx.Commit(); err != nil {
@@ -202,7 +208,7 @@ func applyBatch(ctx context.Context, tx *sqlx.Tx, p *Users, cur schema.Cursor) (
 	if err != nil {
 		return catchUpCount{}, cur, false, err
 	}
-	fs, err := p.Apply(ctx, tx, b.Events)
+	fs, err := applyIsolated(ctx, tx, p, b.Events)
 	if err != nil {
 		return catchUpCount{}, cur, false, err
 	}
@@ -383,10 +389,11 @@ type CheckResult struct {
 var personal = map[string]bool{"email": true, "first_name": true, "last_name": true, "name": true, "username": true, "image_url": true, "public_metadata": true}
 
 // Check builds p's read model from the events aside (in memory and a
-// temporary table) exactly up to the live checkpoint and compares it with
-// the live table, column by column. It reads the checkpoint and the live
-// table in one REPEATABLE READ snapshot, so it is exact while ingest and the
-// live projector run. It changes nothing.
+// temporary table, refusing and isolating rows as the live projector does)
+// exactly up to the live checkpoint and compares it with the live table,
+// column by column. It reads the checkpoint and the live table in one
+// REPEATABLE READ snapshot, so it is exact while ingest and the live
+// projector run. It changes nothing.
 func Check(ctx context.Context, db *sqlx.DB, p Projector, progress Progress) (CheckResult, error) {
 	users, err := rebuildable(p)
 	if err != nil {
@@ -415,10 +422,15 @@ func Check(ctx context.Context, db *sqlx.DB, p Projector, progress Progress) (Ch
 	}
 	res.Events, res.Users = bf.read, bf.users()
 	progress("compare", bf.read, total)
-	if _, err := tx.ExecContext(ctx, `CREATE TEMP TABLE `+pq.QuoteIdentifier(aside.table)+` (LIKE `+pq.QuoteIdentifier(users.Table())+` INCLUDING DEFAULTS) ON COMMIT DROP`); err != nil {
+	// With the live table's indexes and constraints (INCLUDING ALL), so
+	// PostgreSQL refuses the same rows as there (an index row too large,
+	// say) and loadFolded isolates the same poison events as the live
+	// projector; the failures themselves are not recorded (check changes
+	// nothing).
+	if _, err := tx.ExecContext(ctx, `CREATE TEMP TABLE `+pq.QuoteIdentifier(aside.table)+` (LIKE `+pq.QuoteIdentifier(users.Table())+` INCLUDING ALL) ON COMMIT DROP`); err != nil {
 		return CheckResult{}, fmt.Errorf("check %s: create table aside: %w", p.Name(), schema.Classify(err))
 	}
-	if err := aside.copyInto(ctx, tx, bf.shards); err != nil {
+	if _, err := aside.loadFolded(ctx, tx, bf, schema.Cursor{}, res.Checkpoint); err != nil {
 		return CheckResult{}, fmt.Errorf("check %s: %w", p.Name(), err)
 	}
 	bf.shards = nil

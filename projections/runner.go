@@ -27,10 +27,21 @@ type Projector interface {
 	// Apply applies events (the next ones in ledger order, possibly none)
 	// inside tx. It returns the events it could not apply and skipped
 	// (poison events, e.g. a user.updated whose data does not decode);
-	// the Runner records them in the same transaction. Any error rolls the
-	// whole batch back; the Runner retries it later.
+	// the Runner records them in the same transaction. An error means the
+	// batch is not applied. When it is PostgreSQL refusing what Apply
+	// writes (schema.Refused: a data error caused by the rows), the Runner
+	// rolls back to a savepoint, applies smaller runs of the batch to find
+	// the events whose rows are refused and records those as poison (see
+	// applyIsolated); any other error rolls the whole batch back and the
+	// Runner retries it later. So Apply must give the same read model for
+	// any split of the ledger into batches.
 	Apply(ctx context.Context, tx *sqlx.Tx, events []domain.Event) ([]Failure, error)
 }
+
+// gapless is implemented by a projector whose read model must cover every
+// event, so that the Runner never skips one as poison (the chain sealer):
+// every error of its batches is retried, refused rows included.
+type gapless interface{ gapless() }
 
 // Failure is a poison event a projector skipped.
 type Failure struct {
@@ -43,8 +54,12 @@ type Failure struct {
 // batch per transaction:
 //
 //	BEGIN; pg_try_advisory_xact_lock('projector:'||name); read checkpoint;
-//	read next events (xid8 gate); Apply; record poison events; move
-//	checkpoint (compare-and-set); COMMIT
+//	read next events (xid8 gate); Apply (in a savepoint: applyIsolated);
+//	record poison events; move checkpoint (compare-and-set); COMMIT
+//
+// A poison event (one the projector cannot decode, or whose row PostgreSQL
+// refuses) is recorded and skipped, and the rest of its batch commits; any
+// other error rolls the batch back and it is retried with backoff.
 //
 // A batch commits whole or not at all, so an event is applied exactly once
 // also across crashes, and any number of Runners (processes) may run the
@@ -131,7 +146,76 @@ func (r *Runner) loop(ctx context.Context, p Projector) {
 // recordError stores err as the projector's last error, for status. It is
 // best effort: when the database is down this fails too.
 func (r *Runner) recordError(ctx context.Context, name string, err error) {
-	_, _ = r.db.ExecContext(ctx, `UPDATE projection_checkpoints SET last_error = $2, last_error_at = now() WHERE name = $1`, name, err.Error())
+	_, _ = r.db.ExecContext(ctx, `UPDATE projection_checkpoints SET last_error = $2, last_error_at = now() WHERE name = $1`, name, errorText(err))
+}
+
+// maxErrorText is the most bytes of an error message stored for status.
+const maxErrorText = 2000
+
+// errorText is err's message as it is stored: storable text (an error may
+// quote what an event holds, NUL included, and the record of a poison event
+// must never fail itself), at most maxErrorText bytes.
+func errorText(err error) string {
+	s := err.Error()
+	if len(s) > maxErrorText {
+		s = s[:maxErrorText] + "…" // a cut rune becomes U+FFFD below
+	}
+	return domain.StorableText(s)
+}
+
+// applyIsolated applies events with p.Apply inside tx, isolating the events
+// whose rows PostgreSQL refuses (schema.Refused): the batch runs inside a
+// savepoint; when it is refused, it is rolled back to the savepoint and its
+// two halves are applied the same way, one after the other in ledger order,
+// down to single events. A single event still refused is returned as a
+// Failure (a poison event, recorded like one that does not decode); every
+// other event is applied, in runs as long as possible. With k poison events
+// in a batch of n this takes O(k log n) extra Apply calls, and none when
+// nothing is refused; a refusal that no single event causes (only events
+// together) ends with every event applied in shorter runs. Any error that is not a refusal (the database down,
+// a cancelled context, a bug) is returned as is, for the caller to roll the
+// whole batch back and retry.
+//
+// Because the split only changes batch boundaries, which every projector
+// must be indifferent to, the outcome equals applying the non-poison events
+// in any batches. For the users projector, a rebuild and check use the same
+// function (see Users.loadFolded), so they isolate the same rows. A gapless
+// projector gets p.Apply as is: it never skips an event.
+func applyIsolated(ctx context.Context, tx *sqlx.Tx, p Projector, events []domain.Event) ([]Failure, error) {
+	if _, ok := p.(gapless); ok || len(events) == 0 {
+		return p.Apply(ctx, tx, events)
+	}
+	if _, err := tx.ExecContext(ctx, `SAVEPOINT apply_isolated`); err != nil {
+		return nil, fmt.Errorf("savepoint: %w", schema.Classify(err))
+	}
+	fs, err := p.Apply(ctx, tx, events)
+	if err == nil {
+		if _, err := tx.ExecContext(ctx, `RELEASE SAVEPOINT apply_isolated`); err != nil {
+			return nil, fmt.Errorf("release savepoint: %w", schema.Classify(err))
+		}
+		return fs, nil
+	}
+	if !schema.Refused(err) {
+		return nil, err
+	}
+	if _, err := tx.ExecContext(ctx, `ROLLBACK TO SAVEPOINT apply_isolated; RELEASE SAVEPOINT apply_isolated`); err != nil {
+		return nil, fmt.Errorf("roll back to savepoint: %w", schema.Classify(err))
+	}
+	if len(events) == 1 {
+		e := events[0]
+		return []Failure{{Position: e.Position, DeliveryID: e.DeliveryID,
+			Err: fmt.Errorf("event %d (%s): the database refuses what it projects to: %w", e.Position, e.Type, err)}}, nil
+	}
+	mid := len(events) / 2
+	left, err := applyIsolated(ctx, tx, p, events[:mid])
+	if err != nil {
+		return nil, err
+	}
+	right, err := applyIsolated(ctx, tx, p, events[mid:])
+	if err != nil {
+		return nil, err
+	}
+	return append(left, right...), nil
 }
 
 // StepResult tells what one batch did.
@@ -174,7 +258,7 @@ func (r *Runner) Step(ctx context.Context, p Projector) (StepResult, error) {
 	if batch.Next == cp {
 		return res, nil // nothing new: no write, no transaction id
 	}
-	failures, err := p.Apply(ctx, tx, batch.Events)
+	failures, err := applyIsolated(ctx, tx, p, batch.Events)
 	if err != nil {
 		return StepResult{}, fmt.Errorf("projector %s: apply %d events after %s: %w", p.Name(), len(batch.Events), cp, err)
 	}
@@ -263,7 +347,8 @@ WHERE name = $1 AND transaction_id = $2::xid8 AND position = $3`,
 }
 
 // recordFailures stores poison events in projection_failures; one already
-// recorded (a rebuild finding it again) is kept as it is.
+// recorded (a rebuild finding it again) is kept as it is. Messages are
+// stored as errorText, so recording cannot be refused itself.
 func recordFailures(ctx context.Context, tx *sqlx.Tx, name string, fs []Failure) error {
 	if len(fs) == 0 {
 		return nil
@@ -272,7 +357,7 @@ func recordFailures(ctx context.Context, tx *sqlx.Tx, name string, fs []Failure)
 	ids := make([]string, len(fs))
 	msgs := make([]string, len(fs))
 	for i, f := range fs {
-		pos[i], ids[i], msgs[i] = f.Position, f.DeliveryID, f.Err.Error()
+		pos[i], ids[i], msgs[i] = f.Position, domain.StorableText(f.DeliveryID), errorText(f.Err)
 	}
 	_, err := tx.ExecContext(ctx, `INSERT INTO projection_failures (projector, position, delivery_id, error)
 SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[])

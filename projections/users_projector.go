@@ -1,10 +1,12 @@
 package projections
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"hash/maphash"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -26,7 +28,9 @@ var userTypes = []string{"user.created", "user.updated", "user.deleted"}
 // folded in memory (in parallel, one goroutine per shard of users) and
 // written back in one upsert. Because the fold is order-insensitive and
 // idempotent, the table converges whatever order and however often events
-// arrive.
+// arrive. The fold keeps text in storable form (domain.StorableText and
+// StorableJSON); a row PostgreSQL still refuses is the Runner's to isolate
+// (applyIsolated), and a rebuild's and check's (loadFolded).
 type Users struct {
 	table   string
 	workers int
@@ -205,11 +209,12 @@ func tsText(t time.Time) string {
 	return t.UTC().Format(time.RFC3339Nano)
 }
 
-func tsValue(t time.Time) any {
+// tsArg is t as a COPY value: tsText, or NULL for the zero time.
+func tsArg(t time.Time) any {
 	if t.IsZero() {
 		return nil
 	}
-	return t.UTC()
+	return tsText(t)
 }
 
 func metaText(u domain.User) string {
@@ -265,9 +270,111 @@ ON CONFLICT (id) DO UPDATE SET
 	return nil
 }
 
-// copyInto writes states into the projector's table, which must hold none of
-// them, with COPY inside tx: the bulk load of a rebuild.
-func (p *Users) copyInto(ctx context.Context, tx *sqlx.Tx, shards []map[string]*userState) error {
+// loadFolded writes the users of bf, folded from the events in (after,
+// upTo], into the projector's table, which must hold none of them, inside
+// tx (the bulk load of a rebuild and of check). It returns bf's failures
+// and those found on the way.
+//
+// It COPYs every user inside a savepoint. When PostgreSQL refuses a row
+// (schema.Refused), it finds the refused users by COPYing halves
+// (copyIsolated), reads those users' events in (after, upTo] again, and
+// applies them in ledger order with applyIsolated, as the live projector
+// does: the events whose rows are refused become poison, the others are
+// kept. So a rebuild or check gives the live projector's table whatever
+// PostgreSQL refuses; the slow path costs one more scan of the range, and
+// only when a row is refused.
+func (p *Users) loadFolded(ctx context.Context, tx *sqlx.Tx, bf *bulkFold, after, upTo schema.Cursor) ([]Failure, error) {
+	states := make([]*userState, 0, bf.users())
+	for _, m := range bf.shards {
+		for _, s := range m {
+			if s.u.ID != "" { // only poison events: nothing to write
+				states = append(states, s)
+			}
+		}
+	}
+	refused, err := p.copyIsolated(ctx, tx, states)
+	if err != nil || len(refused) == 0 {
+		return bf.failures, err
+	}
+	ids := make(map[string]bool, len(refused))
+	for _, s := range refused {
+		ids[s.u.ID] = true
+	}
+	var events []domain.Event
+	err = schema.StreamEvents(ctx, tx, after, upTo, userTypes, func(e domain.Event) error {
+		if k, f := userKey(e); f == nil && ids[k] {
+			events = append(events, e)
+		}
+		return ctx.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read the events of %d users whose rows are refused: %w", len(ids), err)
+	}
+	slices.SortFunc(events, func(a, b domain.Event) int {
+		return cmp.Or(cmp.Compare(a.TxID, b.TxID), cmp.Compare(a.Position, b.Position))
+	})
+	fs, err := applyIsolated(ctx, tx, p, events)
+	if err != nil {
+		return nil, fmt.Errorf("apply the events of %d users whose rows are refused: %w", len(ids), err)
+	}
+	// The fold found these users' undecodable events too: keep one of each.
+	seen := make(map[int64]bool, len(bf.failures))
+	out := bf.failures
+	for _, f := range out {
+		seen[f.Position] = true
+	}
+	for _, f := range fs {
+		if !seen[f.Position] {
+			seen[f.Position] = true
+			out = append(out, f)
+		}
+	}
+	return out, nil
+}
+
+// copyIsolated COPYs states into the projector's table inside a savepoint
+// and returns the states whose rows PostgreSQL refuses (schema.Refused),
+// found by COPYing halves, down to single rows; the others are written.
+func (p *Users) copyIsolated(ctx context.Context, tx *sqlx.Tx, states []*userState) ([]*userState, error) {
+	if len(states) == 0 {
+		return nil, nil
+	}
+	if _, err := tx.ExecContext(ctx, `SAVEPOINT copy_isolated`); err != nil {
+		return nil, fmt.Errorf("savepoint: %w", schema.Classify(err))
+	}
+	err := p.copyInto(ctx, tx, states)
+	if err == nil {
+		if _, err := tx.ExecContext(ctx, `RELEASE SAVEPOINT copy_isolated`); err != nil {
+			return nil, fmt.Errorf("release savepoint: %w", schema.Classify(err))
+		}
+		return nil, nil
+	}
+	if !schema.Refused(err) {
+		return nil, err
+	}
+	if _, err := tx.ExecContext(ctx, `ROLLBACK TO SAVEPOINT copy_isolated; RELEASE SAVEPOINT copy_isolated`); err != nil {
+		return nil, fmt.Errorf("roll back to savepoint: %w", schema.Classify(err))
+	}
+	if len(states) == 1 {
+		return states, nil
+	}
+	mid := len(states) / 2
+	left, err := p.copyIsolated(ctx, tx, states[:mid])
+	if err != nil {
+		return nil, err
+	}
+	right, err := p.copyIsolated(ctx, tx, states[mid:])
+	if err != nil {
+		return nil, err
+	}
+	return append(left, right...), nil
+}
+
+// copyInto writes states into the projector's table, which must hold none
+// of them, with one COPY inside tx. Values are encoded as upsert encodes
+// them (timestamps as tsText), so PostgreSQL takes or refuses a row alike
+// on both paths.
+func (p *Users) copyInto(ctx context.Context, tx *sqlx.Tx, states []*userState) error {
 	stmt, err := tx.PrepareContext(ctx, pq.CopyIn(p.table, "id", "email", "first_name", "last_name", "name", "username",
 		"image_url", "public_metadata", "created_at", "updated_at", "deleted", "deleted_at",
 		"version_updated_at", "version_occurred_at", "version_delivery_id", "last_position"))
@@ -275,17 +382,12 @@ func (p *Users) copyInto(ctx context.Context, tx *sqlx.Tx, shards []map[string]*
 		return fmt.Errorf("copy into %s: %w", p.table, schema.Classify(err))
 	}
 	defer stmt.Close()
-	for _, m := range shards {
-		for _, s := range m {
-			u := s.u
-			if u.ID == "" {
-				continue
-			}
-			if _, err := stmt.ExecContext(ctx, u.ID, u.Email, u.FirstName, u.LastName, u.Name(), u.Username, u.ImageURL,
-				metaText(u), tsValue(u.CreatedAt), tsValue(u.UpdatedAt), u.Deleted, tsValue(u.DeletedAt),
-				u.Version.UpdatedAt, u.Version.OccurredAt, u.Version.DeliveryID, s.last.Position); err != nil {
-				return fmt.Errorf("copy user %s into %s: %w", u.ID, p.table, schema.Classify(err))
-			}
+	for _, s := range states {
+		u := s.u
+		if _, err := stmt.ExecContext(ctx, u.ID, u.Email, u.FirstName, u.LastName, u.Name(), u.Username, u.ImageURL,
+			metaText(u), tsArg(u.CreatedAt), tsArg(u.UpdatedAt), u.Deleted, tsArg(u.DeletedAt),
+			u.Version.UpdatedAt, u.Version.OccurredAt, u.Version.DeliveryID, s.last.Position); err != nil {
+			return fmt.Errorf("copy user %s into %s: %w", u.ID, p.table, schema.Classify(err))
 		}
 	}
 	if _, err := stmt.ExecContext(ctx); err != nil {

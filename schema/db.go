@@ -137,3 +137,36 @@ func Unavailable(err error) bool {
 	return strings.Contains(msg, "driver: bad connection") || strings.Contains(msg, "connection refused") ||
 		strings.Contains(msg, "unexpected EOF") || strings.Contains(msg, "broken pipe")
 }
+
+// Refused reports whether err is PostgreSQL refusing the values a statement
+// writes, so that the same statement with the same values fails the same way
+// however often it is retried: the fault lies with the rows, not with the
+// database. The projector runtime isolates such rows (poison events) instead
+// of retrying them forever. The SQLSTATE classes, and only these, are:
+//
+//   - 22 data exception: a value the type does not take (NUL or invalid
+//     UTF-8 in text 22021, a \u0000 escape in jsonb 22P05, an unpaired
+//     surrogate escape in jsonb 22P02, a number beyond numeric 22003, a
+//     timestamp out of range 22008, a string too long 22001, ...);
+//   - 23 integrity constraint violation: NOT NULL, CHECK, UNIQUE, foreign
+//     key or exclusion constraint rejecting a value;
+//   - 54 program limit exceeded: a value too large for what holds it (an
+//     index row over 2,704 bytes 54000, a statement too complex 54001).
+//
+// Everything else is not the rows' fault and is retried: the classes
+// Unavailable names (connection 08, resources 53, operator 57 including a
+// cancelled query, rollback 40), and also syntax or undefined objects (42:
+// a bug or a missing migration, which must not poison every event), a lock
+// not available (55), system and internal errors (58, XX) and anything
+// that is not a PostgreSQL error.
+func Refused(err error) bool {
+	var pqErr *pq.Error
+	if !errors.As(err, &pqErr) {
+		return false
+	}
+	switch pqErr.Code.Class() {
+	case "22", "23", "54":
+		return true
+	}
+	return false
+}
