@@ -225,21 +225,32 @@ type sender struct {
 
 	attempts, failures, stored atomic.Int64
 
-	mu     sync.Mutex
-	codes  map[string]int // non-2xx answers by status (and transport errors)
-	failed map[string]int // failed attempts by delivery id
-	// firstFail is when the first attempt failed; backAt when an attempt
-	// begun after that was first answered 2xx (zero until then).
-	firstFail, backAt time.Time
+	mu        sync.Mutex
+	codes     map[string]int // non-2xx answers by status (and transport errors)
+	failed    map[string]int // failed attempts by delivery id
+	firstFail time.Time      // when the first attempt failed (zero while none did)
+	oks       [][2]time.Time // each 2xx attempt: when it began, when it was answered
 }
 
-// unavailable returns when the first attempt failed and when one begun
-// after it was first answered 2xx: the window in which ingest was refused.
-// Both are zero when no attempt failed; backAt is zero while none succeeded.
-func (s *sender) unavailable() (firstFail, backAt time.Time) {
+// firstFailure returns when the first attempt failed (zero if none did).
+func (s *sender) firstFailure() time.Time {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.firstFail, s.backAt
+	return s.firstFail
+}
+
+// firstOKBegunAfter returns when an attempt begun after t was first answered
+// 2xx (zero if none was).
+func (s *sender) firstOKBegunAfter(t time.Time) time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var first time.Time
+	for _, ok := range s.oks {
+		if ok[0].After(t) && (first.IsZero() || ok[1].Before(first)) {
+			first = ok[1]
+		}
+	}
+	return first
 }
 
 // notRetryable returns how many answers of each kind other than a 503 were
@@ -298,9 +309,7 @@ func (s *sender) deliver(ctx context.Context, addr string, d domain.Delivery) (s
 			res.Body.Close()
 			if res.StatusCode/100 == 2 {
 				s.mu.Lock()
-				if !s.firstFail.IsZero() && s.backAt.IsZero() && began.After(s.firstFail) {
-					s.backAt = time.Now()
-				}
+				s.oks = append(s.oks, [2]time.Time{began, time.Now()})
 				s.mu.Unlock()
 				var a struct{ Status string }
 				if err := json.Unmarshal(body, &a); err != nil {
