@@ -142,7 +142,9 @@ func devDatabase(ctx context.Context, log *slog.Logger, dataDir, defaultURL stri
 	}
 	return dsn, func() {
 		log.Info("stopping the private PostgreSQL cluster", "dir", dir)
-		cl.stop()
+		if err := cl.stop(); err != nil {
+			log.Warn("could not stop the private PostgreSQL cluster", "err", err)
+		}
 	}, nil
 }
 
