@@ -142,7 +142,9 @@ func devDatabase(ctx context.Context, log *slog.Logger, dataDir, defaultURL stri
 	}
 	return dsn, func() {
 		log.Info("stopping the private PostgreSQL cluster", "dir", dir)
-		cl.stop()
+		if err := cl.stop(); err != nil {
+			log.Warn("could not stop the private PostgreSQL cluster", "err", err)
+		}
 	}, nil
 }
 
@@ -219,7 +221,9 @@ func (c *privateCluster) command(ctx context.Context, name string, args ...strin
 	return exec.CommandContext(ctx, full[0], full[1:]...)
 }
 
-func (c *privateCluster) start(ctx context.Context) error {
+// create makes dir (given to the postgres user when we run as root) and
+// initializes a cluster there unless it holds one already.
+func (c *privateCluster) create(ctx context.Context) error {
 	if err := os.MkdirAll(c.dir, 0o700); err != nil {
 		return err
 	}
@@ -237,7 +241,22 @@ func (c *privateCluster) start(ctx context.Context) error {
 			return fmt.Errorf("initdb %s: %w: %s", c.dir, err, lastLine(out))
 		}
 	}
-	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1", c.port, c.dir)
+	return nil
+}
+
+// serverArgs are the server's options: our port, its socket in dir, and
+// TCP on loopback only.
+func (c *privateCluster) serverArgs() []string {
+	return []string{"-p", strconv.Itoa(c.port), "-k", c.dir, "-c", "listen_addresses=127.0.0.1"}
+}
+
+// start creates the cluster when needed and starts its server with pg_ctl,
+// returning once it accepts connections.
+func (c *privateCluster) start(ctx context.Context) error {
+	if err := c.create(ctx); err != nil {
+		return err
+	}
+	opts := strings.Join(c.serverArgs(), " ")
 	out, err := c.command(ctx, "pg_ctl", "-D", c.dir, "-l", filepath.Join(c.dir, "server.log"), "-o", opts, "-w", "-t", "60", "start").CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("start private PostgreSQL in %s: %w: %s (see %s)", c.dir, err, lastLine(out), filepath.Join(c.dir, "server.log"))
@@ -245,8 +264,14 @@ func (c *privateCluster) start(ctx context.Context) error {
 	return nil
 }
 
-func (c *privateCluster) stop() {
-	_ = c.command(context.Background(), "pg_ctl", "-D", c.dir, "-m", "fast", "-w", "stop").Run()
+// stop stops the server with a fast shutdown (open transactions are rolled
+// back, sessions ended) and waits until it is down.
+func (c *privateCluster) stop() error {
+	out, err := c.command(context.Background(), "pg_ctl", "-D", c.dir, "-m", "fast", "-w", "stop").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("stop private PostgreSQL in %s: %w: %s", c.dir, err, lastLine(out))
+	}
+	return nil
 }
 
 func lastLine(b []byte) string {

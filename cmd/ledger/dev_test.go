@@ -21,10 +21,7 @@ func TestDevStartsPrivateCluster(t *testing.T) {
 	if findPGBin() == "" {
 		t.Fatal("no PostgreSQL binaries on this machine: .ci/run installs postgresql")
 	}
-	dir := t.TempDir()
-	for d := dir; d != "/tmp" && d != "/"; d = filepath.Dir(d) {
-		os.Chmod(d, 0o755) // the postgres user must reach it
-	}
+	dir := reachableTempDir(t)
 	_, portStr, _ := strings.Cut(freeAddr(t), ":")
 	port, _ := strconv.Atoi(portStr)
 	dead := "postgres://postgres@127.0.0.1:" + freeAddr(t)[len("127.0.0.1:"):] + "/ledger?sslmode=disable"
@@ -59,6 +56,18 @@ func TestDevStartsPrivateCluster(t *testing.T) {
 	if serverAnswers(dsn) {
 		t.Error("private cluster still answers after stop")
 	}
+}
+
+// reachableTempDir returns t.TempDir() opened (with its parents up to /tmp)
+// to other users: a private cluster's server runs as the postgres user when
+// the test runs as root.
+func reachableTempDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for d := dir; d != "/tmp" && d != "/"; d = filepath.Dir(d) {
+		os.Chmod(d, 0o755)
+	}
+	return dir
 }
 
 func TestDevOnExistingServerGeneratesSecret(t *testing.T) {

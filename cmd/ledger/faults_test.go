@@ -225,9 +225,48 @@ type sender struct {
 
 	attempts, failures, stored atomic.Int64
 
-	mu     sync.Mutex
-	codes  map[string]int // non-2xx answers by status (and transport errors)
-	failed map[string]int // failed attempts by delivery id
+	mu        sync.Mutex
+	codes     map[string]int // non-2xx answers by status (and transport errors)
+	failed    map[string]int // failed attempts by delivery id
+	firstFail time.Time      // when the first attempt failed (zero while none did)
+	oks       [][2]time.Time // each 2xx attempt: when it began, when it was answered
+}
+
+// firstFailure returns when the first attempt failed (zero if none did).
+func (s *sender) firstFailure() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.firstFail
+}
+
+// firstOKBegunAfter returns when an attempt begun after t was first answered
+// 2xx (zero if none was).
+func (s *sender) firstOKBegunAfter(t time.Time) time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var first time.Time
+	for _, ok := range s.oks {
+		if ok[0].After(t) && (first.IsZero() || ok[1].Before(first)) {
+			first = ok[1]
+		}
+	}
+	return first
+}
+
+// notRetryable returns how many answers of each kind other than a 503 were
+// given to failed attempts: a 4xx blames the sender, a 500 hides an outage,
+// a 503 without Retry-After or a transport error means the service itself
+// failed.
+func (s *sender) notRetryable() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := map[string]int{}
+	for what, n := range s.codes {
+		if what != "503 Service Unavailable" {
+			m[what] = n
+		}
+	}
+	return m
 }
 
 // failedAttempts returns how many attempts to deliver id failed.
@@ -258,6 +297,7 @@ func (s *sender) deliver(ctx context.Context, addr string, d domain.Delivery) (s
 	backoff := 20 * time.Millisecond
 	for {
 		s.attempts.Add(1)
+		began := time.Now()
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/api/webhooks/clerk", bytes.NewReader(d.Body))
 		if err != nil {
 			return "", err
@@ -268,6 +308,9 @@ func (s *sender) deliver(ctx context.Context, addr string, d domain.Delivery) (s
 			body, _ := io.ReadAll(res.Body)
 			res.Body.Close()
 			if res.StatusCode/100 == 2 {
+				s.mu.Lock()
+				s.oks = append(s.oks, [2]time.Time{began, time.Now()})
+				s.mu.Unlock()
 				var a struct{ Status string }
 				if err := json.Unmarshal(body, &a); err != nil {
 					return "", fmt.Errorf("delivery %s: 2xx answer %q: %v", d.ID, body, err)
@@ -288,6 +331,9 @@ func (s *sender) deliver(ctx context.Context, addr string, d domain.Delivery) (s
 		s.failures.Add(1)
 		s.mu.Lock()
 		s.failed[d.ID]++
+		if s.firstFail.IsZero() {
+			s.firstFail = time.Now()
+		}
 		s.mu.Unlock()
 		select {
 		case <-ctx.Done():
@@ -391,73 +437,37 @@ func TestFaultPostgresOutageMidStream(t *testing.T) {
 	db := schematest.Open(t, dsn)
 
 	ds := history(t, 50, 500, 11)
-	// 50 of them are sent twice, as separate jobs (Svix redelivering).
-	jobs := append([]domain.Delivery(nil), ds...)
-	r := rand.New(rand.NewPCG(11, 12))
-	for range 50 {
-		jobs = append(jobs, ds[r.IntN(len(ds))])
-	}
-	r.Shuffle(len(jobs), func(i, j int) { jobs[i], jobs[j] = jobs[j], jobs[i] })
-
+	jobs := withRedeliveries(ds, 50, 11)
 	s := newSender(t, secret)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second) // generous: a loaded 2-core machine
 	defer cancel()
-	var answered atomic.Int64
-	pace := time.NewTicker(4 * time.Millisecond) // ~250 deliveries/s: the stream lasts a few seconds
-	defer pace.Stop()
-	next := make(chan domain.Delivery)
-	go func() {
-		defer close(next)
-		for _, d := range jobs {
-			select {
-			case <-pace.C:
-			case <-ctx.Done():
-				return
-			}
-			select {
-			case next <- d:
-			case <-ctx.Done():
-				return
-			}
+	st := startStream(ctx, s, addr, jobs, func(ctx context.Context, d domain.Delivery) error {
+		// 2xx means committed: the row is there now, byte for byte.
+		var body []byte
+		if err := db.QueryRowContext(ctx, `SELECT body FROM events WHERE delivery_id = $1`, d.ID).Scan(&body); err != nil {
+			return fmt.Errorf("delivery %s answered 2xx but not in the ledger: %v", d.ID, err)
 		}
-	}()
-	errs := make(chan error, len(jobs))
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Go(func() {
-			for d := range next {
-				if _, err := s.deliver(ctx, addr, d); err != nil {
-					errs <- err
-					continue
-				}
-				// 2xx means committed: the row is there now, byte for byte.
-				var body []byte
-				if err := db.QueryRowContext(ctx, `SELECT body FROM events WHERE delivery_id = $1`, d.ID).Scan(&body); err != nil {
-					errs <- fmt.Errorf("delivery %s answered 2xx but not in the ledger: %v", d.ID, err)
-				} else if !bytes.Equal(body, d.Body) {
-					errs <- fmt.Errorf("delivery %s stored with another body", d.ID)
-				}
-				answered.Add(1)
-			}
-		})
-	}
-
+		if !bytes.Equal(body, d.Body) {
+			return fmt.Errorf("delivery %s stored with another body", d.ID)
+		}
+		return nil
+	})
 	waitFor(t, 20*time.Second, "a quarter of the stream answered", func() (bool, string) {
-		return answered.Load() >= int64(len(jobs)/4), fmt.Sprint(answered.Load())
+		return st.answered.Load() >= int64(len(jobs)/4), fmt.Sprint(st.answered.Load())
 	})
 	proxy.Down()
 	failedBefore := s.failures.Load()
-	downAt := answered.Load()
+	downAt := st.answered.Load()
 	waitFor(t, 10*time.Second, "deliveries refused while the database is down", func() (bool, string) {
 		return s.failures.Load()-failedBefore >= 40, fmt.Sprint(s.failures.Load() - failedBefore)
 	})
-	if got := answered.Load(); got > downAt+8 {
+	if got := st.answered.Load(); got > downAt+8 {
 		// Only requests already past their commit can be answered 2xx now.
 		t.Errorf("%d deliveries answered 2xx while the database was down", got-downAt)
 	}
 	proxy.Up()
 	waitFor(t, 20*time.Second, "half the stream answered after the outage", func() (bool, string) {
-		return answered.Load() >= int64(len(jobs)/2), fmt.Sprint(answered.Load())
+		return st.answered.Load() >= int64(len(jobs)/2), fmt.Sprint(st.answered.Load())
 	})
 	var killed int
 	if err := db.QueryRow(`SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
@@ -467,26 +477,17 @@ WHERE datname = current_database() AND application_name = 'faults_serve' AND pid
 	if killed == 0 {
 		t.Error("the service had no backend to terminate")
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	if t.Failed() {
-		t.FailNow()
-	}
+	st.wait(t)
 	t.Logf("%d jobs (%d distinct deliveries): %d attempts, %d not 2xx %v; %d backends terminated",
 		len(jobs), len(ds), s.attempts.Load(), s.failures.Load(), s.codes, killed)
-	for what, n := range s.codes {
-		// A database outage is 503 + Retry-After (Svix retries); never a
-		// 4xx, which would blame the sender.
-		if what != "503 Service Unavailable" {
-			t.Errorf("%d answers: %s", n, what)
-		}
+	// A database outage is 503 + Retry-After (Svix retries); never a 4xx,
+	// which would blame the sender.
+	for what, n := range s.notRetryable() {
+		t.Errorf("%d answers: %s", n, what)
 	}
 
 	// Every delivery once; nothing else.
-	requireEachOnceAndProjected(t, db, dsn, len(ds))
+	requireEachOnceAndProjected(t, db, dsn, ds)
 	select {
 	case <-serve.done:
 		t.Fatalf("serve exited during the outage: %v\n%s", serve.err, serve.logs.String())
@@ -716,30 +717,144 @@ func TestFaultTwoServicesSameDeliveries(t *testing.T) {
 		t.Errorf("%d deliveries answered, want %d", len(outcomes), len(ds))
 	}
 	t.Logf("%d deliveries to two services: %d attempts, %d not 2xx %v", len(ds), s.attempts.Load(), s.failures.Load(), s.codes)
-	for what, n := range s.codes {
-		// Racing copies of one delivery are no error: at worst a transient
-		// 503 (+ Retry-After), never a 500 or a 4xx.
-		if what != "503 Service Unavailable" {
-			t.Errorf("%d answers: %s\n%s\n%s", n, what, serves[0].logs.String(), serves[1].logs.String())
-		}
+	// Racing copies of one delivery are no error: at worst a transient 503
+	// (+ Retry-After), never a 500 or a 4xx.
+	for what, n := range s.notRetryable() {
+		t.Errorf("%d answers: %s\n%s\n%s", n, what, serves[0].logs.String(), serves[1].logs.String())
 	}
-	requireEachOnceAndProjected(t, db, dsn, len(ds))
+	requireEachOnceAndProjected(t, db, dsn, ds)
 }
 
-// requireEachOnceAndProjected fails t unless the ledger holds exactly n rows
-// with n distinct delivery ids, and then the projectors catch up and the users
-// projection passes check.
-func requireEachOnceAndProjected(t *testing.T, db *sqlx.DB, dsn string, n int) {
+// requireEachOnceAndProjected fails t unless the ledger holds exactly the
+// deliveries ds (each answered 2xx), each once under its id and byte for
+// byte, and then the projectors catch up and the users projection passes
+// check.
+func requireEachOnceAndProjected(t *testing.T, db *sqlx.DB, dsn string, ds []domain.Delivery) {
 	t.Helper()
-	var rows, distinct int
-	if err := db.QueryRow(`SELECT count(*), count(DISTINCT delivery_id) FROM events`).Scan(&rows, &distinct); err != nil {
+	type row struct {
+		body []byte
+		n    int
+	}
+	rows := map[string]*row{}
+	rs, err := db.Query(`SELECT delivery_id, body FROM events`)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if rows != n || distinct != n {
-		t.Fatalf("ledger holds %d rows (%d distinct delivery ids), want %d", rows, distinct, n)
+	defer rs.Close()
+	for rs.Next() {
+		var id string
+		var body []byte
+		if err := rs.Scan(&id, &body); err != nil {
+			t.Fatal(err)
+		}
+		if r := rows[id]; r != nil {
+			r.n++
+		} else {
+			rows[id] = &row{body: body, n: 1}
+		}
+	}
+	if err := rs.Err(); err != nil {
+		t.Fatal(err)
+	}
+	sent := map[string]bool{}
+	for _, d := range ds {
+		sent[d.ID] = true
+		switch r := rows[d.ID]; {
+		case r == nil:
+			t.Errorf("delivery %s was answered 2xx but is not in the ledger", d.ID)
+		case r.n > 1:
+			t.Errorf("delivery %s is stored %d times", d.ID, r.n)
+		case !bytes.Equal(r.body, d.Body):
+			t.Errorf("delivery %s is stored with another body", d.ID)
+		}
+	}
+	for id := range rows {
+		if !sent[id] {
+			t.Errorf("the ledger holds delivery %s, which was never sent", id)
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
 	}
 	waitCaughtUp(t, db, 30*time.Second)
 	checkUsers(t, dsn)
+}
+
+// withRedeliveries returns ds followed by extra copies of random ones (Svix
+// redelivering, each copy a separate job), shuffled.
+func withRedeliveries(ds []domain.Delivery, extra int, seed uint64) []domain.Delivery {
+	jobs := append([]domain.Delivery(nil), ds...)
+	r := rand.New(rand.NewPCG(seed, seed+1))
+	for range extra {
+		jobs = append(jobs, ds[r.IntN(len(ds))])
+	}
+	r.Shuffle(len(jobs), func(i, j int) { jobs[i], jobs[j] = jobs[j], jobs[i] })
+	return jobs
+}
+
+// stream is a paced stream of deliveries sent by 8 Svix-like senders.
+type stream struct {
+	answered atomic.Int64 // jobs answered 2xx (and checked) so far
+	errs     chan error
+	wg       sync.WaitGroup
+}
+
+// startStream hands jobs to 8 goroutines sharing s, one every 4 ms (~250
+// deliveries/s, so the stream lasts seconds and faults land in its middle);
+// each delivers its job to addr until it is answered 2xx (or ctx ends), then
+// runs check on it, when not nil, and counts it answered. The feed pauses
+// while all 8 are retrying, as a sender's queue backs up.
+func startStream(ctx context.Context, s *sender, addr string, jobs []domain.Delivery, check func(context.Context, domain.Delivery) error) *stream {
+	st := &stream{errs: make(chan error, 2*len(jobs))}
+	next := make(chan domain.Delivery)
+	go func() {
+		defer close(next)
+		pace := time.NewTicker(4 * time.Millisecond)
+		defer pace.Stop()
+		for _, d := range jobs {
+			select {
+			case <-pace.C:
+			case <-ctx.Done():
+				return
+			}
+			select {
+			case next <- d:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	for range 8 {
+		st.wg.Go(func() {
+			for d := range next {
+				if _, err := s.deliver(ctx, addr, d); err != nil {
+					st.errs <- err
+					continue
+				}
+				if check != nil {
+					if err := check(ctx, d); err != nil {
+						st.errs <- err
+					}
+				}
+				st.answered.Add(1)
+			}
+		})
+	}
+	return st
+}
+
+// wait waits until every job has been answered (or ctx ended) and fails t
+// with every error the stream met.
+func (st *stream) wait(t *testing.T) {
+	t.Helper()
+	st.wg.Wait()
+	close(st.errs)
+	for err := range st.errs {
+		t.Error(err)
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
 }
 
 // sendAll delivers ds to addr from 8 senders, retrying as Svix does, and
