@@ -191,3 +191,26 @@ func TestChainHashAndDigest(t *testing.T) {
 		}
 	}
 }
+
+// An event stored for one user whose data names another is poison in the
+// fold itself, so the projector, rebuild, check and point-in-time all skip
+// it alike (it never reaches another user's state).
+func TestFoldRefusesEventStoredForAnotherUser(t *testing.T) {
+	good := userEvent(1, "user.created", "user_1", 1000, "Ada", "", "ada@example.com")
+	bad := userEvent(2, "user.updated", "user_2", 2000, "Mallory", "", "m@example.com")
+	bad.UserID = "user_1" // the column says user_1, the data user_2
+	u, errs := domain.Fold([]domain.Event{good, bad})
+	if len(errs) != 1 || domain.ErrorCode(errs[0]) != domain.EINVALID {
+		t.Fatalf("errors %v, want one EINVALID", errs)
+	}
+	if u.ID != "user_1" || u.FirstName != "Ada" {
+		t.Fatalf("state %+v, want Ada unchanged", u)
+	}
+	if id, err := domain.UserKey(bad); err != nil || id != "user_1" {
+		t.Fatalf("UserKey = %q, %v", id, err)
+	}
+	bad.UserID = ""
+	if id, err := domain.UserKey(bad); err != nil || id != "user_2" {
+		t.Fatalf("UserKey without a column = %q, %v, want the data's id", id, err)
+	}
+}

@@ -105,8 +105,10 @@ func str(p *string) string {
 // the ledger keeps the exact bytes.
 //
 // Apply returns an EINVALID error (and u unchanged) for a user event whose
-// data cannot be decoded, names no user, or has a NUL in the user id: a
-// poison event.
+// data cannot be decoded, names no user, has a NUL in the user id, or names
+// another user than the event's user_id column: a poison event. Every
+// consumer (projector, rebuild, check, point-in-time, timeline) folds with
+// Apply, so they agree on what is poison.
 func Apply(u User, e Event) (User, error) {
 	if !IsUserEvent(e.Type) {
 		return u, nil
@@ -123,6 +125,11 @@ func Apply(u User, e Event) (User, error) {
 		// Not replaced like other text (see StorableText): the id is the
 		// user's key, and a replaced id could name another user.
 		return u, Errorf(EINVALID, "event %d (%s): user id contains a NUL character", e.Position, e.Type)
+	}
+	if e.UserID != "" && e.UserID != d.ID {
+		// Never written by ingest (the column is derived from the data); a
+		// row like it would put one user's data in another's record.
+		return u, Errorf(EINVALID, "event %d (%s) is stored for user %s but its data names %s", e.Position, e.Type, e.UserID, d.ID)
 	}
 	if u.ID != "" && u.ID != d.ID {
 		return u, nil
@@ -201,6 +208,20 @@ func msTime(ms int64) time.Time {
 		return time.Time{}
 	}
 	return time.UnixMilli(ms).UTC()
+}
+
+// UserKey returns the id of the user a user event is about: its user_id
+// column, or for an event stored without one, the id in its data. It
+// returns Apply's error for a poison event that names no user.
+func UserKey(e Event) (string, error) {
+	if e.UserID != "" {
+		return e.UserID, nil
+	}
+	u, err := Apply(User{}, e)
+	if err != nil {
+		return "", err
+	}
+	return u.ID, nil
 }
 
 // Fold applies events in order to the zero User and returns the result and

@@ -8,7 +8,7 @@ import (
 	"strings"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
-	"github.com/clerk-ledger/clerk-ledger/projections"
+	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/jmoiron/sqlx"
 )
 
@@ -44,7 +44,7 @@ func (a *Auditors) IsAuditor(ctx context.Context, userID string) (bool, error) {
 	if a.db == nil {
 		return false, nil
 	}
-	u, err := projections.GetUser(ctx, a.db, userID)
+	u, err := schema.GetUser(ctx, a.db, userID)
 	if domain.ErrorCode(err) == domain.ENOTFOUND {
 		return false, nil
 	}

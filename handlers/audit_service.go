@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
-	"github.com/clerk-ledger/clerk-ledger/projections"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/jmoiron/sqlx"
 )
@@ -257,7 +256,7 @@ func UserAt(ctx context.Context, db *sqlx.DB, userID string, at time.Time) (User
 	}
 	h.State, h.Exists = u, u.Exists()
 	if at.IsZero() {
-		p, err := projections.GetUser(ctx, db, userID)
+		p, err := schema.GetUser(ctx, db, userID)
 		switch {
 		case domain.ErrorCode(err) == domain.ENOTFOUND:
 		case err != nil:

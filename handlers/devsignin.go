@@ -20,7 +20,7 @@ import (
 
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
 	"github.com/clerk-ledger/clerk-ledger/domain"
-	"github.com/clerk-ledger/clerk-ledger/projections"
+	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/jmoiron/sqlx"
 )
 
@@ -191,7 +191,7 @@ func handleDevSignInPage(pg *pages, db *sqlx.DB) http.HandlerFunc {
 			pg.renderError(w, r, domain.Errorf(domain.EUNAVAILABLE, "no database"))
 			return
 		}
-		users, err := projections.ListUsers(r.Context(), db, 200)
+		users, err := schema.ListUsers(r.Context(), db, 200)
 		if err != nil {
 			pg.renderError(w, r, err)
 			return
@@ -233,7 +233,7 @@ func handleDevSignIn(log *slog.Logger, pg *pages, dev *DevSignIn, db *sqlx.DB) h
 			pg.renderError(w, r, domain.Errorf(domain.EINVALID, "pick a user to sign in as"))
 			return
 		}
-		if _, err := projections.GetUser(r.Context(), db, id); err != nil {
+		if _, err := schema.GetUser(r.Context(), db, id); err != nil {
 			pg.renderError(w, r, err)
 			return
 		}

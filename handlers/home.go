@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
-	"github.com/clerk-ledger/clerk-ledger/projections"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/jmoiron/sqlx"
 )
@@ -78,7 +77,7 @@ func handleHome(log *slog.Logger, pg *pages, db *sqlx.DB, avatarHosts []string) 
 // loadHome reads s's projected record and ledger events.
 func loadHome(ctx context.Context, db schema.Queryer, s Session) (homePage, error) {
 	page := homePage{SessionID: s.SessionID}
-	u, err := projections.GetUser(ctx, db, s.UserID)
+	u, err := schema.GetUser(ctx, db, s.UserID)
 	switch {
 	case err == nil:
 		page.User, page.Synced = u, true

@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
-	"github.com/clerk-ledger/clerk-ledger/projections"
+	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/jmoiron/sqlx"
 )
 
@@ -48,7 +48,7 @@ func handleMe(log *slog.Logger, db *sqlx.DB) http.HandlerFunc {
 			writeError(w, r, log, domain.Errorf(domain.EUNAVAILABLE, "no database"))
 			return
 		}
-		u, err := projections.GetUser(r.Context(), db, s.UserID)
+		u, err := schema.GetUser(r.Context(), db, s.UserID)
 		if err != nil {
 			writeError(w, r, log, err)
 			return

@@ -122,20 +122,18 @@ func TestCollectorReportsProjectorsFromTheDatabase(t *testing.T) {
 	}
 
 	// A rebuild in progress (its lock held, progress recorded) shows.
-	release, err := lockRebuild(context.Background(), db, UsersName)
+	lock, err := schema.LockRebuild(context.Background(), db, UsersName)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.Exec(`UPDATE projection_rebuilds SET phase = 'fold', done = 7, total = 25 WHERE name = $1`, UsersName); err != nil {
-		t.Fatal(err)
-	}
+	lock.Progress(context.Background(), db, "fold", 7, 25)
 	wantSamples(t, scrape(t, c), map[string]float64{
 		`ledger_projector_rebuild_running{projector="users"}`:      1,
 		`ledger_projector_rebuild_done_events{projector="users"}`:  7,
 		`ledger_projector_rebuild_total_events{projector="users"}`: 25,
 		`ledger_projector_rebuild_running{projector="chain"}`:      0,
 	})
-	release()
+	lock.Release()
 	wantSamples(t, scrape(t, c), map[string]float64{`ledger_projector_rebuild_running{projector="users"}`: 0})
 }
 

@@ -108,7 +108,7 @@ func TestPoisonEventRecordedAndSkipped(t *testing.T) {
 	if cp != head || failed != 2 || applied != countUserEvents(t, db)-2 {
 		t.Fatalf("checkpoint %s (head %s), applied %d, failed %d", cp, head, applied, failed)
 	}
-	if _, err := GetUser(context.Background(), db, "user_bad"); domain.ErrorCode(err) != domain.ENOTFOUND {
+	if _, err := schema.GetUser(context.Background(), db, "user_bad"); domain.ErrorCode(err) != domain.ENOTFOUND {
 		t.Fatalf("poison event made a user: %v", err)
 	}
 	var users int

@@ -2,17 +2,14 @@ package projections
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/jmoiron/sqlx"
-	"github.com/lib/pq"
 )
 
 // Projector builds one read model from the ledger. The Runner calls Apply
@@ -146,7 +143,7 @@ func (r *Runner) loop(ctx context.Context, p Projector) {
 // recordError stores err as the projector's last error, for status. It is
 // best effort: when the database is down this fails too.
 func (r *Runner) recordError(ctx context.Context, name string, err error) {
-	_, _ = r.db.ExecContext(ctx, `UPDATE projection_checkpoints SET last_error = $2, last_error_at = now() WHERE name = $1`, name, errorText(err))
+	_ = schema.RecordProjectorError(ctx, r.db, name, errorText(err))
 }
 
 // maxErrorText is the most bytes of an error message stored for status.
@@ -229,7 +226,7 @@ type StepResult struct {
 
 // ErrCheckpointMoved is returned by Step when the checkpoint changed under
 // the batch (a concurrent runner without the lock); the batch was rolled back.
-var ErrCheckpointMoved = errors.New("checkpoint moved during the batch")
+var ErrCheckpointMoved = schema.ErrCheckpointMoved
 
 // Step runs one batch of p in one transaction (see Runner) and reports what
 // it did. On error nothing of the batch is committed.
@@ -239,16 +236,19 @@ func (r *Runner) Step(ctx context.Context, p Projector) (StepResult, error) {
 		return StepResult{}, fmt.Errorf("projector %s: begin: %w", p.Name(), schema.Classify(err))
 	}
 	defer tx.Rollback()
-	var locked bool
-	if err := tx.QueryRowxContext(ctx, `SELECT pg_try_advisory_xact_lock(hashtext('projector:' || $1))`, p.Name()).Scan(&locked); err != nil {
-		return StepResult{}, fmt.Errorf("projector %s: lock: %w", p.Name(), schema.Classify(err))
+	locked, err := schema.TryProjectorLock(ctx, tx, p.Name())
+	if err != nil {
+		return StepResult{}, err
 	}
 	if !locked {
 		return StepResult{Busy: true}, nil
 	}
-	cp, err := readCheckpoint(ctx, tx, p.Name())
+	cp, found, err := schema.ReadCheckpoint(ctx, tx, p.Name())
 	if err != nil {
 		return StepResult{}, err
+	}
+	if !found {
+		return StepResult{}, fmt.Errorf("projector %s has no checkpoint (EnsureCheckpoint first)", p.Name())
 	}
 	batch, err := schema.ReadBatch(ctx, tx, cp, p.Types(), r.BatchSize)
 	if err != nil {
@@ -269,7 +269,7 @@ func (r *Runner) Step(ctx context.Context, p Projector) (StepResult, error) {
 		r.log.Warn("poison event skipped", "projector", p.Name(), "position", f.Position, "delivery_id", f.DeliveryID, "err", f.Err)
 	}
 	res.Failed = len(failures)
-	if err := moveCheckpoint(ctx, tx, p.Name(), cp, batch.Next, len(batch.Events)-len(failures), len(failures)); err != nil {
+	if err := schema.MoveCheckpoint(ctx, tx, p.Name(), cp, batch.Next, len(batch.Events)-len(failures), len(failures)); err != nil {
 		return StepResult{}, err
 	}
 	if err := tx.Commit(); err != nil {
@@ -310,60 +310,17 @@ func (r *Runner) CatchUp(ctx context.Context) error {
 
 // EnsureCheckpoint creates the checkpoint row of projector name (at the
 // start of the ledger) when it does not exist.
-func EnsureCheckpoint(ctx context.Context, db sqlx.ExecerContext, name string) error {
-	if _, err := db.ExecContext(ctx, `INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING`, name); err != nil {
-		return fmt.Errorf("create checkpoint of %s: %w", name, schema.Classify(err))
-	}
-	return nil
-}
-
-func readCheckpoint(ctx context.Context, q schema.Queryer, name string) (schema.Cursor, error) {
-	var tx string
-	var c schema.Cursor
-	err := q.QueryRowxContext(ctx, `SELECT transaction_id::text, position FROM projection_checkpoints WHERE name = $1`, name).Scan(&tx, &c.Position)
-	if err != nil {
-		return schema.Cursor{}, fmt.Errorf("read checkpoint of %s: %w", name, schema.Classify(err))
-	}
-	if c.TxID, err = strconv.ParseUint(tx, 10, 64); err != nil {
-		return schema.Cursor{}, fmt.Errorf("read checkpoint of %s: transaction id %q: %w", name, tx, err)
-	}
-	return c, nil
-}
-
-// moveCheckpoint moves name's checkpoint from `from` to `to` and adds to its
-// counters, failing with ErrCheckpointMoved when it is no longer at from.
-func moveCheckpoint(ctx context.Context, tx *sqlx.Tx, name string, from, to schema.Cursor, applied, failed int) error {
-	res, err := tx.ExecContext(ctx, `UPDATE projection_checkpoints
-SET transaction_id = $4::xid8, position = $5, applied = applied + $6, failed = failed + $7, updated_at = now()
-WHERE name = $1 AND transaction_id = $2::xid8 AND position = $3`,
-		name, strconv.FormatUint(from.TxID, 10), from.Position, strconv.FormatUint(to.TxID, 10), to.Position, applied, failed)
-	if err != nil {
-		return fmt.Errorf("move checkpoint of %s to %s: %w", name, to, schema.Classify(err))
-	}
-	if n, _ := res.RowsAffected(); n != 1 {
-		return fmt.Errorf("projector %s at %s: %w", name, from, ErrCheckpointMoved)
-	}
-	return nil
+func EnsureCheckpoint(ctx context.Context, db schema.Execer, name string) error {
+	return schema.EnsureCheckpoint(ctx, db, name)
 }
 
 // recordFailures stores poison events in projection_failures; one already
 // recorded (a rebuild finding it again) is kept as it is. Messages are
 // stored as errorText, so recording cannot be refused itself.
 func recordFailures(ctx context.Context, tx *sqlx.Tx, name string, fs []Failure) error {
-	if len(fs) == 0 {
-		return nil
-	}
-	pos := make([]int64, len(fs))
-	ids := make([]string, len(fs))
-	msgs := make([]string, len(fs))
+	recs := make([]schema.FailureRecord, len(fs))
 	for i, f := range fs {
-		pos[i], ids[i], msgs[i] = f.Position, domain.StorableText(f.DeliveryID), errorText(f.Err)
+		recs[i] = schema.FailureRecord{Position: f.Position, DeliveryID: domain.StorableText(f.DeliveryID), Error: errorText(f.Err)}
 	}
-	_, err := tx.ExecContext(ctx, `INSERT INTO projection_failures (projector, position, delivery_id, error)
-SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[])
-ON CONFLICT (projector, position) DO NOTHING`, name, pq.Array(pos), pq.Array(ids), pq.Array(msgs))
-	if err != nil {
-		return fmt.Errorf("record %d poison events of %s: %w", len(fs), name, schema.Classify(err))
-	}
-	return nil
+	return schema.RecordFailures(ctx, tx, name, recs)
 }

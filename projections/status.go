@@ -3,10 +3,8 @@ package projections
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -44,23 +42,10 @@ type Status struct {
 }
 
 // FailureRecord is a poison event as projection_failures records it.
-type FailureRecord struct {
-	Position   int64     `json:"position"`
-	DeliveryID string    `json:"delivery_id"`
-	Error      string    `json:"error"`
-	FailedAt   time.Time `json:"failed_at"`
-}
+type FailureRecord = schema.FailureRecord
 
 // RebuildStatus is a rebuild in progress.
-type RebuildStatus struct {
-	PID       int       `json:"pid"`
-	Host      string    `json:"host"`
-	Phase     string    `json:"phase"`
-	Done      int64     `json:"done"`
-	Total     int64     `json:"total"`
-	StartedAt time.Time `json:"started_at"`
-	UpdatedAt time.Time `json:"updated_at"`
-}
+type RebuildStatus = schema.RebuildStatus
 
 // ReadStatus returns the status of every projector with a checkpoint, and of
 // each of known (by name) that has none yet, sorted by name.
@@ -87,38 +72,24 @@ func readStatus(ctx context.Context, tx *sqlx.Tx, known ...string) ([]Status, er
 	if err != nil {
 		return nil, err
 	}
-	var now time.Time
-	if err := tx.GetContext(ctx, &now, `SELECT now()`); err != nil {
-		return nil, fmt.Errorf("status: %w", schema.Classify(err))
+	now, err := schema.Now(ctx, tx)
+	if err != nil {
+		return nil, fmt.Errorf("status: %w", err)
 	}
 	gate, err := schema.ReadGate(ctx, tx)
 	if err != nil {
 		return nil, fmt.Errorf("status: %w", err)
 	}
-	rows, err := tx.QueryxContext(ctx, `SELECT name, transaction_id::text, position, applied, failed, updated_at, last_error, last_error_at
-FROM projection_checkpoints ORDER BY name`)
+	cps, err := schema.ReadCheckpoints(ctx, tx)
 	if err != nil {
-		return nil, fmt.Errorf("status: read checkpoints: %w", schema.Classify(err))
+		return nil, fmt.Errorf("status: %w", err)
 	}
 	var out []Status
 	seen := map[string]bool{}
-	for rows.Next() {
-		var s Status
-		var tx string
-		var errAt sql.NullTime
-		if err := rows.Scan(&s.Name, &tx, &s.Checkpoint.Position, &s.Applied, &s.Failed, &s.UpdatedAt, &s.LastError, &errAt); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("status: read checkpoints: %w", schema.Classify(err))
-		}
-		s.Checkpoint.TxID, _ = strconv.ParseUint(tx, 10, 64)
-		s.LastErrorAt = errAt.Time
-		s.Started = true
-		seen[s.Name] = true
-		out = append(out, s)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("status: read checkpoints: %w", schema.Classify(err))
+	for _, c := range cps {
+		out = append(out, Status{Name: c.Name, Checkpoint: c.Checkpoint, Applied: c.Applied, Failed: c.Failed,
+			UpdatedAt: c.UpdatedAt, LastError: c.LastError, LastErrorAt: c.LastErrorAt, Started: true})
+		seen[c.Name] = true
 	}
 	for _, k := range known {
 		if !seen[k] {
@@ -144,37 +115,12 @@ FROM projection_checkpoints ORDER BY name`)
 				s.LagSeconds = max(s.LagSeconds, now.Sub(next[0].ReceivedAt).Seconds())
 			}
 		}
-		var f FailureRecord
-		err := tx.QueryRowxContext(ctx, `SELECT position, delivery_id, error, failed_at FROM projection_failures
-WHERE projector = $1 ORDER BY failed_at DESC, position DESC LIMIT 1`, s.Name).Scan(&f.Position, &f.DeliveryID, &f.Error, &f.FailedAt)
-		switch {
-		case err == nil:
-			s.LastFailure = &f
-		case !errors.Is(err, sql.ErrNoRows):
-			return nil, fmt.Errorf("status: read failures: %w", schema.Classify(err))
+		if s.LastFailure, err = schema.LastFailure(ctx, tx, s.Name); err != nil {
+			return nil, fmt.Errorf("status: %w", err)
 		}
-		if s.Rebuild, err = readRebuild(ctx, tx, s.Name); err != nil {
+		if s.Rebuild, err = schema.ReadRebuild(ctx, tx, s.Name); err != nil {
 			return nil, err
 		}
 	}
 	return out, nil
-}
-
-// readRebuild returns the rebuild of name in progress: a projection_rebuilds
-// row whose process still holds the rebuild lock (a row left by a crashed
-// process is not one).
-func readRebuild(ctx context.Context, q schema.Queryer, name string) (*RebuildStatus, error) {
-	var r RebuildStatus
-	err := q.QueryRowxContext(ctx, `SELECT pid, host, phase, done, total, started_at, updated_at FROM projection_rebuilds r
-WHERE name = $1 AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
-    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-    AND l.classid = $2 AND l.objid = (hashtext(r.name)::bigint & 4294967295)::oid AND l.objsubid = 2)`, name, rebuildLockNS).
-		Scan(&r.PID, &r.Host, &r.Phase, &r.Done, &r.Total, &r.StartedAt, &r.UpdatedAt)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("status: read rebuilds: %w", schema.Classify(err))
-	}
-	return &r, nil
 }

@@ -8,12 +8,10 @@ import (
 	"runtime"
 	"slices"
 	"sync"
-	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/jmoiron/sqlx"
-	"github.com/lib/pq"
 )
 
 // UsersName is the name of the users projector.
@@ -32,12 +30,15 @@ var userTypes = []string{"user.created", "user.updated", "user.deleted"}
 // StorableJSON); a row PostgreSQL still refuses is the Runner's to isolate
 // (applyIsolated), and a rebuild's and check's (loadFolded).
 type Users struct {
-	table   string
+	table   schema.UsersTable
 	workers int
+	seed    maphash.Seed // shards users among the fold's workers
 }
 
 // NewUsers returns the users projector writing the live users table.
-func NewUsers() *Users { return &Users{table: "users", workers: runtime.GOMAXPROCS(0)} }
+func NewUsers() *Users {
+	return &Users{table: schema.LiveUsers(), workers: runtime.GOMAXPROCS(0), seed: maphash.MakeSeed()}
+}
 
 // Name implements Projector.
 func (p *Users) Name() string { return UsersName }
@@ -46,10 +47,12 @@ func (p *Users) Name() string { return UsersName }
 func (p *Users) Types() []string { return userTypes }
 
 // Table is the table the projector writes.
-func (p *Users) Table() string { return p.table }
+func (p *Users) Table() schema.UsersTable { return p.table }
 
-// aside returns the same projector writing into table.
-func (p *Users) aside(table string) *Users { return &Users{table: table, workers: p.workers} }
+// aside returns the same projector writing into the table named table.
+func (p *Users) aside(table string) *Users {
+	return &Users{table: p.table.Aside(table), workers: p.workers, seed: p.seed}
+}
 
 // Apply implements Projector.
 func (p *Users) Apply(ctx context.Context, tx *sqlx.Tx, events []domain.Event) ([]Failure, error) {
@@ -61,17 +64,21 @@ func (p *Users) Apply(ctx context.Context, tx *sqlx.Tx, events []domain.Event) (
 	for id := range keys {
 		ids = append(ids, id)
 	}
-	states, err := p.load(ctx, tx, ids)
+	stored, err := p.table.Load(ctx, tx, ids)
 	if err != nil {
 		return nil, err
 	}
+	states := make(map[string]*userState, len(ids))
 	for _, id := range ids {
-		if states[id] == nil {
-			states[id] = &userState{}
-		}
+		r := stored[id]
+		states[id] = &userState{u: r.User, last: schema.Cursor{Position: r.LastPosition}}
 	}
-	failures = append(failures, foldParallel(states, events, keys, p.workers)...)
-	if err := p.upsert(ctx, tx, states); err != nil {
+	failures = append(failures, p.foldParallel(states, events, keys)...)
+	rows := make([]schema.UserRow, 0, len(states))
+	for _, st := range states {
+		rows = append(rows, st.row())
+	}
+	if err := p.table.Upsert(ctx, tx, rows); err != nil {
 		return nil, err
 	}
 	return failures, nil
@@ -83,14 +90,15 @@ type userState struct {
 	last schema.Cursor
 }
 
-// apply folds e, an event about user id, into s; it returns a Failure for a
-// poison event, also for one whose data names another user than its user_id
-// column (never written by ingest; it would put one user in two rows).
-func (s *userState) apply(id string, e domain.Event) *Failure {
+// row is s as the users table stores it.
+func (s *userState) row() schema.UserRow {
+	return schema.UserRow{User: s.u, LastPosition: s.last.Position}
+}
+
+// apply folds e, an event about user id (domain.UserKey), into s; it
+// returns a Failure for a poison event (domain.Apply's rules).
+func (s *userState) apply(e domain.Event) *Failure {
 	next, err := domain.Apply(s.u, e)
-	if err == nil && next.ID != id {
-		err = domain.Errorf(domain.EINVALID, "event %d (%s) is stored for user %s but its data names %s", e.Position, e.Type, id, next.ID)
-	}
 	if err != nil {
 		return &Failure{Position: e.Position, DeliveryID: e.DeliveryID, Err: err}
 	}
@@ -101,17 +109,14 @@ func (s *userState) apply(id string, e domain.Event) *Failure {
 	return nil
 }
 
-// userKey returns the id of the user e is about: its user_id column, or for
-// an event stored without one, the id in its data (or a Failure).
+// userKey returns the id of the user e is about (domain.UserKey), or a
+// Failure for a poison event that names none.
 func userKey(e domain.Event) (string, *Failure) {
-	if e.UserID != "" {
-		return e.UserID, nil
-	}
-	u, err := domain.Apply(domain.User{}, e)
+	id, err := domain.UserKey(e)
 	if err != nil {
 		return "", &Failure{Position: e.Position, DeliveryID: e.DeliveryID, Err: err}
 	}
-	return u.ID, nil
+	return id, nil
 }
 
 // userKeys maps each event index to its user (by position in events) and
@@ -130,19 +135,17 @@ func userKeys(events []domain.Event) (map[string][]int, []Failure) {
 	return keys, failures
 }
 
-var shardSeed = maphash.MakeSeed()
-
-func shardOf(id string, n int) int { return int(maphash.String(shardSeed, id) % uint64(n)) }
+func (p *Users) shardOf(id string, n int) int { return int(maphash.String(p.seed, id) % uint64(n)) }
 
 // foldParallel folds every user's events (keys: user -> indexes into events,
 // in ledger order) into states, which holds an entry for every user. Users
 // are split into shards folded concurrently; each state is touched by one
 // goroutine only.
-func foldParallel(states map[string]*userState, events []domain.Event, keys map[string][]int, workers int) []Failure {
-	workers = max(1, min(workers, len(keys)/64+1))
+func (p *Users) foldParallel(states map[string]*userState, events []domain.Event, keys map[string][]int) []Failure {
+	workers := max(1, min(p.workers, len(keys)/64+1))
 	shards := make([][]string, workers)
 	for id := range keys {
-		w := shardOf(id, workers)
+		w := p.shardOf(id, workers)
 		shards[w] = append(shards[w], id)
 	}
 	fails := make([][]Failure, workers)
@@ -152,7 +155,7 @@ func foldParallel(states map[string]*userState, events []domain.Event, keys map[
 			for _, id := range shards[w] {
 				s := states[id]
 				for _, i := range keys[id] {
-					if f := s.apply(id, events[i]); f != nil {
+					if f := s.apply(events[i]); f != nil {
 						fails[w] = append(fails[w], *f)
 					}
 				}
@@ -165,109 +168,6 @@ func foldParallel(states map[string]*userState, events []domain.Event, keys map[
 		out = append(out, f...)
 	}
 	return out
-}
-
-// load reads the stored rows of ids from the projector's table.
-func (p *Users) load(ctx context.Context, q schema.Queryer, ids []string) (map[string]*userState, error) {
-	rows, err := q.QueryxContext(ctx, `SELECT `+userColumns+`, last_position FROM `+pq.QuoteIdentifier(p.table)+` WHERE id = ANY($1)`, pq.Array(ids))
-	if err != nil {
-		return nil, fmt.Errorf("load %d users: %w", len(ids), schema.Classify(err))
-	}
-	defer rows.Close()
-	out := make(map[string]*userState, len(ids))
-	for rows.Next() {
-		var last int64
-		u, err := scanUser(withExtra{rows, []any{&last}})
-		if err != nil {
-			return nil, fmt.Errorf("load users: %w", schema.Classify(err))
-		}
-		out[u.ID] = &userState{u: u, last: schema.Cursor{Position: last}}
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("load users: %w", schema.Classify(err))
-	}
-	return out, nil
-}
-
-// withExtra scans the row's trailing columns into extra.
-type withExtra struct {
-	row   interface{ Scan(...any) error }
-	extra []any
-}
-
-func (w withExtra) Scan(dest ...any) error { return w.row.Scan(append(dest, w.extra...)...) }
-
-// writeColumns are the users columns the projector writes, in the order of
-// userRecord.values.
-const writeColumns = `id, email, first_name, last_name, name, username, image_url, public_metadata,
-created_at, updated_at, deleted, deleted_at, version_updated_at, version_occurred_at, version_delivery_id, last_position`
-
-func tsText(t time.Time) string {
-	if t.IsZero() {
-		return ""
-	}
-	return t.UTC().Format(time.RFC3339Nano)
-}
-
-// tsArg is t as a COPY value: tsText, or NULL for the zero time.
-func tsArg(t time.Time) any {
-	if t.IsZero() {
-		return nil
-	}
-	return tsText(t)
-}
-
-func metaText(u domain.User) string {
-	if len(u.PublicMetadata) == 0 {
-		return "{}"
-	}
-	return string(u.PublicMetadata)
-}
-
-// upsert writes states into the projector's table in one statement.
-func (p *Users) upsert(ctx context.Context, tx *sqlx.Tx, states map[string]*userState) error {
-	n := len(states)
-	var (
-		ids, emails, firsts, lasts, names, usernames, images, metas = make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n)
-		created, updated, deletedAt, vdel                           = make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n)
-		deleted                                                     = make([]bool, 0, n)
-		vupd, vocc, lastPos                                         = make([]int64, 0, n), make([]int64, 0, n), make([]int64, 0, n)
-	)
-	for _, s := range states {
-		u := s.u
-		if u.ID == "" {
-			continue // only poison events: nothing to write
-		}
-		ids, emails, firsts, lasts = append(ids, u.ID), append(emails, u.Email), append(firsts, u.FirstName), append(lasts, u.LastName)
-		names, usernames, images, metas = append(names, u.Name()), append(usernames, u.Username), append(images, u.ImageURL), append(metas, metaText(u))
-		created, updated, deletedAt = append(created, tsText(u.CreatedAt)), append(updated, tsText(u.UpdatedAt)), append(deletedAt, tsText(u.DeletedAt))
-		deleted, vupd, vocc, vdel = append(deleted, u.Deleted), append(vupd, u.Version.UpdatedAt), append(vocc, u.Version.OccurredAt), append(vdel, u.Version.DeliveryID)
-		lastPos = append(lastPos, s.last.Position)
-	}
-	if len(ids) == 0 {
-		return nil
-	}
-	_, err := tx.ExecContext(ctx, `INSERT INTO `+pq.QuoteIdentifier(p.table)+` (`+writeColumns+`)
-SELECT id, email, first_name, last_name, name, username, image_url, meta::jsonb,
-       NULLIF(created, '')::timestamptz, NULLIF(updated, '')::timestamptz, deleted, NULLIF(deleted_at, '')::timestamptz,
-       vupd, vocc, vdel, last_position
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-            $9::text[], $10::text[], $11::bool[], $12::text[], $13::bigint[], $14::bigint[], $15::text[], $16::bigint[])
-     AS t(id, email, first_name, last_name, name, username, image_url, meta, created, updated, deleted, deleted_at, vupd, vocc, vdel, last_position)
-ON CONFLICT (id) DO UPDATE SET
-    email = EXCLUDED.email, first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name, name = EXCLUDED.name,
-    username = EXCLUDED.username, image_url = EXCLUDED.image_url, public_metadata = EXCLUDED.public_metadata,
-    created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, deleted = EXCLUDED.deleted,
-    deleted_at = EXCLUDED.deleted_at, version_updated_at = EXCLUDED.version_updated_at,
-    version_occurred_at = EXCLUDED.version_occurred_at, version_delivery_id = EXCLUDED.version_delivery_id,
-    last_position = EXCLUDED.last_position`,
-		pq.Array(ids), pq.Array(emails), pq.Array(firsts), pq.Array(lasts), pq.Array(names), pq.Array(usernames),
-		pq.Array(images), pq.Array(metas), pq.Array(created), pq.Array(updated), pq.Array(deleted), pq.Array(deletedAt),
-		pq.Array(vupd), pq.Array(vocc), pq.Array(vdel), pq.Array(lastPos))
-	if err != nil {
-		return fmt.Errorf("upsert %d users into %s: %w", len(ids), p.table, schema.Classify(err))
-	}
-	return nil
 }
 
 // loadFolded writes the users of bf, folded from the events in (after,
@@ -284,21 +184,21 @@ ON CONFLICT (id) DO UPDATE SET
 // PostgreSQL refuses; the slow path costs one more scan of the range, and
 // only when a row is refused.
 func (p *Users) loadFolded(ctx context.Context, tx *sqlx.Tx, bf *bulkFold, after, upTo schema.Cursor) ([]Failure, error) {
-	states := make([]*userState, 0, bf.users())
+	rows := make([]schema.UserRow, 0, bf.users())
 	for _, m := range bf.shards {
 		for _, s := range m {
 			if s.u.ID != "" { // only poison events: nothing to write
-				states = append(states, s)
+				rows = append(rows, s.row())
 			}
 		}
 	}
-	refused, err := p.copyIsolated(ctx, tx, states)
+	refused, err := p.copyIsolated(ctx, tx, rows)
 	if err != nil || len(refused) == 0 {
 		return bf.failures, err
 	}
 	ids := make(map[string]bool, len(refused))
-	for _, s := range refused {
-		ids[s.u.ID] = true
+	for _, r := range refused {
+		ids[r.User.ID] = true
 	}
 	var events []domain.Event
 	err = schema.StreamEvents(ctx, tx, after, upTo, userTypes, func(e domain.Event) error {
@@ -332,17 +232,17 @@ func (p *Users) loadFolded(ctx context.Context, tx *sqlx.Tx, bf *bulkFold, after
 	return out, nil
 }
 
-// copyIsolated COPYs states into the projector's table inside a savepoint
-// and returns the states whose rows PostgreSQL refuses (schema.Refused),
-// found by COPYing halves, down to single rows; the others are written.
-func (p *Users) copyIsolated(ctx context.Context, tx *sqlx.Tx, states []*userState) ([]*userState, error) {
+// copyIsolated COPYs rows into the projector's table inside a savepoint
+// and returns the rows PostgreSQL refuses (schema.Refused), found by
+// COPYing halves, down to single rows; the others are written.
+func (p *Users) copyIsolated(ctx context.Context, tx *sqlx.Tx, states []schema.UserRow) ([]schema.UserRow, error) {
 	if len(states) == 0 {
 		return nil, nil
 	}
 	if _, err := tx.ExecContext(ctx, `SAVEPOINT copy_isolated`); err != nil {
 		return nil, fmt.Errorf("savepoint: %w", schema.Classify(err))
 	}
-	err := p.copyInto(ctx, tx, states)
+	err := p.table.Copy(ctx, tx, states)
 	if err == nil {
 		if _, err := tx.ExecContext(ctx, `RELEASE SAVEPOINT copy_isolated`); err != nil {
 			return nil, fmt.Errorf("release savepoint: %w", schema.Classify(err))
@@ -368,32 +268,6 @@ func (p *Users) copyIsolated(ctx context.Context, tx *sqlx.Tx, states []*userSta
 		return nil, err
 	}
 	return append(left, right...), nil
-}
-
-// copyInto writes states into the projector's table, which must hold none
-// of them, with one COPY inside tx. Values are encoded as upsert encodes
-// them (timestamps as tsText), so PostgreSQL takes or refuses a row alike
-// on both paths.
-func (p *Users) copyInto(ctx context.Context, tx *sqlx.Tx, states []*userState) error {
-	stmt, err := tx.PrepareContext(ctx, pq.CopyIn(p.table, "id", "email", "first_name", "last_name", "name", "username",
-		"image_url", "public_metadata", "created_at", "updated_at", "deleted", "deleted_at",
-		"version_updated_at", "version_occurred_at", "version_delivery_id", "last_position"))
-	if err != nil {
-		return fmt.Errorf("copy into %s: %w", p.table, schema.Classify(err))
-	}
-	defer stmt.Close()
-	for _, s := range states {
-		u := s.u
-		if _, err := stmt.ExecContext(ctx, u.ID, u.Email, u.FirstName, u.LastName, u.Name(), u.Username, u.ImageURL,
-			metaText(u), tsArg(u.CreatedAt), tsArg(u.UpdatedAt), u.Deleted, tsArg(u.DeletedAt),
-			u.Version.UpdatedAt, u.Version.OccurredAt, u.Version.DeliveryID, s.last.Position); err != nil {
-			return fmt.Errorf("copy user %s into %s: %w", u.ID, p.table, schema.Classify(err))
-		}
-	}
-	if _, err := stmt.ExecContext(ctx); err != nil {
-		return fmt.Errorf("copy into %s: %w", p.table, schema.Classify(err))
-	}
-	return nil
 }
 
 // bulkFold is the result of folding a range of the ledger in memory.
@@ -438,7 +312,7 @@ func (p *Users) fold(ctx context.Context, q schema.Queryer, after, upTo schema.C
 							s = &userState{}
 							m[k] = s
 						}
-						f = s.apply(k, e)
+						f = s.apply(e)
 					}
 					if f != nil {
 						fails[w] = append(fails[w], *f)
@@ -462,7 +336,7 @@ func (p *Users) fold(ctx context.Context, q schema.Queryer, after, upTo schema.C
 			}
 		}
 		if e.UserID != "" {
-			w = shardOf(e.UserID, workers)
+			w = p.shardOf(e.UserID, workers)
 		}
 		pending[w] = append(pending[w], e)
 		if len(pending[w]) >= chunk {

@@ -287,19 +287,9 @@ type Head struct {
 // ReadHead returns the ledger head. On an empty ledger it returns the zero Head.
 func ReadHead(ctx context.Context, q Queryer) (Head, error) {
 	var h Head
-	var tx sql.NullString
-	var pos sql.NullInt64
-	var occ, rec sql.NullTime
-	err := q.QueryRowxContext(ctx, `SELECT transaction_id::text AS tx, position, occurred_at, received_at FROM events
-WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY transaction_id DESC, position DESC LIMIT 1`).Scan(&tx, &pos, &occ, &rec)
-	if err != nil && err != sql.ErrNoRows {
-		return Head{}, fmt.Errorf("read ledger head: %w", Classify(err))
-	}
-	if tx.Valid {
-		h.Cursor.TxID, _ = strconv.ParseUint(tx.String, 10, 64)
-		h.Cursor.Position = pos.Int64
-		h.OccurredAt, h.ReceivedAt = occ.Time.UTC(), rec.Time.UTC()
+	var err error
+	if h.Cursor, h.OccurredAt, h.ReceivedAt, _, err = gateHead(ctx, q); err != nil {
+		return Head{}, err
 	}
 	if err := q.QueryRowxContext(ctx, `SELECT count(*) FROM events`).Scan(&h.Count); err != nil {
 		return Head{}, fmt.Errorf("count ledger: %w", Classify(err))

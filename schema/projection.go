@@ -22,25 +22,33 @@ func (c Cursor) Less(d Cursor) bool {
 	return c.Position < d.Position
 }
 
+// gateHeadSQL selects the last event in ledger order below the xid8 gate.
+const gateHeadSQL = `SELECT transaction_id::text AS tx, position, occurred_at, received_at FROM events
+WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY transaction_id DESC, position DESC LIMIT 1`
+
+// gateHead reads gateHeadSQL; ok is false on an empty ledger.
+func gateHead(ctx context.Context, q Queryer) (c Cursor, occurred, received time.Time, ok bool, err error) {
+	var tx string
+	err = q.QueryRowxContext(ctx, gateHeadSQL).Scan(&tx, &c.Position, &occurred, &received)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Cursor{}, time.Time{}, time.Time{}, false, nil
+	}
+	if err != nil {
+		return Cursor{}, time.Time{}, time.Time{}, false, fmt.Errorf("read ledger gate head: %w", Classify(err))
+	}
+	if c.TxID, err = strconv.ParseUint(tx, 10, 64); err != nil {
+		return Cursor{}, time.Time{}, time.Time{}, false, fmt.Errorf("read ledger gate head: transaction id %q: %w", tx, err)
+	}
+	return c, occurred.UTC(), received.UTC(), true, nil
+}
+
 // GateHead returns the last event in ledger order below the xid8 gate, or
 // the zero Cursor on an empty ledger. Every event at or before it is final:
 // no transaction that could still add one before it is running.
 func GateHead(ctx context.Context, q Queryer) (Cursor, error) {
-	var tx string
-	var c Cursor
-	err := q.QueryRowxContext(ctx, `SELECT transaction_id::text AS tx, position FROM events
-WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY transaction_id DESC, position DESC LIMIT 1`).Scan(&tx, &c.Position)
-	if errors.Is(err, sql.ErrNoRows) {
-		return Cursor{}, nil
-	}
-	if err != nil {
-		return Cursor{}, fmt.Errorf("read ledger gate head: %w", Classify(err))
-	}
-	if c.TxID, err = strconv.ParseUint(tx, 10, 64); err != nil {
-		return Cursor{}, fmt.Errorf("read ledger gate head: transaction id %q: %w", tx, err)
-	}
-	return c, nil
+	c, _, _, _, err := gateHead(ctx, q)
+	return c, err
 }
 
 // Gate is what the xid8 gate holds back now: committed events that readers
@@ -252,41 +260,4 @@ func CopyDeliveries(ctx context.Context, tx *sqlx.Tx, ds []Backdated) error {
 		return fmt.Errorf("copy into events: %w", Classify(err))
 	}
 	return nil
-}
-
-// BaselineUsers builds table (dropped first if it exists) from the user
-// events with one set-based statement: the last user.* event of each user in
-// ledger order, its fields extracted in SQL (DISTINCT ON (user_id) ... ORDER
-// BY ... DESC). It is the speed baseline of `ledger bench rebuild`, not a
-// correct fold: it trusts ledger order, so a late older update wins. It
-// returns the number of rows built.
-func BaselineUsers(ctx context.Context, db *sqlx.DB, table string) (int64, error) {
-	t := pq.QuoteIdentifier(table)
-	if _, err := db.ExecContext(ctx, `DROP TABLE IF EXISTS `+t); err != nil {
-		return 0, fmt.Errorf("drop %s: %w", table, Classify(err))
-	}
-	res, err := db.ExecContext(ctx, `CREATE TABLE `+t+` AS
-SELECT user_id AS id,
-       deleted,
-       CASE WHEN deleted THEN '' ELSE COALESCE((SELECT a->>'email_address' FROM jsonb_array_elements(d->'email_addresses') a
-                                                WHERE a->>'id' = d->>'primary_email_address_id' LIMIT 1), '') END AS email,
-       CASE WHEN deleted THEN '' ELSE COALESCE(d->>'first_name', '') END AS first_name,
-       CASE WHEN deleted THEN '' ELSE COALESCE(d->>'last_name', '') END AS last_name,
-       CASE WHEN deleted THEN '' ELSE COALESCE(d->>'username', '') END AS username,
-       CASE WHEN deleted THEN '' ELSE COALESCE(d->>'image_url', '') END AS image_url,
-       CASE WHEN deleted THEN '{}'::jsonb ELSE COALESCE(d->'public_metadata', '{}'::jsonb) END AS public_metadata,
-       to_timestamp((d->>'created_at')::bigint / 1000.0) AS created_at,
-       to_timestamp((d->>'updated_at')::bigint / 1000.0) AS updated_at,
-       position AS last_position
-FROM (
-    SELECT DISTINCT ON (user_id) user_id, position, type = 'user.deleted' AS deleted, body::jsonb->'data' AS d
-    FROM events
-    WHERE type IN ('user.created', 'user.updated', 'user.deleted') AND user_id IS NOT NULL
-    ORDER BY user_id, transaction_id DESC, position DESC
-) last`)
-	if err != nil {
-		return 0, fmt.Errorf("baseline rebuild into %s: %w", table, Classify(err))
-	}
-	n, _ := res.RowsAffected()
-	return n, nil
 }
