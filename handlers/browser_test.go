@@ -117,8 +117,8 @@ func TestBrowserEndToEnd(t *testing.T) {
 	t.Run("signed in shows the own record and timeline", func(t *testing.T) {
 		text := e.visit(t, ctx, "/", map[string]string{sessionCookie: e.token(t, ada.ID)})
 		mustContain(t, text, "Ada Lovelace", "ada@example.com", ada.ID, "Your timeline",
-			"Account created as Ada Byron", "Changed name to Ada Lovelace", "Signed in",
-			"Clerk sent you an email: verification code")
+			"Account created as \u2068Ada Byron\u2069", "Changed name to \u2068Ada Lovelace\u2069", "Signed in",
+			"Clerk sent you an email: \u2068verification code\u2069")
 		mustNotContain(t, text, "Bob", "bob@example.com", "Not synced yet")
 		if !evalBool(t, ctx, `document.querySelectorAll("#timeline li").length === 4`) {
 			t.Error("the timeline does not list Ada's 4 events")
