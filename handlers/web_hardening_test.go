@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"html"
+	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -13,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/network"
+	"github.com/chromedp/chromedp"
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
@@ -160,13 +163,20 @@ func TestAuditorRoleExactKey(t *testing.T) {
 			t.Fatal(err)
 		}
 		if raw := metadataRole(json.RawMessage(tc.meta)); (sqlRole == nil && raw != "") || (sqlRole != nil && *sqlRole != raw) {
-			t.Errorf("%s: metadataRole %q, PostgreSQL %v", tc.meta, raw, sqlRole)
+			t.Errorf("%s: metadataRole %q, PostgreSQL %q", tc.meta, raw, deref(sqlRole))
 		}
 		res, _ := e.get(t, id, "/audit/log")
 		if want := map[bool]int{true: 200, false: 403}[tc.want]; res.StatusCode != want {
 			t.Errorf("%s: /audit/log %d, want %d", tc.meta, res.StatusCode, want)
 		}
 	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return "(none)"
+	}
+	return *s
 }
 
 // TestBadParametersAre400: NUL, control characters and invalid UTF-8 in a
@@ -477,4 +487,115 @@ func TestBidiControlsAreIsolated(t *testing.T) {
 	mustContain(t, pages["audit log"], "<bdi>"+rlo+mallory.ID+"</bdi>")
 	// Initials never start with a control.
 	mustNotContain(t, pages["home"], "<span>"+rlo)
+}
+
+// TestBrowserAuditCrossSite drives headless Chromium with an auditor's
+// session cookie (SameSite Lax, as ClerkJS sets it): a link on another site
+// (http://127.0.0.2, cross-site to http://127.0.0.1) opens the search with
+// the filters filled in but runs and records nothing, and the Search button
+// runs it; a form on that site that POSTs a verification is refused; the
+// chain page's own Verify button runs one. Chromium's own Sec-Fetch-Site
+// and Origin headers decide, nothing the test sets.
+func TestBrowserAuditCrossSite(t *testing.T) {
+	ctx := newBrowser(t)
+	const auditor = "user_browser_auditor"
+	e := newWebEnv(t, webOptions{auditors: []string{auditor}})
+	ada, _ := e.seedAdaAndBob(t)
+	ln, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	evil := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		fmt.Fprintf(w, `<!doctype html><a id="go" href="%[1]s/audit?user_id=%[2]s">look</a>
+<form id="f" method="post" action="%[1]s/audit/chain"><input name="signatures" value="true"></form>`, e.srv.URL, ada.ID)
+	})}
+	go evil.Serve(ln)
+	t.Cleanup(func() { evil.Close() })
+	evilURL := "http://" + ln.Addr().String() + "/"
+
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if _, err := chromedp.Call(ctx, network.SetCookie, network.SetCookieParams{Name: sessionCookie, Value: e.token(t, auditor), URL: e.srv.URL, Path: "/",
+		SameSite: network.CookieSameSiteLax}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor := func(js string) {
+		t.Helper()
+		// false while the next page is still loading (no body yet)
+		safe := `(() => { try { return !!(` + js + `) } catch (e) { return false } })()`
+		for deadline := time.Now().Add(20 * time.Second); !evalBool(t, ctx, safe); {
+			if time.Now().After(deadline) {
+				text, _ := chromedp.Run(ctx, chromedp.Evaluate[string]("document.body.innerText"))
+				t.Fatalf("waited for %s; the page says:\n%.1000s", js, text)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	recorded := func() (access, verifications int) {
+		t.Helper()
+		if err := e.db.Get(&access, `SELECT count(*) FROM audit_access`); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.db.Get(&verifications, `SELECT count(*) FROM audit_verifications`); err != nil {
+			t.Fatal(err)
+		}
+		return access, verifications
+	}
+
+	// The link from the other site: the filled-in form and a notice.
+	if err := chromedp.Do(ctx, chromedp.Navigate(evilURL), chromedp.Click("#go")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(`location.pathname === "/audit" && !!document.querySelector("form.filters")`)
+	mustContain(t, evalText(t, ctx), "Not run yet")
+	if evalBool(t, ctx, `document.body.textContent.includes("ada@example.com")`) {
+		t.Error("the cross-site link shows Ada's events")
+	}
+	if !evalBool(t, ctx, `document.querySelector("input[name=user_id]").value === "`+ada.ID+`"`) {
+		t.Error("the search form is not filled in from the link")
+	}
+	if a, v := recorded(); a != 0 || v != 0 {
+		t.Errorf("the cross-site link recorded %d reads, %d verifications", a, v)
+	}
+	// The workspace's own Search button runs it.
+	if err := chromedp.Do(ctx, chromedp.Click(`form.filters button[type=submit]`)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(`!!document.querySelector("p.pager")`)
+	if !evalBool(t, ctx, `document.querySelector("main").textContent.includes("ada@example.com")`) { // in the collapsed payloads
+		t.Error("the search from the workspace shows no result")
+	}
+	if a, _ := recorded(); a != 1 {
+		t.Errorf("the search from the workspace recorded %d reads, want 1", a)
+	}
+
+	// A form on the other site POSTing a verification: refused.
+	if err := chromedp.Do(ctx, chromedp.Navigate(evilURL), chromedp.WaitVisible("#f")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[any](`document.getElementById("f").submit()`)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(`location.pathname === "/audit/chain" && document.body.innerText.includes("cross-origin request refused")`)
+	if _, v := recorded(); v != 0 {
+		t.Errorf("the cross-site form ran %d verifications", v)
+	}
+	// The chain page's own button runs one.
+	if err := chromedp.Do(ctx, chromedp.Navigate(e.srv.URL+"/audit/chain"), chromedp.Click(`form.filters button[type=submit]`)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(`document.body.innerText.includes("Result")`)
+	if _, v := recorded(); v != 1 {
+		t.Errorf("the Verify button ran %d verifications, want 1", v)
+	}
+}
+
+func evalText(t *testing.T, ctx context.Context) string {
+	t.Helper()
+	text, err := chromedp.Run(ctx, chromedp.Evaluate[string]("document.body.innerText"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return text
 }
