@@ -158,12 +158,18 @@ func parseAt(r *http.Request) (time.Time, error) {
 	return t, nil
 }
 
+// checkUserID returns EINVALID unless id (from a path) is 1 to 200 bytes
+// of text (checkText).
+func checkUserID(id string) error {
+	if id == "" || len(id) > 200 {
+		return domain.Errorf(domain.EINVALID, "user id must be 1 to 200 characters")
+	}
+	return checkText("the user id in the path", id, 200)
+}
+
 // userAt runs UserAt and records it in the access log.
 func userAt(ctx context.Context, db *sqlx.DB, id string, at time.Time, actor, channel string) (UserHistory, error) {
-	if id == "" || len(id) > 200 {
-		return UserHistory{}, domain.Errorf(domain.EINVALID, "user id must be 1 to 200 characters")
-	}
-	if err := checkText("the user id in the path", id, 200); err != nil {
+	if err := checkUserID(id); err != nil {
 		return UserHistory{}, err
 	}
 	h, err := UserAt(ctx, db, id, at)

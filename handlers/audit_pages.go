@@ -324,6 +324,10 @@ type userPage struct {
 func handleAuditUserPage(p *auditPages, db *sqlx.DB) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		id := r.PathValue("id")
+		if err := checkUserID(id); err != nil {
+			writePageError(w, r, p.log, err)
+			return
+		}
 		data := userPage{Title: "User " + isolate(id), Actor: actorOf(r), UserID: id}
 		var at time.Time
 		if s := r.URL.Query().Get("at"); strings.TrimSpace(s) != "" {

@@ -38,11 +38,11 @@ func addRoutes(mux routeMux, d Deps, pg *pages, session func(http.Handler) http.
 	}
 
 	// Auditor workspace: every route behind requireAuditor (401 without a
-	// session, 403 for anyone not an auditor).
-	// Reads are recorded in the access log in the caller's name, so they
-	// run only when asked from the workspace's own pages (or with a
-	// Bearer token): requireOwnPages for the API, fromOwnPages in the
-	// pages. A verification runs only on POST, behind checkOrigin.
+	// session, 403 for anyone not an auditor). Reads are recorded in the
+	// access log in the caller's name, so they run only when asked from
+	// the workspace's own pages or with a Bearer token (requireOwnPages
+	// for the API, auditPages.mayRecord in the pages); a verification
+	// runs only on POST, behind checkOrigin.
 	auditors := NewAuditors(d.Auditors, d.DB)
 	api := func(h http.Handler) http.Handler { return session(requireAuditor(d.Log, auditors, false, h)) }
 	page := func(h http.Handler) http.Handler { return session(requireAuditor(d.Log, auditors, true, h)) }
