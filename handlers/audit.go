@@ -5,6 +5,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -157,10 +158,19 @@ func parseAt(r *http.Request) (time.Time, error) {
 	return t, nil
 }
 
+// checkUserID returns EINVALID unless id (from a path) is 1 to 200 bytes
+// of text (checkText).
+func checkUserID(id string) error {
+	if id == "" || len(id) > 200 {
+		return domain.Errorf(domain.EINVALID, "user id must be 1 to 200 characters")
+	}
+	return checkText("the user id in the path", id, 200)
+}
+
 // userAt runs UserAt and records it in the access log.
 func userAt(ctx context.Context, db *sqlx.DB, id string, at time.Time, actor, channel string) (UserHistory, error) {
-	if id == "" || len(id) > 200 {
-		return UserHistory{}, domain.Errorf(domain.EINVALID, "user id must be 1 to 200 characters")
+	if err := checkUserID(id); err != nil {
+		return UserHistory{}, err
 	}
 	h, err := UserAt(ctx, db, id, at)
 	if err != nil {
@@ -205,7 +215,7 @@ func handleAuditUser(log *slog.Logger, db *sqlx.DB) http.HandlerFunc {
 	}
 }
 
-// verifyAnswer is the JSON answer of GET /api/audit/verify.
+// verifyAnswer is the JSON answer of POST /api/audit/verify.
 type verifyAnswer struct {
 	OK           bool      `json:"ok"`
 	Message      string    `json:"message"`
@@ -250,10 +260,19 @@ type verifyRunner struct {
 	verifier *Verifier
 }
 
-// parseVerifyParams reads digest and signatures from the query.
-func parseVerifyParams(r *http.Request) (*domain.Digest, bool, error) {
+// parseVerifyParams reads digest and signatures from v (a form). Errors:
+// EINVALID naming an unknown, repeated or malformed field.
+func parseVerifyParams(v url.Values) (*domain.Digest, bool, error) {
+	for k, vs := range v {
+		if k != "digest" && k != "signatures" {
+			return nil, false, domain.Errorf(domain.EINVALID, "unknown parameter %q (want digest, signatures)", k)
+		}
+		if len(vs) > 1 {
+			return nil, false, domain.Errorf(domain.EINVALID, "parameter %q is given %d times", k, len(vs))
+		}
+	}
 	var d *domain.Digest
-	if s := strings.TrimSpace(r.URL.Query().Get("digest")); s != "" {
+	if s := strings.TrimSpace(v.Get("digest")); s != "" {
 		dg, err := domain.ParseDigest(s)
 		if err != nil {
 			return nil, false, err
@@ -261,7 +280,7 @@ func parseVerifyParams(r *http.Request) (*domain.Digest, bool, error) {
 		d = &dg
 	}
 	sigs := false
-	if s := r.URL.Query().Get("signatures"); s != "" {
+	if s := v.Get("signatures"); s != "" {
 		b, err := strconv.ParseBool(s)
 		if err != nil {
 			return nil, false, domain.Errorf(domain.EINVALID, "signatures %q is not true or false", s)
@@ -279,13 +298,20 @@ func (v *verifyRunner) run(ctx context.Context, d *domain.Digest, sigs bool, act
 	return VerifyLedger(ctx, v.db, VerifyOptions{Digest: d, Signatures: sigs, Verifier: v.verifier, Actor: actor, Channel: channel})
 }
 
-// handleAuditVerify serves GET /api/audit/verify[?digest=POSITION:HASH][&signatures=true]:
-// it recomputes the hash chain (and re-checks signatures), records the run,
-// and answers 200 with ok true or false and the first position that does not
-// match. 429 while another verification runs.
+// handleAuditVerify serves POST /api/audit/verify with the optional fields
+// digest=POSITION:HASH and signatures=true, in the query or an urlencoded
+// body: it recomputes the hash chain (and re-checks signatures), records
+// the run, and answers 200 with ok true or false and the first position
+// that does not match. 429 while another verification runs. It is a POST,
+// behind checkOrigin, so that no link can start a verification.
 func handleAuditVerify(log *slog.Logger, runner *verifyRunner) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		d, sigs, err := parseVerifyParams(r)
+		form, err := readForm(w, r)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		d, sigs, err := parseVerifyParams(form)
 		if err != nil {
 			writeError(w, r, log, err)
 			return

@@ -14,7 +14,8 @@ import (
 
 // Auditors decides who may use the audit routes and pages: a signed-in user
 // whose id is listed in LEDGER_AUDITORS, or whose projected (not deleted)
-// users.public_metadata.role is "auditor". It is safe for concurrent use.
+// users.public_metadata has the exact key "role" with the string value
+// "auditor" (metadataRole). It is safe for concurrent use.
 type Auditors struct {
 	ids map[string]bool
 	db  *sqlx.DB // the users projection; nil: the list only
@@ -54,13 +55,25 @@ func (a *Auditors) IsAuditor(ctx context.Context, userID string) (bool, error) {
 	if u.Deleted {
 		return false, nil
 	}
-	var meta struct {
-		Role any `json:"role"`
+	return metadataRole(u.PublicMetadata) == "auditor", nil
+}
+
+// metadataRole returns the role a user's public metadata grants: the value
+// of the key spelled exactly "role" (encoding/json would also take "ROLE"
+// or "Role") when it is a JSON string, else "". The metadata is read as
+// the users projection stores it, as jsonb, which keeps one value per key:
+// the last, as PostgreSQL, JSON.parse and this function all do with
+// duplicates, so the answer never depends on key order.
+func metadataRole(meta json.RawMessage) string {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(meta, &m) != nil {
+		return ""
 	}
-	if json.Unmarshal(u.PublicMetadata, &meta) != nil {
-		return false, nil
+	var role string
+	if json.Unmarshal(m["role"], &role) != nil {
+		return ""
 	}
-	return meta.Role == "auditor", nil
+	return role
 }
 
 // requireAuditor lets a request through only when its session (sessionFrom)

@@ -161,6 +161,7 @@ func BenchmarkAudit(b *testing.B) {
 				t6 := time.Now()
 				req := httptest.NewRequest(http.MethodGet, "/api/audit/events?user_id="+fmt.Sprintf("user_%027d", r.IntN(users)), nil)
 				req.Header.Set("X-Test-Session", listedAuditor)
+				req.Header.Set("Sec-Fetch-Site", "same-origin") // as the workspace's pages ask (requireOwnPages)
 				rec := httptest.NewRecorder()
 				e.h.ServeHTTP(rec, req)
 				if rec.Code != 200 {
@@ -185,6 +186,7 @@ func BenchmarkAudit(b *testing.B) {
 			w := &countingWriter{header: http.Header{}, sampleAt: 1 << 62}
 			req := httptest.NewRequest(http.MethodGet, "/api/audit/events?format=jsonl", nil)
 			req.Header.Set("X-Test-Session", listedAuditor)
+			req.Header.Set("Sec-Fetch-Site", "same-origin") // as the workspace's pages ask (requireOwnPages)
 			e.h.ServeHTTP(w, req)
 			if w.lines != n {
 				b.Fatalf("exported %d rows, want %d", w.lines, n)
@@ -251,6 +253,7 @@ func benchHistory(b *testing.B, e *auditEnv, users int, seed uint64) {
 			uid := fmt.Sprintf("user_%027d", r.IntN(users))
 			req := httptest.NewRequest(http.MethodGet, "/api/audit/events?user_id="+uid, nil)
 			req.Header.Set("X-Test-Session", listedAuditor)
+			req.Header.Set("Sec-Fetch-Site", "same-origin") // as the workspace's pages ask (requireOwnPages)
 			rec := httptest.NewRecorder()
 			t0 := time.Now()
 			e.h.ServeHTTP(rec, req)

@@ -26,7 +26,9 @@ var auditTemplateFS embed.FS
 // parseAuditTemplates parses the audit workspace's templates.
 func parseAuditTemplates() (*template.Template, error) {
 	return template.New("audit").Funcs(template.FuncMap{
-		"deref": func(b *bool) bool { return b != nil && *b },
+		"deref":      func(b *bool) bool { return b != nil && *b },
+		"isolate":    isolate,
+		"escapeBidi": escapeBidi,
 	}).ParseFS(auditTemplateFS, "templates/audit_*.html")
 }
 
@@ -34,13 +36,27 @@ func parseAuditTemplates() (*template.Template, error) {
 // (a build defect), every page answers 500 and says so in the log.
 type auditPages struct {
 	log  *slog.Logger
+	own  origins // tells requests from the workspace's own pages
 	tmpl *template.Template
 	err  error
 }
 
-func newAuditPages(log *slog.Logger) *auditPages {
+func newAuditPages(log *slog.Logger, own origins) *auditPages {
 	t, err := parseAuditTemplates()
-	return &auditPages{log: log, tmpl: t, err: err}
+	return &auditPages{log: log, own: own, tmpl: t, err: err}
+}
+
+// notRecorded is the notice of a page that did not run its recorded read
+// because the request did not come from the workspace's own pages.
+const notRecorded = "Not run yet: this address was opened from outside the audit workspace (a link on another site, a bookmark or a typed URL), and what you look at here is recorded in the access log in your name. Check it and press the button to run it."
+
+// mayRecord reports whether a page may run a read that is recorded in the
+// access log in the caller's name: a Bearer session, or a request from the
+// workspace's own pages (fromOwnPages). Otherwise the page shows its form,
+// filled in, with the notRecorded notice, and records nothing.
+func (p *auditPages) mayRecord(r *http.Request) bool {
+	s, _ := sessionFrom(r.Context())
+	return s.Bearer || p.own.fromOwnPages(r)
 }
 
 // render executes the named template into a buffer first, so a template
@@ -167,6 +183,7 @@ type typeChoice struct {
 // searchPage is the data of audit_search.html.
 type searchPage struct {
 	Title, Actor, Error    string
+	Notice                 string
 	UserID, Since, Until   string
 	Limit                  int
 	TypeChoices            []typeChoice
@@ -182,7 +199,8 @@ type searchPage struct {
 
 // handleAuditSearchPage serves GET /audit: the search form, one page of
 // results with paging and export links, the chain status and the newest
-// access log entries. A search is recorded in the access log.
+// access log entries. A search is recorded in the access log, so it runs
+// only when asked from the workspace's own pages (mayRecord).
 func handleAuditSearchPage(p *auditPages, db *sqlx.DB) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		in := r.URL.Query()
@@ -220,7 +238,12 @@ func handleAuditSearchPage(p *auditPages, db *sqlx.DB) http.HandlerFunc {
 		}
 		data.OtherTypes = strings.Join(other, " ")
 		status := http.StatusOK
-		if len(in) > 0 {
+		if len(in) > 0 && !p.mayRecord(r) {
+			data.Notice = notRecorded
+			if l, err := strconv.Atoi(v.Get("limit")); err == nil && l > 0 {
+				data.Limit = l
+			}
+		} else if len(in) > 0 {
 			v.Del("format")
 			q, err := ParseEventQuery(v)
 			if err != nil {
@@ -287,6 +310,7 @@ func cloneValues(v url.Values) url.Values {
 // userPage is the data of audit_user.html.
 type userPage struct {
 	Title, Actor, Error string
+	Notice              string
 	UserID              string
 	AtLocal, AtText     string
 	History             *UserHistory
@@ -295,11 +319,16 @@ type userPage struct {
 
 // handleAuditUserPage serves GET /audit/users/{id}?at=: the user's timeline
 // (every event about them, later ones greyed) with a point-in-time picker
-// and the state as of the chosen instant. Recorded in the access log.
+// and the state as of the chosen instant. Recorded in the access log, so
+// shown only when asked from the workspace's own pages (mayRecord).
 func handleAuditUserPage(p *auditPages, db *sqlx.DB) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		id := r.PathValue("id")
-		data := userPage{Title: "User " + id, Actor: actorOf(r), UserID: id}
+		if err := checkUserID(id); err != nil {
+			writePageError(w, r, p.log, err)
+			return
+		}
+		data := userPage{Title: "User " + isolate(id), Actor: actorOf(r), UserID: id}
 		var at time.Time
 		if s := r.URL.Query().Get("at"); strings.TrimSpace(s) != "" {
 			t, err := time.Parse(time.RFC3339Nano, normalizeTime(s))
@@ -310,6 +339,11 @@ func handleAuditUserPage(p *auditPages, db *sqlx.DB) http.HandlerFunc {
 			}
 			at = t.UTC()
 			data.AtLocal, data.AtText = at.Format("2006-01-02T15:04:05"), at.Format(time.RFC3339Nano)
+		}
+		if !p.mayRecord(r) {
+			data.Notice = notRecorded
+			p.render(w, r, http.StatusOK, "audit_user.html", data)
+			return
 		}
 		// The timeline shows every event; the state is folded up to at.
 		all, err := userAt(r.Context(), db, id, time.Time{}, actorOf(r), schema.ChannelPage)
@@ -341,6 +375,7 @@ func handleAuditUserPage(p *auditPages, db *sqlx.DB) http.HandlerFunc {
 // chainPage is the data of audit_chain.html.
 type chainPage struct {
 	Title, Actor, Error string
+	Notice              string
 	Chain               chainStatus
 	Digest              string
 	Signatures          bool
@@ -350,34 +385,56 @@ type chainPage struct {
 	}
 }
 
-// handleAuditChainPage serves GET /audit/chain: the chain status, and with
-// verify=1 runs the verification (digest, signatures) and shows its outcome.
-func handleAuditChainPage(p *auditPages, db *sqlx.DB, runner *verifyRunner) http.HandlerFunc {
+// handleAuditChainPage serves GET /audit/chain: the chain status and the
+// verification form (digest and signatures may be filled in from the
+// query). It never runs a verification: the form POSTs (a link with the
+// old ?verify=1 only gets a notice saying so).
+func handleAuditChainPage(p *auditPages, db *sqlx.DB) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		data := chainPage{Title: "Hash chain", Actor: actorOf(r), Digest: r.URL.Query().Get("digest")}
+		q := r.URL.Query()
+		data := chainPage{Title: "Hash chain", Actor: actorOf(r), Digest: q.Get("digest")}
+		data.Signatures, _ = strconv.ParseBool(q.Get("signatures"))
+		if q.Has("verify") {
+			data.Notice = "Not run: a verification reads the whole ledger and is recorded in your name, so it starts only from this page's button."
+		}
+		var err error
+		if data.Chain, err = loadChainStatus(r.Context(), db); err != nil {
+			writePageError(w, r, p.log, err)
+			return
+		}
+		p.render(w, r, http.StatusOK, "audit_chain.html", data)
+	}
+}
+
+// handleAuditChainVerify serves POST /audit/chain (form fields digest,
+// signatures), the verification form: it runs the verification and shows
+// its outcome with the chain status. It is a POST, behind checkOrigin, so
+// that no link on another site can start one.
+func handleAuditChainVerify(p *auditPages, db *sqlx.DB, runner *verifyRunner) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		data := chainPage{Title: "Hash chain", Actor: actorOf(r)}
 		status := http.StatusOK
-		if r.URL.Query().Get("verify") != "" {
-			d, sigs, err := parseVerifyParams(r)
-			data.Signatures = sigs
-			if err == nil {
+		form, err := readForm(w, r)
+		if err == nil {
+			data.Digest = form.Get("digest")
+			var d *domain.Digest
+			if d, data.Signatures, err = parseVerifyParams(form); err == nil {
 				var res VerifyResult
-				res, err = runner.run(r.Context(), d, sigs, actorOf(r), schema.ChannelPage)
-				if err == nil {
+				if res, err = runner.run(r.Context(), d, data.Signatures, actorOf(r), schema.ChannelPage); err == nil {
 					data.Result = &struct {
 						OK      bool
 						Message string
 					}{res.OK, res.Message()}
 				}
 			}
-			if err != nil {
-				if ErrorStatus(err) >= 500 {
-					writePageError(w, r, p.log, err)
-					return
-				}
-				status, data.Error = ErrorStatus(err), domain.ErrorMessage(err)
-			}
 		}
-		var err error
+		if err != nil {
+			if ErrorStatus(err) >= 500 {
+				writePageError(w, r, p.log, err)
+				return
+			}
+			status, data.Error = ErrorStatus(err), domain.ErrorMessage(err)
+		}
 		if data.Chain, err = loadChainStatus(r.Context(), db); err != nil {
 			writePageError(w, r, p.log, err)
 			return

@@ -52,10 +52,30 @@ func newAuditEnv(t testing.TB) *auditEnv {
 	return &auditEnv{h: h, db: db, store: store, signer: signer, verifier: v}
 }
 
-// get serves GET path as the session user (none when "").
+// get serves GET path as the session user (none when ""), asked from the
+// workspace's own pages (Sec-Fetch-Site: same-origin), as a browser
+// following the workspace's links does.
 func (e *auditEnv) get(t testing.TB, user, path string) (*http.Response, []byte) {
 	t.Helper()
-	req := httptest.NewRequest(http.MethodGet, path, nil)
+	return e.serve(t, http.MethodGet, user, path, "", http.Header{"Sec-Fetch-Site": {"same-origin"}})
+}
+
+// post serves POST path with the urlencoded form as the session user, sent
+// from the workspace's own origin (past checkOrigin).
+func (e *auditEnv) post(t testing.TB, user, path, form string) (*http.Response, []byte) {
+	t.Helper()
+	return e.serve(t, http.MethodPost, user, path, form, http.Header{"Origin": {"http://example.com"}, "Sec-Fetch-Site": {"same-origin"},
+		"Content-Type": {"application/x-www-form-urlencoded"}})
+}
+
+// serve serves one request as the session user (none when "") with header.
+// The test session stands for a browser's cookie session (not Bearer).
+func (e *auditEnv) serve(t testing.TB, method, user, path, body string, header http.Header) (*http.Response, []byte) {
+	t.Helper()
+	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	for k, v := range header {
+		req.Header[k] = v
+	}
 	if user != "" {
 		req.Header.Set("X-Test-Session", user)
 	}
@@ -137,8 +157,8 @@ func TestAuditAuthorizationMatrix(t *testing.T) {
 
 	routes := []string{
 		"/api/audit/events", "/api/audit/events?format=jsonl", "/api/audit/events?format=csv",
-		"/api/audit/users/user_subject", "/api/audit/verify",
-		"/audit", "/audit?user_id=user_subject", "/audit/users/user_subject", "/audit/chain", "/audit/chain?verify=1", "/audit/log",
+		"/api/audit/users/user_subject", "POST /api/audit/verify",
+		"/audit", "/audit?user_id=user_subject", "/audit/users/user_subject", "/audit/chain", "/audit/chain?verify=1", "POST /audit/chain", "/audit/log",
 	}
 	sessions := []struct {
 		name, user string
@@ -154,9 +174,15 @@ func TestAuditAuthorizationMatrix(t *testing.T) {
 	}
 	for _, s := range sessions {
 		for _, r := range routes {
-			res, body := e.get(t, s.user, r)
+			var res *http.Response
+			var body []byte
+			if path, ok := strings.CutPrefix(r, "POST "); ok {
+				res, body = e.post(t, s.user, path, "")
+			} else {
+				res, body = e.get(t, s.user, r)
+			}
 			if res.StatusCode != s.want {
-				t.Errorf("%s GET %s: %d, want %d: %.200s", s.name, r, res.StatusCode, s.want, body)
+				t.Errorf("%s %s: %d, want %d: %.200s", s.name, r, res.StatusCode, s.want, body)
 			}
 			if s.want != http.StatusOK && bytes.Contains(body, []byte("s@example.com")) {
 				t.Errorf("%s GET %s leaks ledger data", s.name, r)
@@ -186,8 +212,11 @@ func TestAuditEventsRejectsBadParameters(t *testing.T) {
 			t.Errorf("user %s: %d %s", q, res.StatusCode, body)
 		}
 	}
-	if res, body := e.get(t, listedAuditor, "/api/audit/verify?digest=12:zz"); res.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "digest") {
+	if res, body := e.post(t, listedAuditor, "/api/audit/verify", "digest=12:zz"); res.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "digest") {
 		t.Errorf("bad digest: %d %s", res.StatusCode, body)
+	}
+	if res, body := e.post(t, listedAuditor, "/api/audit/verify", "signatures=true&verbose=1"); res.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "verbose") {
+		t.Errorf("unknown verify field: %d %s", res.StatusCode, body)
 	}
 	// Bad parameters are not queries: nothing recorded.
 	if list, _ := schema.ListAccess(context.Background(), e.db, 0, 10); len(list) != 0 {
@@ -415,7 +444,7 @@ func TestAuditVerifyCatchesTampering(t *testing.T) {
 	e.sealer.SealAll(t, e.db, 10)
 	verify := func(q string) verifyAnswer {
 		t.Helper()
-		res, body := e.get(t, listedAuditor, "/api/audit/verify"+q)
+		res, body := e.post(t, listedAuditor, "/api/audit/verify"+q, "")
 		if res.StatusCode != 200 {
 			t.Fatalf("verify%s: %d %s", q, res.StatusCode, body)
 		}
@@ -446,7 +475,7 @@ func TestAuditVerifyCatchesTampering(t *testing.T) {
 	if res.StatusCode != 200 || !strings.Contains(string(body), "FAILED") || !strings.Contains(string(body), ok.Head) {
 		t.Errorf("chain page: %d\n%.3000s", res.StatusCode, body)
 	}
-	res, body = e.get(t, listedAuditor, "/audit/chain?verify=1&signatures=true")
+	res, body = e.post(t, listedAuditor, "/audit/chain", "digest=&signatures=true")
 	if res.StatusCode != 200 || !strings.Contains(string(body), fmt.Sprintf("position %d", ev.Position)) {
 		t.Errorf("chain page verify: %d\n%.3000s", res.StatusCode, body)
 	}
@@ -461,7 +490,7 @@ func TestAuditSearchPage(t *testing.T) {
 	e.visible(t, 5)
 	res, body := e.get(t, listedAuditor, "/audit?user_id=user_p&type=session.*&limit=2&since=2024-05-28T12:00")
 	s := string(body)
-	if res.StatusCode != 200 || strings.Count(s, "<td class=\"mono\">session.created</td>") != 2 || !strings.Contains(s, "rel=\"next\"") ||
+	if res.StatusCode != 200 || strings.Count(s, "<td class=\"mono\"><bdi>session.created</bdi></td>") != 2 || !strings.Contains(s, "rel=\"next\"") ||
 		!strings.Contains(s, "/api/audit/events?format=jsonl&amp;since=2024-05-28T12%3A00%3A00Z&amp;type=session.%2A&amp;user_id=user_p") {
 		t.Errorf("search page: %d\n%s", res.StatusCode, s)
 	}
@@ -533,6 +562,7 @@ func TestAuditExportOfLargeHistoryInConstantMemory(t *testing.T) {
 	w := &countingWriter{header: http.Header{}, sampleAt: 20000}
 	req := httptest.NewRequest(http.MethodGet, "/api/audit/events?format=jsonl", nil)
 	req.Header.Set("X-Test-Session", listedAuditor)
+	req.Header.Set("Sec-Fetch-Site", "same-origin")
 	e.h.ServeHTTP(w, req)
 	if w.status != 200 || w.lines != n {
 		t.Fatalf("export: status %d, %d lines, want %d", w.status, w.lines, n)

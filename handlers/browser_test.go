@@ -22,7 +22,8 @@ const chromiumPath = "/usr/bin/chromium"
 var writeScreenshot = flag.Bool("screenshot", false, "write the signed-in page's screenshot to docs/signed-in.png")
 
 // newBrowser starts headless Chromium for t and returns a tab's context.
-// Every host but 127.0.0.1 resolves to nothing, so the page cannot reach
+// Every host but 127.0.0.1 (and 127.0.0.2, another site for the cross-site
+// tests) resolves to nothing, so the page cannot reach
 // the internet (ClerkJS from the Frontend API host fails at once, as it
 // does offline) and the test sees only what the server rendered. It fails,
 // never skips, when Chromium is missing.
@@ -41,7 +42,7 @@ func newBrowser(t *testing.T) context.Context {
 		chromedp.Flag("disable-sync", true),
 		chromedp.Flag("disable-extensions", true),
 		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.Flag("host-resolver-rules", "MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"),
+		chromedp.Flag("host-resolver-rules", "MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE 127.0.0.2"),
 		chromedp.NoFirstRun,
 		chromedp.NoDefaultBrowserCheck,
 		chromedp.UserDataDir(t.TempDir()),
@@ -117,8 +118,8 @@ func TestBrowserEndToEnd(t *testing.T) {
 	t.Run("signed in shows the own record and timeline", func(t *testing.T) {
 		text := e.visit(t, ctx, "/", map[string]string{sessionCookie: e.token(t, ada.ID)})
 		mustContain(t, text, "Ada Lovelace", "ada@example.com", ada.ID, "Your timeline",
-			"Account created as Ada Byron", "Changed name to Ada Lovelace", "Signed in",
-			"Clerk sent you an email: verification code")
+			"Account created as \u2068Ada Byron\u2069", "Changed name to \u2068Ada Lovelace\u2069", "Signed in",
+			"Clerk sent you an email: \u2068verification code\u2069")
 		mustNotContain(t, text, "Bob", "bob@example.com", "Not synced yet")
 		if !evalBool(t, ctx, `document.querySelectorAll("#timeline li").length === 4`) {
 			t.Error("the timeline does not list Ada's 4 events")

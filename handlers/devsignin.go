@@ -9,7 +9,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -200,14 +199,12 @@ func handleDevSignInPage(pg *pages, db *sqlx.DB) http.HandlerFunc {
 	}
 }
 
-// devFormMaxBytes bounds the dev sign-in form (one user id).
-const devFormMaxBytes = 4 << 10
-
 // handleDevSignIn serves POST /dev/sign-in (form field user_id): it signs
 // the browser in as that projected user with a dev session token in the
 // __session cookie and redirects to /. 404 page for a user not in the
-// projection, 413 for a form over devFormMaxBytes. Origin is checked by
-// checkOrigin; only loopback clients.
+// projection, 400 for a user_id that is not text (checkValues), 413 for a
+// form over formMaxBytes. Origin is checked by checkOrigin, the host name
+// by loopbackOnly; only loopback clients.
 func handleDevSignIn(log *slog.Logger, pg *pages, dev *DevSignIn, db *sqlx.DB) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if !remoteLoopback(r) {
@@ -218,19 +215,17 @@ func handleDevSignIn(log *slog.Logger, pg *pages, dev *DevSignIn, db *sqlx.DB) h
 			pg.renderError(w, r, domain.Errorf(domain.EUNAVAILABLE, "no database"))
 			return
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, devFormMaxBytes)
-		if err := r.ParseForm(); err != nil {
-			var tooLarge *http.MaxBytesError
-			if errors.As(err, &tooLarge) {
-				pg.renderError(w, r, domain.Errorf(domain.ETOOLARGE, "the form is larger than %d bytes", devFormMaxBytes))
-				return
-			}
-			pg.renderError(w, r, domain.Errorf(domain.EINVALID, "the form does not parse"))
+		if _, err := readForm(w, r); err != nil {
+			pg.renderError(w, r, err)
 			return
 		}
 		id := strings.TrimSpace(r.PostFormValue("user_id"))
 		if id == "" {
 			pg.renderError(w, r, domain.Errorf(domain.EINVALID, "pick a user to sign in as"))
+			return
+		}
+		if len(id) > 200 {
+			pg.renderError(w, r, domain.Errorf(domain.EINVALID, "user_id is longer than 200 bytes"))
 			return
 		}
 		if _, err := schema.GetUser(r.Context(), db, id); err != nil {

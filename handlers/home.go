@@ -3,7 +3,6 @@ package handlers
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -146,7 +145,9 @@ type eventData struct {
 
 // summarize describes one event in a sentence. prev and next are the user
 // folded before and after it. It never shows message bodies, subjects or
-// codes, only what kind of thing happened.
+// codes, only what kind of thing happened. Every value from the event
+// (names, emails, slugs, roles) is isolated (isolate), so direction
+// controls in it cannot reorder the rest of the sentence.
 func summarize(e domain.Event, prev, next domain.User, sessionID string) timelineEntry {
 	t := timelineEntry{At: e.OccurredAt, Type: e.Type, Position: e.Position, Kind: "other"}
 	var d eventData
@@ -159,7 +160,7 @@ func summarize(e domain.Event, prev, next domain.User, sessionID string) timelin
 		case "created":
 			t.Summary = "Account created"
 			if snap, err := domain.Apply(domain.User{}, e); err == nil && snap.Exists() && !snap.Deleted {
-				t.Summary += " as " + snap.Name()
+				t.Summary += " as " + isolate(snap.Name())
 			}
 		case "updated":
 			t.Summary = profileChanges(prev, next)
@@ -188,24 +189,24 @@ func summarize(e domain.Event, prev, next domain.User, sessionID string) timelin
 		t.Kind = "email"
 		t.Summary = "Clerk sent you an email"
 		if d.Data.Slug != "" {
-			t.Summary += ": " + strings.ReplaceAll(d.Data.Slug, "_", " ")
+			t.Summary += ": " + isolate(strings.ReplaceAll(d.Data.Slug, "_", " "))
 		}
 	case "sms":
 		t.Kind = "email"
 		t.Summary = "Clerk sent you a text message"
 		if d.Data.Slug != "" {
-			t.Summary += ": " + strings.ReplaceAll(d.Data.Slug, "_", " ")
+			t.Summary += ": " + isolate(strings.ReplaceAll(d.Data.Slug, "_", " "))
 		}
 	case "organization":
 		t.Kind = "organization"
 		if action == "created" && d.Data.Name != "" {
-			t.Summary = "Created the organization " + d.Data.Name
+			t.Summary = "Created the organization " + isolate(d.Data.Name)
 		}
 	case "organizationMembership":
 		t.Kind = "organization"
-		org := d.Data.Organization.Name
-		if org == "" {
-			org = "an organization"
+		org := "an organization"
+		if n := d.Data.Organization.Name; n != "" {
+			org = isolate(n)
 		}
 		switch action {
 		case "created":
@@ -216,11 +217,11 @@ func summarize(e domain.Event, prev, next domain.User, sessionID string) timelin
 			t.Summary = "Left " + org
 		}
 		if d.Data.Role != "" && action != "deleted" {
-			t.Summary += " (" + strings.TrimPrefix(d.Data.Role, "org:") + ")"
+			t.Summary += " (" + isolate(strings.TrimPrefix(d.Data.Role, "org:")) + ")"
 		}
 	}
 	if t.Summary == "" {
-		t.Summary = "Clerk event " + e.Type
+		t.Summary = "Clerk event " + isolate(e.Type)
 	}
 	return t
 }
@@ -232,13 +233,13 @@ func profileChanges(prev, next domain.User) string {
 	}
 	var changes []string
 	if prev.Name() != next.Name() && (prev.FirstName != next.FirstName || prev.LastName != next.LastName) {
-		changes = append(changes, fmt.Sprintf("name to %s", next.Name()))
+		changes = append(changes, "name to "+isolate(next.Name()))
 	}
 	if prev.Email != next.Email {
 		if next.Email == "" {
 			changes = append(changes, "removed the primary email")
 		} else {
-			changes = append(changes, "primary email to "+next.Email)
+			changes = append(changes, "primary email to "+isolate(next.Email))
 		}
 	}
 	if prev.Username != next.Username {
@@ -260,11 +261,12 @@ func profileChanges(prev, next domain.User) string {
 	}
 }
 
+// orNone returns s isolated (isolate), or "none" when it is empty.
 func orNone(s string) string {
 	if s == "" {
 		return "none"
 	}
-	return s
+	return isolate(s)
 }
 
 // allowedImage returns u when it is an https URL on one of hosts (the image

@@ -11,6 +11,7 @@ import (
 	"path"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
 )
@@ -63,12 +64,17 @@ var templateFuncs = template.FuncMap{
 		}
 		return t.UTC().Format(time.RFC3339)
 	},
+	"isolate": isolate,
+	// initials returns the first letter or digit of the first two words
+	// of name (never a direction control or other mark).
 	"initials": func(name string) string {
 		var b strings.Builder
 		for _, f := range strings.Fields(name) {
 			for _, r := range f {
-				b.WriteRune(r)
-				break
+				if unicode.IsLetter(r) || unicode.IsDigit(r) {
+					b.WriteRune(r)
+					break
+				}
 			}
 			if b.Len() >= 2 {
 				break

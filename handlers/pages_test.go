@@ -64,7 +64,8 @@ func TestSignedInPage(t *testing.T) {
 	}
 	mustContain(t, html, `id="profile"`, "Ada Lovelace", "ada@example.com", ada.ID,
 		`id="user-button"`, `data-signed-in="true"`,
-		"Account created as Ada Byron", "Changed name to Ada Lovelace", "Signed in", "Clerk sent you an email: verification code",
+		// Values inside a summary sentence are isolated (U+2068 … U+2069).
+		"Account created as \u2068Ada Byron\u2069", "Changed name to \u2068Ada Lovelace\u2069", "Signed in", "Clerk sent you an email: \u2068verification code\u2069",
 		"4 event(s)")
 	mustNotContain(t, html, "424242", "Your verification code") // no email bodies or subjects
 	created := strings.Index(html, "Account created")
@@ -305,11 +306,11 @@ func TestTimelineSummaries(t *testing.T) {
 	got := timeline(events, sess.Data.ID, 10)
 	want := []string{
 		"Account deleted",
-		"Created the organization Acme Inc",
+		"Created the organization \u2068Acme Inc\u2069",
 		"Signed in (this session)",
 		"Profile update older than what the ledger already had (no change)",
-		"Changed name to Ada Lovelace, primary email to ada@example.com",
-		"Account created as Ada",
+		"Changed name to \u2068Ada Lovelace\u2069, primary email to \u2068ada@example.com\u2069",
+		"Account created as \u2068Ada\u2069",
 	}
 	if len(got) != len(want) {
 		t.Fatalf("%d entries, want %d", len(got), len(want))

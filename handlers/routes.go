@@ -38,18 +38,28 @@ func addRoutes(mux routeMux, d Deps, pg *pages, session func(http.Handler) http.
 	}
 
 	// Auditor workspace: every route behind requireAuditor (401 without a
-	// session, 403 for anyone not an auditor).
+	// session, 403 for anyone not an auditor). Reads are recorded in the
+	// access log in the caller's name, so they run only when asked from
+	// the workspace's own pages or with a Bearer token (requireOwnPages
+	// for the API, auditPages.mayRecord in the pages); a verification
+	// runs only on POST, behind checkOrigin.
 	auditors := NewAuditors(d.Auditors, d.DB)
 	api := func(h http.Handler) http.Handler { return session(requireAuditor(d.Log, auditors, false, h)) }
 	page := func(h http.Handler) http.Handler { return session(requireAuditor(d.Log, auditors, true, h)) }
+	var own origins
+	if d.Sessions != nil {
+		own = newOrigins(d.Sessions.AuthorizedParties())
+	}
+	recorded := func(h http.Handler) http.Handler { return api(requireOwnPages(d.Log, own, h)) }
 	verify := &verifyRunner{db: d.DB, verifier: d.Verifier}
-	pages := newAuditPages(d.Log)
-	mux.Handle("GET /api/audit/events", api(handleAuditEvents(d.Log, d.DB, d.Now)))
-	mux.Handle("GET /api/audit/users/{id}", api(handleAuditUser(d.Log, d.DB)))
-	mux.Handle("GET /api/audit/verify", api(handleAuditVerify(d.Log, verify)))
+	pages := newAuditPages(d.Log, own)
+	mux.Handle("GET /api/audit/events", recorded(handleAuditEvents(d.Log, d.DB, d.Now)))
+	mux.Handle("GET /api/audit/users/{id}", recorded(handleAuditUser(d.Log, d.DB)))
+	mux.Handle("POST /api/audit/verify", api(handleAuditVerify(d.Log, verify)))
 	mux.Handle("GET /audit", page(handleAuditSearchPage(pages, d.DB)))
 	mux.Handle("GET /audit/users/{id}", page(handleAuditUserPage(pages, d.DB)))
-	mux.Handle("GET /audit/chain", page(handleAuditChainPage(pages, d.DB, verify)))
+	mux.Handle("GET /audit/chain", page(handleAuditChainPage(pages, d.DB)))
+	mux.Handle("POST /audit/chain", page(handleAuditChainVerify(pages, d.DB, verify)))
 	mux.Handle("GET /audit/log", page(handleAuditLogPage(pages, d.DB)))
 
 	mux.Handle("/", session(handleNotFound(d.Log, pg)))

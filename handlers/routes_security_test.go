@@ -33,11 +33,12 @@ const (
 	cMethod                // the listed auditor, with a method the route does not serve
 	cBig                   // the listed auditor, with a body over domain.MaxBodyBytes
 	cRemote                // the listed auditor, from a non-loopback address
+	cCross                 // an auditor's browser sent by another site: __session cookie, Sec-Fetch-Site cross-site, Origin of that site on POSTs
 	nCallers
 )
 
 var callerNames = [nCallers]string{"none", "svix-signed", "user", "other user", "auditor (list)", "auditor (role)",
-	"forged token", "expired token", "wrong azp", "wrong method", "oversized body", "remote client"}
+	"forged token", "expired token", "wrong azp", "wrong method", "oversized body", "remote client", "cross-site"}
 
 func (c caller) String() string { return callerNames[c] }
 
@@ -48,7 +49,7 @@ const na = 0
 type routeRow struct {
 	pattern string // exactly as addRoutes registers it
 	path    string // a concrete path; {id} is replaced by the subject's user id
-	kind    string // "session" (GET page or API), "webhook", "form" (dev sign-in POST)
+	kind    string // "session" (GET page or API), "webhook", "form" (dev sign-in POST), "post" (a session POST: verification)
 	public  bool   // shows projected users to anyone by design (the dev sign-in list)
 	want    [nCallers]int
 	// wantNotDev is what callers get where the route is not registered
@@ -58,18 +59,24 @@ type routeRow struct {
 }
 
 var (
-	//                          none signed user other listed role forged expired azp method big remote
-	audited  = [nCallers]int{401, 401, 403, 403, 200, 200, 401, 401, 401, 404, na, 200}
-	open     = [nCallers]int{200, 200, 200, 200, 200, 200, 200, 200, 200, 404, na, 200}
-	missing  = [nCallers]int{404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404}
-	signedIn = [nCallers]int{401, 401, 200, 200, 200, 200, 401, 401, 401, 404, na, 200}
+	// A cross-site request gets an audit page without running what it
+	// would record (200, nothing recorded: see TestRouteSecurityMatrix),
+	// and 403 from the API and from every POST.
+	//                             none signed user other listed role forged expired azp method big remote cross
+	audited     = [nCallers]int{401, 401, 403, 403, 200, 200, 401, 401, 401, 404, na, 200, 200}
+	auditedRead = [nCallers]int{401, 401, 403, 403, 200, 200, 401, 401, 401, 404, na, 200, 403}
+	auditedPost = [nCallers]int{401, 401, 403, 403, 200, 200, 401, 401, 401, 404, 413, 200, 403}
+	open        = [nCallers]int{200, 200, 200, 200, 200, 200, 200, 200, 200, 404, na, 200, 200}
+	missing     = [nCallers]int{404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404}
+	missingPost = [nCallers]int{404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 403} // checkOrigin answers before routing
+	signedIn    = [nCallers]int{401, 401, 200, 200, 200, 200, 401, 401, 401, 404, na, 200, 200}
 )
 
 // securityRoutes is the matrix: one row per route in routes.go
 // (TestRouteSecurityMatrix fails when a route has no row or a row no route).
 var securityRoutes = []routeRow{
 	{pattern: "POST " + webhookPath, path: webhookPath, kind: "webhook",
-		want: [nCallers]int{401, 200, 401, 401, 401, 401, 401, 401, 401, 404, 413, 200}},
+		want: [nCallers]int{401, 200, 401, 401, 401, 401, 401, 401, 401, 404, 413, 200, 401}},
 	{pattern: "GET /healthz", path: "/healthz", kind: "session", want: open},
 	{pattern: "GET /readyz", path: "/readyz", kind: "session", want: open},
 	// Counts and positions only, no personal data (the leak check runs on
@@ -81,20 +88,21 @@ var securityRoutes = []routeRow{
 	{pattern: "GET /api/me", path: "/api/me", kind: "session", want: signedIn},
 	{pattern: "GET /static/", path: "/static/style.css", kind: "session", want: open},
 	{pattern: "GET /dev/sign-in", path: "/dev/sign-in", kind: "session", public: true, notDev: &missing,
-		want: [nCallers]int{200, 200, 200, 200, 200, 200, 200, 200, 200, 404, na, 403}},
-	{pattern: "POST /dev/sign-in", path: "/dev/sign-in", kind: "form", notDev: &missing,
-		want: [nCallers]int{303, 303, 303, 303, 303, 303, 303, 303, 303, 404, 413, 403}},
-	{pattern: "POST /dev/sign-out", path: "/dev/sign-out", kind: "form", notDev: &missing,
-		want: [nCallers]int{303, 303, 303, 303, 303, 303, 303, 303, 303, 404, na, 303}},
-	{pattern: "GET /api/audit/events", path: "/api/audit/events", kind: "session", want: audited},
-	{pattern: "GET /api/audit/users/{id}", path: "/api/audit/users/{id}", kind: "session", want: audited},
-	{pattern: "GET /api/audit/verify", path: "/api/audit/verify", kind: "session", want: audited},
+		want: [nCallers]int{200, 200, 200, 200, 200, 200, 200, 200, 200, 404, na, 403, 200}},
+	{pattern: "POST /dev/sign-in", path: "/dev/sign-in", kind: "form", notDev: &missingPost,
+		want: [nCallers]int{303, 303, 303, 303, 303, 303, 303, 303, 303, 404, 413, 403, 403}},
+	{pattern: "POST /dev/sign-out", path: "/dev/sign-out", kind: "form", notDev: &missingPost,
+		want: [nCallers]int{303, 303, 303, 303, 303, 303, 303, 303, 303, 404, na, 303, 403}},
+	{pattern: "GET /api/audit/events", path: "/api/audit/events", kind: "session", want: auditedRead},
+	{pattern: "GET /api/audit/users/{id}", path: "/api/audit/users/{id}", kind: "session", want: auditedRead},
+	{pattern: "POST /api/audit/verify", path: "/api/audit/verify", kind: "post", want: auditedPost},
 	{pattern: "GET /audit", path: "/audit", kind: "session", want: audited},
 	{pattern: "GET /audit/users/{id}", path: "/audit/users/{id}", kind: "session", want: audited},
 	{pattern: "GET /audit/chain", path: "/audit/chain", kind: "session", want: audited},
+	{pattern: "POST /audit/chain", path: "/audit/chain", kind: "post", want: auditedPost},
 	{pattern: "GET /audit/log", path: "/audit/log", kind: "session", want: audited},
 	{pattern: "/", path: "/no/such/page", kind: "session",
-		want: [nCallers]int{404, 404, 404, 404, 404, 404, 404, 404, 404, 404, na, 404}},
+		want: [nCallers]int{404, 404, 404, 404, 404, 404, 404, 404, 404, 404, na, 404, 404}},
 }
 
 // patternRecorder records what addRoutes registers.
@@ -148,10 +156,11 @@ type securityEnv struct {
 const (
 	secListed = "user_listed_auditor_sec"
 	secRole   = "user_role_auditor_sec"
+	secCross  = "user_cross_site_auditor_sec" // listed; only the cross-site caller uses it
 )
 
 func newSecurityEnv(t *testing.T, dev bool) *securityEnv {
-	e := &securityEnv{webEnv: newWebEnv(t, webOptions{dev: dev, auditors: []string{secListed}})}
+	e := &securityEnv{webEnv: newWebEnv(t, webOptions{dev: dev, auditors: []string{secListed, secCross}})}
 	e.issuer, e.key, e.kid = testIssuer, testClerkKey(), "ins_test"
 	if dev {
 		e.issuer, e.key, e.kid = devIssuer, e.dev.key, e.dev.kid
@@ -161,6 +170,7 @@ func newSecurityEnv(t *testing.T, dev bool) *securityEnv {
 	// were accepted would show data the leak check catches.
 	putUser(t, e.db, domain.User{ID: secListed, Email: "listed@example.com", PublicMetadata: json.RawMessage(`{}`)})
 	putUser(t, e.db, domain.User{ID: secRole, Email: "role@example.com", PublicMetadata: json.RawMessage(`{"role":"auditor"}`)})
+	putUser(t, e.db, domain.User{ID: secCross, Email: "cross@example.com", PublicMetadata: json.RawMessage(`{}`)})
 	return e
 }
 
@@ -182,7 +192,7 @@ func (e *securityEnv) request(t *testing.T, r routeRow, c caller, n int) *http.R
 		subject = e.bob.ID
 	}
 	path := strings.ReplaceAll(r.path, "{id}", subject)
-	if c == cOther && !strings.Contains(r.path, "{id}") && r.kind == "session" {
+	if (c == cOther || c == cCross) && !strings.Contains(r.path, "{id}") && r.kind == "session" {
 		path += "?user_id=" + subject
 	}
 	method := http.MethodGet
@@ -221,9 +231,12 @@ func (e *securityEnv) request(t *testing.T, r routeRow, c caller, n int) *http.R
 		case cExpired:
 			header = e.signer.Headers(id, time.Now().Add(-10*time.Minute), body)
 		}
-	case "form":
+	case "form", "post":
 		header.Set("Content-Type", "application/x-www-form-urlencoded")
 		form := url.Values{"user_id": {e.ada.ID}}
+		if r.kind == "post" {
+			form = url.Values{"signatures": {"false"}}
+		}
 		if c == cBig {
 			form.Set("pad", strings.Repeat("x", domain.MaxBodyBytes))
 		}
@@ -247,6 +260,8 @@ func (e *securityEnv) request(t *testing.T, r routeRow, c caller, n int) *http.R
 		})
 	case cAZP:
 		tok = e.token(t, secListed, e.key, func(c map[string]any) { c["azp"] = "https://evil.example" })
+	case cCross:
+		tok = e.token(t, secCross, e.key, nil)
 	}
 
 	req := httptest.NewRequest(method, e.srv.URL+path, bytes.NewReader(body))
@@ -257,11 +272,20 @@ func (e *securityEnv) request(t *testing.T, r routeRow, c caller, n int) *http.R
 	if c == cRemote {
 		req.RemoteAddr = "203.0.113.9:40000"
 	}
-	if r.kind != "webhook" {
+	switch {
+	case c == cCross:
+		// A link, redirect or form on another site: the browser says
+		// cross-site, and names that site's Origin on a POST.
+		req.Header.Set("Sec-Fetch-Site", "cross-site")
+		if method != http.MethodGet {
+			req.Header.Set("Origin", "https://evil.example")
+		}
+	case r.kind != "webhook":
 		req.Header.Set("Origin", e.srv.URL) // same-origin: past checkOrigin
+		req.Header.Set("Sec-Fetch-Site", "same-origin")
 	}
 	if tok != "" {
-		if strings.HasPrefix(path, "/api/") {
+		if strings.HasPrefix(path, "/api/") && c != cCross { // the browser only has the cookie
 			req.Header.Set("Authorization", "Bearer "+tok)
 		} else {
 			req.AddCookie(&http.Cookie{Name: sessionCookie, Value: tok})
@@ -274,8 +298,8 @@ func (e *securityEnv) request(t *testing.T, r routeRow, c caller, n int) *http.R
 func (e *securityEnv) mayNotSee(r routeRow, c caller) []string {
 	all := []string{"ada@example.com", "bob@example.com", "listed@example.com", "role@example.com"}
 	switch {
-	case c == cListed || c == cRole || c == cRemote || c == cBig || c == cMethod:
-		return nil // auditors see everything
+	case c == cListed || c == cRole || c == cRemote || c == cBig || c == cMethod || c == cCross:
+		return nil // auditors see everything (the cross-site caller is shown nothing it would record: see the matrix)
 	case r.public && c != cRemote:
 		return nil
 	case c == cUser || c == cOther:
@@ -323,6 +347,20 @@ func TestRouteSecurityMatrix(t *testing.T) {
 			}
 			if logs := e.logs.String(); strings.Contains(logs, "eyJ") {
 				t.Errorf("the log holds a token")
+			}
+			// The cross-site caller (an auditor) ran nothing that is
+			// recorded in its name, while the same-site auditors did.
+			for _, q := range []string{`SELECT count(*) FROM audit_access WHERE actor = $1`, `SELECT count(*) FROM audit_verifications WHERE actor = $1`} {
+				var cross, listed int
+				if err := e.db.Get(&cross, q, secCross); err != nil {
+					t.Fatal(err)
+				}
+				if err := e.db.Get(&listed, q, secListed); err != nil {
+					t.Fatal(err)
+				}
+				if cross != 0 || listed == 0 {
+					t.Errorf("%s: %d rows by the cross-site caller (want 0), %d by the listed auditor (want some)", q, cross, listed)
+				}
 			}
 		})
 	}

@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -32,6 +33,9 @@ type Deps struct {
 	// DevSignIn, when not nil, serves the development sign-in under
 	// /dev/ (ledger dev only; NewDevSignIn refuses real Clerk keys).
 	DevSignIn *DevSignIn
+	// LoopbackOnly (ledger dev) answers only requests to a loopback host
+	// name (see loopbackOnly); always on when DevSignIn is set.
+	LoopbackOnly bool
 	// Auditors are the Clerk user ids (LEDGER_AUDITORS) allowed into the
 	// audit workspace, besides users whose public_metadata.role is "auditor".
 	Auditors []string
@@ -48,7 +52,8 @@ type Deps struct {
 
 // NewServer returns the service's HTTP handler: every route of routes.go
 // behind the common middleware (request id, metrics, security headers,
-// per-client rate limits on /api/, Origin check on state-changing requests).
+// per-client rate limits on /api/, loopback host names only in ledger dev,
+// strict query parsing, Origin check on state-changing requests).
 // Every log line written with a request's context carries its request_id.
 func NewServer(d Deps) http.Handler {
 	if d.Now == nil {
@@ -83,8 +88,21 @@ func NewServer(d Deps) http.Handler {
 	}
 	mux := http.NewServeMux()
 	addRoutes(mux, d, pg, authenticate(d.Log, d.Sessions, clerk.FrontendAPI != ""), avatarHosts)
+	// fail answers what the middleware refuses: JSON under /api/, the
+	// error page elsewhere.
+	fail := func(w http.ResponseWriter, r *http.Request, err error) {
+		if strings.HasPrefix(r.URL.Path, "/api/") {
+			writeError(w, r, d.Log, err)
+			return
+		}
+		pg.renderError(w, r, err)
+	}
 	var h http.Handler = mux
 	h = checkOrigin(d.Log, trusted, webhookPath)(h)
+	h = checkQuery(fail, webhookPath)(h)
+	if d.LoopbackOnly || d.DevSignIn != nil {
+		h = loopbackOnly(d.Log, fail, webhookPath)(h)
+	}
 	h = rateLimit(d.Log, rateLimitConfig{Webhook: d.WebhookRateLimit, API: d.APIRateLimit, Trusted: d.TrustedProxies, Observer: d.Observer, Now: d.Now}, webhookPath)(h)
 	h = securityHeaders(clerk.FrontendAPI)(h)
 	if d.Metrics != nil {

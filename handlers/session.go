@@ -15,6 +15,10 @@ import (
 type Session struct {
 	UserID    string // sub
 	SessionID string // sid
+	// Bearer is true when the token came from the Authorization header,
+	// which browsers never send on their own (cross-site requests carry
+	// only the cookie).
+	Bearer bool
 }
 
 type sessionKey struct{}
@@ -95,7 +99,12 @@ func authenticate(log *slog.Logger, sessions *SessionVerifier, clerkJS bool) fun
 				return
 			}
 			token, fromCookie := sessionToken(r)
-			s, err := sessions.Verify(r.Context(), token)
+			verify := sessions.VerifyBearer
+			if fromCookie {
+				verify = sessions.Verify
+			}
+			s, err := verify(r.Context(), token)
+			s.Bearer = !fromCookie
 			ctx := r.Context()
 			switch {
 			case err == nil:

@@ -21,7 +21,8 @@ import (
 // TestSessionTokens sends one token per case to /api/me (as a Bearer token)
 // and to / (as the __session cookie): only genuine, current tokens issued to
 // this origin by the instance's key sign anyone in; every other token gets
-// 401 JSON and the signed-out page, never data.
+// 401 JSON and the signed-out page, never data. (A token without azp:
+// TestTokenWithoutAZP.)
 func TestSessionTokens(t *testing.T) {
 	e := newWebEnv(t, webOptions{})
 	ada, bob := e.seedAdaAndBob(t)
@@ -54,7 +55,7 @@ func TestSessionTokens(t *testing.T) {
 		{"HS256 keyed with the public key", mintJWT(t, header(func(h map[string]any) { h["alg"] = "HS256" }), sessionClaims(ada.ID, e.srv.URL), nil, []byte(publicPEM(t, testClerkKey()))), false},
 		{"no exp", mintJWT(t, rs, with(func(c map[string]any) { delete(c, "exp") }), testClerkKey(), nil), false},
 		{"wrong azp", mintJWT(t, rs, with(func(c map[string]any) { c["azp"] = "https://evil.example" }), testClerkKey(), nil), false},
-		{"no azp", mintJWT(t, rs, with(func(c map[string]any) { delete(c, "azp") }), testClerkKey(), nil), false},
+		{"azp of another origin on this host", mintJWT(t, rs, with(func(c map[string]any) { c["azp"] = e.srv.URL + "0" }), testClerkKey(), nil), false},
 		{"other Clerk instance (iss)", mintJWT(t, rs, with(func(c map[string]any) { c["iss"] = "https://clerk.other.test" }), testClerkKey(), nil), false},
 		{"no sub", mintJWT(t, rs, with(func(c map[string]any) { delete(c, "sub") }), testClerkKey(), nil), false},
 		{"signature of another token", func() string {
@@ -101,6 +102,43 @@ func TestSessionTokens(t *testing.T) {
 	}
 	if logs := e.logs.String(); strings.Contains(logs, "eyJ") {
 		t.Errorf("the log holds a token:\n%s", logs)
+	}
+}
+
+// TestTokenWithoutAZP: Clerk leaves azp out of tokens made for requests
+// without an Origin (native iOS, Android and Expo apps), and its SDKs check
+// azp only when present. Such a token signs in as a Bearer token; in the
+// __session cookie (a browser's, whose tokens always carry azp) it does
+// not; a present azp must be an authorized party either way.
+func TestTokenWithoutAZP(t *testing.T) {
+	e := newWebEnv(t, webOptions{})
+	ada, _ := e.seedAdaAndBob(t)
+	rs := map[string]any{"alg": "RS256", "typ": "JWT", "kid": "ins_test"}
+	with := func(change func(c map[string]any)) string {
+		c := sessionClaims(ada.ID, e.srv.URL)
+		change(c)
+		return mintJWT(t, rs, c, testClerkKey(), nil)
+	}
+	for name, tok := range map[string]string{
+		"no azp":    with(func(c map[string]any) { delete(c, "azp") }),
+		"empty azp": with(func(c map[string]any) { c["azp"] = "" }),
+	} {
+		res, body := e.get(t, "/api/me", nil, bearer(tok))
+		if res.StatusCode != http.StatusOK || !strings.Contains(body, ada.ID) {
+			t.Errorf("%s as Bearer: %s %s, want 200 with Ada's record", name, res.Status, body)
+		}
+		_, html := e.get(t, "/", map[string]string{sessionCookie: tok}, nil)
+		mustContain(t, html, `id="sign-in"`)
+		mustNotContain(t, html, "ada@example.com", ada.ID)
+	}
+	for _, azp := range []string{"https://evil.example", e.srv.URL + "0", "null"} {
+		tok := with(func(c map[string]any) { c["azp"] = azp })
+		if res, body := e.get(t, "/api/me", nil, bearer(tok)); res.StatusCode != http.StatusUnauthorized {
+			t.Errorf("azp %q as Bearer: %s %s, want 401", azp, res.Status, body)
+		}
+	}
+	if !strings.Contains(e.logs.String(), `is not an authorized party`) {
+		t.Errorf("the refused azp is not logged as the reason")
 	}
 }
 

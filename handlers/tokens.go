@@ -138,15 +138,35 @@ type clock func() time.Time
 
 func (c clock) Now() time.Time { return c().UTC() }
 
-// Verify checks token and returns its session. It never calls the network
-// when the verifier has a static key; with a JWKS it fetches at most when the
-// cached set has expired or the token names an unknown key (rate limited).
+// Verify checks a token as a browser presents it, in the __session cookie,
+// and returns its session. Its azp must be one of the authorized parties:
+// ClerkJS gets its tokens in a page, whose origin Clerk always writes into
+// azp, so a cookie token without azp was not made for this site's pages.
+//
+// It never calls the network when the verifier has a static key; with a
+// JWKS it fetches at most when the cached set has expired or the token names
+// an unknown key (rate limited).
 //
 // Errors (all EUNAUTHORIZED unless noted): errNoToken for "",
 // errSessionExpired for a genuine token past exp + leeway, errBadToken for
 // anything else wrong (signature, alg, missing exp, nbf/iat in the future,
 // issuer, azp, subject, a pending session); EUNAVAILABLE when the JWKS cannot be fetched.
 func (v *SessionVerifier) Verify(ctx context.Context, token string) (Session, error) {
+	return v.verify(ctx, token, true)
+}
+
+// VerifyBearer checks a token sent as "Authorization: Bearer" and returns
+// its session: as Verify, except that a token without azp is accepted.
+// Clerk leaves azp out when the request that made the token had no Origin
+// (native iOS, Android and Expo apps), and its backend SDKs check azp only
+// when it is present; a present azp must still be an authorized party.
+// Nothing is lost: azp is not a secret, and a browser never sends this
+// header on its own.
+func (v *SessionVerifier) VerifyBearer(ctx context.Context, token string) (Session, error) {
+	return v.verify(ctx, token, false)
+}
+
+func (v *SessionVerifier) verify(ctx context.Context, token string, requireAZP bool) (Session, error) {
 	if token == "" {
 		return Session{}, errNoToken
 	}
@@ -183,7 +203,7 @@ func (v *SessionVerifier) Verify(ctx context.Context, token string) (Session, er
 	if v.issuer != "" && claims.Issuer != v.issuer {
 		return Session{}, fmt.Errorf("%w: issuer %q", errBadToken, claims.Issuer)
 	}
-	if !v.parties[claims.AuthorizedParty] {
+	if (requireAZP || claims.AuthorizedParty != "") && !v.parties[claims.AuthorizedParty] {
 		return Session{}, fmt.Errorf("%w: azp %q is not an authorized party", errBadToken, claims.AuthorizedParty)
 	}
 	if claims.Subject == "" {

@@ -3,13 +3,18 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
@@ -108,8 +113,64 @@ func TestDevOnExistingServerGeneratesSecret(t *testing.T) {
 	if err := run(context.Background(), fields[2:], envOf(sendEnv), &sendOut, &sendOut); err != nil {
 		t.Fatalf("printed command failed: %v\n%s", err, sendOut.String())
 	}
+	devRefusesRebinding(t, env["LEDGER_ADDR"])
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// devRefusesRebinding checks the dev server at addr, which has projected
+// the Ada the printed command sent, against DNS rebinding: requests whose
+// Host and Origin name rebind.attacker.example:PORT (a name its owner
+// points at 127.0.0.1) get 403, no session cookie and no picker; the same
+// requests to localhost sign Ada in.
+func devRefusesRebinding(t *testing.T, addr string) {
+	t.Helper()
+	_, port, _ := net.SplitHostPort(addr)
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	send := func(method, path, host, form string) (*http.Response, string) {
+		t.Helper()
+		req, err := http.NewRequest(method, "http://"+addr+path, strings.NewReader(form))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = host
+		if method == http.MethodPost {
+			req.Header.Set("Origin", "http://"+host)
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		}
+		res, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return res, string(b)
+	}
+	local, rebind := "localhost:"+port, "rebind.attacker.example:"+port
+	var id string
+	deadline := time.Now().Add(20 * time.Second)
+	for id == "" {
+		_, picker := send(http.MethodGet, "/dev/sign-in", local, "")
+		if m := regexp.MustCompile(`name="user_id" value="(user_[A-Za-z0-9]+)"`).FindStringSubmatch(picker); m != nil && strings.Contains(picker, "ada@example.com") {
+			id = m[1]
+		} else if time.Now().After(deadline) {
+			t.Fatalf("Ada never showed in the dev picker:\n%s", picker)
+		} else {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	res, body := send(http.MethodPost, "/dev/sign-in", rebind, "user_id="+id)
+	if res.StatusCode != http.StatusForbidden || len(res.Cookies()) != 0 {
+		t.Errorf("rebound POST /dev/sign-in: %s, cookies %v: %.200s", res.Status, res.Cookies(), body)
+	}
+	for _, path := range []string{"/dev/sign-in", "/api/me", "/"} {
+		if res, body := send(http.MethodGet, path, rebind, ""); res.StatusCode != http.StatusForbidden || strings.Contains(body, "ada@example.com") {
+			t.Errorf("rebound GET %s: %s %.200s", path, res.Status, body)
+		}
+	}
+	if res, _ := send(http.MethodPost, "/dev/sign-in", local, "user_id="+id); res.StatusCode != http.StatusSeeOther || len(res.Cookies()) != 1 {
+		t.Errorf("POST /dev/sign-in on localhost: %s %v", res.Status, res.Cookies())
 	}
 }

@@ -107,6 +107,7 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 			Sessions:       sessions,
 			PublishableKey: cfg.PublishableKey,
 			DevSignIn:      devSignIn,
+			LoopbackOnly:   cfg.Dev,
 			Auditors:       cfg.Auditors,
 
 			WebhookRateLimit: cfg.WebhookRateLimit,
