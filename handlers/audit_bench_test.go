@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clerk-ledger/clerk-ledger/clerksession"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
@@ -280,7 +281,7 @@ func historyServer(b *testing.B, e *auditEnv) (string, string) {
 	var h http.Handler
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(w, r) }))
 	b.Cleanup(srv.Close)
-	sessions, err := NewSessionVerifier(SessionConfig{JWTKey: publicPEM(b, testClerkKey()), PublishableKey: testPublishableKey, AuthorizedParties: []string{srv.URL}})
+	sessions, err := clerksession.NewVerifier(clerksession.Config{JWTKey: publicPEM(b, testClerkKey()), PublishableKey: testPublishableKey, AuthorizedParties: []string{srv.URL}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
+	"github.com/clerk-ledger/clerk-ledger/clerksession"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 )
 
@@ -115,7 +116,7 @@ func (p *patternRecorder) Handle(pattern string, _ http.Handler) { *p = append(*
 func registeredPatterns(t *testing.T) []string {
 	t.Helper()
 	var rec patternRecorder
-	addRoutes(&rec, Deps{DevSignIn: &DevSignIn{}, Metrics: &Metrics{}}, nil, func(h http.Handler) http.Handler { return h }, nil)
+	addRoutes(&rec, Deps{DevSignIn: &clerksession.Dev{}, Metrics: &Metrics{}}, nil, func(h http.Handler) http.Handler { return h }, nil)
 	return rec
 }
 
@@ -147,9 +148,10 @@ func TestRouteSecurityRowsMatchRoutes(t *testing.T) {
 // securityEnv is a webEnv plus what the matrix needs to make each caller.
 type securityEnv struct {
 	*webEnv
+	// sign signs claims with the key the server trusts (Clerk's, or the
+	// dev sign-in's own).
+	sign     func(t *testing.T, claims map[string]any) string
 	issuer   string
-	key      *rsa.PrivateKey
-	kid      string
 	ada, bob clerkgen.User
 }
 
@@ -161,9 +163,19 @@ const (
 
 func newSecurityEnv(t *testing.T, dev bool) *securityEnv {
 	e := &securityEnv{webEnv: newWebEnv(t, webOptions{dev: dev, auditors: []string{secListed, secCross}})}
-	e.issuer, e.key, e.kid = testIssuer, testClerkKey(), "ins_test"
+	e.issuer = testIssuer
+	e.sign = func(t *testing.T, c map[string]any) string {
+		return mintJWT(t, map[string]any{"alg": "RS256", "typ": "JWT", "kid": "ins_test"}, c, testClerkKey(), nil)
+	}
 	if dev {
-		e.issuer, e.key, e.kid = devIssuer, e.dev.key, e.dev.kid
+		e.issuer = clerksession.DevIssuer
+		e.sign = func(t *testing.T, c map[string]any) string {
+			tok, err := e.dev.Sign(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return tok
+		}
 	}
 	e.ada, e.bob = e.seedAdaAndBob(t)
 	// Both auditors are projected, with emails, so that a forged token that
@@ -175,14 +187,17 @@ func newSecurityEnv(t *testing.T, dev bool) *securityEnv {
 }
 
 // token mints a session token for sub issued to this server, changed by
-// change, signed with key.
-func (e *securityEnv) token(t *testing.T, sub string, key *rsa.PrivateKey, change func(c map[string]any)) string {
+// change, signed with the trusted key, or with forged when it is not nil.
+func (e *securityEnv) token(t *testing.T, sub string, forged *rsa.PrivateKey, change func(c map[string]any)) string {
 	c := sessionClaims(sub, e.srv.URL)
 	c["iss"] = e.issuer
 	if change != nil {
 		change(c)
 	}
-	return mintJWT(t, map[string]any{"alg": "RS256", "typ": "JWT", "kid": e.kid}, c, key, nil)
+	if forged != nil {
+		return mintJWT(t, map[string]any{"alg": "RS256", "typ": "JWT", "kid": "ins_test"}, c, forged, nil)
+	}
+	return e.sign(t, c)
 }
 
 // request builds the request caller c makes to row r.
@@ -246,22 +261,22 @@ func (e *securityEnv) request(t *testing.T, r routeRow, c caller, n int) *http.R
 	var tok string
 	switch c {
 	case cUser, cOther:
-		tok = e.token(t, e.ada.ID, e.key, nil)
+		tok = e.token(t, e.ada.ID, nil, nil)
 	case cListed, cMethod, cBig, cRemote:
-		tok = e.token(t, secListed, e.key, nil)
+		tok = e.token(t, secListed, nil, nil)
 	case cRole:
-		tok = e.token(t, secRole, e.key, nil)
+		tok = e.token(t, secRole, nil, nil)
 	case cForged:
 		tok = e.token(t, secListed, testOtherKey(), nil)
 	case cExpired:
-		tok = e.token(t, secListed, e.key, func(c map[string]any) {
+		tok = e.token(t, secListed, nil, func(c map[string]any) {
 			old := time.Now().Add(-2 * time.Minute)
 			c["iat"], c["nbf"], c["exp"] = old.Unix(), old.Unix(), old.Add(time.Minute).Unix()
 		})
 	case cAZP:
-		tok = e.token(t, secListed, e.key, func(c map[string]any) { c["azp"] = "https://evil.example" })
+		tok = e.token(t, secListed, nil, func(c map[string]any) { c["azp"] = "https://evil.example" })
 	case cCross:
-		tok = e.token(t, secCross, e.key, nil)
+		tok = e.token(t, secCross, nil, nil)
 	}
 
 	req := httptest.NewRequest(method, e.srv.URL+path, bytes.NewReader(body))

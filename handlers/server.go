@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/clerk-ledger/clerk-ledger/clerksession"
 	"github.com/jmoiron/sqlx"
 )
 
@@ -24,15 +25,15 @@ type Deps struct {
 	DB *sqlx.DB
 	// Sessions verifies Clerk session tokens. Nil: nobody can sign in
 	// (pages are signed out, /api/me answers 401).
-	Sessions *SessionVerifier
+	Sessions *clerksession.Verifier
 	// PublishableKey is Clerk's publishable key: pages load ClerkJS from
 	// its Frontend API host and the CSP allows that host. Empty: no ClerkJS.
 	// A malformed key is logged and treated as empty (validate it at start
-	// with FrontendAPIHost).
+	// with clerksession.FrontendAPIHost).
 	PublishableKey string
 	// DevSignIn, when not nil, serves the development sign-in under
 	// /dev/ (ledger dev only; NewDevSignIn refuses real Clerk keys).
-	DevSignIn *DevSignIn
+	DevSignIn *clerksession.Dev
 	// LoopbackOnly (ledger dev) answers only requests to a loopback host
 	// name (see loopbackOnly); always on when DevSignIn is set.
 	LoopbackOnly bool
@@ -65,7 +66,7 @@ func NewServer(d Deps) http.Handler {
 	d.Log = slog.New(withRequestID(d.Log.Handler()))
 	var clerk clerkJS
 	if d.PublishableKey != "" {
-		host, err := FrontendAPIHost(d.PublishableKey)
+		host, err := clerksession.FrontendAPIHost(d.PublishableKey)
 		if err != nil {
 			d.Log.Error("ClerkJS disabled", "err", err)
 		} else {

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/clerk-ledger/clerk-ledger/clerksession"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 )
 
@@ -89,7 +90,7 @@ func clientSignedIn(r *http.Request) bool {
 // token plus __client_uat > 0 marks the request needsRefresh instead.
 // A nil sessions means nobody can sign in. Responses vary by Cookie and
 // Authorization and are never stored by caches.
-func authenticate(log *slog.Logger, sessions *SessionVerifier, clerkJS bool) func(http.Handler) http.Handler {
+func authenticate(log *slog.Logger, sessions *clerksession.Verifier, clerkJS bool) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Add("Vary", "Cookie, Authorization")
@@ -103,16 +104,16 @@ func authenticate(log *slog.Logger, sessions *SessionVerifier, clerkJS bool) fun
 			if fromCookie {
 				verify = sessions.Verify
 			}
-			s, err := verify(r.Context(), token)
-			s.Bearer = !fromCookie
+			cs, err := verify(r.Context(), token)
+			s := Session{UserID: cs.UserID, SessionID: cs.SessionID, Bearer: !fromCookie}
 			ctx := r.Context()
 			switch {
 			case err == nil:
 				ctx = withSession(ctx, s)
-			case clerkJS && fromCookie && (err == errNoToken || err == errSessionExpired) && clientSignedIn(r):
+			case clerkJS && fromCookie && (err == clerksession.ErrNoToken || err == clerksession.ErrExpired) && clientSignedIn(r):
 				ctx = context.WithValue(ctx, refreshKey{}, true)
-			case err == errNoToken:
-			case err == errSessionExpired:
+			case err == clerksession.ErrNoToken:
+			case err == clerksession.ErrExpired:
 				log.DebugContext(ctx, "session token expired", "path", r.URL.Path)
 			case domain.ErrorCode(err) == domain.EUNAVAILABLE:
 				log.WarnContext(ctx, "session not verified", "path", r.URL.Path, "err", err)

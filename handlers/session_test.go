@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
+	"github.com/clerk-ledger/clerk-ledger/clerksession"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 )
 
@@ -268,7 +269,7 @@ func TestJWKSFixedExpiry(t *testing.T) {
 	start := time.Now()
 	clockNow := start
 	now := func() time.Time { return clockNow }
-	v, err := NewSessionVerifier(SessionConfig{
+	v, err := clerksession.NewVerifier(clerksession.Config{
 		SecretKey: "sk_test_secret", APIURL: api.URL + "/v1", JWKSTTL: time.Hour,
 		AuthorizedParties: []string{"https://app.example.test"}, Now: now,
 	})
@@ -328,31 +329,31 @@ func TestJWKSFixedExpiry(t *testing.T) {
 func TestSessionConfigErrors(t *testing.T) {
 	pemKey := publicPEM(t, testClerkKey())
 	parties := []string{"http://localhost:4321"}
-	good := []SessionConfig{
+	good := []clerksession.Config{
 		{JWTKey: pemKey, AuthorizedParties: parties},
 		{JWTKey: strings.ReplaceAll(pemKey, "\n", `\n`), AuthorizedParties: parties},
 		{JWTKey: strings.Join(strings.Split(pemKey, "\n")[1:len(strings.Split(pemKey, "\n"))-2], ""), AuthorizedParties: parties},
 		{SecretKey: "sk_test_x", AuthorizedParties: parties},
 	}
 	for i, c := range good {
-		if _, err := NewSessionVerifier(c); err != nil {
+		if _, err := clerksession.NewVerifier(c); err != nil {
 			t.Errorf("good config %d: %v", i, err)
 		}
 	}
 	bad := []struct {
-		c    SessionConfig
+		c    clerksession.Config
 		want string
 	}{
-		{SessionConfig{AuthorizedParties: parties}, "CLERK_JWT_KEY nor CLERK_SECRET_KEY"},
-		{SessionConfig{JWTKey: "not a key", AuthorizedParties: parties}, "CLERK_JWT_KEY is malformed"},
-		{SessionConfig{JWTKey: pemKey}, "CLERK_AUTHORIZED_PARTIES"},
-		{SessionConfig{JWTKey: pemKey, AuthorizedParties: []string{"localhost:4321"}}, "CLERK_AUTHORIZED_PARTIES"},
-		{SessionConfig{JWTKey: pemKey, AuthorizedParties: parties, PublishableKey: "pk_test_!!!"}, "PUBLIC_CLERK_PUBLISHABLE_KEY"},
+		{clerksession.Config{AuthorizedParties: parties}, "CLERK_JWT_KEY nor CLERK_SECRET_KEY"},
+		{clerksession.Config{JWTKey: "not a key", AuthorizedParties: parties}, "CLERK_JWT_KEY is malformed"},
+		{clerksession.Config{JWTKey: pemKey}, "CLERK_AUTHORIZED_PARTIES"},
+		{clerksession.Config{JWTKey: pemKey, AuthorizedParties: []string{"localhost:4321"}}, "CLERK_AUTHORIZED_PARTIES"},
+		{clerksession.Config{JWTKey: pemKey, AuthorizedParties: parties, PublishableKey: "pk_test_!!!"}, "PUBLIC_CLERK_PUBLISHABLE_KEY"},
 	}
 	for _, tc := range bad {
-		_, err := NewSessionVerifier(tc.c)
+		_, err := clerksession.NewVerifier(tc.c)
 		if domain.ErrorCode(err) != domain.EINVALID || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("NewSessionVerifier(%+v) = %v, want EINVALID about %s", tc.c, err, tc.want)
+			t.Errorf("clerksession.NewVerifier(%+v) = %v, want EINVALID about %s", tc.c, err, tc.want)
 		}
 	}
 }
@@ -365,15 +366,15 @@ func TestFrontendAPIHost(t *testing.T) {
 		"pk_live_" + b64("clerk.ledger.example.com$"):        "clerk.ledger.example.com",
 		"pk_test_" + b64("happy-cat-12.clerk.accounts.dev$"): "happy-cat-12.clerk.accounts.dev",
 	} {
-		got, err := FrontendAPIHost(pk)
+		got, err := clerksession.FrontendAPIHost(pk)
 		if err != nil || got != want {
-			t.Errorf("FrontendAPIHost(%q) = %q, %v; want %q", pk, got, err, want)
+			t.Errorf("clerksession.FrontendAPIHost(%q) = %q, %v; want %q", pk, got, err, want)
 		}
 	}
 	for _, pk := range []string{"", "sk_test_abc", "pk_test_", "pk_test_" + b64("no-dollar"),
 		"pk_test_" + b64("evil.com/x\" onload=\"$"), "pk_test_" + b64("a b$")} {
-		if _, err := FrontendAPIHost(pk); domain.ErrorCode(err) != domain.EINVALID {
-			t.Errorf("FrontendAPIHost(%q) = %v, want EINVALID", pk, err)
+		if _, err := clerksession.FrontendAPIHost(pk); domain.ErrorCode(err) != domain.EINVALID {
+			t.Errorf("clerksession.FrontendAPIHost(%q) = %v, want EINVALID", pk, err)
 		}
 	}
 }

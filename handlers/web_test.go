@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
+	"github.com/clerk-ledger/clerk-ledger/clerksession"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
@@ -90,7 +91,7 @@ type webEnv struct {
 	db     *sqlx.DB
 	signer *clerkgen.Signer
 	logs   *logBuffer
-	dev    *DevSignIn
+	dev    *clerksession.Dev
 }
 
 type webOptions struct {
@@ -117,15 +118,15 @@ func newWebEnv(t *testing.T, opt webOptions) *webEnv {
 	}
 	deps.Observer = deps.Metrics
 	if opt.dev {
-		e.dev, err = NewDevSignIn(DevSignInConfig{Addr: srv.Listener.Addr().String()})
+		e.dev, err = clerksession.NewDev(clerksession.DevConfig{Addr: srv.Listener.Addr().String()})
 		if err != nil {
 			t.Fatal(err)
 		}
 		deps.DevSignIn = e.dev
-		deps.Sessions, err = NewSessionVerifier(e.dev.SessionConfig())
+		deps.Sessions, err = clerksession.NewVerifier(e.dev.Config())
 	} else {
 		deps.PublishableKey = testPublishableKey
-		deps.Sessions, err = NewSessionVerifier(SessionConfig{
+		deps.Sessions, err = clerksession.NewVerifier(clerksession.Config{
 			JWTKey:            publicPEM(t, testClerkKey()),
 			PublishableKey:    testPublishableKey,
 			AuthorizedParties: []string{srv.URL},

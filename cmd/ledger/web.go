@@ -4,7 +4,7 @@ import (
 	"log/slog"
 	"net"
 
-	"github.com/clerk-ledger/clerk-ledger/handlers"
+	"github.com/clerk-ledger/clerk-ledger/clerksession"
 )
 
 // webAuth builds what the web pages need to sign people in, for a server
@@ -14,12 +14,12 @@ import (
 // verifier (azp checked against CLERK_AUTHORIZED_PARTIES, default the
 // server's own origin; issuer pinned by PUBLIC_CLERK_PUBLISHABLE_KEY). With
 // neither and dev set (ledger dev), it returns the dev sign-in and a verifier
-// for its tokens; NewDevSignIn refuses a non-loopback addr. With neither and
+// for its tokens; NewDev refuses a non-loopback addr. With neither and
 // not dev, nobody can sign in: both are nil and a warning is logged.
 // Errors: EINVALID for a malformed key, publishable key or origin.
-func webAuth(log *slog.Logger, cfg config, addr string, dev bool) (*handlers.SessionVerifier, *handlers.DevSignIn, error) {
+func webAuth(log *slog.Logger, cfg config, addr string, dev bool) (*clerksession.Verifier, *clerksession.Dev, error) {
 	if cfg.PublishableKey != "" {
-		if _, err := handlers.FrontendAPIHost(cfg.PublishableKey); err != nil {
+		if _, err := clerksession.FrontendAPIHost(cfg.PublishableKey); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -28,13 +28,13 @@ func webAuth(log *slog.Logger, cfg config, addr string, dev bool) (*handlers.Ses
 			log.Warn("sign-in disabled: set CLERK_JWT_KEY (or CLERK_SECRET_KEY) and PUBLIC_CLERK_PUBLISHABLE_KEY")
 			return nil, nil, nil
 		}
-		ds, err := handlers.NewDevSignIn(handlers.DevSignInConfig{
+		ds, err := clerksession.NewDev(clerksession.DevConfig{
 			Addr: addr, ClerkSecretKey: cfg.ClerkSecretKey, ClerkJWTKey: cfg.ClerkJWTKey, PublishableKey: cfg.PublishableKey,
 		})
 		if err != nil {
 			return nil, nil, err
 		}
-		sessions, err := handlers.NewSessionVerifier(ds.SessionConfig())
+		sessions, err := clerksession.NewVerifier(ds.Config())
 		if err != nil {
 			return nil, nil, err
 		}
@@ -51,11 +51,11 @@ func webAuth(log *slog.Logger, cfg config, addr string, dev bool) (*handlers.Ses
 			origin = addr
 		}
 		var err error
-		if parties, err = handlers.DefaultAuthorizedParties(origin); err != nil {
+		if parties, err = clerksession.DefaultAuthorizedParties(origin); err != nil {
 			return nil, nil, err
 		}
 	}
-	sessions, err := handlers.NewSessionVerifier(handlers.SessionConfig{
+	sessions, err := clerksession.NewVerifier(clerksession.Config{
 		JWTKey:            cfg.ClerkJWTKey,
 		SecretKey:         cfg.ClerkSecretKey,
 		PublishableKey:    cfg.PublishableKey,

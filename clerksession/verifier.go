@@ -1,4 +1,10 @@
-package handlers
+// Package clerksession verifies Clerk session tokens: networkless with the
+// instance's PEM key (CLERK_JWT_KEY) or through its JWKS (CLERK_SECRET_KEY),
+// with the checks clerk-sdk-go's jwt.Verify leaves out (exp required, azp,
+// pinned issuer, RS256 only), and mints development session tokens for
+// `ledger dev` (Dev) that the same verification accepts. HTTP middleware
+// that puts a session in a request lives in handlers.
+package clerksession
 
 import (
 	"context"
@@ -18,8 +24,8 @@ import (
 	josejwt "github.com/go-jose/go-jose/v3/jwt"
 )
 
-// SessionConfig configures a SessionVerifier.
-type SessionConfig struct {
+// Config configures a Verifier.
+type Config struct {
 	// JWTKey is the instance's PEM public key (CLERK_JWT_KEY). When set,
 	// tokens are verified without any network call.
 	JWTKey string
@@ -45,11 +51,11 @@ type SessionConfig struct {
 	Now func() time.Time
 }
 
-// SessionVerifier verifies Clerk session tokens with clerk-sdk-go's
+// Verifier verifies Clerk session tokens with clerk-sdk-go's
 // jwt.Verify plus the checks it leaves out: exp is required, azp must be an
 // authorized party, the issuer is pinned when the Frontend API host is known,
 // and only RS256 is accepted. It is safe for concurrent use.
-type SessionVerifier struct {
+type Verifier struct {
 	key     *clerk.JSONWebKey // static key (CLERK_JWT_KEY or the dev key), or nil
 	jwks    *jwksCache        // when key is nil
 	issuer  string            // "" accepts Clerk's issuer patterns
@@ -59,19 +65,25 @@ type SessionVerifier struct {
 	now     func() time.Time
 }
 
-// Errors of Verify. errSessionExpired is only returned for a token whose
-// signature and claims are otherwise valid.
+// Session is who a verified session token names.
+type Session struct {
+	UserID    string // sub
+	SessionID string // sid
+}
+
+// Errors of Verify, compared with ==. ErrExpired is only returned for a
+// token whose signature and claims are otherwise valid.
 var (
-	errNoToken        = domain.Errorf(domain.EUNAUTHORIZED, "no session token")
-	errSessionExpired = domain.Errorf(domain.EUNAUTHORIZED, "session token has expired")
-	errBadToken       = domain.Errorf(domain.EUNAUTHORIZED, "invalid session token")
+	ErrNoToken  = domain.Errorf(domain.EUNAUTHORIZED, "no session token")
+	ErrExpired  = domain.Errorf(domain.EUNAUTHORIZED, "session token has expired")
+	errBadToken = domain.Errorf(domain.EUNAUTHORIZED, "invalid session token")
 )
 
-// NewSessionVerifier returns a SessionVerifier for c. It returns EINVALID
+// NewVerifier returns a Verifier for c. It returns EINVALID
 // naming the setting when neither key is set, the PEM key or publishable key
 // is malformed, or no authorized party is given.
-func NewSessionVerifier(c SessionConfig) (*SessionVerifier, error) {
-	v := &SessionVerifier{leeway: c.Leeway, now: c.Now, parties: map[string]bool{}}
+func NewVerifier(c Config) (*Verifier, error) {
+	v := &Verifier{leeway: c.Leeway, now: c.Now, parties: map[string]bool{}}
 	if v.leeway <= 0 {
 		v.leeway = 10 * time.Second
 	}
@@ -120,7 +132,7 @@ func NewSessionVerifier(c SessionConfig) (*SessionVerifier, error) {
 }
 
 // AuthorizedParties returns the origins tokens may be issued to.
-func (v *SessionVerifier) AuthorizedParties() []string {
+func (v *Verifier) AuthorizedParties() []string {
 	return append([]string(nil), v.list...)
 }
 
@@ -147,11 +159,11 @@ func (c clock) Now() time.Time { return c().UTC() }
 // JWKS it fetches at most when the cached set has expired or the token names
 // an unknown key (rate limited).
 //
-// Errors (all EUNAUTHORIZED unless noted): errNoToken for "",
-// errSessionExpired for a genuine token past exp + leeway, errBadToken for
+// Errors (all EUNAUTHORIZED unless noted): ErrNoToken for "",
+// ErrExpired for a genuine token past exp + leeway, errBadToken for
 // anything else wrong (signature, alg, missing exp, nbf/iat in the future,
 // issuer, azp, subject, a pending session); EUNAVAILABLE when the JWKS cannot be fetched.
-func (v *SessionVerifier) Verify(ctx context.Context, token string) (Session, error) {
+func (v *Verifier) Verify(ctx context.Context, token string) (Session, error) {
 	return v.verify(ctx, token, true)
 }
 
@@ -162,13 +174,13 @@ func (v *SessionVerifier) Verify(ctx context.Context, token string) (Session, er
 // when it is present; a present azp must still be an authorized party.
 // Nothing is lost: azp is not a secret, and a browser never sends this
 // header on its own.
-func (v *SessionVerifier) VerifyBearer(ctx context.Context, token string) (Session, error) {
+func (v *Verifier) VerifyBearer(ctx context.Context, token string) (Session, error) {
 	return v.verify(ctx, token, false)
 }
 
-func (v *SessionVerifier) verify(ctx context.Context, token string, requireAZP bool) (Session, error) {
+func (v *Verifier) verify(ctx context.Context, token string, requireAZP bool) (Session, error) {
 	if token == "" {
-		return Session{}, errNoToken
+		return Session{}, ErrNoToken
 	}
 	if len(token) > 8<<10 || strings.Count(token, ".") != 2 {
 		return Session{}, errBadToken // compact JWS only
@@ -191,7 +203,7 @@ func (v *SessionVerifier) verify(ctx context.Context, token string, requireAZP b
 		CustomClaimsConstructor: func(context.Context) any { return &statusClaim{} },
 	})
 	if errors.Is(err, josejwt.ErrExpired) {
-		return Session{}, errSessionExpired
+		return Session{}, ErrExpired
 	}
 	if err != nil {
 		return Session{}, fmt.Errorf("%w: %v", errBadToken, err)
