@@ -108,38 +108,13 @@ func (e *auditEnv) append(t testing.TB, id, typ string, u clerkgen.User, at time
 // tests' open transactions in the cluster hold it back).
 func (e *auditEnv) visible(t testing.TB, n int64) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		c, err := schema.CountAfter(context.Background(), e.db, schema.Cursor{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if c >= n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d of %d events became readable", c, n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	schematest.WaitReadable(t, e.db, n)
 }
 
-// putUser writes a users projection row as the users projector would.
+// putUser writes a users projection row with the users projector's own upsert.
 func putUser(t testing.TB, db *sqlx.DB, u domain.User) {
 	t.Helper()
-	null := func(t time.Time) any {
-		if t.IsZero() {
-			return nil
-		}
-		return t
-	}
-	_, err := db.Exec(`INSERT INTO users (id, email, first_name, last_name, name, username, image_url, public_metadata,
-created_at, updated_at, deleted, deleted_at, version_updated_at, version_occurred_at, version_delivery_id)
-VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)
-ON CONFLICT (id) DO UPDATE SET email = EXCLUDED.email, first_name = EXCLUDED.first_name, public_metadata = EXCLUDED.public_metadata, deleted = EXCLUDED.deleted`,
-		u.ID, u.Email, u.FirstName, u.LastName, u.Name(), u.Username, u.ImageURL, string(u.PublicMetadata),
-		null(u.CreatedAt), null(u.UpdatedAt), u.Deleted, null(u.DeletedAt), u.Version.UpdatedAt, u.Version.OccurredAt, u.Version.DeliveryID)
-	if err != nil {
+	if err := schema.LiveUsers().Upsert(context.Background(), db, []schema.UserRow{{User: u}}); err != nil {
 		t.Fatal(err)
 	}
 }

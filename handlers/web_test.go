@@ -203,29 +203,12 @@ version_occurred_at=$14, version_delivery_id=$15`,
 // just-committed event may stay invisible for a moment.
 func waitVisible(t testing.TB, db *sqlx.DB) []domain.Event {
 	t.Helper()
-	ctx := context.Background()
-	start := time.Now()
-	deadline := start.Add(60 * time.Second)
-	for {
-		head, err := schema.ReadHead(ctx, db)
-		if err != nil {
-			t.Fatal(err)
-		}
-		events, err := schema.QueryEvents(ctx, db, schema.EventFilter{Limit: 100000})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if int64(len(events)) == head.Count {
-			if waited := time.Since(start); waited > time.Second {
-				t.Logf("waited %s for the xid8 gate: a transaction elsewhere in the cluster was open", waited.Round(time.Millisecond))
-			}
-			return events
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d of %d stored events became visible to ledger readers in 60 s: a transaction elsewhere in the cluster stays open (see pg_stat_activity)", len(events), head.Count)
-		}
-		time.Sleep(20 * time.Millisecond)
+	schematest.WaitVisible(t, db)
+	events, err := schema.QueryEvents(context.Background(), db, schema.EventFilter{Limit: 100000})
+	if err != nil {
+		t.Fatal(err)
 	}
+	return events
 }
 
 // sessionClaims are Clerk-shaped session token claims for userID issued to

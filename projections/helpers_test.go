@@ -12,6 +12,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
 )
@@ -210,15 +211,5 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 // waitVisible waits until every committed event is below the xid8 gate.
 func waitVisible(t testing.TB, db *sqlx.DB) {
 	t.Helper()
-	var last schema.Cursor
-	var tx string
-	err := db.QueryRow(`SELECT transaction_id::text AS tx, position FROM events ORDER BY transaction_id DESC, position DESC LIMIT 1`).Scan(&tx, &last.Position)
-	if err != nil {
-		return // no events
-	}
-	fmt.Sscan(tx, &last.TxID)
-	waitFor(t, "events to pass the xid8 gate", func() bool {
-		h, err := schema.GateHead(context.Background(), db)
-		return err == nil && !h.Less(last)
-	})
+	schematest.WaitVisible(t, db)
 }

@@ -61,25 +61,6 @@ func pageAll(t *testing.T, db schema.Queryer, f schema.EventFilter, seen *[]sche
 	}
 }
 
-// waitVisible waits until n events are readable below the xid8 gate.
-func waitVisible(t *testing.T, db schema.Queryer, n int64) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		c, err := schema.CountAfter(context.Background(), db, schema.Cursor{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if c >= n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d of %d events became readable", c, n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func TestAuditPagingWhileEventsArrive(t *testing.T) {
 	db := schematest.NewDB(t)
 	ctx := context.Background()
@@ -135,7 +116,7 @@ func TestAuditPagingWhileEventsArrive(t *testing.T) {
 	}
 	// Wait until every event is past the xid8 gate (other tests' open
 	// transactions in the cluster hold it back), then read to the end.
-	waitVisible(t, db, before+during)
+	schematest.WaitReadable(t, db, before+during)
 	for i, f := range filters {
 		f.After = cursors[i]
 		pageAll(t, db, f, &seen[i])
@@ -193,7 +174,7 @@ func TestAuditQueryFiltersAndChainHashes(t *testing.T) {
 	if _, err := store.Append(ctx, historyEvent(t, 21)); err != nil {
 		t.Fatal(err)
 	}
-	waitVisible(t, db, 22)
+	schematest.WaitReadable(t, db, 22)
 	// since is inclusive, until exclusive, on occurred_at.
 	got, err := schema.QueryAuditEvents(ctx, db, schema.EventFilter{Since: t0.Add(5 * time.Minute), Until: t0.Add(8 * time.Minute)})
 	if err != nil {
@@ -461,7 +442,7 @@ func TestQueryAuditEventsRecorded(t *testing.T) {
 	}
 	var s schematest.Sealer
 	s.SealAll(t, db, 25) // the last 5 stay unsealed: a nil chain hash
-	waitVisible(t, db, 30)
+	schematest.WaitReadable(t, db, 30)
 	filters := []schema.EventFilter{
 		{},
 		{UserID: "user_1", Limit: 4},
@@ -556,7 +537,7 @@ func TestQueryAuditEventsRecordedHoldsNoXID(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitVisible(t, db, 300)
+	schematest.WaitReadable(t, db, 300)
 	conn, err := db.Connx(ctx)
 	if err != nil {
 		t.Fatal(err)

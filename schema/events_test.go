@@ -236,7 +236,7 @@ func TestQueryEventsFilters(t *testing.T) {
 	}
 	// Readers see events below the cluster-wide xid8 gate: wait until any
 	// transaction open elsewhere on the cluster has let these through.
-	waitVisible(t, db, 5)
+	schematest.WaitReadable(t, db, 5)
 	check := func(f schema.EventFilter, want ...string) {
 		t.Helper()
 		got, err := schema.QueryEvents(ctx, db, f)

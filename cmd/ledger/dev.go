@@ -83,9 +83,40 @@ func (a *app) printDevBanner(cfg config, secret string) {
   signing secret    %[2]s   (generated, kept in %[3]s)
 
   send a signed test delivery:
-    CLERK_WEBHOOK_SIGNING_SECRET=%[2]s ledger webhook send user.created --addr %[1]s --first-name Ada --last-name Lovelace --email ada@example.com
+    CLERK_WEBHOOK_SIGNING_SECRET=%[2]s %[4]s webhook send user.created --addr %[1]s --first-name Ada --last-name Lovelace --email ada@example.com
 
-`, cfg.Addr, secret, filepath.Join(devDataDir, "webhook-secret"))
+`, cfg.Addr, secret, filepath.Join(devDataDir, "webhook-secret"), selfCommand(os.Executable, exec.LookPath))
+}
+
+// selfCommand is how the person who started this process runs it again from
+// the same shell: "go run ./cmd/ledger" for a binary `go run` built (it
+// lives in the build cache's temporary exe directory, and `make run` starts
+// it that way from the repository root), "ledger" when that name on PATH is
+// this binary, else the binary's absolute path.
+func selfCommand(executable func() (string, error), lookPath func(string) (string, error)) string {
+	exe, err := executable()
+	if err != nil {
+		return "ledger"
+	}
+	if strings.Contains(exe, string(filepath.Separator)+"go-build") && filepath.Base(filepath.Dir(exe)) == "exe" {
+		return "go run ./cmd/ledger"
+	}
+	if p, err := lookPath("ledger"); err == nil {
+		if a, err := filepath.Abs(p); err == nil && sameFile(a, exe) {
+			return "ledger"
+		}
+	}
+	return exe
+}
+
+// sameFile reports whether paths a and b name the same file.
+func sameFile(a, b string) bool {
+	fa, err := os.Stat(a)
+	if err != nil {
+		return false
+	}
+	fb, err := os.Stat(b)
+	return err == nil && os.SameFile(fa, fb)
 }
 
 // devSecret returns the webhook secret kept in path, generating and saving

@@ -174,3 +174,34 @@ func devRefusesRebinding(t *testing.T, addr string) {
 		t.Errorf("POST /dev/sign-in on localhost: %s %v", res.Status, res.Cookies())
 	}
 }
+
+// TestSelfCommand: the banner's send line names the command that runs this
+// binary again as printed: go run for a go-run build, ledger when PATH has
+// it, else the absolute path.
+func TestSelfCommand(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "ledger")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	exe := func(p string) func() (string, error) { return func() (string, error) { return p, nil } }
+	onPath := func(string) (string, error) { return bin, nil }
+	notOnPath := func(string) (string, error) { return "", os.ErrNotExist }
+	goRun := filepath.Join(os.TempDir(), "go-build123456", "b001", "exe", "ledger")
+	cases := []struct {
+		exe  func() (string, error)
+		look func(string) (string, error)
+		want string
+	}{
+		{exe(goRun), onPath, "go run ./cmd/ledger"},
+		{exe(bin), onPath, "ledger"},
+		{exe(bin), notOnPath, bin},
+		{exe("/opt/other/ledger"), onPath, "/opt/other/ledger"},
+	}
+	for _, c := range cases {
+		if got := selfCommand(c.exe, c.look); got != c.want {
+			p, _ := c.exe()
+			t.Errorf("selfCommand(%s) = %q, want %q", p, got, c.want)
+		}
+	}
+}

@@ -80,3 +80,40 @@ func Open(t testing.TB, dsn string) *sqlx.DB {
 	t.Cleanup(func() { db.Close() })
 	return db
 }
+
+// WaitVisible waits (up to 60 s) until every event committed so far is
+// readable below the xid8 gate. The gate is cluster-wide: a transaction open
+// in another test's database holds it, so a just-committed event can stay
+// unreadable for a moment.
+func WaitVisible(t testing.TB, db schema.Queryer) {
+	t.Helper()
+	var n int64
+	if err := db.QueryRowxContext(context.Background(), `SELECT count(*) FROM events`).Scan(&n); err != nil {
+		t.Fatalf("schematest: count events: %v", err)
+	}
+	WaitReadable(t, db, n)
+}
+
+// WaitReadable waits (up to 60 s) until at least n events are readable
+// below the xid8 gate.
+func WaitReadable(t testing.TB, db schema.Queryer, n int64) {
+	t.Helper()
+	start := time.Now()
+	deadline := start.Add(60 * time.Second)
+	for {
+		c, err := schema.CountAfter(context.Background(), db, schema.Cursor{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c >= n {
+			if waited := time.Since(start); waited > time.Second {
+				t.Logf("schematest: waited %s for the xid8 gate: a transaction elsewhere in the cluster was open", waited.Round(time.Millisecond))
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("schematest: only %d of %d events became readable in 60 s: a transaction elsewhere in the cluster stays open (see pg_stat_activity)", c, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
