@@ -17,6 +17,8 @@
 //	ENOTFOUND     no such user (HTTP 404)
 //	ERATELIMIT    still 429 after every attempt
 //	EUNAVAILABLE  5xx or network errors after every attempt
+//	EINTERNAL     an answer that is not what the API sends (not JSON, not a
+//	              list, too large); context errors are returned as they are
 //
 // Secret keys are never logged or put in an error; user objects are never
 // logged.
@@ -69,8 +71,8 @@ type Config struct {
 	// HTTPClient sends the requests; nil means a client with a
 	// DefaultTimeout timeout on http.DefaultTransport.
 	HTTPClient *http.Client
-	// Log receives one warning per retried request (op, attempt, status,
-	// wait); nil discards.
+	// Log receives one warning per retried request (op, attempt, status or
+	// error, wait_ms); nil discards.
 	Log *slog.Logger
 	// MaxAttempts bounds the attempts of one call, the first included
 	// (default DefaultMaxAttempts); 1 disables retries.

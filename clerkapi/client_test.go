@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -161,7 +164,9 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 }
 
 func TestServerAndNetworkErrorsAreRetried(t *testing.T) {
-	s, c := newPair(t, clerkapitest.Options{Users: 30, Seed: 3}, clerkapi.Config{MaxAttempts: 5})
+	var logs bytes.Buffer
+	log := slog.New(slog.NewJSONHandler(&logs, nil))
+	s, c := newPair(t, clerkapitest.Options{Users: 30, Seed: 3}, clerkapi.Config{MaxAttempts: 5, Log: log})
 	s.Inject(2, clerkapitest.Fault{Status: http.StatusServiceUnavailable})
 	s.Inject(1, clerkapitest.Fault{Status: http.StatusBadGateway}) // a proxy's HTML page
 	s.Inject(1, clerkapitest.Fault{Truncate: true})                // the body breaks off
@@ -174,6 +179,75 @@ func TestServerAndNetworkErrorsAreRetried(t *testing.T) {
 	}
 	if n := s.RequestCount(); n != 5 {
 		t.Errorf("%d requests, want 4 failures and 1 success", n)
+	}
+	// One warning per retry, snake_case keys, no key and no user data.
+	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	if len(lines) != 4 || !strings.Contains(lines[0], `"op":"list_users"`) || !strings.Contains(lines[0], `"status":503`) ||
+		!strings.Contains(lines[0], `"wait_ms":`) || !strings.Contains(lines[3], "EOF") {
+		t.Errorf("logs:\n%s", logs.String())
+	}
+	if strings.Contains(logs.String(), s.SecretKey()[8:]) || strings.Contains(logs.String(), "@") {
+		t.Errorf("logs show the key or user data:\n%s", logs.String())
+	}
+}
+
+func TestSlowPageTimesOutAndIsRetried(t *testing.T) {
+	s, c := newPair(t, clerkapitest.Options{Users: 30}, clerkapi.Config{HTTPClient: &http.Client{Timeout: 100 * time.Millisecond}})
+	s.SetDelay(2 * time.Second)
+	s.OnList(func(offset, limit int) { s.SetDelay(0) }) // from the next page on
+	p, err := c.ListUsers(context.Background(), 0, 30)
+	if err != nil || len(p.Users) != 30 {
+		t.Fatalf("%v", err)
+	}
+	if n := s.RequestCount(); n != 2 {
+		t.Errorf("%d requests, want a timed-out one and its retry", n)
+	}
+}
+
+func TestGzippedPages(t *testing.T) {
+	s, c := newPair(t, clerkapitest.Options{Users: 1234, Seed: 10, Gzip: true}, clerkapi.Config{})
+	want := s.List()
+	got := listAll(t, c, 500)
+	if len(got) != len(want) {
+		t.Fatalf("listed %d, want %d", len(got), len(want))
+	}
+	for i := range got {
+		if !bytes.Equal(got[i].Raw, want[i].Raw) {
+			t.Fatalf("user %d differs", i)
+		}
+	}
+	if u, err := c.GetUser(context.Background(), want[7].ID); err != nil || !bytes.Equal(u.Raw, want[7].Raw) {
+		t.Errorf("get: %v", err)
+	}
+}
+
+// TestConcurrentUse shares one client between goroutines while the API
+// throttles and fails now and then (run with -race).
+func TestConcurrentUse(t *testing.T) {
+	s, c := newPair(t, clerkapitest.Options{Users: 300, Seed: 11}, clerkapi.Config{MaxAttempts: 10})
+	list := s.List()
+	s.Inject(3, clerkapitest.Fault{Status: http.StatusTooManyRequests, RetryAfter: "0"})
+	s.Inject(3, clerkapitest.Fault{Status: http.StatusServiceUnavailable})
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := range 8 {
+		wg.Go(func() {
+			for i := g; i < len(list); i += 8 {
+				u, err := c.GetUser(context.Background(), list[i].ID)
+				if err != nil || !bytes.Equal(u.Raw, list[i].Raw) {
+					errs <- fmt.Errorf("user %d: %v", i, err)
+					return
+				}
+			}
+			if p, err := c.ListUsers(context.Background(), g*10, 10); err != nil || p.Users[0].ID != list[g*10].ID {
+				errs <- fmt.Errorf("page %d: %v", g, err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }
 

@@ -46,7 +46,7 @@ func (c *Client) get(ctx context.Context, op, rawURL string, buf []byte) ([]byte
 			return body, nil
 		}
 		if errors.Is(err, errTooLarge) {
-			return buf, fmt.Errorf("Clerk Backend API response exceeds %d bytes", c.maxBody)
+			return buf, domain.Errorf(domain.EINTERNAL, "Clerk Backend API response exceeds %d bytes", c.maxBody)
 		}
 		var wait time.Duration
 		throttled := false
@@ -66,8 +66,13 @@ func (c *Client) get(ctx context.Context, op, rawURL string, buf []byte) ([]byte
 		if attempt >= c.maxAttempts {
 			return buf, exhausted(attempt, status, err)
 		}
-		c.log.Warn("clerk backend api request failed, retrying", "op", op, "attempt", attempt,
-			"status", status, "error", errorText(err), "wait_ms", wait.Milliseconds())
+		attrs := []any{"op", op, "attempt", attempt, "wait_ms", wait.Milliseconds()}
+		if err != nil {
+			attrs = append(attrs, "error", errorText(err))
+		} else {
+			attrs = append(attrs, "status", status)
+		}
+		c.log.Warn("clerk backend api request failed, retrying", attrs...)
 		if throttled {
 			// Clerk's limit is per instance: hold back every request of this
 			// client, not just this one.

@@ -3,7 +3,6 @@ package clerkapi
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"strconv"
 	"unicode/utf8"
 
@@ -20,8 +19,8 @@ import (
 // see domain.ParseEnvelope), is a Failure of its own.
 
 var (
-	errNotList   = errors.New("Clerk Backend API answered something other than a list of users")
-	errMalformed = errors.New("Clerk Backend API answered with malformed JSON")
+	errNotList   = domain.Errorf(domain.EINTERNAL, "Clerk Backend API answered something other than a list of users")
+	errMalformed = domain.Errorf(domain.EINTERNAL, "Clerk Backend API answered with malformed JSON")
 )
 
 // parsePage fills p (Offset and Limit set, slices empty) from a list body:
@@ -46,7 +45,7 @@ func parsePage(body []byte, p *Page) error {
 		}
 		arr, total, reason := envelope(body[i:end])
 		if reason != "" {
-			return errors.New("Clerk Backend API answered an object " + reason)
+			return domain.Errorf(domain.EINTERNAL, "Clerk Backend API answered an object %s", reason)
 		}
 		p.TotalCount = total
 		av := validator{b: arr}

@@ -56,10 +56,12 @@ type User struct {
 	Raw json.RawMessage
 }
 
-// Failure is an element of a page that is not a well-formed user object
-// (not an object, no id, id not a string, created_at or updated_at missing
-// or not an integer, ...). It is reported, never dropped and never half
-// parsed; the rest of the page is usable.
+// Failure is an element of a page that is not a well-formed user object:
+// not an object; no id, or an id that is not a string of Clerk id
+// characters; created_at or updated_at missing or not an integer; an
+// object other than "user"; one of those keys repeated or differing only in
+// case; invalid UTF-8. It is reported, never dropped and never half parsed;
+// the rest of the page is usable.
 type Failure struct {
 	Index    int             // position in the page, from 0
 	Position int             // position in the list: Page.Offset + Index
@@ -141,14 +143,16 @@ func (c *Client) CountUsers(ctx context.Context) (int64, error) {
 	}
 	var n user.TotalCount // the SDK's type for this response
 	if err := json.Unmarshal(body, &n); err != nil || n.TotalCount < 0 {
-		return 0, fmt.Errorf("count users: Clerk Backend API answered something other than a total_count object")
+		return 0, fmt.Errorf("count users: %w", domain.Errorf(domain.EINTERNAL, "Clerk Backend API answered something other than a total_count object"))
 	}
 	return n.TotalCount, nil
 }
 
 // GetUser returns user id (GET /v1/users/{id}); ENOTFOUND when Clerk has no
 // such user (never created, or deleted), EINVALID for an id that is not a
-// Clerk id (no request is made) or a malformed answer.
+// Clerk id (no request is made) or an answer that is not a well-formed user
+// object with that id (the reasons of Failure), EINTERNAL for one that is
+// not JSON.
 func (c *Client) GetUser(ctx context.Context, id string) (User, error) {
 	if !isClerkID(id) {
 		return User{}, domain.Errorf(domain.EINVALID, "get user: %s is not a Clerk user id", quoteID(id))
@@ -163,7 +167,7 @@ func (c *Client) GetUser(ctx context.Context, id string) (User, error) {
 	v := validator{b: body}
 	end, u, gotID, reason := parseUser(&v, skipWS(body, 0), 0)
 	if end < 0 || skipWS(body, end) != len(body) {
-		return User{}, fmt.Errorf("get user %s: %w", id, domain.Errorf(domain.EINVALID, "Clerk Backend API answered with malformed JSON"))
+		return User{}, fmt.Errorf("get user %s: %w", id, errMalformed)
 	}
 	if reason != "" {
 		return User{}, fmt.Errorf("get user %s: %w", id, domain.Errorf(domain.EINVALID, "Clerk returned a malformed user: %s", reason))

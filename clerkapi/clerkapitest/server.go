@@ -15,18 +15,21 @@
 // Errors carry Clerk's shape {"errors":[{"message","long_message","code"}],
 // "clerk_trace_id"}; a request without "Authorization: Bearer <SecretKey>"
 // gets 401. Users are realistic generated Clerk user objects (see User),
-// listed in Clerk's orders (+/-created_at, +/-updated_at; ties broken by id).
+// listed in Clerk's orders (+/-created_at, +/-updated_at; the fake breaks
+// ties by id, Clerk leaves their order unspecified).
 //
 // Faults for the client's resilience paths: Inject answers the next requests
 // with a status (429 with Retry-After, 5xx, a proxy's HTML page), cuts a
 // body short or drops the connection; SetDelay slows list pages; PutRaw replaces a user's bytes with
 // anything (a malformed object); OnList runs a hook before each page is read,
-// so users can be created, updated or deleted between pages. Requests records
-// every request with its arrival time. A Server is safe for concurrent use.
+// so users can be created, updated or deleted between pages; Options.Gzip
+// compresses answers as Clerk's edge does. Requests records every request
+// with its arrival time. A Server is safe for concurrent use.
 package clerkapitest
 
 import (
 	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -56,6 +59,10 @@ type Options struct {
 	// Envelope answers GET /v1/users with {"data":[...],"total_count":N}
 	// instead of Clerk's bare array.
 	Envelope bool
+	// Gzip compresses successful answers when the request accepts gzip, as
+	// Clerk's edge does (net/http's client then decompresses, and the body
+	// has no known length).
+	Gzip bool
 }
 
 // Fault is what an injected failure answers.
@@ -99,6 +106,7 @@ type Server struct {
 	ts       *httptest.Server
 	key      string
 	envelope bool
+	gzip     bool
 
 	mu       sync.Mutex
 	rng      *rand.Rand
@@ -117,6 +125,7 @@ func New(o Options) *Server {
 	s := &Server{
 		key:      o.SecretKey,
 		envelope: o.Envelope,
+		gzip:     o.Gzip,
 		rng:      rand.New(rand.NewPCG(o.Seed, o.Seed^0x9e3779b97f4a7c15)),
 		byID:     map[string]*Entry{},
 	}
@@ -410,7 +419,40 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.requests[idx].Status = status
 		s.mu.Unlock()
 	}()
+	if s.gzip && fault == nil && strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
+		gw := &gzipWriter{ResponseWriter: w}
+		defer gw.close()
+		w = gw
+	}
 	status = s.serve(w, r, fault, authorized)
+}
+
+// gzipWriter compresses a 2xx answer (dropping its Content-Length).
+type gzipWriter struct {
+	http.ResponseWriter
+	zw *gzip.Writer
+}
+
+func (g *gzipWriter) WriteHeader(status int) {
+	if status >= 200 && status < 300 {
+		g.Header().Del("Content-Length")
+		g.Header().Set("Content-Encoding", "gzip")
+		g.zw = gzip.NewWriter(g.ResponseWriter)
+	}
+	g.ResponseWriter.WriteHeader(status)
+}
+
+func (g *gzipWriter) Write(b []byte) (int, error) {
+	if g.zw != nil {
+		return g.zw.Write(b)
+	}
+	return g.ResponseWriter.Write(b)
+}
+
+func (g *gzipWriter) close() {
+	if g.zw != nil {
+		g.zw.Close()
+	}
 }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request, fault *Fault, authorized bool) int {

@@ -2,6 +2,7 @@ package clerkapitest_test
 
 import (
 	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -290,5 +291,28 @@ func TestMutationsAndConcurrentUse(t *testing.T) {
 		if a, b := list[i-1], list[i]; a.CreatedAt > b.CreatedAt || a.CreatedAt == b.CreatedAt && a.ID >= b.ID {
 			t.Fatalf("list out of order at %d", i)
 		}
+	}
+}
+
+func TestGzip(t *testing.T) {
+	s := clerkapitest.New(clerkapitest.Options{Users: 50, Gzip: true})
+	defer s.Close()
+	raw := &http.Client{Transport: &http.Transport{DisableCompression: true}}
+	req, _ := http.NewRequest(http.MethodGet, s.URL()+"/v1/users?limit=50", nil)
+	req.Header.Set("Authorization", "Bearer "+s.SecretKey())
+	req.Header.Set("Accept-Encoding", "gzip")
+	resp, err := raw.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	zr, err := gzip.NewReader(resp.Body)
+	if err != nil || resp.Header.Get("Content-Encoding") != "gzip" || resp.ContentLength != -1 {
+		t.Fatalf("not gzipped: %v %v", err, resp.Header)
+	}
+	body, err := io.ReadAll(zr)
+	var page []json.RawMessage
+	if err != nil || json.Unmarshal(body, &page) != nil || len(page) != 50 {
+		t.Errorf("gzipped page: %v", err)
 	}
 }
