@@ -42,6 +42,10 @@ type Deps struct {
 	WebhookRateLimit RateLimit
 	APIRateLimit     RateLimit
 	TrustedProxies   []netip.Prefix
+	// WebhookMaxReads is how many webhook bodies may be read at once
+	// (LEDGER_WEBHOOK_MAX_READS; 0: DefaultWebhookMaxReads). Past it a
+	// delivery is answered 503 + Retry-After before its body is read.
+	WebhookMaxReads int
 	// Metrics, when not nil, times every request and serves GET /metrics.
 	Metrics *Metrics
 }

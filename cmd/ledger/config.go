@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
@@ -25,6 +26,9 @@ type config struct {
 	// and the proxies whose X-Forwarded-For is believed (LEDGER_TRUSTED_PROXIES).
 	WebhookRateLimit, APIRateLimit handlers.RateLimit
 	TrustedProxies                 []netip.Prefix
+	// WebhookMaxReads bounds the webhook bodies read at once
+	// (LEDGER_WEBHOOK_MAX_READS, default handlers.DefaultWebhookMaxReads).
+	WebhookMaxReads int
 	// Dev is set by `ledger dev`: with no Clerk keys on a loopback address
 	// the development sign-in is served.
 	Dev bool
@@ -66,7 +70,11 @@ func (a *app) loadConfig(cmd *cobra.Command) (config, error) {
 	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
 		return c, domain.Errorf(domain.EINVALID, "LEDGER_ADDR %q is not host:port", c.Addr)
 	}
-	if err := c.loadRateLimits(a.env); err != nil {
+	err := c.loadRateLimits(a.env)
+	if err != nil {
+		return c, err
+	}
+	if c.WebhookMaxReads, err = parseMaxReads(a.env("LEDGER_WEBHOOK_MAX_READS")); err != nil {
 		return c, err
 	}
 	switch v := strings.ToLower(strings.TrimSpace(a.env("LEDGER_PROJECTORS"))); v {
@@ -109,6 +117,24 @@ func (c *config) loadRateLimits(env func(string) string) error {
 	}
 	c.TrustedProxies, err = handlers.ParseTrustedProxies(splitList(env("LEDGER_TRUSTED_PROXIES")))
 	return err
+}
+
+// maxWebhookMaxReads caps LEDGER_WEBHOOK_MAX_READS: each slot may hold a
+// 1 MiB buffer.
+const maxWebhookMaxReads = 4096
+
+// parseMaxReads reads LEDGER_WEBHOOK_MAX_READS: empty for the default, else
+// an integer from 1 to maxWebhookMaxReads.
+func parseMaxReads(v string) (int, error) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return handlers.DefaultWebhookMaxReads, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > maxWebhookMaxReads {
+		return 0, domain.Errorf(domain.EINVALID, "LEDGER_WEBHOOK_MAX_READS %q is malformed: want a whole number from 1 to %d", v, maxWebhookMaxReads)
+	}
+	return n, nil
 }
 
 func checkDatabaseURL(s string) error {
