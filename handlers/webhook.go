@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -200,37 +201,53 @@ type DeliveryObserver interface {
 	ObserveDelivery(outcome string, eventType string, d time.Duration)
 }
 
-// DefaultWebhookMaxReads is how many webhook bodies are read at once unless
-// configured (LEDGER_WEBHOOK_MAX_READS): 32 buffers of at most 1 MiB.
-const DefaultWebhookMaxReads = 32
+// DefaultWebhookBodyMemory is the most memory the webhook bodies being read
+// (and not yet verified) may take at once unless configured
+// (LEDGER_WEBHOOK_BODY_MEMORY): 16 MiB, sixteen bodies of the 1 MiB limit or
+// thousands of Clerk's usual few kB.
+const DefaultWebhookBodyMemory = 16 << 20
 
-// bodySlots bounds how many webhook bodies are being read and verified at
-// once, and keeps one reusable buffer per slot, so unauthenticated bodies
-// take at most slots × (MaxBodyBytes+1) bytes however many arrive.
-type bodySlots chan []byte
+// MinWebhookBodyMemory is the smallest budget: one body of the 1 MiB limit.
+const MinWebhookBodyMemory = domain.MaxBodyBytes + 1
 
-func newBodySlots(n int) bodySlots {
+// bodyBudget bounds the bytes of webhook bodies being read and verified at
+// once. A delivery reserves its Content-Length (the 1 MiB limit when it
+// sends none) before its body is read and gives it back once the body is
+// verified or refused, so unauthenticated bodies take at most the budget
+// however many arrive. It is safe for concurrent use.
+type bodyBudget struct {
+	mu   sync.Mutex
+	free int64
+}
+
+func newBodyBudget(n int64) *bodyBudget {
 	if n <= 0 {
-		n = DefaultWebhookMaxReads
+		n = DefaultWebhookBodyMemory
 	}
-	s := make(bodySlots, n)
-	for range n {
-		s <- nil // buffers are allocated on first use
-	}
-	return s
+	return &bodyBudget{free: max(n, MinWebhookBodyMemory)}
 }
 
-// tryAcquire takes a free slot and its buffer, or reports false at once.
-func (s bodySlots) tryAcquire() ([]byte, bool) {
-	select {
-	case b := <-s:
-		return b, true
-	default:
-		return nil, false
+// tryTake reserves n bytes, or reports false at once when they are not free.
+func (b *bodyBudget) tryTake(n int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if n > b.free {
+		return false
 	}
+	b.free -= n
+	return true
 }
 
-func (s bodySlots) release(b []byte) { s <- b[:0] }
+func (b *bodyBudget) give(n int64) {
+	b.mu.Lock()
+	b.free += n
+	b.mu.Unlock()
+}
+
+// smallBodyCap: the read buffers of bodies up to 64 KiB (Clerk's
+// events are a few kB); larger ones are left to the collector, so a flood of
+// large bodies leaves no memory held once it ends.
+const smallBodyCap = 64 << 10
 
 // readBody reads r to its end into buf (growing it up to limit+1 bytes) and
 // returns the filled buffer. contentLength, when known (>= 0), sizes it.
@@ -258,27 +275,28 @@ func readBody(r io.Reader, buf []byte, contentLength int64, limit int) ([]byte, 
 
 // handleClerkWebhook serves POST /api/webhooks/clerk. Before it reads any of
 // the body it checks the Svix headers (Verifier.CheckHeaders) and the
-// Content-Length, and takes one of maxReads body slots; then it reads the
-// body into the slot's buffer, verifies the signature and appends the exact
-// verified body to the ledger:
+// Content-Length, and reserves the body's size from a budget of bodyMemory
+// bytes; then it reads the body, verifies the signature, gives the
+// reservation back and appends the exact verified body to the ledger:
 //
 //	401 missing Svix headers, svix-timestamp outside the tolerance, or no valid signature ·
 //	400 a malformed svix-id, svix-timestamp or svix-signature (the message names it),
 //	    or a verified body that is not a Clerk event envelope or holds a value the
 //	    ledger cannot store (the message names the field) ·
-//	413 body over 1 MiB · 503 + Retry-After every slot busy (nothing read) ·
+//	413 body over 1 MiB · 503 + Retry-After the budget is taken (nothing read) ·
 //	200 {"status":"stored"} or {"status":"duplicate"} (already stored; with
 //	    "conflict":true when the stored body differs: it stays) ·
 //	503 + Retry-After when the store cannot commit, whatever the reason (Svix retries).
 //
 // Nothing is stored unless the answer is 200, and 200 means committed.
-func handleClerkWebhook(log *slog.Logger, verifier *Verifier, store Appender, obs DeliveryObserver, now func() time.Time, maxReads int) http.HandlerFunc {
+func handleClerkWebhook(log *slog.Logger, verifier *Verifier, store Appender, obs DeliveryObserver, now func() time.Time, bodyMemory int64) http.HandlerFunc {
 	type answer struct {
 		Status     string `json:"status"`
 		DeliveryID string `json:"delivery_id"`
 		Conflict   bool   `json:"conflict,omitempty"`
 	}
-	slots := newBodySlots(maxReads)
+	budget := newBodyBudget(bodyMemory)
+	buffers := sync.Pool{New: func() any { return new([]byte) }}
 	return func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		id, _, _ := svixHeaders(r.Header)
@@ -309,24 +327,38 @@ func handleClerkWebhook(log *slog.Logger, verifier *Verifier, store Appender, ob
 			}
 		}
 
-		// Nothing of the body is read before the headers are good.
+		// Nothing of the body is read before the headers are good; a refused
+		// connection is closed rather than drained.
 		dh, err := verifier.CheckHeaders(r.Header, now())
 		if err != nil {
+			w.Header().Set("Connection", "close")
 			failInput(err)
 			return
 		}
 		if r.ContentLength > domain.MaxBodyBytes {
+			w.Header().Set("Connection", "close")
 			fail(OutcomeTooLarge, domain.Errorf(domain.ETOOLARGE, "body is larger than %d bytes", domain.MaxBodyBytes))
 			return
 		}
-		buf, ok := slots.tryAcquire()
-		if !ok {
+		reserve := r.ContentLength + 1
+		if r.ContentLength < 0 {
+			reserve = domain.MaxBodyBytes + 1
+		}
+		if !budget.tryTake(reserve) {
+			w.Header().Set("Connection", "close")
 			fail(OutcomeBusy, domain.Errorf(domain.EUNAVAILABLE, "too many webhook bodies are being read; retry later"))
 			return
 		}
 		body, err := func() ([]byte, error) {
-			defer func() { slots.release(buf) }()
-			buf, err = readBody(http.MaxBytesReader(w, r.Body, domain.MaxBodyBytes), buf, r.ContentLength, domain.MaxBodyBytes)
+			defer budget.give(reserve)
+			pooled := buffers.Get().(*[]byte)
+			buf, err := readBody(http.MaxBytesReader(w, r.Body, domain.MaxBodyBytes), *pooled, r.ContentLength, domain.MaxBodyBytes)
+			defer func() {
+				if cap(buf) <= smallBodyCap {
+					*pooled = buf[:0]
+					buffers.Put(pooled)
+				}
+			}()
 			if err != nil {
 				var tooLarge *http.MaxBytesError
 				if errors.As(err, &tooLarge) {

@@ -4,7 +4,6 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
-	"strconv"
 	"strings"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
@@ -26,9 +25,9 @@ type config struct {
 	// and the proxies whose X-Forwarded-For is believed (LEDGER_TRUSTED_PROXIES).
 	WebhookRateLimit, APIRateLimit handlers.RateLimit
 	TrustedProxies                 []netip.Prefix
-	// WebhookMaxReads bounds the webhook bodies read at once
-	// (LEDGER_WEBHOOK_MAX_READS, default handlers.DefaultWebhookMaxReads).
-	WebhookMaxReads int
+	// WebhookBodyMemory bounds the bytes of webhook bodies read at once
+	// (LEDGER_WEBHOOK_BODY_MEMORY, default handlers.DefaultWebhookBodyMemory).
+	WebhookBodyMemory int64
 	// Dev is set by `ledger dev`: with no Clerk keys on a loopback address
 	// the development sign-in is served.
 	Dev bool
@@ -74,7 +73,7 @@ func (a *app) loadConfig(cmd *cobra.Command) (config, error) {
 	if err != nil {
 		return c, err
 	}
-	if c.WebhookMaxReads, err = parseMaxReads(a.env("LEDGER_WEBHOOK_MAX_READS")); err != nil {
+	if c.WebhookBodyMemory, err = parseBodyMemory(a.env("LEDGER_WEBHOOK_BODY_MEMORY")); err != nil {
 		return c, err
 	}
 	switch v := strings.ToLower(strings.TrimSpace(a.env("LEDGER_PROJECTORS"))); v {
@@ -119,20 +118,20 @@ func (c *config) loadRateLimits(env func(string) string) error {
 	return err
 }
 
-// maxWebhookMaxReads caps LEDGER_WEBHOOK_MAX_READS: each slot may hold a
-// 1 MiB buffer.
-const maxWebhookMaxReads = 4096
+// maxWebhookBodyMemory caps LEDGER_WEBHOOK_BODY_MEMORY.
+const maxWebhookBodyMemory = 4 << 30
 
-// parseMaxReads reads LEDGER_WEBHOOK_MAX_READS: empty for the default, else
-// an integer from 1 to maxWebhookMaxReads.
-func parseMaxReads(v string) (int, error) {
+// parseBodyMemory reads LEDGER_WEBHOOK_BODY_MEMORY: empty for the default,
+// else bytes with an optional unit (B, KiB, MiB, GiB), from one body of the
+// 1 MiB limit to 4 GiB.
+func parseBodyMemory(v string) (int64, error) {
 	v = strings.TrimSpace(v)
 	if v == "" {
-		return handlers.DefaultWebhookMaxReads, nil
+		return handlers.DefaultWebhookBodyMemory, nil
 	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 || n > maxWebhookMaxReads {
-		return 0, domain.Errorf(domain.EINVALID, "LEDGER_WEBHOOK_MAX_READS %q is malformed: want a whole number from 1 to %d", v, maxWebhookMaxReads)
+	n, err := parseByteSize(v)
+	if err != nil || n < handlers.MinWebhookBodyMemory || n > maxWebhookBodyMemory {
+		return 0, domain.Errorf(domain.EINVALID, "LEDGER_WEBHOOK_BODY_MEMORY %q is malformed: want bytes with an optional unit (B, KiB, MiB, GiB) from 1MiB+1B (one body of the limit) to 4GiB, e.g. 16MiB", v)
 	}
 	return n, nil
 }

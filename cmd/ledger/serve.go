@@ -109,10 +109,10 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 			DevSignIn:      devSignIn,
 			Auditors:       cfg.Auditors,
 
-			WebhookRateLimit: cfg.WebhookRateLimit,
-			APIRateLimit:     cfg.APIRateLimit,
-			TrustedProxies:   cfg.TrustedProxies,
-			WebhookMaxReads:  cfg.WebhookMaxReads,
+			WebhookRateLimit:  cfg.WebhookRateLimit,
+			APIRateLimit:      cfg.APIRateLimit,
+			TrustedProxies:    cfg.TrustedProxies,
+			WebhookBodyMemory: cfg.WebhookBodyMemory,
 		}),
 		// Headers are read before any handler runs, for every connection:
 		// keep them small (Go's default allows 1 MiB each). Svix's headers
@@ -124,7 +124,7 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	log.Info("listening", "addr", ln.Addr().String(), "webhook", "http://"+ln.Addr().String()+"/api/webhooks/clerk", "signing_secrets", len(cfg.WebhookSecrets), "webhook_max_reads", cfg.WebhookMaxReads, "gogc", gcSetting(gcPercent))
+	log.Info("listening", "addr", ln.Addr().String(), "webhook", "http://"+ln.Addr().String()+"/api/webhooks/clerk", "signing_secrets", len(cfg.WebhookSecrets), "webhook_body_memory", cfg.WebhookBodyMemory, "gogc", gcSetting(gcPercent))
 	if ready != nil {
 		ready(ln.Addr().String())
 	}
