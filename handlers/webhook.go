@@ -84,12 +84,12 @@ type deliveryHeaders struct {
 	entries   []domain.SignatureEntry
 }
 
-// CheckHeaders checks a delivery's Svix headers without its body: all three
+// checkHeaders checks a delivery's Svix headers without its body: all three
 // present (EUNAUTHORIZED), svix-id per domain.CheckDeliveryID, svix-timestamp
 // a unix time in seconds and svix-signature per domain.ParseSignatureHeader
 // (EINVALID naming the header), and the timestamp within Svix's 5-minute
 // tolerance of now (EUNAUTHORIZED).
-func (v *Verifier) CheckHeaders(h http.Header, now time.Time) (deliveryHeaders, error) {
+func (v *Verifier) checkHeaders(h http.Header, now time.Time) (deliveryHeaders, error) {
 	id, ts, sig := svixHeaders(h)
 	if id == "" || ts == "" || sig == "" {
 		return deliveryHeaders{}, domain.Errorf(domain.EUNAUTHORIZED, "missing svix-id, svix-timestamp or svix-signature header")
@@ -112,11 +112,11 @@ func (v *Verifier) CheckHeaders(h http.Header, now time.Time) (deliveryHeaders, 
 }
 
 // Verify checks body against the Svix headers in h with every secret, with
-// Svix's 5-minute timestamp tolerance against now: CheckHeaders, then the
+// Svix's 5-minute timestamp tolerance against now: checkHeaders, then the
 // signature. It returns EUNAUTHORIZED saying what is wrong when no secret
 // matches, EINVALID when a header is malformed.
 func (v *Verifier) Verify(body []byte, h http.Header, now time.Time) error {
-	dh, err := v.CheckHeaders(h, now)
+	dh, err := v.checkHeaders(h, now)
 	if err != nil {
 		return err
 	}
@@ -244,9 +244,9 @@ func (b *bodyBudget) give(n int64) {
 	b.mu.Unlock()
 }
 
-// smallBodyCap: the read buffers of bodies up to 64 KiB (Clerk's
-// events are a few kB); larger ones are left to the collector, so a flood of
-// large bodies leaves no memory held once it ends.
+// smallBodyCap is the largest read buffer kept for reuse (Clerk's events are
+// a few kB); larger ones are left to the collector, so a flood of large
+// bodies leaves no memory held once it ends.
 const smallBodyCap = 64 << 10
 
 // readBody reads r to its end into buf (growing it up to limit+1 bytes) and
@@ -274,7 +274,7 @@ func readBody(r io.Reader, buf []byte, contentLength int64, limit int) ([]byte, 
 }
 
 // handleClerkWebhook serves POST /api/webhooks/clerk. Before it reads any of
-// the body it checks the Svix headers (Verifier.CheckHeaders) and the
+// the body it checks the Svix headers (Verifier.checkHeaders) and the
 // Content-Length, and reserves the body's size from a budget of bodyMemory
 // bytes; then it reads the body, verifies the signature, gives the
 // reservation back and appends the exact verified body to the ledger:
@@ -329,7 +329,7 @@ func handleClerkWebhook(log *slog.Logger, verifier *Verifier, store Appender, ob
 
 		// Nothing of the body is read before the headers are good; a refused
 		// connection is closed rather than drained.
-		dh, err := verifier.CheckHeaders(r.Header, now())
+		dh, err := verifier.checkHeaders(r.Header, now())
 		if err != nil {
 			w.Header().Set("Connection", "close")
 			failInput(err)
