@@ -21,8 +21,8 @@ import (
 // connections, from growing the heap without bound: the live heap grows by
 // ~14 kB per open connection, and at GOGC 400 the heap may reach five times
 // the live heap, so 2,000 connections sending unauthenticated 1 MiB bodies
-// (`ledger bench flood`) took serve to 190-320 MB within a 512 MiB limit and
-// stays at 130-175 MB within 150 MiB; the normal heap (ingest flat out,
+// (`ledger bench flood`) took serve to 194-314 MB within a 512 MiB limit and
+// stays at 133-174 MB within 150 MiB; the normal heap (ingest flat out,
 // history pages) stays below it, where only GOGC acts.
 //
 // pass (projections rebuild and check, audit verify and events, bench
