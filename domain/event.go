@@ -3,6 +3,7 @@ package domain
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -26,8 +27,11 @@ type Envelope struct {
 }
 
 // ParseEnvelope decodes a verified webhook body. It returns an EINVALID error
-// when the body is not UTF-8 JSON, not an object, or lacks a string "type" or
-// an object "data". Unknown event types are accepted: the ledger keeps them all.
+// naming the field when the body is not UTF-8 JSON, not an object, lacks a
+// string "type" (1 to MaxTypeBytes bytes of text without control
+// characters) or an object "data", or has a "timestamp" that is not an
+// integer from 0 to MaxEnvelopeTimestamp (year 9999). Unknown event types
+// are accepted: the ledger keeps them all.
 func ParseEnvelope(body []byte) (Envelope, error) {
 	if !utf8.Valid(body) {
 		return Envelope{}, Errorf(EINVALID, "body is not UTF-8 text")
@@ -37,13 +41,21 @@ func ParseEnvelope(body []byte) (Envelope, error) {
 	}
 	var env Envelope
 	if err := json.Unmarshal(body, &env); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) && typeErr.Field != "" {
+			want := "string"
+			if typeErr.Field == "timestamp" {
+				want = "integer of Unix milliseconds"
+			}
+			return Envelope{}, Errorf(EINVALID, "envelope %q is not a JSON %s", typeErr.Field, want)
+		}
 		return Envelope{}, Errorf(EINVALID, "body is not a JSON event envelope")
 	}
 	if strings.TrimSpace(env.Type) == "" {
 		return Envelope{}, Errorf(EINVALID, `envelope has no "type"`)
 	}
-	if len(env.Type) > 200 {
-		return Envelope{}, Errorf(EINVALID, `envelope "type" is longer than 200 characters`)
+	if err := checkText(`envelope "type"`, env.Type, MaxTypeBytes); err != nil {
+		return Envelope{}, err
 	}
 	data := bytes.TrimSpace(env.Data)
 	if len(data) == 0 || data[0] != '{' {
@@ -51,6 +63,9 @@ func ParseEnvelope(body []byte) (Envelope, error) {
 	}
 	if env.Timestamp < 0 {
 		return Envelope{}, Errorf(EINVALID, `envelope "timestamp" is negative`)
+	}
+	if env.Timestamp > MaxEnvelopeTimestamp {
+		return Envelope{}, Errorf(EINVALID, `envelope "timestamp" %d is after the year 9999 (want Unix milliseconds)`, env.Timestamp)
 	}
 	return env, nil
 }
@@ -63,28 +78,40 @@ type subjectData struct {
 	PublicUserData struct {
 		UserID string `json:"user_id"`
 	} `json:"public_user_data"`
+	Payer struct {
+		UserID string `json:"user_id"`
+	} `json:"payer"`
 }
 
 // SubjectUserID returns the id of the Clerk user the event is about, or "" when
 // it is about no single user: data.id for user.*, data.user_id for session.*,
 // email.*, sms.* and the like, data.public_user_data.user_id for organization
-// memberships.
+// memberships, data.payer.user_id for billing events (subscription.*,
+// subscriptionItem.*, paymentAttempt.*: their payer, when it is a user).
 func (e Envelope) SubjectUserID() string {
+	id, _ := e.subject()
+	return id
+}
+
+// subject is SubjectUserID and the field it was read from.
+func (e Envelope) subject() (id, field string) {
 	var d subjectData
 	if err := json.Unmarshal(e.Data, &d); err != nil {
-		return ""
+		return "", ""
 	}
 	switch {
 	case strings.HasPrefix(e.Type, "user."):
-		return d.ID
+		return d.ID, "data.id"
 	case d.UserID != "":
-		return d.UserID
+		return d.UserID, "data.user_id"
 	case d.PublicUserData.UserID != "":
-		return d.PublicUserData.UserID
+		return d.PublicUserData.UserID, "data.public_user_data.user_id"
+	case d.Payer.UserID != "":
+		return d.Payer.UserID, "data.payer.user_id"
 	case d.Object == "user" || strings.HasPrefix(d.ID, "user_"):
-		return d.ID
+		return d.ID, "data.id"
 	}
-	return ""
+	return "", ""
 }
 
 // Delivery is one verified webhook delivery as it is appended to the ledger:
@@ -96,29 +123,40 @@ type Delivery struct {
 	Body       []byte    // exact verified bytes
 	Type       string    // envelope type
 	UserID     string    // SubjectUserID, may be ""
-	OccurredAt time.Time // envelope timestamp (or svix-timestamp when absent)
+	OccurredAt time.Time // OccurredAt(envelope timestamp, svix-timestamp)
 }
 
 // NewDelivery builds a Delivery from a verified body and its Svix headers. It
-// returns EINVALID when the body is not a Clerk event envelope.
+// returns EINVALID naming the field when the body is not a Clerk event
+// envelope (ParseEnvelope), when the subject user id is longer than
+// MaxUserIDBytes or holds control characters, or when the result would not
+// pass Delivery.Check (a malformed svix-id, say). OccurredAt follows the
+// rule of the function OccurredAt.
 func NewDelivery(id string, svixTimestamp int64, signature string, body []byte) (Delivery, error) {
+	if err := CheckDeliveryID(id); err != nil {
+		return Delivery{}, err
+	}
 	env, err := ParseEnvelope(body)
 	if err != nil {
 		return Delivery{}, err
 	}
-	occurred := time.UnixMilli(env.Timestamp).UTC()
-	if env.Timestamp == 0 {
-		occurred = time.Unix(svixTimestamp, 0).UTC()
+	user, field := env.subject()
+	if err := checkText(field, user, MaxUserIDBytes); err != nil {
+		return Delivery{}, err
 	}
-	return Delivery{
+	d := Delivery{
 		ID:         id,
 		Timestamp:  svixTimestamp,
 		Signature:  signature,
 		Body:       body,
 		Type:       env.Type,
-		UserID:     env.SubjectUserID(),
-		OccurredAt: occurred,
-	}, nil
+		UserID:     user,
+		OccurredAt: OccurredAt(env.Timestamp, svixTimestamp),
+	}
+	if err := d.Check(); err != nil {
+		return Delivery{}, err
+	}
+	return d, nil
 }
 
 // Event is one stored ledger row. Ledger order is (TxID, Position): Position is

@@ -134,10 +134,9 @@ func Apply(u User, e Event) (User, error) {
 	if u.ID != "" && u.ID != d.ID {
 		return u, nil
 	}
-	occurred := env.Timestamp
-	if occurred == 0 {
-		occurred = e.OccurredAt.UnixMilli()
-	}
+	// The event's time as ingest stored it (domain.OccurredAt's rule), so the
+	// fold and the occurred_at column agree.
+	occurred := e.OccurredAt.UnixMilli()
 	u.ID = d.ID
 
 	if e.Type == "user.deleted" || d.Deleted {

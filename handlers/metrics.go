@@ -33,7 +33,7 @@ func NewMetrics(reg *prometheus.Registry) (*Metrics, error) {
 		reg: reg,
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ledger_webhook_deliveries_total",
-			Help: "Webhook deliveries answered, by outcome (stored, duplicate, invalid_signature, too_large, malformed, unavailable, rate_limited, error).",
+			Help: "Webhook deliveries answered, by outcome (stored, duplicate, conflict, invalid_signature, too_large, malformed, busy, unavailable, rate_limited, error).",
 		}, []string{"outcome"}),
 		requests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "ledger_http_request_duration_seconds",
@@ -63,7 +63,7 @@ func NewMetrics(reg *prometheus.Registry) (*Metrics, error) {
 	}
 	// Every outcome's counter starts at 0, so rates and alerts work before
 	// the first delivery of that outcome.
-	for _, o := range []string{OutcomeStored, OutcomeDuplicate, OutcomeInvalidSig, OutcomeTooLarge, OutcomeMalformed, OutcomeUnavailable, OutcomeRateLimited, OutcomeError} {
+	for _, o := range Outcomes {
 		m.deliveries.WithLabelValues(o)
 	}
 	return m, nil
@@ -105,9 +105,9 @@ type timedAppender struct {
 	h *prometheus.HistogramVec
 }
 
-func (t *timedAppender) Append(ctx context.Context, d domain.Delivery) (bool, error) {
+func (t *timedAppender) AppendDelivery(ctx context.Context, d domain.Delivery) (domain.AppendResult, error) {
 	start := time.Now()
-	stored, err := t.a.Append(ctx, d)
+	res, err := t.a.AppendDelivery(ctx, d)
 	result := "ok"
 	switch {
 	case err == nil:
@@ -117,7 +117,7 @@ func (t *timedAppender) Append(ctx context.Context, d domain.Delivery) (bool, er
 		result = "error"
 	}
 	t.h.WithLabelValues(result).Observe(time.Since(start).Seconds())
-	return stored, err
+	return res, err
 }
 
 // instrument returns middleware that records every request's latency in

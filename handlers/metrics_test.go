@@ -122,15 +122,17 @@ func TestMetricsCountDeliveriesByOutcome(t *testing.T) {
 	}
 	// Before any delivery every outcome is already there, at 0.
 	got, _ := scrapeMetrics(t, e.srv.URL)
-	for _, o := range []string{"stored", "duplicate", "invalid_signature", "too_large", "malformed", "unavailable", "error"} {
+	for _, o := range []string{"stored", "duplicate", "conflict", "invalid_signature", "too_large", "malformed", "busy", "unavailable", "rate_limited", "error"} {
 		if v, ok := got[`ledger_webhook_deliveries_total{outcome="`+o+`"}`]; !ok || v != 0 {
 			t.Errorf("outcome %s before any delivery: %v (present %v), want 0", o, v, ok)
 		}
 	}
 
-	deliver("msg_m1", userCreated(t, "user_m1", "m1@example.com"), http.StatusOK)
+	m1 := userCreated(t, "user_m1", "m1@example.com")
+	deliver("msg_m1", m1, http.StatusOK)
 	deliver("msg_m2", userCreated(t, "user_m2", "m2@example.com"), http.StatusOK)
-	deliver("msg_m1", userCreated(t, "user_m1", "m1@example.com"), http.StatusOK) // redelivery
+	deliver("msg_m1", m1, http.StatusOK)                                       // redelivery
+	deliver("msg_m1", append([]byte(`{"other":1,`), m1[1:]...), http.StatusOK) // same svix-id, another body
 	deliver("msg_m4", []byte(`{"hello":"not a Clerk event"}`), http.StatusBadRequest)
 	body := userCreated(t, "user_m5", "m5@example.com")
 	if res, _ := e.post(t, e.signer.Headers("msg_m5", time.Now(), []byte(`{"other":"body"}`)), body); res.StatusCode != http.StatusUnauthorized {
@@ -150,13 +152,14 @@ func TestMetricsCountDeliveriesByOutcome(t *testing.T) {
 	want := map[string]float64{
 		`ledger_webhook_deliveries_total{outcome="stored"}`:            2,
 		`ledger_webhook_deliveries_total{outcome="duplicate"}`:         1,
+		`ledger_webhook_deliveries_total{outcome="conflict"}`:          1,
 		`ledger_webhook_deliveries_total{outcome="malformed"}`:         1,
 		`ledger_webhook_deliveries_total{outcome="invalid_signature"}`: 1,
 		`ledger_webhook_deliveries_total{outcome="too_large"}`:         1,
 		`ledger_webhook_deliveries_total{outcome="unavailable"}`:       1,
 		`ledger_webhook_deliveries_total{outcome="error"}`:             0,
 
-		`ledger_http_request_duration_seconds_count{code="200",route="POST /api/webhooks/clerk"}`: 3,
+		`ledger_http_request_duration_seconds_count{code="200",route="POST /api/webhooks/clerk"}`: 4,
 		`ledger_http_request_duration_seconds_count{code="400",route="POST /api/webhooks/clerk"}`: 1,
 		`ledger_http_request_duration_seconds_count{code="401",route="POST /api/webhooks/clerk"}`: 1,
 		`ledger_http_request_duration_seconds_count{code="413",route="POST /api/webhooks/clerk"}`: 1,
@@ -164,14 +167,14 @@ func TestMetricsCountDeliveriesByOutcome(t *testing.T) {
 		`ledger_http_request_duration_seconds_count{code="404",route="/"}`:                        1,
 		`ledger_http_request_duration_seconds_count{code="200",route="GET /metrics"}`:             1,
 
-		`ledger_append_duration_seconds_count{result="ok"}`:          3,
+		`ledger_append_duration_seconds_count{result="ok"}`:          4,
 		`ledger_append_duration_seconds_count{result="unavailable"}`: 1,
 
 		// One at a time: each delivery is its own group commit.
-		`ledger_group_commit_duration_seconds_count{result="ok"}`:    3,
+		`ledger_group_commit_duration_seconds_count{result="ok"}`:    4,
 		`ledger_group_commit_duration_seconds_count{result="error"}`: 1,
-		`ledger_group_commit_deliveries_count`:                       4,
-		`ledger_group_commit_deliveries_sum`:                         4,
+		`ledger_group_commit_deliveries_count`:                       5,
+		`ledger_group_commit_deliveries_sum`:                         5,
 	}
 	for k, v := range want {
 		if g, ok := got[k]; !ok || g != v {

@@ -18,7 +18,7 @@ type routeMux interface {
 // routes. session verifies the Clerk session (see authenticate); pages and
 // API routes that show data wrap their handler in it.
 func addRoutes(mux routeMux, d Deps, pg *pages, session func(http.Handler) http.Handler, avatarHosts []string) {
-	mux.Handle("POST "+webhookPath, handleClerkWebhook(d.Log, d.Verifier, d.Store, d.Observer, d.Now))
+	mux.Handle("POST "+webhookPath, handleClerkWebhook(d.Log, d.Verifier, d.Store, d.Observer, d.Now, d.WebhookBodyMemory))
 	mux.Handle("GET /healthz", handleHealthz())
 	mux.Handle("GET /readyz", handleReadyz(d.Log, d.Ready))
 	if d.Metrics != nil {

@@ -47,6 +47,12 @@ type Deps struct {
 	WebhookRateLimit RateLimit
 	APIRateLimit     RateLimit
 	TrustedProxies   []netip.Prefix
+	// WebhookBodyMemory is how many bytes of webhook bodies may be read
+	// (not yet verified) at once (LEDGER_WEBHOOK_BODY_MEMORY; 0:
+	// DefaultWebhookBodyMemory, at least MinWebhookBodyMemory). A delivery
+	// whose Content-Length does not fit is answered 503 + Retry-After before
+	// its body is read.
+	WebhookBodyMemory int64
 	// Metrics, when not nil, times every request and serves GET /metrics.
 	Metrics *Metrics
 }

@@ -1,41 +1,65 @@
 package handlers
 
 import (
+	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
-	svix "github.com/svix/svix-webhooks/go"
 )
+
+// minSecretBytes is the shortest signing key accepted (Svix's are 24 bytes).
+const minSecretBytes = 16
 
 // Verifier checks Svix webhook signatures against one or more signing
 // secrets (several during a secret rotation). It is safe for concurrent use.
+//
+// It computes Svix's v1 signature itself, HMAC-SHA256 with the decoded
+// secret over "svix-id.svix-timestamp.body", as svix-webhooks/go does, but
+// streams the body into the MAC where the library first copies it into a
+// string (one body-sized allocation per secret per attempt).
 type Verifier struct {
-	hooks []*svix.Webhook
+	keys [][]byte
 }
 
 // NewVerifier returns a Verifier for the given whsec_ secrets. It returns
-// EINVALID naming the setting when there is none or one is malformed.
+// EINVALID naming the setting, and the entry by its position (never its
+// value), when there is none or one is not "whsec_" + standard base64 of at
+// least 16 bytes: "whsec_" alone would be an empty HMAC key, with which
+// anyone can sign.
 func NewVerifier(secrets []string) (*Verifier, error) {
 	if len(secrets) == 0 {
 		return nil, domain.Errorf(domain.EINVALID, "CLERK_WEBHOOK_SIGNING_SECRET is not set")
 	}
 	v := &Verifier{}
 	for i, s := range secrets {
-		if !strings.HasPrefix(s, "whsec_") {
+		b64, ok := strings.CutPrefix(s, "whsec_")
+		switch {
+		case !ok:
 			return nil, domain.Errorf(domain.EINVALID, "CLERK_WEBHOOK_SIGNING_SECRET #%d is malformed: it must start with whsec_", i+1)
+		case b64 == "":
+			return nil, domain.Errorf(domain.EINVALID, "CLERK_WEBHOOK_SIGNING_SECRET #%d is malformed: nothing after whsec_ (an empty key would let anyone sign)", i+1)
 		}
-		wh, err := svix.NewWebhook(s)
+		key, err := base64.StdEncoding.DecodeString(b64)
 		if err != nil {
 			return nil, domain.Errorf(domain.EINVALID, "CLERK_WEBHOOK_SIGNING_SECRET #%d is malformed: not base64 after whsec_", i+1)
 		}
-		v.hooks = append(v.hooks, wh)
+		if len(key) < minSecretBytes {
+			return nil, domain.Errorf(domain.EINVALID, "CLERK_WEBHOOK_SIGNING_SECRET #%d is malformed: its key is %d bytes, want at least %d", i+1, len(key), minSecretBytes)
+		}
+		v.keys = append(v.keys, key)
 	}
 	return v, nil
 }
@@ -52,74 +76,227 @@ func svixHeaders(h http.Header) (id, ts, sig string) {
 
 const svixTolerance = 5 * time.Minute
 
-// Verify checks body against the Svix headers in h with every secret, with
-// Svix's 5-minute timestamp tolerance against now. It returns an
-// EUNAUTHORIZED error saying what is wrong when no secret matches.
-func (v *Verifier) Verify(body []byte, h http.Header, now time.Time) error {
+// deliveryHeaders are a delivery's Svix headers, checked and parsed.
+type deliveryHeaders struct {
+	id        string
+	timestamp int64 // unix seconds
+	signature string
+	entries   []domain.SignatureEntry
+}
+
+// checkHeaders checks a delivery's Svix headers without its body: all three
+// present (EUNAUTHORIZED), svix-id per domain.CheckDeliveryID, svix-timestamp
+// a unix time in seconds and svix-signature per domain.ParseSignatureHeader
+// (EINVALID naming the header), and the timestamp within Svix's 5-minute
+// tolerance of now (EUNAUTHORIZED).
+func (v *Verifier) checkHeaders(h http.Header, now time.Time) (deliveryHeaders, error) {
 	id, ts, sig := svixHeaders(h)
 	if id == "" || ts == "" || sig == "" {
-		return domain.Errorf(domain.EUNAUTHORIZED, "missing svix-id, svix-timestamp or svix-signature header")
+		return deliveryHeaders{}, domain.Errorf(domain.EUNAUTHORIZED, "missing svix-id, svix-timestamp or svix-signature header")
 	}
-	if len(id) > 200 {
-		return domain.Errorf(domain.EUNAUTHORIZED, "svix-id header is too long")
+	if err := domain.CheckDeliveryID(id); err != nil {
+		return deliveryHeaders{}, err
 	}
 	sec, err := strconv.ParseInt(ts, 10, 64)
 	if err != nil {
-		return domain.Errorf(domain.EUNAUTHORIZED, "svix-timestamp header is not a unix timestamp")
+		return deliveryHeaders{}, domain.Errorf(domain.EINVALID, "svix-timestamp is not a unix timestamp in seconds")
 	}
 	if d := now.Sub(time.Unix(sec, 0)); d > svixTolerance || d < -svixTolerance {
-		return domain.Errorf(domain.EUNAUTHORIZED, "svix-timestamp is outside the 5 minute tolerance")
+		return deliveryHeaders{}, domain.Errorf(domain.EUNAUTHORIZED, "svix-timestamp is outside the 5 minute tolerance")
 	}
-	return v.VerifyIgnoringTimestamp(body, h) // the age is checked above, against now
+	entries, err := domain.ParseSignatureHeader(sig)
+	if err != nil {
+		return deliveryHeaders{}, err
+	}
+	return deliveryHeaders{id: id, timestamp: sec, signature: sig, entries: entries}, nil
 }
 
-// VerifyIgnoringTimestamp checks the signature with every secret but not its
-// age: for re-checking stored deliveries. It returns EUNAUTHORIZED when no
-// secret matches.
-func (v *Verifier) VerifyIgnoringTimestamp(body []byte, h http.Header) error {
-	for _, wh := range v.hooks {
-		if wh.VerifyIgnoringTimestamp(body, h) == nil {
-			return nil
+// Verify checks body against the Svix headers in h with every secret, with
+// Svix's 5-minute timestamp tolerance against now: checkHeaders, then the
+// signature. It returns EUNAUTHORIZED saying what is wrong when no secret
+// matches, EINVALID when a header is malformed.
+func (v *Verifier) Verify(body []byte, h http.Header, now time.Time) error {
+	dh, err := v.checkHeaders(h, now)
+	if err != nil {
+		return err
+	}
+	return v.verifySignature(dh, body)
+}
+
+// verifySignature reports EUNAUTHORIZED unless a v1 entry of dh is the
+// signature of body by one of the secrets.
+func (v *Verifier) verifySignature(dh deliveryHeaders, body []byte) error {
+	var want [44]byte // base64 of 32 bytes
+	for _, key := range v.keys {
+		sign(key, dh.id, dh.timestamp, body, want[:])
+		for _, e := range dh.entries {
+			if e.Version == "v1" && hmac.Equal([]byte(e.Value), want[:]) {
+				return nil
+			}
 		}
 	}
 	return domain.Errorf(domain.EUNAUTHORIZED, "no valid signature for this body")
 }
 
-// Appender stores a verified delivery and reports whether it was new.
+// sign writes into out (44 bytes) the base64 of Svix's v1 signature:
+// HMAC-SHA256(key, id + "." + decimal timestamp + "." + body).
+func sign(key []byte, id string, timestamp int64, body []byte, out []byte) {
+	mac := hmac.New(sha256.New, key)
+	var prefix [64]byte
+	p := append(prefix[:0], '.')
+	p = strconv.AppendInt(p, timestamp, 10)
+	p = append(p, '.')
+	io.WriteString(mac, id)
+	mac.Write(p)
+	mac.Write(body)
+	var sum [sha256.Size]byte
+	base64.StdEncoding.Encode(out, mac.Sum(sum[:0]))
+}
+
+// VerifyIgnoringTimestamp checks the signature with every secret but not its
+// age: for re-checking stored deliveries. It reads the headers as leniently
+// as Svix's own verifier (entries that are not v1 or not well formed are
+// skipped). It returns EUNAUTHORIZED when no secret matches.
+func (v *Verifier) VerifyIgnoringTimestamp(body []byte, h http.Header) error {
+	id, ts, sig := svixHeaders(h)
+	sec, err := strconv.ParseInt(ts, 10, 64)
+	if id == "" || sig == "" || err != nil {
+		return domain.Errorf(domain.EUNAUTHORIZED, "missing or malformed svix-id, svix-timestamp or svix-signature")
+	}
+	dh := deliveryHeaders{id: id, timestamp: sec}
+	for _, f := range strings.Split(sig, " ") {
+		if version, value, ok := strings.Cut(f, ","); ok && version == "v1" {
+			dh.entries = append(dh.entries, domain.SignatureEntry{Version: version, Value: value})
+		}
+	}
+	return v.verifySignature(dh, body)
+}
+
+// Appender stores a verified delivery and says whether it was new, a
+// redelivery of the same body, or a redelivery with another body.
 type Appender interface {
-	Append(ctx context.Context, d domain.Delivery) (stored bool, err error)
+	AppendDelivery(ctx context.Context, d domain.Delivery) (domain.AppendResult, error)
 }
 
 // Delivery outcomes, as logged and counted.
 const (
 	OutcomeStored      = "stored"
 	OutcomeDuplicate   = "duplicate"
+	OutcomeConflict    = "conflict" // same svix-id as a stored delivery, another body: answered as a duplicate, the stored body stays
 	OutcomeInvalidSig  = "invalid_signature"
 	OutcomeTooLarge    = "too_large"
 	OutcomeMalformed   = "malformed"
+	OutcomeBusy        = "busy" // every body-reading slot taken: 503, nothing read; Svix retries
 	OutcomeUnavailable = "unavailable"
 	OutcomeError       = "error"
 	OutcomeRateLimited = "rate_limited" // refused before reading (429); Svix retries
 )
+
+// Outcomes lists every delivery outcome (metrics start each at 0).
+var Outcomes = []string{OutcomeStored, OutcomeDuplicate, OutcomeConflict, OutcomeInvalidSig, OutcomeTooLarge,
+	OutcomeMalformed, OutcomeBusy, OutcomeUnavailable, OutcomeRateLimited, OutcomeError}
 
 // DeliveryObserver is told the outcome of every webhook delivery (metrics).
 type DeliveryObserver interface {
 	ObserveDelivery(outcome string, eventType string, d time.Duration)
 }
 
-// handleClerkWebhook serves POST /api/webhooks/clerk. It verifies the Svix
-// signature, then appends the exact verified body to the ledger:
+// DefaultWebhookBodyMemory is the most memory the webhook bodies being read
+// (and not yet verified) may take at once unless configured
+// (LEDGER_WEBHOOK_BODY_MEMORY): 16 MiB, sixteen bodies of the 1 MiB limit or
+// thousands of Clerk's usual few kB.
+const DefaultWebhookBodyMemory = 16 << 20
+
+// MinWebhookBodyMemory is the smallest budget: one body of the 1 MiB limit.
+const MinWebhookBodyMemory = domain.MaxBodyBytes + 1
+
+// bodyBudget bounds the bytes of webhook bodies being read and verified at
+// once. A delivery reserves its Content-Length (the 1 MiB limit when it
+// sends none) before its body is read and gives it back once the body is
+// verified or refused, so unauthenticated bodies take at most the budget
+// however many arrive. It is safe for concurrent use.
+type bodyBudget struct {
+	mu   sync.Mutex
+	free int64
+}
+
+func newBodyBudget(n int64) *bodyBudget {
+	if n <= 0 {
+		n = DefaultWebhookBodyMemory
+	}
+	return &bodyBudget{free: max(n, MinWebhookBodyMemory)}
+}
+
+// tryTake reserves n bytes, or reports false at once when they are not free.
+func (b *bodyBudget) tryTake(n int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if n > b.free {
+		return false
+	}
+	b.free -= n
+	return true
+}
+
+func (b *bodyBudget) give(n int64) {
+	b.mu.Lock()
+	b.free += n
+	b.mu.Unlock()
+}
+
+// smallBodyCap is the largest read buffer kept for reuse (Clerk's events are
+// a few kB); larger ones are left to the collector, so a flood of large
+// bodies leaves no memory held once it ends.
+const smallBodyCap = 64 << 10
+
+// readBody reads r to its end into buf (growing it up to limit+1 bytes) and
+// returns the filled buffer. contentLength, when known (>= 0), sizes it.
+func readBody(r io.Reader, buf []byte, contentLength int64, limit int) ([]byte, error) {
+	buf = buf[:0]
+	if contentLength >= 0 && int64(cap(buf)) < contentLength+1 {
+		buf = make([]byte, 0, min(contentLength+1, int64(limit)+1))
+	}
+	for {
+		if len(buf) == cap(buf) {
+			grown := make([]byte, len(buf), min(max(2*cap(buf), 4096), limit+1))
+			copy(grown, buf)
+			buf = grown
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+}
+
+// handleClerkWebhook serves POST /api/webhooks/clerk. Before it reads any of
+// the body it checks the Svix headers (Verifier.checkHeaders) and the
+// Content-Length, and reserves the body's size from a budget of bodyMemory
+// bytes; then it reads the body, verifies the signature, gives the
+// reservation back and appends the exact verified body to the ledger:
 //
-//	413 body over 1 MiB · 401 missing/invalid signature or stale timestamp ·
-//	400 verified but not a Clerk event envelope · 200 stored or already stored ·
-//	503 + Retry-After when the store cannot commit (Svix retries).
+//	401 missing Svix headers, svix-timestamp outside the tolerance, or no valid signature ·
+//	400 a malformed svix-id, svix-timestamp or svix-signature (the message names it),
+//	    or a verified body that is not a Clerk event envelope or holds a value the
+//	    ledger cannot store (the message names the field) ·
+//	413 body over 1 MiB · 503 + Retry-After the budget is taken (nothing read) ·
+//	200 {"status":"stored"} or {"status":"duplicate"} (already stored; with
+//	    "conflict":true when the stored body differs: it stays) ·
+//	503 + Retry-After when the store cannot commit, whatever the reason (Svix retries).
 //
 // Nothing is stored unless the answer is 200, and 200 means committed.
-func handleClerkWebhook(log *slog.Logger, verifier *Verifier, store Appender, obs DeliveryObserver, now func() time.Time) http.HandlerFunc {
+func handleClerkWebhook(log *slog.Logger, verifier *Verifier, store Appender, obs DeliveryObserver, now func() time.Time, bodyMemory int64) http.HandlerFunc {
 	type answer struct {
 		Status     string `json:"status"`
 		DeliveryID string `json:"delivery_id"`
+		Conflict   bool   `json:"conflict,omitempty"`
 	}
+	budget := newBodyBudget(bodyMemory)
+	buffers := sync.Pool{New: func() any { return new([]byte) }}
 	return func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		id, _, _ := svixHeaders(r.Header)
@@ -139,54 +316,107 @@ func handleClerkWebhook(log *slog.Logger, verifier *Verifier, store Appender, ob
 			outcome, status = o, ErrorStatus(err)
 			writeError(w, r, log, err)
 		}
+		failInput := func(err error) {
+			switch domain.ErrorCode(err) {
+			case domain.EUNAUTHORIZED:
+				fail(OutcomeInvalidSig, err)
+			case domain.ETOOLARGE:
+				fail(OutcomeTooLarge, err)
+			default:
+				fail(OutcomeMalformed, err)
+			}
+		}
 
+		// Nothing of the body is read before the headers are good; a refused
+		// connection is closed rather than drained.
+		dh, err := verifier.checkHeaders(r.Header, now())
+		if err != nil {
+			w.Header().Set("Connection", "close")
+			failInput(err)
+			return
+		}
 		if r.ContentLength > domain.MaxBodyBytes {
+			w.Header().Set("Connection", "close")
 			fail(OutcomeTooLarge, domain.Errorf(domain.ETOOLARGE, "body is larger than %d bytes", domain.MaxBodyBytes))
 			return
 		}
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, domain.MaxBodyBytes))
-		if err != nil {
-			var tooLarge *http.MaxBytesError
-			if errors.As(err, &tooLarge) {
-				fail(OutcomeTooLarge, domain.Errorf(domain.ETOOLARGE, "body is larger than %d bytes", domain.MaxBodyBytes))
-				return
+		reserve := r.ContentLength + 1
+		if r.ContentLength < 0 {
+			reserve = domain.MaxBodyBytes + 1
+		}
+		if !budget.tryTake(reserve) {
+			w.Header().Set("Connection", "close")
+			fail(OutcomeBusy, domain.Errorf(domain.EUNAVAILABLE, "too many webhook bodies are being read; retry later"))
+			return
+		}
+		body, err := func() ([]byte, error) {
+			defer budget.give(reserve)
+			pooled := buffers.Get().(*[]byte)
+			buf, err := readBody(http.MaxBytesReader(w, r.Body, domain.MaxBodyBytes), *pooled, r.ContentLength, domain.MaxBodyBytes)
+			defer func() {
+				if cap(buf) <= smallBodyCap {
+					*pooled = buf[:0]
+					buffers.Put(pooled)
+				}
+			}()
+			if err != nil {
+				var tooLarge *http.MaxBytesError
+				if errors.As(err, &tooLarge) {
+					return nil, domain.Errorf(domain.ETOOLARGE, "body is larger than %d bytes", domain.MaxBodyBytes)
+				}
+				return nil, domain.Errorf(domain.EINVALID, "could not read the body")
 			}
-			fail(OutcomeMalformed, domain.Errorf(domain.EINVALID, "could not read the body"))
-			return
-		}
-		if err := verifier.Verify(body, r.Header, now()); err != nil {
-			fail(OutcomeInvalidSig, err)
-			return
-		}
-		_, tsHeader, sig := svixHeaders(r.Header)
-		ts, _ := strconv.ParseInt(tsHeader, 10, 64) // checked by Verify
-		d, err := domain.NewDelivery(id, ts, sig, body)
+			if err := verifier.verifySignature(dh, buf); err != nil {
+				return nil, err
+			}
+			return bytes.Clone(buf), nil // verified: it leaves the slot's buffer
+		}()
 		if err != nil {
-			fail(OutcomeMalformed, err)
+			failInput(err)
+			return
+		}
+		d, err := domain.NewDelivery(dh.id, dh.timestamp, dh.signature, body)
+		if err != nil {
+			failInput(err)
 			return
 		}
 		typ = d.Type
-		stored, err := store.Append(r.Context(), d)
-		if err != nil {
-			if domain.ErrorCode(err) == domain.EINTERNAL {
-				// Still answer so that Svix retries: a 5xx is never taken as delivered.
-				fail(OutcomeError, err)
-				return
-			}
+		res, err := store.AppendDelivery(r.Context(), d)
+		switch domain.ErrorCode(err) {
+		case "":
+		case domain.EINVALID, domain.ETOOLARGE:
+			// The database refused this delivery's own values.
+			fail(OutcomeMalformed, err)
+			return
+		case domain.EUNAVAILABLE:
 			fail(OutcomeUnavailable, err)
+			return
+		default:
+			// Not the delivery's fault (a bug, a configuration error): answer
+			// like an outage so that Svix retries, and count it as an error.
+			fail(OutcomeError, fmt.Errorf("%w: %w", domain.Errorf(domain.EUNAVAILABLE, "the ledger could not store this delivery; retry later"), err))
 			return
 		}
 		outcome, status = OutcomeStored, http.StatusOK
-		if !stored {
-			outcome = OutcomeDuplicate
+		a := answer{Status: OutcomeStored, DeliveryID: d.ID}
+		switch res {
+		case domain.AppendDuplicate:
+			outcome, a.Status = OutcomeDuplicate, OutcomeDuplicate
+		case domain.AppendConflict:
+			outcome, a.Status, a.Conflict = OutcomeConflict, OutcomeDuplicate, true
+			log.WarnContext(r.Context(), "webhook redelivery differs from the stored delivery; the stored body is kept", "delivery_id", d.ID)
 		}
-		writeJSON(w, http.StatusOK, answer{Status: outcome, DeliveryID: d.ID})
+		writeJSON(w, http.StatusOK, a)
 	}
 }
 
+// truncate returns at most n bytes of s, cut at a character boundary.
 func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
+	if len(s) <= n {
+		return s
 	}
-	return s
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }

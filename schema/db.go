@@ -93,9 +93,10 @@ func RedactURL(dsn string) string {
 	return u.Redacted()
 }
 
-// Classify wraps errors that mean "the database is unreachable or overloaded,
-// try again" as EUNAVAILABLE, keeping the cause in the chain. Other errors are
-// returned unchanged.
+// Classify wraps errors that mean "the database is unreachable or cannot
+// take the work now, try again" as EUNAVAILABLE (see Unavailable), keeping the
+// cause in the chain. Other errors are returned unchanged. It is the one place
+// that sorts database errors; DataFault tells the ones a row's data caused.
 func Classify(err error) error {
 	if err == nil || !Unavailable(err) {
 		return err
@@ -103,10 +104,31 @@ func Classify(err error) error {
 	return fmt.Errorf("%w: %w", domain.Errorf(domain.EUNAVAILABLE, "database unavailable"), err)
 }
 
+// unavailableClasses are the SQLSTATE classes that mean "not now", whatever
+// the statement: the same statement succeeds once the database recovers.
+var unavailableClasses = map[pq.ErrorClass]bool{
+	"08": true, // connection exception: refused, lost, could not connect
+	"40": true, // transaction rollback: deadlock, serialization failure (retry it)
+	"53": true, // insufficient resources: too many connections, disk full, out of memory
+	"55": true, // object not in prerequisite state: 55000 "database is not currently accepting connections" (ALLOW_CONNECTIONS false), 55P03 lock not available, 55006 object in use
+	"57": true, // operator intervention: admin shutdown, crash shutdown, cannot connect now (starting up, recovery), query canceled, idle session timeout
+	"58": true, // system error: I/O error, undefined file (storage trouble)
+}
+
+// unavailableCodes are single SQLSTATEs outside those classes that mean the same.
+var unavailableCodes = map[pq.ErrorCode]bool{
+	"25006": true, // read_only_sql_transaction: the server is a standby now (failover in progress)
+	"25P03": true, // idle_in_transaction_session_timeout
+	"25P04": true, // transaction_timeout
+	"72000": true, // snapshot_too_old
+}
+
 // Unavailable reports whether err means the database could not be reached or
-// could not take the work now (connection refused or lost, timeout, shutdown,
-// too many connections, a deadlock or serialization failure that rolled the
-// transaction back), as opposed to a bug or a constraint violation.
+// could not take the work now (connection refused or lost, timeout, shutdown
+// or start-up, a database that refuses connections, too many connections,
+// a standby after failover, a deadlock or serialization failure that rolled
+// the transaction back), as opposed to a bug, a configuration error or a
+// row the database refuses.
 func Unavailable(err error) bool {
 	if err == nil {
 		return false
@@ -125,13 +147,7 @@ func Unavailable(err error) bool {
 	}
 	var pqErr *pq.Error
 	if errors.As(err, &pqErr) {
-		switch pqErr.Code.Class() {
-		case "08", "53", "57": // connection exception, insufficient resources, operator intervention
-			return true
-		case "40": // deadlock or serialization failure: the transaction was rolled back, retry it
-			return true
-		}
-		return false
+		return unavailableClasses[pqErr.Code.Class()] || unavailableCodes[pqErr.Code]
 	}
 	msg := err.Error()
 	return strings.Contains(msg, "driver: bad connection") || strings.Contains(msg, "connection refused") ||
@@ -142,7 +158,9 @@ func Unavailable(err error) bool {
 // writes, so that the same statement with the same values fails the same way
 // however often it is retried: the fault lies with the rows, not with the
 // database. The projector runtime isolates such rows (poison events) instead
-// of retrying them forever. The SQLSTATE classes, and only these, are:
+// of retrying them forever, and the event store splits such a row out of its
+// group commit so that the other deliveries are stored. It is false for
+// everything Unavailable reports. The SQLSTATE classes, and only these, are:
 //
 //   - 22 data exception: a value the type does not take (NUL or invalid
 //     UTF-8 in text 22021, a \u0000 escape in jsonb 22P05, an unpaired
@@ -160,6 +178,9 @@ func Unavailable(err error) bool {
 // not available (55), system and internal errors (58, XX) and anything
 // that is not a PostgreSQL error.
 func Refused(err error) bool {
+	if err == nil || Unavailable(err) {
+		return false
+	}
 	var pqErr *pq.Error
 	if !errors.As(err, &pqErr) {
 		return false

@@ -1,8 +1,10 @@
 package schema
 
 import (
+	"bytes"
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"database/sql"
 	"database/sql/driver"
 	"fmt"
@@ -16,6 +18,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
 )
 
 // Store is the event store: it appends verified deliveries to the events
@@ -50,7 +53,7 @@ type Store struct {
 // appendReq is one Append waiting for its group commit.
 type appendReq struct {
 	d      domain.Delivery
-	stored bool
+	result domain.AppendResult
 	err    error
 	done   chan struct{} // closed when stored/err are set
 	lead   chan struct{} // closed when this caller must flush for the others
@@ -95,14 +98,32 @@ func (e *resultExec) ExecContext(_ context.Context, query string, args ...any) (
 	return driver.RowsAffected(len(e.inserted)), nil
 }
 
-// Append durably stores d in the ledger through Watermill's SQL publisher and
-// reports whether it was new. A delivery whose id is already stored is not
-// stored again (stored=false, err=nil), also when copies race: the unique
-// delivery id decides, and within one group commit the first copy wins.
-// When Append returns nil the row is committed.
-// Errors: EUNAVAILABLE when the database is unreachable, overloaded or too
-// slow (the caller should answer 503 so the sender retries).
+// Append is AppendDelivery reporting only whether d was new (stored=true) or
+// already stored (stored=false: a duplicate or a conflict).
 func (s *Store) Append(ctx context.Context, d domain.Delivery) (stored bool, err error) {
+	res, err := s.AppendDelivery(ctx, d)
+	return res == domain.AppendStored, err
+}
+
+// AppendDelivery durably stores d in the ledger through Watermill's SQL
+// publisher and says what it did: AppendStored (new), AppendDuplicate (a
+// delivery with this id is already stored with the same body) or
+// AppendConflict (already stored with another body, which stays). The unique
+// delivery id decides, also when copies race; within one group commit the
+// first copy wins. When it returns nil the row is committed.
+//
+// One delivery never fails because of another's data: when the database
+// refuses a group commit because of a row's values, the group is split and
+// retried until only the offending deliveries fail.
+//
+// Errors: EINVALID when d fails Delivery.Check or the database refuses its
+// values (nothing of it is stored); EUNAVAILABLE when the database is
+// unreachable, overloaded or too slow (the caller should answer 503 so the
+// sender retries); anything else is unexpected (a bug, a configuration error).
+func (s *Store) AppendDelivery(ctx context.Context, d domain.Delivery) (domain.AppendResult, error) {
+	if err := d.Check(); err != nil {
+		return 0, fmt.Errorf("append delivery: %w", err)
+	}
 	r := &appendReq{d: d, done: make(chan struct{}), lead: make(chan struct{})}
 	s.mu.Lock()
 	s.pending = append(s.pending, r)
@@ -126,7 +147,7 @@ func (s *Store) Append(ctx context.Context, d domain.Delivery) (stored bool, err
 		s.flushLoop(r)
 	}
 	<-r.done
-	return r.stored, r.err
+	return r.result, r.err
 }
 
 // flushLoop flushes pending deliveries until me is done, then hands the
@@ -161,42 +182,137 @@ func (s *Store) flushLoop(me *appendReq) {
 	}
 }
 
-// flush appends one batch in one INSERT and answers every request in it.
-// The rows go in delivery id order: two INSERTs racing on the same ids (two
-// services receiving the same redeliveries) then wait for each other's
-// unique-index entries in the same order and cannot deadlock.
+// flush appends one batch and answers every request in it. The rows go in
+// delivery id order: two INSERTs racing on the same ids (two services
+// receiving the same redeliveries) then wait for each other's unique-index
+// entries in the same order and cannot deadlock.
 func (s *Store) flush(batch []*appendReq) {
+	defer func() {
+		for _, r := range batch {
+			close(r.done)
+		}
+	}()
 	first := make(map[string]*appendReq, len(batch))
-	uniq := make([]domain.Delivery, 0, len(batch))
+	uniq := make([]*appendReq, 0, len(batch))
 	for _, r := range batch {
 		if _, seen := first[r.d.ID]; !seen {
 			first[r.d.ID] = r
-			uniq = append(uniq, r.d)
+			uniq = append(uniq, r)
 		}
 	}
-	slices.SortFunc(uniq, func(a, b domain.Delivery) int { return cmp.Compare(a.ID, b.ID) })
-	msgs := make(message.Messages, 0, len(uniq))
-	for _, d := range uniq {
-		msgs = append(msgs, DeliveryMessage(d))
-	}
-	start := time.Now()
+	slices.SortFunc(uniq, func(a, b *appendReq) int { return cmp.Compare(a.d.ID, b.d.ID) })
 	ctx, cancel := context.WithTimeout(context.Background(), s.AppendTimeout)
 	defer cancel()
+	inserted := make(map[string]bool, len(uniq))
+	s.insertGroup(ctx, uniq, inserted)
+
+	// Every copy that was not the one inserted is a redelivery: compare its
+	// body with the stored row's.
+	var others []*appendReq
+	for _, r := range batch {
+		f := first[r.d.ID]
+		switch {
+		case f.err != nil:
+			r.err = f.err
+		case f == r && inserted[r.d.ID]:
+			r.result = domain.AppendStored
+		default:
+			others = append(others, r)
+		}
+	}
+	if len(others) > 0 {
+		s.compareStored(ctx, others)
+	}
+}
+
+// insertGroup inserts reqs (distinct ids, in id order) in one INSERT and
+// records the ids it inserted. When the database refuses the INSERT because
+// of some row's values, the group is split in two and each half inserted on
+// its own, down to single deliveries: only an offender gets an error (r.err),
+// as EINVALID. Any other failure is every request's error.
+func (s *Store) insertGroup(ctx context.Context, reqs []*appendReq, inserted map[string]bool) {
+	err := s.insertOnce(ctx, reqs, inserted)
+	if err == nil {
+		return
+	}
+	refused := Refused(err) || domain.ErrorCode(err) == domain.EINVALID
+	if refused && len(reqs) > 1 {
+		mid := len(reqs) / 2
+		s.insertGroup(ctx, reqs[:mid], inserted)
+		s.insertGroup(ctx, reqs[mid:], inserted)
+		return
+	}
+	if refused && domain.ErrorCode(err) != domain.EINVALID {
+		err = fmt.Errorf("%w: %w", domain.Errorf(domain.EINVALID, "the database refused this delivery's data"), err)
+	}
+	for _, r := range reqs {
+		r.err = fmt.Errorf("append delivery %s: %w", r.d.ID, Classify(err))
+	}
+}
+
+// insertOnce runs one multi-row INSERT of reqs through a Watermill
+// publisher and adds the ids it inserted to inserted.
+func (s *Store) insertOnce(ctx context.Context, reqs []*appendReq, inserted map[string]bool) error {
+	msgs := make(message.Messages, 0, len(reqs))
+	for _, r := range reqs {
+		msgs = append(msgs, DeliveryMessage(r.d))
+	}
+	start := time.Now()
 	exec := &resultExec{DB: s.db, ctx: ctx, inserted: make(map[string]bool, len(msgs))}
 	pub, err := wmsql.NewPublisher(exec, wmsql.PublisherConfig{SchemaAdapter: s.schema}, nil)
 	if err == nil {
 		err = pub.Publish(Topic, msgs...)
 	}
 	if s.OnCommit != nil {
-		s.OnCommit(len(batch), time.Since(start), err)
+		s.OnCommit(len(reqs), time.Since(start), err)
 	}
-	for _, r := range batch {
-		if err != nil {
-			r.err = fmt.Errorf("append delivery %s: %w", r.d.ID, Classify(err))
-		} else {
-			r.stored = first[r.d.ID] == r && exec.inserted[r.d.ID]
+	if err != nil {
+		return err
+	}
+	for id := range exec.inserted {
+		inserted[id] = true
+	}
+	return nil
+}
+
+// compareStored answers deliveries whose id was already stored: duplicate
+// when the stored body is byte for byte theirs, conflict otherwise. The
+// bodies are compared by SHA-256 computed in the database, so a stored body
+// is not read back.
+func (s *Store) compareStored(ctx context.Context, reqs []*appendReq) {
+	ids := make([]string, 0, len(reqs))
+	for _, r := range reqs {
+		ids = append(ids, r.d.ID)
+	}
+	digests := make(map[string][]byte, len(ids))
+	rows, err := s.db.QueryContext(ctx, `SELECT delivery_id, sha256(convert_to(body, 'UTF8')) FROM events WHERE delivery_id = ANY($1)`, pq.Array(ids))
+	if err == nil {
+		for rows.Next() {
+			var id string
+			var sum []byte
+			if err = rows.Scan(&id, &sum); err != nil {
+				break
+			}
+			digests[id] = sum
 		}
-		close(r.done)
+		rows.Close()
+		if err == nil {
+			err = rows.Err()
+		}
+	}
+	for _, r := range reqs {
+		sum := sha256.Sum256(r.d.Body)
+		stored, found := digests[r.d.ID]
+		switch {
+		case err != nil:
+			r.err = fmt.Errorf("compare delivery %s with the stored one: %w", r.d.ID, Classify(err))
+		case !found:
+			r.err = fmt.Errorf("delivery %s was neither inserted nor found stored", r.d.ID)
+		case bytes.Equal(stored, sum[:]):
+			r.result = domain.AppendDuplicate
+		default:
+			r.result = domain.AppendConflict
+		}
 	}
 }
 

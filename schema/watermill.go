@@ -8,6 +8,7 @@ import (
 
 	wmsql "github.com/ThreeDotsLabs/watermill-sql/v3/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/clerk-ledger/clerk-ledger/domain"
 )
 
 // Topic is the Watermill topic name of the ledger. EventsSchema maps it to the
@@ -42,7 +43,8 @@ type EventsSchema struct {
 
 const insertColumns = 8
 
-// InsertQuery implements wmsql.SchemaAdapter.
+// InsertQuery implements wmsql.SchemaAdapter. A message it cannot turn into
+// a row (no delivery id or type, an unreadable time) is an EINVALID error.
 func (s EventsSchema) InsertQuery(topic string, msgs message.Messages) (wmsql.Query, error) {
 	if topic != Topic {
 		return wmsql.Query{}, fmt.Errorf("events schema: unknown topic %q", topic)
@@ -53,19 +55,19 @@ func (s EventsSchema) InsertQuery(topic string, msgs message.Messages) (wmsql.Qu
 	for i, m := range msgs {
 		id := m.Metadata.Get(MetaDeliveryID)
 		if id == "" {
-			return wmsql.Query{}, fmt.Errorf("message %s has no %s", m.UUID, MetaDeliveryID)
+			return wmsql.Query{}, domain.Errorf(domain.EINVALID, "message %s has no %s", m.UUID, MetaDeliveryID)
 		}
 		typ := m.Metadata.Get(MetaType)
 		if typ == "" {
-			return wmsql.Query{}, fmt.Errorf("delivery %s has no %s", id, MetaType)
+			return wmsql.Query{}, domain.Errorf(domain.EINVALID, "delivery %s has no %s", id, MetaType)
 		}
 		occurred, err := time.Parse(time.RFC3339Nano, m.Metadata.Get(MetaOccurredAt))
 		if err != nil {
-			return wmsql.Query{}, fmt.Errorf("delivery %s: %s: %w", id, MetaOccurredAt, err)
+			return wmsql.Query{}, domain.Errorf(domain.EINVALID, "delivery %s: %s: %v", id, MetaOccurredAt, err)
 		}
 		ts, err := strconv.ParseInt(m.Metadata.Get(MetaSvixTimestamp), 10, 64)
 		if err != nil {
-			return wmsql.Query{}, fmt.Errorf("delivery %s: %s: %w", id, MetaSvixTimestamp, err)
+			return wmsql.Query{}, domain.Errorf(domain.EINVALID, "delivery %s: %s: %v", id, MetaSvixTimestamp, err)
 		}
 		var user any
 		if u := m.Metadata.Get(MetaUserID); u != "" {

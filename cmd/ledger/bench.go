@@ -32,7 +32,7 @@ func (a *app) benchCmd() *cobra.Command {
 		Use:   "bench",
 		Short: "Measure ingest and projection speed on this machine",
 	}
-	cmd.AddCommand(a.benchIngestCmd(), a.benchRebuildCmd(), a.benchSoakCmd())
+	cmd.AddCommand(a.benchIngestCmd(), a.benchRebuildCmd(), a.benchSoakCmd(), a.benchFloodCmd())
 	return cmd
 }
 
@@ -117,6 +117,11 @@ func startChildService(ctx context.Context, dsn, secret string, extraEnv ...stri
 	if err != nil {
 		return nil, err
 	}
+	return startChildServiceExe(ctx, exe, dsn, secret, extraEnv...)
+}
+
+// startChildServiceExe is startChildService running the ledger binary exe.
+func startChildServiceExe(ctx context.Context, exe, dsn, secret string, extraEnv ...string) (*childService, error) {
 	addr, err := freeLocalAddr()
 	if err != nil {
 		return nil, err

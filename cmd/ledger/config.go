@@ -25,6 +25,9 @@ type config struct {
 	// and the proxies whose X-Forwarded-For is believed (LEDGER_TRUSTED_PROXIES).
 	WebhookRateLimit, APIRateLimit handlers.RateLimit
 	TrustedProxies                 []netip.Prefix
+	// WebhookBodyMemory bounds the bytes of webhook bodies read at once
+	// (LEDGER_WEBHOOK_BODY_MEMORY, default handlers.DefaultWebhookBodyMemory).
+	WebhookBodyMemory int64
 	// Dev is set by `ledger dev`: with no Clerk keys on a loopback address
 	// the development sign-in is served.
 	Dev bool
@@ -66,7 +69,11 @@ func (a *app) loadConfig(cmd *cobra.Command) (config, error) {
 	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
 		return c, domain.Errorf(domain.EINVALID, "LEDGER_ADDR %q is not host:port", c.Addr)
 	}
-	if err := c.loadRateLimits(a.env); err != nil {
+	err := c.loadRateLimits(a.env)
+	if err != nil {
+		return c, err
+	}
+	if c.WebhookBodyMemory, err = parseBodyMemory(a.env("LEDGER_WEBHOOK_BODY_MEMORY")); err != nil {
 		return c, err
 	}
 	switch v := strings.ToLower(strings.TrimSpace(a.env("LEDGER_PROJECTORS"))); v {
@@ -109,6 +116,24 @@ func (c *config) loadRateLimits(env func(string) string) error {
 	}
 	c.TrustedProxies, err = handlers.ParseTrustedProxies(splitList(env("LEDGER_TRUSTED_PROXIES")))
 	return err
+}
+
+// maxWebhookBodyMemory caps LEDGER_WEBHOOK_BODY_MEMORY.
+const maxWebhookBodyMemory = 4 << 30
+
+// parseBodyMemory reads LEDGER_WEBHOOK_BODY_MEMORY: empty for the default,
+// else bytes with an optional unit (B, KiB, MiB, GiB), from one body of the
+// 1 MiB limit to 4 GiB.
+func parseBodyMemory(v string) (int64, error) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return handlers.DefaultWebhookBodyMemory, nil
+	}
+	n, err := parseByteSize(v)
+	if err != nil || n < handlers.MinWebhookBodyMemory || n > maxWebhookBodyMemory {
+		return 0, domain.Errorf(domain.EINVALID, "LEDGER_WEBHOOK_BODY_MEMORY %q is malformed: want bytes with an optional unit (B, KiB, MiB, GiB) from 1MiB+1B (one body of the limit) to 4GiB, e.g. 16MiB", v)
+	}
+	return n, nil
 }
 
 func checkDatabaseURL(s string) error {

@@ -17,8 +17,13 @@ import (
 // allocates about 0.4 MB in lib/pq, so at Go's default GOGC 100 a collection
 // ran every few requests and competed with PostgreSQL for the cores: it made
 // most of the history p99 (BenchmarkAudit: p99 4.9-6.3 ms at 100, 2.2-4.7 ms
-// at 400, same runs). The limit keeps a burst of large pages from growing the
-// heap without bound.
+// at 400, same runs). The limit keeps a burst of large pages, or a flood of
+// connections, from growing the heap without bound: the live heap grows by
+// ~14 kB per open connection, and at GOGC 400 the heap may reach five times
+// the live heap, so 2,000 connections sending unauthenticated 1 MiB bodies
+// (`ledger bench flood`) took serve to 194-314 MB within a 512 MiB limit and
+// stays at 133-174 MB within 150 MiB; the normal heap (ingest flat out,
+// history pages) stays below it, where only GOGC acts.
 //
 // pass (projections rebuild and check, audit verify and events, bench
 // rebuild): one pass over the whole ledger, allocating per row in lib/pq and
@@ -26,7 +31,7 @@ import (
 // MiB (audit verify of 1M events: 2.96-3.05 s at 400, 3.74-3.87 s at 100).
 const (
 	serveGCPercent = 400
-	serveMemLimit  = 512 << 20
+	serveMemLimit  = 150 << 20
 	passGCPercent  = 400
 	passMemLimit   = 256 << 20
 )
@@ -82,6 +87,16 @@ func parseMemLimit(s string) (int64, error) {
 	if s == "off" {
 		return math.MaxInt64, nil
 	}
+	n, err := parseByteSize(s)
+	if err != nil {
+		return 0, domain.Errorf(domain.EINVALID, "GOMEMLIMIT=%q: want bytes with an optional unit (B, KiB, MiB, GiB, TiB), such as 512MiB, or off", s)
+	}
+	return n, nil
+}
+
+// parseByteSize parses bytes with an optional unit B, KiB, MiB, GiB or TiB,
+// as the runtime reads GOMEMLIMIT.
+func parseByteSize(s string) (int64, error) {
 	num, mult := s, int64(1)
 	for _, u := range []struct {
 		suffix string
@@ -94,7 +109,7 @@ func parseMemLimit(s string) (int64, error) {
 	}
 	n, err := strconv.ParseInt(num, 10, 64)
 	if err != nil || n < 0 || n > math.MaxInt64/mult || strings.HasPrefix(num, "+") {
-		return 0, domain.Errorf(domain.EINVALID, "GOMEMLIMIT=%q: want bytes with an optional unit (B, KiB, MiB, GiB, TiB), such as 512MiB, or off", s)
+		return 0, fmt.Errorf("%q is not bytes with an optional unit", s)
 	}
 	return n * mult, nil
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
+	svix "github.com/svix/svix-webhooks/go"
 )
 
 // syncBuffer is a bytes.Buffer safe for the concurrent writes of a running service.
@@ -120,11 +122,51 @@ func TestServeAndWebhookSend(t *testing.T) {
 	if strings.Contains(logs.String(), secret) || strings.Contains(out.String(), secret) {
 		t.Error("the signing secret appears in logs or output")
 	}
-	if !strings.Contains(logs.String(), "delivery_id=msg_cli") || !strings.Contains(logs.String(), "outcome=duplicate") {
+	// The second send builds its body anew (its timestamps differ): the
+	// stored body stays and the redelivery is logged as a conflict.
+	if !strings.Contains(logs.String(), "delivery_id=msg_cli") || !strings.Contains(logs.String(), "outcome=conflict") {
 		t.Errorf("no structured delivery log line:\n%s", logs.String())
 	}
 	if strings.Contains(logs.String(), "ada@example.com") {
 		t.Error("an email address was logged")
+	}
+}
+
+// A serve configured with a good secret refuses a delivery signed with an
+// empty HMAC key (what "whsec_" decodes to), and stores nothing.
+func TestServeRefusesEmptyKeySignature(t *testing.T) {
+	env := map[string]string{
+		"DATABASE_URL":                 schematest.NewURL(t),
+		"CLERK_WEBHOOK_SIGNING_SECRET": clerkgen.NewSecret(),
+		"LEDGER_ADDR":                  freeAddr(t),
+	}
+	startService(t, env, "serve")
+	empty, err := svix.NewWebhook("whsec_")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := clerkgen.Event("user.created", clerkgen.User{ID: "user_forged", Email: "f@example.com"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	sig, _ := empty.Sign("msg_forged", now, body)
+	req, _ := http.NewRequest(http.MethodPost, "http://"+env["LEDGER_ADDR"]+"/api/webhooks/clerk", bytes.NewReader(body))
+	req.Header.Set("svix-id", "msg_forged")
+	req.Header.Set("svix-timestamp", strconv.FormatInt(now.Unix(), 10))
+	req.Header.Set("svix-signature", sig)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusUnauthorized {
+		t.Errorf("delivery signed with an empty key: %d, want 401", res.StatusCode)
+	}
+	db := schematest.Open(t, env["DATABASE_URL"])
+	var n int
+	if err := db.Get(&n, `SELECT count(*) FROM events`); err != nil || n != 0 {
+		t.Errorf("%d events stored (err %v), want 0", n, err)
 	}
 }
 
@@ -154,6 +196,12 @@ func TestStartupRefusesBadSettings(t *testing.T) {
 		{with("CLERK_WEBHOOK_SIGNING_SECRET", ""), "CLERK_WEBHOOK_SIGNING_SECRET is not set"},
 		{with("CLERK_WEBHOOK_SIGNING_SECRET", "secret123"), "CLERK_WEBHOOK_SIGNING_SECRET #1 is malformed"},
 		{with("CLERK_WEBHOOK_SIGNING_SECRET", good["CLERK_WEBHOOK_SIGNING_SECRET"]+" whsec_!!!"), "CLERK_WEBHOOK_SIGNING_SECRET #2 is malformed"},
+		// An empty key would verify signatures anyone can make (issue 11, item 2).
+		{with("CLERK_WEBHOOK_SIGNING_SECRET", "whsec_"), "CLERK_WEBHOOK_SIGNING_SECRET #1 is malformed"},
+		{with("CLERK_WEBHOOK_SIGNING_SECRET", good["CLERK_WEBHOOK_SIGNING_SECRET"]+" whsec_"), "CLERK_WEBHOOK_SIGNING_SECRET #2 is malformed"},
+		{with("CLERK_WEBHOOK_SIGNING_SECRET", "whsec_c2hvcnQta2V5"), "CLERK_WEBHOOK_SIGNING_SECRET #1 is malformed: its key is 9 bytes"},
+		{with("LEDGER_WEBHOOK_BODY_MEMORY", "lots"), "LEDGER_WEBHOOK_BODY_MEMORY"},
+		{with("LEDGER_WEBHOOK_BODY_MEMORY", "64KiB"), "LEDGER_WEBHOOK_BODY_MEMORY"},
 		{with("LEDGER_ADDR", "nohostport"), "LEDGER_ADDR"},
 		{with("LOG_FORMAT", "xml"), "LOG_FORMAT"},
 		{with("CLERK_SECRET_KEY", "nope"), "CLERK_SECRET_KEY is malformed"},
@@ -166,7 +214,7 @@ func TestStartupRefusesBadSettings(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: err %v, want %q", c.env, err, c.want)
 		}
-		if printed := err.Error() + out.String() + errOut.String(); strings.Contains(printed, good["CLERK_WEBHOOK_SIGNING_SECRET"][6:]) || strings.Contains(printed, "secret123") {
+		if printed := err.Error() + out.String() + errOut.String(); strings.Contains(printed, good["CLERK_WEBHOOK_SIGNING_SECRET"][6:]) || strings.Contains(printed, "secret123") || strings.Contains(printed, "c2hvcnQta2V5") {
 			t.Errorf("a secret was printed: %v", err)
 		}
 		if strings.Count(err.Error(), "\n") != 0 {

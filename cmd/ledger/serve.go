@@ -110,22 +110,30 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 			LoopbackOnly:   cfg.Dev,
 			Auditors:       cfg.Auditors,
 
-			WebhookRateLimit: cfg.WebhookRateLimit,
-			APIRateLimit:     cfg.APIRateLimit,
-			TrustedProxies:   cfg.TrustedProxies,
+			WebhookRateLimit:  cfg.WebhookRateLimit,
+			APIRateLimit:      cfg.APIRateLimit,
+			TrustedProxies:    cfg.TrustedProxies,
+			WebhookBodyMemory: cfg.WebhookBodyMemory,
 		}),
+		// Headers are read before any handler runs, for every connection:
+		// keep them small (Go's default allows 1 MiB each). Svix's headers
+		// and Clerk's session cookies take a few kB.
+		MaxHeaderBytes:    maxHeaderBytes,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      60 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	log.Info("listening", "addr", ln.Addr().String(), "webhook", "http://"+ln.Addr().String()+"/api/webhooks/clerk", "signing_secrets", len(cfg.WebhookSecrets), "gogc", gcSetting(gcPercent))
+	log.Info("listening", "addr", ln.Addr().String(), "webhook", "http://"+ln.Addr().String()+"/api/webhooks/clerk", "signing_secrets", len(cfg.WebhookSecrets), "webhook_body_memory", cfg.WebhookBodyMemory, "gogc", gcSetting(gcPercent))
 	if ready != nil {
 		ready(ln.Addr().String())
 	}
 	return serveUntilDone(ctx, log, srv, ln, db)
 }
+
+// maxHeaderBytes bounds the request line and headers of one request.
+const maxHeaderBytes = 64 << 10
 
 // serveUntilDone serves on ln until ctx ends, then shuts down gracefully:
 // stop accepting, finish requests in flight (up to 20 s).

@@ -52,3 +52,25 @@ func TestBenchSoakShort(t *testing.T) {
 		t.Error("a malformed --db-name was accepted")
 	}
 }
+
+// TestBenchFloodShort runs `ledger bench flood` briefly: every flood
+// delivery is refused, nothing of it is stored, and a genuine delivery
+// after the flood is stored.
+func TestBenchFloodShort(t *testing.T) {
+	dsn := schematest.NewURL(t)
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := strings.TrimPrefix(u.Path, "/")
+	for _, mode := range []string{"stale", "forged"} {
+		out, errOut, code := runLedger(t, map[string]string{"DATABASE_URL": dsn},
+			"bench", "flood", "-c", "40", "-d", "2s", "--body-bytes", "300000", "--mode", mode, "--db-name", name)
+		if code != 0 {
+			t.Fatalf("%s: flood exited %d:\n%s%s", mode, code, out, errOut)
+		}
+		if !regexp.MustCompile(`server RSS: peak [\d.]+ MB`).MatchString(out) || !strings.Contains(out, "events stored: 0 from the flood, 2 genuine") {
+			t.Errorf("%s: report:\n%s", mode, out)
+		}
+	}
+}

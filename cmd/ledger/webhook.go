@@ -29,7 +29,9 @@ func (a *app) webhookCmd() *cobra.Command {
 signs it with the first CLERK_WEBHOOK_SIGNING_SECRET exactly as Svix does
 (svix-id, svix-timestamp, svix-signature), POSTs it to the endpoint and prints
 the status and body of the answer. It exits non-zero unless the answer is 2xx.
-Sending the same --delivery-id twice shows how a redelivery is handled.`,
+Sending the same --delivery-id twice shows how a redelivery with another body
+is handled (each send builds its body anew, with new timestamps): answered 200
+"duplicate" with "conflict":true, the first body kept.`,
 		Example: `  ledger webhook send user.created --user-id user_123 --email ada@example.com --first-name Ada --last-name Lovelace
   ledger webhook send user.deleted --user-id user_123`,
 		Args: cobra.ExactArgs(1),
