@@ -13,6 +13,7 @@ import (
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/clerk-ledger/clerk-ledger/svixsig"
 	"github.com/jmoiron/sqlx"
 )
 
@@ -257,7 +258,7 @@ func newVerifyAnswer(res VerifyResult) verifyAnswer {
 type verifyRunner struct {
 	mu       sync.Mutex
 	db       *sqlx.DB
-	verifier *Verifier
+	verifier *svixsig.Verifier
 }
 
 // parseVerifyParams reads digest and signatures from v (a form). Errors:

@@ -14,6 +14,7 @@ import (
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/clerk-ledger/clerk-ledger/svixsig"
 	"github.com/jmoiron/sqlx"
 )
 
@@ -289,9 +290,9 @@ func SameUser(a, b domain.User) bool {
 
 // VerifyOptions says what VerifyLedger checks and who asked.
 type VerifyOptions struct {
-	Digest     *domain.Digest // the kept digest the chain must reach, if any
-	Signatures bool           // also re-check every stored delivery's Svix signature
-	Verifier   *Verifier      // needed with Signatures
+	Digest     *domain.Digest    // the kept digest the chain must reach, if any
+	Signatures bool              // also re-check every stored delivery's Svix signature
+	Verifier   *svixsig.Verifier // needed with Signatures
 	Actor      string
 	Channel    string
 }

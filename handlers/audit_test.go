@@ -20,6 +20,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
+	"github.com/clerk-ledger/clerk-ledger/svixsig"
 	"github.com/jmoiron/sqlx"
 )
 
@@ -31,7 +32,7 @@ type auditEnv struct {
 	db       *sqlx.DB
 	store    *schema.Store
 	signer   *clerkgen.Signer
-	verifier *Verifier
+	verifier *svixsig.Verifier
 	sealer   schematest.Sealer
 }
 

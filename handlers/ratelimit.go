@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/svixsig"
 	"golang.org/x/time/rate"
 )
 
@@ -310,7 +311,7 @@ func rateLimit(log *slog.Logger, cfg rateLimitConfig, webhookPath string) func(h
 				if cfg.Observer != nil {
 					cfg.Observer.ObserveDelivery(OutcomeRateLimited, "", 0)
 				}
-				id, _, _ := svixHeaders(r.Header)
+				id, _, _ := svixsig.HeaderValues(r.Header)
 				log.WarnContext(r.Context(), "webhook delivery", "delivery_id", truncate(id, 64), "outcome", OutcomeRateLimited,
 					"status", http.StatusTooManyRequests, "client_ip", ip.String(), "retry_after_s", secs)
 			case first:

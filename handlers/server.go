@@ -8,13 +8,14 @@ import (
 	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/clerksession"
+	"github.com/clerk-ledger/clerk-ledger/svixsig"
 	"github.com/jmoiron/sqlx"
 )
 
 // Deps is everything the HTTP surface needs; run builds it.
 type Deps struct {
 	Log      *slog.Logger
-	Verifier *Verifier
+	Verifier *svixsig.Verifier
 	Store    Appender
 	Ready    ReadinessChecker
 	Observer DeliveryObserver // may be nil

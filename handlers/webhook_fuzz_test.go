@@ -12,6 +12,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
+	"github.com/clerk-ledger/clerk-ledger/svixsig"
 )
 
 // FuzzClerkWebhook feeds arbitrary headers and bodies to the real webhook
@@ -22,7 +23,7 @@ func FuzzClerkWebhook(f *testing.F) {
 	db := schematest.NewDB(f)
 	store := schema.NewStore(db)
 	secret := clerkgen.NewSecret()
-	v, err := NewVerifier([]string{secret})
+	v, err := svixsig.NewVerifier([]string{secret})
 	if err != nil {
 		f.Fatal(err)
 	}

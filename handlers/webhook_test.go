@@ -16,6 +16,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
+	"github.com/clerk-ledger/clerk-ledger/svixsig"
 	"github.com/jmoiron/sqlx"
 )
 
@@ -126,7 +127,7 @@ func TestWebhookStoresExactVerifiedBytes(t *testing.T) {
 		t.Errorf("received_at = %v", row.Received)
 	}
 	// The stored row re-verifies: proof that these are the bytes Clerk signed.
-	v, _ := NewVerifier([]string{e.secret})
+	v, _ := svixsig.NewVerifier([]string{e.secret})
 	stored := http.Header{}
 	stored.Set("svix-id", row.Delivery)
 	stored.Set("svix-timestamp", strconv.FormatInt(row.SvixTS, 10))
@@ -323,7 +324,7 @@ func TestWebhookSecretRotationAndWebhookHeaders(t *testing.T) {
 	db := schematest.NewDB(t)
 	store := schema.NewStore(db)
 	oldSecret, newSecret := clerkgen.NewSecret(), clerkgen.NewSecret()
-	v, err := NewVerifier([]string{oldSecret, newSecret})
+	v, err := svixsig.NewVerifier([]string{oldSecret, newSecret})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -429,10 +430,10 @@ func TestHealthAndReadiness(t *testing.T) {
 
 // newSigning returns a fresh webhook secret, a Verifier for it and a
 // Svix-like signer with it.
-func newSigning(t testing.TB) (string, *Verifier, *clerkgen.Signer) {
+func newSigning(t testing.TB) (string, *svixsig.Verifier, *clerkgen.Signer) {
 	t.Helper()
 	secret := clerkgen.NewSecret()
-	v, err := NewVerifier([]string{secret})
+	v, err := svixsig.NewVerifier([]string{secret})
 	if err != nil {
 		t.Fatal(err)
 	}

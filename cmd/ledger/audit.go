@@ -14,6 +14,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/handlers"
 	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/clerk-ledger/clerk-ledger/svixsig"
 	"github.com/jmoiron/sqlx"
 	"github.com/spf13/cobra"
 )
@@ -274,7 +275,7 @@ Every run is recorded in the verification log shown in the workspace.`,
 				if err != nil {
 					return err
 				}
-				if opts.Verifier, err = handlers.NewVerifier(cfg.WebhookSecrets); err != nil {
+				if opts.Verifier, err = svixsig.NewVerifier(cfg.WebhookSecrets); err != nil {
 					return err
 				}
 			}

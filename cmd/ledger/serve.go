@@ -12,6 +12,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/handlers"
 	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/clerk-ledger/clerk-ledger/svixsig"
 	"github.com/jmoiron/sqlx"
 	"github.com/spf13/cobra"
 )
@@ -58,7 +59,7 @@ SIGINT or SIGTERM stops accepting, finishes requests in flight and exits.`,
 // serve runs the service until ctx ends. ready, when not nil, is told the
 // listening address once the server accepts connections.
 func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready func(addr string)) error {
-	verifier, err := handlers.NewVerifier(cfg.WebhookSecrets)
+	verifier, err := svixsig.NewVerifier(cfg.WebhookSecrets)
 	if err != nil {
 		return err
 	}
