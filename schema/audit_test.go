@@ -220,19 +220,26 @@ func TestAuditQueryFiltersAndChainHashes(t *testing.T) {
 	if all[21].ChainHash != nil {
 		t.Errorf("unsealed event has chain hash %x", all[21].ChainHash)
 	}
-	// UserEvents: occurred_at <= at, to the microsecond.
-	at := t0.Add(9 * time.Minute) // msg_0009 is about user_0 and occurred exactly then
-	ev, err := schema.UserEvents(ctx, db, "user_0", at)
-	if err != nil {
-		t.Fatal(err)
+	// EachEvent: every event of the filter, in ledger order, one at a time.
+	userEvents := func(until time.Time) []string {
+		t.Helper()
+		var ids []string
+		n, err := schema.EachEvent(ctx, db, schema.EventFilter{UserID: "user_0", Until: until, Limit: 1}, func(e domain.Event) error {
+			ids = append(ids, e.DeliveryID)
+			return nil
+		})
+		if err != nil || n != int64(len(ids)) {
+			t.Fatalf("EachEvent: %d, %v", n, err)
+		}
+		return ids
 	}
 	// user_0's events are msg_0000, msg_0003 and msg_0009 (msg_0006 is about an organization).
-	if last := ev[len(ev)-1]; last.DeliveryID != "msg_0009" || len(ev) != 3 {
-		t.Errorf("UserEvents at %v: %d events, last %s", at, len(ev), last.DeliveryID)
+	at := t0.Add(9 * time.Minute) // msg_0009 occurred exactly then
+	if ids := userEvents(at.Add(time.Microsecond)); fmt.Sprint(ids) != "[msg_0000 msg_0003 msg_0009]" {
+		t.Errorf("EachEvent until just after %v: %v", at, ids)
 	}
-	ev, _ = schema.UserEvents(ctx, db, "user_0", at.Add(-time.Microsecond))
-	if len(ev) != 2 {
-		t.Errorf("UserEvents just before: %d events, want 2", len(ev))
+	if ids := userEvents(at); len(ids) != 2 {
+		t.Errorf("EachEvent until %v: %v, want 2", at, ids)
 	}
 	// Streaming gives the same as paging, in one snapshot, and honours Limit.
 	var streamed []string
