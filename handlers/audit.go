@@ -69,7 +69,7 @@ const MaxPageBytes = 8 << 20
 
 // maxHTMLPageBytes is MaxPageBytes for the audit pages, which show each
 // body pretty-printed and HTML-escaped (several times its size).
-const maxHTMLPageBytes = 4 << 20
+const maxHTMLPageBytes = 2 << 20
 
 // handleAuditEvents serves GET /api/audit/events: the history query (one
 // page as JSON, at most MaxPageBytes of bodies) or, with format=jsonl|csv,

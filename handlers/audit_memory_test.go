@@ -30,11 +30,11 @@ type gcTick struct {
 	p *byte
 }
 
-// liveHeapPeak runs fn with the collector at GOGC 25 and returns how much
+// liveHeapPeak runs fn with the collector at GOGC 10 and returns how much
 // more heap than before fn was found live at the worst collection during fn
 // (and after it, with what fn returned still held): the memory fn kept,
 // whatever it allocated and dropped. It is sampled at every collection,
-// which allocation triggers (every 25% of growth), not at moments in time:
+// which allocation triggers (every 10% of growth), not at moments in time:
 // memory a request holds for longer than a few of its own rows cannot slip
 // between samples.
 func liveHeapPeak(fn func() any) (peak, allocated uint64) {
@@ -64,7 +64,7 @@ func liveHeapPeak(fn func() any) (peak, allocated uint64) {
 			}
 		})
 	}
-	old := debug.SetGCPercent(25)
+	old := debug.SetGCPercent(10)
 	arm()
 	kept := fn()
 	runtime.GC()
