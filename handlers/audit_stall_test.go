@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -104,7 +105,8 @@ func TestStalledExportsDoNotStarveIngest(t *testing.T) {
 		t.Fatal(err)
 	}
 	const idle = 4 * time.Second // serve's is 30 s
-	h = NewServer(Deps{Verifier: verifier, Store: store, Ready: store, DB: web, Sessions: sessions, Auditors: []string{listedAuditor},
+	logs := &logBuffer{}
+	h = NewServer(Deps{Log: slog.New(slog.NewTextHandler(logs, nil)), Verifier: verifier, Store: store, Ready: store, DB: web, Sessions: sessions, Auditors: []string{listedAuditor},
 		WebhookRateLimit: webhookLimit, APIRateLimit: apiLimit, ExportIdleTimeout: idle})
 	token := func(user string) string {
 		return mintJWT(t, map[string]any{"alg": "RS256", "typ": "JWT", "kid": "ins_test"}, sessionClaims(user, srv.URL), testClerkKey(), nil)
@@ -223,6 +225,9 @@ func TestStalledExportsDoNotStarveIngest(t *testing.T) {
 	}
 	if aborted != DefaultAuditConns {
 		t.Errorf("%d exports recorded, want the %d that ran", aborted, DefaultAuditConns)
+	}
+	if n := strings.Count(logs.String(), "audit export aborted: the client took no bytes"); n != DefaultAuditConns {
+		t.Errorf("%d aborted exports logged, want %d:\n%s", n, DefaultAuditConns, logs.String())
 	}
 	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/api/audit/events?format=jsonl", nil)
 	req.Header.Set("Authorization", "Bearer "+auditor)
