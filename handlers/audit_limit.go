@@ -78,10 +78,11 @@ func (s *auditSlots) acquire(ctx context.Context, n int64) (release func(), err 
 }
 
 // verifyParts is how many ranges a verification checks at once within
-// slots, and how many slots (connections) it takes: one range runs on the
-// snapshot's own connection, more take one connection each besides it.
+// slots (at most half of them, so exports and history pages still run
+// beside it), and how many slots (connections) it takes: one range runs on
+// the snapshot's own connection, more take one connection each besides it.
 func verifyParts(slots *auditSlots) (parts int, weight int64) {
-	parts = min(runtime.GOMAXPROCS(0), int(slots.size)-1)
+	parts = min(runtime.GOMAXPROCS(0), int(slots.size)/2)
 	if parts < 2 {
 		return 1, 1
 	}
