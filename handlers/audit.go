@@ -35,17 +35,21 @@ type eventsPage struct {
 
 // queryEventsPage runs one page of a history query, calling fn with each
 // event as it arrives (e.Body valid only during the call), then records the
-// query in the access log and waits for that commit. It returns the number of events
-// and the cursor after them ("" when the page was not full: the end of what
-// is visible now). After an error, what fn built must not be shown: a query
-// that cannot be recorded is not answered.
-func queryEventsPage(ctx context.Context, db *sqlx.DB, q EventQuery, actor, channel string, fn func(i int, e schema.AuditEvent)) (int, string, error) {
+// query in the access log and waits for that commit. The page ends early once
+// its bodies reach maxBytes (it always holds its first event). It returns the
+// number of events and the cursor after them ("" when nothing follows: the
+// end of what is visible now). After an error, what fn built must not be
+// shown: a query that cannot be recorded is not answered.
+func queryEventsPage(ctx context.Context, db *sqlx.DB, q EventQuery, maxBytes int64, actor, channel string, fn func(i int, e schema.AuditEvent)) (int, string, error) {
 	var last domain.Event
+	var bytes int64
 	i := 0
+	q.Filter.MaxBytes = maxBytes
 	n, err := schema.QueryAuditEventsRecorded(ctx, db, q.Filter, schema.Access{Actor: actor, Channel: channel, Action: schema.ActionEvents, Filters: FilterRecord(q)},
 		func(e schema.AuditEvent) error {
 			fn(i, e)
 			i++
+			bytes += int64(len(e.Body))
 			last = e.Event
 			return nil
 		})
@@ -53,17 +57,27 @@ func queryEventsPage(ctx context.Context, db *sqlx.DB, q EventQuery, actor, chan
 		return 0, "", err
 	}
 	next := ""
-	if n == q.Filter.Limit && n > 0 {
+	if schema.PageMore(q.Filter, n, bytes) {
 		next = EncodeCursor(schema.After(last))
 	}
 	return n, next, nil
 }
 
+// MaxPageBytes is the most body bytes one page of the JSON API holds (the
+// history and a user's events): a page stops early there and its next_cursor
+// continues. A page always holds its first event (at most 1 MiB).
+const MaxPageBytes = 8 << 20
+
+// maxHTMLPageBytes is MaxPageBytes for the audit pages, which show each
+// body pretty-printed and HTML-escaped (several times its size).
+const maxHTMLPageBytes = 2 << 20
+
 // handleAuditEvents serves GET /api/audit/events: the history query (one
-// page as JSON) or, with format=jsonl|csv, the streamed export of every
-// matching event. 400 names a bad parameter. Every call is recorded in the
-// access log with its filters and row count.
-func handleAuditEvents(log *slog.Logger, db *sqlx.DB, now func() time.Time) http.HandlerFunc {
+// page as JSON, at most MaxPageBytes of bodies) or, with format=jsonl|csv,
+// the streamed export of every matching event. 400 names a bad parameter;
+// 503 when the audit reads' connections are all busy. Every call is recorded
+// in the access log with its filters and row count.
+func handleAuditEvents(log *slog.Logger, db *sqlx.DB, slots *auditSlots, idle time.Duration, now func() time.Time) http.HandlerFunc {
 	bufs := sync.Pool{New: func() any { b := make([]byte, 0, 256<<10); return &b }}
 	return func(w http.ResponseWriter, r *http.Request) {
 		q, err := ParseEventQuery(r.URL.Query())
@@ -72,7 +86,7 @@ func handleAuditEvents(log *slog.Logger, db *sqlx.DB, now func() time.Time) http
 			return
 		}
 		if q.Format != "json" {
-			exportEvents(w, r, log, db, q, now())
+			exportEvents(w, r, log, db, slots, idle, q, now())
 			return
 		}
 		// The page is encoded as the rows arrive, into a pooled buffer:
@@ -84,10 +98,16 @@ func handleAuditEvents(log *slog.Logger, db *sqlx.DB, now func() time.Time) http
 				bufs.Put(buf)
 			}
 		}()
+		release, err := slots.acquire(r.Context(), 1)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
 		b := append((*buf)[:0], eventsPageStart...)
-		n, next, err := queryEventsPage(r.Context(), db, q, actorOf(r), schema.ChannelAPI, func(i int, e schema.AuditEvent) {
+		n, next, err := queryEventsPage(r.Context(), db, q, MaxPageBytes, actorOf(r), schema.ChannelAPI, func(i int, e schema.AuditEvent) {
 			b = appendPageEvent(b, i, e)
 		})
+		release() // the connection is back: writing to a slow client holds none
 		if err != nil {
 			writeError(w, r, log, err)
 			return
@@ -107,19 +127,32 @@ const maxPooledPage = 1 << 20
 
 // exportEvents streams every event matching q in q.Format with constant
 // memory, then records the export and its row count in the access log (also
-// when the client goes away mid-way). Once the first byte is out, a failure
+// when the client goes away mid-way). It holds an audit slot, a REPEATABLE
+// READ transaction and its connection while it streams, so it aborts when the
+// client takes no bytes for idle: the transaction rolls back and the
+// connection goes back to the pool. Once the first byte is out, a failure
 // can only cut the stream short: it is logged and the body ends early.
-func exportEvents(w http.ResponseWriter, r *http.Request, log *slog.Logger, db *sqlx.DB, q EventQuery, now time.Time) {
+func exportEvents(w http.ResponseWriter, r *http.Request, log *slog.Logger, db *sqlx.DB, slots *auditSlots, idle time.Duration, q EventQuery, now time.Time) {
+	if idle <= 0 {
+		idle = DefaultExportIdleTimeout
+	}
+	release, err := slots.acquire(r.Context(), 1)
+	if err != nil {
+		writeError(w, r, log, err)
+		return
+	}
+	defer release()
 	ext := q.Format
 	name := "ledger-events-" + now.UTC().Format("20060102T150405Z") + "." + ext
 	w.Header().Set("Content-Type", ExportContentType(q.Format))
 	w.Header().Set("Content-Disposition", `attachment; filename="`+name+`"`)
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
-	// An export may outlast the server's WriteTimeout.
+	// An export may outlast the server's WriteTimeout: instead, each write
+	// must make progress within idle.
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
 
-	bw := bufio.NewWriterSize(w, 64<<10)
+	bw := bufio.NewWriterSize(newProgressWriter(w, idle), 64<<10)
 	enc, err := NewEventWriter(bw, q.Format)
 	if err != nil {
 		writeError(w, r, log, err)
@@ -131,11 +164,14 @@ func exportEvents(w http.ResponseWriter, r *http.Request, log *slog.Logger, db *
 			err = bw.Flush()
 		}
 	}
-	if err != nil && n == 0 && r.Context().Err() == nil {
+	switch {
+	case err != nil && stalled(err):
+		log.WarnContext(r.Context(), "audit export aborted: the client took no bytes", "idle_s", idle.Seconds(), "rows", n)
+	case err != nil && n == 0 && r.Context().Err() == nil:
 		// Nothing has reached the client yet beyond buffers: answer properly.
 		w.Header().Del("Content-Disposition")
 		writeError(w, r, log, err)
-	} else if err != nil && r.Context().Err() == nil {
+	case err != nil && r.Context().Err() == nil:
 		log.ErrorContext(r.Context(), "audit export cut short", "rows", n, "err", err)
 	}
 	rec := schema.Access{Actor: actorOf(r), Channel: schema.ChannelAPI, Action: schema.ActionExport, Filters: FilterRecord(q), RowCount: n}
@@ -168,12 +204,18 @@ func checkUserID(id string) error {
 	return checkText("the user id in the path", id, 200)
 }
 
-// userAt runs UserAt and records it in the access log.
-func userAt(ctx context.Context, db *sqlx.DB, id string, at time.Time, actor, channel string) (UserHistory, error) {
+// userAt runs UserAt within an audit slot and records it in the access log
+// (the events on the page as its row count).
+func userAt(ctx context.Context, db *sqlx.DB, slots *auditSlots, id string, at time.Time, page UserPage, actor, channel string, fn func(schema.AuditEvent)) (UserHistory, error) {
 	if err := checkUserID(id); err != nil {
 		return UserHistory{}, err
 	}
-	h, err := UserAt(ctx, db, id, at)
+	release, err := slots.acquire(ctx, 1)
+	if err != nil {
+		return UserHistory{}, err
+	}
+	h, err := userView(ctx, db, id, at, page, fn)
+	release()
 	if err != nil {
 		return h, err
 	}
@@ -181,20 +223,54 @@ func userAt(ctx context.Context, db *sqlx.DB, id string, at time.Time, actor, ch
 	if !at.IsZero() {
 		filters["at"] = at.UTC().Format(time.RFC3339Nano)
 	}
-	if err := schema.RecordAccess(ctx, db, schema.Access{Actor: actor, Channel: channel, Action: schema.ActionUser, Filters: filters, RowCount: int64(len(h.Events))}); err != nil {
+	if page.After != (schema.Cursor{}) {
+		filters["cursor"] = page.After.String()
+	}
+	if err := schema.RecordAccess(ctx, db, schema.Access{Actor: actor, Channel: channel, Action: schema.ActionUser, Filters: filters, RowCount: int64(h.Count)}); err != nil {
 		return h, err
 	}
 	return h, nil
 }
 
-// handleAuditUser serves GET /api/audit/users/{id}?at=RFC3339: the user's
-// state as of `at` (default now) folded from the ledger, and those events.
+// ParseUserPage reads limit (default DefaultAuditLimit, at most
+// MaxAuditLimit) and cursor (a next_cursor) for a page of a user's events.
+func ParseUserPage(v url.Values) (UserPage, error) {
+	p := UserPage{Limit: DefaultAuditLimit}
+	if s := v.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			return p, domain.Errorf(domain.EINVALID, "limit %q is not a positive integer", s)
+		}
+		if n > MaxAuditLimit {
+			return p, domain.Errorf(domain.EINVALID, "limit %d is more than %d", n, MaxAuditLimit)
+		}
+		p.Limit = n
+	}
+	if s := v.Get("cursor"); s != "" {
+		c, err := decodeCursor(s)
+		if err != nil {
+			return p, err
+		}
+		p.After = c
+	}
+	return p, nil
+}
+
+// handleAuditUser serves GET /api/audit/users/{id}?at=RFC3339&limit=&cursor=:
+// the user's state as of `at` (default now) folded from every event about
+// them by then, and one page of those events (limit, default 100, at most
+// MaxPageBytes of bodies; next_cursor continues; total counts them all).
 // 404 when the ledger has no event about that user by then.
-func handleAuditUser(log *slog.Logger, db *sqlx.DB) http.HandlerFunc {
+func handleAuditUser(log *slog.Logger, db *sqlx.DB, slots *auditSlots) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		for k := range r.URL.Query() {
-			if k != "at" {
-				writeError(w, r, log, domain.Errorf(domain.EINVALID, "unknown parameter %q (want at)", k))
+		v := r.URL.Query()
+		for k, vs := range v {
+			if k != "at" && k != "limit" && k != "cursor" {
+				writeError(w, r, log, domain.Errorf(domain.EINVALID, "unknown parameter %q (want at, limit, cursor)", k))
+				return
+			}
+			if len(vs) > 1 {
+				writeError(w, r, log, domain.Errorf(domain.EINVALID, "parameter %q is given %d times", k, len(vs)))
 				return
 			}
 		}
@@ -203,15 +279,25 @@ func handleAuditUser(log *slog.Logger, db *sqlx.DB) http.HandlerFunc {
 			writeError(w, r, log, err)
 			return
 		}
-		h, err := userAt(r.Context(), db, r.PathValue("id"), at, actorOf(r), schema.ChannelAPI)
+		page, err := ParseUserPage(v)
 		if err != nil {
 			writeError(w, r, log, err)
 			return
 		}
-		if len(h.Events) == 0 {
+		page.MaxBytes = MaxPageBytes
+		events := []AuditEventJSON{}
+		h, err := userAt(r.Context(), db, slots, r.PathValue("id"), at, page, actorOf(r), schema.ChannelAPI, func(e schema.AuditEvent) {
+			events = append(events, NewAuditEventJSON(e))
+		})
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		if h.Total == 0 {
 			writeError(w, r, log, domain.Errorf(domain.ENOTFOUND, "the ledger has no event about user %s by then", h.UserID))
 			return
 		}
+		h.Events = events
 		writeJSON(w, http.StatusOK, h)
 	}
 }
@@ -259,6 +345,7 @@ type verifyRunner struct {
 	mu       sync.Mutex
 	db       *sqlx.DB
 	verifier *svixsig.Verifier
+	slots    *auditSlots
 }
 
 // parseVerifyParams reads digest and signatures from v (a form). Errors:
@@ -296,7 +383,13 @@ func (v *verifyRunner) run(ctx context.Context, d *domain.Digest, sigs bool, act
 		return VerifyResult{}, domain.Errorf(domain.ERATELIMIT, "a verification is already running; try again when it is done")
 	}
 	defer v.mu.Unlock()
-	return VerifyLedger(ctx, v.db, VerifyOptions{Digest: d, Signatures: sigs, Verifier: v.verifier, Actor: actor, Channel: channel})
+	parts, weight := verifyParts(v.slots)
+	release, err := v.slots.acquire(ctx, weight)
+	if err != nil {
+		return VerifyResult{}, err
+	}
+	defer release()
+	return VerifyLedger(ctx, v.db, VerifyOptions{Digest: d, Signatures: sigs, Verifier: v.verifier, Actor: actor, Channel: channel, Parts: parts})
 }
 
 // handleAuditVerify serves POST /api/audit/verify with the optional fields

@@ -131,7 +131,7 @@ func BenchmarkAudit(b *testing.B) {
 			for range 300 {
 				uid := fmt.Sprintf("user_%027d", r.IntN(users))
 				t0 := time.Now()
-				evs, err := schema.QueryAuditEvents(ctx, e.db, schema.EventFilter{UserID: uid, Limit: 100})
+				evs, err := schema.QueryAuditEvents(ctx, e.db, schema.EventFilter{UserID: uid, Limit: 100, MaxBytes: MaxPageBytes})
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -156,7 +156,7 @@ func BenchmarkAudit(b *testing.B) {
 				}
 				t5 := time.Now()
 				uid3 := fmt.Sprintf("user_%027d", r.IntN(users))
-				if _, err := schema.QueryAuditEventsRecorded(ctx, e.db, schema.EventFilter{UserID: uid3, Limit: 100}, schema.Access{Actor: "bench", Channel: schema.ChannelAPI, Action: schema.ActionEvents}, func(schema.AuditEvent) error { return nil }); err != nil {
+				if _, err := schema.QueryAuditEventsRecorded(ctx, e.db, schema.EventFilter{UserID: uid3, Limit: 100, MaxBytes: MaxPageBytes}, schema.Access{Actor: "bench", Channel: schema.ChannelAPI, Action: schema.ActionEvents}, func(schema.AuditEvent) error { return nil }); err != nil {
 					b.Fatal(err)
 				}
 				t6 := time.Now()

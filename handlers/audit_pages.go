@@ -201,7 +201,7 @@ type searchPage struct {
 // results with paging and export links, the chain status and the newest
 // access log entries. A search is recorded in the access log, so it runs
 // only when asked from the workspace's own pages (mayRecord).
-func handleAuditSearchPage(p *auditPages, db *sqlx.DB) http.HandlerFunc {
+func handleAuditSearchPage(p *auditPages, db *sqlx.DB, slots *auditSlots) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		in := r.URL.Query()
 		v := url.Values{}
@@ -250,10 +250,16 @@ func handleAuditSearchPage(p *auditPages, db *sqlx.DB) http.HandlerFunc {
 				status, data.Error = ErrorStatus(err), domain.ErrorMessage(err)
 			} else {
 				data.Limit = q.Filter.Limit
+				release, err := slots.acquire(r.Context(), 1)
+				if err != nil {
+					writePageError(w, r, p.log, err)
+					return
+				}
 				var events []pageEvent
-				n, nextCursor, err := queryEventsPage(r.Context(), db, q, actorOf(r), schema.ChannelPage, func(_ int, e schema.AuditEvent) {
+				n, nextCursor, err := queryEventsPage(r.Context(), db, q, maxHTMLPageBytes, actorOf(r), schema.ChannelPage, func(_ int, e schema.AuditEvent) {
 					events = append(events, newPageEvent(NewAuditEventJSON(e)))
 				})
+				release()
 				if err != nil {
 					writePageError(w, r, p.log, err)
 					return
@@ -315,13 +321,20 @@ type userPage struct {
 	AtLocal, AtText     string
 	History             *UserHistory
 	Events              []pageEvent
+	// The page's place in the timeline: events First to Last of Total,
+	// with links to the next page and back to the first.
+	First, Last       int64
+	NextURL, FirstURL string
 }
 
-// handleAuditUserPage serves GET /audit/users/{id}?at=: the user's timeline
-// (every event about them, later ones greyed) with a point-in-time picker
-// and the state as of the chosen instant. Recorded in the access log, so
-// shown only when asked from the workspace's own pages (mayRecord).
-func handleAuditUserPage(p *auditPages, db *sqlx.DB) http.HandlerFunc {
+// handleAuditUserPage serves GET /audit/users/{id}?at=&cursor=: the state
+// as of the chosen instant (folded from every event about the user by then)
+// with a point-in-time picker, and one page of the user's timeline (every
+// event, later ones greyed; at most 100 events and maxHTMLPageBytes of
+// bodies), "First–Last of Total" and a next-page link. Recorded in the
+// access log, so shown only when asked from the workspace's own pages
+// (mayRecord).
+func handleAuditUserPage(p *auditPages, db *sqlx.DB, slots *auditSlots) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		id := r.PathValue("id")
 		if err := checkUserID(id); err != nil {
@@ -345,27 +358,45 @@ func handleAuditUserPage(p *auditPages, db *sqlx.DB) http.HandlerFunc {
 			p.render(w, r, http.StatusOK, "audit_user.html", data)
 			return
 		}
-		// The timeline shows every event; the state is folded up to at.
-		all, err := userAt(r.Context(), db, id, time.Time{}, actorOf(r), schema.ChannelPage)
+		page := UserPage{Limit: DefaultAuditLimit, MaxBytes: maxHTMLPageBytes, Later: true}
+		if s := r.URL.Query().Get("cursor"); s != "" {
+			c, err := decodeCursor(s)
+			if err != nil {
+				data.Error = domain.ErrorMessage(err)
+				p.render(w, r, http.StatusBadRequest, "audit_user.html", data)
+				return
+			}
+			page.After = c
+		}
+		h, err := userAt(r.Context(), db, slots, id, at, page, actorOf(r), schema.ChannelPage, func(e schema.AuditEvent) {
+			pe := newPageEvent(NewAuditEventJSON(e))
+			pe.After = !at.IsZero() && e.OccurredAt.After(at)
+			data.Events = append(data.Events, pe)
+		})
 		if err != nil {
 			writePageError(w, r, p.log, err)
 			return
 		}
-		h := all
+		data.History = &h
+		data.First, data.Last = h.Offset+1, h.Offset+int64(h.Count)
+		base := url.Values{}
 		if !at.IsZero() {
-			if h, err = UserAt(r.Context(), db, id, at); err != nil {
-				writePageError(w, r, p.log, err)
-				return
+			base.Set("at", data.AtText)
+		}
+		self := "/audit/users/" + url.PathEscape(id)
+		if h.NextCursor != "" {
+			next := cloneValues(base)
+			next.Set("cursor", h.NextCursor)
+			data.NextURL = self + "?" + next.Encode()
+		}
+		if page.After != (schema.Cursor{}) {
+			data.FirstURL = self
+			if len(base) > 0 {
+				data.FirstURL += "?" + base.Encode()
 			}
 		}
-		data.History = &h
-		for _, e := range all.Events {
-			pe := newPageEvent(e)
-			pe.After = !at.IsZero() && e.OccurredAt.After(at)
-			data.Events = append(data.Events, pe)
-		}
 		status := http.StatusOK
-		if len(all.Events) == 0 {
+		if h.Total == 0 {
 			status, data.Error = http.StatusNotFound, "The ledger has no event about user "+id+"."
 		}
 		p.render(w, r, status, "audit_user.html", data)

@@ -2,9 +2,11 @@ package handlers
 
 import (
 	"context"
+	"database/sql"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/url"
 	"reflect"
@@ -210,65 +212,154 @@ func NewAuditEventJSON(e schema.AuditEvent) AuditEventJSON {
 	return j
 }
 
-// UserHistory is one user's state at a point in time and the events that
-// made it.
+// UserHistory is one user's state at a point in time and one page of the
+// events about them.
 type UserHistory struct {
 	UserID string     `json:"user_id"`
 	At     *time.Time `json:"at"` // nil: now
 	// Exists is false when no user.* event about the user occurred by At.
 	Exists bool        `json:"exists"`
 	State  domain.User `json:"state"`
-	// Poison lists events the fold skipped because they do not decode.
-	Poison []string         `json:"poison,omitempty"`
-	Events []AuditEventJSON `json:"events"`
+	// Poison describes the first maxPoison events the fold skipped because
+	// they do not decode; PoisonCount counts them all.
+	Poison      []string `json:"poison,omitempty"`
+	PoisonCount int      `json:"poison_count,omitempty"`
+	// Total is how many events the pages list in all (those that occurred
+	// by At, or every one with UserPage.Later); Offset how many come before
+	// this page; Count how many are on it. NextCursor continues after it
+	// ("" at the end).
+	Total      int64            `json:"total"`
+	Offset     int64            `json:"offset"`
+	Count      int              `json:"count"`
+	Events     []AuditEventJSON `json:"events"`
+	NextCursor string           `json:"next_cursor"`
 	// Projection is the users table row (only without At); Matches says
 	// whether the fold equals it (nil when there is no row yet).
 	Projection *domain.User `json:"projection,omitempty"`
 	Matches    *bool        `json:"matches_projection,omitempty"`
 }
 
-// UserAt folds the user's state as of `at` (zero: now) with domain.Fold, the
-// users projection's own fold, from that user's events whose occurred_at is
-// at or before `at`: the time Clerk says the change happened, not when the
-// ledger received it. An event that arrives late but occurred before `at`
-// therefore changes the answer for `at` once it is stored (the answer is
-// "what Clerk reports had happened by then, as the ledger knows it now").
-// Without `at` it also reads the users projection's row and says whether the
-// fold equals it.
-func UserAt(ctx context.Context, db *sqlx.DB, userID string, at time.Time) (UserHistory, error) {
+// UserPage says which page of a user's events UserAt lists.
+type UserPage struct {
+	After    schema.Cursor // continue after this place (from NextCursor)
+	Limit    int           // events on the page, default DefaultAuditLimit
+	MaxBytes int64         // end the page once its bodies reach this; default MaxPageBytes
+	// Later lists the events that occurred after `at` too (the audit page's
+	// timeline shows them greyed); the fold never reads them.
+	Later bool
+}
+
+// maxPoison is how many skipped events a UserHistory describes.
+const maxPoison = 100
+
+// userEventTypes are the event types the fold reads (domain.IsUserEvent).
+var userEventTypes = []string{"user.created", "user.updated", "user.deleted"}
+
+// occurredBy is the EventFilter.Until that keeps events whose occurred_at
+// is at or before at (zero: no bound). occurred_at has microsecond
+// precision: <= at is < at's next microsecond.
+func occurredBy(at time.Time) time.Time {
+	if at.IsZero() {
+		return time.Time{}
+	}
+	return at.UTC().Truncate(time.Microsecond).Add(time.Microsecond)
+}
+
+// UserAt folds the user's state as of `at` (zero: now) with domain.Apply, the
+// users projection's own fold, from every one of that user's events whose
+// occurred_at is at or before `at`: the time Clerk says the change happened,
+// not when the ledger received it. An event that arrives late but occurred
+// before `at` therefore changes the answer for `at` once it is stored (the
+// answer is "what Clerk reports had happened by then, as the ledger knows it
+// now"). The fold streams the events one at a time, so memory does not grow
+// with the user's history. It lists one page of the events (page), counts
+// them all, and without `at` also reads the users projection's row and says
+// whether the fold equals it. Everything comes from one snapshot.
+func UserAt(ctx context.Context, db *sqlx.DB, userID string, at time.Time, page UserPage) (UserHistory, error) {
+	events := []AuditEventJSON{}
+	h, err := userView(ctx, db, userID, at, page, func(e schema.AuditEvent) {
+		events = append(events, NewAuditEventJSON(e))
+	})
+	h.Events = events
+	return h, err
+}
+
+// userView is UserAt handing each event of the page to fn as it arrives
+// (e.Body is valid only during the call) instead of keeping them.
+func userView(ctx context.Context, db *sqlx.DB, userID string, at time.Time, page UserPage, fn func(schema.AuditEvent)) (UserHistory, error) {
 	h := UserHistory{UserID: userID}
 	if !at.IsZero() {
 		at = at.UTC()
 		h.At = &at
 	}
-	events, err := schema.UserEvents(ctx, db, userID, at)
+	if page.Limit <= 0 {
+		page.Limit = DefaultAuditLimit
+	}
+	if page.MaxBytes <= 0 {
+		page.MaxBytes = MaxPageBytes
+	}
+	tx, err := db.BeginTxx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
+	if err != nil {
+		return h, fmt.Errorf("read user %s: %w", userID, schema.Classify(err))
+	}
+	defer tx.Rollback()
+	var u domain.User
+	fold := schema.EventFilter{UserID: userID, Types: userEventTypes, Until: occurredBy(at)}
+	if _, err := schema.EachEvent(ctx, tx, fold, func(e domain.Event) error {
+		next, err := domain.Apply(u, e)
+		if err != nil {
+			if h.PoisonCount++; len(h.Poison) < maxPoison {
+				h.Poison = append(h.Poison, domain.ErrorMessage(err))
+			}
+			return nil
+		}
+		u = next
+		return nil
+	}); err != nil {
+		return h, fmt.Errorf("fold user %s: %w", userID, err)
+	}
+	h.State, h.Exists = u, u.Exists()
+
+	list := schema.EventFilter{UserID: userID}
+	if !page.Later {
+		list.Until = occurredBy(at)
+	}
+	if h.Total, err = schema.CountAuditEvents(ctx, tx, list); err != nil {
+		return h, err
+	}
+	if page.After != (schema.Cursor{}) {
+		before := list
+		before.UpTo = page.After
+		if h.Offset, err = schema.CountAuditEvents(ctx, tx, before); err != nil {
+			return h, err
+		}
+	}
+	pf := list
+	pf.After, pf.Limit, pf.MaxBytes = page.After, page.Limit, page.MaxBytes
+	p, err := schema.EachAuditEvent(ctx, tx, pf, func(e schema.AuditEvent) error {
+		fn(e)
+		return nil
+	})
 	if err != nil {
 		return h, err
 	}
-	folded := make([]domain.Event, len(events))
-	h.Events = make([]AuditEventJSON, len(events))
-	for i, e := range events {
-		folded[i] = e.Event
-		h.Events[i] = NewAuditEventJSON(e)
+	h.Count = p.Count
+	if p.More {
+		h.NextCursor = EncodeCursor(p.Last)
 	}
-	u, poison := domain.Fold(folded)
-	for _, p := range poison {
-		h.Poison = append(h.Poison, domain.ErrorMessage(p))
-	}
-	h.State, h.Exists = u, u.Exists()
 	if at.IsZero() {
-		p, err := schema.GetUser(ctx, db, userID)
+		pu, err := schema.GetUser(ctx, tx, userID)
 		switch {
 		case domain.ErrorCode(err) == domain.ENOTFOUND:
 		case err != nil:
 			return h, err
 		default:
-			h.Projection = &p
-			same := SameUser(u, p)
+			h.Projection = &pu
+			same := SameUser(u, pu)
 			h.Matches = &same
 		}
 	}
-	return h, nil
+	return h, tx.Commit()
 }
 
 // SameUser reports whether a and b are the same state, comparing public
@@ -295,6 +386,9 @@ type VerifyOptions struct {
 	Verifier   *svixsig.Verifier // needed with Signatures
 	Actor      string
 	Channel    string
+	// Parts is how many ranges of the chain are checked at once, each on a
+	// connection of its own (0: schema.VerifyChain's choice).
+	Parts int
 }
 
 // VerifyResult is the outcome of VerifyLedger.
@@ -343,7 +437,13 @@ func (r VerifyResult) FirstBad() int64 {
 // or could not be recorded; a mismatch is an OK=false result.
 func VerifyLedger(ctx context.Context, db *sqlx.DB, o VerifyOptions) (VerifyResult, error) {
 	var res VerifyResult
-	chain, err := schema.VerifyChain(ctx, db, o.Digest)
+	var chain schema.ChainReport
+	var err error
+	if o.Parts > 0 {
+		chain, err = schema.VerifyChainParts(ctx, db, o.Digest, o.Parts)
+	} else {
+		chain, err = schema.VerifyChain(ctx, db, o.Digest)
+	}
 	if err != nil {
 		return res, err
 	}

@@ -2,10 +2,13 @@ package handlers
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -14,24 +17,25 @@ import (
 	"github.com/jmoiron/sqlx"
 )
 
-// Timeline limits: the page reads at most timelineReadCap of a user's events
-// (in pages of timelinePage) and shows the newest timelineShown.
-const (
-	timelinePage    = 500
-	timelineReadCap = 5000
-	timelineShown   = 100
-)
+// timelinePage is how many timeline entries the signed-in page shows at
+// once, newest first; "Older" pages on.
+const timelinePage = 50
 
 // homePage is the data of home.html (the signed-in page).
 type homePage struct {
-	User      domain.User
-	Name      string
-	Synced    bool   // the users projection has a row for this person
-	Avatar    string // image URL the CSP allows, or ""
-	Timeline  []timelineEntry
-	Total     int  // events read
-	Capped    bool // stopped reading at timelineReadCap
-	SessionID string
+	User     domain.User
+	Name     string
+	Synced   bool   // the users projection has a row for this person
+	Avatar   string // image URL the CSP allows, or ""
+	Timeline []timelineEntry
+	// Total is how many events the ledger holds about this person; the
+	// timeline shows the First-th to the Last-th newest of them.
+	Total       int64
+	First, Last int64
+	// OlderURL continues with older events ("" at the oldest); NewestURL
+	// goes back to the newest ("" on that page).
+	OlderURL, NewestURL string
+	SessionID           string
 }
 
 // timelineEntry is one event as the timeline shows it.
@@ -44,10 +48,11 @@ type timelineEntry struct {
 	Position int64
 }
 
-// handleHome serves GET /: the signed-out page with Clerk's sign-in, the
-// refresh page when ClerkJS must renew the session cookie, or the signed-in
-// person's own record and event timeline. It reads only the session
-// subject's rows: never another user's.
+// handleHome serves GET /[?older=CURSOR]: the signed-out page with Clerk's
+// sign-in, the refresh page when ClerkJS must renew the session cookie, or
+// the signed-in person's own record and one page of their event timeline,
+// newest first (older: the page before that place). It reads only the
+// session subject's rows: never another user's.
 func handleHome(log *slog.Logger, pg *pages, db *sqlx.DB, avatarHosts []string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		s, ok := sessionFrom(r.Context())
@@ -63,7 +68,15 @@ func handleHome(log *slog.Logger, pg *pages, db *sqlx.DB, avatarHosts []string) 
 			pg.renderError(w, r, domain.Errorf(domain.EUNAVAILABLE, "no database"))
 			return
 		}
-		page, err := loadHome(r.Context(), db, s)
+		var older schema.Cursor
+		if c := r.URL.Query().Get("older"); c != "" {
+			var err error
+			if older, err = decodeCursor(c); err != nil {
+				pg.renderError(w, r, err)
+				return
+			}
+		}
+		page, err := loadHome(r.Context(), db, s, older)
 		if err != nil {
 			pg.renderError(w, r, err)
 			return
@@ -73,10 +86,20 @@ func handleHome(log *slog.Logger, pg *pages, db *sqlx.DB, avatarHosts []string) 
 	}
 }
 
-// loadHome reads s's projected record and ledger events.
-func loadHome(ctx context.Context, db schema.Queryer, s Session) (homePage, error) {
+// loadHome reads s's projected record and one page of the timeline: the
+// timelinePage newest events before `older` (zero: the newest of all). Each
+// profile change is described against the user as folded from every event
+// before it, so the fold streams the person's user.* events before the page
+// and then the page's events, one at a time: memory does not grow with
+// the history. Everything comes from one snapshot.
+func loadHome(ctx context.Context, db *sqlx.DB, s Session, older schema.Cursor) (homePage, error) {
 	page := homePage{SessionID: s.SessionID}
-	u, err := schema.GetUser(ctx, db, s.UserID)
+	tx, err := db.BeginTxx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
+	if err != nil {
+		return page, fmt.Errorf("read the signed-in page: %w", schema.Classify(err))
+	}
+	defer tx.Rollback()
+	u, err := schema.GetUser(ctx, tx, s.UserID)
 	switch {
 	case err == nil:
 		page.User, page.Synced = u, true
@@ -87,47 +110,77 @@ func loadHome(ctx context.Context, db schema.Queryer, s Session) (homePage, erro
 	}
 	page.Name = page.User.Name()
 
-	var events []domain.Event
-	f := schema.EventFilter{UserID: s.UserID, Limit: timelinePage}
-	for {
-		batch, err := schema.QueryEvents(ctx, db, f)
-		if err != nil {
+	mine := schema.EventFilter{UserID: s.UserID}
+	if page.Total, err = schema.CountAuditEvents(ctx, tx, mine); err != nil {
+		return homePage{}, err
+	}
+	// The page's places, newest first, and the one before them (if any).
+	places, err := schema.PlacesBefore(ctx, tx, mine, older, timelinePage+1)
+	if err != nil {
+		return homePage{}, err
+	}
+	if older != (schema.Cursor{}) {
+		page.NewestURL = "/"
+	}
+	if len(places) == 0 {
+		return page, tx.Commit()
+	}
+	var below schema.Cursor // the page starts after it (zero: at the first event)
+	if len(places) > timelinePage {
+		below, places = places[timelinePage], places[:timelinePage]
+		page.OlderURL = "/?older=" + EncodeCursor(places[len(places)-1])
+	}
+	newest := places[0]
+	newer, err := schema.CountAuditEvents(ctx, tx, schema.EventFilter{UserID: s.UserID, After: newest})
+	if err != nil {
+		return homePage{}, err
+	}
+	page.First, page.Last = newer+1, newer+int64(len(places))
+
+	b := timelineBuilder{sessionID: s.SessionID, entries: make([]timelineEntry, 0, len(places))}
+	if below != (schema.Cursor{}) {
+		if _, err := schema.EachEvent(ctx, tx, schema.EventFilter{UserID: s.UserID, Types: userEventTypes, UpTo: below}, b.fold); err != nil {
 			return homePage{}, err
 		}
-		events = append(events, batch...)
-		if len(batch) < f.Limit {
-			break
-		}
-		if len(events) >= timelineReadCap {
-			page.Capped = true
-			break
-		}
-		f.After = schema.After(batch[len(batch)-1])
 	}
-	page.Total = len(events)
-	page.Timeline = timeline(events, s.SessionID, timelineShown)
-	return page, nil
+	if _, err := schema.EachEvent(ctx, tx, schema.EventFilter{UserID: s.UserID, After: below, UpTo: newest}, b.add); err != nil {
+		return homePage{}, err
+	}
+	page.Timeline = b.newestFirst()
+	return page, tx.Commit()
 }
 
-// timeline summarizes events (in ledger order) newest first, at most max.
-// Profile changes are described against the user as folded from the events
-// before each one.
-func timeline(events []domain.Event, sessionID string, max int) []timelineEntry {
-	out := make([]timelineEntry, 0, min(len(events), max))
-	var folded domain.User
-	all := make([]timelineEntry, len(events))
-	for i, e := range events {
-		next, err := domain.Apply(folded, e)
-		if err != nil {
-			next = folded
-		}
-		all[i] = summarize(e, folded, next, sessionID)
-		folded = next
+// timelineBuilder summarizes events given in ledger order, describing each
+// against the user as folded from the events before it.
+type timelineBuilder struct {
+	sessionID string
+	folded    domain.User
+	entries   []timelineEntry
+}
+
+// fold folds e without showing it (an event before the page).
+func (b *timelineBuilder) fold(e domain.Event) error {
+	if next, err := domain.Apply(b.folded, e); err == nil {
+		b.folded = next
 	}
-	for i := len(all) - 1; i >= 0 && len(out) < max; i-- {
-		out = append(out, all[i])
+	return nil
+}
+
+// add summarizes e and folds it.
+func (b *timelineBuilder) add(e domain.Event) error {
+	next, err := domain.Apply(b.folded, e)
+	if err != nil {
+		next = b.folded
 	}
-	return out
+	b.entries = append(b.entries, summarize(e, b.folded, next, b.sessionID))
+	b.folded = next
+	return nil
+}
+
+// newestFirst returns the entries, newest first.
+func (b *timelineBuilder) newestFirst() []timelineEntry {
+	slices.Reverse(b.entries)
+	return b.entries
 }
 
 // eventData is the part of event bodies the summaries read.

@@ -263,6 +263,17 @@ func TestDefaultAuthorizedParties(t *testing.T) {
 	}
 }
 
+// timeline summarizes events (in ledger order) as the signed-in page does,
+// newest first, at most max.
+func timeline(events []domain.Event, sessionID string, max int) []timelineEntry {
+	b := timelineBuilder{sessionID: sessionID}
+	for _, e := range events {
+		b.add(e)
+	}
+	out := b.newestFirst()
+	return out[:min(len(out), max)]
+}
+
 // TestTimelineSummaries covers the readable summaries event by event.
 func TestTimelineSummaries(t *testing.T) {
 	at := time.Date(2025, 5, 1, 12, 0, 0, 0, time.UTC)

@@ -51,13 +51,15 @@ func addRoutes(mux routeMux, d Deps, pg *pages, session func(http.Handler) http.
 		own = newOrigins(d.Sessions.AuthorizedParties())
 	}
 	recorded := func(h http.Handler) http.Handler { return api(requireOwnPages(d.Log, own, h)) }
-	verify := &verifyRunner{db: d.DB, verifier: d.Verifier}
+	// The audit reads share a bounded number of the pool's connections.
+	slots := newAuditSlots(auditConns(d), auditQueueWait)
+	verify := &verifyRunner{db: d.DB, verifier: d.Verifier, slots: slots}
 	pages := newAuditPages(d.Log, own)
-	mux.Handle("GET /api/audit/events", recorded(handleAuditEvents(d.Log, d.DB, d.Now)))
-	mux.Handle("GET /api/audit/users/{id}", recorded(handleAuditUser(d.Log, d.DB)))
+	mux.Handle("GET /api/audit/events", recorded(handleAuditEvents(d.Log, d.DB, slots, d.ExportIdleTimeout, d.Now)))
+	mux.Handle("GET /api/audit/users/{id}", recorded(handleAuditUser(d.Log, d.DB, slots)))
 	mux.Handle("POST /api/audit/verify", api(handleAuditVerify(d.Log, verify)))
-	mux.Handle("GET /audit", page(handleAuditSearchPage(pages, d.DB)))
-	mux.Handle("GET /audit/users/{id}", page(handleAuditUserPage(pages, d.DB)))
+	mux.Handle("GET /audit", page(handleAuditSearchPage(pages, d.DB, slots)))
+	mux.Handle("GET /audit/users/{id}", page(handleAuditUserPage(pages, d.DB, slots)))
 	mux.Handle("GET /audit/chain", page(handleAuditChainPage(pages, d.DB)))
 	mux.Handle("POST /audit/chain", page(handleAuditChainVerify(pages, d.DB, verify)))
 	mux.Handle("GET /audit/log", page(handleAuditLogPage(pages, d.DB)))

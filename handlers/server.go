@@ -56,6 +56,16 @@ type Deps struct {
 	WebhookBodyMemory int64
 	// Metrics, when not nil, times every request and serves GET /metrics.
 	Metrics *Metrics
+	// AuditConns is how many connections of DB the audit reads (exports,
+	// verifications, history pages, per-user audit views) may hold at once;
+	// past it a read waits up to 2 s, then gets 503 + Retry-After. Default
+	// DefaultAuditConns, at most half of DB's connections. Give the event
+	// store and the projectors a pool of their own: no read can take theirs.
+	AuditConns int
+	// ExportIdleTimeout aborts an export whose client takes no bytes for
+	// this long (default DefaultExportIdleTimeout): its transaction rolls
+	// back and its connection goes back to the pool.
+	ExportIdleTimeout time.Duration
 }
 
 // NewServer returns the service's HTTP handler: every route of routes.go
@@ -69,6 +79,9 @@ func NewServer(d Deps) http.Handler {
 	}
 	if d.Log == nil {
 		d.Log = slog.New(slog.DiscardHandler)
+	}
+	if d.ExportIdleTimeout <= 0 {
+		d.ExportIdleTimeout = DefaultExportIdleTimeout
 	}
 	d.Log = slog.New(withRequestID(d.Log.Handler()))
 	var clerk clerkJS

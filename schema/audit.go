@@ -6,7 +6,6 @@ import (
 	"database/sql"
 	"fmt"
 	"strconv"
-	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/jmoiron/sqlx"
@@ -38,15 +37,37 @@ func scanAuditEvent(row interface{ Scan(...any) error }, body *sql.RawBytes) (Au
 	return a, nil
 }
 
-// auditQuery is QueryEvents's statement joined with event_chain.
+// auditQuery is QueryEvents's statement joined with event_chain. With
+// f.MaxBytes it numbers the bytes of the bodies before each row (a running
+// sum in ledger order over the page's rows only: the window runs under the
+// LIMIT's index scan, and octet_length reads a stored body's size without
+// reading the body) and keeps the rows that start below MaxBytes.
 func auditQuery(f EventFilter) (string, []any) {
 	if f.Limit <= 0 {
 		f.Limit = 100
 	}
 	where, args := f.where()
 	args = append(args, f.Limit)
-	return `SELECT ` + auditColumns + ` FROM events e LEFT JOIN event_chain c ON c.position = e.position WHERE ` + where +
-		` ORDER BY e.transaction_id, e.position LIMIT $` + strconv.Itoa(len(args)), args
+	limit := strconv.Itoa(len(args))
+	if f.MaxBytes <= 0 {
+		return `SELECT ` + auditColumns + ` FROM events e LEFT JOIN event_chain c ON c.position = e.position WHERE ` + where +
+			` ORDER BY e.transaction_id, e.position LIMIT $` + limit, args
+	}
+	args = append(args, f.MaxBytes)
+	return `SELECT ` + auditColumns + ` FROM (SELECT e.*, sum(octet_length(e.body)) OVER (ORDER BY e.transaction_id, e.position ROWS UNBOUNDED PRECEDING) - octet_length(e.body) AS bytes_before` +
+		` FROM events e WHERE ` + where + ` ORDER BY e.transaction_id, e.position LIMIT $` + limit + `) e` +
+		` LEFT JOIN event_chain c ON c.position = e.position WHERE e.bytes_before < $` + strconv.Itoa(len(args)) +
+		` ORDER BY e.transaction_id, e.position`, args
+}
+
+// PageMore reports whether events may follow a page of f that held n events
+// whose bodies add up to bytes: it was full, or it ended at f.MaxBytes.
+func PageMore(f EventFilter, n int, bytes int64) bool {
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	return n > 0 && (n >= limit || (f.MaxBytes > 0 && bytes >= f.MaxBytes))
 }
 
 // QueryAuditEvents is QueryEvents with each event's chain hash: the events
@@ -125,7 +146,7 @@ func QueryAuditEventsRecorded(ctx context.Context, q interface {
 const StreamBatch = 2000
 
 // StreamAuditEvents calls fn for every event matching f (f.Limit is the total
-// cap, 0 for no cap) in ledger order, reading keyset pages of StreamBatch rows
+// cap, 0 for no cap; f.MaxBytes is ignored) in ledger order, reading keyset pages of StreamBatch rows
 // inside one read-only REPEATABLE READ transaction: the export is one
 // consistent snapshot and memory stays constant however many rows match.
 // e.Body is only valid during the call to fn (clone it to keep it). It
@@ -138,6 +159,7 @@ func StreamAuditEvents(ctx context.Context, db *sqlx.DB, f EventFilter, fn func(
 	}
 	defer tx.Rollback()
 	total := f.Limit
+	f.MaxBytes = 0
 	var n int64
 	for {
 		page := f
@@ -189,25 +211,140 @@ func streamPage(ctx context.Context, tx *sqlx.Tx, f EventFilter, fn func(AuditEv
 	return n, last, nil
 }
 
-// UserEvents returns every event about the user with that id, in ledger
-// order, below the xid8 gate, whose occurred_at is at or before `at` (all of
-// them when at is zero). It reads keyset pages of 1000; the result holds them all.
-func UserEvents(ctx context.Context, q Queryer, userID string, at time.Time) ([]AuditEvent, error) {
-	f := EventFilter{UserID: userID, Limit: 1000}
-	if !at.IsZero() {
-		// occurred_at has microsecond precision: <= at is < at's next microsecond.
-		f.Until = at.UTC().Truncate(time.Microsecond).Add(time.Microsecond)
+// Page is what one page of an audit read held.
+type Page struct {
+	Count int    // events
+	Bytes int64  // the sum of their bodies' lengths
+	Last  Cursor // the place after the last one (f.After when empty)
+	// More is set when events may follow: the page was full or ended at
+	// f.MaxBytes. (A page that ends exactly at the last event says More;
+	// the next page is then empty.)
+	More bool
+}
+
+// EachAuditEvent reads one page of f as QueryAuditEvents does (f.Limit
+// events at most, default 100, ended early at f.MaxBytes) and calls fn with
+// each event as it arrives, keeping none: e.Body is valid only during the
+// call. It stops at fn's first error and returns it.
+func EachAuditEvent(ctx context.Context, q Queryer, f EventFilter, fn func(AuditEvent) error) (Page, error) {
+	query, args := auditQuery(f)
+	p := Page{Last: f.After}
+	rows, err := q.QueryxContext(ctx, query, args...)
+	if err != nil {
+		return p, fmt.Errorf("read audit events after %s: %w", f.After, Classify(err))
 	}
-	var out []AuditEvent
-	for {
-		page, err := QueryAuditEvents(ctx, q, f)
+	defer rows.Close()
+	var body sql.RawBytes
+	for rows.Next() {
+		e, err := scanAuditEvent(rows, &body)
 		if err != nil {
-			return nil, fmt.Errorf("events of user %s: %w", userID, err)
+			return p, err
 		}
-		out = append(out, page...)
-		if len(page) < f.Limit {
-			return out, nil
+		if err := fn(e); err != nil {
+			return p, err
 		}
-		f.After = After(page[len(page)-1].Event)
+		p.Count++
+		p.Bytes += int64(len(e.Body))
+		p.Last = After(e.Event)
 	}
+	if err := rows.Err(); err != nil {
+		return p, fmt.Errorf("read audit events after %s: %w", f.After, Classify(err))
+	}
+	p.More = PageMore(f, p.Count, p.Bytes)
+	return p, nil
+}
+
+// CountAuditEvents returns how many visible events match f (f.After and
+// f.UpTo bound it; f.Limit and f.MaxBytes do not).
+func CountAuditEvents(ctx context.Context, q Queryer, f EventFilter) (int64, error) {
+	where, args := f.where()
+	var n int64
+	if err := q.QueryRowxContext(ctx, `SELECT count(*) FROM events e WHERE `+where, args...).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count audit events: %w", Classify(err))
+	}
+	return n, nil
+}
+
+// PlacesBefore returns the places of the n newest visible events matching f
+// that lie before `before` in ledger order (all of f when before is zero),
+// newest first: the bounds of a page read backwards. It reads no bodies.
+func PlacesBefore(ctx context.Context, q Queryer, f EventFilter, before Cursor, n int) ([]Cursor, error) {
+	where, args := f.where()
+	if before != (Cursor{}) {
+		args = append(args, strconv.FormatUint(before.TxID, 10), before.Position)
+		where += ` AND (e.transaction_id, e.position) < ($` + strconv.Itoa(len(args)-1) + `::xid8, $` + strconv.Itoa(len(args)) + `::bigint)`
+	}
+	args = append(args, n)
+	rows, err := q.QueryxContext(ctx, `SELECT e.transaction_id, e.position FROM events e WHERE `+where+
+		` ORDER BY e.transaction_id DESC, e.position DESC LIMIT $`+strconv.Itoa(len(args)), args...)
+	if err != nil {
+		return nil, fmt.Errorf("read places before %s: %w", before, Classify(err))
+	}
+	defer rows.Close()
+	var out []Cursor
+	for rows.Next() {
+		var c Cursor
+		if err := rows.Scan(&c.TxID, &c.Position); err != nil {
+			return nil, fmt.Errorf("read places before %s: %w", before, Classify(err))
+		}
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read places before %s: %w", before, Classify(err))
+	}
+	return out, nil
+}
+
+// EachEvent calls fn with every visible event matching f (f.Limit and
+// f.MaxBytes are ignored) in ledger order, reading keyset pages of
+// StreamBatch rows on q and keeping none: e.Body is valid only during the
+// call, so memory does not grow with the events (a fold over a user's whole
+// history). Give it a REPEATABLE READ transaction for one snapshot. It stops
+// at fn's first error and returns it; it returns how many events fn was given.
+func EachEvent(ctx context.Context, q Queryer, f EventFilter, fn func(domain.Event) error) (int64, error) {
+	var n int64
+	f.Limit, f.MaxBytes = StreamBatch, 0
+	for {
+		where, args := f.where()
+		args = append(args, f.Limit)
+		rows, err := q.QueryxContext(ctx, `SELECT `+eventColumns+` FROM events e WHERE `+where+
+			` ORDER BY e.transaction_id, e.position LIMIT $`+strconv.Itoa(len(args)), args...)
+		if err != nil {
+			return n, fmt.Errorf("read events after %s: %w", f.After, Classify(err))
+		}
+		got, last, err := eachEventRow(rows, fn)
+		n += int64(got)
+		if err != nil {
+			return n, err
+		}
+		if got < f.Limit {
+			return n, nil
+		}
+		f.After = last
+	}
+}
+
+// eachEventRow hands each row of eventColumns to fn and closes rows.
+func eachEventRow(rows *sqlx.Rows, fn func(domain.Event) error) (int, Cursor, error) {
+	defer rows.Close()
+	var body sql.RawBytes
+	var last Cursor
+	got := 0
+	for rows.Next() {
+		var e domain.Event
+		if err := rows.Scan(&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &body, &e.SvixTimestamp, &e.SvixSignature); err != nil {
+			return got, last, fmt.Errorf("scan event: %w", Classify(err))
+		}
+		e.Body = body
+		e.OccurredAt, e.ReceivedAt = e.OccurredAt.UTC(), e.ReceivedAt.UTC()
+		if err := fn(e); err != nil {
+			return got, last, err
+		}
+		got++
+		last = After(e)
+	}
+	if err := rows.Err(); err != nil {
+		return got, last, fmt.Errorf("read events: %w", Classify(err))
+	}
+	return got, last, nil
 }

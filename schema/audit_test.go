@@ -201,19 +201,26 @@ func TestAuditQueryFiltersAndChainHashes(t *testing.T) {
 	if all[21].ChainHash != nil {
 		t.Errorf("unsealed event has chain hash %x", all[21].ChainHash)
 	}
-	// UserEvents: occurred_at <= at, to the microsecond.
-	at := t0.Add(9 * time.Minute) // msg_0009 is about user_0 and occurred exactly then
-	ev, err := schema.UserEvents(ctx, db, "user_0", at)
-	if err != nil {
-		t.Fatal(err)
+	// EachEvent: every event of the filter, in ledger order, one at a time.
+	userEvents := func(until time.Time) []string {
+		t.Helper()
+		var ids []string
+		n, err := schema.EachEvent(ctx, db, schema.EventFilter{UserID: "user_0", Until: until, Limit: 1}, func(e domain.Event) error {
+			ids = append(ids, e.DeliveryID)
+			return nil
+		})
+		if err != nil || n != int64(len(ids)) {
+			t.Fatalf("EachEvent: %d, %v", n, err)
+		}
+		return ids
 	}
 	// user_0's events are msg_0000, msg_0003 and msg_0009 (msg_0006 is about an organization).
-	if last := ev[len(ev)-1]; last.DeliveryID != "msg_0009" || len(ev) != 3 {
-		t.Errorf("UserEvents at %v: %d events, last %s", at, len(ev), last.DeliveryID)
+	at := t0.Add(9 * time.Minute) // msg_0009 occurred exactly then
+	if ids := userEvents(at.Add(time.Microsecond)); fmt.Sprint(ids) != "[msg_0000 msg_0003 msg_0009]" {
+		t.Errorf("EachEvent until just after %v: %v", at, ids)
 	}
-	ev, _ = schema.UserEvents(ctx, db, "user_0", at.Add(-time.Microsecond))
-	if len(ev) != 2 {
-		t.Errorf("UserEvents just before: %d events, want 2", len(ev))
+	if ids := userEvents(at); len(ids) != 2 {
+		t.Errorf("EachEvent until %v: %v, want 2", at, ids)
 	}
 	// Streaming gives the same as paging, in one snapshot, and honours Limit.
 	var streamed []string
@@ -571,5 +578,112 @@ func TestQueryAuditEventsRecordedHoldsNoXID(t *testing.T) {
 	})
 	if err != nil || n != 300 || !checked {
 		t.Fatalf("%d events, %v", n, err)
+	}
+}
+
+// TestAuditPagesEndAtMaxBytes: a page stops before the event whose bodies
+// before it reach MaxBytes (always holding its first), paging on from there
+// gives every event once, and the places, counts and UpTo bounds agree.
+func TestAuditPagesEndAtMaxBytes(t *testing.T) {
+	db := schematest.NewDB(t)
+	ctx := context.Background()
+	var sizes []int64
+	schematest.CopyEvents(t, db, 10, func(i int) domain.Delivery {
+		d := deliveryAt(t, fmt.Sprintf("msg_%02d", i), "user.updated", "user_a", t0.Add(time.Duration(i)*time.Minute))
+		d.Body = append(d.Body[:len(d.Body)-1], `,"pad":"`+strings.Repeat("p", 1000*(i+1))+`"}`...)
+		sizes = append(sizes, int64(len(d.Body)))
+		return d
+	})
+	schematest.WaitReadable(t, db, 10)
+	sum := func(n int) (s int64) {
+		for _, v := range sizes[:n] {
+			s += v
+		}
+		return s
+	}
+	page := func(f schema.EventFilter) ([]string, schema.Page) {
+		t.Helper()
+		var ids []string
+		p, err := schema.EachAuditEvent(ctx, db, f, func(e schema.AuditEvent) error {
+			ids = append(ids, e.DeliveryID)
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ids, p
+	}
+	for _, c := range []struct {
+		max  int64
+		want int
+		more bool
+	}{
+		{sum(3), 3, true},     // the 4th starts at exactly MaxBytes: cut
+		{sum(3) + 1, 4, true}, // the 4th starts below it: kept, though it ends past it
+		{1, 1, true},          // the first event always
+		{sum(10), 10, true},   // everything, and ending exactly there may mean more
+		{sum(10) + 1, 10, false},
+	} {
+		ids, p := page(schema.EventFilter{UserID: "user_a", MaxBytes: c.max})
+		if len(ids) != c.want || p.Count != c.want || p.Bytes != sum(c.want) || p.More != c.more {
+			t.Errorf("MaxBytes %d: %d events %v, %d bytes, more %v; want %d events, %d bytes, more %v", c.max, len(ids), ids, p.Bytes, p.More, c.want, sum(c.want), c.more)
+		}
+		if got, _ := schema.QueryAuditEvents(ctx, db, schema.EventFilter{UserID: "user_a", MaxBytes: c.max}); len(got) != c.want {
+			t.Errorf("QueryAuditEvents MaxBytes %d: %d events, want %d", c.max, len(got), c.want)
+		}
+	}
+	// Paging at a budget of about two bodies gives each event once, in order.
+	var all []string
+	f := schema.EventFilter{UserID: "user_a", MaxBytes: 2500, Limit: 4}
+	var places []schema.Cursor
+	for pages := 0; ; pages++ {
+		if pages > 10 {
+			t.Fatal("paging does not end")
+		}
+		p, err := schema.EachAuditEvent(ctx, db, f, func(e schema.AuditEvent) error {
+			all = append(all, e.DeliveryID)
+			places = append(places, schema.After(e.Event))
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !p.More {
+			break
+		}
+		f.After = p.Last
+	}
+	if fmt.Sprint(all) != "[msg_00 msg_01 msg_02 msg_03 msg_04 msg_05 msg_06 msg_07 msg_08 msg_09]" {
+		t.Fatalf("paged by bytes: %v", all)
+	}
+	// UpTo is inclusive; counts honour After and UpTo.
+	if ids, _ := page(schema.EventFilter{UserID: "user_a", UpTo: places[4]}); len(ids) != 5 || ids[4] != "msg_04" {
+		t.Errorf("UpTo the 5th: %v", ids)
+	}
+	for _, c := range []struct {
+		f    schema.EventFilter
+		want int64
+	}{
+		{schema.EventFilter{UserID: "user_a"}, 10},
+		{schema.EventFilter{UserID: "user_a", UpTo: places[4]}, 5},
+		{schema.EventFilter{UserID: "user_a", After: places[4]}, 5},
+		{schema.EventFilter{UserID: "user_a", After: places[2], UpTo: places[4]}, 2},
+		{schema.EventFilter{UserID: "user_b"}, 0},
+	} {
+		if n, err := schema.CountAuditEvents(ctx, db, c.f); err != nil || n != c.want {
+			t.Errorf("count %+v: %d %v, want %d", c.f, n, err, c.want)
+		}
+	}
+	// Places newest first, before a place.
+	got, err := schema.PlacesBefore(ctx, db, schema.EventFilter{UserID: "user_a"}, schema.Cursor{}, 3)
+	if err != nil || fmt.Sprint(got) != fmt.Sprint([]schema.Cursor{places[9], places[8], places[7]}) {
+		t.Errorf("the 3 newest places: %v %v", got, err)
+	}
+	got, err = schema.PlacesBefore(ctx, db, schema.EventFilter{UserID: "user_a"}, places[7], 3)
+	if err != nil || fmt.Sprint(got) != fmt.Sprint([]schema.Cursor{places[6], places[5], places[4]}) {
+		t.Errorf("the 3 places before the 8th: %v %v", got, err)
+	}
+	if got, _ = schema.PlacesBefore(ctx, db, schema.EventFilter{UserID: "user_a"}, places[0], 3); len(got) != 0 {
+		t.Errorf("places before the first: %v", got)
 	}
 }

@@ -21,7 +21,15 @@ type EventFilter struct {
 	Since time.Time // occurred_at >= Since
 	Until time.Time // occurred_at < Until
 	After Cursor
+	// UpTo, when not zero, keeps only events at or before this place in
+	// ledger order (keyset paging backwards, or a fold up to a page).
+	UpTo  Cursor
 	Limit int // default 100
+	// MaxBytes, when above zero, ends a page early once the bodies in it
+	// reach this many bytes: the page holds the events whose bodies before
+	// them add up to less than MaxBytes (always its first one). Streams
+	// (StreamAuditEvents) ignore it.
+	MaxBytes int64
 }
 
 // QueryEvents returns the events matching f in ledger order, only from
@@ -65,6 +73,10 @@ func (f EventFilter) where() (string, []any) {
 	add := func(cond string, arg any) {
 		args = append(args, arg)
 		conds = append(conds, strings.ReplaceAll(cond, "$?", "$"+strconv.Itoa(len(args))))
+	}
+	if f.UpTo != (Cursor{}) {
+		args = append(args, strconv.FormatUint(f.UpTo.TxID, 10), f.UpTo.Position)
+		conds = append(conds, `(e.transaction_id, e.position) <= ($`+strconv.Itoa(len(args)-1)+`::xid8, $`+strconv.Itoa(len(args))+`::bigint)`)
 	}
 	if f.UserID != "" {
 		add(`e.user_id = $?`, f.UserID)

@@ -87,6 +87,12 @@ func VerifyChain(ctx context.Context, db *sqlx.DB, want *domain.Digest) (ChainRe
 	return verifyChain(ctx, db, want, parts, verifyPage)
 }
 
+// VerifyChainParts is VerifyChain checking at most parts ranges at once:
+// it uses parts+1 connections of db (one when parts is 1).
+func VerifyChainParts(ctx context.Context, db *sqlx.DB, want *domain.Digest, parts int) (ChainReport, error) {
+	return verifyChain(ctx, db, want, max(1, parts), verifyPage)
+}
+
 // verifyChain is VerifyChain in at most parts ranges of at least minLinks.
 func verifyChain(ctx context.Context, db *sqlx.DB, want *domain.Digest, parts int, minLinks int64) (ChainReport, error) {
 	start := time.Now()

@@ -174,14 +174,17 @@ every matching event (or --limit of them) in constant memory.`,
 }
 
 func (a *app) auditUserCmd() *cobra.Command {
-	var at string
+	var at, cursor string
+	var limit int
 	cmd := &cobra.Command{
 		Use:   "user ID",
-		Short: "Print a user's state as of a time, folded from the ledger, and the events that made it (JSON)",
+		Short: "Print a user's state as of a time, folded from the ledger, and a page of the events that made it (JSON)",
 		Long: `user folds the state of Clerk user ID from the ledger's events about them that
 occurred at or before --at (default: now) with the users projection's own fold,
-and prints it with those events as JSON. Without --at it also prints the users
-projection's row and whether the two match.`,
+and prints it as JSON with one page of those events (--limit, at most 1000, and
+8 MiB of bodies; total counts them all; pass next_cursor as --cursor for the
+next page). Without --at it also prints the users projection's row and whether
+the two match.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var t time.Time
@@ -191,12 +194,16 @@ projection's row and whether the two match.`,
 					return domain.Errorf(domain.EINVALID, "--at %q is not an RFC 3339 time (e.g. 2024-05-28T12:00:00Z)", at)
 				}
 			}
+			page, err := handlers.ParseUserPage(url.Values{"limit": {strconv.Itoa(limit)}, "cursor": {cursor}})
+			if err != nil {
+				return err
+			}
 			db, err := a.openAuditDB(cmd)
 			if err != nil {
 				return err
 			}
 			defer db.Close()
-			h, err := handlers.UserAt(cmd.Context(), db, args[0], t)
+			h, err := handlers.UserAt(cmd.Context(), db, args[0], t, page)
 			if err != nil {
 				return err
 			}
@@ -204,10 +211,13 @@ projection's row and whether the two match.`,
 			if at != "" {
 				filters["at"] = t.UTC().Format(time.RFC3339Nano)
 			}
-			if err := schema.RecordAccess(cmd.Context(), db, schema.Access{Actor: a.cliActor(), Channel: schema.ChannelCLI, Action: schema.ActionUser, Filters: filters, RowCount: int64(len(h.Events))}); err != nil {
+			if page.After != (schema.Cursor{}) {
+				filters["cursor"] = page.After.String()
+			}
+			if err := schema.RecordAccess(cmd.Context(), db, schema.Access{Actor: a.cliActor(), Channel: schema.ChannelCLI, Action: schema.ActionUser, Filters: filters, RowCount: int64(h.Count)}); err != nil {
 				return err
 			}
-			if len(h.Events) == 0 {
+			if h.Total == 0 {
 				return domain.Errorf(domain.ENOTFOUND, "the ledger has no event about user %s by then", args[0])
 			}
 			enc := json.NewEncoder(a.stdout)
@@ -216,6 +226,8 @@ projection's row and whether the two match.`,
 		},
 	}
 	cmd.Flags().StringVar(&at, "at", "", "RFC 3339 instant (default: now)")
+	cmd.Flags().IntVar(&limit, "limit", handlers.DefaultAuditLimit, "events per page (at most 1000)")
+	cmd.Flags().StringVar(&cursor, "cursor", "", "continue after this cursor (next_cursor of the previous page)")
 	return cmd
 }
 

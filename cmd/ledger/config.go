@@ -4,7 +4,9 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/handlers"
@@ -34,6 +36,9 @@ type config struct {
 	// Projectors runs the projectors inside serve (LEDGER_PROJECTORS, default
 	// on); off for web-only replicas when `ledger project` runs them.
 	Projectors bool
+	// Pools is the database connection budget (LEDGER_DB_*_CONNS,
+	// LEDGER_EXPORT_IDLE_TIMEOUT); see loadPools.
+	Pools pools
 }
 
 const defaultAddr = "localhost:4321"
@@ -76,6 +81,11 @@ func (a *app) loadConfig(cmd *cobra.Command) (config, error) {
 	if c.WebhookBodyMemory, err = parseBodyMemory(a.env("LEDGER_WEBHOOK_BODY_MEMORY")); err != nil {
 		return c, err
 	}
+	pools, err := loadPools(a.env)
+	if err != nil {
+		return c, err
+	}
+	c.Pools = pools
 	switch v := strings.ToLower(strings.TrimSpace(a.env("LEDGER_PROJECTORS"))); v {
 	case "", "on", "true", "1":
 		c.Projectors = true
@@ -134,6 +144,56 @@ func parseBodyMemory(v string) (int64, error) {
 		return 0, domain.Errorf(domain.EINVALID, "LEDGER_WEBHOOK_BODY_MEMORY %q is malformed: want bytes with an optional unit (B, KiB, MiB, GiB) from 1MiB+1B (one body of the limit) to 4GiB, e.g. 16MiB", v)
 	}
 	return n, nil
+}
+
+// pools is serve's database connection budget: the ingest pool (the event
+// store's group commits, the in-process projectors, /readyz) that no read can
+// take from, the web pool (pages and the API), the web connections the audit
+// reads may hold at once, and how long an export may stall.
+type pools struct {
+	IngestConns, WebConns, AuditConns int
+	ExportIdleTimeout                 time.Duration
+}
+
+// Default connection budget: 32 connections per serve, as before the split.
+const (
+	defaultIngestConns = 8
+	defaultWebConns    = 24
+)
+
+// loadPools reads LEDGER_DB_INGEST_CONNS (default 8, at least 4: two group
+// commits in flight, the projectors, /readyz), LEDGER_DB_WEB_CONNS (default
+// 24, at least 2), LEDGER_DB_AUDIT_CONNS (default 8, fewer than the web
+// connections) and LEDGER_EXPORT_IDLE_TIMEOUT (a Go duration, default 30s,
+// at least 1s).
+func loadPools(env func(string) string) (pools, error) {
+	p := pools{IngestConns: defaultIngestConns, WebConns: defaultWebConns, AuditConns: handlers.DefaultAuditConns, ExportIdleTimeout: handlers.DefaultExportIdleTimeout}
+	for _, s := range []struct {
+		name string
+		min  int
+		dst  *int
+	}{{"LEDGER_DB_INGEST_CONNS", 4, &p.IngestConns}, {"LEDGER_DB_WEB_CONNS", 2, &p.WebConns}, {"LEDGER_DB_AUDIT_CONNS", 1, &p.AuditConns}} {
+		v := strings.TrimSpace(env(s.name))
+		if v == "" {
+			continue
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < s.min || n > 1000 {
+			return p, domain.Errorf(domain.EINVALID, "%s %q is not a whole number from %d to 1000", s.name, v, s.min)
+		}
+		*s.dst = n
+	}
+	if p.AuditConns >= p.WebConns {
+		return p, domain.Errorf(domain.EINVALID, "LEDGER_DB_AUDIT_CONNS (%d) must be less than LEDGER_DB_WEB_CONNS (%d): the audit reads must leave connections for sign-ins and pages", p.AuditConns, p.WebConns)
+	}
+	if v := strings.TrimSpace(env("LEDGER_EXPORT_IDLE_TIMEOUT")); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < time.Second {
+			return p, domain.Errorf(domain.EINVALID, "LEDGER_EXPORT_IDLE_TIMEOUT %q is not a duration of at least 1s (e.g. 30s, 2m)", v)
+		}
+		p.ExportIdleTimeout = d
+	}
+	return p, nil
 }
 
 func checkDatabaseURL(s string) error {

@@ -207,6 +207,11 @@ func TestStartupRefusesBadSettings(t *testing.T) {
 		{with("CLERK_SECRET_KEY", "nope"), "CLERK_SECRET_KEY is malformed"},
 		{with("GOGC", "lots"), "GOGC"},
 		{with("GOMEMLIMIT", "1GB"), "GOMEMLIMIT"},
+		{with("LEDGER_DB_INGEST_CONNS", "2"), "LEDGER_DB_INGEST_CONNS"},
+		{with("LEDGER_DB_WEB_CONNS", "many"), "LEDGER_DB_WEB_CONNS"},
+		{with("LEDGER_DB_AUDIT_CONNS", "24"), "LEDGER_DB_AUDIT_CONNS (24) must be less than LEDGER_DB_WEB_CONNS (24)"},
+		{with("LEDGER_DB_AUDIT_CONNS", "0"), "LEDGER_DB_AUDIT_CONNS"},
+		{with("LEDGER_EXPORT_IDLE_TIMEOUT", "30"), "LEDGER_EXPORT_IDLE_TIMEOUT"},
 	}
 	for _, c := range cases {
 		var out, errOut bytes.Buffer

@@ -95,6 +95,9 @@ func TestServeJSONLogsAndMetrics(t *testing.T) {
 		`ledger_projections_up`:                             1,
 		`ledger_projector_lag_events{projector="users"}`:    0,
 		`ledger_chain_unsealed_events`:                      0,
+		// The two pools at their default sizes: ingest keeps its own.
+		`go_sql_max_open_connections{db_name="ledger"}`:        24,
+		`go_sql_max_open_connections{db_name="ledger_ingest"}`: 8,
 	} {
 		if v, ok := sample(text, series); !ok || v != want {
 			t.Errorf("%s = %v (present %v), want %v", series, v, ok, want)

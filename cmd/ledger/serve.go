@@ -68,16 +68,29 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 		return err
 	}
 	defer undoGC()
-	db, err := schema.Open(ctx, cfg.DatabaseURL, schema.PoolOptions{})
+	if cfg.Pools == (pools{}) {
+		if cfg.Pools, err = loadPools(func(string) string { return "" }); err != nil {
+			return err
+		}
+	}
+	// Two pools: ingest (the event store, the projectors, /readyz) keeps
+	// connections no read can take; pages and the API read from web, where
+	// the audit reads hold at most Pools.AuditConns at once.
+	ingest, err := schema.Open(ctx, cfg.DatabaseURL, schema.PoolOptions{MaxOpen: cfg.Pools.IngestConns})
+	if err != nil {
+		return err
+	}
+	defer ingest.Close()
+	if err := migrate(ctx, log, ingest); err != nil {
+		return err
+	}
+	db, err := schema.Open(ctx, cfg.DatabaseURL, schema.PoolOptions{MaxOpen: cfg.Pools.WebConns})
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	if err := migrate(ctx, log, db); err != nil {
-		return err
-	}
-	store := schema.NewStore(db)
-	metrics, err := newMetrics(log, db)
+	store := schema.NewStore(ingest)
+	metrics, err := newMetrics(log, db, ingest)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
@@ -92,7 +105,7 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 		return err
 	}
 	if cfg.Projectors {
-		defer startProjectors(ctx, log, db)()
+		defer startProjectors(ctx, log, ingest)()
 	} else {
 		log.Info("projectors off in this process (LEDGER_PROJECTORS=off): run `ledger project`")
 	}
@@ -115,6 +128,9 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 			APIRateLimit:      cfg.APIRateLimit,
 			TrustedProxies:    cfg.TrustedProxies,
 			WebhookBodyMemory: cfg.WebhookBodyMemory,
+
+			AuditConns:        cfg.Pools.AuditConns,
+			ExportIdleTimeout: cfg.Pools.ExportIdleTimeout,
 		}),
 		// Headers are read before any handler runs, for every connection:
 		// keep them small (Go's default allows 1 MiB each). Svix's headers
@@ -126,7 +142,8 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	log.Info("listening", "addr", ln.Addr().String(), "webhook", "http://"+ln.Addr().String()+"/api/webhooks/clerk", "signing_secrets", len(cfg.WebhookSecrets), "webhook_body_memory", cfg.WebhookBodyMemory, "gogc", gcSetting(gcPercent))
+	log.Info("listening", "addr", ln.Addr().String(), "webhook", "http://"+ln.Addr().String()+"/api/webhooks/clerk", "signing_secrets", len(cfg.WebhookSecrets), "webhook_body_memory", cfg.WebhookBodyMemory, "gogc", gcSetting(gcPercent),
+		"ingest_conns", cfg.Pools.IngestConns, "web_conns", cfg.Pools.WebConns, "audit_conns", cfg.Pools.AuditConns)
 	if ready != nil {
 		ready(ln.Addr().String())
 	}
