@@ -62,6 +62,9 @@ func (u User) Name() string {
 // Exists reports whether any event has been folded into u.
 func (u User) Exists() bool { return u.ID != "" }
 
+// UserEventTypes returns the event types the fold reads.
+func UserEventTypes() []string { return []string{"user.created", "user.updated", "user.deleted"} }
+
 // IsUserEvent reports whether the fold reads events of this type.
 func IsUserEvent(typ string) bool {
 	return typ == "user.created" || typ == "user.updated" || typ == "user.deleted"

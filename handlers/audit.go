@@ -1,92 +1,53 @@
 package handlers
 
 import (
-	"bufio"
-	"context"
+	"errors"
 	"log/slog"
 	"net/http"
-	"net/url"
-	"strconv"
+	"os"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/clerk-ledger/clerk-ledger/audit"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
-	"github.com/clerk-ledger/clerk-ledger/svixsig"
-	"github.com/jmoiron/sqlx"
 )
 
-// actorOf names who made an audit request, for the access log.
-func actorOf(r *http.Request) string {
-	s, _ := sessionFrom(r.Context())
-	return s.UserID
-}
+// The audit routes are HTTP over the audit application (package audit):
+// they parse requests into its typed queries, call it as the signed-in
+// auditor (every operation records its own access), and encode its answers.
 
-// eventsPage is the answer of GET /api/audit/events (format=json);
-// appendEventsPage encodes it.
-type eventsPage struct {
-	Events []AuditEventJSON `json:"events"`
-	Count  int              `json:"count"`
-	// NextCursor continues after the last event; empty when the page was
-	// not full (the end of what is visible now).
-	NextCursor string `json:"next_cursor"`
-}
+// DefaultExportIdleTimeout is how long an export may go without its client
+// taking a byte before it is aborted, unless Deps.ExportIdleTimeout says
+// otherwise.
+const DefaultExportIdleTimeout = 30 * time.Second
 
-// queryEventsPage runs one page of a history query, calling fn with each
-// event as it arrives (e.Body valid only during the call), then records the
-// query in the access log and waits for that commit. The page ends early once
-// its bodies reach maxBytes (it always holds its first event). It returns the
-// number of events and the cursor after them ("" when nothing follows: the
-// end of what is visible now). After an error, what fn built must not be
-// shown: a query that cannot be recorded is not answered.
-func queryEventsPage(ctx context.Context, db *sqlx.DB, q EventQuery, maxBytes int64, actor, channel string, fn func(i int, e schema.AuditEvent)) (int, string, error) {
-	var last domain.Event
-	var bytes int64
-	i := 0
-	q.Filter.MaxBytes = maxBytes
-	n, err := schema.QueryAuditEventsRecorded(ctx, db, q.Filter, schema.Access{Actor: actor, Channel: channel, Action: schema.ActionEvents, Filters: FilterRecord(q)},
-		func(e schema.AuditEvent) error {
-			fn(i, e)
-			i++
-			bytes += int64(len(e.Body))
-			last = e.Event
-			return nil
-		})
-	if err != nil {
-		return 0, "", err
-	}
-	next := ""
-	if schema.PageMore(q.Filter, n, bytes) {
-		next = EncodeCursor(schema.After(last))
-	}
-	return n, next, nil
-}
-
-// MaxPageBytes is the most body bytes one page of the JSON API holds (the
-// history and a user's events): a page stops early there and its next_cursor
-// continues. A page always holds its first event (at most 1 MiB).
-const MaxPageBytes = 8 << 20
-
-// maxHTMLPageBytes is MaxPageBytes for the audit pages, which show each
-// body pretty-printed and HTML-escaped (several times its size).
+// maxHTMLPageBytes is audit.MaxPageBytes for the audit pages, which show
+// each body pretty-printed and HTML-escaped (several times its size).
 const maxHTMLPageBytes = 2 << 20
 
+// actorOf names who made an audit request, for the access log.
+func actorOf(r *http.Request, channel string) audit.Actor {
+	s, _ := sessionFrom(r.Context())
+	return audit.Actor{ID: s.UserID, Channel: channel}
+}
+
 // handleAuditEvents serves GET /api/audit/events: the history query (one
-// page as JSON, at most MaxPageBytes of bodies) or, with format=jsonl|csv,
-// the streamed export of every matching event. 400 names a bad parameter;
-// 503 when the audit reads' connections are all busy. Every call is recorded
-// in the access log with its filters and row count.
-func handleAuditEvents(log *slog.Logger, db *sqlx.DB, slots *auditSlots, idle time.Duration, now func() time.Time) http.HandlerFunc {
+// page as JSON, at most audit.MaxPageBytes of bodies) or, with
+// format=jsonl|csv, the streamed export of every matching event. 400 names a
+// bad parameter; 503 when the audit reads' connections are all busy. Every
+// call is recorded in the access log with its filters and row count.
+func handleAuditEvents(log *slog.Logger, svc *audit.Service, idle time.Duration, now func() time.Time) http.HandlerFunc {
 	bufs := sync.Pool{New: func() any { b := make([]byte, 0, 256<<10); return &b }}
 	return func(w http.ResponseWriter, r *http.Request) {
-		q, err := ParseEventQuery(r.URL.Query())
+		q, err := parseEventQuery(r.URL.Query())
 		if err != nil {
 			writeError(w, r, log, err)
 			return
 		}
-		if q.Format != "json" {
-			exportEvents(w, r, log, db, slots, idle, q, now())
+		if q.Format != audit.FormatJSON {
+			exportEvents(w, r, log, svc, idle, q, now())
 			return
 		}
 		// The page is encoded as the rows arrive, into a pooled buffer:
@@ -98,21 +59,15 @@ func handleAuditEvents(log *slog.Logger, db *sqlx.DB, slots *auditSlots, idle ti
 				bufs.Put(buf)
 			}
 		}()
-		release, err := slots.acquire(r.Context(), 1)
-		if err != nil {
-			writeError(w, r, log, err)
-			return
-		}
-		b := append((*buf)[:0], eventsPageStart...)
-		n, next, err := queryEventsPage(r.Context(), db, q, MaxPageBytes, actorOf(r), schema.ChannelAPI, func(i int, e schema.AuditEvent) {
-			b = appendPageEvent(b, i, e)
+		b := append((*buf)[:0], audit.EventsPageStart...)
+		n, next, err := svc.Events(r.Context(), actorOf(r, schema.ChannelAPI), q, audit.MaxPageBytes, func(i int, e schema.AuditEvent) {
+			b = audit.AppendPageEvent(b, i, e)
 		})
-		release() // the connection is back: writing to a slow client holds none
 		if err != nil {
 			writeError(w, r, log, err)
 			return
 		}
-		b = appendEventsPageEnd(b, n, next)
+		b = audit.AppendEventsPageEnd(b, n, next)
 		*buf = b
 		w.Header().Set("Content-Type", "application/json; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
@@ -125,60 +80,35 @@ func handleAuditEvents(log *slog.Logger, db *sqlx.DB, slots *auditSlots, idle ti
 // for reuse; a bigger one (a page of 1000 large bodies) goes to the collector.
 const maxPooledPage = 1 << 20
 
-// exportEvents streams every event matching q in q.Format with constant
-// memory, then records the export and its row count in the access log (also
-// when the client goes away mid-way). It holds an audit slot, a REPEATABLE
-// READ transaction and its connection while it streams, so it aborts when the
-// client takes no bytes for idle: the transaction rolls back and the
-// connection goes back to the pool. Once the first byte is out, a failure
-// can only cut the stream short: it is logged and the body ends early.
-func exportEvents(w http.ResponseWriter, r *http.Request, log *slog.Logger, db *sqlx.DB, slots *auditSlots, idle time.Duration, q EventQuery, now time.Time) {
+// exportEvents streams every event matching q in q.Format (audit.Export).
+// The export holds an audit slot, a REPEATABLE READ transaction and its
+// connection while it streams, so it aborts when the client takes no bytes
+// for idle: the transaction rolls back and the connection goes back to the
+// pool. Once the first byte is out, a failure can only cut the stream
+// short: it is logged and the body ends early.
+func exportEvents(w http.ResponseWriter, r *http.Request, log *slog.Logger, svc *audit.Service, idle time.Duration, q audit.EventQuery, now time.Time) {
 	if idle <= 0 {
 		idle = DefaultExportIdleTimeout
 	}
-	release, err := slots.acquire(r.Context(), 1)
-	if err != nil {
-		writeError(w, r, log, err)
-		return
-	}
-	defer release()
-	ext := q.Format
-	name := "ledger-events-" + now.UTC().Format("20060102T150405Z") + "." + ext
-	w.Header().Set("Content-Type", ExportContentType(q.Format))
+	name := "ledger-events-" + now.UTC().Format("20060102T150405Z") + "." + q.Format
+	w.Header().Set("Content-Type", audit.ExportContentType(q.Format))
 	w.Header().Set("Content-Disposition", `attachment; filename="`+name+`"`)
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	// An export may outlast the server's WriteTimeout: instead, each write
 	// must make progress within idle.
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
-
-	bw := bufio.NewWriterSize(newProgressWriter(w, idle), 64<<10)
-	enc, err := NewEventWriter(bw, q.Format)
-	if err != nil {
-		writeError(w, r, log, err)
-		return
-	}
-	n, err := schema.StreamAuditEvents(r.Context(), db, q.Filter, enc.Write)
-	if err == nil {
-		if err = enc.Flush(); err == nil {
-			err = bw.Flush()
-		}
-	}
+	n, err := svc.Export(r.Context(), actorOf(r, schema.ChannelAPI), q, newProgressWriter(w, idle))
 	switch {
-	case err != nil && stalled(err):
+	case err == nil:
+	case stalled(err):
 		log.WarnContext(r.Context(), "audit export aborted: the client took no bytes", "idle_s", idle.Seconds(), "rows", n)
-	case err != nil && n == 0 && r.Context().Err() == nil:
+	case n == 0 && r.Context().Err() == nil:
 		// Nothing has reached the client yet beyond buffers: answer properly.
 		w.Header().Del("Content-Disposition")
 		writeError(w, r, log, err)
-	case err != nil && r.Context().Err() == nil:
+	case r.Context().Err() == nil:
 		log.ErrorContext(r.Context(), "audit export cut short", "rows", n, "err", err)
-	}
-	rec := schema.Access{Actor: actorOf(r), Channel: schema.ChannelAPI, Action: schema.ActionExport, Filters: FilterRecord(q), RowCount: n}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 5*time.Second)
-	defer cancel()
-	if err := schema.RecordAccess(ctx, db, rec); err != nil {
-		log.ErrorContext(r.Context(), "record audit export", "rows", n, "err", err)
 	}
 }
 
@@ -204,64 +134,12 @@ func checkUserID(id string) error {
 	return checkText("the user id in the path", id, 200)
 }
 
-// userAt runs UserAt within an audit slot and records it in the access log
-// (the events on the page as its row count).
-func userAt(ctx context.Context, db *sqlx.DB, slots *auditSlots, id string, at time.Time, page UserPage, actor, channel string, fn func(schema.AuditEvent)) (UserHistory, error) {
-	if err := checkUserID(id); err != nil {
-		return UserHistory{}, err
-	}
-	release, err := slots.acquire(ctx, 1)
-	if err != nil {
-		return UserHistory{}, err
-	}
-	h, err := userView(ctx, db, id, at, page, fn)
-	release()
-	if err != nil {
-		return h, err
-	}
-	filters := map[string]string{"user_id": id}
-	if !at.IsZero() {
-		filters["at"] = at.UTC().Format(time.RFC3339Nano)
-	}
-	if page.After != (schema.Cursor{}) {
-		filters["cursor"] = page.After.String()
-	}
-	if err := schema.RecordAccess(ctx, db, schema.Access{Actor: actor, Channel: channel, Action: schema.ActionUser, Filters: filters, RowCount: int64(h.Count)}); err != nil {
-		return h, err
-	}
-	return h, nil
-}
-
-// ParseUserPage reads limit (default DefaultAuditLimit, at most
-// MaxAuditLimit) and cursor (a next_cursor) for a page of a user's events.
-func ParseUserPage(v url.Values) (UserPage, error) {
-	p := UserPage{Limit: DefaultAuditLimit}
-	if s := v.Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 {
-			return p, domain.Errorf(domain.EINVALID, "limit %q is not a positive integer", s)
-		}
-		if n > MaxAuditLimit {
-			return p, domain.Errorf(domain.EINVALID, "limit %d is more than %d", n, MaxAuditLimit)
-		}
-		p.Limit = n
-	}
-	if s := v.Get("cursor"); s != "" {
-		c, err := decodeCursor(s)
-		if err != nil {
-			return p, err
-		}
-		p.After = c
-	}
-	return p, nil
-}
-
 // handleAuditUser serves GET /api/audit/users/{id}?at=RFC3339&limit=&cursor=:
 // the user's state as of `at` (default now) folded from every event about
 // them by then, and one page of those events (limit, default 100, at most
-// MaxPageBytes of bodies; next_cursor continues; total counts them all).
-// 404 when the ledger has no event about that user by then.
-func handleAuditUser(log *slog.Logger, db *sqlx.DB, slots *auditSlots) http.HandlerFunc {
+// audit.MaxPageBytes of bodies; next_cursor continues; total counts them
+// all). 404 when the ledger has no event about that user by then.
+func handleAuditUser(log *slog.Logger, svc *audit.Service) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		v := r.URL.Query()
 		for k, vs := range v {
@@ -279,16 +157,18 @@ func handleAuditUser(log *slog.Logger, db *sqlx.DB, slots *auditSlots) http.Hand
 			writeError(w, r, log, err)
 			return
 		}
-		page, err := ParseUserPage(v)
+		page, err := parseUserPage(v)
 		if err != nil {
 			writeError(w, r, log, err)
 			return
 		}
-		page.MaxBytes = MaxPageBytes
-		events := []AuditEventJSON{}
-		h, err := userAt(r.Context(), db, slots, r.PathValue("id"), at, page, actorOf(r), schema.ChannelAPI, func(e schema.AuditEvent) {
-			events = append(events, NewAuditEventJSON(e))
-		})
+		id := r.PathValue("id")
+		if err := checkUserID(id); err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		page.MaxBytes = audit.MaxPageBytes
+		h, err := svc.User(r.Context(), actorOf(r, schema.ChannelAPI), id, at, page)
 		if err != nil {
 			writeError(w, r, log, err)
 			return
@@ -297,7 +177,6 @@ func handleAuditUser(log *slog.Logger, db *sqlx.DB, slots *auditSlots) http.Hand
 			writeError(w, r, log, domain.Errorf(domain.ENOTFOUND, "the ledger has no event about user %s by then", h.UserID))
 			return
 		}
-		h.Events = events
 		writeJSON(w, http.StatusOK, h)
 	}
 }
@@ -319,7 +198,7 @@ type verifyAnswer struct {
 	DurationMS int64 `json:"duration_ms"`
 }
 
-func newVerifyAnswer(res VerifyResult) verifyAnswer {
+func newVerifyAnswer(res audit.VerifyResult) verifyAnswer {
 	a := verifyAnswer{OK: res.OK, Message: res.Message(), FirstBad: res.FirstBad(), Checked: res.Chain.Checked,
 		HeadSealedAt: res.Chain.HeadSealedAt, DurationMS: res.Chain.Duration.Milliseconds()}
 	if res.Chain.Head.Position > 0 {
@@ -339,83 +218,98 @@ func newVerifyAnswer(res VerifyResult) verifyAnswer {
 	return a
 }
 
-// verifyRunner lets one verification run at a time: each reads the whole
-// ledger.
-type verifyRunner struct {
-	mu       sync.Mutex
-	db       *sqlx.DB
-	verifier *svixsig.Verifier
-	slots    *auditSlots
-}
-
-// parseVerifyParams reads digest and signatures from v (a form). Errors:
-// EINVALID naming an unknown, repeated or malformed field.
-func parseVerifyParams(v url.Values) (*domain.Digest, bool, error) {
-	for k, vs := range v {
-		if k != "digest" && k != "signatures" {
-			return nil, false, domain.Errorf(domain.EINVALID, "unknown parameter %q (want digest, signatures)", k)
-		}
-		if len(vs) > 1 {
-			return nil, false, domain.Errorf(domain.EINVALID, "parameter %q is given %d times", k, len(vs))
-		}
-	}
-	var d *domain.Digest
-	if s := strings.TrimSpace(v.Get("digest")); s != "" {
-		dg, err := domain.ParseDigest(s)
-		if err != nil {
-			return nil, false, err
-		}
-		d = &dg
-	}
-	sigs := false
-	if s := v.Get("signatures"); s != "" {
-		b, err := strconv.ParseBool(s)
-		if err != nil {
-			return nil, false, domain.Errorf(domain.EINVALID, "signatures %q is not true or false", s)
-		}
-		sigs = b
-	}
-	return d, sigs, nil
-}
-
-func (v *verifyRunner) run(ctx context.Context, d *domain.Digest, sigs bool, actor, channel string) (VerifyResult, error) {
-	if !v.mu.TryLock() {
-		return VerifyResult{}, domain.Errorf(domain.ERATELIMIT, "a verification is already running; try again when it is done")
-	}
-	defer v.mu.Unlock()
-	parts, weight := verifyParts(v.slots)
-	release, err := v.slots.acquire(ctx, weight)
-	if err != nil {
-		return VerifyResult{}, err
-	}
-	defer release()
-	return VerifyLedger(ctx, v.db, VerifyOptions{Digest: d, Signatures: sigs, Verifier: v.verifier, Actor: actor, Channel: channel, Parts: parts})
-}
-
 // handleAuditVerify serves POST /api/audit/verify with the optional fields
 // digest=POSITION:HASH and signatures=true, in the query or an urlencoded
 // body: it recomputes the hash chain (and re-checks signatures), records
 // the run, and answers 200 with ok true or false and the first position
 // that does not match. 429 while another verification runs. It is a POST,
 // behind checkOrigin, so that no link can start a verification.
-func handleAuditVerify(log *slog.Logger, runner *verifyRunner) http.HandlerFunc {
+func handleAuditVerify(log *slog.Logger, svc *audit.Service) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		form, err := readForm(w, r)
 		if err != nil {
 			writeError(w, r, log, err)
 			return
 		}
-		d, sigs, err := parseVerifyParams(form)
+		o, err := parseVerifyParams(form)
 		if err != nil {
 			writeError(w, r, log, err)
 			return
 		}
 		_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
-		res, err := runner.run(r.Context(), d, sigs, actorOf(r), schema.ChannelAPI)
+		res, err := svc.Verify(r.Context(), actorOf(r, schema.ChannelAPI), o)
 		if err != nil {
 			writeError(w, r, log, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, newVerifyAnswer(res))
 	}
+}
+
+// progressWriter writes a streamed response with a write deadline renewed
+// before each piece of at most progressChunk bytes: a client that takes no
+// bytes for idle fails the write (which also cancels the request's
+// context), so a stalled reader cannot hold the stream's transaction and
+// connection for longer than that.
+type progressWriter struct {
+	w    http.ResponseWriter
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+const progressChunk = 16 << 10
+
+func newProgressWriter(w http.ResponseWriter, idle time.Duration) *progressWriter {
+	return &progressWriter{w: w, rc: http.NewResponseController(w), idle: idle}
+}
+
+func (p *progressWriter) Write(b []byte) (int, error) {
+	n := 0
+	for len(b) > 0 {
+		piece := b[:min(len(b), progressChunk)]
+		// ErrNotSupported (a ResponseWriter without a connection, as in
+		// in-process tests) leaves the write without a deadline.
+		_ = p.rc.SetWriteDeadline(time.Now().Add(p.idle))
+		m, err := p.w.Write(piece)
+		n += m
+		if err != nil {
+			return n, err
+		}
+		b = b[m:]
+	}
+	return n, nil
+}
+
+// stalled reports whether err is a write that hit its deadline: the client
+// stopped taking bytes.
+func stalled(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
+
+// requireAuditor lets a request through only when its session (sessionFrom)
+// is an auditor's: no session is 401, any other user 403, a failed role
+// lookup 503. API answers are JSON (writeError); pages get the HTML error page.
+func requireAuditor(log *slog.Logger, auditors *audit.Service, page bool, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fail := func(err error) {
+			if page {
+				writePageError(w, r, log, err)
+				return
+			}
+			writeError(w, r, log, err)
+		}
+		s, ok := sessionFrom(r.Context())
+		if !ok {
+			fail(domain.Errorf(domain.EUNAUTHORIZED, "sign in to use the audit workspace"))
+			return
+		}
+		yes, err := auditors.IsAuditor(r.Context(), s.UserID)
+		if err != nil {
+			fail(err)
+			return
+		}
+		if !yes {
+			fail(domain.Errorf(domain.EFORBIDDEN, "only auditors may use the audit workspace"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }

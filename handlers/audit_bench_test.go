@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clerk-ledger/clerk-ledger/audit"
 	"github.com/clerk-ledger/clerk-ledger/clerksession"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
@@ -131,7 +132,7 @@ func BenchmarkAudit(b *testing.B) {
 			for range 300 {
 				uid := fmt.Sprintf("user_%027d", r.IntN(users))
 				t0 := time.Now()
-				evs, err := schema.QueryAuditEvents(ctx, e.db, schema.EventFilter{UserID: uid, Limit: 100, MaxBytes: MaxPageBytes})
+				evs, err := schema.QueryAuditEvents(ctx, e.db, schema.EventFilter{UserID: uid, Limit: 100, MaxBytes: audit.MaxPageBytes})
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -140,7 +141,7 @@ func BenchmarkAudit(b *testing.B) {
 					b.Fatal(err)
 				}
 				t2 := time.Now()
-				_ = appendEventsPage(nil, evs, "")
+				_ = audit.AppendEventsPage(nil, evs, "")
 				t3 := time.Now()
 				uid2 := fmt.Sprintf("user_%027d", r.IntN(users))
 				rows, err := e.db.Query(`SELECT body FROM events WHERE user_id = $1 ORDER BY transaction_id, position LIMIT 100`, uid2)
@@ -156,7 +157,7 @@ func BenchmarkAudit(b *testing.B) {
 				}
 				t5 := time.Now()
 				uid3 := fmt.Sprintf("user_%027d", r.IntN(users))
-				if _, err := schema.QueryAuditEventsRecorded(ctx, e.db, schema.EventFilter{UserID: uid3, Limit: 100, MaxBytes: MaxPageBytes}, schema.Access{Actor: "bench", Channel: schema.ChannelAPI, Action: schema.ActionEvents}, func(schema.AuditEvent) error { return nil }); err != nil {
+				if _, err := schema.QueryAuditEventsRecorded(ctx, e.db, schema.EventFilter{UserID: uid3, Limit: 100, MaxBytes: audit.MaxPageBytes}, schema.Access{Actor: "bench", Channel: schema.ChannelAPI, Action: schema.ActionEvents}, func(schema.AuditEvent) error { return nil }); err != nil {
 					b.Fatal(err)
 				}
 				t6 := time.Now()
@@ -233,7 +234,8 @@ func BenchmarkAudit(b *testing.B) {
 		var events int64
 		t0 := time.Now()
 		for b.Loop() {
-			res, err := VerifyLedger(ctx, e.db, VerifyOptions{Signatures: true, Verifier: e.verifier, Actor: "bench", Channel: "cli"})
+			svc := audit.New(audit.Config{DB: e.db, Verifier: e.verifier, Conns: 8})
+			res, err := svc.Verify(ctx, audit.Actor{ID: "bench", Channel: "cli"}, audit.VerifyOptions{Signatures: true})
 			if err != nil || !res.OK {
 				b.Fatalf("%s %v", res.Message(), err)
 			}

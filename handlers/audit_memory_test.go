@@ -152,6 +152,7 @@ func TestPerUserViewsBoundedMemory(t *testing.T) {
 		peak, alloc := liveHeapPeak(func() any {
 			req := httptest.NewRequest(http.MethodGet, c.path, nil)
 			req.Header.Set("X-Test-Session", c.session)
+			req.Header.Set("Sec-Fetch-Site", "same-origin") // from the workspace's own pages
 			rec := httptest.NewRecorder()
 			e.h.ServeHTTP(rec, req)
 			status = rec.Code

@@ -15,9 +15,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/clerk-ledger/clerk-ledger/audit"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
-	"github.com/jmoiron/sqlx"
 )
 
 //go:embed templates/audit_*.html
@@ -112,7 +112,7 @@ type pageEvent struct {
 	After                  bool // occurred after the chosen instant (timeline)
 }
 
-func newPageEvent(j AuditEventJSON) pageEvent {
+func newPageEvent(j audit.EventJSON) pageEvent {
 	p := pageEvent{Position: j.Position, Type: j.Type, DeliveryID: j.DeliveryID,
 		OccurredAt: j.OccurredAt.Format(time.RFC3339Nano), ReceivedAt: j.ReceivedAt.Format(time.RFC3339Nano)}
 	if j.UserID != nil {
@@ -137,24 +137,16 @@ type chainStatus struct {
 	Last         *schema.Verification
 }
 
-func loadChainStatus(ctx context.Context, db *sqlx.DB) (chainStatus, error) {
+func loadChainStatus(ctx context.Context, svc *audit.Service) (chainStatus, error) {
 	var c chainStatus
-	d, at, err := schema.ChainHead(ctx, db)
-	switch {
-	case domain.ErrorCode(err) == domain.ENOTFOUND:
-	case err != nil:
+	st, err := svc.ChainStatus(ctx)
+	if err != nil {
 		return c, err
-	default:
-		c.Head, c.HeadSealedAt = d.String(), at.Format(time.RFC3339)
 	}
-	v, err := schema.LastVerification(ctx, db)
-	switch {
-	case domain.ErrorCode(err) == domain.ENOTFOUND:
-	case err != nil:
-		return c, err
-	default:
-		c.Last = &v
+	if st.Head != nil {
+		c.Head, c.HeadSealedAt = st.Head.String(), st.HeadSealedAt.Format(time.RFC3339)
 	}
+	c.Last = st.Last
 	return c, nil
 }
 
@@ -201,7 +193,7 @@ type searchPage struct {
 // results with paging and export links, the chain status and the newest
 // access log entries. A search is recorded in the access log, so it runs
 // only when asked from the workspace's own pages (mayRecord).
-func handleAuditSearchPage(p *auditPages, db *sqlx.DB, slots *auditSlots) http.HandlerFunc {
+func handleAuditSearchPage(p *auditPages, svc *audit.Service) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		in := r.URL.Query()
 		v := url.Values{}
@@ -226,7 +218,7 @@ func handleAuditSearchPage(p *auditPages, db *sqlx.DB, slots *auditSlots) http.H
 				}
 			}
 		}
-		data := searchPage{Title: "Search the ledger", Actor: actorOf(r), Limit: DefaultAuditLimit,
+		data := searchPage{Title: "Search the ledger", Actor: actorOf(r, schema.ChannelPage).ID, Limit: audit.DefaultAuditLimit,
 			UserID: v.Get("user_id"), Since: v.Get("since"), Until: v.Get("until")}
 		for _, c := range typeChoices {
 			data.TypeChoices = append(data.TypeChoices, typeChoice{Value: c, Checked: chosen[c]})
@@ -245,21 +237,15 @@ func handleAuditSearchPage(p *auditPages, db *sqlx.DB, slots *auditSlots) http.H
 			}
 		} else if len(in) > 0 {
 			v.Del("format")
-			q, err := ParseEventQuery(v)
+			q, err := parseEventQuery(v)
 			if err != nil {
 				status, data.Error = ErrorStatus(err), domain.ErrorMessage(err)
 			} else {
 				data.Limit = q.Filter.Limit
-				release, err := slots.acquire(r.Context(), 1)
-				if err != nil {
-					writePageError(w, r, p.log, err)
-					return
-				}
 				var events []pageEvent
-				n, nextCursor, err := queryEventsPage(r.Context(), db, q, maxHTMLPageBytes, actorOf(r), schema.ChannelPage, func(_ int, e schema.AuditEvent) {
-					events = append(events, newPageEvent(NewAuditEventJSON(e)))
+				n, nextCursor, err := svc.Events(r.Context(), actorOf(r, schema.ChannelPage), q, maxHTMLPageBytes, func(_ int, e schema.AuditEvent) {
+					events = append(events, newPageEvent(audit.NewEventJSON(e)))
 				})
-				release()
 				if err != nil {
 					writePageError(w, r, p.log, err)
 					return
@@ -277,18 +263,18 @@ func handleAuditSearchPage(p *auditPages, db *sqlx.DB, slots *auditSlots) http.H
 				}
 				exp := cloneValues(base)
 				exp.Del("limit")
-				exp.Set("format", FormatJSONL)
+				exp.Set("format", audit.FormatJSONL)
 				data.ExportJSONL = "/api/audit/events?" + exp.Encode()
-				exp.Set("format", FormatCSV)
+				exp.Set("format", audit.FormatCSV)
 				data.ExportCSV = "/api/audit/events?" + exp.Encode()
 			}
 		}
 		var err error
-		if data.Chain, err = loadChainStatus(r.Context(), db); err != nil {
+		if data.Chain, err = loadChainStatus(r.Context(), svc); err != nil {
 			writePageError(w, r, p.log, err)
 			return
 		}
-		if data.Access, err = schema.ListAccess(r.Context(), db, 0, 10); err != nil {
+		if data.Access, err = svc.AccessLog(r.Context(), 0, 10); err != nil {
 			writePageError(w, r, p.log, err)
 			return
 		}
@@ -319,7 +305,7 @@ type userPage struct {
 	Notice              string
 	UserID              string
 	AtLocal, AtText     string
-	History             *UserHistory
+	History             *audit.UserHistory
 	Events              []pageEvent
 	// The page's place in the timeline: events First to Last of Total,
 	// with links to the next page and back to the first.
@@ -334,14 +320,14 @@ type userPage struct {
 // bodies), "First–Last of Total" and a next-page link. Recorded in the
 // access log, so shown only when asked from the workspace's own pages
 // (mayRecord).
-func handleAuditUserPage(p *auditPages, db *sqlx.DB, slots *auditSlots) http.HandlerFunc {
+func handleAuditUserPage(p *auditPages, svc *audit.Service) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		id := r.PathValue("id")
 		if err := checkUserID(id); err != nil {
 			writePageError(w, r, p.log, err)
 			return
 		}
-		data := userPage{Title: "User " + isolate(id), Actor: actorOf(r), UserID: id}
+		data := userPage{Title: "User " + isolate(id), Actor: actorOf(r, schema.ChannelPage).ID, UserID: id}
 		var at time.Time
 		if s := r.URL.Query().Get("at"); strings.TrimSpace(s) != "" {
 			t, err := time.Parse(time.RFC3339Nano, normalizeTime(s))
@@ -358,9 +344,9 @@ func handleAuditUserPage(p *auditPages, db *sqlx.DB, slots *auditSlots) http.Han
 			p.render(w, r, http.StatusOK, "audit_user.html", data)
 			return
 		}
-		page := UserPage{Limit: DefaultAuditLimit, MaxBytes: maxHTMLPageBytes, Later: true}
+		page := audit.UserPage{Limit: audit.DefaultAuditLimit, MaxBytes: maxHTMLPageBytes, Later: true}
 		if s := r.URL.Query().Get("cursor"); s != "" {
-			c, err := decodeCursor(s)
+			c, err := audit.DecodeCursor(s)
 			if err != nil {
 				data.Error = domain.ErrorMessage(err)
 				p.render(w, r, http.StatusBadRequest, "audit_user.html", data)
@@ -368,8 +354,8 @@ func handleAuditUserPage(p *auditPages, db *sqlx.DB, slots *auditSlots) http.Han
 			}
 			page.After = c
 		}
-		h, err := userAt(r.Context(), db, slots, id, at, page, actorOf(r), schema.ChannelPage, func(e schema.AuditEvent) {
-			pe := newPageEvent(NewAuditEventJSON(e))
+		h, err := svc.EachUserEvent(r.Context(), actorOf(r, schema.ChannelPage), id, at, page, func(e schema.AuditEvent) {
+			pe := newPageEvent(audit.NewEventJSON(e))
 			pe.After = !at.IsZero() && e.OccurredAt.After(at)
 			data.Events = append(data.Events, pe)
 		})
@@ -420,16 +406,16 @@ type chainPage struct {
 // verification form (digest and signatures may be filled in from the
 // query). It never runs a verification: the form POSTs (a link with the
 // old ?verify=1 only gets a notice saying so).
-func handleAuditChainPage(p *auditPages, db *sqlx.DB) http.HandlerFunc {
+func handleAuditChainPage(p *auditPages, svc *audit.Service) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
-		data := chainPage{Title: "Hash chain", Actor: actorOf(r), Digest: q.Get("digest")}
+		data := chainPage{Title: "Hash chain", Actor: actorOf(r, schema.ChannelPage).ID, Digest: q.Get("digest")}
 		data.Signatures, _ = strconv.ParseBool(q.Get("signatures"))
 		if q.Has("verify") {
 			data.Notice = "Not run: a verification reads the whole ledger and is recorded in your name, so it starts only from this page's button."
 		}
 		var err error
-		if data.Chain, err = loadChainStatus(r.Context(), db); err != nil {
+		if data.Chain, err = loadChainStatus(r.Context(), svc); err != nil {
 			writePageError(w, r, p.log, err)
 			return
 		}
@@ -441,17 +427,18 @@ func handleAuditChainPage(p *auditPages, db *sqlx.DB) http.HandlerFunc {
 // signatures), the verification form: it runs the verification and shows
 // its outcome with the chain status. It is a POST, behind checkOrigin, so
 // that no link on another site can start one.
-func handleAuditChainVerify(p *auditPages, db *sqlx.DB, runner *verifyRunner) http.HandlerFunc {
+func handleAuditChainVerify(p *auditPages, svc *audit.Service) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		data := chainPage{Title: "Hash chain", Actor: actorOf(r)}
+		data := chainPage{Title: "Hash chain", Actor: actorOf(r, schema.ChannelPage).ID}
 		status := http.StatusOK
 		form, err := readForm(w, r)
 		if err == nil {
 			data.Digest = form.Get("digest")
-			var d *domain.Digest
-			if d, data.Signatures, err = parseVerifyParams(form); err == nil {
-				var res VerifyResult
-				if res, err = runner.run(r.Context(), d, data.Signatures, actorOf(r), schema.ChannelPage); err == nil {
+			var o audit.VerifyOptions
+			if o, err = parseVerifyParams(form); err == nil {
+				data.Signatures = o.Signatures
+				var res audit.VerifyResult
+				if res, err = svc.Verify(r.Context(), actorOf(r, schema.ChannelPage), o); err == nil {
 					data.Result = &struct {
 						OK      bool
 						Message string
@@ -466,7 +453,7 @@ func handleAuditChainVerify(p *auditPages, db *sqlx.DB, runner *verifyRunner) ht
 			}
 			status, data.Error = ErrorStatus(err), domain.ErrorMessage(err)
 		}
-		if data.Chain, err = loadChainStatus(r.Context(), db); err != nil {
+		if data.Chain, err = loadChainStatus(r.Context(), svc); err != nil {
 			writePageError(w, r, p.log, err)
 			return
 		}
@@ -483,9 +470,9 @@ type logPage struct {
 
 // handleAuditLogPage serves GET /audit/log?before=ID: the access log, 100
 // entries a page, newest first.
-func handleAuditLogPage(p *auditPages, db *sqlx.DB) http.HandlerFunc {
+func handleAuditLogPage(p *auditPages, svc *audit.Service) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		data := logPage{Title: "Audit access log", Actor: actorOf(r)}
+		data := logPage{Title: "Audit access log", Actor: actorOf(r, schema.ChannelPage).ID}
 		var before int64
 		if s := r.URL.Query().Get("before"); s != "" {
 			n, err := strconv.ParseInt(s, 10, 64)
@@ -497,7 +484,7 @@ func handleAuditLogPage(p *auditPages, db *sqlx.DB) http.HandlerFunc {
 			before = n
 		}
 		const pageSize = 100
-		list, err := schema.ListAccess(r.Context(), db, before, pageSize)
+		list, err := svc.AccessLog(r.Context(), before, pageSize)
 		if err != nil {
 			writePageError(w, r, p.log, err)
 			return

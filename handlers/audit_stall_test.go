@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clerk-ledger/clerk-ledger/audit"
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
 	"github.com/clerk-ledger/clerk-ledger/clerksession"
 	"github.com/clerk-ledger/clerk-ledger/domain"
@@ -163,7 +164,7 @@ func TestStalledExportsDoNotStarveIngest(t *testing.T) {
 		stalledClient(t, srv.Listener.Addr().String(), "/api/audit/events?format=jsonl", auditor)
 	}
 	deadline := time.Now().Add(20 * time.Second)
-	for web.Stats().InUse < DefaultAuditConns {
+	for web.Stats().InUse < audit.DefaultConns {
 		if time.Now().After(deadline) {
 			t.Fatalf("the exports never started: %d web connections in use", web.Stats().InUse)
 		}
@@ -179,11 +180,11 @@ func TestStalledExportsDoNotStarveIngest(t *testing.T) {
 	deadline = time.Now().Add(idle + 20*time.Second)
 	for {
 		held := web.Stats().InUse
-		if held >= DefaultAuditConns {
+		if held >= audit.DefaultConns {
 			heldRounds++
 		}
-		if held > DefaultAuditConns {
-			t.Errorf("%d web connections in use: the audit reads hold more than their %d", held, DefaultAuditConns)
+		if held > audit.DefaultConns {
+			t.Errorf("%d web connections in use: the audit reads hold more than their %d", held, audit.DefaultConns)
 		}
 		deliver(10)
 		if res, body := get("/readyz", ""); res.StatusCode != 200 {
@@ -201,7 +202,7 @@ func TestStalledExportsDoNotStarveIngest(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Logf("%d rounds of checks, %d of them with the exports holding their %d connections; %d deliveries", rounds, heldRounds, DefaultAuditConns, delivered)
+	t.Logf("%d rounds of checks, %d of them with the exports holding their %d connections; %d deliveries", rounds, heldRounds, audit.DefaultConns, delivered)
 	if heldRounds < 2 {
 		t.Errorf("only %d rounds ran while the exports held their connections: the checks did not overlap the stall", heldRounds)
 	}
@@ -224,11 +225,11 @@ func TestStalledExportsDoNotStarveIngest(t *testing.T) {
 			}
 		}
 	}
-	if aborted != DefaultAuditConns {
-		t.Errorf("%d exports recorded, want the %d that ran", aborted, DefaultAuditConns)
+	if aborted != audit.DefaultConns {
+		t.Errorf("%d exports recorded, want the %d that ran", aborted, audit.DefaultConns)
 	}
-	if n := strings.Count(logs.String(), "audit export aborted: the client took no bytes"); n != DefaultAuditConns {
-		t.Errorf("%d aborted exports logged, want %d:\n%s", n, DefaultAuditConns, logs.String())
+	if n := strings.Count(logs.String(), "audit export aborted: the client took no bytes"); n != audit.DefaultConns {
+		t.Errorf("%d aborted exports logged, want %d:\n%s", n, audit.DefaultConns, logs.String())
 	}
 	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/api/audit/events?format=jsonl", nil)
 	req.Header.Set("Authorization", "Bearer "+auditor)

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clerk-ledger/clerk-ledger/audit"
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
@@ -213,7 +214,7 @@ func TestAuditEventsPagingExportAndAccessLog(t *testing.T) {
 	e.visible(t, 26)
 
 	// Page through user.* events of user_0, four at a time.
-	var got []AuditEventJSON
+	var got []audit.EventJSON
 	path := "/api/audit/events?type=user.*&user_id=user_0&limit=4"
 	pages := 0
 	for {
@@ -221,7 +222,7 @@ func TestAuditEventsPagingExportAndAccessLog(t *testing.T) {
 		if res.StatusCode != 200 {
 			t.Fatalf("%s: %d %s", path, res.StatusCode, body)
 		}
-		var p eventsPage
+		var p audit.EventsPage
 		if err := json.Unmarshal(body, &p); err != nil {
 			t.Fatal(err)
 		}
@@ -273,7 +274,7 @@ func TestAuditEventsPagingExportAndAccessLog(t *testing.T) {
 		t.Fatalf("jsonl export has %d lines, want 21", len(lines))
 	}
 	for i, l := range lines {
-		var ev AuditEventJSON
+		var ev audit.EventJSON
 		if err := json.Unmarshal([]byte(l), &ev); err != nil {
 			t.Fatalf("line %d: %v: %s", i, err, l)
 		}
@@ -340,14 +341,14 @@ func TestAuditPointInTimeAgainstHandComputedStates(t *testing.T) {
 	e.append(t, "msg_d", "user.deleted", created, t4)
 	e.visible(t, 6)
 
-	state := func(at string) (int, UserHistory) {
+	state := func(at string) (int, audit.UserHistory) {
 		t.Helper()
 		path := "/api/audit/users/" + id
 		if at != "" {
 			path += "?at=" + url.QueryEscape(at)
 		}
 		res, body := e.get(t, listedAuditor, path)
-		var h UserHistory
+		var h audit.UserHistory
 		if res.StatusCode == 200 {
 			if err := json.Unmarshal(body, &h); err != nil {
 				t.Fatal(err)
@@ -397,7 +398,7 @@ func TestAuditPointInTimeAgainstHandComputedStates(t *testing.T) {
 	}
 	want := domain.User{ID: id, PublicMetadata: json.RawMessage(`{}`), CreatedAt: t1, UpdatedAt: t4, Deleted: true, DeletedAt: t4}
 	putUser(t, e.db, want)
-	if _, now = state(""); now.Matches == nil || !*now.Matches || !SameUser(now.State, want) {
+	if _, now = state(""); now.Matches == nil || !*now.Matches || !audit.SameUser(now.State, want) {
 		t.Errorf("now: fold %+v, projection %+v, matches %v", now.State, now.Projection, now.Matches)
 	}
 	putUser(t, e.db, domain.User{ID: id, Email: "stale@example.com", PublicMetadata: json.RawMessage(`{}`)})

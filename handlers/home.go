@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/clerk-ledger/clerk-ledger/audit"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/jmoiron/sqlx"
@@ -71,7 +72,7 @@ func handleHome(log *slog.Logger, pg *pages, db *sqlx.DB, avatarHosts []string) 
 		var older schema.Cursor
 		if c := r.URL.Query().Get("older"); c != "" {
 			var err error
-			if older, err = decodeCursor(c); err != nil {
+			if older, err = audit.DecodeCursor(c); err != nil {
 				pg.renderError(w, r, err)
 				return
 			}
@@ -128,7 +129,7 @@ func loadHome(ctx context.Context, db *sqlx.DB, s Session, older schema.Cursor) 
 	var below schema.Cursor // the page starts after it (zero: at the first event)
 	if len(places) > timelinePage {
 		below, places = places[timelinePage], places[:timelinePage]
-		page.OlderURL = "/?older=" + EncodeCursor(places[len(places)-1])
+		page.OlderURL = "/?older=" + audit.EncodeCursor(places[len(places)-1])
 	}
 	newest := places[0]
 	newer, err := schema.CountAuditEvents(ctx, tx, schema.EventFilter{UserID: s.UserID, After: newest})
@@ -139,7 +140,7 @@ func loadHome(ctx context.Context, db *sqlx.DB, s Session, older schema.Cursor) 
 
 	b := timelineBuilder{sessionID: s.SessionID, entries: make([]timelineEntry, 0, len(places))}
 	if below != (schema.Cursor{}) {
-		if _, err := schema.EachEvent(ctx, tx, schema.EventFilter{UserID: s.UserID, Types: userEventTypes, UpTo: below}, b.fold); err != nil {
+		if _, err := schema.EachEvent(ctx, tx, schema.EventFilter{UserID: s.UserID, Types: domain.UserEventTypes(), UpTo: below}, b.fold); err != nil {
 			return homePage{}, err
 		}
 	}

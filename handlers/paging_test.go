@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clerk-ledger/clerk-ledger/audit"
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
@@ -54,13 +55,13 @@ func TestAuditUserPaging(t *testing.T) {
 		return "user.updated", u
 	})
 	e.visible(t, 7)
-	get := func(query string) UserHistory {
+	get := func(query string) audit.UserHistory {
 		t.Helper()
 		res, body := e.get(t, listedAuditor, "/api/audit/users/user_pages"+query)
 		if res.StatusCode != 200 {
 			t.Fatalf("%s: %d %s", query, res.StatusCode, body)
 		}
-		var h UserHistory
+		var h audit.UserHistory
 		if err := json.Unmarshal(body, &h); err != nil {
 			t.Fatal(err)
 		}
@@ -141,7 +142,7 @@ func TestAuditUserPagePaging(t *testing.T) {
 			t.Fatalf("%s: %d, no range\n%.3000s", path, res.StatusCode, page)
 		}
 		ranges = append(ranges, m[1]+"-"+m[2]+"/"+m[3])
-		if n := strings.Count(page, `<td class="mono">msg_user_long_`); n != mustAtoi(t, m[2])-mustAtoi(t, m[1])+1 {
+		if n := strings.Count(page, `<td class="mono"><bdi>msg_user_long_`); n != mustAtoi(t, m[2])-mustAtoi(t, m[1])+1 {
 			t.Errorf("%s: %d rows for range %s", path, n, ranges[len(ranges)-1])
 		}
 		if pages > 0 && !strings.Contains(page, `href="/audit/users/user_long?at=2024-05-28T13%3A00%3A00Z">« First page`) {
@@ -230,10 +231,10 @@ func TestHomeTimelinePages(t *testing.T) {
 	if c := strings.Count(pages[1], `<li class="event`); c != 50 {
 		t.Errorf("second page has %d entries", c)
 	}
-	if !strings.Contains(pages[1], "<p class=\"summary\">Changed name to Ada Byron</p>") {
+	if !strings.Contains(pages[1], "<p class=\"summary\"><bdi>Changed name to \u2068Ada Byron\u2069</bdi></p>") {
 		t.Errorf("the rename on page 2 is not described against the fold before it")
 	}
-	if !strings.Contains(pages[2], "Account created as Ada") || strings.Contains(pages[0], "Account created") {
+	if !strings.Contains(pages[2], "Account created as \u2068Ada") || strings.Contains(pages[0], "Account created") {
 		t.Errorf("the creation is not (only) on the last page")
 	}
 	if res, _ := e.get(t, "user_home", "/?older=bad"); res.StatusCode != 400 {

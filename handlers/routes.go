@@ -43,26 +43,23 @@ func addRoutes(mux routeMux, d Deps, pg *pages, session func(http.Handler) http.
 	// the workspace's own pages or with a Bearer token (requireOwnPages
 	// for the API, auditPages.mayRecord in the pages); a verification
 	// runs only on POST, behind checkOrigin.
-	auditors := NewAuditors(d.Auditors, d.DB)
-	api := func(h http.Handler) http.Handler { return session(requireAuditor(d.Log, auditors, false, h)) }
-	page := func(h http.Handler) http.Handler { return session(requireAuditor(d.Log, auditors, true, h)) }
+	svc := d.Audit
+	api := func(h http.Handler) http.Handler { return session(requireAuditor(d.Log, svc, false, h)) }
+	page := func(h http.Handler) http.Handler { return session(requireAuditor(d.Log, svc, true, h)) }
 	var own origins
 	if d.Sessions != nil {
 		own = newOrigins(d.Sessions.AuthorizedParties())
 	}
 	recorded := func(h http.Handler) http.Handler { return api(requireOwnPages(d.Log, own, h)) }
-	// The audit reads share a bounded number of the pool's connections.
-	slots := newAuditSlots(auditConns(d), auditQueueWait)
-	verify := &verifyRunner{db: d.DB, verifier: d.Verifier, slots: slots}
 	pages := newAuditPages(d.Log, own)
-	mux.Handle("GET /api/audit/events", recorded(handleAuditEvents(d.Log, d.DB, slots, d.ExportIdleTimeout, d.Now)))
-	mux.Handle("GET /api/audit/users/{id}", recorded(handleAuditUser(d.Log, d.DB, slots)))
-	mux.Handle("POST /api/audit/verify", api(handleAuditVerify(d.Log, verify)))
-	mux.Handle("GET /audit", page(handleAuditSearchPage(pages, d.DB, slots)))
-	mux.Handle("GET /audit/users/{id}", page(handleAuditUserPage(pages, d.DB, slots)))
-	mux.Handle("GET /audit/chain", page(handleAuditChainPage(pages, d.DB)))
-	mux.Handle("POST /audit/chain", page(handleAuditChainVerify(pages, d.DB, verify)))
-	mux.Handle("GET /audit/log", page(handleAuditLogPage(pages, d.DB)))
+	mux.Handle("GET /api/audit/events", recorded(handleAuditEvents(d.Log, svc, d.ExportIdleTimeout, d.Now)))
+	mux.Handle("GET /api/audit/users/{id}", recorded(handleAuditUser(d.Log, svc)))
+	mux.Handle("POST /api/audit/verify", api(handleAuditVerify(d.Log, svc)))
+	mux.Handle("GET /audit", page(handleAuditSearchPage(pages, svc)))
+	mux.Handle("GET /audit/users/{id}", page(handleAuditUserPage(pages, svc)))
+	mux.Handle("GET /audit/chain", page(handleAuditChainPage(pages, svc)))
+	mux.Handle("POST /audit/chain", page(handleAuditChainVerify(pages, svc)))
+	mux.Handle("GET /audit/log", page(handleAuditLogPage(pages, svc)))
 
 	mux.Handle("/", session(handleNotFound(d.Log, pg)))
 }

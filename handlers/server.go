@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/clerk-ledger/clerk-ledger/audit"
 	"github.com/clerk-ledger/clerk-ledger/clerksession"
 	"github.com/clerk-ledger/clerk-ledger/svixsig"
 	"github.com/jmoiron/sqlx"
@@ -56,11 +57,14 @@ type Deps struct {
 	WebhookBodyMemory int64
 	// Metrics, when not nil, times every request and serves GET /metrics.
 	Metrics *Metrics
+	// Audit is the audit application the workspace and its API call. Nil:
+	// one is built from DB, Verifier, Auditors and AuditConns.
+	Audit *audit.Service
 	// AuditConns is how many connections of DB the audit reads (exports,
-	// verifications, history pages, per-user audit views) may hold at once;
-	// past it a read waits up to 2 s, then gets 503 + Retry-After. Default
-	// DefaultAuditConns, at most half of DB's connections. Give the event
-	// store and the projectors a pool of their own: no read can take theirs.
+	// verifications, history pages, per-user audit views) may hold at once
+	// when Audit is built here (audit.Config.Conns); past it a read waits up
+	// to 2 s, then gets 503 + Retry-After. Give the event store and the
+	// projectors a pool of their own: no read can take theirs.
 	AuditConns int
 	// ExportIdleTimeout aborts an export whose client takes no bytes for
 	// this long (default DefaultExportIdleTimeout): its transaction rolls
@@ -82,6 +86,9 @@ func NewServer(d Deps) http.Handler {
 	}
 	if d.ExportIdleTimeout <= 0 {
 		d.ExportIdleTimeout = DefaultExportIdleTimeout
+	}
+	if d.Audit == nil {
+		d.Audit = audit.New(audit.Config{DB: d.DB, Verifier: d.Verifier, Auditors: d.Auditors, Conns: d.AuditConns})
 	}
 	d.Log = slog.New(withRequestID(d.Log.Handler()))
 	var clerk clerkJS

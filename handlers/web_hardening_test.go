@@ -16,6 +16,7 @@ import (
 
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
+	"github.com/clerk-ledger/clerk-ledger/audit"
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
@@ -126,7 +127,7 @@ func TestIsLoopbackHost(t *testing.T) {
 func TestAuditorRoleExactKey(t *testing.T) {
 	e := newAuditEnv(t)
 	ctx := context.Background()
-	a := NewAuditors(nil, e.db)
+	a := audit.New(audit.Config{DB: e.db})
 	for i, tc := range []struct {
 		meta string
 		want bool
@@ -162,7 +163,7 @@ func TestAuditorRoleExactKey(t *testing.T) {
 		if err := e.db.Get(&sqlRole, `SELECT CASE WHEN jsonb_typeof($1::jsonb -> 'role') = 'string' THEN $1::jsonb ->> 'role' END`, tc.meta); err != nil {
 			t.Fatal(err)
 		}
-		if raw := metadataRole(json.RawMessage(tc.meta)); (sqlRole == nil && raw != "") || (sqlRole != nil && *sqlRole != raw) {
+		if raw := audit.MetadataRole(json.RawMessage(tc.meta)); (sqlRole == nil && raw != "") || (sqlRole != nil && *sqlRole != raw) {
 			t.Errorf("%s: metadataRole %q, PostgreSQL %q", tc.meta, raw, deref(sqlRole))
 		}
 		res, _ := e.get(t, id, "/audit/log")

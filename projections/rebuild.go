@@ -141,7 +141,7 @@ func buildAside(ctx context.Context, db *sqlx.DB, aside *Users, report Progress)
 	if err != nil {
 		return RebuildResult{}, schema.Cursor{}, err
 	}
-	total, err := schema.CountEvents(ctx, db, schema.Cursor{}, head, userTypes)
+	total, err := schema.CountEvents(ctx, db, schema.Cursor{}, head, domain.UserEventTypes())
 	if err != nil {
 		return RebuildResult{}, schema.Cursor{}, err
 	}
@@ -195,7 +195,7 @@ func catchUp(ctx context.Context, db *sqlx.DB, aside *Users, cur schema.Cursor) 
 const catchUpBatch = 5000
 
 func applyBatch(ctx context.Context, tx *sqlx.Tx, p *Users, cur schema.Cursor) (catchUpCount, schema.Cursor, bool, error) {
-	b, err := schema.ReadBatch(ctx, tx, cur, userTypes, catchUpBatch)
+	b, err := schema.ReadBatch(ctx, tx, cur, domain.UserEventTypes(), catchUpBatch)
 	if err != nil {
 		return catchUpCount{}, cur, false, err
 	}
@@ -295,7 +295,7 @@ func Check(ctx context.Context, db *sqlx.DB, p Projector, progress Progress) (Ch
 	if err := checkpointOrStart(ctx, tx, p.Name(), &res.Checkpoint); err != nil {
 		return CheckResult{}, err
 	}
-	total, err := schema.CountEvents(ctx, tx, schema.Cursor{}, res.Checkpoint, userTypes)
+	total, err := schema.CountEvents(ctx, tx, schema.Cursor{}, res.Checkpoint, domain.UserEventTypes())
 	if err != nil {
 		return CheckResult{}, err
 	}

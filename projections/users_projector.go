@@ -17,8 +17,6 @@ import (
 // UsersName is the name of the users projector.
 const UsersName = "users"
 
-// userTypes are the event types the users projector reads.
-var userTypes = []string{"user.created", "user.updated", "user.deleted"}
 
 // Users is the users projector: it folds user.created, user.updated and
 // user.deleted into one row per Clerk user with domain.Apply. A batch is
@@ -44,7 +42,7 @@ func NewUsers() *Users {
 func (p *Users) Name() string { return UsersName }
 
 // Types implements Projector: only user.* events.
-func (p *Users) Types() []string { return userTypes }
+func (p *Users) Types() []string { return domain.UserEventTypes() }
 
 // Table is the table the projector writes.
 func (p *Users) Table() schema.UsersTable { return p.table }
@@ -201,7 +199,7 @@ func (p *Users) loadFolded(ctx context.Context, tx *sqlx.Tx, bf *bulkFold, after
 		ids[r.User.ID] = true
 	}
 	var events []domain.Event
-	err = schema.StreamEvents(ctx, tx, after, upTo, userTypes, func(e domain.Event) error {
+	err = schema.StreamEvents(ctx, tx, after, upTo, domain.UserEventTypes(), func(e domain.Event) error {
 		if k, f := userKey(e); f == nil && ids[k] {
 			events = append(events, e)
 		}
@@ -328,7 +326,7 @@ func (p *Users) fold(ctx context.Context, q schema.Queryer, after, upTo schema.C
 			pending[w] = make([]domain.Event, 0, chunk)
 		}
 	}
-	err := schema.StreamEvents(ctx, q, after, upTo, userTypes, func(e domain.Event) error {
+	err := schema.StreamEvents(ctx, q, after, upTo, domain.UserEventTypes(), func(e domain.Event) error {
 		w := 0 // a poison event naming no user goes to shard 0 to be recorded
 		if e.UserID == "" {
 			if k, f := userKey(e); f == nil {

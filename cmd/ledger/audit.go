@@ -1,18 +1,15 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
-	"net/url"
 	"runtime"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/clerk-ledger/clerk-ledger/audit"
 	"github.com/clerk-ledger/clerk-ledger/domain"
-	"github.com/clerk-ledger/clerk-ledger/handlers"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/svixsig"
 	"github.com/jmoiron/sqlx"
@@ -34,22 +31,30 @@ recorded in the audit access log (actor cli:$USER), like the workspace's.`,
 }
 
 // cliActor names the operator in the access log.
-func (a *app) cliActor() string {
+func (a *app) cliActor() audit.Actor {
 	u := a.env("USER")
 	if u == "" {
 		u = "unknown"
 	}
-	return "cli:" + u
+	return audit.Actor{ID: "cli:" + u, Channel: schema.ChannelCLI}
 }
 
-func (a *app) openAuditDB(cmd *cobra.Command) (*sqlx.DB, error) {
+// openAudit opens the ledger database and the audit service on it, with
+// verifier for signature re-checks (may be nil). Close the database when
+// done.
+func (a *app) openAudit(cmd *cobra.Command, verifier *svixsig.Verifier) (*audit.Service, *sqlx.DB, error) {
 	dsn, err := a.requireDatabaseURL(cmd)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// Room for verify's parallel ranges (half the pool) and its exporting
-	// transaction.
-	return schema.Open(cmd.Context(), dsn, schema.PoolOptions{MaxOpen: 2*runtime.GOMAXPROCS(0) + 1})
+	// transaction; the audit reads may take all of it.
+	conns := 2*runtime.GOMAXPROCS(0) + 1
+	db, err := schema.Open(cmd.Context(), dsn, schema.PoolOptions{MaxOpen: conns})
+	if err != nil {
+		return nil, nil, err
+	}
+	return audit.New(audit.Config{DB: db, Verifier: verifier, Conns: conns, QueueWait: time.Minute}), db, nil
 }
 
 func (a *app) auditEventsCmd() *cobra.Command {
@@ -69,34 +74,28 @@ every matching event (or --limit of them) in constant memory.`,
   ledger audit events --type 'user.*' --since 2024-05-01T00:00:00Z --format csv > may.csv`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			v := url.Values{}
-			set := func(k, s string) {
-				if s != "" {
-					v.Set(k, s)
-				}
-			}
-			set("user_id", userID)
-			set("since", since)
-			set("until", until)
-			set("cursor", cursor)
-			if limit > 0 {
-				set("limit", strconv.Itoa(limit))
-			}
-			for _, t := range types {
-				v.Add("type", t)
-			}
-			switch format {
-			case "table":
-			case handlers.FormatJSONL, handlers.FormatCSV:
-				v.Set("format", format)
-			default:
+			q := audit.EventQuery{Format: format, Filter: schema.EventFilter{UserID: userID, Types: types, Limit: limit}}
+			if format == "table" {
+				q.Format = audit.FormatJSON
+			} else if format != audit.FormatJSONL && format != audit.FormatCSV {
 				return domain.Errorf(domain.EINVALID, "--format %q is not table, jsonl or csv", format)
 			}
-			q, err := handlers.ParseEventQuery(v)
-			if err != nil {
+			var err error
+			if q.Filter.Since, err = flagTime("since", since); err != nil {
+				return err
+			}
+			if q.Filter.Until, err = flagTime("until", until); err != nil {
+				return err
+			}
+			if cursor != "" {
+				if q.Filter.After, err = audit.DecodeCursor(cursor); err != nil {
+					return domain.Errorf(domain.EINVALID, "--cursor: %s", domain.ErrorMessage(err))
+				}
+			}
+			if err := q.Check(); err != nil {
 				return domain.Errorf(domain.EINVALID, "--%s", strings.Replace(domain.ErrorMessage(err), "user_id", "user-id", 1))
 			}
-			db, err := a.openAuditDB(cmd)
+			svc, db, err := a.openAudit(cmd, nil)
 			if err != nil {
 				return err
 			}
@@ -108,20 +107,7 @@ every matching event (or --limit of them) in constant memory.`,
 					return err
 				}
 				defer undoGC()
-				bw := bufio.NewWriterSize(a.stdout, 64<<10)
-				enc, err := handlers.NewEventWriter(bw, format)
-				if err != nil {
-					return err
-				}
-				n, err := schema.StreamAuditEvents(ctx, db, q.Filter, enc.Write)
-				if err == nil {
-					if err = enc.Flush(); err == nil {
-						err = bw.Flush()
-					}
-				}
-				if rerr := schema.RecordAccess(ctx, db, schema.Access{Actor: a.cliActor(), Channel: schema.ChannelCLI, Action: schema.ActionExport, Filters: handlers.FilterRecord(q), RowCount: n}); rerr != nil && err == nil {
-					err = rerr
-				}
+				n, err := svc.Export(ctx, a.cliActor(), q, a.stdout)
 				if err != nil {
 					return err
 				}
@@ -129,12 +115,10 @@ every matching event (or --limit of them) in constant memory.`,
 				return nil
 			}
 			var events []schema.AuditEvent
-			_, err = schema.QueryAuditEventsRecorded(ctx, db, q.Filter, schema.Access{Actor: a.cliActor(), Channel: schema.ChannelCLI, Action: schema.ActionEvents, Filters: handlers.FilterRecord(q)},
-				func(e schema.AuditEvent) error {
-					e.Body = nil // the table does not show it
-					events = append(events, e)
-					return nil
-				})
+			n, next, err := svc.Events(ctx, a.cliActor(), q, 0, func(_ int, e schema.AuditEvent) {
+				e.Body = nil // the table does not show it
+				events = append(events, e)
+			})
 			if err != nil {
 				return err
 			}
@@ -154,10 +138,10 @@ every matching event (or --limit of them) in constant memory.`,
 			if err := tw.Flush(); err != nil {
 				return err
 			}
-			if len(events) == q.Filter.Limit && len(events) > 0 {
-				fmt.Fprintf(a.stderr, "%d events; more with --cursor %s\n", len(events), handlers.EncodeCursor(schema.After(events[len(events)-1].Event)))
+			if next != "" {
+				fmt.Fprintf(a.stderr, "%d events; more with --cursor %s\n", n, next)
 			} else {
-				fmt.Fprintf(a.stderr, "%d events\n", len(events))
+				fmt.Fprintf(a.stderr, "%d events\n", n)
 			}
 			return nil
 		},
@@ -187,34 +171,26 @@ next page). Without --at it also prints the users projection's row and whether
 the two match.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var t time.Time
-			if at != "" {
-				var err error
-				if t, err = time.Parse(time.RFC3339Nano, at); err != nil {
-					return domain.Errorf(domain.EINVALID, "--at %q is not an RFC 3339 time (e.g. 2024-05-28T12:00:00Z)", at)
-				}
-			}
-			page, err := handlers.ParseUserPage(url.Values{"limit": {strconv.Itoa(limit)}, "cursor": {cursor}})
+			t, err := flagTime("at", at)
 			if err != nil {
 				return err
 			}
-			db, err := a.openAuditDB(cmd)
+			page := audit.UserPage{Limit: limit}
+			if limit < 1 || limit > audit.MaxAuditLimit {
+				return domain.Errorf(domain.EINVALID, "--limit %d is not from 1 to %d", limit, audit.MaxAuditLimit)
+			}
+			if cursor != "" {
+				if page.After, err = audit.DecodeCursor(cursor); err != nil {
+					return domain.Errorf(domain.EINVALID, "--cursor: %s", domain.ErrorMessage(err))
+				}
+			}
+			svc, db, err := a.openAudit(cmd, nil)
 			if err != nil {
 				return err
 			}
 			defer db.Close()
-			h, err := handlers.UserAt(cmd.Context(), db, args[0], t, page)
+			h, err := svc.User(cmd.Context(), a.cliActor(), args[0], t, page)
 			if err != nil {
-				return err
-			}
-			filters := map[string]string{"user_id": args[0]}
-			if at != "" {
-				filters["at"] = t.UTC().Format(time.RFC3339Nano)
-			}
-			if page.After != (schema.Cursor{}) {
-				filters["cursor"] = page.After.String()
-			}
-			if err := schema.RecordAccess(cmd.Context(), db, schema.Access{Actor: a.cliActor(), Channel: schema.ChannelCLI, Action: schema.ActionUser, Filters: filters, RowCount: int64(h.Count)}); err != nil {
 				return err
 			}
 			if h.Total == 0 {
@@ -226,7 +202,7 @@ the two match.`,
 		},
 	}
 	cmd.Flags().StringVar(&at, "at", "", "RFC 3339 instant (default: now)")
-	cmd.Flags().IntVar(&limit, "limit", handlers.DefaultAuditLimit, "events per page (at most 1000)")
+	cmd.Flags().IntVar(&limit, "limit", audit.DefaultAuditLimit, "events per page (at most 1000)")
 	cmd.Flags().StringVar(&cursor, "cursor", "", "continue after this cursor (next_cursor of the previous page)")
 	return cmd
 }
@@ -241,16 +217,19 @@ later, ledger audit verify --digest POSITION:HASH proves that the ledger up to
 that event has not been altered since.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			db, err := a.openAuditDB(cmd)
+			svc, db, err := a.openAudit(cmd, nil)
 			if err != nil {
 				return err
 			}
 			defer db.Close()
-			d, at, err := schema.ChainHead(cmd.Context(), db)
+			st, err := svc.ChainStatus(cmd.Context())
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(a.stdout, "%s %s\n", d, at.Format(time.RFC3339Nano))
+			if st.Head == nil {
+				return domain.Errorf(domain.ENOTFOUND, "the chain has no sealed event yet")
+			}
+			fmt.Fprintf(a.stdout, "%s %s\n", st.Head, st.HeadSealedAt.Format(time.RFC3339Nano))
 			return nil
 		},
 	}
@@ -274,7 +253,8 @@ It prints OK or the first position that does not match and then exits 1.
 Every run is recorded in the verification log shown in the workspace.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opts := handlers.VerifyOptions{Signatures: signatures, Actor: a.cliActor(), Channel: schema.ChannelCLI}
+			opts := audit.VerifyOptions{Signatures: signatures}
+			var verifier *svixsig.Verifier
 			if digest != "" {
 				d, err := domain.ParseDigest(digest)
 				if err != nil {
@@ -287,11 +267,11 @@ Every run is recorded in the verification log shown in the workspace.`,
 				if err != nil {
 					return err
 				}
-				if opts.Verifier, err = svixsig.NewVerifier(cfg.WebhookSecrets); err != nil {
+				if verifier, err = svixsig.NewVerifier(cfg.WebhookSecrets); err != nil {
 					return err
 				}
 			}
-			db, err := a.openAuditDB(cmd)
+			svc, db, err := a.openAudit(cmd, verifier)
 			if err != nil {
 				return err
 			}
@@ -301,7 +281,7 @@ Every run is recorded in the verification log shown in the workspace.`,
 				return err
 			}
 			defer undoGC()
-			res, err := handlers.VerifyLedger(cmd.Context(), db, opts)
+			res, err := svc.Verify(cmd.Context(), a.cliActor(), opts)
 			if err != nil {
 				return err
 			}
@@ -322,4 +302,16 @@ Every run is recorded in the verification log shown in the workspace.`,
 	cmd.Flags().BoolVar(&signatures, "signatures", false, "also re-check each stored delivery's Svix signature, ignoring its age")
 	cmd.Flags().String("webhook-secret", "", "signing secret(s), space-separated (overrides CLERK_WEBHOOK_SIGNING_SECRET)")
 	return cmd
+}
+
+// flagTime parses the optional RFC 3339 flag value s of flag --name.
+func flagTime(name, s string) (time.Time, error) {
+	if strings.TrimSpace(s) == "" {
+		return time.Time{}, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, strings.TrimSpace(s))
+	if err != nil {
+		return time.Time{}, domain.Errorf(domain.EINVALID, "--%s %q is not an RFC 3339 time (e.g. 2024-05-28T12:00:00Z)", name, s)
+	}
+	return t.UTC(), nil
 }

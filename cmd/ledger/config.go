@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/clerk-ledger/clerk-ledger/audit"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/handlers"
 	"github.com/spf13/cobra"
@@ -167,7 +168,7 @@ const (
 // connections) and LEDGER_EXPORT_IDLE_TIMEOUT (a Go duration, default 30s,
 // at least 1s).
 func loadPools(env func(string) string) (pools, error) {
-	p := pools{IngestConns: defaultIngestConns, WebConns: defaultWebConns, AuditConns: handlers.DefaultAuditConns, ExportIdleTimeout: handlers.DefaultExportIdleTimeout}
+	p := pools{IngestConns: defaultIngestConns, WebConns: defaultWebConns, AuditConns: audit.DefaultConns, ExportIdleTimeout: handlers.DefaultExportIdleTimeout}
 	for _, s := range []struct {
 		name string
 		min  int

@@ -101,7 +101,7 @@ func TestDevOnExistingServerGeneratesSecret(t *testing.T) {
 		t.Fatal(err)
 	}
 	banner := out.String()
-	if !strings.Contains(banner, strings.TrimSpace(string(secret))) || !strings.Contains(banner, "ledger webhook send user.created") {
+	if !strings.Contains(banner, strings.TrimSpace(string(secret))) || !strings.Contains(banner, " webhook send user.created --addr") {
 		t.Fatalf("banner lacks the secret or the send command:\n%s", banner)
 	}
 	// The printed command line works as printed.

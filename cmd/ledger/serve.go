@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/clerk-ledger/clerk-ledger/audit"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/handlers"
 	"github.com/clerk-ledger/clerk-ledger/schema"
@@ -122,14 +123,13 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 			PublishableKey: cfg.PublishableKey,
 			DevSignIn:      devSignIn,
 			LoopbackOnly:   cfg.Dev,
-			Auditors:       cfg.Auditors,
+			Audit:          audit.New(audit.Config{DB: db, Verifier: verifier, Auditors: cfg.Auditors, Conns: cfg.Pools.AuditConns}),
 
 			WebhookRateLimit:  cfg.WebhookRateLimit,
 			APIRateLimit:      cfg.APIRateLimit,
 			TrustedProxies:    cfg.TrustedProxies,
 			WebhookBodyMemory: cfg.WebhookBodyMemory,
 
-			AuditConns:        cfg.Pools.AuditConns,
 			ExportIdleTimeout: cfg.Pools.ExportIdleTimeout,
 		}),
 		// Headers are read before any handler runs, for every connection:

@@ -1,4 +1,4 @@
-package handlers
+package audit
 
 import (
 	"context"
@@ -13,9 +13,9 @@ import (
 // finds none free within the wait is refused as EUNAVAILABLE (503 +
 // Retry-After), one whose request ends first gets the request's error; a
 // verification takes at most half the slots (plus its snapshot's).
-func TestAuditSlots(t *testing.T) {
+func TestSlots(t *testing.T) {
 	ctx := context.Background()
-	s := newAuditSlots(4, 20*time.Millisecond)
+	s := newSlots(4, 20*time.Millisecond)
 	var releases []func()
 	for range 4 {
 		r, err := s.acquire(ctx, 1)
@@ -24,7 +24,7 @@ func TestAuditSlots(t *testing.T) {
 		}
 		releases = append(releases, r)
 	}
-	if _, err := s.acquire(ctx, 1); domain.ErrorCode(err) != domain.EUNAVAILABLE || ErrorStatus(err) != 503 {
+	if _, err := s.acquire(ctx, 1); domain.ErrorCode(err) != domain.EUNAVAILABLE {
 		t.Fatalf("a fifth read: %v, want EUNAVAILABLE", err)
 	}
 	gone, cancel := context.WithCancel(ctx)
@@ -54,7 +54,7 @@ func TestAuditSlots(t *testing.T) {
 		size         int
 		parts, limit int
 	}{{1, 1, 1}, {2, 1, 1}, {3, 1, 1}, {8, 4, 5}, {32, 16, 17}} {
-		parts, weight := verifyParts(newAuditSlots(c.size, time.Second))
+		parts, weight := newSlots(c.size, time.Second).verifyParts()
 		if parts > c.parts || weight > int64(c.limit) || (parts == 1) != (weight == 1) || (parts > 1 && weight != int64(parts)+1) {
 			t.Errorf("%d slots: %d parts on %d connections, want at most %d on %d", c.size, parts, weight, c.parts, c.limit)
 		}

@@ -1,4 +1,4 @@
-package handlers
+package audit
 
 import (
 	"encoding/json"
@@ -27,15 +27,15 @@ func TestAppendEventsPageMatchesEncodingJSON(t *testing.T) {
 		ev(4, "user_4", `[1,2,3]`, nil),
 	}
 	for _, page := range [][]schema.AuditEvent{nil, events[:1], events} {
-		want := eventsPage{Events: []AuditEventJSON{}, Count: len(page), NextCursor: "abc\"def"}
+		want := EventsPage{Events: []EventJSON{}, Count: len(page), NextCursor: "abc\"def"}
 		for _, e := range page {
-			want.Events = append(want.Events, NewAuditEventJSON(e))
+			want.Events = append(want.Events, NewEventJSON(e))
 		}
 		wantJSON, err := json.Marshal(want)
 		if err != nil {
 			t.Fatal(err)
 		}
-		got := appendEventsPage(nil, page, want.NextCursor)
+		got := AppendEventsPage(nil, page, want.NextCursor)
 		var g, w any
 		if err := json.Unmarshal(got, &g); err != nil {
 			t.Fatalf("not JSON: %v\n%s", err, got)

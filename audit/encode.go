@@ -1,4 +1,4 @@
-package handlers
+package audit
 
 import (
 	"bytes"
@@ -14,8 +14,9 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/schema"
 )
 
-// Export formats.
+// Formats of the history: one page as JSON, or an export.
 const (
+	FormatJSON  = "json"
 	FormatJSONL = "jsonl"
 	FormatCSV   = "csv"
 )
@@ -104,31 +105,31 @@ func appendAuditEvent(b []byte, e schema.AuditEvent) []byte {
 	return append(b, '}')
 }
 
-// appendEventsPage appends the eventsPage of events (and next, the cursor
+// AppendEventsPage appends the eventsPage of events (and next, the cursor
 // after them) as JSON, followed by a newline as json.Encoder writes it. It is
-// eventsPageStart, appendPageEvent for each event and appendEventsPageEnd,
+// EventsPageStart, appendPageEvent for each event and appendEventsPageEnd,
 // which the history handler calls as the rows arrive.
-func appendEventsPage(b []byte, events []schema.AuditEvent, next string) []byte {
-	b = append(b, eventsPageStart...)
+func AppendEventsPage(b []byte, events []schema.AuditEvent, next string) []byte {
+	b = append(b, EventsPageStart...)
 	for i, e := range events {
-		b = appendPageEvent(b, i, e)
+		b = AppendPageEvent(b, i, e)
 	}
-	return appendEventsPageEnd(b, len(events), next)
+	return AppendEventsPageEnd(b, len(events), next)
 }
 
-// eventsPageStart opens an eventsPage.
-const eventsPageStart = `{"events":[`
+// EventsPageStart opens an eventsPage.
+const EventsPageStart = `{"events":[`
 
-// appendPageEvent appends e, the i-th event (from 0) of an eventsPage.
-func appendPageEvent(b []byte, i int, e schema.AuditEvent) []byte {
+// AppendPageEvent appends e, the i-th event (from 0) of an eventsPage.
+func AppendPageEvent(b []byte, i int, e schema.AuditEvent) []byte {
 	if i > 0 {
 		b = append(b, ',')
 	}
 	return appendAuditEvent(b, e)
 }
 
-// appendEventsPageEnd closes an eventsPage of count events.
-func appendEventsPageEnd(b []byte, count int, next string) []byte {
+// AppendEventsPageEnd closes an eventsPage of count events.
+func AppendEventsPageEnd(b []byte, count int, next string) []byte {
 	b = append(b, `],"count":`...)
 	b = strconv.AppendInt(b, int64(count), 10)
 	b = append(b, `,"next_cursor":`...)
@@ -232,4 +233,44 @@ func (c *csvWriter) Write(e schema.AuditEvent) error {
 func (c *csvWriter) Flush() error {
 	c.w.Flush()
 	return c.w.Error()
+}
+
+// EventsPage is the JSON shape of one page of the history (GET
+// /api/audit/events); AppendEventsPage encodes it as encoding/json would.
+type EventsPage struct {
+	Events []EventJSON `json:"events"`
+	Count  int         `json:"count"`
+	// NextCursor continues after the last event; empty when nothing
+	// follows (the end of what is visible now).
+	NextCursor string `json:"next_cursor"`
+}
+
+// EventJSON is the JSON shape of one event in audit answers.
+type EventJSON struct {
+	Position   int64           `json:"position"`
+	DeliveryID string          `json:"delivery_id"`
+	Type       string          `json:"type"`
+	UserID     *string         `json:"user_id"`
+	OccurredAt time.Time       `json:"occurred_at"`
+	ReceivedAt time.Time       `json:"received_at"`
+	ChainHash  *string         `json:"chain_hash"`
+	Payload    json.RawMessage `json:"payload"`
+}
+
+// NewEventJSON returns e in its JSON shape.
+func NewEventJSON(e schema.AuditEvent) EventJSON {
+	j := EventJSON{
+		Position: e.Position, DeliveryID: e.DeliveryID, Type: e.Type,
+		OccurredAt: e.OccurredAt, ReceivedAt: e.ReceivedAt,
+		Payload: appendPayload(nil, e.Body),
+	}
+	if e.UserID != "" {
+		u := e.UserID
+		j.UserID = &u
+	}
+	if e.ChainHash != nil {
+		h := hex.EncodeToString(e.ChainHash)
+		j.ChainHash = &h
+	}
+	return j
 }

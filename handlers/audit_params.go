@@ -1,0 +1,123 @@
+package handlers
+
+import (
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/clerk-ledger/clerk-ledger/audit"
+	"github.com/clerk-ledger/clerk-ledger/domain"
+)
+
+var eventQueryParams = map[string]bool{"user_id": true, "type": true, "since": true, "until": true, "limit": true, "cursor": true, "format": true}
+
+// parseEventQuery parses the history query parameters into an
+// audit.EventQuery and checks it (audit.EventQuery.Check): user_id, type
+// (repeatable; exact, or a prefix ending in ".*" such as "user.*"), since
+// and until (RFC 3339, on occurred_at: since <= occurred_at < until), limit
+// (default 100, at most 1000; for an export no default: everything), cursor
+// (opaque, from next_cursor) and format (json, jsonl, csv). It returns an
+// EINVALID error naming the first bad or unknown parameter.
+func parseEventQuery(v url.Values) (audit.EventQuery, error) {
+	var q audit.EventQuery
+	for k, vs := range v {
+		if !eventQueryParams[k] {
+			return q, domain.Errorf(domain.EINVALID, "unknown parameter %q (want user_id, type, since, until, limit, cursor, format)", k)
+		}
+		if k != "type" && len(vs) > 1 {
+			return q, domain.Errorf(domain.EINVALID, "parameter %q is given %d times", k, len(vs))
+		}
+	}
+	q.Format = v.Get("format")
+	f := &q.Filter
+	f.UserID = v.Get("user_id")
+	f.Types = v["type"]
+	var err error
+	if f.Since, err = parseTimeParam(v, "since"); err != nil {
+		return q, err
+	}
+	if f.Until, err = parseTimeParam(v, "until"); err != nil {
+		return q, err
+	}
+	if s := v.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			return q, domain.Errorf(domain.EINVALID, "limit %q is not a positive integer", s)
+		}
+		f.Limit = n
+	}
+	if s := v.Get("cursor"); s != "" {
+		if f.After, err = audit.DecodeCursor(s); err != nil {
+			return q, err
+		}
+	}
+	return q, q.Check()
+}
+
+// parseTimeParam parses the optional RFC 3339 parameter name.
+func parseTimeParam(v url.Values, name string) (time.Time, error) {
+	s := strings.TrimSpace(v.Get(name))
+	if s == "" {
+		return time.Time{}, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, domain.Errorf(domain.EINVALID, "%s %q is not an RFC 3339 time (e.g. 2024-05-28T12:00:00Z)", name, s)
+	}
+	return t.UTC(), nil
+}
+
+// parseUserPage reads limit (default audit.DefaultAuditLimit, at most
+// audit.MaxAuditLimit) and cursor (a next_cursor) for a page of a user's
+// events.
+func parseUserPage(v url.Values) (audit.UserPage, error) {
+	p := audit.UserPage{Limit: audit.DefaultAuditLimit}
+	if s := v.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			return p, domain.Errorf(domain.EINVALID, "limit %q is not a positive integer", s)
+		}
+		if n > audit.MaxAuditLimit {
+			return p, domain.Errorf(domain.EINVALID, "limit %d is more than %d", n, audit.MaxAuditLimit)
+		}
+		p.Limit = n
+	}
+	if s := v.Get("cursor"); s != "" {
+		c, err := audit.DecodeCursor(s)
+		if err != nil {
+			return p, err
+		}
+		p.After = c
+	}
+	return p, nil
+}
+
+// parseVerifyParams reads digest and signatures from v (a form). Errors:
+// EINVALID naming an unknown, repeated or malformed field.
+func parseVerifyParams(v url.Values) (audit.VerifyOptions, error) {
+	var o audit.VerifyOptions
+	for k, vs := range v {
+		if k != "digest" && k != "signatures" {
+			return o, domain.Errorf(domain.EINVALID, "unknown parameter %q (want digest, signatures)", k)
+		}
+		if len(vs) > 1 {
+			return o, domain.Errorf(domain.EINVALID, "parameter %q is given %d times", k, len(vs))
+		}
+	}
+	if s := strings.TrimSpace(v.Get("digest")); s != "" {
+		dg, err := domain.ParseDigest(s)
+		if err != nil {
+			return o, err
+		}
+		o.Digest = &dg
+	}
+	if s := v.Get("signatures"); s != "" {
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return o, domain.Errorf(domain.EINVALID, "signatures %q is not true or false", s)
+		}
+		o.Signatures = b
+	}
+	return o, nil
+}
