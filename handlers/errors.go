@@ -46,10 +46,16 @@ type errorBody struct {
 // unavailability and rate limiting add Retry-After (5 s unless the caller
 // set one) so webhook senders retry.
 func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
-	status := ErrorStatus(err)
-	if status >= 500 {
+	if status := ErrorStatus(err); status >= 500 {
 		log.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
 	}
+	answerError(w, err)
+}
+
+// answerError is writeError for a caller that logs the error itself (the
+// webhook logs each delivery once, with its outcome).
+func answerError(w http.ResponseWriter, err error) {
+	status := ErrorStatus(err)
 	if (status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests) && w.Header().Get("Retry-After") == "" {
 		w.Header().Set("Retry-After", "5")
 	}

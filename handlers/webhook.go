@@ -147,18 +147,23 @@ func handleClerkWebhook(log *slog.Logger, verifier *svixsig.Verifier, store Appe
 		typ := ""
 		outcome := OutcomeError
 		status := http.StatusInternalServerError
+		var failure error // logged once, on the delivery's own line, when it is a 5xx
 		defer func() {
 			elapsed := time.Since(start)
 			if obs != nil {
 				obs.ObserveDelivery(outcome, typ, elapsed)
 			}
-			log.InfoContext(r.Context(), "webhook delivery",
-				"delivery_id", truncate(id, 64), "type", truncate(typ, 64), "outcome", outcome,
-				"status", status, "latency_ms", float64(elapsed.Microseconds())/1000)
+			attrs := []any{"delivery_id", truncate(id, 64), "type", truncate(typ, 64), "outcome", outcome,
+				"status", status, "latency_ms", float64(elapsed.Microseconds()) / 1000}
+			if status >= 500 && failure != nil {
+				log.ErrorContext(r.Context(), "webhook delivery", append(attrs, "err", failure)...)
+				return
+			}
+			log.InfoContext(r.Context(), "webhook delivery", attrs...)
 		}()
 		fail := func(o string, err error) {
-			outcome, status = o, ErrorStatus(err)
-			writeError(w, r, log, err)
+			outcome, status, failure = o, ErrorStatus(err), err
+			answerError(w, err)
 		}
 		failInput := func(err error) {
 			switch domain.ErrorCode(err) {

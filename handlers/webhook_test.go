@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -442,4 +443,30 @@ func newSigning(t testing.TB) (string, *svixsig.Verifier, *clerkgen.Signer) {
 		t.Fatal(err)
 	}
 	return secret, v, signer
+}
+
+// A delivery the store cannot take is answered 5xx and logged once, on its
+// own delivery line with the error, not again as a failed request.
+func TestWebhookFailureLoggedOnce(t *testing.T) {
+	db := schematest.NewDB(t)
+	store := schema.NewStore(db)
+	_, v, signer := newSigning(t)
+	logs := &logBuffer{}
+	srv := httptest.NewServer(NewServer(Deps{Log: slog.New(slog.NewTextHandler(logs, nil)), Verifier: v, Store: store, Ready: store}))
+	t.Cleanup(srv.Close)
+	db.Close() // the store's pool is gone: every append fails
+	e := &webhookEnv{srv: srv, db: db, signer: signer}
+	res, _ := e.deliver(t, "msg_logged_once", userCreated(t, "user_logged_once", "once@example.com"))
+	if res.StatusCode < 500 {
+		t.Fatalf("append on a closed pool: %s, want 5xx", res.Status)
+	}
+	var lines []string
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, "msg_logged_once") || strings.Contains(l, "request failed") {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) != 1 || !strings.Contains(lines[0], "level=ERROR") || !strings.Contains(lines[0], "err=") {
+		t.Fatalf("want one ERROR line with the error, got %d:\n%s", len(lines), strings.Join(lines, "\n"))
+	}
 }
