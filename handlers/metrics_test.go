@@ -258,7 +258,7 @@ func TestRequestIDInJSONLogs(t *testing.T) {
 	h = e.signer.Headers("msg_log2", time.Now(), []byte(`{"not":"an envelope"}`))
 	res, _ := e.post(t, h, []byte(`{"not":"an envelope"}`))
 	generated := res.Header.Get("X-Request-Id")
-	// A 5xx is logged twice (the error, then the delivery): both carry the id.
+	// A 5xx is logged once, on the delivery's line with its error and id.
 	e.proxy.Down()
 	h = e.signer.Headers("msg_log3", time.Now(), body)
 	h.Set("X-Request-Id", "req-log-3")
@@ -280,11 +280,14 @@ func TestRequestIDInJSONLogs(t *testing.T) {
 		if line["msg"] == "webhook delivery" {
 			d, _ := line["delivery_id"].(string)
 			idsByDelivery[d] = append(idsByDelivery[d], id)
+			if d == "msg_log3" && (line["level"] != "ERROR" || line["err"] == nil) {
+				t.Errorf("the failed delivery's line lacks level ERROR and its err: %s", sc.Text())
+			}
 		} else if id == "req-log-3" {
-			idsByDelivery["msg_log3 error"] = append(idsByDelivery["msg_log3 error"], id)
+			t.Errorf("the failed delivery is logged twice: %s", sc.Text())
 		}
 	}
-	wantIDs := map[string]string{"msg_log": "req-log-1", "msg_log2": generated, "msg_log3": "req-log-3", "msg_log3 error": "req-log-3"}
+	wantIDs := map[string]string{"msg_log": "req-log-1", "msg_log2": generated, "msg_log3": "req-log-3"}
 	for d, id := range wantIDs {
 		if got := idsByDelivery[d]; len(got) != 1 || got[0] != id {
 			t.Errorf("%s logged with request ids %v, want [%s]", d, got, id)
