@@ -8,6 +8,7 @@ import (
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/handlers"
+	"github.com/clerk-ledger/clerk-ledger/relay"
 	"github.com/spf13/cobra"
 )
 
@@ -31,6 +32,10 @@ type config struct {
 	// Projectors runs the projectors inside serve (LEDGER_PROJECTORS, default
 	// on); off for web-only replicas when `ledger project` runs them.
 	Projectors bool
+
+	// Relay is the downstream feed's settings (LEDGER_RELAY_*, relay.go);
+	// serve runs the relay when Relay.URL is set.
+	Relay relay.Config
 }
 
 const defaultAddr = "localhost:4321"
@@ -88,6 +93,13 @@ func (a *app) loadConfig(cmd *cobra.Command) (config, error) {
 	if c.PublishableKey != "" && !strings.HasPrefix(c.PublishableKey, "pk_") {
 		return c, domain.Errorf(domain.EINVALID, "PUBLIC_CLERK_PUBLISHABLE_KEY is malformed: it must start with pk_")
 	}
+
+	// The downstream feed (relay.go).
+	relayCfg, err := a.relayConfig(cmd)
+	if err != nil {
+		return c, err
+	}
+	c.Relay = relayCfg
 	return c, nil
 }
 
