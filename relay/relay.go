@@ -57,6 +57,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -89,6 +90,13 @@ const (
 	DefaultAckWait    = 5 * time.Second
 	DefaultWindow     = 1000
 )
+
+// BatchSize is the projections.Runner batch size the relay runs with: each
+// batch costs a few round trips and a fill and drain of the publish window,
+// so batches larger than a projector's (2000) publish faster (measured here:
+// 27-28k events/s at 5000 against 19k/s at 2000 in alternating runs). While
+// ingest runs, batches are what arrived since the last one, far fewer.
+const BatchSize = 5000
 
 // Headers of every message (Watermill metadata on the consumer's side). The
 // type, delivery id and user id are header-safe copies: control characters
@@ -582,6 +590,114 @@ type pubAck struct {
 	} `json:"error"`
 }
 
+// parseAck decodes a PubAck. The usual answers, {"stream":"S", "seq":N}
+// with perhaps "domain" and "duplicate": true, are read by quickAck without
+// reflection (encoding/json took a quarter of the relay's CPU per message);
+// anything else (errors, escapes, new fields in another shape) by
+// encoding/json.
+func parseAck(data []byte) (pubAck, error) {
+	if a, ok := quickAck(data); ok {
+		return a, nil
+	}
+	var a pubAck
+	err := json.Unmarshal(data, &a)
+	return a, err
+}
+
+// quickAck reads a PubAck of the usual shape: one JSON object of the keys
+// stream and seq and, perhaps, domain and duplicate, each once, with ASCII
+// strings without escapes and a plain unsigned seq; ok is false for
+// anything else (then encoding/json decides).
+func quickAck(d []byte) (a pubAck, ok bool) {
+	p := 0
+	space := func() {
+		for p < len(d) && (d[p] == ' ' || d[p] == '\t' || d[p] == '\n' || d[p] == '\r') {
+			p++
+		}
+	}
+	next := func(c byte) bool {
+		space()
+		if p < len(d) && d[p] == c {
+			p++
+			return true
+		}
+		return false
+	}
+	str := func() ([]byte, bool) {
+		if !next('"') {
+			return nil, false
+		}
+		start := p
+		for p < len(d) && d[p] != '"' {
+			if d[p] < 0x20 || d[p] > 0x7e || d[p] == '\\' {
+				return nil, false
+			}
+			p++
+		}
+		if p == len(d) {
+			return nil, false
+		}
+		p++
+		return d[start : p-1], true
+	}
+	var stream, seq, domain, dup bool
+	if !next('{') {
+		return pubAck{}, false
+	}
+	for {
+		k, ok := str()
+		if !ok || !next(':') {
+			return pubAck{}, false
+		}
+		switch string(k) {
+		case "stream", "domain":
+			v, ok := str()
+			if !ok || (k[0] == 's' && stream) || (k[0] == 'd' && domain) {
+				return pubAck{}, false
+			}
+			if k[0] == 's' {
+				a.Stream, stream = string(v), true
+			} else {
+				domain = true
+			}
+		case "seq":
+			space()
+			start := p
+			for p < len(d) && '0' <= d[p] && d[p] <= '9' {
+				p++
+			}
+			n, err := strconv.ParseUint(string(d[start:p]), 10, 64)
+			if seq || err != nil || (p-start > 1 && d[start] == '0') {
+				return pubAck{}, false
+			}
+			a.Seq, seq = n, true
+		case "duplicate":
+			space()
+			switch {
+			case dup:
+				return pubAck{}, false
+			case bytes.HasPrefix(d[p:], []byte("true")):
+				a.Duplicate, p = true, p+4
+			case bytes.HasPrefix(d[p:], []byte("false")):
+				p += 5
+			default:
+				return pubAck{}, false
+			}
+			dup = true
+		default:
+			return pubAck{}, false
+		}
+		if next(',') {
+			continue
+		}
+		if next('}') {
+			space()
+			return a, p == len(d) && stream && seq
+		}
+		return pubAck{}, false
+	}
+}
+
 // JetStream error codes the relay acts on.
 const (
 	jsMessageTooLarge = 10054 // message size exceeds the stream's max_msg_size
@@ -594,8 +710,8 @@ func (r *Relay) checkAck(b *batch, f inflight, m *nats.Msg) *problem {
 	if m.Header.Get("Status") == "503" {
 		return &problem{index: f.index, err: r.unavailable(fmt.Errorf("relay: publish event %d: no JetStream stream listens on %s (is JetStream up?)", e.Position, Subject(r.cfg.Prefix, e.Type)))}
 	}
-	var a pubAck
-	if err := json.Unmarshal(m.Data, &a); err != nil {
+	a, err := parseAck(m.Data)
+	if err != nil {
 		return &problem{index: f.index, err: fmt.Errorf("relay: publish event %d: unreadable acknowledgement: %w", e.Position, err)}
 	}
 	switch {

@@ -33,6 +33,7 @@ func (a *app) benchCmd() *cobra.Command {
 		Short: "Measure ingest and projection speed on this machine",
 	}
 	cmd.AddCommand(a.benchIngestCmd(), a.benchRebuildCmd(), a.benchSoakCmd())
+	cmd.AddCommand(a.benchRelayCmd()) // bench_relay.go
 	return cmd
 }
 

@@ -134,7 +134,9 @@ subjects stops it at start with a message naming them.`,
 				return err
 			}
 			log.Info("relay started", "nats", relay.RedactURL(cfg.URL), "stream", cfg.Stream, "subjects", cfg.Prefix+".>")
-			projections.NewRunner(db, log, rel).Run(ctx)
+			run := projections.NewRunner(db, log, rel)
+			run.BatchSize = relay.BatchSize
+			run.Run(ctx)
 			return nil
 		},
 	}
@@ -162,7 +164,9 @@ func startRelay(ctx context.Context, log *slog.Logger, db *sqlx.DB, cfg relay.Co
 			log.Error("relay: the stream is not ready; retrying with every batch", "nats", relay.RedactURL(cfg.URL), "err", err)
 		}
 		ccancel()
-		projections.NewRunner(db, log, rel).Run(ctx)
+		run := projections.NewRunner(db, log, rel)
+		run.BatchSize = relay.BatchSize
+		run.Run(ctx)
 	}()
 	log.Info("relay on", "nats", relay.RedactURL(cfg.URL), "stream", cfg.Stream, "subjects", cfg.Prefix+".>")
 	return func() {
