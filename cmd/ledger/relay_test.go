@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -155,6 +156,17 @@ func TestFaultRelayNATSDown(t *testing.T) {
 	})
 	if st := readStatus(t, dsn)[relay.Name]; st.Failed != 0 || st.LastFailure != nil {
 		t.Errorf("NATS down counted as poison: failed %d, last failure %+v", st.Failed, st.LastFailure)
+	}
+	res, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	for _, want := range []string{`ledger_projector_lag_events{projector="relay"} 400`, `ledger_projector_failed_total{projector="relay"} 0`} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("/metrics while NATS is down lacks %s", want)
+		}
 	}
 
 	srv.Restart()
