@@ -175,7 +175,6 @@ type Relay struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
 	pub  *wmnats.Publisher
-	sub  *nats.Subscription
 	acks chan *nats.Msg
 	// inbox is the prefix of the reply subjects; token numbers them.
 	inbox string
@@ -221,7 +220,7 @@ func New(cfg Config, log *slog.Logger) (*Relay, error) {
 	}
 	r.nc = nc
 	r.inbox = nats.NewInbox()
-	if r.sub, err = nc.ChanSubscribe(r.inbox+".*", r.acks); err != nil {
+	if _, err = nc.ChanSubscribe(r.inbox+".*", r.acks); err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("relay: subscribe to acknowledgements: %w", err)
 	}
@@ -245,9 +244,6 @@ func New(cfg Config, log *slog.Logger) (*Relay, error) {
 func (r *Relay) Close() error {
 	return r.pub.Close()
 }
-
-// Config returns the relay's configuration, defaults filled in.
-func (r *Relay) Config() Config { return r.cfg }
 
 // Name implements projections.Projector.
 func (r *Relay) Name() string { return Name }
