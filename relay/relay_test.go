@@ -59,6 +59,39 @@ func TestRelayPublishesTheLedgerInOrder(t *testing.T) {
 	}
 }
 
+// TestRelayHeadersOfOddStoredValues: control characters in a stored user
+// id, delivery id or type (rows the webhook refuses today
+// but a ledger may hold) become U+FFFD in the headers, the body stays exact,
+// the message id stays unique, and nothing stops.
+func TestRelayHeadersOfOddStoredValues(t *testing.T) {
+	db := schematest.NewDB(t)
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	schematest.CopyEvents(t, db, 200, func(i int) domain.Delivery { return rawDelivery("raw", i) })
+	log, _ := newLogger()
+	if err := projections.NewRunner(db, log, newRelay(t, srv, log, relay.Config{})).CatchUp(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	events := ledger(t, db)
+	msgs := natstest.Messages(t, js, relay.DefaultStream)
+	checkFeed(t, relay.DefaultPrefix, events, msgs, nil)
+	odd := 0
+	for _, m := range msgs {
+		if strings.ContainsRune(m.Header.Get(relay.HeaderUserID)+m.Header.Get(relay.HeaderDeliveryID)+m.Header.Get(relay.HeaderType), '\uFFFD') {
+			odd++
+		}
+	}
+	want := 0
+	for i := range 200 {
+		if r := i % 21; r == 3 || r == 10 || r == 17 {
+			want++
+		}
+	}
+	if odd != want {
+		t.Errorf("%d messages with cleaned headers, want %d", odd, want)
+	}
+}
+
 // TestRelayResumesFromTheStreamAfterACrash: a batch acknowledged by
 // JetStream whose checkpoint never committed (the relay died in between) is
 // not published again, even after the de-duplication window has passed:
