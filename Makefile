@@ -8,7 +8,8 @@ run:
 # test: the whole suite against a real PostgreSQL and headless Chromium.
 # -p 1: the xid8 read gate is cluster-wide, so an open transaction in one
 # package's tests would hold back reads in another's.
-# deps installs and starts them when missing (as root, Debian).
+# deps installs and starts them when missing (as root, Debian), and NATS
+# with JetStream on 127.0.0.1:4222 (Debian's nats-server).
 test: deps
 	go vet ./...
 	go test -p 1 -count=1 -timeout 25m ./...
@@ -18,6 +19,10 @@ deps:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -1) main start
 	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && exit 0; sleep 1; done; echo "PostgreSQL did not start"; exit 1
+	@# NATS with JetStream (the relay's tests start their own nats-server; this one is for ledger relay)
+	@command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null; }
+	@bash -c '</dev/tcp/127.0.0.1/4222' 2>/dev/null || { mkdir -p /var/tmp/ledger-nats && setsid $$(command -v nats-server || echo /usr/sbin/nats-server) -a 127.0.0.1 -p 4222 -js -sd /var/tmp/ledger-nats </dev/null >/var/tmp/ledger-nats.log 2>&1 & }
+	@for i in $$(seq 1 30); do bash -c '</dev/tcp/127.0.0.1/4222' 2>/dev/null && exit 0; sleep 0.5; done; echo "nats-server did not start (/var/tmp/ledger-nats.log)"; exit 1
 
 bench-ingest:
 	go run ./cmd/ledger bench ingest --concurrency 32 --duration 20s --baseline

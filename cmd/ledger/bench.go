@@ -32,7 +32,7 @@ func (a *app) benchCmd() *cobra.Command {
 		Use:   "bench",
 		Short: "Measure ingest and projection speed on this machine",
 	}
-	cmd.AddCommand(a.benchIngestCmd(), a.benchRebuildCmd(), a.benchSoakCmd(), a.benchFloodCmd())
+	cmd.AddCommand(a.benchIngestCmd(), a.benchRebuildCmd(), a.benchSoakCmd(), a.benchFloodCmd(), a.benchRelayCmd())
 	return cmd
 }
 

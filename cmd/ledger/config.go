@@ -11,6 +11,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/audit"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/handlers"
+	"github.com/clerk-ledger/clerk-ledger/relay"
 	"github.com/spf13/cobra"
 )
 
@@ -40,6 +41,10 @@ type config struct {
 	// Pools is the database connection budget (LEDGER_DB_*_CONNS,
 	// LEDGER_EXPORT_IDLE_TIMEOUT); see loadPools.
 	Pools pools
+
+	// Relay is the downstream feed's settings (LEDGER_RELAY_*, relay.go);
+	// serve runs the relay when Relay.URL is set.
+	Relay relay.Config
 }
 
 const defaultAddr = "localhost:4321"
@@ -106,6 +111,13 @@ func (a *app) loadConfig(cmd *cobra.Command) (config, error) {
 	if c.PublishableKey != "" && !strings.HasPrefix(c.PublishableKey, "pk_") {
 		return c, domain.Errorf(domain.EINVALID, "PUBLIC_CLERK_PUBLISHABLE_KEY is malformed: it must start with pk_")
 	}
+
+	// The downstream feed (relay.go).
+	relayCfg, err := a.relayConfig(cmd)
+	if err != nil {
+		return c, err
+	}
+	c.Relay = relayCfg
 	return c, nil
 }
 

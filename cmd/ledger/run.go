@@ -83,6 +83,7 @@ LOG_FORMAT (text|json), LOG_LEVEL.`,
 	root.PersistentFlags().String("log-format", "", "log format: text or json (overrides LOG_FORMAT)")
 	root.AddCommand(a.serveCmd(), a.devCmd(), a.migrateCmd(), a.webhookCmd(), a.benchCmd())
 	root.AddCommand(a.projectionsCmd(), a.projectCmd(), a.seedCmd(), a.auditCmd())
+	root.AddCommand(a.relayCmd())
 	return root
 }
 

@@ -110,6 +110,14 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 	} else {
 		log.Info("projectors off in this process (LEDGER_PROJECTORS=off): run `ledger project`")
 	}
+	// The downstream feed (relay.go), when LEDGER_RELAY_NATS_URL is set.
+	if cfg.Relay.URL != "" {
+		stopRelay, err := startRelay(ctx, log, ingest, cfg.Relay)
+		if err != nil {
+			return err
+		}
+		defer stopRelay()
+	}
 	srv := &http.Server{
 		Handler: handlers.NewServer(handlers.Deps{
 			Log:            log,
