@@ -41,11 +41,7 @@ webhook signing secret (kept in ./.data/webhook-secret) and prints it with a
 ready 'ledger webhook send' command line. Then it runs what serve runs.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			log, err := a.logger(cmd)
-			if err != nil {
-				return err
-			}
-			cfg, err := a.loadConfig(cmd)
+			log, cfg, err := a.serviceSetup(cmd)
 			if err != nil {
 				return err
 			}
