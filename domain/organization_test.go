@@ -41,7 +41,7 @@ func membershipEvent(pos int64, typ, id, org, orgName string, orgUpdated int64, 
 	return orgEvent(pos, typ, map[string]any{
 		"id": id, "object": "organization_membership", "organization": orgBody(org, orgName, orgUpdated),
 		"public_user_data": map[string]any{"user_id": user, "identifier": user + "@example.com"},
-		"role": role, "permissions": []string{"org:sys_memberships:read", role},
+		"role":             role, "permissions": []string{"org:sys_memberships:read", role},
 		"created_at": 2000, "updated_at": updatedAt,
 	})
 }

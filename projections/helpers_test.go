@@ -98,12 +98,17 @@ type logProjector struct{ name string }
 func (p logProjector) Name() string    { return p.name }
 func (p logProjector) Types() []string { return nil }
 func (p logProjector) Apply(ctx context.Context, tx *sqlx.Tx, events []domain.Event) ([]Failure, error) {
+	return nil, p.logApplied(ctx, tx, events)
+}
+
+// logApplied records events in applied_log under p's name.
+func (p logProjector) logApplied(ctx context.Context, tx *sqlx.Tx, events []domain.Event) error {
 	pos := make([]int64, len(events))
 	for i, e := range events {
 		pos[i] = e.Position
 	}
 	_, err := tx.ExecContext(ctx, `INSERT INTO applied_log (projector, position) SELECT $1, unnest($2::bigint[])`, p.name, pq.Array(pos))
-	return nil, err
+	return err
 }
 
 func createAppliedLog(t testing.TB, db *sqlx.DB) {

@@ -63,7 +63,9 @@ func (p *Users) createLike(ctx context.Context, q schema.Execer, live rebuildabl
 func (p *Users) dropTables(ctx context.Context, q schema.Execer) error { return p.table.Drop(ctx, q) }
 
 // analyzeTables implements rebuildable.
-func (p *Users) analyzeTables(ctx context.Context, q schema.Execer) error { return p.table.Analyze(ctx, q) }
+func (p *Users) analyzeTables(ctx context.Context, q schema.Execer) error {
+	return p.table.Analyze(ctx, q)
+}
 
 // replaceWith implements rebuildable.
 func (p *Users) replaceWith(ctx context.Context, tx *sqlx.Tx, aside rebuildable) error {
@@ -71,7 +73,9 @@ func (p *Users) replaceWith(ctx context.Context, tx *sqlx.Tx, aside rebuildable)
 }
 
 // countRows implements rebuildable.
-func (p *Users) countRows(ctx context.Context, q schema.Queryer) (int, error) { return p.table.Count(ctx, q) }
+func (p *Users) countRows(ctx context.Context, q schema.Queryer) (int, error) {
+	return p.table.Count(ctx, q)
+}
 
 // diffWith implements rebuildable.
 func (p *Users) diffWith(ctx context.Context, q schema.Queryer, aside rebuildable) ([]Difference, error) {
