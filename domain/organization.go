@@ -416,3 +416,33 @@ func FoldOrganizations(events []Event) (*OrganizationFold, []error) {
 	}
 	return f, errs
 }
+
+// EventOrganization returns the id of the organization e is about, for
+// listing an organization's history: data.id of organization.*,
+// data.organization.id of organizationMembership.*, data.organization_id
+// of organizationInvitation.*; "" for other types and for events that do
+// not decode (a poison event of the fold names no organization).
+func EventOrganization(e Event) string {
+	switch {
+	case IsOrganizationEvent(e.Type):
+		x, err := ParseOrganizationEvent(e)
+		if err != nil {
+			return ""
+		}
+		if id := x.MembershipOrganizationID(); id != "" {
+			return id
+		}
+		return x.OrganizationID()
+	case strings.HasPrefix(e.Type, "organizationInvitation."):
+		var env struct {
+			Data struct {
+				OrganizationID string `json:"organization_id"`
+			} `json:"data"`
+		}
+		if json.Unmarshal(e.Body, &env) != nil {
+			return ""
+		}
+		return env.Data.OrganizationID
+	}
+	return ""
+}
