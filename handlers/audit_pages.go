@@ -311,6 +311,8 @@ type userPage struct {
 	// with links to the next page and back to the first.
 	First, Last       int64
 	NextURL, FirstURL string
+	// Organizations are the user's memberships as of the instant.
+	Organizations *audit.UserOrganizations
 }
 
 // handleAuditUserPage serves GET /audit/users/{id}?at=&cursor=: the state
@@ -364,6 +366,12 @@ func handleAuditUserPage(p *auditPages, svc *audit.Service) http.HandlerFunc {
 			return
 		}
 		data.History = &h
+		orgs, err := svc.UserOrganizations(r.Context(), actorOf(r, schema.ChannelPage), id, at)
+		if err != nil {
+			writePageError(w, r, p.log, err)
+			return
+		}
+		data.Organizations = &orgs
 		data.First, data.Last = h.Offset+1, h.Offset+int64(h.Count)
 		base := url.Values{}
 		if !at.IsZero() {
@@ -386,6 +394,99 @@ func handleAuditUserPage(p *auditPages, svc *audit.Service) http.HandlerFunc {
 			status, data.Error = http.StatusNotFound, "The ledger has no event about user "+id+"."
 		}
 		p.render(w, r, status, "audit_user.html", data)
+	}
+}
+
+// organizationPage is the data of audit_organization.html.
+type organizationPage struct {
+	Title, Actor, Error string
+	Notice              string
+	OrganizationID      string
+	AtLocal, AtText     string
+	History             *audit.OrganizationHistory
+	Metadata            string // the state's public metadata, pretty-printed
+	Events              []pageEvent
+	First, Last         int64
+	NextURL, FirstURL   string
+}
+
+// handleAuditOrganizationPage serves GET /audit/organizations/{id}?at=&cursor=:
+// the organization's state and memberships as of the chosen instant (folded
+// from every event about it by then) with a point-in-time picker, and one
+// page of its member history (organization, membership and invitation
+// events; later ones greyed). Recorded in the access log, so shown only
+// when asked from the workspace's own pages (mayRecord).
+func handleAuditOrganizationPage(p *auditPages, svc *audit.Service) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		if err := checkPathID("organization", id); err != nil {
+			writePageError(w, r, p.log, err)
+			return
+		}
+		data := organizationPage{Title: "Organization " + isolate(id), Actor: actorOf(r, schema.ChannelPage).ID, OrganizationID: id}
+		var at time.Time
+		if s := r.URL.Query().Get("at"); strings.TrimSpace(s) != "" {
+			t, err := time.Parse(time.RFC3339Nano, normalizeTime(s))
+			if err != nil {
+				data.Error = "at " + strconv.Quote(s) + " is not a time (use the picker, or RFC 3339)"
+				p.render(w, r, http.StatusBadRequest, "audit_organization.html", data)
+				return
+			}
+			at = t.UTC()
+			data.AtLocal, data.AtText = at.Format("2006-01-02T15:04:05"), at.Format(time.RFC3339Nano)
+		}
+		if !p.mayRecord(r) {
+			data.Notice = notRecorded
+			p.render(w, r, http.StatusOK, "audit_organization.html", data)
+			return
+		}
+		page := audit.UserPage{Limit: audit.DefaultAuditLimit, MaxBytes: maxHTMLPageBytes, Later: true}
+		if s := r.URL.Query().Get("cursor"); s != "" {
+			c, err := audit.DecodeCursor(s)
+			if err != nil {
+				data.Error = domain.ErrorMessage(err)
+				p.render(w, r, http.StatusBadRequest, "audit_organization.html", data)
+				return
+			}
+			page.After = c
+		}
+		h, err := svc.Organization(r.Context(), actorOf(r, schema.ChannelPage), id, at, page)
+		if err != nil {
+			writePageError(w, r, p.log, err)
+			return
+		}
+		data.History = &h
+		for _, e := range h.Events {
+			pe := newPageEvent(e)
+			pe.After = !at.IsZero() && e.OccurredAt.After(at)
+			data.Events = append(data.Events, pe)
+		}
+		var buf bytes.Buffer
+		if err := jsonIndent(&buf, h.State.PublicMetadata); err == nil {
+			data.Metadata = buf.String()
+		}
+		data.First, data.Last = h.Offset+1, h.Offset+int64(h.Count)
+		base := url.Values{}
+		if !at.IsZero() {
+			base.Set("at", data.AtText)
+		}
+		self := "/audit/organizations/" + url.PathEscape(id)
+		if h.NextCursor != "" {
+			next := cloneValues(base)
+			next.Set("cursor", h.NextCursor)
+			data.NextURL = self + "?" + next.Encode()
+		}
+		if page.After != (schema.Cursor{}) {
+			data.FirstURL = self
+			if len(base) > 0 {
+				data.FirstURL += "?" + base.Encode()
+			}
+		}
+		status := http.StatusOK
+		if h.Total == 0 && !h.Exists {
+			status, data.Error = http.StatusNotFound, "The ledger has no event about organization "+id+"."
+		}
+		p.render(w, r, status, "audit_organization.html", data)
 	}
 }
 

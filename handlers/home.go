@@ -37,7 +37,13 @@ type homePage struct {
 	// goes back to the newest ("" on that page).
 	OlderURL, NewestURL string
 	SessionID           string
+	// Organizations are the organizations the person is in now, with
+	// their role (from the organizations projection).
+	Organizations []schema.UserOrganization
 }
+
+// homeOrganizations is the most organizations the signed-in page lists.
+const homeOrganizations = 100
 
 // timelineEntry is one event as the timeline shows it.
 type timelineEntry struct {
@@ -110,6 +116,9 @@ func loadHome(ctx context.Context, db *sqlx.DB, s Session, older schema.Cursor) 
 		return homePage{}, err
 	}
 	page.Name = page.User.Name()
+	if page.Organizations, err = schema.UserOrganizations(ctx, tx, s.UserID, homeOrganizations); err != nil {
+		return homePage{}, err
+	}
 
 	mine := schema.EventFilter{UserID: s.UserID}
 	if page.Total, err = schema.CountAuditEvents(ctx, tx, mine); err != nil {

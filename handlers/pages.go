@@ -65,6 +65,9 @@ var templateFuncs = template.FuncMap{
 		return t.UTC().Format(time.RFC3339)
 	},
 	"isolate": isolate,
+	// role is a Clerk organization role key as people read it
+	// ("org:admin" is "admin").
+	"role": func(key string) string { return strings.TrimPrefix(key, "org:") },
 	// initials returns the first letter or digit of the first two words
 	// of name (never a direction control or other mark).
 	"initials": func(name string) string {

@@ -27,6 +27,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
 	"github.com/clerk-ledger/clerk-ledger/clerksession"
 	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/projections"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
 	"github.com/jmoiron/sqlx"
@@ -147,6 +148,13 @@ func (e *webEnv) deliver(t testing.TB, typ string, u clerkgen.User, at time.Time
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.deliverBody(t, body)
+}
+
+// deliverBody sends body through the real webhook endpoint, signed like
+// Svix, and requires a 200.
+func (e *webEnv) deliverBody(t testing.TB, body []byte) {
+	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, e.srv.URL+webhookPath, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
@@ -159,7 +167,7 @@ func (e *webEnv) deliver(t testing.TB, typ string, u clerkgen.User, at time.Time
 	defer res.Body.Close()
 	answer, _ := io.ReadAll(res.Body)
 	if res.StatusCode != http.StatusOK {
-		t.Fatalf("deliver %s: %s %s", typ, res.Status, answer)
+		t.Fatalf("deliver %.60s: %s %s", body, res.Status, answer)
 	}
 }
 
@@ -194,6 +202,15 @@ version_occurred_at=$14, version_delivery_id=$15`,
 		if err != nil {
 			t.Fatalf("project %s: %v", id, err)
 		}
+	}
+}
+
+// projectOrganizations runs the organizations projector over the ledger.
+func projectOrganizations(t testing.TB, db *sqlx.DB) {
+	t.Helper()
+	schematest.WaitVisible(t, db)
+	if err := projections.NewRunner(db, nil, projections.NewOrganizations()).CatchUp(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -438,7 +438,10 @@ ORDER BY COALESCE(l.id, r.id)`)
 		if err := rows.Scan(ptrs...); err != nil {
 			return nil, fmt.Errorf("compare %s with %s: %w", t.name, other.name, Classify(err))
 		}
-		d := RowDiff{ID: vals[0].String + vals[1].String, Kind: "differs"}
+		d := RowDiff{ID: vals[0].String, Kind: "differs"}
+		if !vals[0].Valid {
+			d.ID = vals[1].String
+		}
 		switch {
 		case !vals[0].Valid:
 			d.Kind = "missing_live"
