@@ -139,7 +139,7 @@ func TestAuditOrganizationViews(t *testing.T) {
 		t.Fatalf("Ada's organizations 5 minutes in: %v", names)
 	}
 	for path, want := range map[string]int{
-		"/api/audit/organizations/org_none":                 http.StatusNotFound,
+		"/api/audit/organizations/org_none":                  http.StatusNotFound,
 		"/api/audit/organizations/org_acme_web?at=yesterday": http.StatusBadRequest,
 		"/api/audit/organizations/org_acme_web?user_id=x":    http.StatusBadRequest,
 		"/api/audit/organizations/org%00":                    http.StatusBadRequest,
