@@ -54,6 +54,17 @@ type User struct {
 	PublicMetadata map[string]any
 	CreatedAt      time.Time
 	UpdatedAt      time.Time
+
+	// The rest of the user object. Zero values are Clerk's defaults:
+	// verified email, no external id, not banned or locked, two-factor
+	// off, last signed in and active at UpdatedAt, empty private metadata.
+	EmailUnverified  bool
+	ExternalID       string
+	Banned           bool
+	Locked           bool
+	TwoFactorEnabled bool
+	LastSignInAt     time.Time
+	PrivateMetadata  map[string]any
 }
 
 func nullable(s string) any {
@@ -137,7 +148,7 @@ func userObject(u User) map[string]any {
 		emails = append(emails, map[string]any{
 			"id": id, "object": "email_address", "email_address": u.Email,
 			"linked_to": []any{}, "reserved": false,
-			"verification": map[string]any{"status": "verified", "strategy": "email_code", "attempts": 1, "expire_at": u.CreatedAt.Add(10 * time.Minute).UnixMilli()},
+			"verification": map[string]any{"status": map[bool]string{false: "verified", true: "unverified"}[u.EmailUnverified], "strategy": "email_code", "attempts": 1, "expire_at": u.CreatedAt.Add(10 * time.Minute).UnixMilli()},
 		})
 	}
 	phones := []any{}
@@ -154,6 +165,14 @@ func userObject(u User) map[string]any {
 	if meta == nil {
 		meta = map[string]any{}
 	}
+	private := u.PrivateMetadata
+	if private == nil {
+		private = map[string]any{}
+	}
+	signedIn := u.LastSignInAt
+	if signedIn.IsZero() {
+		signedIn = u.UpdatedAt
+	}
 	return map[string]any{
 		"id": u.ID, "object": "user",
 		"username": nullable(u.Username), "first_name": nullable(u.FirstName), "last_name": nullable(u.LastName),
@@ -162,10 +181,10 @@ func userObject(u User) map[string]any {
 		"primary_email_address_id": primaryEmail, "primary_phone_number_id": primaryPhone,
 		"primary_web3_wallet_id": nil,
 		"email_addresses":        emails, "phone_numbers": phones, "web3_wallets": []any{}, "external_accounts": []any{},
-		"password_enabled": true, "two_factor_enabled": false, "totp_enabled": false, "backup_code_enabled": false,
-		"public_metadata": meta, "private_metadata": map[string]any{}, "unsafe_metadata": map[string]any{},
-		"external_id": nil, "banned": false, "locked": false,
-		"last_sign_in_at": u.UpdatedAt.UnixMilli(), "last_active_at": u.UpdatedAt.UnixMilli(),
+		"password_enabled": true, "two_factor_enabled": u.TwoFactorEnabled, "totp_enabled": u.TwoFactorEnabled, "backup_code_enabled": false,
+		"public_metadata": meta, "private_metadata": private, "unsafe_metadata": map[string]any{},
+		"external_id": nullable(u.ExternalID), "banned": u.Banned, "locked": u.Locked,
+		"last_sign_in_at": signedIn.UnixMilli(), "last_active_at": u.UpdatedAt.UnixMilli(),
 		"created_at": u.CreatedAt.UnixMilli(), "updated_at": u.UpdatedAt.UnixMilli(),
 	}
 }

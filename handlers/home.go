@@ -308,6 +308,31 @@ func profileChanges(prev, next domain.User) string {
 	if prev.Username != next.Username {
 		changes = append(changes, "username to "+orNone(next.Username))
 	}
+	if prev.Phone != next.Phone {
+		if next.Phone == "" {
+			changes = append(changes, "removed the primary phone")
+		} else {
+			changes = append(changes, "primary phone to "+isolate(next.Phone))
+		}
+	}
+	if prev.Exists() {
+		// Private metadata is never described: Clerk keeps it from the user.
+		for _, f := range []struct {
+			was, is bool
+			on, off string
+		}{
+			{prev.Banned, next.Banned, "account banned", "ban lifted"},
+			{prev.Locked, next.Locked, "account locked", "account unlocked"},
+			{prev.TwoFactorEnabled, next.TwoFactorEnabled, "two-factor turned on", "two-factor turned off"},
+		} {
+			switch {
+			case !f.was && f.is:
+				changes = append(changes, f.on)
+			case f.was && !f.is:
+				changes = append(changes, f.off)
+			}
+		}
+	}
 	if prev.ImageURL != next.ImageURL {
 		changes = append(changes, "profile image")
 	}

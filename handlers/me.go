@@ -23,6 +23,16 @@ type meJSON struct {
 	CreatedAt *time.Time `json:"created_at"`
 	UpdatedAt *time.Time `json:"updated_at"`
 	Deleted   bool       `json:"deleted"`
+	// The rest of the user object; never private_metadata, which Clerk
+	// keeps from the user (only auditors see it).
+	PhoneNumber      string     `json:"phone_number"`
+	EmailVerified    bool       `json:"email_verified"`
+	ExternalID       string     `json:"external_id"`
+	Banned           bool       `json:"banned"`
+	Locked           bool       `json:"locked"`
+	TwoFactorEnabled bool       `json:"two_factor_enabled"`
+	LastSignInAt     *time.Time `json:"last_sign_in_at"`
+	LastActiveAt     *time.Time `json:"last_active_at"`
 	// Organizations are the organizations the person is in now.
 	Organizations []meOrganization `json:"organizations"`
 }
@@ -74,6 +84,8 @@ func handleMe(log *slog.Logger, db *sqlx.DB) http.HandlerFunc {
 			ID: u.ID, Email: u.Email, FirstName: u.FirstName, LastName: u.LastName,
 			Name: u.Name(), Username: u.Username, ImageURL: u.ImageURL,
 			CreatedAt: timePtr(u.CreatedAt), UpdatedAt: timePtr(u.UpdatedAt), Deleted: u.Deleted,
+			PhoneNumber: u.Phone, EmailVerified: u.EmailVerified, ExternalID: u.ExternalID, Banned: u.Banned, Locked: u.Locked,
+			TwoFactorEnabled: u.TwoFactorEnabled, LastSignInAt: timePtr(u.LastSignInAt), LastActiveAt: timePtr(u.LastActiveAt),
 			Organizations: make([]meOrganization, 0, len(orgs)),
 		}
 		for _, o := range orgs {

@@ -83,7 +83,9 @@ func visibleUsers(t testing.TB, db *sqlx.DB) string {
 	t.Helper()
 	var lines []string
 	err := db.Select(&lines, `SELECT concat_ws('|', id, email, first_name, last_name, name, username, image_url,
-    public_metadata::text, created_at, updated_at, deleted, deleted_at, version_updated_at, version_occurred_at)
+    public_metadata::text, created_at, updated_at, deleted, deleted_at, version_updated_at, version_occurred_at,
+    phone_number, email_verified, external_id, banned, locked, two_factor_enabled, last_sign_in_at, last_active_at,
+    private_metadata::text)
 FROM users ORDER BY id`)
 	if err != nil {
 		t.Fatal(err)

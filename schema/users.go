@@ -42,6 +42,16 @@ var userColumns = []column[UserRow]{
 	{"version_occurred_at", colInt, false, func(r *UserRow) any { return r.User.Version.OccurredAt }, func(r *UserRow, v any) { r.User.Version.OccurredAt = v.(int64) }},
 	{"version_delivery_id", colText, false, func(r *UserRow) any { return r.User.Version.DeliveryID }, func(r *UserRow, v any) { r.User.Version.DeliveryID = v.(string) }},
 	{"last_position", colInt, false, func(r *UserRow) any { return r.LastPosition }, func(r *UserRow, v any) { r.LastPosition = v.(int64) }},
+	// The rest of a complete user (migration 00016).
+	{"phone_number", colText, true, func(r *UserRow) any { return r.User.Phone }, func(r *UserRow, v any) { r.User.Phone = v.(string) }},
+	{"email_verified", colBool, false, func(r *UserRow) any { return r.User.EmailVerified }, func(r *UserRow, v any) { r.User.EmailVerified = v.(bool) }},
+	{"external_id", colText, true, func(r *UserRow) any { return r.User.ExternalID }, func(r *UserRow, v any) { r.User.ExternalID = v.(string) }},
+	{"banned", colBool, false, func(r *UserRow) any { return r.User.Banned }, func(r *UserRow, v any) { r.User.Banned = v.(bool) }},
+	{"locked", colBool, false, func(r *UserRow) any { return r.User.Locked }, func(r *UserRow, v any) { r.User.Locked = v.(bool) }},
+	{"two_factor_enabled", colBool, false, func(r *UserRow) any { return r.User.TwoFactorEnabled }, func(r *UserRow, v any) { r.User.TwoFactorEnabled = v.(bool) }},
+	{"last_sign_in_at", colTime, false, func(r *UserRow) any { return tsText(r.User.LastSignInAt) }, func(r *UserRow, v any) { r.User.LastSignInAt = v.(time.Time) }},
+	{"last_active_at", colTime, false, func(r *UserRow) any { return tsText(r.User.LastActiveAt) }, func(r *UserRow, v any) { r.User.LastActiveAt = v.(time.Time) }},
+	{"private_metadata", colJSON, true, func(r *UserRow) any { return jsonText(r.User.PrivateMetadata, "{}") }, func(r *UserRow, v any) { r.User.PrivateMetadata = json.RawMessage(v.(string)) }},
 }
 
 // UsersTable is a table of the users read model: the live "users", or a
