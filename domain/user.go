@@ -90,17 +90,23 @@ func IsUserEvent(typ string) bool {
 
 // userData is the part of Clerk's user object the fold reads.
 type userData struct {
-	ID                    string          `json:"id"`
-	Deleted               bool            `json:"deleted"`
-	PrimaryEmailAddressID *string         `json:"primary_email_address_id"`
-	EmailAddresses        []emailAddress  `json:"email_addresses"`
-	FirstName             *string         `json:"first_name"`
-	LastName              *string         `json:"last_name"`
-	Username              *string         `json:"username"`
-	ImageURL              *string         `json:"image_url"`
-	PublicMetadata        json.RawMessage `json:"public_metadata"`
-	CreatedAt             int64           `json:"created_at"`
-	UpdatedAt             int64           `json:"updated_at"`
+	ID                    string  `json:"id"`
+	Deleted               bool    `json:"deleted"`
+	PrimaryEmailAddressID *string `json:"primary_email_address_id"`
+	EmailAddresses        []struct {
+		ID           string `json:"id"`
+		EmailAddress string `json:"email_address"`
+		Verification *struct {
+			Status string `json:"status"`
+		} `json:"verification"`
+	} `json:"email_addresses"`
+	FirstName      *string         `json:"first_name"`
+	LastName       *string         `json:"last_name"`
+	Username       *string         `json:"username"`
+	ImageURL       *string         `json:"image_url"`
+	PublicMetadata json.RawMessage `json:"public_metadata"`
+	CreatedAt      int64           `json:"created_at"`
+	UpdatedAt      int64           `json:"updated_at"`
 
 	PrimaryPhoneNumberID *string         `json:"primary_phone_number_id"`
 	PhoneNumbers         []phoneNumber   `json:"phone_numbers"`
@@ -111,15 +117,6 @@ type userData struct {
 	LastSignInAt         *int64          `json:"last_sign_in_at"`
 	LastActiveAt         *int64          `json:"last_active_at"`
 	PrivateMetadata      json.RawMessage `json:"private_metadata"`
-}
-
-// emailAddress is the part of an email address object the fold reads.
-type emailAddress = struct {
-	ID           string `json:"id"`
-	EmailAddress string `json:"email_address"`
-	Verification *struct {
-		Status string `json:"status"`
-	} `json:"verification"`
 }
 
 // phoneNumber is the part of a phone number object the fold reads.

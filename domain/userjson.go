@@ -160,6 +160,14 @@ func (s *scanner) optInt64() *int64 {
 	return &n
 }
 
+type emailAddress = struct {
+	ID           string `json:"id"`
+	EmailAddress string `json:"email_address"`
+	Verification *struct {
+		Status string `json:"status"`
+	} `json:"verification"`
+}
+
 func (s *scanner) emails() []emailAddress {
 	out := []emailAddress{}
 	s.objectArray(3, func() {
