@@ -248,6 +248,13 @@ func TestOrganizationsOrderAndDuplicatesDoNotMatter(t *testing.T) {
 	if after := visibleOrgs(t, shuffled); after != before {
 		t.Fatalf("rebuild gives other tables:\nlive:\n%s\n\nrebuilt:\n%s", before, after)
 	}
+	var idx []string
+	if err := shuffled.Select(&idx, `SELECT indexname FROM pg_indexes WHERE tablename IN ('organizations', 'organization_memberships') ORDER BY 1`); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(idx, ","); got != "organization_memberships_organization_idx,organization_memberships_pkey,organization_memberships_user_idx,organizations_pkey,organizations_slug_idx" {
+		t.Fatalf("indexes after the swap: %s", got)
+	}
 	// Check sees a change made behind the projector's back, in either table.
 	if _, err := shuffled.Exec(`UPDATE organization_memberships SET role = 'org:owner' WHERE id = (SELECT min(id) FROM organization_memberships)`); err != nil {
 		t.Fatal(err)
