@@ -302,3 +302,19 @@ func Fold(events []Event) (User, []error) {
 	}
 	return u, errs
 }
+
+// EmailAddresses returns every email address the event's user object
+// lists (primary or not), in their storable form, in the order it lists
+// them. A user.deleted lists none.
+func (d UserEvent) EmailAddresses() []string {
+	var out []string
+	for _, a := range d.env.Data.EmailAddresses {
+		if a.EmailAddress != "" {
+			out = append(out, StorableText(a.EmailAddress))
+		}
+	}
+	return out
+}
+
+// UserID is the id of the user the event is about (its data's id).
+func (d UserEvent) UserID() string { return d.env.Data.ID }

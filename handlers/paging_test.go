@@ -142,13 +142,13 @@ func TestAuditUserPagePaging(t *testing.T) {
 			t.Fatalf("%s: %d, no range\n%.3000s", path, res.StatusCode, page)
 		}
 		ranges = append(ranges, m[1]+"-"+m[2]+"/"+m[3])
-		if n := strings.Count(page, `<td class="mono"><bdi>msg_user_long_`); n != mustAtoi(t, m[2])-mustAtoi(t, m[1])+1 {
+		if n := strings.Count(page, `<code class="id" title="msg_user_long_`); n != mustAtoi(t, m[2])-mustAtoi(t, m[1])+1 {
 			t.Errorf("%s: %d rows for range %s", path, n, ranges[len(ranges)-1])
 		}
 		if pages > 0 && !strings.Contains(page, `href="/audit/users/user_long?at=2024-05-28T13%3A00%3A00Z">« First page`) {
 			t.Errorf("page %d has no first-page link keeping at: %s", pages+1, regexp.MustCompile(`<p class="pager">.*`).FindString(page))
 		}
-		if !strings.Contains(page, "Long") || !strings.Contains(page, `class="after"`) {
+		if !strings.Contains(page, "Long") || !strings.Contains(page, `class="change after`) {
 			t.Errorf("page %d: no state as of 13:00 or no greyed later events", pages+1)
 		}
 		nm := regexp.MustCompile(`<a href="([^"]+)" rel="next">`).FindStringSubmatch(page)
