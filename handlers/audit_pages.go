@@ -180,7 +180,7 @@ func handleAuditSearchPage(pg *pages, own origins, svc *audit.Service) http.Hand
 						v.Set(k, s)
 					}
 				case "email":
-					email = strings.TrimSpace(s)
+					email = schema.NormalizeEmail(s)
 				default:
 					if strings.TrimSpace(s) != "" {
 						v.Add(k, s)

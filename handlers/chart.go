@@ -160,7 +160,7 @@ func newChart(days []time.Time, counts []schema.DeliveryCount) chart {
 			bar.Title += " (" + strings.Join(parts, ", ") + ")"
 		}
 		c.Bars = append(c.Bars, bar)
-		if i%7 == 0 || i == len(c.Rows)-1 {
+		if i%7 == 0 || (i == len(c.Rows)-1 && i%7 >= 4) {
 			c.XTicks = append(c.XTicks, chartTick{Pos: x + (slot-4)/2, Label: r.Day.Format("2 Jan")})
 		}
 	}
