@@ -52,19 +52,19 @@ type detailData struct {
 // empty: the fold already accepted the event, and the details only describe.
 func decodeDetail(body []byte) UserDetail {
 	var env struct {
-		Data json.RawMessage `json:"data"`
+		Data detailData `json:"data"`
 	}
+	d := &env.Data
 	if json.Unmarshal(body, &env) != nil {
-		return UserDetail{}
-	}
-	var d detailData
-	if json.Unmarshal(env.Data, &d) != nil {
 		// One field of an unexpected type: read the others one by one.
-		var fields map[string]json.RawMessage
-		_ = json.Unmarshal(env.Data, &fields)
-		for k, v := range fields {
+		var raw struct {
+			Data map[string]json.RawMessage `json:"data"`
+		}
+		_ = json.Unmarshal(body, &raw)
+		*d = detailData{}
+		for k, v := range raw.Data {
 			one, _ := json.Marshal(map[string]json.RawMessage{k: v})
-			_ = json.Unmarshal(one, &d)
+			_ = json.Unmarshal(one, d)
 		}
 	}
 	var u UserDetail

@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"html"
+	"html/template"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/clerk-ledger/clerk-ledger/audit"
 	"github.com/clerk-ledger/clerk-ledger/domain"
@@ -40,8 +43,21 @@ type pageEvent struct {
 	Type, UserID           string
 	OccurredAt, ReceivedAt time.Time
 	DeliveryID, ChainHash  string
-	Payload                string
+	Payload                payload
 	After                  bool // occurred after the chosen instant (timeline)
+}
+
+// payload is an event body as the pages show it: pretty-printed, with
+// direction controls spelled as \uXXXX (escapeBidi), HTML-escaped once
+// here (a page holds up to 2 MiB of them: the template's escaper, a
+// reflective call per value, was a third of a user view's rendering).
+type payload struct {
+	Len  int // characters of the pretty-printed JSON
+	HTML template.HTML
+}
+
+func newPayload(pretty string) payload {
+	return payload{Len: utf8.RuneCountInString(pretty), HTML: template.HTML(html.EscapeString(escapeBidi(pretty)))}
 }
 
 func newPageEvent(e schema.AuditEvent) pageEvent {
@@ -52,9 +68,9 @@ func newPageEvent(e schema.AuditEvent) pageEvent {
 	}
 	var buf bytes.Buffer
 	if err := jsonIndent(&buf, e.Body); err == nil {
-		p.Payload = buf.String()
+		p.Payload = newPayload(buf.String())
 	} else {
-		p.Payload = string(e.Body)
+		p.Payload = newPayload(string(e.Body))
 	}
 	return p
 }
@@ -267,6 +283,10 @@ func cloneValues(v url.Values) url.Values {
 	return out
 }
 
+// userPageEvents is how many events a page of the user view shows: each
+// with its change table and payload.
+const userPageEvents = 50
+
 // userPage is the data of audit_user.html.
 type userPage struct {
 	Error, Notice   string
@@ -407,7 +427,7 @@ func handleAuditUserPage(pg *pages, own origins, svc *audit.Service) http.Handle
 			pg.render(w, r, http.StatusOK, "audit_user.html", data)
 			return
 		}
-		page.Limit, page.MaxBytes, page.Later = audit.DefaultAuditLimit, maxHTMLPageBytes, true
+		page.Limit, page.MaxBytes, page.Later = userPageEvents, maxHTMLPageBytes, true
 		h, err := svc.EachUserEvent(r.Context(), actorOf(r, schema.ChannelPage), id, data.At, page, func(te audit.TimelineEvent) {
 			data.Events = append(data.Events, newChangeEvent(te, data.At))
 		})

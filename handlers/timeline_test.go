@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -14,6 +15,8 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/audit"
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
 	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/projections"
+	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
 )
 
@@ -200,5 +203,43 @@ func TestTimelineOrderOfAShuffledHistory(t *testing.T) {
 		if res, _ := e.get(t, listedAuditor, "/api/audit/users/user_shuffle"+bad); res.StatusCode != 400 {
 			t.Errorf("%s: %d, want 400", bad, res.StatusCode)
 		}
+	}
+}
+
+// TestAuditSearchByPastEmail: the search finds a user by an email address
+// they no longer have (from the workspace projection of their events),
+// case-insensitively or by prefix, lists their events "N–M of T" with
+// links to the user view at each event's instant, and records the email.
+func TestAuditSearchByPastEmail(t *testing.T) {
+	e := newAuditEnv(t)
+	u := clerkgen.User{ID: "user_moved", Email: "old@example.com", FirstName: "Mo", CreatedAt: tBase, UpdatedAt: tBase}
+	e.append(t, "msg_m0", "user.created", u, tBase)
+	u.Email, u.UpdatedAt = "new@example.com", tBase.Add(time.Minute)
+	e.append(t, "msg_m1", "user.updated", u, u.UpdatedAt)
+	e.append(t, "msg_m2", "session.created", u, tBase.Add(2*time.Minute))
+	e.append(t, "msg_o", "user.created", clerkgen.User{ID: "user_other", Email: "other@example.com"}, tBase)
+	e.visible(t, 4)
+	if err := projections.NewRunner(e.db, nil, projections.NewWorkspace()).CatchUp(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"email=OLD%40example.com", "email=old%40*", "email=old%40example.com&limit=2"} {
+		res, body := e.get(t, listedAuditor, "/audit/search?"+q)
+		s := string(body)
+		want := "Events 1–3 of 3"
+		if strings.Contains(q, "limit=2") {
+			want = "Events 1–2 of 3"
+		}
+		if res.StatusCode != 200 || !strings.Contains(s, want) || !strings.Contains(s, `href="/audit/users/user_moved?at=2024-05-28T12%3A01%3A00Z"`) ||
+			strings.Contains(s, "user_other") || !strings.Contains(s, "Users whose events named") {
+			t.Errorf("%s: %d\n%.4000s", q, res.StatusCode, s)
+		}
+	}
+	res, body := e.get(t, listedAuditor, "/audit/search?email=nobody%40example.com")
+	if res.StatusCode != 200 || !strings.Contains(string(body), "No matching events") {
+		t.Errorf("unknown email: %d", res.StatusCode)
+	}
+	list, _ := schema.ListAccess(context.Background(), e.db, 0, 1)
+	if len(list) != 1 || list[0].Filters["email"] != "nobody@example.com" || list[0].RowCount != 0 {
+		t.Errorf("the email search is not recorded: %+v", list)
 	}
 }
