@@ -157,23 +157,10 @@ type TimelinePage struct {
 	More   bool
 }
 
-// pageKey is a place in the query's order, compared as (Hi, Lo): time
-// order (microseconds, position), ledger order (transaction id, position).
-type pageKey struct{ hi, lo int64 }
-
-func (k pageKey) compare(o pageKey) int {
-	switch {
-	case k.hi < o.hi:
-		return -1
-	case k.hi > o.hi:
-		return 1
-	case k.lo < o.lo:
-		return -1
-	case k.lo > o.lo:
-		return 1
-	}
-	return 0
-}
+// pageKey is a place in the query's order, compared as a domain.TimeKey:
+// in time order (microseconds, position), in ledger order (transaction
+// id, position).
+type pageKey = domain.TimeKey
 
 // candidate is an event that may be on the page.
 type candidate struct {
@@ -195,7 +182,7 @@ type candidates struct {
 
 func (c *candidates) Len() int { return len(c.list) }
 func (c *candidates) Less(i, j int) bool {
-	d := c.list[i].key.compare(c.list[j].key)
+	d := c.list[i].key.Compare(c.list[j].key)
 	if c.newestFirst {
 		return d < 0 // the smallest is the worst
 	}
@@ -212,9 +199,9 @@ func (c *candidates) Pop() any {
 // better reports whether a belongs before b in the page's direction.
 func (c *candidates) better(a, b pageKey) bool {
 	if c.newestFirst {
-		return a.compare(b) > 0
+		return a.Compare(b) > 0
 	}
-	return a.compare(b) < 0
+	return a.Compare(b) < 0
 }
 
 func (c *candidates) offer(x candidate) {
@@ -233,9 +220,9 @@ func (c *candidates) sorted() []candidate {
 	out := slices.Clone(c.list)
 	slices.SortFunc(out, func(a, b candidate) int {
 		if c.newestFirst {
-			return b.key.compare(a.key)
+			return b.key.Compare(a.key)
 		}
-		return a.key.compare(b.key)
+		return a.key.Compare(b.key)
 	})
 	return out
 }
@@ -278,16 +265,16 @@ func ReadTimeline(ctx context.Context, q schema.Queryer, tq TimelineQuery, fn fu
 	}
 	keyOf := func(r schema.TimelineRow, t domain.TimeKey) pageKey {
 		if tq.Order == OrderLedger {
-			return pageKey{int64(r.TxID), r.Position}
+			return pageKey{At: int64(r.TxID), Position: r.Position}
 		}
-		return pageKey{t.At, t.Position}
+		return t
 	}
 	var after pageKey
 	if !tq.After.IsZero() {
 		if tq.Order == OrderLedger {
-			after = pageKey{int64(tq.After.Ledger.TxID), tq.After.Ledger.Position}
+			after = pageKey{At: int64(tq.After.Ledger.TxID), Position: tq.After.Ledger.Position}
 		} else {
-			after = pageKey{tq.After.Time.At, tq.After.Time.Position}
+			after = tq.After.Time
 		}
 	}
 	// beyond reports whether k lies past the cursor, on the page's side.
@@ -296,9 +283,9 @@ func ReadTimeline(ctx context.Context, q schema.Queryer, tq TimelineQuery, fn fu
 			return true
 		}
 		if tq.NewestFirst {
-			return k.compare(after) < 0
+			return k.Compare(after) < 0
 		}
-		return k.compare(after) > 0
+		return k.Compare(after) > 0
 	}
 	var (
 		state   domain.User
@@ -365,9 +352,9 @@ func ReadTimeline(ctx context.Context, q schema.Queryer, tq TimelineQuery, fn fu
 		last := page[len(page)-1]
 		p.Next = Cursor{Order: tq.Order}
 		if tq.Order == OrderLedger {
-			p.Next.Ledger = schema.Cursor{TxID: uint64(last.key.hi), Position: last.key.lo}
+			p.Next.Ledger = schema.Cursor{TxID: uint64(last.key.At), Position: last.key.Position}
 		} else {
-			p.Next.Time = domain.TimeKey{At: last.key.hi, Position: last.key.lo}
+			p.Next.Time = last.key
 		}
 	}
 	if len(page) == 0 {
@@ -381,7 +368,7 @@ func ReadTimeline(ctx context.Context, q schema.Queryer, tq TimelineQuery, fn fu
 		first := page[0].key
 		if _, err := schema.EachTimelineRow(ctx, q, tq.UserID, domain.UserEventTypes(), func(r schema.TimelineRow) error {
 			d, ok, t, listed := pass(r)
-			if ok && listed && keyOf(r, t).compare(first) < 0 {
+			if ok && listed && keyOf(r, t).Compare(first) < 0 {
 				before.Add(d)
 			}
 			return nil
