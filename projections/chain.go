@@ -44,5 +44,6 @@ func (*Chain) Apply(ctx context.Context, tx *sqlx.Tx, events []domain.Event) ([]
 
 func (*Chain) gapless() {}
 
-// Default returns the projectors a service runs: users and the chain sealer.
-func Default() []Projector { return []Projector{NewUsers(), NewChain()} }
+// Default returns the projectors a service runs: users, the chain sealer
+// and the audit workspace's read models.
+func Default() []Projector { return []Projector{NewUsers(), NewChain(), NewWorkspace()} }
