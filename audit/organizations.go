@@ -35,6 +35,29 @@ func checkID(what, id string) error {
 	return nil
 }
 
+// occurredBy is the EventFilter.Until that keeps events whose occurred_at
+// is at or before at (zero: no bound). occurred_at has microsecond
+// precision: <= at is < at's next microsecond.
+func occurredBy(at time.Time) time.Time {
+	if at.IsZero() {
+		return time.Time{}
+	}
+	return at.UTC().Truncate(time.Microsecond).Add(time.Microsecond)
+}
+
+// OrganizationPage says which page of an organization's history
+// Organization lists. The history is in ledger order (an organization's
+// events have no one updated_at to order by: membership and invitation
+// events carry their own).
+type OrganizationPage struct {
+	After    schema.Cursor // continue after this place (from NextCursor)
+	Limit    int           // events on the page, default DefaultAuditLimit
+	MaxBytes int64         // end the page once its bodies reach this; default MaxPageBytes
+	// Later lists the events that occurred after `at` too (the audit
+	// page's history shows them greyed); the fold never reads them.
+	Later bool
+}
+
 // OrganizationHistory is one organization's state at a point in time, its
 // memberships by then (its members, and those who had left), and one page
 // of its history: the organization, membership and invitation events
@@ -80,7 +103,7 @@ type OrganizationHistory struct {
 // recorded (organization id, at, cursor, the events on the page as its
 // row count) before Organization returns. Errors: EINVALID for a bad id;
 // EUNAVAILABLE when the audit reads' connections are all busy.
-func (s *Service) Organization(ctx context.Context, a Actor, orgID string, at time.Time, page UserPage) (OrganizationHistory, error) {
+func (s *Service) Organization(ctx context.Context, a Actor, orgID string, at time.Time, page OrganizationPage) (OrganizationHistory, error) {
 	if err := checkID("organization id", orgID); err != nil {
 		return OrganizationHistory{}, err
 	}
@@ -120,7 +143,7 @@ func readOnly(ctx context.Context, db *sqlx.DB, what string, fn func(tx *sqlx.Tx
 }
 
 // organizationView reads what Organization answers, without slot or record.
-func organizationView(ctx context.Context, db *sqlx.DB, orgID string, at time.Time, page UserPage) (OrganizationHistory, error) {
+func organizationView(ctx context.Context, db *sqlx.DB, orgID string, at time.Time, page OrganizationPage) (OrganizationHistory, error) {
 	h := OrganizationHistory{OrganizationID: orgID, Events: []EventJSON{}, Memberships: []domain.Membership{}}
 	if !at.IsZero() {
 		at = at.UTC()

@@ -178,7 +178,7 @@ func TestOrganizationAtPointsInTime(t *testing.T) {
 		}
 		return strings.Join(out, " ")
 	}
-	h, err := svc.Organization(context.Background(), a, "org_acme", at(1.5), audit.UserPage{})
+	h, err := svc.Organization(context.Background(), a, "org_acme", at(1.5), audit.OrganizationPage{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +189,7 @@ func TestOrganizationAtPointsInTime(t *testing.T) {
 	if h.Total != 4 || h.Count != 4 || h.PoisonCount != 1 || !strings.Contains(h.Poison[0], "no membership user") {
 		t.Fatalf("at 1.5 h: total %d, count %d, poison %v", h.Total, h.Count, h.Poison)
 	}
-	h, err = svc.Organization(context.Background(), a, "org_acme", at(4.5), audit.UserPage{})
+	h, err = svc.Organization(context.Background(), a, "org_acme", at(4.5), audit.OrganizationPage{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +199,7 @@ func TestOrganizationAtPointsInTime(t *testing.T) {
 	if h.Projection != nil || h.Matches != nil {
 		t.Fatal("a point-in-time view compared itself with the projection")
 	}
-	h, err = svc.Organization(context.Background(), a, "org_beta", time.Time{}, audit.UserPage{})
+	h, err = svc.Organization(context.Background(), a, "org_beta", time.Time{}, audit.OrganizationPage{})
 	if err != nil || !h.State.Deleted || h.MembersCount != 0 || members(h) != "user_ada:org:member" {
 		t.Fatalf("beta now: %+v %s %v", h.State, members(h), err)
 	}
@@ -209,7 +209,7 @@ func TestOrganizationAtPointsInTime(t *testing.T) {
 		t.Fatal(err)
 	}
 	var listed []string
-	page := audit.UserPage{Limit: 2}
+	page := audit.OrganizationPage{Limit: 2}
 	for {
 		h, err = svc.Organization(context.Background(), a, "org_acme", time.Time{}, page)
 		if err != nil {
@@ -240,7 +240,7 @@ func TestOrganizationAtPointsInTime(t *testing.T) {
 	if err := db.Get(&n, `SELECT count(*) FROM audit_access WHERE action = $1 AND filters->>'organization_id' = 'org_acme'`, schema.ActionOrganization); err != nil || n != 2+4 {
 		t.Fatalf("%d accesses recorded (%v)", n, err)
 	}
-	h, err = svc.Organization(context.Background(), a, "org_none", time.Time{}, audit.UserPage{})
+	h, err = svc.Organization(context.Background(), a, "org_none", time.Time{}, audit.OrganizationPage{})
 	if err != nil || h.Exists || h.Total != 0 {
 		t.Fatalf("unknown organization: %+v %v", h, err)
 	}

@@ -99,7 +99,7 @@ func TestAuditOrganizationViews(t *testing.T) {
 		t.Fatalf("organization page: %s %.500s", res.Status, html)
 	}
 	mustContain(t, html, "<bdi>Acme Corp</bdi>", `id="org-members-count">2<`, `href="/audit/users/`+ada.ID+`"`,
-		`href="/audit/users/`+bob.ID+`"`, "org:admin", "<span class=\"ok\">matches</span>", "organizationMembership.created",
+		`href="/audit/users/`+bob.ID+`"`, "org:admin", `<span class="badge badge-ok">matches</span>`, "organizationMembership.created",
 		"(events 1–4 of 4, ledger order)")
 	mustNotContain(t, html, "Secret Org")
 
@@ -110,10 +110,19 @@ func TestAuditOrganizationViews(t *testing.T) {
 	mustNotContain(t, html, "matches")
 
 	// The user view lists Ada's organizations then: Gamma before she left.
-	_, html = e.get(t, "/audit/users/"+ada.ID+"?at="+t0.Add(5*time.Minute).UTC().Format("2006-01-02T15:04:05"), auditor, ownPages)
-	mustContain(t, html, `id="user-organizations"`, `href="/audit/organizations/org_gamma_web"`, "<bdi>Gamma</bdi>")
+	// It links to each organization's view at the same instant, and
+	// each membership event of the change history to its organization.
+	at5 := t0.Add(5 * time.Minute).UTC()
+	_, html = e.get(t, "/audit/users/"+ada.ID+"?at="+at5.Format("2006-01-02T15:04:05"), auditor, ownPages)
+	mustContain(t, html, `id="user-organizations"`, `href="/audit/organizations/org_gamma_web?at=`+url.QueryEscape(at5.Format(time.RFC3339Nano))+`"`,
+		"<bdi>Gamma</bdi>", `<span class="badge badge-ok">member</span>`)
 	_, html = e.get(t, "/audit/users/"+ada.ID, auditor, ownPages)
-	mustContain(t, html, "organization deleted", "left at")
+	mustContain(t, html, `<span class="badge badge-bad">organization deleted</span>`, `<span class="badge badge-warn">left</span>`,
+		`href="/audit/organizations/org_gamma_web"`, `href="/audit/organizations/org_acme_web?at=`)
+
+	// Search results link each organization event to its organization then.
+	_, html = e.get(t, "/audit/search?type=organization.*", auditor, ownPages)
+	mustContain(t, html, `href="/audit/organizations/org_acme_web?at=`, `href="/audit/organizations/org_secret_web?at=`)
 
 	// The API, and its refusals.
 	res, body := e.get(t, "/api/audit/organizations/org_acme_web?limit=2", nil, bearer(e.token(t, "user_org_auditor")))

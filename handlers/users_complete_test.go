@@ -60,7 +60,9 @@ func TestCompleteUserAndPrivateMetadataOnlyForAuditors(t *testing.T) {
 	// The auditor's page and API show it, escaped like every value.
 	auditor := map[string]string{sessionCookie: e.token(t, "user_pm_auditor")}
 	_, html = e.get(t, "/audit/users/"+u.ID, auditor, http.Header{"Sec-Fetch-Site": {"same-origin"}})
-	mustContain(t, html, `id="private-metadata"`, privateMarker, "banned-for-chargebacks", "&#43;49 30 1234567", "crm-77", `<span class="ok">matches</span>`)
+	mustContain(t, html, `id="private-metadata"`, privateMarker, "banned-for-chargebacks", "&#43;49 30 1234567", "crm-77", `<span class="badge badge-ok">matches</span>`,
+		// The change history names the private metadata's change, and the ban.
+		`<code>private_metadata.note</code>`, `<code>banned</code>`, `<code>two_factor_enabled</code>`, `<code>primary_phone</code>`)
 	res, body = e.get(t, "/api/audit/users/"+u.ID, nil, bearer(e.token(t, "user_pm_auditor")))
 	var h audit.UserHistory
 	if res.StatusCode != http.StatusOK || json.Unmarshal([]byte(body), &h) != nil {
@@ -69,6 +71,17 @@ func TestCompleteUserAndPrivateMetadataOnlyForAuditors(t *testing.T) {
 	if !strings.Contains(string(h.State.PrivateMetadata), "banned-for-chargebacks") || !h.State.Banned || h.State.Phone != u.Phone ||
 		h.Matches == nil || !*h.Matches {
 		t.Fatalf("audit state %+v, matches %v", h.State, h.Matches)
+	}
+	changed := map[string]bool{}
+	for _, e := range h.Events {
+		for _, c := range e.Changes {
+			changed[c.Field] = true
+		}
+	}
+	for _, f := range []string{"private_metadata.note", "banned", "email_verified", "external_id", "last_sign_in_at", "last_active_at"} {
+		if !changed[f] {
+			t.Errorf("the audit API's change lists lack %s: %v", f, changed)
+		}
 	}
 	// As of before the update: the earlier private metadata, not banned.
 	res, body = e.get(t, "/api/audit/users/"+u.ID+"?at="+u.UpdatedAt.Add(-time.Minute).UTC().Format(time.RFC3339), nil, bearer(e.token(t, "user_pm_auditor")))

@@ -56,7 +56,7 @@ func TestSeedStatusCheckRebuildCLI(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("status --json: %v\n%s", err, out)
 	}
-	if len(st) != 3 || st[0].Name != "chain" || st[1].Name != "organizations" || st[2].Name != "users" || st[2].Started {
+	if len(st) != 4 || st[0].Name != "chain" || st[1].Name != "organizations" || st[2].Name != "users" || st[2].Started || st[3].Name != "workspace" {
 		t.Fatalf("status before any projector ran: %+v", st)
 	}
 
