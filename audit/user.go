@@ -217,5 +217,21 @@ func SameUser(a, b domain.User) bool {
 	return a.ID == b.ID && a.Email == b.Email && a.FirstName == b.FirstName && a.LastName == b.LastName &&
 		a.Username == b.Username && a.ImageURL == b.ImageURL && a.CreatedAt.Equal(b.CreatedAt) &&
 		a.UpdatedAt.Equal(b.UpdatedAt) && a.Deleted == b.Deleted && a.DeletedAt.Equal(b.DeletedAt) &&
-		a.Version == b.Version
+		a.Version == b.Version && sameCompleteUser(a, b)
+}
+
+// sameCompleteUser compares the fields of a complete user (issue 16),
+// private metadata as a JSON value.
+func sameCompleteUser(a, b domain.User) bool {
+	return a.Phone == b.Phone && a.EmailVerified == b.EmailVerified && a.ExternalID == b.ExternalID &&
+		a.Banned == b.Banned && a.Locked == b.Locked && a.TwoFactorEnabled == b.TwoFactorEnabled &&
+		a.LastSignInAt.Equal(b.LastSignInAt) && a.LastActiveAt.Equal(b.LastActiveAt) &&
+		sameJSON(orEmpty(a.PrivateMetadata), orEmpty(b.PrivateMetadata))
+}
+
+func orEmpty(raw json.RawMessage) json.RawMessage {
+	if len(raw) == 0 {
+		return json.RawMessage(`{}`)
+	}
+	return raw
 }

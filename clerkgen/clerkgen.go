@@ -54,6 +54,17 @@ type User struct {
 	PublicMetadata map[string]any
 	CreatedAt      time.Time
 	UpdatedAt      time.Time
+
+	// The rest of the user object. Zero values are Clerk's defaults:
+	// verified email, no external id, not banned or locked, two-factor
+	// off, last signed in and active at UpdatedAt, empty private metadata.
+	EmailUnverified  bool
+	ExternalID       string
+	Banned           bool
+	Locked           bool
+	TwoFactorEnabled bool
+	LastSignInAt     time.Time
+	PrivateMetadata  map[string]any
 }
 
 func nullable(s string) any {
@@ -110,6 +121,11 @@ func Event(typ string, u User, at time.Time) ([]byte, error) {
 	default:
 		return nil, fmt.Errorf("cannot build a %q event (known: %s)", typ, strings.Join(EventTypes, ", "))
 	}
+	return envelope(typ, data, at)
+}
+
+// envelope wraps data in Clerk's webhook envelope.
+func envelope(typ string, data any, at time.Time) ([]byte, error) {
 	return json.Marshal(map[string]any{
 		"data":        data,
 		"object":      "event",
@@ -132,7 +148,7 @@ func userObject(u User) map[string]any {
 		emails = append(emails, map[string]any{
 			"id": id, "object": "email_address", "email_address": u.Email,
 			"linked_to": []any{}, "reserved": false,
-			"verification": map[string]any{"status": "verified", "strategy": "email_code", "attempts": 1, "expire_at": u.CreatedAt.Add(10 * time.Minute).UnixMilli()},
+			"verification": map[string]any{"status": map[bool]string{false: "verified", true: "unverified"}[u.EmailUnverified], "strategy": "email_code", "attempts": 1, "expire_at": u.CreatedAt.Add(10 * time.Minute).UnixMilli()},
 		})
 	}
 	phones := []any{}
@@ -149,6 +165,14 @@ func userObject(u User) map[string]any {
 	if meta == nil {
 		meta = map[string]any{}
 	}
+	private := u.PrivateMetadata
+	if private == nil {
+		private = map[string]any{}
+	}
+	signedIn := u.LastSignInAt
+	if signedIn.IsZero() {
+		signedIn = u.UpdatedAt
+	}
 	return map[string]any{
 		"id": u.ID, "object": "user",
 		"username": nullable(u.Username), "first_name": nullable(u.FirstName), "last_name": nullable(u.LastName),
@@ -157,10 +181,10 @@ func userObject(u User) map[string]any {
 		"primary_email_address_id": primaryEmail, "primary_phone_number_id": primaryPhone,
 		"primary_web3_wallet_id": nil,
 		"email_addresses":        emails, "phone_numbers": phones, "web3_wallets": []any{}, "external_accounts": []any{},
-		"password_enabled": true, "two_factor_enabled": false, "totp_enabled": false, "backup_code_enabled": false,
-		"public_metadata": meta, "private_metadata": map[string]any{}, "unsafe_metadata": map[string]any{},
-		"external_id": nil, "banned": false, "locked": false,
-		"last_sign_in_at": u.UpdatedAt.UnixMilli(), "last_active_at": u.UpdatedAt.UnixMilli(),
+		"password_enabled": true, "two_factor_enabled": u.TwoFactorEnabled, "totp_enabled": u.TwoFactorEnabled, "backup_code_enabled": false,
+		"public_metadata": meta, "private_metadata": private, "unsafe_metadata": map[string]any{},
+		"external_id": nullable(u.ExternalID), "banned": u.Banned, "locked": u.Locked,
+		"last_sign_in_at": signedIn.UnixMilli(), "last_active_at": u.UpdatedAt.UnixMilli(),
 		"created_at": u.CreatedAt.UnixMilli(), "updated_at": u.UpdatedAt.UnixMilli(),
 	}
 }
@@ -189,4 +213,190 @@ func (s *Signer) Headers(id string, at time.Time, body []byte) http.Header {
 	h.Set("svix-signature", sig)
 	h.Set("Content-Type", "application/json")
 	return h
+}
+
+// Organization describes a Clerk organization for OrganizationEvent and
+// MembershipEvent. Zero times become the event's time.
+type Organization struct {
+	ID             string // "org_…"; NewID("org") when empty
+	Name           string
+	Slug           string
+	ImageURL       string
+	PublicMetadata map[string]any
+	CreatedBy      string // a user id
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
+}
+
+// Membership describes one user's membership of an organization. Role is
+// Clerk's role key ("org:admin", "org:member"); Permissions default to
+// the permissions Clerk gives that role.
+type Membership struct {
+	ID           string // "orgmem_…"; NewID("orgmem") when empty
+	Organization Organization
+	User         User
+	Role         string
+	Permissions  []string
+	CreatedAt    time.Time
+	UpdatedAt    time.Time
+}
+
+// Invitation describes an invitation to an organization.
+type Invitation struct {
+	ID           string // "orginv_…"
+	Organization Organization
+	Email        string
+	Role         string
+	Status       string // pending, accepted, revoked
+	CreatedAt    time.Time
+	UpdatedAt    time.Time
+}
+
+// OrganizationEventTypes are the types OrganizationEvent, MembershipEvent
+// and InvitationEvent build.
+var OrganizationEventTypes = []string{
+	"organization.created", "organization.updated", "organization.deleted",
+	"organizationMembership.created", "organizationMembership.updated", "organizationMembership.deleted",
+	"organizationInvitation.created", "organizationInvitation.accepted", "organizationInvitation.revoked",
+}
+
+// rolePermissions are the system permissions Clerk gives its default roles.
+var rolePermissions = map[string][]string{
+	"org:admin": {"org:sys_profile:manage", "org:sys_profile:delete", "org:sys_memberships:read",
+		"org:sys_memberships:manage", "org:sys_domains:read", "org:sys_domains:manage"},
+	"org:member": {"org:sys_memberships:read"},
+}
+
+func (o Organization) fill(at time.Time) Organization {
+	if o.ID == "" {
+		o.ID = NewID("org")
+	}
+	if o.CreatedAt.IsZero() {
+		o.CreatedAt = at
+	}
+	if o.UpdatedAt.IsZero() {
+		o.UpdatedAt = at
+	}
+	return o
+}
+
+func organizationObject(o Organization) map[string]any {
+	meta := o.PublicMetadata
+	if meta == nil {
+		meta = map[string]any{}
+	}
+	img := o.ImageURL
+	if img == "" {
+		img = "https://img.clerk.com/eyJ0eXBlIjoiZGVmYXVsdCIsImlpZCI6Imluc18yY1hqVm1FMWx3Zm5HYUhXb0FiNnA3WFBrRFMiLCJyaWQiOiJvcmcifQ"
+	}
+	return map[string]any{
+		"id": o.ID, "object": "organization", "name": o.Name, "slug": nullable(o.Slug),
+		"image_url": img, "logo_url": nil, "has_image": o.ImageURL != "",
+		"created_by": o.CreatedBy, "public_metadata": meta, "private_metadata": map[string]any{},
+		"max_allowed_memberships": 5, "admin_delete_enabled": true,
+		"created_at": o.CreatedAt.UnixMilli(), "updated_at": o.UpdatedAt.UnixMilli(),
+	}
+}
+
+// OrganizationEvent builds the body of an organization.created, .updated
+// or .deleted webhook about o, sent at `at` (a deletion carries only the
+// id, as Clerk sends it).
+func OrganizationEvent(typ string, o Organization, at time.Time) ([]byte, error) {
+	o = o.fill(at)
+	var data any
+	switch typ {
+	case "organization.created", "organization.updated":
+		data = organizationObject(o)
+	case "organization.deleted":
+		data = map[string]any{"id": o.ID, "object": "organization", "deleted": true}
+	default:
+		return nil, fmt.Errorf("cannot build a %q organization event", typ)
+	}
+	return envelope(typ, data, at)
+}
+
+// MembershipEvent builds the body of an organizationMembership.created,
+// .updated or .deleted webhook about m, sent at `at`: the membership with
+// its organization object and the user's public data, as Clerk sends it
+// (deletions too).
+func MembershipEvent(typ string, m Membership, at time.Time) ([]byte, error) {
+	switch typ {
+	case "organizationMembership.created", "organizationMembership.updated", "organizationMembership.deleted":
+	default:
+		return nil, fmt.Errorf("cannot build a %q membership event", typ)
+	}
+	if m.ID == "" {
+		m.ID = NewID("orgmem")
+	}
+	if m.User.ID == "" {
+		m.User.ID = NewID("user")
+	}
+	if m.CreatedAt.IsZero() {
+		m.CreatedAt = at
+	}
+	if m.UpdatedAt.IsZero() {
+		m.UpdatedAt = at
+	}
+	if m.Role == "" {
+		m.Role = "org:member"
+	}
+	perms := m.Permissions
+	if perms == nil {
+		perms = rolePermissions[m.Role]
+	}
+	if perms == nil {
+		perms = []string{}
+	}
+	identifier := m.User.Email
+	if identifier == "" {
+		identifier = m.User.Phone
+	}
+	data := map[string]any{
+		"id": m.ID, "object": "organization_membership",
+		"organization": organizationObject(m.Organization.fill(at)),
+		"public_user_data": map[string]any{
+			"user_id": m.User.ID, "first_name": nullable(m.User.FirstName), "last_name": nullable(m.User.LastName),
+			"identifier": identifier, "has_image": false,
+			"image_url": "https://img.clerk.com/eyJ0eXBlIjoiZGVmYXVsdCJ9",
+		},
+		"role": m.Role, "role_name": strings.TrimPrefix(m.Role, "org:"), "permissions": perms,
+		"public_metadata": map[string]any{}, "private_metadata": map[string]any{},
+		"created_at": m.CreatedAt.UnixMilli(), "updated_at": m.UpdatedAt.UnixMilli(),
+	}
+	return envelope(typ, data, at)
+}
+
+// InvitationEvent builds the body of an organizationInvitation.created,
+// .accepted or .revoked webhook about inv, sent at `at`.
+func InvitationEvent(typ string, inv Invitation, at time.Time) ([]byte, error) {
+	switch typ {
+	case "organizationInvitation.created", "organizationInvitation.accepted", "organizationInvitation.revoked":
+	default:
+		return nil, fmt.Errorf("cannot build a %q invitation event", typ)
+	}
+	if inv.ID == "" {
+		inv.ID = NewID("orginv")
+	}
+	o := inv.Organization.fill(at)
+	if inv.Role == "" {
+		inv.Role = "org:member"
+	}
+	if inv.Status == "" {
+		inv.Status = map[string]string{"organizationInvitation.created": "pending", "organizationInvitation.accepted": "accepted",
+			"organizationInvitation.revoked": "revoked"}[typ]
+	}
+	if inv.CreatedAt.IsZero() {
+		inv.CreatedAt = at
+	}
+	if inv.UpdatedAt.IsZero() {
+		inv.UpdatedAt = at
+	}
+	data := map[string]any{
+		"id": inv.ID, "object": "organization_invitation", "email_address": inv.Email,
+		"organization_id": o.ID, "role": inv.Role, "role_name": strings.TrimPrefix(inv.Role, "org:"), "status": inv.Status,
+		"public_metadata": map[string]any{}, "private_metadata": map[string]any{},
+		"created_at": inv.CreatedAt.UnixMilli(), "updated_at": inv.UpdatedAt.UnixMilli(),
+		"expires_at": inv.CreatedAt.Add(30 * 24 * time.Hour).UnixMilli(),
+	}
+	return envelope(typ, data, at)
 }

@@ -10,10 +10,10 @@ import (
 
 // UserState is a user as a change list compares it: the folded User (the
 // projection's row, Apply's result) and the details of the snapshot that
-// won it, which the projection does not keep (every email address, phone
-// numbers, banned and locked, private and unsafe metadata, external id).
-// Detail always comes from the same snapshot as User: the one with the
-// greatest Version; a tombstone clears it.
+// won it, which the projection does not keep (every email address and
+// phone number, unsafe metadata). Detail always comes from the same
+// snapshot as User: the one with the greatest Version; a tombstone clears
+// it.
 type UserState struct {
 	User   User
 	Detail UserDetail
@@ -21,13 +21,9 @@ type UserState struct {
 
 // UserDetail is what a change list shows of a snapshot beyond User.
 type UserDetail struct {
-	Emails          []string        // every email address, sorted
-	Phones          []string        // every phone number, sorted
-	PrimaryPhone    string          // the primary phone number
-	Banned, Locked  bool            // Clerk's banned and locked flags
-	ExternalID      string          // external_id
-	PrivateMetadata json.RawMessage // private_metadata (an object, or absent)
-	UnsafeMetadata  json.RawMessage // unsafe_metadata
+	Emails         []string        // every email address, sorted
+	Phones         []string        // every phone number, sorted
+	UnsafeMetadata json.RawMessage // unsafe_metadata
 }
 
 // detailData is the part of a user object UserDetail reads.
@@ -36,15 +32,9 @@ type detailData struct {
 		EmailAddress string `json:"email_address"`
 	} `json:"email_addresses"`
 	PhoneNumbers []struct {
-		ID          string `json:"id"`
 		PhoneNumber string `json:"phone_number"`
 	} `json:"phone_numbers"`
-	PrimaryPhoneNumberID *string         `json:"primary_phone_number_id"`
-	Banned               bool            `json:"banned"`
-	Locked               bool            `json:"locked"`
-	ExternalID           *string         `json:"external_id"`
-	PrivateMetadata      json.RawMessage `json:"private_metadata"`
-	UnsafeMetadata       json.RawMessage `json:"unsafe_metadata"`
+	UnsafeMetadata json.RawMessage `json:"unsafe_metadata"`
 }
 
 // decodeDetail reads the UserDetail of a user event's body. Fields of other
@@ -74,21 +64,14 @@ func decodeDetail(body []byte) UserDetail {
 		}
 	}
 	for _, p := range d.PhoneNumbers {
-		if p.PhoneNumber == "" {
-			continue
-		}
-		u.Phones = append(u.Phones, StorableText(p.PhoneNumber))
-		if d.PrimaryPhoneNumberID != nil && p.ID == *d.PrimaryPhoneNumberID {
-			u.PrimaryPhone = StorableText(p.PhoneNumber)
+		if p.PhoneNumber != "" {
+			u.Phones = append(u.Phones, StorableText(p.PhoneNumber))
 		}
 	}
 	slices.Sort(u.Emails)
 	u.Emails = slices.Compact(u.Emails)
 	slices.Sort(u.Phones)
 	u.Phones = slices.Compact(u.Phones)
-	u.Banned, u.Locked = d.Banned, d.Locked
-	u.ExternalID = StorableText(str(d.ExternalID))
-	u.PrivateMetadata = keepJSON(d.PrivateMetadata)
 	u.UnsafeMetadata = keepJSON(d.UnsafeMetadata)
 	return u
 }
@@ -165,8 +148,10 @@ func metadataFields(out []Field, prefix string, raw json.RawMessage) []Field {
 
 // Fields returns s as named values in a fixed order, absent ones left out:
 // the form Changes compares. Every field of User but Version is one of
-// them (public_metadata one per top-level key), so two states with the
-// same Fields are the same user record.
+// them (public_metadata and private_metadata one per top-level key), so
+// two states with the same Fields are the same user record.
+// private_metadata is for auditors only (see User.PrivateMetadata): change
+// lists are shown in the audit views alone.
 func (s UserState) Fields() []Field {
 	u, d := s.User, s.Detail
 	all := []Field{
@@ -175,13 +160,17 @@ func (s UserState) Fields() []Field {
 		{"last_name", u.LastName},
 		{"username", u.Username},
 		{"email", u.Email},
+		{"email_verified", fieldBool(u.EmailVerified)},
 		{"email_addresses", strings.Join(d.Emails, ", ")},
 		{"phone_numbers", strings.Join(d.Phones, ", ")},
-		{"primary_phone", d.PrimaryPhone},
+		{"primary_phone", u.Phone},
 		{"image_url", u.ImageURL},
-		{"external_id", d.ExternalID},
-		{"banned", fieldBool(d.Banned)},
-		{"locked", fieldBool(d.Locked)},
+		{"external_id", u.ExternalID},
+		{"banned", fieldBool(u.Banned)},
+		{"locked", fieldBool(u.Locked)},
+		{"two_factor_enabled", fieldBool(u.TwoFactorEnabled)},
+		{"last_sign_in_at", fieldTime(u.LastSignInAt)},
+		{"last_active_at", fieldTime(u.LastActiveAt)},
 		{"deleted", fieldBool(u.Deleted)},
 		{"deleted_at", fieldTime(u.DeletedAt)},
 		{"created_at", fieldTime(u.CreatedAt)},
@@ -194,16 +183,17 @@ func (s UserState) Fields() []Field {
 		}
 	}
 	out = metadataFields(out, "public_metadata", u.PublicMetadata)
-	out = metadataFields(out, "private_metadata", d.PrivateMetadata)
+	out = metadataFields(out, "private_metadata", u.PrivateMetadata)
 	return metadataFields(out, "unsafe_metadata", d.UnsafeMetadata)
 }
 
 // fieldOrder is the rank of each fixed field in Fields; metadata fields
 // come after them, by kind and then key.
 var fieldOrder = map[string]int{"id": 0, "first_name": 1, "last_name": 2, "username": 3, "email": 4,
-	"email_addresses": 5, "phone_numbers": 6, "primary_phone": 7, "image_url": 8, "external_id": 9,
-	"banned": 10, "locked": 11, "deleted": 12, "deleted_at": 13, "created_at": 14, "updated_at": 15,
-	"public_metadata": 16, "private_metadata": 17, "unsafe_metadata": 18}
+	"email_verified": 5, "email_addresses": 6, "phone_numbers": 7, "primary_phone": 8, "image_url": 9,
+	"external_id": 10, "banned": 11, "locked": 12, "two_factor_enabled": 13, "last_sign_in_at": 14,
+	"last_active_at": 15, "deleted": 16, "deleted_at": 17, "created_at": 18, "updated_at": 19,
+	"public_metadata": 20, "private_metadata": 21, "unsafe_metadata": 22}
 
 func compareFields(a, b string) int {
 	rank := func(n string) int {

@@ -19,6 +19,8 @@ type snap struct {
 	primary                                    string   // the primary email (must be in emails, or "")
 	emails, phones                             []string // phones[0] is primary
 	banned, locked                             bool
+	verified, twoFactor                        bool  // the primary email verified, two-factor on
+	lastSignIn, lastActive                     int64 // ms, 0: null
 	public, private                            map[string]any
 	created, updated                           int64 // ms
 }
@@ -38,10 +40,14 @@ func (s snap) event(pos int64, typ string, occurred int64) domain.Event {
 		var primary any
 		for i, e := range s.emails {
 			id := fmt.Sprintf("idn_e%d", i)
+			a := map[string]any{"id": id, "email_address": e}
 			if e == s.primary {
 				primary = id
+				if s.verified {
+					a["verification"] = map[string]any{"status": "verified", "strategy": "email_code"}
+				}
 			}
-			emails = append(emails, map[string]any{"id": id, "email_address": e})
+			emails = append(emails, a)
 		}
 		phones := []any{}
 		var primaryPhone any
@@ -61,7 +67,8 @@ func (s snap) event(pos int64, typ string, occurred int64) domain.Event {
 			"username": nullable(s.username), "image_url": s.image, "external_id": nullable(s.external),
 			"primary_email_address_id": primary, "email_addresses": emails,
 			"primary_phone_number_id": primaryPhone, "phone_numbers": phones,
-			"banned": s.banned, "locked": s.locked,
+			"banned": s.banned, "locked": s.locked, "two_factor_enabled": s.twoFactor,
+			"last_sign_in_at": nullableMs(s.lastSignIn), "last_active_at": nullableMs(s.lastActive),
 			"public_metadata": public, "private_metadata": s.private, "unsafe_metadata": map[string]any{},
 			"created_at": s.created, "updated_at": s.updated,
 		}
@@ -70,6 +77,14 @@ func (s snap) event(pos int64, typ string, occurred int64) domain.Event {
 		"event_attributes": map[string]any{"http_request": map[string]any{"client_ip": "192.0.2.7", "user_agent": "test-agent/1"}}})
 	return domain.Event{Position: pos, DeliveryID: fmt.Sprintf("msg_%06d", pos), Type: typ, UserID: s.id, Body: body,
 		OccurredAt: time.UnixMilli(occurred).UTC()}
+}
+
+// nullableMs is a Clerk timestamp field: 0 is null.
+func nullableMs(ms int64) any {
+	if ms == 0 {
+		return nil
+	}
+	return ms
 }
 
 func changesText(cs []domain.Change) string {
@@ -122,6 +137,12 @@ func TestChangeListEveryField(t *testing.T) {
 		{"locked", func(u *snap) { u.locked = true }, "locked:  -> true"},
 		{"unbanned and unlocked", func(u *snap) { u.banned, u.locked = false, false }, "banned: true -> ; locked: true -> "},
 		{"external id", func(u *snap) { u.external = "crm-7" }, "external_id:  -> crm-7"},
+		{"email verified", func(u *snap) { u.verified = true }, "email_verified:  -> true"},
+		{"two-factor", func(u *snap) { u.twoFactor = true }, "two_factor_enabled:  -> true"},
+		{"signed in", func(u *snap) { u.lastSignIn, u.lastActive = 20_500, 20_600 },
+			"last_sign_in_at:  -> 1970-01-01T00:00:20.500Z; last_active_at:  -> 1970-01-01T00:00:20.600Z"},
+		{"active again", func(u *snap) { u.lastActive = 21_700 }, "last_active_at: 1970-01-01T00:00:20.600Z -> 1970-01-01T00:00:21.700Z"},
+		{"primary email unverified", func(u *snap) { u.verified = false }, "email_verified: true -> "},
 	}
 	cur := base
 	for i, c := range cases {
@@ -141,7 +162,8 @@ func TestChangeListEveryField(t *testing.T) {
 	del := step(100, "user.deleted", snap{id: "user_1", updated: 50_000})
 	got := changesText(del.Changes)
 	for _, want := range []string{"deleted:  -> true", "deleted_at:  -> 1970-01-01T00:00:50.000Z", "last_name: Lovelace -> ", "email: a@lovelace.org -> ",
-		"phone_numbers: +15550100 -> ", "public_metadata.plan: \"pro\" -> ", "private_metadata.stripe: {\"id\":\"cus_1\"} -> ", "external_id: crm-7 -> "} {
+		"phone_numbers: +15550100 -> ", "public_metadata.plan: \"pro\" -> ", "private_metadata.stripe: {\"id\":\"cus_1\"} -> ", "external_id: crm-7 -> ",
+		"primary_phone: +15550100 -> ", "two_factor_enabled: true -> ", "last_sign_in_at: 1970-01-01T00:00:20.500Z -> "} {
 		if !strings.Contains(got, want) {
 			t.Errorf("deletion lacks %q: %s", want, got)
 		}
@@ -215,7 +237,7 @@ func randomHistory(r *rand.Rand, n int) []domain.Event {
 		if i == 0 {
 			typ = "user.created"
 		}
-		switch r.IntN(12) {
+		switch r.IntN(15) {
 		case 0:
 			u.first = names[r.IntN(len(names))]
 		case 1:
@@ -254,6 +276,13 @@ func randomHistory(r *rand.Rand, n int) []domain.Event {
 			if r.IntN(4) == 0 {
 				typ = "user.deleted"
 			}
+		case 11:
+			u.verified = !u.verified
+		case 12:
+			u.twoFactor = !u.twoFactor
+		case 13:
+			u.lastSignIn = []int64{0, u.updated, u.updated - 500}[r.IntN(3)]
+			u.lastActive = []int64{0, u.updated}[r.IntN(2)]
 		}
 		if r.IntN(4) != 0 { // a quarter of the snapshots tie on updated_at
 			u.updated += int64(1 + r.IntN(3000))

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -212,5 +213,36 @@ func TestFoldRefusesEventStoredForAnotherUser(t *testing.T) {
 	bad.UserID = ""
 	if id, err := domain.UserKey(bad); err != nil || id != "user_2" {
 		t.Fatalf("UserKey without a column = %q, %v, want the data's id", id, err)
+	}
+}
+
+// The rest of a Clerk app's users row (issue 16): primary phone, external
+// id, banned, locked, sign-in and activity times, two-factor, the primary
+// email's verification, private metadata; all cleared by the tombstone.
+func TestFoldKeepsTheCompleteUser(t *testing.T) {
+	body := `{"type":"user.updated","timestamp":5001,"data":{"id":"user_1","updated_at":2000,"created_at":1000,
+"primary_email_address_id":"e2","email_addresses":[{"id":"e1","email_address":"old@x","verification":{"status":"verified"}},
+  {"id":"e2","email_address":"new@x","verification":{"status":"unverified"}}],
+"primary_phone_number_id":"p2","phone_numbers":[{"id":"p1","phone_number":"+1 555"},{"id":"p2","phone_number":"+49 30\u0000"}],
+"external_id":"crm-42","banned":true,"locked":true,"two_factor_enabled":true,
+"last_sign_in_at":1700000000000,"last_active_at":1700000500000,
+"private_metadata":{"stripe_customer":"cus_1","note":"\u0000"}}}`
+	u, err := domain.Apply(domain.User{}, domain.Event{Position: 1, DeliveryID: "m1", Type: "user.updated", UserID: "user_1", Body: []byte(body), OccurredAt: time.UnixMilli(5001)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Email != "new@x" || u.EmailVerified || u.Phone != "+49 30\uFFFD" || u.ExternalID != "crm-42" || !u.Banned || !u.Locked || !u.TwoFactorEnabled ||
+		!u.LastSignInAt.Equal(time.UnixMilli(1700000000000)) || !u.LastActiveAt.Equal(time.UnixMilli(1700000500000)) ||
+		string(u.PrivateMetadata) != `{"stripe_customer":"cus_1","note":"\ufffd"}` {
+		t.Fatalf("folded %+v", u)
+	}
+	verified := userEvent(2, "user.updated", "user_1", 3000, "A", "B", "a@example.com")
+	verified.Body = []byte(strings.Replace(string(verified.Body), `"email_address":"a@example.com"`, `"email_address":"a@example.com","verification":{"status":"verified"}`, 1))
+	if u, _ = domain.Apply(u, verified); !u.EmailVerified || u.Phone != "" || u.Banned || string(u.PrivateMetadata) != `{}` || !u.LastSignInAt.IsZero() {
+		t.Fatalf("a newer snapshot without those fields: %+v", u)
+	}
+	u, _ = domain.Fold([]domain.Event{verified, userEvent(3, "user.deleted", "user_1", 0, "", "", "")})
+	if u.Phone != "" || u.EmailVerified || string(u.PrivateMetadata) != `{}` || !u.LastActiveAt.IsZero() {
+		t.Fatalf("tombstone %+v", u)
 	}
 }

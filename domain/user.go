@@ -22,6 +22,24 @@ type User struct {
 	DeletedAt      time.Time       `json:"deleted_at,omitzero"`
 	// Version orders the snapshots the fold has seen; the greatest wins.
 	Version Version `json:"-"`
+
+	// Phone is the primary phone number (primary_phone_number_id into
+	// phone_numbers), "" when there is none.
+	Phone string `json:"phone_number"`
+	// EmailVerified reports whether the primary email's verification
+	// status is "verified".
+	EmailVerified    bool      `json:"email_verified"`
+	ExternalID       string    `json:"external_id"`
+	Banned           bool      `json:"banned"`
+	Locked           bool      `json:"locked"`
+	TwoFactorEnabled bool      `json:"two_factor_enabled"`
+	LastSignInAt     time.Time `json:"last_sign_in_at,omitzero"`
+	LastActiveAt     time.Time `json:"last_active_at,omitzero"`
+	// PrivateMetadata is Clerk's private_metadata: what the app's backend
+	// keeps about the user and Clerk never shows the user (its Frontend
+	// API does not serve it). Only auditors see it: it is in no page or
+	// API answer for the user, only in the audit views (see README).
+	PrivateMetadata json.RawMessage `json:"private_metadata"`
 }
 
 // Version is the total order the fold uses to pick the newest snapshot of a
@@ -78,6 +96,9 @@ type userData struct {
 	EmailAddresses        []struct {
 		ID           string `json:"id"`
 		EmailAddress string `json:"email_address"`
+		Verification *struct {
+			Status string `json:"status"`
+		} `json:"verification"`
 	} `json:"email_addresses"`
 	FirstName      *string         `json:"first_name"`
 	LastName       *string         `json:"last_name"`
@@ -86,6 +107,37 @@ type userData struct {
 	PublicMetadata json.RawMessage `json:"public_metadata"`
 	CreatedAt      int64           `json:"created_at"`
 	UpdatedAt      int64           `json:"updated_at"`
+
+	PrimaryPhoneNumberID *string         `json:"primary_phone_number_id"`
+	PhoneNumbers         []phoneNumber   `json:"phone_numbers"`
+	ExternalID           *string         `json:"external_id"`
+	Banned               bool            `json:"banned"`
+	Locked               bool            `json:"locked"`
+	TwoFactorEnabled     bool            `json:"two_factor_enabled"`
+	LastSignInAt         *int64          `json:"last_sign_in_at"`
+	LastActiveAt         *int64          `json:"last_active_at"`
+	PrivateMetadata      json.RawMessage `json:"private_metadata"`
+}
+
+// phoneNumber is the part of a phone number object the fold reads.
+type phoneNumber = struct {
+	ID          string `json:"id"`
+	PhoneNumber string `json:"phone_number"`
+}
+
+func int64p(p *int64) int64 {
+	if p == nil {
+		return 0
+	}
+	return *p
+}
+
+// metadataOrEmpty is raw, or {} when raw is absent or null.
+func metadataOrEmpty(raw json.RawMessage) json.RawMessage {
+	if len(raw) == 0 || string(raw) == "null" {
+		return json.RawMessage(`{}`)
+	}
+	return raw
 }
 
 func str(p *string) string {
@@ -222,11 +274,21 @@ func (d UserEvent) Apply(u User) (User, Outcome) {
 	if u.Version != (Version{}) && !u.Version.Less(v) {
 		return u, OutcomeOlder
 	}
-	email := ""
+	email, verified := "", false
 	if dt.PrimaryEmailAddressID != nil {
 		for _, a := range dt.EmailAddresses {
 			if a.ID == *dt.PrimaryEmailAddressID {
 				email = a.EmailAddress
+				verified = a.Verification != nil && a.Verification.Status == "verified"
+				break
+			}
+		}
+	}
+	phone := ""
+	if dt.PrimaryPhoneNumberID != nil {
+		for _, p := range dt.PhoneNumbers {
+			if p.ID == *dt.PrimaryPhoneNumberID {
+				phone = p.PhoneNumber
 				break
 			}
 		}
@@ -248,6 +310,16 @@ func (d UserEvent) Apply(u User) (User, Outcome) {
 		CreatedAt:      msTime(dt.CreatedAt),
 		UpdatedAt:      msTime(dt.UpdatedAt),
 		Version:        v,
+
+		Phone:            StorableText(phone),
+		EmailVerified:    verified,
+		ExternalID:       StorableText(str(dt.ExternalID)),
+		Banned:           dt.Banned,
+		Locked:           dt.Locked,
+		TwoFactorEnabled: dt.TwoFactorEnabled,
+		LastSignInAt:     msTime(int64p(dt.LastSignInAt)),
+		LastActiveAt:     msTime(int64p(dt.LastActiveAt)),
+		PrivateMetadata:  append(json.RawMessage(nil), StorableJSON(metadataOrEmpty(dt.PrivateMetadata))...),
 	}, OutcomeApplied
 }
 
@@ -263,6 +335,8 @@ func tombstone(u User) User {
 		Deleted:        true,
 		DeletedAt:      u.DeletedAt,
 		Version:        Version{},
+
+		PrivateMetadata: json.RawMessage(`{}`),
 	}
 }
 

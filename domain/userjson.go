@@ -112,65 +112,172 @@ func (s *scanner) userData(d *userData) {
 		case "updated_at":
 			s.once(&seen, 10)
 			d.UpdatedAt = s.int64Value()
+		case "primary_phone_number_id":
+			s.once(&seen, 11)
+			d.PrimaryPhoneNumberID = s.optString()
+		case "phone_numbers":
+			s.once(&seen, 12)
+			d.PhoneNumbers = s.phones()
+		case "external_id":
+			s.once(&seen, 13)
+			d.ExternalID = s.optString()
+		case "banned":
+			s.once(&seen, 14)
+			d.Banned = s.boolValue()
+		case "locked":
+			s.once(&seen, 15)
+			d.Locked = s.boolValue()
+		case "two_factor_enabled":
+			s.once(&seen, 16)
+			d.TwoFactorEnabled = s.boolValue()
+		case "last_sign_in_at":
+			s.once(&seen, 17)
+			d.LastSignInAt = s.optInt64()
+		case "last_active_at":
+			s.once(&seen, 18)
+			d.LastActiveAt = s.optInt64()
+		case "private_metadata":
+			s.once(&seen, 19)
+			start := s.i
+			s.skip(2)
+			d.PrivateMetadata = json.RawMessage(s.b[start:s.i])
 		default:
 			s.foldCheck(key, "id", "deleted", "primary_email_address_id", "email_addresses", "first_name",
 				"last_name", "username", "image_url", "public_metadata", "created_at", "updated_at")
+			s.foldCheck(key, "primary_phone_number_id", "phone_numbers", "external_id", "banned", "locked",
+				"two_factor_enabled", "last_sign_in_at", "last_active_at", "private_metadata")
 			s.skip(2)
 		}
 	})
 }
 
+// optInt64 is a *int64 field: null gives nil.
+func (s *scanner) optInt64() *int64 {
+	if s.literal("null") {
+		return nil
+	}
+	n := s.int64Value()
+	return &n
+}
+
 type emailAddress = struct {
 	ID           string `json:"id"`
 	EmailAddress string `json:"email_address"`
+	Verification *struct {
+		Status string `json:"status"`
+	} `json:"verification"`
 }
 
 func (s *scanner) emails() []emailAddress {
-	if s.peek() != '[' {
-		s.bad = true
+	out := []emailAddress{}
+	s.objectArray(3, func() {
+		out = append(out, emailAddress{})
+	}, func(key []byte, seen *uint64) {
+		a := &out[len(out)-1]
+		switch string(key) {
+		case "id":
+			s.once(seen, 0)
+			a.ID = s.stringValue()
+		case "email_address":
+			s.once(seen, 1)
+			a.EmailAddress = s.stringValue()
+		case "verification":
+			s.once(seen, 2)
+			if s.literal("null") {
+				a.Verification = nil
+				return
+			}
+			if s.peek() != '{' {
+				s.bad = true
+				return
+			}
+			a.Verification = &struct {
+				Status string `json:"status"`
+			}{}
+			var vseen uint64
+			s.object(5, func(key []byte) {
+				switch string(key) {
+				case "status":
+					s.once(&vseen, 0)
+					a.Verification.Status = s.stringValue()
+				default:
+					s.foldCheck(key, "status")
+					s.skip(6)
+				}
+			})
+		default:
+			s.foldCheck(key, "id", "email_address")
+			s.foldCheck(key, "verification")
+			s.skip(4)
+		}
+	})
+	if s.bad {
 		return nil
 	}
+	return out
+}
+
+// phones scans phone_numbers: an array of objects, of which id and
+// phone_number are kept.
+func (s *scanner) phones() []phoneNumber {
+	out := []phoneNumber{}
+	s.objectArray(3, func() {
+		out = append(out, phoneNumber{})
+	}, func(key []byte, seen *uint64) {
+		p := &out[len(out)-1]
+		switch string(key) {
+		case "id":
+			s.once(seen, 0)
+			p.ID = s.stringValue()
+		case "phone_number":
+			s.once(seen, 1)
+			p.PhoneNumber = s.stringValue()
+		default:
+			s.foldCheck(key, "id", "phone_number")
+			s.skip(4)
+		}
+	})
+	if s.bad {
+		return nil
+	}
+	return out
+}
+
+// objectArray scans an array of objects at s.i (depth is the objects'):
+// for each element it calls start, then member with each key (and that
+// element's once bits) with s.i at the value, which member must consume.
+// Anything else than an array of objects (null included) gives up.
+func (s *scanner) objectArray(depth int, start func(), member func(key []byte, seen *uint64)) {
+	if s.peek() != '[' {
+		s.bad = true
+		return
+	}
 	s.i++
-	out := []emailAddress{}
 	s.ws()
 	if s.peek() == ']' {
 		s.i++
-		return out
+		return
 	}
 	for !s.bad {
 		s.ws()
 		if s.peek() != '{' {
 			s.bad = true
-			return nil
+			return
 		}
-		var a emailAddress
+		start()
 		var seen uint64
-		s.object(3, func(key []byte) {
-			switch string(key) {
-			case "id":
-				s.once(&seen, 0)
-				a.ID = s.stringValue()
-			case "email_address":
-				s.once(&seen, 1)
-				a.EmailAddress = s.stringValue()
-			default:
-				s.foldCheck(key, "id", "email_address")
-				s.skip(4)
-			}
-		})
-		out = append(out, a)
+		s.object(depth, func(key []byte) { member(key, &seen) })
 		s.ws()
 		switch s.peek() {
 		case ',':
 			s.i++
 		case ']':
 			s.i++
-			return out
+			return
 		default:
 			s.bad = true
 		}
 	}
-	return nil
 }
 
 // once gives up when a kept key repeats: encoding/json merges repeats by

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -127,11 +129,102 @@ func parseAt(r *http.Request) (time.Time, error) {
 
 // checkUserID returns EINVALID unless id (from a path) is 1 to 200 bytes
 // of text (checkText).
-func checkUserID(id string) error {
+func checkUserID(id string) error { return checkPathID("user", id) }
+
+// checkPathID returns EINVALID unless id, the id of a what (user,
+// organization) from a path, is 1 to 200 bytes of text (checkText).
+func checkPathID(what, id string) error {
 	if id == "" || len(id) > 200 {
-		return domain.Errorf(domain.EINVALID, "user id must be 1 to 200 characters")
+		return domain.Errorf(domain.EINVALID, "%s id must be 1 to 200 characters", what)
 	}
-	return checkText("the user id in the path", id, 200)
+	return checkText("the "+what+" id in the path", id, 200)
+}
+
+// checkParams returns EINVALID naming the first parameter of v that is not
+// one of allowed, or is given more than once.
+func checkParams(v url.Values, allowed ...string) error {
+	for k, vs := range v {
+		if !slices.Contains(allowed, k) {
+			return domain.Errorf(domain.EINVALID, "unknown parameter %q (want %s)", k, strings.Join(allowed, ", "))
+		}
+		if len(vs) > 1 {
+			return domain.Errorf(domain.EINVALID, "parameter %q is given %d times", k, len(vs))
+		}
+	}
+	return nil
+}
+
+// handleAuditOrganization serves GET
+// /api/audit/organizations/{id}?at=RFC3339&limit=&cursor=: the
+// organization's state and memberships as of `at` (default now), folded
+// from every event about it by then, and one page of its history
+// (organization, membership and invitation events; limit, default 100, at
+// most audit.MaxPageBytes of bodies; next_cursor continues). 404 when the
+// ledger has no event about it by then.
+func handleAuditOrganization(log *slog.Logger, svc *audit.Service) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		v := r.URL.Query()
+		if err := checkParams(v, "at", "limit", "cursor"); err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		at, err := parseAt(r)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		page, err := parseOrganizationPage(v)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		id := r.PathValue("id")
+		if err := checkPathID("organization", id); err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		page.MaxBytes = audit.MaxPageBytes
+		h, err := svc.Organization(r.Context(), actorOf(r, schema.ChannelAPI), id, at, page)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		if h.Total == 0 && !h.Exists {
+			writeError(w, r, log, domain.Errorf(domain.ENOTFOUND, "the ledger has no event about organization %s by then", id))
+			return
+		}
+		writeJSON(w, http.StatusOK, h)
+	}
+}
+
+// handleAuditUserOrganizations serves GET
+// /api/audit/users/{id}/organizations?at=RFC3339: which organizations the
+// user was in at `at` (default now), with which role, folded from the
+// ledger (audit.Service.UserOrganizations); memberships that had ended by
+// then are listed with member false.
+func handleAuditUserOrganizations(log *slog.Logger, svc *audit.Service) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if err := checkParams(r.URL.Query(), "at"); err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		at, err := parseAt(r)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		id := r.PathValue("id")
+		if err := checkUserID(id); err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		res, err := svc.UserOrganizations(r.Context(), actorOf(r, schema.ChannelAPI), id, at)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
+	}
 }
 
 // handleAuditUser serves GET /api/audit/users/{id}?at=RFC3339&order=&limit=&cursor=:

@@ -43,8 +43,12 @@ type pageEvent struct {
 	Type, UserID           string
 	OccurredAt, ReceivedAt time.Time
 	DeliveryID, ChainHash  string
-	Payload                payload
-	After                  bool // occurred after the chosen instant (timeline)
+	// OrganizationID is the organization an organization, membership or
+	// invitation event is about ("" for other events, and on the
+	// organization's own page): the event links to its view.
+	OrganizationID string
+	Payload        payload
+	After          bool // occurred after the chosen instant (timeline)
 }
 
 // payload is an event body as the pages show it: pretty-printed, with
@@ -62,17 +66,37 @@ func newPayload(pretty string) payload {
 
 func newPageEvent(e schema.AuditEvent) pageEvent {
 	p := pageEvent{Position: e.Position, Type: e.Type, DeliveryID: e.DeliveryID, UserID: e.UserID,
-		OccurredAt: e.OccurredAt, ReceivedAt: e.ReceivedAt}
+		OccurredAt: e.OccurredAt, ReceivedAt: e.ReceivedAt, OrganizationID: domain.EventOrganization(e.Event)}
 	if e.ChainHash != nil {
 		p.ChainHash = fmt.Sprintf("%x", e.ChainHash)
 	}
-	var buf bytes.Buffer
-	if err := jsonIndent(&buf, e.Body); err == nil {
-		p.Payload = newPayload(buf.String())
-	} else {
-		p.Payload = newPayload(string(e.Body))
-	}
+	p.Payload = prettyPayload(e.Body)
 	return p
+}
+
+// newPageEventJSON is newPageEvent for an event in its JSON shape (an
+// organization's history), without the organization link: the page is
+// the organization's.
+func newPageEventJSON(j audit.EventJSON) pageEvent {
+	p := pageEvent{Position: j.Position, Type: j.Type, DeliveryID: j.DeliveryID,
+		OccurredAt: j.OccurredAt, ReceivedAt: j.ReceivedAt}
+	if j.UserID != nil {
+		p.UserID = *j.UserID
+	}
+	if j.ChainHash != nil {
+		p.ChainHash = *j.ChainHash
+	}
+	p.Payload = prettyPayload(j.Payload)
+	return p
+}
+
+// prettyPayload is body as a payload, pretty-printed when it is JSON.
+func prettyPayload(body []byte) payload {
+	var buf bytes.Buffer
+	if err := jsonIndent(&buf, body); err == nil {
+		return newPayload(buf.String())
+	}
+	return newPayload(string(body))
 }
 
 // chainStatus is the chain status component's data.
@@ -301,6 +325,8 @@ type userPage struct {
 	Pager              pager
 	TimeURL, LedgerURL string // the order toggle
 	NowURL             string
+	// Organizations are the user's memberships as of the instant.
+	Organizations *audit.UserOrganizations
 }
 
 // changeEvent is one event of the user view's change history.
@@ -440,6 +466,12 @@ func handleAuditUserPage(pg *pages, own origins, svc *audit.Service) http.Handle
 			return
 		}
 		data.History = &h
+		orgs, err := svc.UserOrganizations(r.Context(), actorOf(r, schema.ChannelPage), id, data.At)
+		if err != nil {
+			pg.renderError(w, r, err)
+			return
+		}
+		data.Organizations = &orgs
 		data.First, data.Last = h.Offset+1, h.Offset+int64(h.Count)
 		base := url.Values{}
 		if data.AtText != "" {
@@ -471,6 +503,104 @@ func query(v url.Values) string {
 		return ""
 	}
 	return "?" + v.Encode()
+}
+
+// organizationPage is the data of audit_organization.html.
+type organizationPage struct {
+	Error, Notice   string
+	OrganizationID  string
+	At              time.Time
+	AtLocal, AtText string
+	NowURL          string
+	History         *audit.OrganizationHistory
+	Metadata        string // the state's public metadata, pretty-printed
+	Events          []pageEvent
+	// The page's place in the history: events First to Last of Total.
+	First, Last int64
+	Pager       pager
+}
+
+// handleAuditOrganizationPage serves GET /audit/organizations/{id}?at=&cursor=:
+// the organization's state and memberships as of the chosen instant (folded
+// from every event about it by then) with a point-in-time picker, each
+// member linking to their user view then, and one page of its member
+// history in ledger order (organization, membership and invitation events;
+// later ones greyed; at most 100 events and maxHTMLPageBytes of bodies a
+// page). Recorded in the access log, so shown only when asked from the
+// workspace's own pages (mayRecord).
+func handleAuditOrganizationPage(pg *pages, own origins, svc *audit.Service) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		if err := checkPathID("organization", id); err != nil {
+			pg.renderError(w, r, err)
+			return
+		}
+		q := r.URL.Query()
+		self := "/audit/organizations/" + url.PathEscape(id)
+		data := organizationPage{OrganizationID: id, NowURL: self}
+		bad := func(msg string) {
+			data.Error = msg
+			pg.render(w, r, http.StatusBadRequest, "audit_organization.html", data)
+		}
+		if s := q.Get("at"); strings.TrimSpace(s) != "" {
+			t, err := time.Parse(time.RFC3339Nano, normalizeTime(s))
+			if err != nil {
+				bad("at " + strconv.Quote(s) + " is not a time (use the picker, or RFC 3339)")
+				return
+			}
+			data.At = t.UTC()
+			data.AtLocal, data.AtText = data.At.Format("2006-01-02T15:04:05"), data.At.Format(time.RFC3339Nano)
+		}
+		page, err := parseOrganizationPage(url.Values{"cursor": q["cursor"]})
+		if err != nil {
+			bad(domain.ErrorMessage(err))
+			return
+		}
+		if !mayRecord(own, r) {
+			data.Notice = notRecorded
+			pg.render(w, r, http.StatusOK, "audit_organization.html", data)
+			return
+		}
+		page.MaxBytes, page.Later = maxHTMLPageBytes, true
+		h, err := svc.Organization(r.Context(), actorOf(r, schema.ChannelPage), id, data.At, page)
+		if err != nil {
+			if ErrorStatus(err) < 500 {
+				bad(domain.ErrorMessage(err))
+				return
+			}
+			pg.renderError(w, r, err)
+			return
+		}
+		data.History = &h
+		for _, e := range h.Events {
+			pe := newPageEventJSON(e)
+			pe.After = !data.At.IsZero() && e.OccurredAt.After(data.At)
+			data.Events = append(data.Events, pe)
+		}
+		var buf bytes.Buffer
+		if err := jsonIndent(&buf, h.State.PublicMetadata); err == nil {
+			data.Metadata = buf.String()
+		}
+		data.First, data.Last = h.Offset+1, h.Offset+int64(h.Count)
+		base := url.Values{}
+		if data.AtText != "" {
+			base.Set("at", data.AtText)
+		}
+		data.Pager.End = "End of the history."
+		if h.NextCursor != "" {
+			next := cloneValues(base)
+			next.Set("cursor", h.NextCursor)
+			data.Pager.NextURL = self + "?" + next.Encode()
+		}
+		if page.After != (schema.Cursor{}) {
+			data.Pager.FirstURL = self + query(base)
+		}
+		status := http.StatusOK
+		if h.Total == 0 && !h.Exists {
+			status, data.Error = http.StatusNotFound, "The ledger has no event about organization "+id+"."
+		}
+		pg.render(w, r, status, "audit_organization.html", data)
+	}
 }
 
 // chainPage is the data of audit_chain.html.

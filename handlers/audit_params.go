@@ -80,15 +80,9 @@ func parseUserPage(v url.Values) (audit.UserPage, error) {
 	default:
 		return p, domain.Errorf(domain.EINVALID, "order %q is not time or ledger", o)
 	}
-	if s := v.Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 {
-			return p, domain.Errorf(domain.EINVALID, "limit %q is not a positive integer", s)
-		}
-		if n > audit.MaxAuditLimit {
-			return p, domain.Errorf(domain.EINVALID, "limit %d is more than %d", n, audit.MaxAuditLimit)
-		}
-		p.Limit = n
+	var err error
+	if p.Limit, err = parsePageLimit(v); err != nil {
+		return p, err
 	}
 	if s := v.Get("cursor"); s != "" {
 		c, err := audit.DecodeTimelineCursor(s)
@@ -99,6 +93,40 @@ func parseUserPage(v url.Values) (audit.UserPage, error) {
 			return p, domain.Errorf(domain.EINVALID, "cursor is a place in %s order: give order=%s", c.Order, c.Order)
 		}
 		p.After = c
+	}
+	return p, nil
+}
+
+// parsePageLimit reads limit: default audit.DefaultAuditLimit, at most
+// audit.MaxAuditLimit.
+func parsePageLimit(v url.Values) (int, error) {
+	s := v.Get("limit")
+	if s == "" {
+		return audit.DefaultAuditLimit, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		return 0, domain.Errorf(domain.EINVALID, "limit %q is not a positive integer", s)
+	}
+	if n > audit.MaxAuditLimit {
+		return 0, domain.Errorf(domain.EINVALID, "limit %d is more than %d", n, audit.MaxAuditLimit)
+	}
+	return n, nil
+}
+
+// parseOrganizationPage reads limit (default audit.DefaultAuditLimit, at
+// most audit.MaxAuditLimit) and cursor (a next_cursor: a place in ledger
+// order) for a page of an organization's history.
+func parseOrganizationPage(v url.Values) (audit.OrganizationPage, error) {
+	var p audit.OrganizationPage
+	var err error
+	if p.Limit, err = parsePageLimit(v); err != nil {
+		return p, err
+	}
+	if s := v.Get("cursor"); s != "" {
+		if p.After, err = audit.DecodeCursor(s); err != nil {
+			return p, err
+		}
 	}
 	return p, nil
 }

@@ -42,7 +42,13 @@ type homePage struct {
 	OlderURL, NewestURL string
 	TimeURL, LedgerURL  string
 	SessionID           string
+	// Organizations are the organizations the person is in now, with
+	// their role (from the organizations projection).
+	Organizations []schema.UserOrganization
 }
+
+// homeOrganizations is the most organizations the signed-in page lists.
+const homeOrganizations = 100
 
 // timelineEntry is one event as the timeline shows it.
 type timelineEntry struct {
@@ -142,6 +148,9 @@ func loadHome(ctx context.Context, db *sqlx.DB, s Session, order string, older a
 		return homePage{}, err
 	}
 	page.Name = page.User.Name()
+	if page.Organizations, err = schema.UserOrganizations(ctx, tx, s.UserID, homeOrganizations); err != nil {
+		return homePage{}, err
+	}
 
 	var entries []timelineEntry
 	tp, err := audit.ReadTimeline(ctx, tx, audit.TimelineQuery{UserID: s.UserID, Order: order, NewestFirst: true, After: older, Limit: timelinePage},
@@ -288,6 +297,31 @@ func profileChanges(prev, next domain.User) string {
 	}
 	if prev.Username != next.Username {
 		changes = append(changes, "username to "+orNone(next.Username))
+	}
+	if prev.Phone != next.Phone {
+		if next.Phone == "" {
+			changes = append(changes, "removed the primary phone")
+		} else {
+			changes = append(changes, "primary phone to "+isolate(next.Phone))
+		}
+	}
+	if prev.Exists() {
+		// Private metadata is never described: Clerk keeps it from the user.
+		for _, f := range []struct {
+			was, is bool
+			on, off string
+		}{
+			{prev.Banned, next.Banned, "account banned", "ban lifted"},
+			{prev.Locked, next.Locked, "account locked", "account unlocked"},
+			{prev.TwoFactorEnabled, next.TwoFactorEnabled, "two-factor turned on", "two-factor turned off"},
+		} {
+			switch {
+			case !f.was && f.is:
+				changes = append(changes, f.on)
+			case f.was && !f.is:
+				changes = append(changes, f.off)
+			}
+		}
 	}
 	if prev.ImageURL != next.ImageURL {
 		changes = append(changes, "profile image")

@@ -119,6 +119,18 @@ var templateFuncs = template.FuncMap{
 		}
 		return s
 	},
+	// orgHref is the audit view of an organization, at an instant when
+	// at is set.
+	"orgHref": func(id string, at time.Time) string {
+		h := "/audit/organizations/" + url.PathEscape(id)
+		if !at.IsZero() {
+			h += "?" + url.Values{"at": {at.UTC().Format(time.RFC3339Nano)}}.Encode()
+		}
+		return h
+	},
+	// role is a Clerk organization role key as people read it
+	// ("org:admin" is "admin").
+	"role": func(key string) string { return strings.TrimPrefix(key, "org:") },
 	// initials returns the first letter or digit of the first two words
 	// of name (never a direction control or other mark).
 	"initials": func(name string) string {

@@ -54,10 +54,13 @@ func addRoutes(mux routeMux, d Deps, pg *pages, session func(http.Handler) http.
 	recorded := func(h http.Handler) http.Handler { return api(requireOwnPages(d.Log, own, h)) }
 	mux.Handle("GET /api/audit/events", recorded(handleAuditEvents(d.Log, svc, d.ExportIdleTimeout, d.Now)))
 	mux.Handle("GET /api/audit/users/{id}", recorded(handleAuditUser(d.Log, svc)))
+	mux.Handle("GET /api/audit/users/{id}/organizations", recorded(handleAuditUserOrganizations(d.Log, svc)))
+	mux.Handle("GET /api/audit/organizations/{id}", recorded(handleAuditOrganization(d.Log, svc)))
 	mux.Handle("POST /api/audit/verify", api(handleAuditVerify(d.Log, svc)))
 	mux.Handle("GET /audit", page(handleAuditOverview(pg, svc, d.Now)))
 	mux.Handle("GET /audit/search", page(handleAuditSearchPage(pg, own, svc)))
 	mux.Handle("GET /audit/users/{id}", page(handleAuditUserPage(pg, own, svc)))
+	mux.Handle("GET /audit/organizations/{id}", page(handleAuditOrganizationPage(pg, own, svc)))
 	mux.Handle("GET /audit/chain", page(handleAuditChainPage(pg, svc)))
 	mux.Handle("POST /audit/chain", page(handleAuditChainVerify(pg, svc)))
 	mux.Handle("GET /audit/log", page(handleAuditLogPage(pg, svc)))

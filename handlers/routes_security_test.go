@@ -97,6 +97,9 @@ var securityRoutes = []routeRow{
 		want: [nCallers]int{303, 303, 303, 303, 303, 303, 303, 303, 303, 404, na, 303, 403}},
 	{pattern: "GET /api/audit/events", path: "/api/audit/events", kind: "session", want: auditedRead},
 	{pattern: "GET /api/audit/users/{id}", path: "/api/audit/users/{id}", kind: "session", want: auditedRead},
+	{pattern: "GET /api/audit/users/{id}/organizations", path: "/api/audit/users/{id}/organizations", kind: "session", want: auditedRead},
+	// secOrg has Ada and Bob as members (newSecurityEnv).
+	{pattern: "GET /api/audit/organizations/{id}", path: "/api/audit/organizations/" + secOrg, kind: "session", want: auditedRead},
 	{pattern: "POST /api/audit/verify", path: "/api/audit/verify", kind: "post", want: auditedPost},
 	// The overview: an old search link (/audit?user_id=…, as the
 	// cross-site caller sends) is redirected to the search, which then
@@ -104,6 +107,7 @@ var securityRoutes = []routeRow{
 	{pattern: "GET /audit", path: "/audit", kind: "session", want: overview},
 	{pattern: "GET /audit/search", path: "/audit/search", kind: "session", want: audited},
 	{pattern: "GET /audit/users/{id}", path: "/audit/users/{id}", kind: "session", want: audited},
+	{pattern: "GET /audit/organizations/{id}", path: "/audit/organizations/" + secOrg, kind: "session", want: audited},
 	{pattern: "GET /audit/chain", path: "/audit/chain", kind: "session", want: audited},
 	{pattern: "POST /audit/chain", path: "/audit/chain", kind: "post", want: auditedPost},
 	{pattern: "GET /audit/log", path: "/audit/log", kind: "session", want: audited},
@@ -164,6 +168,7 @@ const (
 	secListed = "user_listed_auditor_sec"
 	secRole   = "user_role_auditor_sec"
 	secCross  = "user_cross_site_auditor_sec" // listed; only the cross-site caller uses it
+	secOrg    = "org_sec"                     // Ada's and Bob's organization
 )
 
 func newSecurityEnv(t *testing.T, dev bool) *securityEnv {
@@ -183,6 +188,15 @@ func newSecurityEnv(t *testing.T, dev bool) *securityEnv {
 		}
 	}
 	e.ada, e.bob = e.seedAdaAndBob(t)
+	org := clerkgen.Organization{ID: secOrg, Name: "Security Org"}
+	for _, u := range []clerkgen.User{e.ada, e.bob} {
+		body, err := clerkgen.MembershipEvent("organizationMembership.created", clerkgen.Membership{Organization: org, User: u}, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.deliverBody(t, body)
+	}
+	projectOrganizations(t, e.db)
 	// Both auditors are projected, with emails, so that a forged token that
 	// were accepted would show data the leak check catches.
 	putUser(t, e.db, domain.User{ID: secListed, Email: "listed@example.com", PublicMetadata: json.RawMessage(`{}`)})

@@ -162,13 +162,16 @@ func TestAPIMeOnlyOwnRecord(t *testing.T) {
 		if got["id"] != u.ID || got["email"] != u.Email {
 			t.Errorf("token of %s got %v", u.ID, got)
 		}
-		for _, k := range []string{"id", "email", "first_name", "last_name", "name", "username", "image_url", "created_at", "updated_at", "deleted"} {
+		want := []string{"id", "email", "first_name", "last_name", "name", "username", "image_url", "created_at", "updated_at", "deleted",
+			"phone_number", "email_verified", "external_id", "banned", "locked", "two_factor_enabled", "last_sign_in_at", "last_active_at",
+			"organizations"}
+		for _, k := range want {
 			if _, ok := got[k]; !ok {
 				t.Errorf("/api/me lacks %q", k)
 			}
 		}
-		if len(got) != 10 {
-			t.Errorf("/api/me has %d fields, want 10: %v", len(got), got)
+		if len(got) != len(want) {
+			t.Errorf("/api/me has %d fields, want %d: %v", len(got), len(want), got)
 		}
 	}
 	// Bob's page shows Bob's record and timeline, nothing of Ada's.

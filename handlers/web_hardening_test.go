@@ -317,7 +317,12 @@ func TestAuditSideEffectsNeedOwnPages(t *testing.T) {
 		if res.StatusCode != http.StatusOK || !bytes.Contains(body, []byte("Not run yet")) || bytes.Contains(body, []byte("x@example.com")) {
 			t.Errorf("GET /audit/users/user_x %v: %d %.200s", h, res.StatusCode, body)
 		}
-		for _, p := range []string{"/api/audit/events?user_id=user_x", "/api/audit/events?format=csv", "/api/audit/users/user_x"} {
+		res, body = e.serve(t, http.MethodGet, listedAuditor, "/audit/organizations/org_x", "", h)
+		if res.StatusCode != http.StatusOK || !bytes.Contains(body, []byte("Not run yet")) {
+			t.Errorf("GET /audit/organizations/org_x %v: %d %.200s", h, res.StatusCode, body)
+		}
+		for _, p := range []string{"/api/audit/events?user_id=user_x", "/api/audit/events?format=csv", "/api/audit/users/user_x",
+			"/api/audit/users/user_x/organizations", "/api/audit/organizations/org_x"} {
 			if res, body := e.serve(t, http.MethodGet, listedAuditor, p, "", h); res.StatusCode != http.StatusForbidden || bytes.Contains(body, []byte("x@example.com")) {
 				t.Errorf("GET %s %v: %d %.200s, want 403", p, h, res.StatusCode, body)
 			}
@@ -356,8 +361,9 @@ func TestAuditSideEffectsNeedOwnPages(t *testing.T) {
 			t.Errorf("own API read %v: %d", h, res.StatusCode)
 		}
 	}
-	if list, _ := schema.ListAccess(ctx, e.db, 0, 10); len(list) != 6 {
-		t.Errorf("own reads recorded %d times, want 6", len(list))
+	// The user page records two reads: the user, and their organizations.
+	if list, _ := schema.ListAccess(ctx, e.db, 0, 10); len(list) != 8 {
+		t.Errorf("own reads recorded %d times, want 8", len(list))
 	}
 	res, body := e.post(t, listedAuditor, "/audit/chain", "signatures=true")
 	if res.StatusCode != http.StatusOK || !bytes.Contains(body, []byte("1 signatures valid")) {

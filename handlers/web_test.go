@@ -9,7 +9,6 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
-	"database/sql"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
@@ -27,6 +26,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
 	"github.com/clerk-ledger/clerk-ledger/clerksession"
 	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/projections"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
 	"github.com/jmoiron/sqlx"
@@ -147,6 +147,13 @@ func (e *webEnv) deliver(t testing.TB, typ string, u clerkgen.User, at time.Time
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.deliverBody(t, body)
+}
+
+// deliverBody sends body through the real webhook endpoint, signed like
+// Svix, and requires a 200.
+func (e *webEnv) deliverBody(t testing.TB, body []byte) {
+	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, e.srv.URL+webhookPath, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
@@ -159,13 +166,13 @@ func (e *webEnv) deliver(t testing.TB, typ string, u clerkgen.User, at time.Time
 	defer res.Body.Close()
 	answer, _ := io.ReadAll(res.Body)
 	if res.StatusCode != http.StatusOK {
-		t.Fatalf("deliver %s: %s %s", typ, res.Status, answer)
+		t.Fatalf("deliver %.60s: %s %s", body, res.Status, answer)
 	}
 }
 
 // projectUsers folds the ledger's user events into the users table with
-// domain.Fold: a stand-in for the users projector (branch proj) so these
-// tests read the projection exactly as the pages do.
+// domain.Fold and the users projector's own upsert, so these tests read the
+// projection exactly as the pages do.
 func projectUsers(t testing.TB, db *sqlx.DB) {
 	t.Helper()
 	ctx := context.Background()
@@ -176,24 +183,25 @@ func projectUsers(t testing.TB, db *sqlx.DB) {
 			byUser[ev.UserID] = append(byUser[ev.UserID], ev)
 		}
 	}
-	nullTime := func(tm time.Time) sql.NullTime { return sql.NullTime{Time: tm, Valid: !tm.IsZero()} }
+	var rows []schema.UserRow
 	for id, evs := range byUser {
 		u, errs := domain.Fold(evs)
 		if len(errs) > 0 {
 			t.Fatalf("fold %s: %v", id, errs)
 		}
-		_, err := db.ExecContext(ctx, `INSERT INTO users (id, email, first_name, last_name, name, username, image_url,
-public_metadata, created_at, updated_at, deleted, deleted_at, version_updated_at, version_occurred_at, version_delivery_id)
-VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)
-ON CONFLICT (id) DO UPDATE SET email=$2, first_name=$3, last_name=$4, name=$5, username=$6, image_url=$7,
-public_metadata=$8, created_at=$9, updated_at=$10, deleted=$11, deleted_at=$12, version_updated_at=$13,
-version_occurred_at=$14, version_delivery_id=$15`,
-			u.ID, u.Email, u.FirstName, u.LastName, u.Name(), u.Username, u.ImageURL, string(u.PublicMetadata),
-			nullTime(u.CreatedAt), nullTime(u.UpdatedAt), u.Deleted, nullTime(u.DeletedAt),
-			u.Version.UpdatedAt, u.Version.OccurredAt, u.Version.DeliveryID)
-		if err != nil {
-			t.Fatalf("project %s: %v", id, err)
-		}
+		rows = append(rows, schema.UserRow{User: u})
+	}
+	if err := schema.LiveUsers().Upsert(ctx, db, rows); err != nil {
+		t.Fatalf("project users: %v", err)
+	}
+}
+
+// projectOrganizations runs the organizations projector over the ledger.
+func projectOrganizations(t testing.TB, db *sqlx.DB) {
+	t.Helper()
+	schematest.WaitVisible(t, db)
+	if err := projections.NewRunner(db, nil, projections.NewOrganizations()).CatchUp(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 }
 

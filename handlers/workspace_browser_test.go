@@ -144,8 +144,24 @@ func TestBrowserWorkspace(t *testing.T) {
 	e.deliver(t, "user.updated", later, later.UpdatedAt)
 	e.deliver(t, "user.updated", renamed, renamed.UpdatedAt)
 	e.deliver(t, "user.created", clerkgen.User{ID: auditor, Email: "auditor@example.com", FirstName: "Audrey", LastName: "Auditor", CreatedAt: t0, UpdatedAt: t0}, t0)
+	// Ada joins an organization, last of all.
+	must := func(b []byte, err error) []byte {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	org := clerkgen.Organization{ID: "org_browser_engines", Name: "Analytical Engines", Slug: "engines", CreatedAt: t0.Add(35 * time.Minute), UpdatedAt: t0.Add(35 * time.Minute)}
+	for _, b := range [][]byte{
+		must(clerkgen.OrganizationEvent("organization.created", org, org.CreatedAt)),
+		must(clerkgen.MembershipEvent("organizationMembership.created", clerkgen.Membership{ID: "orgmem_browser_ada", Organization: org, User: later,
+			Role: "org:admin", CreatedAt: t0.Add(40 * time.Minute), UpdatedAt: t0.Add(40 * time.Minute)}, t0.Add(40*time.Minute))),
+	} {
+		e.deliverBody(t, b)
+	}
 	projectUsers(t, e.db)
-	if err := projections.NewRunner(e.db, nil, projections.NewChain(), projections.NewWorkspace()).CatchUp(context.Background()); err != nil {
+	if err := projections.NewRunner(e.db, nil, projections.NewChain(), projections.NewWorkspace(), projections.NewOrganizations()).CatchUp(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	console := watchConsole(ctx)
@@ -239,7 +255,7 @@ func TestBrowserWorkspace(t *testing.T) {
 	click(`form.quick-search button[type=submit]`)
 	waitFor(`location.pathname === "/audit/search" && !!document.querySelector("#results-range")`)
 	text = check("search")
-	mustContain(t, text, "Users whose events named ada@example.com", ada.ID, "Events 1–4 of 4")
+	mustContain(t, text, "Users whose events named ada@example.com", ada.ID, "Events 1–5 of 5")
 	mustNotContain(t, text, "bg1@example.net", "Not run yet")
 
 	// The match links to Ada's view as of then: the change history.
@@ -247,13 +263,14 @@ func TestBrowserWorkspace(t *testing.T) {
 	waitFor(`location.pathname.startsWith("/audit/users/") && !!document.querySelector("#changes")`)
 	text = check("user view")
 	mustContain(t, text, "Change history", "arrived out of order", "last_name", "Byron", "Lovelace", "ada@lovelace.org", "username",
-		"+15550100", "192.0.2.10", "no change to the record", "(events 1–4 of 4, time order)")
+		"+15550100", "192.0.2.10", "no change to the record", "(events 1–5 of 5, time order)",
+		"In no organization", "Joined \u2068Analytical Engines\u2069 (\u2068admin\u2069)")
 	// Time order: by when each change happened, not by arrival.
 	if !evalBool(t, ctx, `(() => { const ts = [...document.querySelectorAll("#changes .change-head time")].map(t => t.getAttribute("datetime"));
-  return ts.length === 4 && ts.every((x, i) => i === 0 || new Date(ts[i-1]) <= new Date(x)) })()`) {
+  return ts.length === 5 && ts.every((x, i) => i === 0 || new Date(ts[i-1]) <= new Date(x)) })()`) {
 		t.Error("the change history is not in time order")
 	}
-	if !evalBool(t, ctx, `[...document.querySelectorAll("#changes > li")].map(li => li.textContent.includes("arrived out of order")).join() === "false,true,false,false"`) {
+	if !evalBool(t, ctx, `[...document.querySelectorAll("#changes > li")].map(li => li.textContent.includes("arrived out of order")).join() === "false,true,false,false,false"`) {
 		t.Error("the rename that arrived last is not the one marked out of order")
 	}
 	shot("change-history.png")
@@ -261,7 +278,25 @@ func TestBrowserWorkspace(t *testing.T) {
 	click(`nav.toggle a:nth-child(2)`)
 	waitFor(`location.search.includes("order=ledger") && !!document.querySelector("#changes")`)
 	text = check("user view, ledger order")
-	mustContain(t, text, "older than what the ledger had: ignored", "(events 1–4 of 4, ledger order)")
+	mustContain(t, text, "older than what the ledger had: ignored", "(events 1–5 of 5, ledger order)")
+
+	// Now (the view was as of the email's last sighting, before Ada
+	// joined): her organization, which links to its view: state, members
+	// (each linking back to the user's view), member history.
+	click(`main form.inline a`)
+	waitFor(`!location.search.includes("at=") && !!document.querySelector("#user-organizations a[href^='/audit/organizations/']")`)
+	text = check("user view, now")
+	mustContain(t, text, "Organizations now", "Analytical Engines", "org:admin", "member")
+	click(`#user-organizations a[href^="/audit/organizations/"]`)
+	waitFor(`location.pathname === "/audit/organizations/org_browser_engines" && !!document.querySelector("#org-memberships")`)
+	text = check("organization view")
+	mustContain(t, text, "Analytical Engines", "engines", "Memberships now", ada.ID, "org:admin", "matches", "Member history",
+		"organization.created", "organizationMembership.created", "(events 1–2 of 2, ledger order)")
+	if !evalBool(t, ctx, `document.querySelector(".nav a[aria-current]").textContent === "Search"`) {
+		t.Error("the navigation does not mark the organization view as part of search")
+	}
+	click(`#org-memberships a[href^="/audit/users/"]`)
+	waitFor(`location.pathname === "/audit/users/` + ada.ID + `" && !!document.querySelector("#changes")`)
 
 	// The chain page's own button verifies; the overview then says so.
 	if err := chromedp.Do(ctx, chromedp.Navigate(e.srv.URL+"/audit/chain")); err != nil {
@@ -292,10 +327,11 @@ func TestBrowserWorkspace(t *testing.T) {
 		t.Fatal(err)
 	}
 	text = check("own page")
-	mustContain(t, text, "Your timeline", "newest first, by when each happened", "arrived out of order", "Changed name to \u2068Ada Lovelace\u2069")
+	mustContain(t, text, "Your timeline", "newest first, by when each happened", "arrived out of order", "Changed name to \u2068Ada Lovelace\u2069",
+		"Your organizations", "Analytical Engines")
 	mustNotContain(t, text, "Overview", "192.0.2.10")
 	if !evalBool(t, ctx, `(() => { const ts = [...document.querySelectorAll("#timeline time")].map(t => t.getAttribute("datetime"));
-  return ts.length === 4 && ts.every((x, i) => i === 0 || new Date(ts[i-1]) >= new Date(x)) })()`) {
+  return ts.length === 5 && ts.every((x, i) => i === 0 || new Date(ts[i-1]) >= new Date(x)) })()`) {
 		t.Error("the own timeline is not newest first in time order")
 	}
 	click(`nav.toggle a:nth-child(2)`)

@@ -44,6 +44,8 @@ func (*Chain) Apply(ctx context.Context, tx *sqlx.Tx, events []domain.Event) ([]
 
 func (*Chain) gapless() {}
 
-// Default returns the projectors a service runs: users, the chain sealer
-// and the audit workspace's read models.
-func Default() []Projector { return []Projector{NewUsers(), NewChain(), NewWorkspace()} }
+// Default returns the projectors a service runs: users, organizations,
+// the chain sealer and the audit workspace's read models.
+func Default() []Projector {
+	return []Projector{NewUsers(), NewOrganizations(), NewChain(), NewWorkspace()}
+}

@@ -83,7 +83,9 @@ func visibleUsers(t testing.TB, db *sqlx.DB) string {
 	t.Helper()
 	var lines []string
 	err := db.Select(&lines, `SELECT concat_ws('|', id, email, first_name, last_name, name, username, image_url,
-    public_metadata::text, created_at, updated_at, deleted, deleted_at, version_updated_at, version_occurred_at)
+    public_metadata::text, created_at, updated_at, deleted, deleted_at, version_updated_at, version_occurred_at,
+    phone_number, email_verified, external_id, banned, locked, two_factor_enabled, last_sign_in_at, last_active_at,
+    private_metadata::text)
 FROM users ORDER BY id`)
 	if err != nil {
 		t.Fatal(err)
@@ -98,12 +100,17 @@ type logProjector struct{ name string }
 func (p logProjector) Name() string    { return p.name }
 func (p logProjector) Types() []string { return nil }
 func (p logProjector) Apply(ctx context.Context, tx *sqlx.Tx, events []domain.Event) ([]Failure, error) {
+	return nil, p.logApplied(ctx, tx, events)
+}
+
+// logApplied records events in applied_log under p's name.
+func (p logProjector) logApplied(ctx context.Context, tx *sqlx.Tx, events []domain.Event) error {
 	pos := make([]int64, len(events))
 	for i, e := range events {
 		pos[i] = e.Position
 	}
 	_, err := tx.ExecContext(ctx, `INSERT INTO applied_log (projector, position) SELECT $1, unnest($2::bigint[])`, p.name, pq.Array(pos))
-	return nil, err
+	return err
 }
 
 func createAppliedLog(t testing.TB, db *sqlx.DB) {

@@ -20,17 +20,58 @@ type Progress func(phase string, done, total int64)
 // RebuildResult is what a rebuild did.
 type RebuildResult struct {
 	Events     int64         // user events folded
-	Users      int           // rows in the new table
+	Users      int           // rows in the new (main) table: users, organizations
 	Failures   int           // poison events skipped
 	Checkpoint schema.Cursor // where the live projector goes on from
 	Duration   time.Duration
 }
 
-// rebuildable returns p as a projector that can be built aside, or an
+// rebuildable is a projector whose read model can be built aside from the
+// ledger: Rebuild and Check work with any. The users and organizations
+// projectors are; the chain sealer and the relay are not.
+type rebuildable interface {
+	Projector
+	// asideAs returns the same projector writing into tables aside: each
+	// of its tables is named name(the live table's name).
+	asideAs(name func(live string) string) rebuildable
+	// createLike creates the projector's tables empty with the columns,
+	// indexes and constraints of live's (temp: dropped at commit).
+	createLike(ctx context.Context, q schema.Execer, live rebuildable, temp bool) error
+	// dropTables drops the projector's tables if they exist.
+	dropTables(ctx context.Context, q schema.Execer) error
+	// analyzeTables updates the planner statistics of its tables.
+	analyzeTables(ctx context.Context, q schema.Execer) error
+	// foldRange reads the projector's events in (after, upTo] and folds
+	// them in memory from the empty read model, calling progress with the
+	// events read so far.
+	foldRange(ctx context.Context, q schema.Queryer, after, upTo schema.Cursor, progress func(int64)) (folded, error)
+	// replaceWith puts aside's tables in the place of the projector's
+	// (the live ones) inside tx.
+	replaceWith(ctx context.Context, tx *sqlx.Tx, aside rebuildable) error
+	// countRows returns the rows of its main table (users, organizations).
+	countRows(ctx context.Context, q schema.Queryer) (int, error)
+	// diffWith compares the projector's tables (the live ones) with
+	// aside's, column by column.
+	diffWith(ctx context.Context, q schema.Queryer, aside rebuildable) ([]Difference, error)
+}
+
+// folded is a range of the ledger folded in memory (rebuildable.foldRange).
+type folded interface {
+	// read is the number of events read; rows the rows folded.
+	read() int64
+	rows() int
+	// load writes the rows into the projector's tables, which must hold
+	// none of them, inside tx, isolating the events whose rows PostgreSQL
+	// refuses as the live projector does, and returns every poison event
+	// of the range (after, upTo] that was folded. It lets the rows go.
+	load(ctx context.Context, tx *sqlx.Tx, after, upTo schema.Cursor) ([]Failure, error)
+}
+
+// asRebuildable returns p as a projector that can be built aside, or an
 // EINVALID error saying why not.
-func rebuildable(p Projector) (*Users, error) {
+func asRebuildable(p Projector) (rebuildable, error) {
 	switch p := p.(type) {
-	case *Users:
+	case rebuildable:
 		return p, nil
 	case *Chain:
 		return nil, domain.Errorf(domain.EINVALID, "projection %s cannot be rebuilt: its links are tamper evidence sealed once, in ledger order, when each event is first seen; re-sealing would vouch for whatever the ledger holds now", p.Name())
@@ -48,7 +89,7 @@ func rebuildable(p Projector) (*Users, error) {
 //  2. fold every event up to the gate head in memory (one sequential scan,
 //     parallel decoding) and COPY the result into a new table aside (a row
 //     PostgreSQL refuses isolates its events as the live projector does:
-//     see Users.loadFolded);
+//     see folded.load);
 //  3. catch up the table aside batch by batch with what arrived meanwhile
 //     (with applyIsolated, as the live projector);
 //  4. in one transaction holding the live projector's lock: apply the last
@@ -56,18 +97,18 @@ func rebuildable(p Projector) (*Users, error) {
 //     set the checkpoint, commit.
 //
 // When ctx ends before the swap commits, the table aside is dropped and the
-// live table and checkpoint are untouched. The process holds all users in
-// memory during step 2 (about 0.5 KB each).
+// live table and checkpoint are untouched. The process holds the whole
+// read model in memory during step 2 (about 0.5 KB a user).
 func Rebuild(ctx context.Context, db *sqlx.DB, p Projector, progress Progress) (RebuildResult, error) {
 	start := time.Now()
-	users, err := rebuildable(p)
+	live, err := asRebuildable(p)
 	if err != nil {
 		return RebuildResult{}, err
 	}
 	if progress == nil {
 		progress = func(string, int64, int64) {}
 	}
-	name, live := p.Name(), users.Table()
+	name := p.Name()
 	lock, err := schema.LockRebuild(ctx, db, name)
 	if err != nil {
 		return RebuildResult{}, err
@@ -87,15 +128,15 @@ func Rebuild(ctx context.Context, db *sqlx.DB, p Projector, progress Progress) (
 		}
 	}
 
-	aside := users.aside(live.Name() + "_rebuild")
+	aside := live.asideAs(func(t string) string { return t + "_rebuild" })
 	cleanup := func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		_ = aside.table.Drop(cctx, db)
+		_ = aside.dropTables(cctx, db)
 	}
 	cleanup() // left over by a crashed rebuild: we hold the lock, it is ours
 	defer cleanup()
-	if err := aside.table.CreateLike(ctx, db, live, false); err != nil {
+	if err := aside.createLike(ctx, db, live, false); err != nil {
 		return RebuildResult{}, fmt.Errorf("rebuild %s: %w", name, err)
 	}
 
@@ -103,7 +144,7 @@ func Rebuild(ctx context.Context, db *sqlx.DB, p Projector, progress Progress) (
 	if err != nil {
 		return RebuildResult{}, fmt.Errorf("rebuild %s: %w", name, err)
 	}
-	if err := aside.table.Analyze(ctx, db); err != nil {
+	if err := aside.analyzeTables(ctx, db); err != nil {
 		return RebuildResult{}, fmt.Errorf("rebuild %s: %w", name, err)
 	}
 
@@ -136,34 +177,33 @@ func Rebuild(ctx context.Context, db *sqlx.DB, p Projector, progress Progress) (
 // buildAside folds the ledger up to the gate head in memory and COPYs it
 // into the (empty) table aside, recording the poison events found. It
 // returns the cursor it built up to.
-func buildAside(ctx context.Context, db *sqlx.DB, aside *Users, report Progress) (RebuildResult, schema.Cursor, error) {
+func buildAside(ctx context.Context, db *sqlx.DB, aside rebuildable, report Progress) (RebuildResult, schema.Cursor, error) {
 	head, err := schema.GateHead(ctx, db)
 	if err != nil {
 		return RebuildResult{}, schema.Cursor{}, err
 	}
-	total, err := schema.CountEvents(ctx, db, schema.Cursor{}, head, domain.UserEventTypes())
+	total, err := schema.CountEvents(ctx, db, schema.Cursor{}, head, aside.Types())
 	if err != nil {
 		return RebuildResult{}, schema.Cursor{}, err
 	}
 	report("fold", 0, total)
-	bf, err := aside.fold(ctx, db, schema.Cursor{}, head, func(n int64) { report("fold", n, total) })
+	bf, err := aside.foldRange(ctx, db, schema.Cursor{}, head, func(n int64) { report("fold", n, total) })
 	if err != nil {
 		return RebuildResult{}, schema.Cursor{}, err
 	}
-	res := RebuildResult{Events: bf.read, Users: bf.users(), Failures: len(bf.failures)}
-	report("load", bf.read, total)
+	res := RebuildResult{Events: bf.read(), Users: bf.rows()}
+	report("load", bf.read(), total)
 	tx, err := db.BeginTxx(ctx, nil)
 	if err != nil {
 		return RebuildResult{}, schema.Cursor{}, fmt.Errorf("begin: %w", schema.Classify(err))
 	}
 	defer tx.Rollback()
-	failures, err := aside.loadFolded(ctx, tx, bf, schema.Cursor{}, head)
+	failures, err := bf.load(ctx, tx, schema.Cursor{}, head)
 	if err != nil {
 		return RebuildResult{}, schema.Cursor{}, err
 	}
-	bf.shards = nil // let the users go before catch-up
 	res.Failures = len(failures)
-	if err := recordFailures(ctx, tx, UsersName, failures); err != nil {
+	if err := recordFailures(ctx, tx, aside.Name(), failures); err != nil {
 		return RebuildResult{}, schema.Cursor{}, err
 	}
 	if err := tx.Commit(); err != nil {
@@ -176,7 +216,7 @@ type catchUpCount struct{ read, failed int }
 
 // catchUp applies one batch after cur to the table aside in its own
 // transaction (no projector lock: the table aside is the rebuild's alone).
-func catchUp(ctx context.Context, db *sqlx.DB, aside *Users, cur schema.Cursor) (catchUpCount, schema.Cursor, bool, error) {
+func catchUp(ctx context.Context, db *sqlx.DB, aside rebuildable, cur schema.Cursor) (catchUpCount, schema.Cursor, bool, error) {
 	tx, err := db.BeginTxx(ctx, nil)
 	if err != nil {
 		return catchUpCount{}, cur, false, fmt.Errorf("begin: %w", schema.Classify(err))
@@ -194,8 +234,8 @@ func catchUp(ctx context.Context, db *sqlx.DB, aside *Users, cur schema.Cursor) 
 
 const catchUpBatch = 5000
 
-func applyBatch(ctx context.Context, tx *sqlx.Tx, p *Users, cur schema.Cursor) (catchUpCount, schema.Cursor, bool, error) {
-	b, err := schema.ReadBatch(ctx, tx, cur, domain.UserEventTypes(), catchUpBatch)
+func applyBatch(ctx context.Context, tx *sqlx.Tx, p rebuildable, cur schema.Cursor) (catchUpCount, schema.Cursor, bool, error) {
+	b, err := schema.ReadBatch(ctx, tx, cur, p.Types(), catchUpBatch)
 	if err != nil {
 		return catchUpCount{}, cur, false, err
 	}
@@ -203,7 +243,7 @@ func applyBatch(ctx context.Context, tx *sqlx.Tx, p *Users, cur schema.Cursor) (
 	if err != nil {
 		return catchUpCount{}, cur, false, err
 	}
-	if err := recordFailures(ctx, tx, UsersName, fs); err != nil {
+	if err := recordFailures(ctx, tx, p.Name(), fs); err != nil {
 		return catchUpCount{}, cur, false, err
 	}
 	return catchUpCount{read: len(b.Events), failed: len(fs)}, b.Next, b.Full, nil
@@ -212,7 +252,7 @@ func applyBatch(ctx context.Context, tx *sqlx.Tx, p *Users, cur schema.Cursor) (
 // swap applies the last events to the table aside and puts it in place of
 // the live table, with the checkpoint, in one transaction that holds the
 // live projector's lock (waiting for its batch in flight to end).
-func swap(ctx context.Context, db *sqlx.DB, name string, live schema.UsersTable, aside *Users, res *RebuildResult, cur *schema.Cursor) error {
+func swap(ctx context.Context, db *sqlx.DB, name string, live, aside rebuildable, res *RebuildResult, cur *schema.Cursor) error {
 	tx, err := db.BeginTxx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin: %w", schema.Classify(err))
@@ -238,10 +278,10 @@ func swap(ctx context.Context, db *sqlx.DB, name string, live schema.UsersTable,
 			break
 		}
 	}
-	if err := live.ReplaceWith(ctx, tx, aside.table); err != nil {
+	if err := live.replaceWith(ctx, tx, aside); err != nil {
 		return err
 	}
-	if res.Users, err = live.Count(ctx, tx); err != nil {
+	if res.Users, err = live.countRows(ctx, tx); err != nil {
 		return err
 	}
 	failed, err := schema.CountFailures(ctx, tx, name)
@@ -257,9 +297,9 @@ func swap(ctx context.Context, db *sqlx.DB, name string, live schema.UsersTable,
 	return nil
 }
 
-// Difference is one user whose live row differs from the row rebuilt from
-// the events (schema.UserDiff).
-type Difference = schema.UserDiff
+// Difference is one row whose live contents differ from the row rebuilt
+// from the events (schema.RowDiff).
+type Difference = schema.RowDiff
 
 // ColumnDiff is one differing column (schema.ColumnDiff).
 type ColumnDiff = schema.ColumnDiff
@@ -268,7 +308,7 @@ type ColumnDiff = schema.ColumnDiff
 type CheckResult struct {
 	Checkpoint  schema.Cursor `json:"checkpoint"`
 	Events      int64         `json:"events"`
-	Users       int           `json:"users"`
+	Users       int           `json:"users"` // rows rebuilt in the main table (users, organizations)
 	Differences []Difference  `json:"differences"`
 }
 
@@ -279,7 +319,7 @@ type CheckResult struct {
 // REPEATABLE READ snapshot, so it is exact while ingest and the live
 // projector run. It changes nothing.
 func Check(ctx context.Context, db *sqlx.DB, p Projector, progress Progress) (CheckResult, error) {
-	users, err := rebuildable(p)
+	live, err := asRebuildable(p)
 	if err != nil {
 		return CheckResult{}, err
 	}
@@ -295,30 +335,29 @@ func Check(ctx context.Context, db *sqlx.DB, p Projector, progress Progress) (Ch
 	if err := checkpointOrStart(ctx, tx, p.Name(), &res.Checkpoint); err != nil {
 		return CheckResult{}, err
 	}
-	total, err := schema.CountEvents(ctx, tx, schema.Cursor{}, res.Checkpoint, domain.UserEventTypes())
+	total, err := schema.CountEvents(ctx, tx, schema.Cursor{}, res.Checkpoint, p.Types())
 	if err != nil {
 		return CheckResult{}, err
 	}
-	aside := users.aside("check_" + users.Table().Name())
-	bf, err := aside.fold(ctx, tx, schema.Cursor{}, res.Checkpoint, func(n int64) { progress("fold", n, total) })
+	aside := live.asideAs(func(t string) string { return "check_" + t })
+	bf, err := aside.foldRange(ctx, tx, schema.Cursor{}, res.Checkpoint, func(n int64) { progress("fold", n, total) })
 	if err != nil {
 		return CheckResult{}, fmt.Errorf("check %s: %w", p.Name(), err)
 	}
-	res.Events, res.Users = bf.read, bf.users()
-	progress("compare", bf.read, total)
-	// With the live table's indexes and constraints (INCLUDING ALL), so
+	res.Events, res.Users = bf.read(), bf.rows()
+	progress("compare", bf.read(), total)
+	// With the live tables' indexes and constraints (INCLUDING ALL), so
 	// PostgreSQL refuses the same rows as there (an index row too large,
-	// say) and loadFolded isolates the same poison events as the live
+	// say) and load isolates the same poison events as the live
 	// projector; the failures themselves are not recorded (check changes
 	// nothing).
-	if err := aside.table.CreateLike(ctx, tx, users.Table(), true); err != nil {
+	if err := aside.createLike(ctx, tx, live, true); err != nil {
 		return CheckResult{}, fmt.Errorf("check %s: %w", p.Name(), err)
 	}
-	if _, err := aside.loadFolded(ctx, tx, bf, schema.Cursor{}, res.Checkpoint); err != nil {
+	if _, err := bf.load(ctx, tx, schema.Cursor{}, res.Checkpoint); err != nil {
 		return CheckResult{}, fmt.Errorf("check %s: %w", p.Name(), err)
 	}
-	bf.shards = nil
-	if res.Differences, err = users.Table().Diff(ctx, tx, aside.table); err != nil {
+	if res.Differences, err = live.diffWith(ctx, tx, aside); err != nil {
 		return CheckResult{}, fmt.Errorf("check %s: %w", p.Name(), err)
 	}
 	return res, nil

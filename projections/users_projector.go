@@ -51,6 +51,46 @@ func (p *Users) aside(table string) *Users {
 	return &Users{table: p.table.Aside(table), workers: p.workers, seed: p.seed}
 }
 
+// asideAs implements rebuildable.
+func (p *Users) asideAs(name func(string) string) rebuildable { return p.aside(name(p.table.Name())) }
+
+// createLike implements rebuildable.
+func (p *Users) createLike(ctx context.Context, q schema.Execer, live rebuildable, temp bool) error {
+	return p.table.CreateLike(ctx, q, live.(*Users).table, temp)
+}
+
+// dropTables implements rebuildable.
+func (p *Users) dropTables(ctx context.Context, q schema.Execer) error { return p.table.Drop(ctx, q) }
+
+// analyzeTables implements rebuildable.
+func (p *Users) analyzeTables(ctx context.Context, q schema.Execer) error {
+	return p.table.Analyze(ctx, q)
+}
+
+// replaceWith implements rebuildable.
+func (p *Users) replaceWith(ctx context.Context, tx *sqlx.Tx, aside rebuildable) error {
+	return p.table.ReplaceWith(ctx, tx, aside.(*Users).table)
+}
+
+// countRows implements rebuildable.
+func (p *Users) countRows(ctx context.Context, q schema.Queryer) (int, error) {
+	return p.table.Count(ctx, q)
+}
+
+// diffWith implements rebuildable.
+func (p *Users) diffWith(ctx context.Context, q schema.Queryer, aside rebuildable) ([]Difference, error) {
+	return p.table.Diff(ctx, q, aside.(*Users).table)
+}
+
+// foldRange implements rebuildable (see fold).
+func (p *Users) foldRange(ctx context.Context, q schema.Queryer, after, upTo schema.Cursor, progress func(int64)) (folded, error) {
+	bf, err := p.fold(ctx, q, after, upTo, progress)
+	if err != nil {
+		return nil, err
+	}
+	return bf, nil
+}
+
 // Apply implements Projector.
 func (p *Users) Apply(ctx context.Context, tx *sqlx.Tx, events []domain.Event) ([]Failure, error) {
 	if len(events) == 0 {
@@ -181,7 +221,7 @@ func (p *Users) foldParallel(states map[string]*userState, events []domain.Event
 // PostgreSQL refuses; the slow path costs one more scan of the range, and
 // only when a row is refused.
 func (p *Users) loadFolded(ctx context.Context, tx *sqlx.Tx, bf *bulkFold, after, upTo schema.Cursor) ([]Failure, error) {
-	rows := make([]schema.UserRow, 0, bf.users())
+	rows := make([]schema.UserRow, 0, bf.nrows)
 	for _, m := range bf.shards {
 		for _, s := range m {
 			if s.u.ID != "" { // only poison events: nothing to write
@@ -215,31 +255,42 @@ func (p *Users) loadFolded(ctx context.Context, tx *sqlx.Tx, bf *bulkFold, after
 		return nil, fmt.Errorf("apply the events of %d users whose rows are refused: %w", len(ids), err)
 	}
 	// The fold found these users' undecodable events too: keep one of each.
-	seen := make(map[int64]bool, len(bf.failures))
-	out := bf.failures
-	for _, f := range out {
+	return mergeFailures(bf.failures, fs), nil
+}
+
+// mergeFailures returns a with the failures of b that are not in a (by
+// position).
+func mergeFailures(a, b []Failure) []Failure {
+	seen := make(map[int64]bool, len(a))
+	for _, f := range a {
 		seen[f.Position] = true
 	}
-	for _, f := range fs {
+	for _, f := range b {
 		if !seen[f.Position] {
 			seen[f.Position] = true
-			out = append(out, f)
+			a = append(a, f)
 		}
 	}
-	return out, nil
+	return a
 }
 
 // copyIsolated COPYs rows into the projector's table inside a savepoint
-// and returns the rows PostgreSQL refuses (schema.Refused), found by
-// COPYing halves, down to single rows; the others are written.
-func (p *Users) copyIsolated(ctx context.Context, tx *sqlx.Tx, states []schema.UserRow) ([]schema.UserRow, error) {
-	if len(states) == 0 {
+// and returns the rows PostgreSQL refuses (see copyRefused).
+func (p *Users) copyIsolated(ctx context.Context, tx *sqlx.Tx, rows []schema.UserRow) ([]schema.UserRow, error) {
+	return copyRefused(ctx, tx, p.table, rows)
+}
+
+// copyRefused COPYs rows into table inside a savepoint and returns the rows
+// PostgreSQL refuses (schema.Refused), found by COPYing halves, down to
+// single rows; the others are written.
+func copyRefused[R any](ctx context.Context, tx *sqlx.Tx, table schema.Table[R], rows []R) ([]R, error) {
+	if len(rows) == 0 {
 		return nil, nil
 	}
 	if _, err := tx.ExecContext(ctx, `SAVEPOINT copy_isolated`); err != nil {
 		return nil, fmt.Errorf("savepoint: %w", schema.Classify(err))
 	}
-	err := p.table.Copy(ctx, tx, states)
+	err := table.Copy(ctx, tx, rows)
 	if err == nil {
 		if _, err := tx.ExecContext(ctx, `RELEASE SAVEPOINT copy_isolated`); err != nil {
 			return nil, fmt.Errorf("release savepoint: %w", schema.Classify(err))
@@ -252,15 +303,15 @@ func (p *Users) copyIsolated(ctx context.Context, tx *sqlx.Tx, states []schema.U
 	if _, err := tx.ExecContext(ctx, `ROLLBACK TO SAVEPOINT copy_isolated; RELEASE SAVEPOINT copy_isolated`); err != nil {
 		return nil, fmt.Errorf("roll back to savepoint: %w", schema.Classify(err))
 	}
-	if len(states) == 1 {
-		return states, nil
+	if len(rows) == 1 {
+		return rows, nil
 	}
-	mid := len(states) / 2
-	left, err := p.copyIsolated(ctx, tx, states[:mid])
+	mid := len(rows) / 2
+	left, err := copyRefused(ctx, tx, table, rows[:mid])
 	if err != nil {
 		return nil, err
 	}
-	right, err := p.copyIsolated(ctx, tx, states[mid:])
+	right, err := copyRefused(ctx, tx, table, rows[mid:])
 	if err != nil {
 		return nil, err
 	}
@@ -269,17 +320,21 @@ func (p *Users) copyIsolated(ctx context.Context, tx *sqlx.Tx, states []schema.U
 
 // bulkFold is the result of folding a range of the ledger in memory.
 type bulkFold struct {
+	p        *Users
 	shards   []map[string]*userState
 	failures []Failure
-	read     int64
+	nread    int64
+	nrows    int
 }
 
-func (b *bulkFold) users() int {
-	n := 0
-	for _, m := range b.shards {
-		n += len(m)
-	}
-	return n
+func (b *bulkFold) read() int64 { return b.nread }
+func (b *bulkFold) rows() int   { return b.nrows }
+
+// load implements folded (see loadFolded); it lets the users go.
+func (b *bulkFold) load(ctx context.Context, tx *sqlx.Tx, after, upTo schema.Cursor) ([]Failure, error) {
+	fs, err := b.p.loadFolded(ctx, tx, b, after, upTo)
+	b.shards = nil
+	return fs, err
 }
 
 // fold reads every user event in (after, upTo] with one sequential scan and
@@ -292,7 +347,7 @@ func (p *Users) fold(ctx context.Context, q schema.Queryer, after, upTo schema.C
 	workers := max(1, p.workers)
 	const chunk = 512
 	chans := make([]chan []domain.Event, workers)
-	out := &bulkFold{shards: make([]map[string]*userState, workers)}
+	out := &bulkFold{p: p, shards: make([]map[string]*userState, workers)}
 	fails := make([][]Failure, workers)
 	var wg sync.WaitGroup
 	for w := range workers {
@@ -339,9 +394,9 @@ func (p *Users) fold(ctx context.Context, q schema.Queryer, after, upTo schema.C
 		if len(pending[w]) >= chunk {
 			flush(w)
 		}
-		out.read++
-		if progress != nil && out.read%4096 == 0 {
-			progress(out.read)
+		out.nread++
+		if progress != nil && out.nread%4096 == 0 {
+			progress(out.nread)
 		}
 		return ctx.Err()
 	})
@@ -354,10 +409,13 @@ func (p *Users) fold(ctx context.Context, q schema.Queryer, after, upTo schema.C
 		return nil, err
 	}
 	if progress != nil {
-		progress(out.read)
+		progress(out.nread)
 	}
 	for _, f := range fails {
 		out.failures = append(out.failures, f...)
+	}
+	for _, m := range out.shards {
+		out.nrows += len(m)
 	}
 	return out, nil
 }

@@ -25,6 +25,9 @@ const (
 	ActionEvents = "events" // a history query (one page)
 	ActionExport = "export" // a streamed export
 	ActionUser   = "user"   // a user's point-in-time state and events
+
+	ActionOrganization      = "organization"       // an organization's point-in-time state, members and events
+	ActionUserOrganizations = "user_organizations" // the organizations a user was in at a point in time
 )
 
 // Access is one entry of the audit access log.

@@ -183,8 +183,27 @@ func StreamAuditEvents(ctx context.Context, db *sqlx.DB, f EventFilter, fn func(
 	return n, tx.Commit()
 }
 
+// EachAuditEventIn calls fn with every visible event matching f and its
+// chain hash (f.Limit and f.MaxBytes are ignored), in ledger order, reading
+// keyset pages of StreamBatch rows on q and keeping none: e.Body is valid
+// only during the call. Give it a REPEATABLE READ transaction for one
+// snapshot. It stops at fn's first error and returns it; it returns how
+// many events fn was given.
+func EachAuditEventIn(ctx context.Context, q Queryer, f EventFilter, fn func(AuditEvent) error) (int64, error) {
+	f.Limit, f.MaxBytes = StreamBatch, 0
+	var n int64
+	for {
+		got, last, err := streamPage(ctx, q, f, fn)
+		n += got
+		if err != nil || got < int64(f.Limit) {
+			return n, err
+		}
+		f.After = last
+	}
+}
+
 // streamPage runs one keyset page, handing each row to fn without keeping it.
-func streamPage(ctx context.Context, tx *sqlx.Tx, f EventFilter, fn func(AuditEvent) error) (int64, Cursor, error) {
+func streamPage(ctx context.Context, tx Queryer, f EventFilter, fn func(AuditEvent) error) (int64, Cursor, error) {
 	query, args := auditQuery(f)
 	rows, err := tx.QueryxContext(ctx, query, args...)
 	if err != nil {

@@ -33,6 +33,11 @@ type EventFilter struct {
 	// them add up to less than MaxBytes (always its first one). Streams
 	// (StreamAuditEvents) ignore it.
 	MaxBytes int64
+	// Mentions, when not empty, keeps the events whose body may mention
+	// one of these strings: it holds one literally, or holds a backslash
+	// (a JSON escape could spell one). A prefilter: the caller decodes the
+	// body and matches exactly.
+	Mentions []string
 }
 
 // QueryEvents returns the events matching f in ledger order, only from
@@ -108,6 +113,9 @@ func (f EventFilter) where() (string, []any) {
 			or = append(or, `(e.type >= $`+n+` AND e.type < $`+n+` || chr(1114111))`)
 		}
 		conds = append(conds, "("+strings.Join(or, " OR ")+")")
+	}
+	if len(f.Mentions) > 0 {
+		add(`(strpos(e.body, '\') > 0 OR EXISTS (SELECT 1 FROM unnest($?::text[]) m(s) WHERE strpos(e.body, m.s) > 0))`, pq.Array(f.Mentions))
 	}
 	if !f.Since.IsZero() {
 		add(`e.occurred_at >= $?`, f.Since)

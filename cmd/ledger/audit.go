@@ -28,7 +28,7 @@ func (a *app) auditCmd() *cobra.Command {
 		Long: `audit reads the ledger in DATABASE_URL directly. Queries and exports are
 recorded in the audit access log (actor cli:$USER), like the workspace's.`,
 	}
-	cmd.AddCommand(a.auditEventsCmd(), a.auditUserCmd(), a.auditDigestCmd(), a.auditVerifyCmd())
+	cmd.AddCommand(a.auditEventsCmd(), a.auditUserCmd(), a.auditOrganizationCmd(), a.auditMembershipsCmd(), a.auditDigestCmd(), a.auditVerifyCmd())
 	return cmd
 }
 
@@ -229,6 +229,119 @@ as text instead of JSON.`,
 	cmd.Flags().IntVar(&limit, "limit", audit.DefaultAuditLimit, "events per page (at most 1000)")
 	cmd.Flags().StringVar(&cursor, "cursor", "", "continue after this cursor (next_cursor of the previous page)")
 	cmd.Flags().BoolVar(&changes, "changes", false, "print the change list as text instead of JSON")
+	return cmd
+}
+
+func (a *app) auditOrganizationCmd() *cobra.Command {
+	var at, cursor string
+	var limit int
+	cmd := &cobra.Command{
+		Use:   "organization ID",
+		Short: "Print an organization's state and memberships as of a time, folded from the ledger, and a page of its history (JSON)",
+		Long: `organization folds the state of Clerk organization ID and of its memberships
+from the ledger's organization and membership events that occurred at or
+before --at (default: now) with the organizations projection's own fold, and
+prints it as JSON with one page of its history: the organization, membership
+and invitation events about it (--limit, at most 1000; pass next_cursor as
+--cursor for the next page). Without --at it also prints the projection's
+rows and whether they match.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			t, err := flagTime("at", at)
+			if err != nil {
+				return err
+			}
+			if limit < 1 || limit > audit.MaxAuditLimit {
+				return domain.Errorf(domain.EINVALID, "--limit %d is not from 1 to %d", limit, audit.MaxAuditLimit)
+			}
+			page := audit.OrganizationPage{Limit: limit}
+			if cursor != "" {
+				if page.After, err = audit.DecodeCursor(cursor); err != nil {
+					return domain.Errorf(domain.EINVALID, "--cursor: %s", domain.ErrorMessage(err))
+				}
+			}
+			svc, db, err := a.openAudit(cmd, nil)
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			h, err := svc.Organization(cmd.Context(), a.cliActor(), args[0], t, page)
+			if err != nil {
+				return err
+			}
+			if h.Total == 0 && !h.Exists {
+				return domain.Errorf(domain.ENOTFOUND, "the ledger has no event about organization %s by then", args[0])
+			}
+			enc := json.NewEncoder(a.stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(h)
+		},
+	}
+	cmd.Flags().StringVar(&at, "at", "", "RFC 3339 instant (default: now)")
+	cmd.Flags().IntVar(&limit, "limit", audit.DefaultAuditLimit, "events per page (at most 1000)")
+	cmd.Flags().StringVar(&cursor, "cursor", "", "continue after this cursor (next_cursor of the previous page)")
+	return cmd
+}
+
+func (a *app) auditMembershipsCmd() *cobra.Command {
+	var at string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "memberships USER_ID",
+		Short: "Which organizations a user was in, with which role, at a time (folded from the ledger)",
+		Long: `memberships folds the organization memberships of Clerk user USER_ID, and
+their organizations, from the ledger's events that occurred at or before --at
+(default: now), and prints one line per membership: organization, role, and
+whether the user was still in it then (memberships that had ended, or whose
+organization was deleted, are listed as such). --json prints the whole answer.`,
+		Example: `  ledger audit memberships user_123 --at 2024-05-28T12:00:00Z`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			t, err := flagTime("at", at)
+			if err != nil {
+				return err
+			}
+			svc, db, err := a.openAudit(cmd, nil)
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			res, err := svc.UserOrganizations(cmd.Context(), a.cliActor(), args[0], t)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(a.stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(res)
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ORGANIZATION\tNAME\tROLE\tJOINED\tSTATUS")
+			for _, o := range res.Organizations {
+				status, role := "member", o.Membership.Role
+				switch {
+				case o.Membership.Deleted:
+					status, role = "left "+o.Membership.DeletedAt.Format(time.RFC3339), "-"
+				case o.Organization.Deleted:
+					status = "organization deleted " + o.Organization.DeletedAt.Format(time.RFC3339)
+				}
+				joined := "-"
+				if !o.Membership.CreatedAt.IsZero() {
+					joined = o.Membership.CreatedAt.Format(time.RFC3339)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", o.Organization.ID, o.Organization.DisplayName(), role, joined, status)
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if res.PoisonCount > 0 {
+				fmt.Fprintf(a.stderr, "%d membership events skipped (poison): %s\n", res.PoisonCount, strings.Join(res.Poison, "; "))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&at, "at", "", "RFC 3339 instant (default: now)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }
 

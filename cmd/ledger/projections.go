@@ -53,7 +53,7 @@ func (a *app) projectionsCmd() *cobra.Command {
 	rebuild := &cobra.Command{
 		Use:   "rebuild NAME",
 		Short: "Rebuild a projection from the first event while the service runs, then swap it in",
-		Long: `rebuild builds the projection NAME (users) from the first event into a table
+		Long: `rebuild builds the projection NAME (users, organizations) from the first event into a table
 aside while ingest and the live projector keep running, catches up with what
 arrived meanwhile, then swaps the tables and the checkpoint in one transaction:
 readers never see an empty or half-built table. Ctrl-C before the swap leaves
@@ -72,8 +72,8 @@ time is refused. The chain projection cannot be rebuilt.`,
 				}
 				return err
 			}
-			fmt.Fprintf(a.stdout, "rebuilt %s: %d users from %d events (%d poison) in %s (%.0f events/s); live from %s\n",
-				p.Name(), res.Users, res.Events, res.Failures, res.Duration.Round(time.Millisecond),
+			fmt.Fprintf(a.stdout, "rebuilt %s: %d %s from %d events (%d poison) in %s (%.0f events/s); live from %s\n",
+				p.Name(), res.Users, p.Name(), res.Events, res.Failures, res.Duration.Round(time.Millisecond),
 				float64(res.Events)/res.Duration.Seconds(), res.Checkpoint)
 			return nil
 		},
@@ -83,7 +83,7 @@ time is refused. The chain projection cannot be rebuilt.`,
 	check := &cobra.Command{
 		Use:   "check NAME",
 		Short: "Build a projection from the events aside and compare it with the live table",
-		Long: `check folds the events up to the live checkpoint of NAME (users) aside and
+		Long: `check folds the events up to the live checkpoint of NAME (users, organizations) aside and
 compares the result with the live table, column by column, in one snapshot
 (exact while ingest and the projector run). It prints the differences (values
 of personal columns are not shown) and exits 1 when there is any. It changes
@@ -216,7 +216,7 @@ func truncate(s string, n int) string {
 }
 
 func printCheck(w io.Writer, name string, res projections.CheckResult) {
-	fmt.Fprintf(w, "%s: rebuilt %d users from %d events up to the live checkpoint %s\n", name, res.Users, res.Events, res.Checkpoint)
+	fmt.Fprintf(w, "%s: rebuilt %d %s from %d events up to the live checkpoint %s\n", name, res.Users, name, res.Events, res.Checkpoint)
 	if len(res.Differences) == 0 {
 		fmt.Fprintln(w, "no differences")
 		return
@@ -227,11 +227,15 @@ func printCheck(w io.Writer, name string, res projections.CheckResult) {
 			fmt.Fprintf(w, "... and %d more\n", len(res.Differences)-show)
 			break
 		}
+		id := d.ID
+		if d.Table != "" {
+			id = d.Table + " " + d.ID
+		}
 		switch d.Kind {
 		case "missing_live":
-			fmt.Fprintf(w, "%s: missing from the live table\n", d.ID)
+			fmt.Fprintf(w, "%s: missing from the live table\n", id)
 		case "missing_rebuilt":
-			fmt.Fprintf(w, "%s: in the live table but not in the events\n", d.ID)
+			fmt.Fprintf(w, "%s: in the live table but not in the events\n", id)
 		default:
 			var cols []string
 			for _, c := range d.Columns {
@@ -241,10 +245,14 @@ func printCheck(w io.Writer, name string, res projections.CheckResult) {
 					cols = append(cols, fmt.Sprintf("%s (live %s, rebuilt %s)", c.Column, c.Live, c.Rebuilt))
 				}
 			}
-			fmt.Fprintf(w, "%s: differs in %s\n", d.ID, strings.Join(cols, ", "))
+			fmt.Fprintf(w, "%s: differs in %s\n", id, strings.Join(cols, ", "))
 		}
 	}
-	fmt.Fprintf(w, "%d users differ\n", len(res.Differences))
+	noun := "rows"
+	if name == projections.UsersName {
+		noun = "users"
+	}
+	fmt.Fprintf(w, "%d %s differ\n", len(res.Differences), noun)
 }
 
 // progressView shows rebuild progress: a bar on a terminal, else a plain

@@ -1,0 +1,392 @@
+package projections
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/jmoiron/sqlx"
+)
+
+// OrganizationsName is the name of the organizations projector.
+const OrganizationsName = "organizations"
+
+// Organizations is the organizations projector: it folds organization.*
+// and organizationMembership.* events (domain.ParseOrganizationEvent,
+// ApplyOrganization, ApplyMembership) into two tables, organizations and
+// organization_memberships, one row per organization and per membership,
+// and keeps each organization's members_count (its memberships that are
+// not deleted) in the same transaction. A batch loads the rows it touches
+// in one query per table, folds them in memory and writes them back in one
+// upsert per table. The fold is order-insensitive and idempotent, so the
+// tables converge whatever order and however often events arrive; a row
+// PostgreSQL refuses is the Runner's to isolate (applyIsolated), and a
+// rebuild's and check's (orgFold.load), as for users.
+type Organizations struct {
+	orgs schema.OrganizationsTable
+	mems schema.MembershipsTable
+}
+
+// NewOrganizations returns the organizations projector writing the live
+// organizations and organization_memberships tables.
+func NewOrganizations() *Organizations {
+	return &Organizations{orgs: schema.LiveOrganizations(), mems: schema.LiveMemberships()}
+}
+
+// Name implements Projector.
+func (p *Organizations) Name() string { return OrganizationsName }
+
+// Types implements Projector: organization.* and organizationMembership.*.
+func (p *Organizations) Types() []string { return domain.OrganizationEventTypes() }
+
+// orgState and memState are one organization and one membership being
+// folded, with the last event applied to each.
+type orgState struct {
+	row  schema.OrganizationRow
+	last schema.Cursor
+}
+
+type memState struct {
+	row  schema.MembershipRow
+	last schema.Cursor
+}
+
+// orgStates is the part of the read model a batch or a rebuild folds.
+type orgStates struct {
+	orgs map[string]*orgState
+	mems map[string]*memState
+}
+
+func newOrgStates() *orgStates {
+	return &orgStates{orgs: map[string]*orgState{}, mems: map[string]*memState{}}
+}
+
+// add folds x, parsed from e, into the states, creating those it touches.
+func (s *orgStates) add(e domain.Event, x domain.OrganizationEvent) {
+	c := schema.After(e)
+	if id := x.OrganizationID(); id != "" {
+		st := s.orgs[id]
+		if st == nil {
+			st = &orgState{}
+			s.orgs[id] = st
+		}
+		st.row.Organization = domain.ApplyOrganization(st.row.Organization, x)
+		if st.last.Less(c) {
+			st.last = c
+		}
+	}
+	if id := x.MembershipID(); id != "" {
+		st := s.mems[id]
+		if st == nil {
+			st = &memState{}
+			s.mems[id] = st
+		}
+		st.row.Membership = domain.ApplyMembership(st.row.Membership, x)
+		if st.last.Less(c) {
+			st.last = c
+		}
+	}
+}
+
+func (s *orgStates) rows() ([]schema.OrganizationRow, []schema.MembershipRow) {
+	orgs := make([]schema.OrganizationRow, 0, len(s.orgs))
+	for _, st := range s.orgs {
+		r := st.row
+		r.LastPosition = st.last.Position
+		orgs = append(orgs, r)
+	}
+	mems := make([]schema.MembershipRow, 0, len(s.mems))
+	for _, st := range s.mems {
+		r := st.row
+		r.LastPosition = st.last.Position
+		mems = append(mems, r)
+	}
+	return orgs, mems
+}
+
+// parseOrg parses e, or returns its Failure (a poison event).
+func parseOrg(e domain.Event) (domain.OrganizationEvent, *Failure) {
+	x, err := domain.ParseOrganizationEvent(e)
+	if err != nil {
+		return x, &Failure{Position: e.Position, DeliveryID: e.DeliveryID, Err: err}
+	}
+	return x, nil
+}
+
+// Apply implements Projector.
+func (p *Organizations) Apply(ctx context.Context, tx *sqlx.Tx, events []domain.Event) ([]Failure, error) {
+	if len(events) == 0 {
+		return nil, nil
+	}
+	var failures []Failure
+	parsed := make([]domain.OrganizationEvent, len(events))
+	ok := make([]bool, len(events))
+	orgIDs, memIDs := map[string]bool{}, map[string]bool{}
+	for i, e := range events {
+		x, f := parseOrg(e)
+		if f != nil {
+			failures = append(failures, *f)
+			continue
+		}
+		parsed[i], ok[i] = x, true
+		if id := x.OrganizationID(); id != "" {
+			orgIDs[id] = true
+		}
+		if id := x.MembershipID(); id != "" {
+			memIDs[id] = true
+		}
+	}
+	s := newOrgStates()
+	storedOrgs, err := p.orgs.Load(ctx, tx, keys(orgIDs))
+	if err != nil {
+		return nil, err
+	}
+	for id, r := range storedOrgs {
+		s.orgs[id] = &orgState{row: r, last: schema.Cursor{Position: r.LastPosition}}
+	}
+	storedMems, err := p.mems.Load(ctx, tx, keys(memIDs))
+	if err != nil {
+		return nil, err
+	}
+	// Recount every organization a touched membership belonged to, before
+	// and after the batch.
+	recount := map[string]bool{}
+	for id, r := range storedMems {
+		s.mems[id] = &memState{row: r, last: schema.Cursor{Position: r.LastPosition}}
+		recount[r.Membership.OrganizationID] = true
+	}
+	for i, e := range events {
+		if ok[i] {
+			s.add(e, parsed[i])
+		}
+	}
+	for _, st := range s.mems {
+		recount[st.row.Membership.OrganizationID] = true
+	}
+	orgs, mems := s.rows()
+	if err := p.orgs.Upsert(ctx, tx, orgs); err != nil {
+		return nil, err
+	}
+	if err := p.mems.Upsert(ctx, tx, mems); err != nil {
+		return nil, err
+	}
+	for id := range orgIDs {
+		recount[id] = true
+	}
+	delete(recount, "")
+	if len(recount) > 0 {
+		if err := schema.RecountMembers(ctx, tx, p.orgs, p.mems, keys(recount)); err != nil {
+			return nil, err
+		}
+	}
+	return failures, nil
+}
+
+func keys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// asideAs implements rebuildable.
+func (p *Organizations) asideAs(name func(string) string) rebuildable {
+	return &Organizations{orgs: p.orgs.Aside(name(p.orgs.Name())), mems: p.mems.Aside(name(p.mems.Name()))}
+}
+
+// createLike implements rebuildable.
+func (p *Organizations) createLike(ctx context.Context, q schema.Execer, live rebuildable, temp bool) error {
+	l := live.(*Organizations)
+	if err := p.orgs.CreateLike(ctx, q, l.orgs, temp); err != nil {
+		return err
+	}
+	return p.mems.CreateLike(ctx, q, l.mems, temp)
+}
+
+// dropTables implements rebuildable.
+func (p *Organizations) dropTables(ctx context.Context, q schema.Execer) error {
+	if err := p.orgs.Drop(ctx, q); err != nil {
+		return err
+	}
+	return p.mems.Drop(ctx, q)
+}
+
+// analyzeTables implements rebuildable.
+func (p *Organizations) analyzeTables(ctx context.Context, q schema.Execer) error {
+	if err := p.orgs.Analyze(ctx, q); err != nil {
+		return err
+	}
+	return p.mems.Analyze(ctx, q)
+}
+
+// replaceWith implements rebuildable: both tables in the one transaction.
+func (p *Organizations) replaceWith(ctx context.Context, tx *sqlx.Tx, aside rebuildable) error {
+	a := aside.(*Organizations)
+	if err := p.orgs.ReplaceWith(ctx, tx, a.orgs); err != nil {
+		return err
+	}
+	return p.mems.ReplaceWith(ctx, tx, a.mems)
+}
+
+// countRows implements rebuildable: the organizations.
+func (p *Organizations) countRows(ctx context.Context, q schema.Queryer) (int, error) {
+	return p.orgs.Count(ctx, q)
+}
+
+// diffWith implements rebuildable: both tables, each difference naming
+// its table.
+func (p *Organizations) diffWith(ctx context.Context, q schema.Queryer, aside rebuildable) ([]Difference, error) {
+	a := aside.(*Organizations)
+	orgs, err := p.orgs.Diff(ctx, q, a.orgs)
+	if err != nil {
+		return nil, err
+	}
+	mems, err := p.mems.Diff(ctx, q, a.mems)
+	if err != nil {
+		return nil, err
+	}
+	for i := range orgs {
+		orgs[i].Table = p.orgs.Name()
+	}
+	for i := range mems {
+		mems[i].Table = p.mems.Name()
+	}
+	return append(orgs, mems...), nil
+}
+
+// orgFold is a range of the ledger folded in memory by foldRange.
+type orgFold struct {
+	p        *Organizations
+	states   *orgStates
+	failures []Failure
+	nread    int64
+}
+
+func (f *orgFold) read() int64 { return f.nread }
+func (f *orgFold) rows() int   { return len(f.states.orgs) }
+
+// foldRange implements rebuildable: one sequential scan of the range (no
+// ORDER BY: the fold is order-insensitive), folded in memory.
+func (p *Organizations) foldRange(ctx context.Context, q schema.Queryer, after, upTo schema.Cursor, progress func(int64)) (folded, error) {
+	f := &orgFold{p: p, states: newOrgStates()}
+	err := schema.StreamEvents(ctx, q, after, upTo, p.Types(), func(e domain.Event) error {
+		f.nread++
+		if x, fail := parseOrg(e); fail != nil {
+			f.failures = append(f.failures, *fail)
+		} else {
+			f.states.add(e, x)
+		}
+		if progress != nil && f.nread%4096 == 0 {
+			progress(f.nread)
+		}
+		return ctx.Err()
+	})
+	if err != nil {
+		return nil, err
+	}
+	if progress != nil {
+		progress(f.nread)
+	}
+	return f, nil
+}
+
+// load implements folded. It COPYs every organization and membership,
+// each table inside a savepoint, then counts the members. When PostgreSQL
+// refuses rows (schema.Refused), it finds them by COPYing halves, and then
+// every event that touches a refused row, every row those events touch,
+// and so on (an event touches an organization and a membership, so one
+// refused row can decide what another holds); it deletes the rows so found
+// and applies their events again in ledger order with applyIsolated, as the
+// live projector does: the events whose rows are refused become poison,
+// the others are kept. The slow path costs two more scans of the range,
+// and only when a row is refused.
+func (f *orgFold) load(ctx context.Context, tx *sqlx.Tx, after, upTo schema.Cursor) ([]Failure, error) {
+	orgs, mems := f.states.rows()
+	f.states = newOrgStates() // let the rows go
+	refusedOrgs, err := copyRefused(ctx, tx, f.p.orgs, orgs)
+	if err != nil {
+		return nil, err
+	}
+	refusedMems, err := copyRefused(ctx, tx, f.p.mems, mems)
+	if err != nil {
+		return nil, err
+	}
+	orgs, mems = nil, nil
+	failures := f.failures
+	if len(refusedOrgs)+len(refusedMems) > 0 {
+		fs, err := f.reapply(ctx, tx, after, upTo, refusedOrgs, refusedMems)
+		if err != nil {
+			return nil, err
+		}
+		failures = mergeFailures(failures, fs)
+	}
+	if err := schema.RecountMembers(ctx, tx, f.p.orgs, f.p.mems, nil); err != nil {
+		return nil, err
+	}
+	return failures, nil
+}
+
+// reapply is load's slow path (see load).
+func (f *orgFold) reapply(ctx context.Context, tx *sqlx.Tx, after, upTo schema.Cursor, refusedOrgs []schema.OrganizationRow, refusedMems []schema.MembershipRow) ([]Failure, error) {
+	orgIDs, memIDs := map[string]bool{}, map[string]bool{}
+	for _, r := range refusedOrgs {
+		orgIDs[r.Organization.ID] = true
+	}
+	for _, r := range refusedMems {
+		memIDs[r.Membership.ID] = true
+	}
+	// Every event's keys, then the closure of the refused rows over them.
+	type touch struct{ org, mem string }
+	var touches []touch
+	err := schema.StreamEvents(ctx, tx, after, upTo, f.p.Types(), func(e domain.Event) error {
+		if x, fail := parseOrg(e); fail == nil {
+			touches = append(touches, touch{x.OrganizationID(), x.MembershipID()})
+		}
+		return ctx.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read the events of rows that are refused: %w", err)
+	}
+	for grew := true; grew; {
+		grew = false
+		for _, t := range touches {
+			if (t.org != "" && orgIDs[t.org]) || (t.mem != "" && memIDs[t.mem]) {
+				if t.org != "" && !orgIDs[t.org] {
+					orgIDs[t.org], grew = true, true
+				}
+				if t.mem != "" && !memIDs[t.mem] {
+					memIDs[t.mem], grew = true, true
+				}
+			}
+		}
+	}
+	touches = nil
+	if err := f.p.orgs.Delete(ctx, tx, keys(orgIDs)); err != nil {
+		return nil, err
+	}
+	if err := f.p.mems.Delete(ctx, tx, keys(memIDs)); err != nil {
+		return nil, err
+	}
+	var events []domain.Event
+	err = schema.StreamEvents(ctx, tx, after, upTo, f.p.Types(), func(e domain.Event) error {
+		if x, fail := parseOrg(e); fail == nil && (orgIDs[x.OrganizationID()] || memIDs[x.MembershipID()]) {
+			events = append(events, e)
+		}
+		return ctx.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read the events of rows that are refused: %w", err)
+	}
+	slices.SortFunc(events, func(a, b domain.Event) int {
+		return cmp.Or(cmp.Compare(a.TxID, b.TxID), cmp.Compare(a.Position, b.Position))
+	})
+	fs, err := applyIsolated(ctx, tx, f.p, events)
+	if err != nil {
+		return nil, fmt.Errorf("apply the events of %d organizations and %d memberships whose rows are refused: %w", len(orgIDs), len(memIDs), err)
+	}
+	return fs, nil
+}
