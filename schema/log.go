@@ -1,0 +1,301 @@
+package schema
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/translog"
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// This file holds the SQL of the verifiable log: log_leaves (leaf index →
+// event position), log_hashes (the tree's stored hashes, numbered as
+// tlog.StoredHashIndex does) and log_checkpoints (signed tree heads).
+
+// TreeHead is a tree size and its root hash.
+type TreeHead struct {
+	Size int64
+	Root tlog.Hash
+}
+
+// TreeSize returns how many leaves the tree has.
+func TreeSize(ctx context.Context, q Queryer) (int64, error) {
+	var n int64
+	if err := q.QueryRowxContext(ctx, `SELECT COALESCE(max(leaf) + 1, 0) FROM log_leaves`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("read tree size: %w", Classify(err))
+	}
+	return n, nil
+}
+
+// ReadHashes returns the stored hashes at indexes, in that order, in one
+// query. A missing one is an error naming it (the tree table was cut).
+func ReadHashes(ctx context.Context, q Queryer, indexes []int64) ([]tlog.Hash, error) {
+	if len(indexes) == 0 {
+		return nil, nil
+	}
+	rows, err := q.QueryxContext(ctx, `SELECT idx, hash FROM log_hashes WHERE idx = ANY($1)`, pq.Array(indexes))
+	if err != nil {
+		return nil, fmt.Errorf("read tree hashes: %w", Classify(err))
+	}
+	defer rows.Close()
+	got := make(map[int64]tlog.Hash, len(indexes))
+	for rows.Next() {
+		var idx int64
+		var h []byte
+		if err := rows.Scan(&idx, &h); err != nil {
+			return nil, fmt.Errorf("read tree hashes: %w", Classify(err))
+		}
+		if len(h) != tlog.HashSize {
+			return nil, fmt.Errorf("tree hash %d has %d bytes", idx, len(h))
+		}
+		got[idx] = tlog.Hash(h)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read tree hashes: %w", Classify(err))
+	}
+	out := make([]tlog.Hash, len(indexes))
+	for i, idx := range indexes {
+		h, ok := got[idx]
+		if !ok {
+			return nil, fmt.Errorf("tree hash %d is missing from log_hashes", idx)
+		}
+		out[i] = h
+	}
+	return out, nil
+}
+
+// HashReader returns a tlog.HashReader over log_hashes on q: each
+// ReadHashes is one query (ReadHashes above).
+func HashReader(ctx context.Context, q Queryer) tlog.HashReader {
+	return tlog.HashReaderFunc(func(indexes []int64) ([]tlog.Hash, error) { return ReadHashes(ctx, q, indexes) })
+}
+
+// ReadEdge returns the right edge of the stored tree of size leaves.
+func ReadEdge(ctx context.Context, q Queryer, size int64) (*translog.Edge, error) {
+	hs, err := ReadHashes(ctx, q, translog.EdgeIndexes(size))
+	if err != nil {
+		return nil, err
+	}
+	return translog.NewEdge(size, hs)
+}
+
+// ReadTreeHead returns the stored tree's size and root.
+func ReadTreeHead(ctx context.Context, q Queryer) (TreeHead, error) {
+	n, err := TreeSize(ctx, q)
+	if err != nil {
+		return TreeHead{}, err
+	}
+	e, err := ReadEdge(ctx, q, n)
+	if err != nil {
+		return TreeHead{}, err
+	}
+	return TreeHead{Size: n, Root: e.Root()}, nil
+}
+
+// AppendLeaves adds events, which must be the next events in ledger order
+// after the tree's last leaf, to the tree inside tx: their leaves
+// (domain.LeafOf, the body committed with an empty salt) and every hash the
+// tree stores for them. It reads only the tree's right edge. It must run in
+// the sealer's transaction, one sealer at a time (the projector runtime's
+// lock). It returns the new tree head.
+func AppendLeaves(ctx context.Context, tx *sqlx.Tx, events []domain.Event) (TreeHead, error) {
+	size, err := TreeSize(ctx, tx)
+	if err != nil {
+		return TreeHead{}, err
+	}
+	edge, err := ReadEdge(ctx, tx, size)
+	if err != nil {
+		return TreeHead{}, fmt.Errorf("append to the tree of %d: %w", size, err)
+	}
+	if len(events) == 0 {
+		return TreeHead{Size: size, Root: edge.Root()}, nil
+	}
+	leaves := make([]int64, len(events))
+	positions := make([]int64, len(events))
+	idxs := make([]int64, 0, 2*len(events))
+	hashes := make([][]byte, 0, 2*len(events))
+	buf := make([]byte, 0, 1024)
+	for i, e := range events {
+		n := size + int64(i)
+		leaves[i], positions[i] = n, e.Position
+		buf = domain.LeafOf(e, nil).Encode(buf[:0])
+		hs, err := edge.Append(tlog.RecordHash(buf))
+		if err != nil {
+			return TreeHead{}, fmt.Errorf("append leaf %d: %w", n, err)
+		}
+		base := tlog.StoredHashIndex(0, n)
+		for j := range hs {
+			idxs = append(idxs, base+int64(j))
+			hashes = append(hashes, hs[j][:])
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO log_leaves (leaf, position) SELECT * FROM unnest($1::bigint[], $2::bigint[])`,
+		pq.Array(leaves), pq.Array(positions)); err != nil {
+		return TreeHead{}, fmt.Errorf("append leaves %d..%d: %w", size, size+int64(len(events))-1, Classify(err))
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO log_hashes (idx, hash) SELECT * FROM unnest($1::bigint[], $2::bytea[])`,
+		pq.Array(idxs), pq.ByteaArray(hashes)); err != nil {
+		return TreeHead{}, fmt.Errorf("append tree hashes of leaves %d..%d: %w", size, size+int64(len(events))-1, Classify(err))
+	}
+	return TreeHead{Size: edge.Size(), Root: edge.Root()}, nil
+}
+
+// LeafByPosition returns the leaf index of the event at position, and the
+// event. Errors: ENOTFOUND when there is no such event, or it is not in
+// the tree yet.
+func LeafByPosition(ctx context.Context, q Queryer, position int64) (int64, domain.Event, error) {
+	var leaf sql.NullInt64
+	row := q.QueryRowxContext(ctx, `SELECT l.leaf, `+eEventColumns+` FROM events e LEFT JOIN log_leaves l ON l.position = e.position WHERE e.position = $1`, position)
+	var e domain.Event
+	var body []byte
+	err := row.Scan(&leaf, &e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &body, &e.SvixTimestamp, &e.SvixSignature, &e.Source)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, domain.Event{}, domain.Errorf(domain.ENOTFOUND, "no event at position %d", position)
+	}
+	if err != nil {
+		return 0, domain.Event{}, fmt.Errorf("read event %d and its leaf: %w", position, Classify(err))
+	}
+	if !leaf.Valid {
+		return 0, domain.Event{}, domain.Errorf(domain.ENOTFOUND, "the event at position %d is not in the tree yet (the sealer has not reached it)", position)
+	}
+	e.Body = body
+	e.OccurredAt, e.ReceivedAt = e.OccurredAt.UTC(), e.ReceivedAt.UTC()
+	return leaf.Int64, e, nil
+}
+
+// eEventColumns is eventColumns of the events table aliased e.
+const eEventColumns = `e.position, e.transaction_id, e.delivery_id, e.type, COALESCE(e.user_id, ''), e.occurred_at, e.received_at, e.body, e.svix_timestamp, e.svix_signature, e.source`
+
+// LeafEvent is an event with its leaf index.
+type LeafEvent struct {
+	Leaf int64
+	domain.Event
+}
+
+// UserLeaves calls fn with each event about user whose leaf index is below
+// size, in leaf order (e.Body valid only during the call).
+func UserLeaves(ctx context.Context, q Queryer, user string, size int64, fn func(LeafEvent) error) (int, error) {
+	rows, err := q.QueryxContext(ctx, `SELECT l.leaf, `+eEventColumns+` FROM events e JOIN log_leaves l ON l.position = e.position
+WHERE e.user_id = $1 AND l.leaf < $2 ORDER BY l.leaf`, user, size)
+	if err != nil {
+		return 0, fmt.Errorf("read the leaves of user %s: %w", user, Classify(err))
+	}
+	defer rows.Close()
+	n := 0
+	var body sql.RawBytes
+	for rows.Next() {
+		var e LeafEvent
+		if err := rows.Scan(&e.Leaf, &e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &body, &e.SvixTimestamp, &e.SvixSignature, &e.Source); err != nil {
+			return n, fmt.Errorf("read the leaves of user %s: %w", user, Classify(err))
+		}
+		e.Body = body
+		e.OccurredAt, e.ReceivedAt = e.OccurredAt.UTC(), e.ReceivedAt.UTC()
+		if err := fn(e); err != nil {
+			return n, err
+		}
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		return n, fmt.Errorf("read the leaves of user %s: %w", user, Classify(err))
+	}
+	return n, nil
+}
+
+// LogCheckpoint is a signed tree head as log_checkpoints keeps it.
+type LogCheckpoint struct {
+	ID       int64
+	Size     int64
+	Root     tlog.Hash
+	Note     string // the signed note, byte for byte
+	SignedAt time.Time
+}
+
+// AddCheckpoint appends c (ID and SignedAt set by the database) unless one
+// of the same tree size is kept already, or a larger one (a checkpoint never
+// goes back); added reports whether it was stored. Run it with the
+// checkpoint lock held (LockCheckpoints), so two signers cannot interleave.
+func AddCheckpoint(ctx context.Context, q Execer, c LogCheckpoint) (added bool, err error) {
+	res, err := q.ExecContext(ctx, `INSERT INTO log_checkpoints (tree_size, root, note)
+SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM log_checkpoints WHERE tree_size >= $1)`, c.Size, c.Root[:], c.Note)
+	if err != nil {
+		return false, fmt.Errorf("keep checkpoint of size %d: %w", c.Size, Classify(err))
+	}
+	n, _ := res.RowsAffected()
+	return n == 1, nil
+}
+
+// LockCheckpoints takes the transaction-scoped advisory lock of checkpoint
+// signing inside tx; locked is false when another signer holds it.
+func LockCheckpoints(ctx context.Context, tx *sqlx.Tx) (locked bool, err error) {
+	if err := tx.QueryRowxContext(ctx, `SELECT pg_try_advisory_xact_lock(hashtext('ledger:checkpoint'))`).Scan(&locked); err != nil {
+		return false, fmt.Errorf("lock checkpoint signing: %w", Classify(err))
+	}
+	return locked, nil
+}
+
+const checkpointColumns = `id, tree_size, root, note, signed_at`
+
+func scanCheckpoint(row interface{ Scan(...any) error }) (LogCheckpoint, error) {
+	var c LogCheckpoint
+	var root []byte
+	if err := row.Scan(&c.ID, &c.Size, &root, &c.Note, &c.SignedAt); err != nil {
+		return LogCheckpoint{}, err
+	}
+	copy(c.Root[:], root)
+	c.SignedAt = c.SignedAt.UTC()
+	return c, nil
+}
+
+// LatestCheckpoint returns the newest kept checkpoint (the largest tree).
+// Errors: ENOTFOUND when none is kept yet.
+func LatestCheckpoint(ctx context.Context, q Queryer) (LogCheckpoint, error) {
+	c, err := scanCheckpoint(q.QueryRowxContext(ctx, `SELECT `+checkpointColumns+` FROM log_checkpoints ORDER BY tree_size DESC LIMIT 1`))
+	if errors.Is(err, sql.ErrNoRows) {
+		return LogCheckpoint{}, domain.Errorf(domain.ENOTFOUND, "no checkpoint is signed yet")
+	}
+	if err != nil {
+		return LogCheckpoint{}, fmt.Errorf("read the latest checkpoint: %w", Classify(err))
+	}
+	return c, nil
+}
+
+// CheckpointOfSize returns the kept checkpoint of that tree size.
+// Errors: ENOTFOUND when none is kept for it.
+func CheckpointOfSize(ctx context.Context, q Queryer, size int64) (LogCheckpoint, error) {
+	c, err := scanCheckpoint(q.QueryRowxContext(ctx, `SELECT `+checkpointColumns+` FROM log_checkpoints WHERE tree_size = $1`, size))
+	if errors.Is(err, sql.ErrNoRows) {
+		return LogCheckpoint{}, domain.Errorf(domain.ENOTFOUND, "no checkpoint of tree size %d is kept", size)
+	}
+	if err != nil {
+		return LogCheckpoint{}, fmt.Errorf("read the checkpoint of size %d: %w", size, Classify(err))
+	}
+	return c, nil
+}
+
+// EachCheckpoint calls fn with every kept checkpoint, smallest tree first.
+func EachCheckpoint(ctx context.Context, q Queryer, fn func(LogCheckpoint) error) error {
+	rows, err := q.QueryxContext(ctx, `SELECT `+checkpointColumns+` FROM log_checkpoints ORDER BY tree_size`)
+	if err != nil {
+		return fmt.Errorf("read checkpoints: %w", Classify(err))
+	}
+	defer rows.Close()
+	for rows.Next() {
+		c, err := scanCheckpoint(rows)
+		if err != nil {
+			return fmt.Errorf("read checkpoints: %w", Classify(err))
+		}
+		if err := fn(c); err != nil {
+			return err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read checkpoints: %w", Classify(err))
+	}
+	return nil
+}
