@@ -107,7 +107,8 @@ type pageEvent struct {
 	Position               int64
 	Type, UserID           string
 	OccurredAt, ReceivedAt string
-	DeliveryID, ChainHash  string
+	DeliveryID, LeafHash   string
+	LeafIndex              int64
 	Payload                string
 	After                  bool // occurred after the chosen instant (timeline)
 }
@@ -118,8 +119,8 @@ func newPageEvent(j audit.EventJSON) pageEvent {
 	if j.UserID != nil {
 		p.UserID = *j.UserID
 	}
-	if j.ChainHash != nil {
-		p.ChainHash = *j.ChainHash
+	if j.LeafHash != nil {
+		p.LeafHash, p.LeafIndex = *j.LeafHash, *j.LeafIndex
 	}
 	var buf bytes.Buffer
 	if err := jsonIndent(&buf, j.Payload); err == nil {
@@ -130,21 +131,30 @@ func newPageEvent(j audit.EventJSON) pageEvent {
 	return p
 }
 
-// chainStatus is the chain status box.
+// chainStatus is the status box: the tree, its latest signed checkpoint,
+// the frozen chain's head and the last verification.
 type chainStatus struct {
-	Head         string
-	HeadSealedAt string
-	Last         *schema.Verification
+	TreeSize         int64
+	Checkpoint       string // the latest signed note
+	CheckpointSize   int64
+	CheckpointSigned string
+	Head             string // the frozen chain's head
+	HeadSealedAt     string
+	Last             *schema.Verification
 }
 
 func loadChainStatus(ctx context.Context, svc *audit.Service) (chainStatus, error) {
 	var c chainStatus
-	st, err := svc.ChainStatus(ctx)
+	st, err := svc.LogStatus(ctx)
 	if err != nil {
 		return c, err
 	}
-	if st.Head != nil {
-		c.Head, c.HeadSealedAt = st.Head.String(), st.HeadSealedAt.Format(time.RFC3339)
+	c.TreeSize = st.TreeSize
+	if st.Latest != nil {
+		c.Checkpoint, c.CheckpointSize, c.CheckpointSigned = st.Latest.Note, st.Latest.Size, st.Latest.SignedAt.Format(time.RFC3339)
+	}
+	if st.Chain != nil {
+		c.Head, c.HeadSealedAt = st.Chain.String(), st.ChainSealedAt.Format(time.RFC3339)
 	}
 	c.Last = st.Last
 	return c, nil
@@ -311,6 +321,7 @@ type userPage struct {
 	// with links to the next page and back to the first.
 	First, Last       int64
 	NextURL, FirstURL string
+	ProofURL          string // the user's proof bundle
 }
 
 // handleAuditUserPage serves GET /audit/users/{id}?at=&cursor=: the state
@@ -365,6 +376,7 @@ func handleAuditUserPage(p *auditPages, svc *audit.Service) http.HandlerFunc {
 		}
 		data.History = &h
 		data.First, data.Last = h.Offset+1, h.Offset+int64(h.Count)
+		data.ProofURL = "/api/audit/users/" + url.PathEscape(id) + "/proof"
 		base := url.Values{}
 		if !at.IsZero() {
 			base.Set("at", data.AtText)
@@ -409,7 +421,7 @@ type chainPage struct {
 func handleAuditChainPage(p *auditPages, svc *audit.Service) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
-		data := chainPage{Title: "Hash chain", Actor: actorOf(r, schema.ChannelPage).ID, Digest: q.Get("digest")}
+		data := chainPage{Title: "Tamper evidence", Actor: actorOf(r, schema.ChannelPage).ID, Digest: q.Get("digest")}
 		data.Signatures, _ = strconv.ParseBool(q.Get("signatures"))
 		if q.Has("verify") {
 			data.Notice = "Not run: a verification reads the whole ledger and is recorded in your name, so it starts only from this page's button."
@@ -429,7 +441,7 @@ func handleAuditChainPage(p *auditPages, svc *audit.Service) http.HandlerFunc {
 // that no link on another site can start one.
 func handleAuditChainVerify(p *auditPages, svc *audit.Service) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		data := chainPage{Title: "Hash chain", Actor: actorOf(r, schema.ChannelPage).ID}
+		data := chainPage{Title: "Tamper evidence", Actor: actorOf(r, schema.ChannelPage).ID}
 		status := http.StatusOK
 		form, err := readForm(w, r)
 		if err == nil {

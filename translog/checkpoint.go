@@ -91,8 +91,12 @@ func ParseSigner(skey string) (*Signer, error) {
 		return nil, domain.Errorf(domain.EINVALID, "LEDGER_LOG_KEY is not a note signing key (PRIVATE+KEY+name+hash+key)")
 	}
 	// The verifier key is not exported by note: derive it from the seed.
-	parts := strings.Split(skey, "+")
-	raw, err := base64.StdEncoding.DecodeString(parts[len(parts)-1])
+	// PRIVATE+KEY+<name>+<hash>+<base64 key>: the key's base64 may hold '+'.
+	parts := strings.SplitN(strings.TrimPrefix(skey, "PRIVATE+KEY+"), "+", 3)
+	if len(parts) != 3 {
+		return nil, domain.Errorf(domain.EINVALID, "LEDGER_LOG_KEY is not a note signing key (PRIVATE+KEY+name+hash+key)")
+	}
+	raw, err := base64.StdEncoding.DecodeString(parts[2])
 	if err != nil || len(raw) != 1+ed25519.SeedSize || raw[0] != 1 {
 		return nil, domain.Errorf(domain.EINVALID, "LEDGER_LOG_KEY is not an Ed25519 note signing key")
 	}
