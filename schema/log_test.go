@@ -189,7 +189,7 @@ func TestVerifyLogDetectsTampering(t *testing.T) {
 	})
 	for _, c := range []struct {
 		name, query, want string
-		event, bad    int // the event tampered with, and the one reported (its successor in leaf order for a reorder)
+		event, bad        int // the event tampered with, and the one reported (its successor in leaf order for a reorder)
 	}{
 		{"edited body", `UPDATE events SET body = body || ' ' WHERE position = $1`, "does not match its leaf hash", 4, 4},
 		{"edited time", `UPDATE events SET occurred_at = occurred_at - interval '1 microsecond' WHERE position = $1`, "does not match its leaf hash", 7, 7},

@@ -191,7 +191,7 @@ func checkEvent(user string, e BundleEvent, cp Checkpoint) (included bool, body,
 	if err := tlog.CheckRecord(proof, cp.Size, cp.Root, e.LeafIndex, want); err != nil {
 		return false, "", "its inclusion proof does not lead to the checkpoint's root"
 	}
-	salt, err := base64.StdEncoding.DecodeString(e.Salt)
+	salt, err := strictBase64(e.Salt)
 	if err != nil {
 		return true, "", "salt is not base64"
 	}
@@ -209,11 +209,25 @@ func checkEvent(user string, e BundleEvent, cp Checkpoint) (included bool, body,
 }
 
 func hash32(s string) (tlog.Hash, error) {
-	b, err := base64.StdEncoding.DecodeString(s)
+	b, err := strictBase64(s)
 	if err != nil || len(b) != tlog.HashSize {
 		return tlog.Hash{}, fmt.Errorf("not base64 of %d bytes", tlog.HashSize)
 	}
 	var h tlog.Hash
 	copy(h[:], b)
 	return h, nil
+}
+
+// strictBase64 decodes standard base64 that is in its one canonical form:
+// Go's decoder ignores the unused low bits of the last character, so two
+// spellings would decode alike, and a bundle's bytes could change unnoticed.
+func strictBase64(s string) ([]byte, error) {
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		return nil, err
+	}
+	if base64.StdEncoding.EncodeToString(b) != s {
+		return nil, fmt.Errorf("not canonical base64")
+	}
+	return b, nil
 }

@@ -150,6 +150,9 @@ func (v *Verifier) Name() string { return v.v.Name() }
 // key (another key, or none), its signature does not verify, or its text is
 // not a checkpoint.
 func (v *Verifier) Open(msg []byte) (Checkpoint, error) {
+	if err := canonicalSignatures(msg); err != nil {
+		return Checkpoint{}, err
+	}
 	n, err := note.Open(msg, note.VerifierList(v.v))
 	if err != nil {
 		var unknown *note.UnknownVerifierError
@@ -174,4 +177,25 @@ func NoteBody(msg []byte) []byte {
 		return msg[:i+1]
 	}
 	return msg
+}
+
+// canonicalSignatures refuses a note whose signature lines are not in
+// canonical base64: note.Open would accept a spelling whose last character
+// differs in its unused bits, so a kept checkpoint's bytes could change and
+// still verify.
+func canonicalSignatures(msg []byte) error {
+	i := bytes.LastIndex(msg, []byte("\n\n"))
+	if i < 0 {
+		return domain.Errorf(domain.EINVALID, "checkpoint is not a signed note")
+	}
+	for _, line := range strings.Split(strings.TrimSuffix(string(msg[i+2:]), "\n"), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 3 {
+			continue // note.Open judges the line
+		}
+		if b, err := base64.StdEncoding.DecodeString(f[2]); err == nil && base64.StdEncoding.EncodeToString(b) != f[2] {
+			return domain.Errorf(domain.EINVALID, "checkpoint signature is not in canonical base64")
+		}
+	}
+	return nil
 }
