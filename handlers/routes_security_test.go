@@ -16,6 +16,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
 	"github.com/clerk-ledger/clerk-ledger/clerksession"
 	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
 )
 
 // caller is one kind of requester in the route security matrix.
@@ -97,6 +98,9 @@ var securityRoutes = []routeRow{
 	{pattern: "GET /api/audit/events", path: "/api/audit/events", kind: "session", want: auditedRead},
 	{pattern: "GET /api/audit/users/{id}", path: "/api/audit/users/{id}", kind: "session", want: auditedRead},
 	{pattern: "POST /api/audit/verify", path: "/api/audit/verify", kind: "post", want: auditedPost},
+	{pattern: "GET /api/audit/checkpoint", path: "/api/audit/checkpoint", kind: "session", want: auditedRead},
+	{pattern: "GET /api/audit/events/{position}/proof", path: "/api/audit/events/1/proof", kind: "session", want: auditedRead},
+	{pattern: "GET /api/audit/users/{id}/proof", path: "/api/audit/users/{id}/proof", kind: "session", want: auditedRead},
 	{pattern: "GET /audit", path: "/audit", kind: "session", want: audited},
 	{pattern: "GET /audit/users/{id}", path: "/audit/users/{id}", kind: "session", want: audited},
 	{pattern: "GET /audit/chain", path: "/audit/chain", kind: "session", want: audited},
@@ -178,6 +182,11 @@ func newSecurityEnv(t *testing.T, dev bool) *securityEnv {
 		}
 	}
 	e.ada, e.bob = e.seedAdaAndBob(t)
+	// Sealed and signed, so that the proofs answer.
+	var sealer schematest.Sealer
+	sealer.SealAll(t, e.db, 6)
+	logSigner, _ := schematest.NewLogKey(t, "clerk-ledger/sec")
+	schematest.SignCheckpoint(t, e.db, logSigner, "clerk-ledger/sec")
 	// Both auditors are projected, with emails, so that a forged token that
 	// were accepted would show data the leak check catches.
 	putUser(t, e.db, domain.User{ID: secListed, Email: "listed@example.com", PublicMetadata: json.RawMessage(`{}`)})
