@@ -112,28 +112,22 @@ func (s *Service) Proof(ctx context.Context, a Actor, position, size int64) (Inc
 		return InclusionProof{}, err
 	}
 	defer release()
-	tx, err := s.db.BeginTxx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
-	if err != nil {
-		return InclusionProof{}, fmt.Errorf("proof: %w", schema.Classify(err))
-	}
-	defer tx.Rollback()
-	cp, err := checkpoint(ctx, tx, size)
+	// No transaction: the tree is append-only, so the checkpoint, the leaf
+	// and the hashes below its size agree however they are read.
+	cp, err := checkpoint(ctx, s.db, size)
 	if err != nil {
 		return InclusionProof{}, err
 	}
-	leaf, e, err := schema.LeafByPosition(ctx, tx, position)
+	leaf, e, err := schema.LeafByPosition(ctx, s.db, position)
 	if err != nil {
 		return InclusionProof{}, err
 	}
 	if leaf >= cp.Size {
 		return InclusionProof{}, domain.Errorf(domain.ENOTFOUND, "the event at position %d is leaf %d, not in the tree of the checkpoint of size %d yet", position, leaf, cp.Size)
 	}
-	proof, err := tlog.ProveRecord(cp.Size, leaf, schema.HashReader(ctx, tx))
+	proof, err := tlog.ProveRecord(cp.Size, leaf, schema.HashReader(ctx, s.db))
 	if err != nil {
 		return InclusionProof{}, fmt.Errorf("prove leaf %d in %d: %w", leaf, cp.Size, err)
-	}
-	if err := tx.Commit(); err != nil {
-		return InclusionProof{}, fmt.Errorf("proof: %w", schema.Classify(err))
 	}
 	enc := domain.LeafOf(e, nil).Encode(nil)
 	h := tlog.RecordHash(enc)
@@ -159,8 +153,9 @@ const MaxBundleBytes = 64 << 20
 
 // UserProof builds the proof bundle of user (translog.Bundle) against the
 // latest signed checkpoint: every event about the user in that checkpoint's
-// tree, with its exact body and inclusion proof, from one snapshot. All the
-// proofs' hashes are read in one query. Events sealed after the checkpoint
+// tree, with its exact body and inclusion proof. All the proofs' hashes are
+// read in one query. (No snapshot is needed: the tree is append-only, and
+// the checkpoint fixes which leaves the bundle holds.) Events sealed after the checkpoint
 // are not in it (the next checkpoint, a few seconds later, has them). The
 // access is recorded with the events it holds. Errors: EINVALID for a bad
 // id; ENOTFOUND when no checkpoint is signed yet or the user has no event in
@@ -174,18 +169,13 @@ func (s *Service) UserProof(ctx context.Context, a Actor, userID string) (transl
 		return translog.Bundle{}, err
 	}
 	defer release()
-	tx, err := s.db.BeginTxx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
-	if err != nil {
-		return translog.Bundle{}, fmt.Errorf("user proof: %w", schema.Classify(err))
-	}
-	defer tx.Rollback()
-	cp, err := schema.LatestCheckpoint(ctx, tx)
+	cp, err := schema.LatestCheckpoint(ctx, s.db)
 	if err != nil {
 		return translog.Bundle{}, err
 	}
 	var events []schema.LeafEvent
 	var bytes int64
-	if _, err := schema.UserLeaves(ctx, tx, userID, cp.Size, func(e schema.LeafEvent) error {
+	if _, err := schema.UserLeaves(ctx, s.db, userID, cp.Size, func(e schema.LeafEvent) error {
 		if bytes += int64(len(e.Body)); bytes > MaxBundleBytes {
 			return domain.Errorf(domain.ETOOLARGE, "user %s has more than %d MiB of bodies in the tree: too many for one bundle", userID, MaxBundleBytes>>20)
 		}
@@ -198,12 +188,9 @@ func (s *Service) UserProof(ctx context.Context, a Actor, userID string) (transl
 	if len(events) == 0 {
 		return translog.Bundle{}, domain.Errorf(domain.ENOTFOUND, "the ledger has no event about user %s in the tree of the latest checkpoint (size %d)", userID, cp.Size)
 	}
-	proofs, err := proveAll(ctx, tx, cp.Size, events)
+	proofs, err := proveAll(ctx, s.db, cp.Size, events)
 	if err != nil {
 		return translog.Bundle{}, err
-	}
-	if err := tx.Commit(); err != nil {
-		return translog.Bundle{}, fmt.Errorf("user proof: %w", schema.Classify(err))
 	}
 	b := translog.Bundle{Format: translog.BundleFormat, UserID: userID, Checkpoint: cp.Note, Events: make([]translog.BundleEvent, len(events))}
 	for i, e := range events {
@@ -351,7 +338,7 @@ func (s *Service) consistency(ctx context.Context, note []byte) (ConsistencyResu
 		return fail("the stored tree cannot give the root of %d leaves: %v", latest.Size, err)
 	}
 	if root != latest.Root {
-		return fail("the stored tree's root at %d leaves is not the latest checkpoint's: log_hashes was changed", latest.Size)
+		return fail("the stored tree's root at %d leaves is not the latest checkpoint's: the tree's table was changed", latest.Size)
 	}
 	if kept.Size > 0 {
 		old, err := tlog.TreeHash(kept.Size, r)

@@ -21,13 +21,12 @@ type AuditEvent struct {
 }
 
 // auditColumns is the column list scanAuditEvent reads: the event (aliased
-// e), its leaf (l) and the leaf's hash (h), LEFT JOINed by auditJoin.
-const auditColumns = `e.position, e.transaction_id, e.delivery_id, e.type, COALESCE(e.user_id, ''), e.occurred_at, e.received_at, e.body, e.svix_timestamp, e.svix_signature, e.source, COALESCE(l.leaf, 0), h.hash`
+// e), its leaf index and leaf hash (from l, LEFT JOINed by auditJoin).
+const auditColumns = `e.position, e.transaction_id, e.delivery_id, e.type, COALESCE(e.user_id, ''), e.occurred_at, e.received_at, e.body, e.svix_timestamp, e.svix_signature, e.source, COALESCE(l.leaf, 0), substring(l.hashes FROM 1 FOR 32)`
 
-// auditJoin joins an event (e) with its leaf and the leaf's hash: a leaf's
-// hash is tlog's stored hash at index StoredHashIndex(0, leaf), which is
-// 2*leaf - popcount(leaf).
-const auditJoin = ` LEFT JOIN log_leaves l ON l.position = e.position LEFT JOIN log_hashes h ON h.idx = 2 * l.leaf - bit_count(l.leaf::bit(64))`
+// auditJoin joins an event (e) with its leaf (l): the first of a leaf's
+// stored hashes is the leaf hash.
+const auditJoin = ` LEFT JOIN log_leaves l ON l.position = e.position`
 
 // scanAuditEvent scans one row of auditColumns. The event's Body is *body,
 // which the next scan (or the rows' next Next or Close) overwrites: a caller

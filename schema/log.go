@@ -14,9 +14,20 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 )
 
-// This file holds the SQL of the verifiable log: log_leaves (leaf index →
-// event position), log_hashes (the tree's stored hashes, numbered as
-// tlog.StoredHashIndex does) and log_checkpoints (signed tree heads).
+// This file holds the SQL of the verifiable log: log_leaves (the tree: per
+// leaf its event's position and the stored hashes it adds) and
+// log_checkpoints (signed tree heads).
+//
+// tlog numbers stored hashes (tlog.StoredHashIndex); the hash of level l,
+// index n is made when leaf (n+1)*2^l - 1 is appended, as the l-th (from 0)
+// of that leaf's hashes: storedAt maps one to the other.
+
+// storedAt returns the leaf whose row holds stored hash idx and its offset
+// in the row's hashes.
+func storedAt(idx int64) (leaf int64, offset int) {
+	l, n := tlog.SplitStoredHashIndex(idx)
+	return (n+1)<<l - 1, l * tlog.HashSize
+}
 
 // TreeHead is a tree size and its root hash.
 type TreeHead struct {
@@ -33,44 +44,47 @@ func TreeSize(ctx context.Context, q Queryer) (int64, error) {
 	return n, nil
 }
 
-// ReadHashes returns the stored hashes at indexes, in that order, in one
-// query. A missing one is an error naming it (the tree table was cut).
+// ReadHashes returns the stored hashes at indexes (tlog.StoredHashIndex),
+// in that order, in one query. A missing one is an error naming it (the
+// tree's table was cut or changed).
 func ReadHashes(ctx context.Context, q Queryer, indexes []int64) ([]tlog.Hash, error) {
 	if len(indexes) == 0 {
 		return nil, nil
 	}
-	rows, err := q.QueryxContext(ctx, `SELECT idx, hash FROM log_hashes WHERE idx = ANY($1)`, pq.Array(indexes))
+	leaves := make([]int64, len(indexes))
+	for i, idx := range indexes {
+		leaves[i], _ = storedAt(idx)
+	}
+	rows, err := q.QueryxContext(ctx, `SELECT leaf, hashes FROM log_leaves WHERE leaf = ANY($1)`, pq.Array(leaves))
 	if err != nil {
 		return nil, fmt.Errorf("read tree hashes: %w", Classify(err))
 	}
 	defer rows.Close()
-	got := make(map[int64]tlog.Hash, len(indexes))
+	got := make(map[int64][]byte, len(indexes))
 	for rows.Next() {
-		var idx int64
+		var leaf int64
 		var h []byte
-		if err := rows.Scan(&idx, &h); err != nil {
+		if err := rows.Scan(&leaf, &h); err != nil {
 			return nil, fmt.Errorf("read tree hashes: %w", Classify(err))
 		}
-		if len(h) != tlog.HashSize {
-			return nil, fmt.Errorf("tree hash %d has %d bytes", idx, len(h))
-		}
-		got[idx] = tlog.Hash(h)
+		got[leaf] = h
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read tree hashes: %w", Classify(err))
 	}
 	out := make([]tlog.Hash, len(indexes))
 	for i, idx := range indexes {
-		h, ok := got[idx]
-		if !ok {
-			return nil, fmt.Errorf("tree hash %d is missing from log_hashes", idx)
+		leaf, off := storedAt(idx)
+		h, ok := got[leaf]
+		if !ok || len(h) < off+tlog.HashSize {
+			return nil, fmt.Errorf("tree hash %d (leaf %d) is missing from log_leaves", idx, leaf)
 		}
-		out[i] = h
+		out[i] = tlog.Hash(h[off : off+tlog.HashSize])
 	}
 	return out, nil
 }
 
-// HashReader returns a tlog.HashReader over log_hashes on q: each
+// HashReader returns a tlog.HashReader over log_leaves on q: each
 // ReadHashes is one query (ReadHashes above).
 func HashReader(ctx context.Context, q Queryer) tlog.HashReader {
 	return tlog.HashReaderFunc(func(indexes []int64) ([]tlog.Hash, error) { return ReadHashes(ctx, q, indexes) })
@@ -101,7 +115,8 @@ func ReadTreeHead(ctx context.Context, q Queryer) (TreeHead, error) {
 // AppendLeaves adds events, which must be the next events in ledger order
 // after the tree's last leaf, to the tree inside tx: their leaves
 // (domain.LeafOf, the body committed with an empty salt) and every hash the
-// tree stores for them. It reads only the tree's right edge. It must run in
+// tree stores for them, COPYed into log_leaves. It reads only the tree's
+// right edge. It must run in
 // the sealer's transaction, one sealer at a time (the projector runtime's
 // lock). It returns the new tree head.
 func AppendLeaves(ctx context.Context, tx *sqlx.Tx, events []domain.Event) (TreeHead, error) {
@@ -118,8 +133,8 @@ func AppendLeaves(ctx context.Context, tx *sqlx.Tx, events []domain.Event) (Tree
 	}
 	leaves := make([]int64, len(events))
 	positions := make([]int64, len(events))
-	idxs := make([]int64, 0, 2*len(events))
-	hashes := make([][]byte, 0, 2*len(events))
+	hashes := make([][]byte, len(events))
+	all := make([]byte, 0, 2*tlog.HashSize*len(events)+tlog.HashSize*64)
 	buf := make([]byte, 0, 1024)
 	for i, e := range events {
 		n := size + int64(i)
@@ -129,21 +144,35 @@ func AppendLeaves(ctx context.Context, tx *sqlx.Tx, events []domain.Event) (Tree
 		if err != nil {
 			return TreeHead{}, fmt.Errorf("append leaf %d: %w", n, err)
 		}
-		base := tlog.StoredHashIndex(0, n)
+		start := len(all)
 		for j := range hs {
-			idxs = append(idxs, base+int64(j))
-			hashes = append(hashes, hs[j][:])
+			all = append(all, hs[j][:]...)
 		}
+		hashes[i] = all[start:len(all):len(all)]
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO log_leaves (leaf, position) SELECT * FROM unnest($1::bigint[], $2::bigint[])`,
-		pq.Array(leaves), pq.Array(positions)); err != nil {
-		return TreeHead{}, fmt.Errorf("append leaves %d..%d: %w", size, size+int64(len(events))-1, Classify(err))
-	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO log_hashes (idx, hash) SELECT * FROM unnest($1::bigint[], $2::bytea[])`,
-		pq.Array(idxs), pq.ByteaArray(hashes)); err != nil {
-		return TreeHead{}, fmt.Errorf("append tree hashes of leaves %d..%d: %w", size, size+int64(len(events))-1, Classify(err))
+	if err := copyRows(ctx, tx, "log_leaves", []string{"leaf", "position", "hashes"}, len(leaves), func(i int) []any { return []any{leaves[i], positions[i], hashes[i]} }); err != nil {
+		return TreeHead{}, fmt.Errorf("append leaves %d..%d: %w", size, size+int64(len(events))-1, err)
 	}
 	return TreeHead{Size: edge.Size(), Root: edge.Root()}, nil
+}
+
+// copyRows COPYs n rows (row(i) for each) into table inside tx: several
+// times faster than a multi-row INSERT for the sealer's thousands of rows.
+func copyRows(ctx context.Context, tx *sqlx.Tx, table string, cols []string, n int, row func(i int) []any) error {
+	stmt, err := tx.PrepareContext(ctx, pq.CopyIn(table, cols...))
+	if err != nil {
+		return Classify(err)
+	}
+	defer stmt.Close()
+	for i := range n {
+		if _, err := stmt.ExecContext(ctx, row(i)...); err != nil {
+			return Classify(err)
+		}
+	}
+	if _, err := stmt.ExecContext(ctx); err != nil {
+		return Classify(err)
+	}
+	return nil
 }
 
 // LeafByPosition returns the leaf index of the event at position, and the

@@ -41,7 +41,7 @@ type OpenCheckpoint func(note []byte) (translog.Checkpoint, error)
 // VerifyLog recomputes the whole Merkle tree from the stored events inside
 // one read-only REPEATABLE READ snapshot, streaming: every leaf from its
 // event (domain.LeafOf), every hash the tree stores (compared with
-// log_hashes, so a rewrite of the tree's own table is found), the root at
+// log_leaves, so a rewrite of the tree's own table is found), the root at
 // every kept checkpoint's size (compared with the checkpoint, whose note is
 // checked with open), and that the leaves follow ledger order, that no leaf
 // lost its event, that no event was slipped in among the sealed ones and
@@ -96,6 +96,7 @@ func VerifyLog(ctx context.Context, db *sqlx.DB, open OpenCheckpoint) (LogReport
 		txid     string
 		occ, rec int64
 		body     sql.RawBytes
+		stored   sql.RawBytes
 		e        domain.Event
 		buf      = make([]byte, 0, 1024)
 	)
@@ -104,12 +105,7 @@ func VerifyLog(ctx context.Context, db *sqlx.DB, open OpenCheckpoint) (LogReport
 	}
 	for from := int64(0); from < size; from += logPage {
 		to := min(size, from+logPage)
-		lo, hi := tlog.StoredHashIndex(0, from), tlog.StoredHashIndex(0, to)
-		stored, err := readHashRange(ctx, tx, lo, hi)
-		if err != nil {
-			return rep, err
-		}
-		rows, err := tx.QueryContext(ctx, `SELECT l.leaf, l.position, e.position IS NOT NULL, COALESCE(e.transaction_id::text, '0'),
+		rows, err := tx.QueryContext(ctx, `SELECT l.leaf, l.position, l.hashes, e.position IS NOT NULL, COALESCE(e.transaction_id::text, '0'),
   COALESCE(e.delivery_id, ''), COALESCE(e.type, ''), COALESCE(e.user_id, ''), COALESCE(e.source, ''),
   COALESCE((extract(epoch FROM e.occurred_at) * 1000000)::bigint, 0),
   COALESCE((extract(epoch FROM e.received_at) * 1000000)::bigint, 0),
@@ -122,7 +118,7 @@ WHERE l.leaf >= $1 AND l.leaf < $2 ORDER BY l.leaf`, from, to)
 		n := from
 		for rows.Next() {
 			var leaf int64
-			if err := rows.Scan(&leaf, &e.Position, &exists, &txid, &e.DeliveryID, &e.Type, &e.UserID, &e.Source, &occ, &rec, &body, &e.SvixTimestamp, &e.SvixSignature); err != nil {
+			if err := rows.Scan(&leaf, &e.Position, &stored, &exists, &txid, &e.DeliveryID, &e.Type, &e.UserID, &e.Source, &occ, &rec, &body, &e.SvixTimestamp, &e.SvixSignature); err != nil {
 				rows.Close()
 				return rep, fmt.Errorf("verify the tree: scan: %w", Classify(err))
 			}
@@ -151,15 +147,17 @@ WHERE l.leaf >= $1 AND l.leaf < $2 ORDER BY l.leaf`, from, to)
 				rows.Close()
 				return rep, fmt.Errorf("verify the tree: %w", err)
 			}
-			base := tlog.StoredHashIndex(0, n) - lo
+			if len(stored) != len(hs)*tlog.HashSize {
+				rows.Close()
+				return fail(e.Position, "leaf %d holds %d bytes of hashes, the tree gives it %d: the tree's table was changed", n, len(stored), len(hs)*tlog.HashSize)
+			}
 			for j, h := range hs {
-				k := base + int64(j)
-				if k >= int64(len(stored)) || !bytes.Equal(stored[k], h[:]) {
+				if !bytes.Equal(stored[j*tlog.HashSize:(j+1)*tlog.HashSize], h[:]) {
 					rows.Close()
 					if j == 0 {
 						return fail(e.Position, "event at position %d (leaf %d) does not match its leaf hash: it or the tree was changed", e.Position, n)
 					}
-					return fail(e.Position, "the tree's stored hash %d (over leaves up to %d) does not match: log_hashes was changed", lo+k, n)
+					return fail(e.Position, "the tree's stored hash of %d leaves ending at leaf %d does not match: the tree's table was changed", 1<<j, n)
 				}
 			}
 			n++
@@ -183,13 +181,6 @@ WHERE l.leaf >= $1 AND l.leaf < $2 ORDER BY l.leaf`, from, to)
 		}
 	}
 	rep.Tree = TreeHead{Size: edge.Size(), Root: edge.Root()}
-	var extra int64
-	if err := tx.QueryRowxContext(ctx, `SELECT count(*) FROM log_hashes WHERE idx >= $1`, tlog.StoredHashCount(size)).Scan(&extra); err != nil {
-		return rep, fmt.Errorf("verify the tree: %w", Classify(err))
-	}
-	if extra > 0 {
-		return fail(0, "log_hashes holds %d hashes beyond the tree of %d leaves: the tree's table was changed", extra, size)
-	}
 	// Every event up to the last leaf's is a leaf: none was slipped in.
 	var sealed int64
 	if size > 0 {
@@ -215,27 +206,4 @@ ORDER BY e.transaction_id, e.position LIMIT 1`, fmt.Sprint(prev.TxID), prev.Posi
 	rep.OK = true
 	rep.Duration = time.Since(start)
 	return rep, tx.Commit()
-}
-
-// readHashRange reads the stored hashes lo..hi-1 in index order; a missing
-// one makes the slice shorter, which the caller reports.
-func readHashRange(ctx context.Context, q Queryer, lo, hi int64) ([][]byte, error) {
-	rows, err := q.QueryxContext(ctx, `SELECT idx, hash FROM log_hashes WHERE idx >= $1 AND idx < $2 ORDER BY idx`, lo, hi)
-	if err != nil {
-		return nil, fmt.Errorf("verify the tree: read hashes: %w", Classify(err))
-	}
-	defer rows.Close()
-	out := make([][]byte, 0, hi-lo)
-	for rows.Next() {
-		var idx int64
-		var h []byte
-		if err := rows.Scan(&idx, &h); err != nil {
-			return nil, fmt.Errorf("verify the tree: read hashes: %w", Classify(err))
-		}
-		if idx != lo+int64(len(out)) {
-			break // a gap: the hashes after it do not line up
-		}
-		out = append(out, h)
-	}
-	return out, rows.Err()
 }

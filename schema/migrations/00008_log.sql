@@ -7,17 +7,17 @@
 -- The backfill adds the same column; IF NOT EXISTS lets both migrations run.
 ALTER TABLE events ADD COLUMN IF NOT EXISTS source text NOT NULL DEFAULT 'svix';
 
--- log_leaves maps each leaf index (0, 1, ... in ledger order) to its event.
+-- log_leaves is the tree: one row per leaf (0, 1, ... in ledger order) with
+-- its event's position and the hashes the tree stores for it, as
+-- golang.org/x/mod/sumdb/tlog makes them (tlog.StoredHashes): the leaf hash,
+-- then the hash of each complete subtree the leaf closes, 32 bytes each.
+-- Every node of the tree is in exactly one row, so a proof reads O(log n)
+-- rows and never recomputes the tree. (One row per leaf rather than one
+-- per stored hash: a third of the rows and index entries for the sealer.)
 CREATE TABLE log_leaves (
     leaf      bigint PRIMARY KEY,
-    position  bigint NOT NULL UNIQUE
-);
--- log_hashes holds the tree's stored hashes as golang.org/x/mod/sumdb/tlog
--- numbers them (tlog.StoredHashIndex): every leaf hash and every complete
--- subtree's hash, so a proof reads O(log n) rows and never recomputes.
-CREATE TABLE log_hashes (
-    idx   bigint PRIMARY KEY,
-    hash  bytea  NOT NULL
+    position  bigint NOT NULL UNIQUE,
+    hashes    bytea  NOT NULL
 );
 -- log_checkpoints keeps every signed tree head (a C2SP tlog-checkpoint note).
 CREATE TABLE log_checkpoints (
@@ -30,10 +30,6 @@ CREATE TABLE log_checkpoints (
 CREATE TRIGGER log_leaves_append_only BEFORE UPDATE OR DELETE ON log_leaves
     FOR EACH ROW EXECUTE FUNCTION ledger_append_only();
 CREATE TRIGGER log_leaves_append_only_truncate BEFORE TRUNCATE ON log_leaves
-    FOR EACH STATEMENT EXECUTE FUNCTION ledger_append_only();
-CREATE TRIGGER log_hashes_append_only BEFORE UPDATE OR DELETE ON log_hashes
-    FOR EACH ROW EXECUTE FUNCTION ledger_append_only();
-CREATE TRIGGER log_hashes_append_only_truncate BEFORE TRUNCATE ON log_hashes
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_append_only();
 CREATE TRIGGER log_checkpoints_append_only BEFORE UPDATE OR DELETE ON log_checkpoints
     FOR EACH ROW EXECUTE FUNCTION ledger_append_only();
@@ -53,5 +49,4 @@ ALTER TABLE audit_verifications
 -- +goose Down
 ALTER TABLE audit_verifications DROP COLUMN root, DROP COLUMN tree_size, DROP COLUMN kind;
 DROP TABLE log_checkpoints;
-DROP TABLE log_hashes;
 DROP TABLE log_leaves;
