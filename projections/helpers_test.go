@@ -11,8 +11,8 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
-	"github.com/clerk-ledger/clerk-ledger/translog"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
+	"github.com/clerk-ledger/clerk-ledger/translog"
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
 )

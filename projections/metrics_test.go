@@ -85,7 +85,7 @@ func TestCollectorReportsProjectorsFromTheDatabase(t *testing.T) {
 		"ledger_head_position":  float64(head.Position),
 		`ledger_projector_checkpoint_position{projector="users"}`: 0,
 		`ledger_projector_lag_events{projector="users"}`:          n,
-		`ledger_projector_lag_events{projector="tree"}`:          n,
+		`ledger_projector_lag_events{projector="tree"}`:           n,
 		`ledger_projector_applied_total{projector="users"}`:       0,
 		`ledger_projector_failed_total{projector="users"}`:        0,
 		`ledger_projector_rebuild_running{projector="users"}`:     0,
@@ -107,11 +107,11 @@ func TestCollectorReportsProjectorsFromTheDatabase(t *testing.T) {
 	wantSamples(t, after, map[string]float64{
 		"ledger_projections_up":                                   1,
 		`ledger_projector_checkpoint_position{projector="users"}`: float64(cp.Position),
-		`ledger_projector_checkpoint_position{projector="tree"}`: float64(head.Position),
+		`ledger_projector_checkpoint_position{projector="tree"}`:  float64(head.Position),
 		`ledger_projector_lag_events{projector="users"}`:          0,
 		`ledger_projector_lag_seconds{projector="users"}`:         0,
 		`ledger_projector_applied_total{projector="users"}`:       float64(applied),
-		`ledger_projector_applied_total{projector="tree"}`:       n,
+		`ledger_projector_applied_total{projector="tree"}`:        n,
 		"ledger_log_unsealed_events":                              0,
 		"ledger_log_sealing_lag_seconds":                          0,
 		"ledger_log_tree_size":                                    n,
@@ -130,7 +130,7 @@ func TestCollectorReportsProjectorsFromTheDatabase(t *testing.T) {
 		`ledger_projector_rebuild_running{projector="users"}`:      1,
 		`ledger_projector_rebuild_done_events{projector="users"}`:  7,
 		`ledger_projector_rebuild_total_events{projector="users"}`: 25,
-		`ledger_projector_rebuild_running{projector="tree"}`:      0,
+		`ledger_projector_rebuild_running{projector="tree"}`:       0,
 	})
 	lock.Release()
 	wantSamples(t, scrape(t, c), map[string]float64{`ledger_projector_rebuild_running{projector="users"}`: 0})

@@ -48,7 +48,9 @@ func TestExistingLedgerGetsItsTreeAndKeepsItsChain(t *testing.T) {
 	if err := r.CatchUp(ctx); err != nil {
 		t.Fatal(err)
 	}
-	rep, err := schema.VerifyLog(ctx, db, func(note []byte) (translog.Checkpoint, error) { return translog.ParseCheckpoint(translog.NoteBody(note)) })
+	rep, err := schema.VerifyLog(ctx, db, func(note []byte) (translog.Checkpoint, error) {
+		return translog.ParseCheckpoint(translog.NoteBody(note))
+	})
 	if err != nil || !rep.OK || rep.Checked != 12 || rep.Tree.Size != 12 {
 		t.Fatalf("tree of the migrated ledger: %+v %v", rep, err)
 	}

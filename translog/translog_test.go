@@ -231,7 +231,10 @@ func TestBundleVerifiesOfflineAndAnyByteChangeFailsIt(t *testing.T) {
 		return rep
 	}
 	for name, f := range map[string]func(*translog.Bundle){
-		"body":     func(b *translog.Bundle) { x := strings.Replace(*b.Events[1].Body, "Zoë", "Zoe", 1); b.Events[1].Body = &x },
+		"body": func(b *translog.Bundle) {
+			x := strings.Replace(*b.Events[1].Body, "Zoë", "Zoe", 1)
+			b.Events[1].Body = &x
+		},
 		"user":     func(b *translog.Bundle) { b.UserID = "user_0" },
 		"type":     func(b *translog.Bundle) { b.Events[0].Type = "user.created" },
 		"leaf":     func(b *translog.Bundle) { b.Events[2].LeafIndex = 5 },
