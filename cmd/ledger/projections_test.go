@@ -50,7 +50,7 @@ func TestSeedStatusCheckRebuildCLI(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("status --json: %v\n%s", err, out)
 	}
-	if len(st) != 2 || st[0].Name != "chain" || st[1].Name != "users" || st[1].Started {
+	if len(st) != 2 || st[0].Name != "tree" || st[1].Name != "users" || st[1].Started {
 		t.Fatalf("status before any projector ran: %+v", st)
 	}
 
@@ -78,8 +78,8 @@ func TestSeedStatusCheckRebuildCLI(t *testing.T) {
 		t.Fatalf("check of a tampered table: %v\n%s", err, out)
 	}
 
-	if _, _, err := runCLI(t, dsn, "projections", "rebuild", "chain"); err == nil || !strings.Contains(err.Error(), "cannot be rebuilt") {
-		t.Fatalf("rebuild chain: %v", err)
+	if _, _, err := runCLI(t, dsn, "projections", "rebuild", "tree"); err == nil || !strings.Contains(err.Error(), "cannot be rebuilt") {
+		t.Fatalf("rebuild tree: %v", err)
 	}
 	if _, _, err := runCLI(t, dsn, "projections", "rebuild", "nope"); err == nil || !strings.Contains(err.Error(), `unknown projection "nope"`) {
 		t.Fatalf("rebuild nope: %v", err)
