@@ -148,6 +148,42 @@ func b64s(hs []tlog.Hash) []string {
 	return out
 }
 
+// ConsistencyProof proves that the tree of a kept checkpoint extends the
+// tree of From leaves: check it with tlog.CheckTree(Proof, To, root of
+// Checkpoint, From, root of the From checkpoint you hold).
+type ConsistencyProof struct {
+	From       int64    `json:"from"`
+	To         int64    `json:"to"`
+	Proof      []string `json:"proof"` // base64 hashes (tlog.TreeProof)
+	Checkpoint string   `json:"checkpoint"`
+}
+
+// Consistency returns the consistency proof from a tree of from leaves to
+// the kept checkpoint of tree size to (0: the latest), what a witness needs
+// to co-sign a checkpoint, reading O(log n) stored hashes, and records the
+// access. Errors: EINVALID unless 1 <= from <= to; ENOTFOUND when no
+// checkpoint of that size is kept.
+func (s *Service) Consistency(ctx context.Context, a Actor, from, to int64) (ConsistencyProof, error) {
+	cp, err := checkpoint(ctx, s.db, to)
+	if err != nil {
+		return ConsistencyProof{}, err
+	}
+	if from < 1 || from > cp.Size {
+		return ConsistencyProof{}, domain.Errorf(domain.EINVALID, "from %d is not a tree size from 1 to %d", from, cp.Size)
+	}
+	var proof tlog.TreeProof
+	if from < cp.Size {
+		if proof, err = tlog.ProveTree(cp.Size, from, schema.HashReader(ctx, s.db)); err != nil {
+			return ConsistencyProof{}, fmt.Errorf("prove %d -> %d: %w", from, cp.Size, err)
+		}
+	}
+	f := map[string]string{"from": strconv.FormatInt(from, 10), "tree_size": strconv.FormatInt(cp.Size, 10)}
+	if err := s.record(ctx, a, schema.ActionProof, f, 1); err != nil {
+		return ConsistencyProof{}, err
+	}
+	return ConsistencyProof{From: from, To: cp.Size, Proof: b64s(proof), Checkpoint: cp.Note}, nil
+}
+
 // MaxBundleBytes is the most body bytes one proof bundle carries.
 const MaxBundleBytes = 64 << 20
 

@@ -133,3 +133,35 @@ func safeFileName(s string) string {
 	}
 	return b.String()
 }
+
+// handleAuditConsistency serves GET /api/audit/consistency?from=M&size=N:
+// the consistency proof from the tree of M leaves to the kept checkpoint of
+// tree size N (default the latest), as JSON (audit.ConsistencyProof), so a
+// witness holding the checkpoint of M can check and co-sign the one of N.
+func handleAuditConsistency(log *slog.Logger, svc *audit.Service) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		v := r.URL.Query()
+		fromText := strings.TrimSpace(v.Get("from"))
+		if len(v["from"]) > 1 {
+			writeError(w, r, log, domain.Errorf(domain.EINVALID, "parameter \"from\" is given %d times", len(v["from"])))
+			return
+		}
+		v.Del("from")
+		size, err := parseTreeSize(v)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		from, err := strconv.ParseInt(fromText, 10, 64)
+		if err != nil || from < 1 {
+			writeError(w, r, log, domain.Errorf(domain.EINVALID, "from %q is not a positive tree size", fromText))
+			return
+		}
+		p, err := svc.Consistency(r.Context(), actorOf(r, schema.ChannelAPI), from, size)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, p)
+	}
+}

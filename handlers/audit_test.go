@@ -640,6 +640,26 @@ func TestAuditLogRoutes(t *testing.T) {
 			t.Errorf("%s: %d, want %d", path, res.StatusCode, want)
 		}
 	}
+	// The consistency proof from a tree of 5 leaves (a witness's).
+	res, body = e.get(t, listedAuditor, "/api/audit/consistency?from=5")
+	var cproof audit.ConsistencyProof
+	if res.StatusCode != 200 || json.Unmarshal(body, &cproof) != nil || cproof.From != 5 || cproof.To != 12 {
+		t.Fatalf("consistency: %d %s", res.StatusCode, body)
+	}
+	var tp tlog.TreeProof
+	for _, s := range cproof.Proof {
+		h, _ := base64.StdEncoding.DecodeString(s)
+		tp = append(tp, tlog.Hash(h))
+	}
+	root5, _ := tlog.TreeHash(5, schema.HashReader(context.Background(), e.db))
+	if err := tlog.CheckTree(tp, 12, stated.Root, 5, root5); err != nil {
+		t.Errorf("consistency proof does not check: %v", err)
+	}
+	for path, want := range map[string]int{"/api/audit/consistency?from=13": 400, "/api/audit/consistency?from=0": 400, "/api/audit/consistency?from=2&size=7": 404} {
+		if res, _ := e.get(t, listedAuditor, path); res.StatusCode != want {
+			t.Errorf("%s: %d, want %d", path, res.StatusCode, want)
+		}
+	}
 	res, body = e.get(t, listedAuditor, "/api/audit/users/user_1/proof")
 	if res.StatusCode != 200 || !strings.Contains(res.Header.Get("Content-Disposition"), `filename="ledger-proof-user_1.json"`) {
 		t.Fatalf("bundle: %d %v", res.StatusCode, res.Header)
@@ -662,8 +682,8 @@ func TestAuditLogRoutes(t *testing.T) {
 	for _, a := range list {
 		actions = append(actions, a.Action)
 	}
-	// Newest first: the user page, the bundle, the proof, the checkpoint (the refused reads record nothing).
-	if got := strings.Join(actions, ","); got != "user,user_proof,proof,checkpoint" {
+	// Newest first: the user page, the bundle, the consistency proof, the proof, the checkpoint (the refused reads record nothing).
+	if got := strings.Join(actions, ","); got != "user,user_proof,proof,proof,checkpoint" {
 		t.Errorf("access log: %s", got)
 	}
 }

@@ -57,6 +57,7 @@ func addRoutes(mux routeMux, d Deps, pg *pages, session func(http.Handler) http.
 	mux.Handle("GET /api/audit/users/{id}/proof", recorded(handleAuditUserProof(d.Log, svc)))
 	mux.Handle("GET /api/audit/events/{position}/proof", recorded(handleAuditEventProof(d.Log, svc)))
 	mux.Handle("GET /api/audit/checkpoint", recorded(handleAuditCheckpoint(d.Log, svc)))
+	mux.Handle("GET /api/audit/consistency", recorded(handleAuditConsistency(d.Log, svc)))
 	mux.Handle("POST /api/audit/verify", api(handleAuditVerify(d.Log, svc)))
 	mux.Handle("GET /audit", page(handleAuditSearchPage(pages, svc)))
 	mux.Handle("GET /audit/users/{id}", page(handleAuditUserPage(pages, svc)))

@@ -99,6 +99,7 @@ var securityRoutes = []routeRow{
 	{pattern: "GET /api/audit/users/{id}", path: "/api/audit/users/{id}", kind: "session", want: auditedRead},
 	{pattern: "POST /api/audit/verify", path: "/api/audit/verify", kind: "post", want: auditedPost},
 	{pattern: "GET /api/audit/checkpoint", path: "/api/audit/checkpoint", kind: "session", want: auditedRead},
+	{pattern: "GET /api/audit/consistency", path: "/api/audit/consistency?from=1", kind: "session", want: auditedRead},
 	{pattern: "GET /api/audit/events/{position}/proof", path: "/api/audit/events/1/proof", kind: "session", want: auditedRead},
 	{pattern: "GET /api/audit/users/{id}/proof", path: "/api/audit/users/{id}/proof", kind: "session", want: auditedRead},
 	{pattern: "GET /audit", path: "/audit", kind: "session", want: audited},
