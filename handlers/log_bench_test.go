@@ -43,7 +43,9 @@ func (noopProjector) Apply(context.Context, *sqlx.Tx, []domain.Event) ([]project
 //	             batches of 2000, events/s; seal_baseline a projector that
 //	             writes nothing, in the same run (the runtime's own cost)
 //	proof        GET /api/audit/events/{position}/proof for random events
-//	             in-process, access recorded, p50/p99 ms over 300
+//	             in-process, access recorded, p50/p99 ms over 300;
+//	             proof_baseline one indexed select and one durable
+//	             access-log INSERT, in the same run (the floor)
 //	bundle       GET /api/audit/users/{id}/proof (100 events), p50/p99 ms
 //	verify       the full re-read (schema.VerifyLog), events/s;
 //	             verify_baseline a bare read of every event with its leaf
@@ -126,6 +128,26 @@ func BenchmarkLog(b *testing.B) {
 		}
 		return rec
 	}
+	// proof_baseline is the floor of a recorded read, in the same run: one
+	// indexed select of an event and one durable access-log INSERT.
+	b.Run("proof_baseline", func(b *testing.B) {
+		var lat []time.Duration
+		r := rand.New(rand.NewPCG(3, 4))
+		for b.Loop() {
+			for range 300 {
+				t0 := time.Now()
+				var body []byte
+				if err := e.db.QueryRowContext(ctx, `SELECT body FROM events WHERE position = $1`, 1+r.IntN(n)).Scan(&body); err != nil {
+					b.Fatal(err)
+				}
+				if err := schema.RecordAccess(ctx, e.db, schema.Access{Actor: "bench", Channel: "api", Action: "baseline", RowCount: 1}); err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, time.Since(t0))
+			}
+		}
+		reportLatency(b, lat)
+	})
 	b.Run("proof", func(b *testing.B) {
 		var lat []time.Duration
 		r := rand.New(rand.NewPCG(3, 4))
