@@ -210,8 +210,11 @@ type LeafEvent struct {
 // UserLeaves calls fn with each event about user whose leaf index is below
 // size, in leaf order (e.Body valid only during the call).
 func UserLeaves(ctx context.Context, q Queryer, user string, size int64, fn func(LeafEvent) error) (int, error) {
+	// Driven by the user's index in ledger order (which is leaf order),
+	// each leaf found by position; a leaf-range condition in SQL made the
+	// planner hash-join the whole tree.
 	rows, err := q.QueryxContext(ctx, `SELECT l.leaf, `+eEventColumns+` FROM events e JOIN log_leaves l ON l.position = e.position
-WHERE e.user_id = $1 AND l.leaf < $2 ORDER BY l.leaf`, user, size)
+WHERE e.user_id = $1 ORDER BY e.transaction_id, e.position`, user)
 	if err != nil {
 		return 0, fmt.Errorf("read the leaves of user %s: %w", user, Classify(err))
 	}
@@ -222,6 +225,9 @@ WHERE e.user_id = $1 AND l.leaf < $2 ORDER BY l.leaf`, user, size)
 		var e LeafEvent
 		if err := rows.Scan(&e.Leaf, &e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &body, &e.SvixTimestamp, &e.SvixSignature, &e.Source); err != nil {
 			return n, fmt.Errorf("read the leaves of user %s: %w", user, Classify(err))
+		}
+		if e.Leaf >= size {
+			break // sealed after the tree of size: every later one is too
 		}
 		e.Body = body
 		e.OccurredAt, e.ReceivedAt = e.OccurredAt.UTC(), e.ReceivedAt.UTC()
