@@ -330,22 +330,7 @@ func foldsTo(key []byte, names ...string) bool {
 			return false
 		}
 	}
-	ascii := true
-	for _, c := range key {
-		if c >= utf8.RuneSelf {
-			ascii = false
-			break
-		}
-	}
-	for _, n := range names {
-		if ascii && len(key) != len(n) {
-			continue // ASCII folds only to ASCII of the same length
-		}
-		if bytes.EqualFold(key, []byte(n)) {
-			return true
-		}
-	}
-	return false
+	return domain.JSONKeyFolds(key, names...)
 }
 
 // kind names the JSON type of a value by its first byte.

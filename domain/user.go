@@ -111,83 +111,144 @@ func str(p *string) string {
 // data cannot be decoded, names no user, has a NUL in the user id, or names
 // another user than the event's user_id column: a poison event. Every
 // consumer (projector, rebuild, check, point-in-time, timeline) folds with
-// Apply, so they agree on what is poison.
+// Apply (or DecodeUserEvent and UserEvent.Apply, the same steps apart), so
+// they agree on what is poison.
 func Apply(u User, e Event) (User, error) {
 	if !IsUserEvent(e.Type) {
 		return u, nil
 	}
+	d, err := DecodeUserEvent(e)
+	if err != nil {
+		return u, err
+	}
+	next, _ := d.Apply(u)
+	return next, nil
+}
+
+// Outcome is what folding one event did to a user's state.
+type Outcome string
+
+// The outcomes of a fold step (UserEvent.Apply, Step).
+const (
+	// OutcomeNotUserEvent: a type the fold does not read (session.*, ...).
+	OutcomeNotUserEvent Outcome = "not_user_event"
+	// OutcomeOtherUser: the event is about another user than the state.
+	OutcomeOtherUser Outcome = "other_user"
+	// OutcomeApplied: the event's snapshot is now the state (it may
+	// still change no field: a resent snapshot).
+	OutcomeApplied Outcome = "applied"
+	// OutcomeOlder: ignored, the state already had a newer snapshot (a
+	// late delivery of an older change).
+	OutcomeOlder Outcome = "older"
+	// OutcomeDeleted: the tombstone (user.deleted, or data.deleted).
+	OutcomeDeleted Outcome = "deleted"
+	// OutcomeAfterDeletion: ignored, the user is deleted and a snapshot
+	// never resurrects them (it may only tell an earlier created_at).
+	OutcomeAfterDeletion Outcome = "after_deletion"
+	// OutcomePoison: the event does not decode (Apply's error); skipped.
+	OutcomePoison Outcome = "poison"
+)
+
+// UserEvent is a user event decoded for the fold: DecodeUserEvent once,
+// then Apply to any number of states (a view that folds several subsets of
+// a history decodes each body once). It refers to the event's body.
+type UserEvent struct {
+	e   Event
+	env userEnvelope
+}
+
+// DecodeUserEvent decodes e, a user event, for the fold. It returns Apply's
+// EINVALID error for a poison event (data that does not decode, no id, a
+// NUL in the id, data naming another user than the user_id column).
+func DecodeUserEvent(e Event) (UserEvent, error) {
 	env, err := decodeUserEnvelope(e.Body)
 	if err != nil {
-		return u, Errorf(EINVALID, "event %d (%s): user data does not decode: %v", e.Position, e.Type, err)
+		return UserEvent{}, Errorf(EINVALID, "event %d (%s): user data does not decode: %v", e.Position, e.Type, err)
 	}
 	d := env.Data
 	if d.ID == "" {
-		return u, Errorf(EINVALID, "event %d (%s): user data has no id", e.Position, e.Type)
+		return UserEvent{}, Errorf(EINVALID, "event %d (%s): user data has no id", e.Position, e.Type)
 	}
 	if strings.IndexByte(d.ID, 0) >= 0 {
 		// Not replaced like other text (see StorableText): the id is the
 		// user's key, and a replaced id could name another user.
-		return u, Errorf(EINVALID, "event %d (%s): user id contains a NUL character", e.Position, e.Type)
+		return UserEvent{}, Errorf(EINVALID, "event %d (%s): user id contains a NUL character", e.Position, e.Type)
 	}
 	if e.UserID != "" && e.UserID != d.ID {
 		// Never written by ingest (the column is derived from the data); a
 		// row like it would put one user's data in another's record.
-		return u, Errorf(EINVALID, "event %d (%s) is stored for user %s but its data names %s", e.Position, e.Type, e.UserID, d.ID)
+		return UserEvent{}, Errorf(EINVALID, "event %d (%s) is stored for user %s but its data names %s", e.Position, e.Type, e.UserID, d.ID)
 	}
-	if u.ID != "" && u.ID != d.ID {
-		return u, nil
+	return UserEvent{e: e, env: env}, nil
+}
+
+// ChangedAt is when the change happened in Clerk: the user object's
+// updated_at, else (user.deleted carries none) the event's occurred_at.
+// Timelines sort by it.
+func (d UserEvent) ChangedAt() time.Time {
+	if t := msTime(d.env.Data.UpdatedAt); !t.IsZero() {
+		return t
+	}
+	return d.e.OccurredAt.UTC()
+}
+
+// Apply folds the event into u (Apply's rules) and says what it did.
+func (d UserEvent) Apply(u User) (User, Outcome) {
+	e, dt := d.e, d.env.Data
+	if u.ID != "" && u.ID != dt.ID {
+		return u, OutcomeOtherUser
 	}
 	// The event's time as ingest stored it (domain.OccurredAt's rule), so the
 	// fold and the occurred_at column agree.
 	occurred := e.OccurredAt.UnixMilli()
-	u.ID = d.ID
+	u.ID = dt.ID
 
-	if e.Type == "user.deleted" || d.Deleted {
+	if e.Type == "user.deleted" || dt.Deleted {
 		at := time.UnixMilli(occurred).UTC()
 		if !u.Deleted || at.Before(u.DeletedAt) {
 			u.DeletedAt = at
 		}
-		return tombstone(u), nil
+		return tombstone(u), OutcomeDeleted
 	}
 	if u.Deleted {
 		// A snapshot never resurrects a tombstone; it may only tell when the
 		// account was created, which is the same in every snapshot.
-		if c := msTime(d.CreatedAt); !c.IsZero() && (u.CreatedAt.IsZero() || c.Before(u.CreatedAt)) {
+		if c := msTime(dt.CreatedAt); !c.IsZero() && (u.CreatedAt.IsZero() || c.Before(u.CreatedAt)) {
 			u.CreatedAt = c
 		}
-		return u, nil
+		return u, OutcomeAfterDeletion
 	}
-	v := Version{UpdatedAt: d.UpdatedAt, OccurredAt: occurred, DeliveryID: e.DeliveryID}
+	v := Version{UpdatedAt: dt.UpdatedAt, OccurredAt: occurred, DeliveryID: e.DeliveryID}
 	if u.Version != (Version{}) && !u.Version.Less(v) {
-		return u, nil
+		return u, OutcomeOlder
 	}
 	email := ""
-	if d.PrimaryEmailAddressID != nil {
-		for _, a := range d.EmailAddresses {
-			if a.ID == *d.PrimaryEmailAddressID {
+	if dt.PrimaryEmailAddressID != nil {
+		for _, a := range dt.EmailAddresses {
+			if a.ID == *dt.PrimaryEmailAddressID {
 				email = a.EmailAddress
 				break
 			}
 		}
 	}
-	meta := d.PublicMetadata
+	meta := dt.PublicMetadata
 	if len(meta) == 0 || string(meta) == "null" {
 		meta = json.RawMessage(`{}`)
 	}
 	// Text is kept in its storable form (see StorableText): the same in the
 	// projection, a rebuild, check and the point-in-time view.
 	return User{
-		ID:             d.ID,
+		ID:             dt.ID,
 		Email:          StorableText(email),
-		FirstName:      StorableText(str(d.FirstName)),
-		LastName:       StorableText(str(d.LastName)),
-		Username:       StorableText(str(d.Username)),
-		ImageURL:       StorableText(str(d.ImageURL)),
+		FirstName:      StorableText(str(dt.FirstName)),
+		LastName:       StorableText(str(dt.LastName)),
+		Username:       StorableText(str(dt.Username)),
+		ImageURL:       StorableText(str(dt.ImageURL)),
 		PublicMetadata: append(json.RawMessage(nil), StorableJSON(meta)...),
-		CreatedAt:      msTime(d.CreatedAt),
-		UpdatedAt:      msTime(d.UpdatedAt),
+		CreatedAt:      msTime(dt.CreatedAt),
+		UpdatedAt:      msTime(dt.UpdatedAt),
 		Version:        v,
-	}, nil
+	}, OutcomeApplied
 }
 
 // tombstone clears every personal field of u and marks it deleted. CreatedAt
@@ -241,3 +302,19 @@ func Fold(events []Event) (User, []error) {
 	}
 	return u, errs
 }
+
+// EmailAddresses returns every email address the event's user object
+// lists (primary or not), in their storable form, in the order it lists
+// them. A user.deleted lists none.
+func (d UserEvent) EmailAddresses() []string {
+	var out []string
+	for _, a := range d.env.Data.EmailAddresses {
+		if a.EmailAddress != "" {
+			out = append(out, StorableText(a.EmailAddress))
+		}
+	}
+	return out
+}
+
+// UserID is the id of the user the event is about (its data's id).
+func (d UserEvent) UserID() string { return d.env.Data.ID }

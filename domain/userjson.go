@@ -185,6 +185,16 @@ func (s *scanner) once(seen *uint64, bit uint) {
 // foldCheck gives up when key is not one of names but encoding/json would
 // match it to one (its key match is case-insensitive).
 func (s *scanner) foldCheck(key []byte, names ...string) {
+	if JSONKeyFolds(key, names...) {
+		s.bad = true
+	}
+}
+
+// JSONKeyFolds reports whether encoding/json would decode an object key
+// into a field named one of names: its match is case-insensitive (Unicode
+// simple folding), so "ID" and "Id" fill the field "id". A hand-written
+// scanner that matches keys exactly must treat such a key as ambiguous.
+func JSONKeyFolds(key []byte, names ...string) bool {
 	ascii := true
 	for _, c := range key {
 		if c >= 0x80 {
@@ -197,9 +207,10 @@ func (s *scanner) foldCheck(key []byte, names ...string) {
 			continue // ASCII folds only to ASCII of the same length
 		}
 		if bytes.EqualFold(key, []byte(n)) {
-			s.bad = true
+			return true
 		}
 	}
+	return false
 }
 
 func (s *scanner) peek() byte {

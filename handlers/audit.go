@@ -135,17 +135,20 @@ func checkUserID(id string) error {
 	return checkText("the user id in the path", id, 200)
 }
 
-// handleAuditUser serves GET /api/audit/users/{id}?at=RFC3339&limit=&cursor=:
+// handleAuditUser serves GET /api/audit/users/{id}?at=RFC3339&order=&limit=&cursor=:
 // the user's state as of `at` (default now) folded from every event about
-// them by then, and one page of those events (limit, default 100, at most
-// audit.MaxPageBytes of bodies; next_cursor continues; total counts them
-// all). 404 when the ledger has no event about that user by then.
+// them by then, and one page of those events, oldest first, in time order
+// (order=time, the default: when each change happened in Clerk) or ledger
+// order (order=ledger), each with the change it made to the folded state
+// (limit, default 100, at most audit.MaxPageBytes of bodies; next_cursor
+// continues; total counts them all). 404 when the ledger has no event about
+// that user by then.
 func handleAuditUser(log *slog.Logger, svc *audit.Service) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		v := r.URL.Query()
 		for k, vs := range v {
-			if k != "at" && k != "limit" && k != "cursor" {
-				writeError(w, r, log, domain.Errorf(domain.EINVALID, "unknown parameter %q (want at, limit, cursor)", k))
+			if k != "at" && k != "limit" && k != "cursor" && k != "order" {
+				writeError(w, r, log, domain.Errorf(domain.EINVALID, "unknown parameter %q (want at, order, limit, cursor)", k))
 				return
 			}
 			if len(vs) > 1 {
@@ -301,12 +304,14 @@ func stalled(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 
 // requireAuditor lets a request through only when its session (sessionFrom)
 // is an auditor's: no session is 401, any other user 403, a failed role
-// lookup 503. API answers are JSON (writeError); pages get the HTML error page.
-func requireAuditor(log *slog.Logger, auditors *audit.Service, page bool, next http.Handler) http.Handler {
+// lookup 503. API answers are JSON (writeError); with pg, pages get its
+// error page (pages.renderError). A page request that passes is marked as
+// an auditor's, so the layout shows the workspace's navigation.
+func requireAuditor(log *slog.Logger, auditors *audit.Service, pg *pages, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fail := func(err error) {
-			if page {
-				writePageError(w, r, log, err)
+			if pg != nil {
+				pg.renderError(w, r, err)
 				return
 			}
 			writeError(w, r, log, err)
@@ -325,6 +330,6 @@ func requireAuditor(log *slog.Logger, auditors *audit.Service, page bool, next h
 			fail(domain.Errorf(domain.EFORBIDDEN, "only auditors may use the audit workspace"))
 			return
 		}
-		next.ServeHTTP(w, r)
+		next.ServeHTTP(w, withAuditor(r))
 	})
 }

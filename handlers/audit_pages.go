@@ -2,49 +2,25 @@ package handlers
 
 import (
 	"bytes"
-	"context"
-	"embed"
+	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"html"
 	"html/template"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/clerk-ledger/clerk-ledger/audit"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 )
 
-//go:embed templates/audit_*.html
-var auditTemplateFS embed.FS
-
-// parseAuditTemplates parses the audit workspace's templates.
-func parseAuditTemplates() (*template.Template, error) {
-	return template.New("audit").Funcs(template.FuncMap{
-		"deref":      func(b *bool) bool { return b != nil && *b },
-		"isolate":    isolate,
-		"escapeBidi": escapeBidi,
-	}).ParseFS(auditTemplateFS, "templates/audit_*.html")
-}
-
-// auditPages renders the workspace pages. When the templates do not parse
-// (a build defect), every page answers 500 and says so in the log.
-type auditPages struct {
-	log  *slog.Logger
-	own  origins // tells requests from the workspace's own pages
-	tmpl *template.Template
-	err  error
-}
-
-func newAuditPages(log *slog.Logger, own origins) *auditPages {
-	t, err := parseAuditTemplates()
-	return &auditPages{log: log, own: own, tmpl: t, err: err}
-}
+// The audit workspace's pages: HTTP over the audit application, rendered
+// with the one template set (pages) and its error renderer.
 
 // notRecorded is the notice of a page that did not run its recorded read
 // because the request did not come from the workspace's own pages.
@@ -54,49 +30,9 @@ const notRecorded = "Not run yet: this address was opened from outside the audit
 // access log in the caller's name: a Bearer session, or a request from the
 // workspace's own pages (fromOwnPages). Otherwise the page shows its form,
 // filled in, with the notRecorded notice, and records nothing.
-func (p *auditPages) mayRecord(r *http.Request) bool {
+func mayRecord(own origins, r *http.Request) bool {
 	s, _ := sessionFrom(r.Context())
-	return s.Bearer || p.own.fromOwnPages(r)
-}
-
-// render executes the named template into a buffer first, so a template
-// error never leaves half a page.
-func (p *auditPages) render(w http.ResponseWriter, r *http.Request, status int, name string, data any) {
-	if p.err != nil {
-		writePageError(w, r, p.log, p.err)
-		return
-	}
-	var buf bytes.Buffer
-	if err := p.tmpl.ExecuteTemplate(&buf, name, data); err != nil {
-		writePageError(w, r, p.log, err)
-		return
-	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
-	w.Header().Set("X-Frame-Options", "DENY")
-	w.WriteHeader(status)
-	_, _ = w.Write(buf.Bytes())
-}
-
-// writePageError answers err as a small HTML page with its mapped status
-// (the HTML twin of writeError): internal errors are logged once, here.
-func writePageError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
-	status := ErrorStatus(err)
-	if status >= 500 {
-		log.ErrorContext(r.Context(), "page failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
-	}
-	if status == http.StatusServiceUnavailable {
-		w.Header().Set("Retry-After", "5")
-	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	title := strconv.Itoa(status) + " " + http.StatusText(status)
-	_, _ = io.WriteString(w, `<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>`+title+` · clerk-ledger audit</title>
-<style>body{font:15px/1.5 system-ui,sans-serif;margin:3rem auto;max-width:40rem;color:#1b1f24}</style></head>
-<body><h1>`+title+`</h1><p>`+html.EscapeString(domain.ErrorMessage(err))+`</p><p><a href="/">Home</a></p></body></html>
-`)
+	return s.Bearer || own.fromOwnPages(r)
 }
 
 // jsonIndent pretty-prints a payload for people.
@@ -106,58 +42,74 @@ func jsonIndent(buf *bytes.Buffer, b []byte) error { return json.Indent(buf, b, 
 type pageEvent struct {
 	Position               int64
 	Type, UserID           string
-	OccurredAt, ReceivedAt string
-	DeliveryID, LeafHash   string
-	LeafIndex              int64
-	Payload                string
+	OccurredAt, ReceivedAt time.Time
+	DeliveryID             string
+	LeafIndex              int64  // the event's leaf in the Merkle tree
+	LeafHash               string // its hash, base64; "" until sealed
+	Payload                payload
 	After                  bool // occurred after the chosen instant (timeline)
 }
 
-func newPageEvent(j audit.EventJSON) pageEvent {
-	p := pageEvent{Position: j.Position, Type: j.Type, DeliveryID: j.DeliveryID,
-		OccurredAt: j.OccurredAt.Format(time.RFC3339Nano), ReceivedAt: j.ReceivedAt.Format(time.RFC3339Nano)}
-	if j.UserID != nil {
-		p.UserID = *j.UserID
-	}
-	if j.LeafHash != nil {
-		p.LeafHash, p.LeafIndex = *j.LeafHash, *j.LeafIndex
+// payload is an event body as the pages show it: pretty-printed, with
+// direction controls spelled as \uXXXX (escapeBidi), HTML-escaped once
+// here (a page holds up to 2 MiB of them: the template's escaper, a
+// reflective call per value, was a third of a user view's rendering).
+type payload struct {
+	Len  int // characters of the pretty-printed JSON
+	HTML template.HTML
+}
+
+func newPayload(pretty string) payload {
+	return payload{Len: utf8.RuneCountInString(pretty), HTML: template.HTML(html.EscapeString(escapeBidi(pretty)))}
+}
+
+func newPageEvent(e schema.AuditEvent) pageEvent {
+	p := pageEvent{Position: e.Position, Type: e.Type, DeliveryID: e.DeliveryID, UserID: e.UserID,
+		OccurredAt: e.OccurredAt, ReceivedAt: e.ReceivedAt}
+	if e.LeafHash != nil {
+		p.LeafIndex, p.LeafHash = e.LeafIndex, base64.StdEncoding.EncodeToString(e.LeafHash)
 	}
 	var buf bytes.Buffer
-	if err := jsonIndent(&buf, j.Payload); err == nil {
-		p.Payload = buf.String()
+	if err := jsonIndent(&buf, e.Body); err == nil {
+		p.Payload = newPayload(buf.String())
 	} else {
-		p.Payload = string(j.Payload)
+		p.Payload = newPayload(string(e.Body))
 	}
 	return p
 }
 
-// chainStatus is the status box: the tree, its latest signed checkpoint,
-// the frozen chain's head and the last verification.
-type chainStatus struct {
-	TreeSize         int64
-	Checkpoint       string // the latest signed note
+// logStatus is the log status component's data: the Merkle tree, its
+// latest signed checkpoint, the frozen hash chain's head (ledgers from
+// before the tree) and the last verification.
+type logStatus struct {
+	TreeSize int64
+	// The latest signed checkpoint (CheckpointSize 0: none yet): the note
+	// byte for byte, its root (base64) and when it was signed.
+	Checkpoint       string
 	CheckpointSize   int64
-	CheckpointSigned string
-	Head             string // the frozen chain's head
-	HeadSealedAt     string
+	CheckpointRoot   string
+	CheckpointSigned time.Time
+	Head             string // the frozen chain's head ("": never had one)
+	HeadSealedAt     time.Time
 	Last             *schema.Verification
 }
 
-func loadChainStatus(ctx context.Context, svc *audit.Service) (chainStatus, error) {
-	var c chainStatus
-	st, err := svc.LogStatus(ctx)
-	if err != nil {
-		return c, err
-	}
-	c.TreeSize = st.TreeSize
-	if st.Latest != nil {
-		c.Checkpoint, c.CheckpointSize, c.CheckpointSigned = st.Latest.Note, st.Latest.Size, st.Latest.SignedAt.Format(time.RFC3339)
+func newLogStatus(st audit.LogStatus) logStatus {
+	c := logStatus{TreeSize: st.TreeSize, Last: st.Last}
+	if cp := st.Latest; cp != nil {
+		c.Checkpoint, c.CheckpointSize, c.CheckpointSigned = cp.Note, cp.Size, cp.SignedAt
+		c.CheckpointRoot = base64.StdEncoding.EncodeToString(cp.Root[:])
 	}
 	if st.Chain != nil {
-		c.Head, c.HeadSealedAt = st.Chain.String(), st.ChainSealedAt.Format(time.RFC3339)
+		c.Head, c.HeadSealedAt = st.Chain.String(), st.ChainSealedAt
 	}
-	c.Last = st.Last
-	return c, nil
+	return c
+}
+
+// pager is the pager component's data.
+type pager struct {
+	FirstURL, NextURL string
+	End               string // shown when there is no next page
 }
 
 // pageTimeLayouts are what a datetime-local input sends (no zone: UTC).
@@ -175,40 +127,79 @@ func normalizeTime(s string) string {
 	return s
 }
 
-var typeChoices = []string{"user.*", "session.*", "email.*", "organization.*"}
+// localInput is t as a datetime-local input's value (UTC), "" for zero.
+func localInput(s string) string {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return ""
+	}
+	return t.UTC().Format("2006-01-02T15:04:05")
+}
+
+// typeChoices are the event families the search offers as checkboxes.
+var typeChoices = []struct{ Value, Label string }{
+	{"user.*", "user (account changes)"}, {"session.*", "session (sign-ins)"}, {"email.*", "email"},
+	{"sms.*", "sms"}, {"organization.*", "organization"}, {"organizationMembership.*", "organization membership"},
+}
 
 type typeChoice struct {
-	Value   string
-	Checked bool
+	Value, Label string
+	Checked      bool
 }
 
 // searchPage is the data of audit_search.html.
 type searchPage struct {
-	Title, Actor, Error    string
-	Notice                 string
-	UserID, Since, Until   string
+	Error, Notice          string
+	UserID, Email          string
+	Since, Until           string // datetime-local values (UTC)
 	Limit                  int
 	TypeChoices            []typeChoice
 	OtherTypes             string
 	Ran                    bool
-	Count                  int
+	Result                 audit.SearchResult
+	First, Last            int64
+	Users                  []schema.EmailMatch
 	Events                 []pageEvent
-	NextURL, FirstURL      string
+	Pager                  pager
 	ExportJSONL, ExportCSV string
-	Chain                  chainStatus
-	Access                 []schema.Access
 }
 
-// handleAuditSearchPage serves GET /audit: the search form, one page of
-// results with paging and export links, the chain status and the newest
-// access log entries. A search is recorded in the access log, so it runs
-// only when asked from the workspace's own pages (mayRecord).
-func handleAuditSearchPage(p *auditPages, svc *audit.Service) http.HandlerFunc {
+// handleAuditOverview serves GET /audit: the ledger at a glance (deliveries
+// per day by family, last delivery, projection lag, the log's status:
+// verification badge, tree size, latest signed checkpoint; latest
+// accesses). Any query is an old search link (/audit?user_id=…):
+// it is sent on to /audit/search with it.
+func handleAuditOverview(pg *pages, svc *audit.Service, now func() time.Time) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.RawQuery != "" {
+			http.Redirect(w, r, "/audit/search?"+r.URL.RawQuery, http.StatusSeeOther)
+			return
+		}
+		o, err := svc.Overview(r.Context(), now())
+		if err != nil {
+			pg.renderError(w, r, err)
+			return
+		}
+		pg.render(w, r, http.StatusOK, "audit_overview.html", overviewPage{
+			Chart: newChart(o.Days, o.Counts), LastDelivery: o.LastDelivery, Head: o.Head,
+			Projectors: o.Projectors, Log: newLogStatus(o.Log), Access: o.Access,
+		})
+	}
+}
+
+// handleAuditSearchPage serves GET /audit/search: the search form (user
+// id, email current or past, type families, time range) and one page of
+// results in ledger order with "N–M of T", paging, export links and each
+// result linking to the user view at that instant. A search is recorded in
+// the access log, so it runs only when asked from the workspace's own pages
+// (mayRecord).
+func handleAuditSearchPage(pg *pages, own origins, svc *audit.Service) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		in := r.URL.Query()
 		v := url.Values{}
 		var other []string
 		chosen := map[string]bool{}
+		email := ""
 		for k, vs := range in {
 			for _, s := range vs {
 				switch k {
@@ -221,6 +212,8 @@ func handleAuditSearchPage(p *auditPages, svc *audit.Service) http.HandlerFunc {
 					if s = normalizeTime(s); s != "" {
 						v.Set(k, s)
 					}
+				case "email":
+					email = schema.NormalizeEmail(s)
 				default:
 					if strings.TrimSpace(s) != "" {
 						v.Add(k, s)
@@ -228,49 +221,65 @@ func handleAuditSearchPage(p *auditPages, svc *audit.Service) http.HandlerFunc {
 				}
 			}
 		}
-		data := searchPage{Title: "Search the ledger", Actor: actorOf(r, schema.ChannelPage).ID, Limit: audit.DefaultAuditLimit,
-			UserID: v.Get("user_id"), Since: v.Get("since"), Until: v.Get("until")}
+		data := searchPage{Limit: audit.DefaultAuditLimit, UserID: v.Get("user_id"), Email: email,
+			Since: localInput(v.Get("since")), Until: localInput(v.Get("until"))}
 		for _, c := range typeChoices {
-			data.TypeChoices = append(data.TypeChoices, typeChoice{Value: c, Checked: chosen[c]})
+			data.TypeChoices = append(data.TypeChoices, typeChoice{Value: c.Value, Label: c.Label, Checked: chosen[c.Value]})
 		}
 		for _, t := range v["type"] {
-			if !contains(typeChoices, t) {
+			known := false
+			for _, c := range typeChoices {
+				known = known || c.Value == t
+			}
+			if !known {
 				other = append(other, t)
 			}
 		}
 		data.OtherTypes = strings.Join(other, " ")
 		status := http.StatusOK
-		if len(in) > 0 && !p.mayRecord(r) {
+		switch {
+		case len(in) == 0:
+		case !mayRecord(own, r):
 			data.Notice = notRecorded
 			if l, err := strconv.Atoi(v.Get("limit")); err == nil && l > 0 {
 				data.Limit = l
 			}
-		} else if len(in) > 0 {
+		default:
 			v.Del("format")
 			q, err := parseEventQuery(v)
 			if err != nil {
 				status, data.Error = ErrorStatus(err), domain.ErrorMessage(err)
-			} else {
-				data.Limit = q.Filter.Limit
-				var events []pageEvent
-				n, nextCursor, err := svc.Events(r.Context(), actorOf(r, schema.ChannelPage), q, maxHTMLPageBytes, func(_ int, e schema.AuditEvent) {
-					events = append(events, newPageEvent(audit.NewEventJSON(e)))
-				})
-				if err != nil {
-					writePageError(w, r, p.log, err)
+				break
+			}
+			data.Limit = q.Filter.Limit
+			res, err := svc.Search(r.Context(), actorOf(r, schema.ChannelPage), q, email, maxHTMLPageBytes, func(_ int, e schema.AuditEvent) {
+				data.Events = append(data.Events, newPageEvent(e))
+			})
+			if err != nil {
+				if ErrorStatus(err) >= 500 {
+					pg.renderError(w, r, err)
 					return
 				}
-				data.Ran, data.Count, data.Events = true, n, events
-				base := cloneValues(v)
-				base.Del("cursor")
-				if nextCursor != "" {
-					next := cloneValues(base)
-					next.Set("cursor", nextCursor)
-					data.NextURL = "/audit?" + next.Encode()
-				}
-				if v.Get("cursor") != "" {
-					data.FirstURL = "/audit?" + base.Encode()
-				}
+				status, data.Error, data.Events = ErrorStatus(err), domain.ErrorMessage(err), nil
+				break
+			}
+			data.Ran, data.Result, data.Users = true, res, res.Users
+			data.First, data.Last = res.Offset+1, res.Offset+int64(res.Count)
+			base := cloneValues(v)
+			base.Del("cursor")
+			if email != "" {
+				base.Set("email", email)
+			}
+			data.Pager.End = "End of the results."
+			if res.Next != "" {
+				next := cloneValues(base)
+				next.Set("cursor", res.Next)
+				data.Pager.NextURL = "/audit/search?" + next.Encode()
+			}
+			if v.Get("cursor") != "" {
+				data.Pager.FirstURL = "/audit/search?" + base.Encode()
+			}
+			if email == "" { // the export API has no email filter
 				exp := cloneValues(base)
 				exp.Del("limit")
 				exp.Set("format", audit.FormatJSONL)
@@ -279,26 +288,8 @@ func handleAuditSearchPage(p *auditPages, svc *audit.Service) http.HandlerFunc {
 				data.ExportCSV = "/api/audit/events?" + exp.Encode()
 			}
 		}
-		var err error
-		if data.Chain, err = loadChainStatus(r.Context(), svc); err != nil {
-			writePageError(w, r, p.log, err)
-			return
-		}
-		if data.Access, err = svc.AccessLog(r.Context(), 0, 10); err != nil {
-			writePageError(w, r, p.log, err)
-			return
-		}
-		p.render(w, r, status, "audit_search.html", data)
+		pg.render(w, r, status, "audit_search.html", data)
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func cloneValues(v url.Values) url.Values {
@@ -309,139 +300,243 @@ func cloneValues(v url.Values) url.Values {
 	return out
 }
 
+// userPageEvents is how many events a page of the user view shows: each
+// with its change table and payload.
+const userPageEvents = 50
+
 // userPage is the data of audit_user.html.
 type userPage struct {
-	Title, Actor, Error string
-	Notice              string
-	UserID              string
-	AtLocal, AtText     string
-	History             *audit.UserHistory
-	Events              []pageEvent
-	// The page's place in the timeline: events First to Last of Total,
-	// with links to the next page and back to the first.
-	First, Last       int64
-	NextURL, FirstURL string
-	ProofURL          string // the user's proof bundle
+	Error, Notice   string
+	UserID          string
+	At              time.Time
+	AtLocal, AtText string
+	Order           string
+	History         *audit.UserHistory
+	Events          []changeEvent
+	// The page's place in the timeline: events First to Last of Total.
+	First, Last        int64
+	Pager              pager
+	TimeURL, LedgerURL string // the order toggle
+	NowURL             string
+	ProofURL           string // the user's proof bundle (a download)
 }
 
-// handleAuditUserPage serves GET /audit/users/{id}?at=&cursor=: the state
-// as of the chosen instant (folded from every event about the user by then)
-// with a point-in-time picker, and one page of the user's timeline (every
-// event, later ones greyed; at most 100 events and maxHTMLPageBytes of
-// bodies), "First–Last of Total" and a next-page link. Recorded in the
-// access log, so shown only when asked from the workspace's own pages
-// (mayRecord).
-func handleAuditUserPage(p *auditPages, svc *audit.Service) http.HandlerFunc {
+// changeEvent is one event of the user view's change history.
+type changeEvent struct {
+	pageEvent
+	ChangedAt        time.Time
+	OutOfOrder, Late bool
+	Delay            string
+	Kind             string // account, session, email, organization, other
+	Summary          string
+	Outcome          string
+	OutcomeClass     string
+	Changes          []domain.Change
+	Request          domain.HTTPRequest
+	Poison           string
+}
+
+// outcomeLabels says how the fold took an event, for people.
+var outcomeLabels = map[domain.Outcome][2]string{
+	domain.OutcomeApplied:       {"applied", "badge-ok"},
+	domain.OutcomeOlder:         {"older than what the ledger had: ignored", "badge-warn"},
+	domain.OutcomeDeleted:       {"deletion", "badge-bad"},
+	domain.OutcomeAfterDeletion: {"after the deletion: ignored", "badge-warn"},
+	domain.OutcomeOtherUser:     {"about another user: ignored", "badge-warn"},
+	domain.OutcomeNotUserEvent:  {"no change to the record", "badge-info"},
+	domain.OutcomePoison:        {"does not decode: skipped", "badge-bad"},
+}
+
+// humanDuration writes d as "2 h 5 min", "3 min 4 s" or "12 s".
+func humanDuration(d time.Duration) string {
+	d = d.Round(time.Second)
+	switch {
+	case d >= 48*time.Hour:
+		return fmt.Sprintf("%d days %d h", d/(24*time.Hour), d%(24*time.Hour)/time.Hour)
+	case d >= time.Hour:
+		return fmt.Sprintf("%d h %d min", d/time.Hour, d%time.Hour/time.Minute)
+	case d >= time.Minute:
+		return fmt.Sprintf("%d min %d s", d/time.Minute, d%time.Minute/time.Second)
+	}
+	return fmt.Sprintf("%d s", d/time.Second)
+}
+
+func newChangeEvent(te audit.TimelineEvent, at time.Time) changeEvent {
+	c := changeEvent{pageEvent: newPageEvent(te.Event), ChangedAt: te.ChangedAt, OutOfOrder: te.OutOfOrder,
+		Late: te.Late, Delay: humanDuration(te.Delay), Request: te.Request}
+	c.After = te.After
+	entry := summarize(te.Event.Event, te.Prev, te.Next, "")
+	c.Kind, c.Summary = entry.Kind, entry.Summary
+	l := outcomeLabels[te.Step.Outcome]
+	c.Outcome, c.OutcomeClass = l[0], l[1]
+	if te.Step.Outcome == domain.OutcomeApplied && len(te.Step.Changes) == 0 {
+		c.Outcome, c.OutcomeClass = "no change", "badge-info"
+	}
+	if te.Step.Err != nil {
+		c.Poison = domain.ErrorMessage(te.Step.Err)
+	}
+	for _, ch := range te.Step.Changes {
+		if ch.Field == "updated_at" && len(te.Step.Changes) > 1 {
+			continue // the entry's own time
+		}
+		c.Changes = append(c.Changes, ch)
+	}
+	return c
+}
+
+// handleAuditUserPage serves GET /audit/users/{id}?at=&order=&cursor=: the
+// state as of the chosen instant (folded from every event about the user by
+// then) with a point-in-time picker, and one page of the user's change
+// history: every event, in time order (when it happened in Clerk) or raw
+// ledger order (order=ledger), each with the change it made to the folded
+// state field by field, how it arrived (out of order, late), who made it
+// (the event's http_request) and its payload; later events greyed; at most
+// 100 events and maxHTMLPageBytes of bodies a page, "First–Last of Total"
+// and a next-page link, and a link to download the user's proof bundle
+// (GET /api/audit/users/{id}/proof). Recorded in the access log, so shown
+// only when asked from the workspace's own pages (mayRecord).
+func handleAuditUserPage(pg *pages, own origins, svc *audit.Service) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		id := r.PathValue("id")
 		if err := checkUserID(id); err != nil {
-			writePageError(w, r, p.log, err)
+			pg.renderError(w, r, err)
 			return
 		}
-		data := userPage{Title: "User " + isolate(id), Actor: actorOf(r, schema.ChannelPage).ID, UserID: id}
-		var at time.Time
-		if s := r.URL.Query().Get("at"); strings.TrimSpace(s) != "" {
+		q := r.URL.Query()
+		data := userPage{UserID: id, Order: audit.OrderTime}
+		self := "/audit/users/" + url.PathEscape(id)
+		links := func() {
+			base := url.Values{}
+			if data.AtText != "" {
+				base.Set("at", data.AtText)
+			}
+			data.TimeURL = self + query(base)
+			l := cloneValues(base)
+			l.Set("order", audit.OrderLedger)
+			data.LedgerURL = self + "?" + l.Encode()
+			now := url.Values{}
+			if data.Order == audit.OrderLedger {
+				now.Set("order", audit.OrderLedger)
+			}
+			data.NowURL = self + query(now)
+		}
+		bad := func(msg string) {
+			links()
+			data.Error = msg
+			pg.render(w, r, http.StatusBadRequest, "audit_user.html", data)
+		}
+		if s := q.Get("at"); strings.TrimSpace(s) != "" {
 			t, err := time.Parse(time.RFC3339Nano, normalizeTime(s))
 			if err != nil {
-				data.Error = "at " + strconv.Quote(s) + " is not a time (use the picker, or RFC 3339)"
-				p.render(w, r, http.StatusBadRequest, "audit_user.html", data)
+				bad("at " + strconv.Quote(s) + " is not a time (use the picker, or RFC 3339)")
 				return
 			}
-			at = t.UTC()
-			data.AtLocal, data.AtText = at.Format("2006-01-02T15:04:05"), at.Format(time.RFC3339Nano)
+			data.At = t.UTC()
+			data.AtLocal, data.AtText = data.At.Format("2006-01-02T15:04:05"), data.At.Format(time.RFC3339Nano)
 		}
-		if !p.mayRecord(r) {
-			data.Notice = notRecorded
-			p.render(w, r, http.StatusOK, "audit_user.html", data)
+		page, err := parseUserPage(url.Values{"order": q["order"], "cursor": q["cursor"]})
+		if err != nil {
+			bad(domain.ErrorMessage(err))
 			return
 		}
-		page := audit.UserPage{Limit: audit.DefaultAuditLimit, MaxBytes: maxHTMLPageBytes, Later: true}
-		if s := r.URL.Query().Get("cursor"); s != "" {
-			c, err := audit.DecodeCursor(s)
-			if err != nil {
-				data.Error = domain.ErrorMessage(err)
-				p.render(w, r, http.StatusBadRequest, "audit_user.html", data)
-				return
-			}
-			page.After = c
+		data.Order = page.Order
+		links()
+		if !mayRecord(own, r) {
+			data.Notice = notRecorded
+			pg.render(w, r, http.StatusOK, "audit_user.html", data)
+			return
 		}
-		h, err := svc.EachUserEvent(r.Context(), actorOf(r, schema.ChannelPage), id, at, page, func(e schema.AuditEvent) {
-			pe := newPageEvent(audit.NewEventJSON(e))
-			pe.After = !at.IsZero() && e.OccurredAt.After(at)
-			data.Events = append(data.Events, pe)
+		page.Limit, page.MaxBytes, page.Later = userPageEvents, maxHTMLPageBytes, true
+		h, err := svc.EachUserEvent(r.Context(), actorOf(r, schema.ChannelPage), id, data.At, page, func(te audit.TimelineEvent) {
+			data.Events = append(data.Events, newChangeEvent(te, data.At))
 		})
 		if err != nil {
-			writePageError(w, r, p.log, err)
+			if ErrorStatus(err) < 500 {
+				bad(domain.ErrorMessage(err))
+				return
+			}
+			pg.renderError(w, r, err)
 			return
 		}
 		data.History = &h
 		data.First, data.Last = h.Offset+1, h.Offset+int64(h.Count)
-		data.ProofURL = "/api/audit/users/" + url.PathEscape(id) + "/proof"
 		base := url.Values{}
-		if !at.IsZero() {
+		if data.AtText != "" {
 			base.Set("at", data.AtText)
 		}
-		self := "/audit/users/" + url.PathEscape(id)
+		if data.Order == audit.OrderLedger {
+			base.Set("order", audit.OrderLedger)
+		}
+		data.Pager.End = "End of the timeline."
 		if h.NextCursor != "" {
 			next := cloneValues(base)
 			next.Set("cursor", h.NextCursor)
-			data.NextURL = self + "?" + next.Encode()
+			data.Pager.NextURL = self + "?" + next.Encode()
 		}
-		if page.After != (schema.Cursor{}) {
-			data.FirstURL = self
-			if len(base) > 0 {
-				data.FirstURL += "?" + base.Encode()
-			}
+		if !page.After.IsZero() {
+			data.Pager.FirstURL = self + query(base)
 		}
 		status := http.StatusOK
 		if h.Total == 0 {
 			status, data.Error = http.StatusNotFound, "The ledger has no event about user "+id+"."
+		} else {
+			data.ProofURL = "/api/audit/users/" + url.PathEscape(id) + "/proof"
 		}
-		p.render(w, r, status, "audit_user.html", data)
+		pg.render(w, r, status, "audit_user.html", data)
 	}
+}
+
+// query is "?"+v.Encode(), or "" for no values.
+func query(v url.Values) string {
+	if len(v) == 0 {
+		return ""
+	}
+	return "?" + v.Encode()
 }
 
 // chainPage is the data of audit_chain.html.
 type chainPage struct {
-	Title, Actor, Error string
-	Notice              string
-	Chain               chainStatus
-	Digest              string
-	Signatures          bool
-	Result              *struct {
+	Error, Notice string
+	Log           logStatus
+	Digest        string
+	Signatures    bool
+	Result        *struct {
 		OK      bool
 		Message string
 	}
 }
 
-// handleAuditChainPage serves GET /audit/chain: the chain status and the
-// verification form (digest and signatures may be filled in from the
+// handleAuditChainPage serves GET /audit/chain, the verifiable log's page
+// (at the hash chain's old address): the log's status (tree size, the
+// latest signed checkpoint in full, the frozen chain's head, the last
+// verification) and the verification form (digest and signatures may be filled in from the
 // query). It never runs a verification: the form POSTs (a link with the
 // old ?verify=1 only gets a notice saying so).
-func handleAuditChainPage(p *auditPages, svc *audit.Service) http.HandlerFunc {
+func handleAuditChainPage(pg *pages, svc *audit.Service) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
-		data := chainPage{Title: "Tamper evidence", Actor: actorOf(r, schema.ChannelPage).ID, Digest: q.Get("digest")}
+		data := chainPage{Digest: q.Get("digest")}
 		data.Signatures, _ = strconv.ParseBool(q.Get("signatures"))
 		if q.Has("verify") {
 			data.Notice = "Not run: a verification reads the whole ledger and is recorded in your name, so it starts only from this page's button."
 		}
-		var err error
-		if data.Chain, err = loadChainStatus(r.Context(), svc); err != nil {
-			writePageError(w, r, p.log, err)
+		st, err := svc.LogStatus(r.Context())
+		if err != nil {
+			pg.renderError(w, r, err)
 			return
 		}
-		p.render(w, r, http.StatusOK, "audit_chain.html", data)
+		data.Log = newLogStatus(st)
+		pg.render(w, r, http.StatusOK, "audit_chain.html", data)
 	}
 }
 
 // handleAuditChainVerify serves POST /audit/chain (form fields digest,
 // signatures), the verification form: it runs the verification and shows
-// its outcome with the chain status. It is a POST, behind checkOrigin, so
+// its outcome with the log's status. It is a POST, behind checkOrigin, so
 // that no link on another site can start one.
-func handleAuditChainVerify(p *auditPages, svc *audit.Service) http.HandlerFunc {
+func handleAuditChainVerify(pg *pages, svc *audit.Service) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		data := chainPage{Title: "Tamper evidence", Actor: actorOf(r, schema.ChannelPage).ID}
+		data := chainPage{}
 		status := http.StatusOK
 		form, err := readForm(w, r)
 		if err == nil {
@@ -460,37 +555,39 @@ func handleAuditChainVerify(p *auditPages, svc *audit.Service) http.HandlerFunc 
 		}
 		if err != nil {
 			if ErrorStatus(err) >= 500 {
-				writePageError(w, r, p.log, err)
+				pg.renderError(w, r, err)
 				return
 			}
 			status, data.Error = ErrorStatus(err), domain.ErrorMessage(err)
 		}
-		if data.Chain, err = loadChainStatus(r.Context(), svc); err != nil {
-			writePageError(w, r, p.log, err)
+		st, err := svc.LogStatus(r.Context())
+		if err != nil {
+			pg.renderError(w, r, err)
 			return
 		}
-		p.render(w, r, status, "audit_chain.html", data)
+		data.Log = newLogStatus(st)
+		pg.render(w, r, status, "audit_chain.html", data)
 	}
 }
 
 // logPage is the data of audit_log.html.
 type logPage struct {
-	Title, Actor, Error string
-	Access              []schema.Access
-	OlderURL            string
+	Error    string
+	Access   []schema.Access
+	OlderURL string
 }
 
 // handleAuditLogPage serves GET /audit/log?before=ID: the access log, 100
 // entries a page, newest first.
-func handleAuditLogPage(p *auditPages, svc *audit.Service) http.HandlerFunc {
+func handleAuditLogPage(pg *pages, svc *audit.Service) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		data := logPage{Title: "Audit access log", Actor: actorOf(r, schema.ChannelPage).ID}
+		data := logPage{}
 		var before int64
 		if s := r.URL.Query().Get("before"); s != "" {
 			n, err := strconv.ParseInt(s, 10, 64)
 			if err != nil || n < 1 {
 				data.Error = "before " + strconv.Quote(s) + " is not a positive integer"
-				p.render(w, r, http.StatusBadRequest, "audit_log.html", data)
+				pg.render(w, r, http.StatusBadRequest, "audit_log.html", data)
 				return
 			}
 			before = n
@@ -498,13 +595,13 @@ func handleAuditLogPage(p *auditPages, svc *audit.Service) http.HandlerFunc {
 		const pageSize = 100
 		list, err := svc.AccessLog(r.Context(), before, pageSize)
 		if err != nil {
-			writePageError(w, r, p.log, err)
+			pg.renderError(w, r, err)
 			return
 		}
 		data.Access = list
 		if len(list) == pageSize {
 			data.OlderURL = "/audit/log?before=" + strconv.FormatInt(list[len(list)-1].ID, 10)
 		}
-		p.render(w, r, http.StatusOK, "audit_log.html", data)
+		pg.render(w, r, http.StatusOK, "audit_log.html", data)
 	}
 }

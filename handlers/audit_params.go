@@ -68,11 +68,18 @@ func parseTimeParam(v url.Values, name string) (time.Time, error) {
 	return t.UTC(), nil
 }
 
-// parseUserPage reads limit (default audit.DefaultAuditLimit, at most
-// audit.MaxAuditLimit) and cursor (a next_cursor) for a page of a user's
-// events.
+// parseUserPage reads order (time, the default, or ledger), limit (default
+// audit.DefaultAuditLimit, at most audit.MaxAuditLimit) and cursor (a
+// next_cursor of that order) for a page of a user's events.
 func parseUserPage(v url.Values) (audit.UserPage, error) {
-	p := audit.UserPage{Limit: audit.DefaultAuditLimit}
+	p := audit.UserPage{Limit: audit.DefaultAuditLimit, Order: audit.OrderTime}
+	switch o := v.Get("order"); o {
+	case "", audit.OrderTime:
+	case audit.OrderLedger:
+		p.Order = o
+	default:
+		return p, domain.Errorf(domain.EINVALID, "order %q is not time or ledger", o)
+	}
 	if s := v.Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 {
@@ -84,9 +91,12 @@ func parseUserPage(v url.Values) (audit.UserPage, error) {
 		p.Limit = n
 	}
 	if s := v.Get("cursor"); s != "" {
-		c, err := audit.DecodeCursor(s)
+		c, err := audit.DecodeTimelineCursor(s)
 		if err != nil {
 			return p, err
+		}
+		if c.Order != p.Order {
+			return p, domain.Errorf(domain.EINVALID, "cursor is a place in %s order: give order=%s", c.Order, c.Order)
 		}
 		p.After = c
 	}

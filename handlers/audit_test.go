@@ -138,7 +138,7 @@ func TestAuditAuthorizationMatrix(t *testing.T) {
 	routes := []string{
 		"/api/audit/events", "/api/audit/events?format=jsonl", "/api/audit/events?format=csv",
 		"/api/audit/users/user_subject", "POST /api/audit/verify",
-		"/audit", "/audit?user_id=user_subject", "/audit/users/user_subject", "/audit/chain", "/audit/chain?verify=1", "POST /audit/chain", "/audit/log",
+		"/audit", "/audit/search?user_id=user_subject", "/audit/users/user_subject", "/audit/chain", "/audit/chain?verify=1", "POST /audit/chain", "/audit/log",
 	}
 	sessions := []struct {
 		name, user string
@@ -410,7 +410,7 @@ func TestAuditPointInTimeAgainstHandComputedStates(t *testing.T) {
 	}
 	// The timeline page shows the picker and the state then.
 	res, body := e.get(t, listedAuditor, "/audit/users/"+id+"?at=2024-05-28T14:00:00")
-	if res.StatusCode != 200 || !strings.Contains(string(body), "augusta@example.com") || !strings.Contains(string(body), `value="2024-05-28T14:00:00"`) || !strings.Contains(string(body), `class="after"`) {
+	if res.StatusCode != 200 || !strings.Contains(string(body), "augusta@example.com") || !strings.Contains(string(body), `value="2024-05-28T14:00:00"`) || !strings.Contains(string(body), `class="change after`) {
 		t.Errorf("user page at 14:00: %d\n%.2000s", res.StatusCode, body)
 	}
 }
@@ -452,7 +452,7 @@ func TestAuditVerifyCatchesTampering(t *testing.T) {
 	}
 	// The workspace shows the last verification and can run one.
 	res, body := e.get(t, listedAuditor, "/audit/chain")
-	if res.StatusCode != 200 || !strings.Contains(string(body), "FAILED") || !strings.Contains(string(body), "Merkle tree: 10 events sealed") {
+	if res.StatusCode != 200 || !strings.Contains(string(body), `id="verify-badge">Failed`) || !strings.Contains(string(body), `id="tree-size">10 events sealed`) {
 		t.Errorf("chain page: %d\n%.3000s", res.StatusCode, body)
 	}
 	res, body = e.post(t, listedAuditor, "/audit/chain", "digest=&signatures=true")
@@ -468,13 +468,13 @@ func TestAuditSearchPage(t *testing.T) {
 		e.append(t, fmt.Sprintf("msg_%d", i), "session.created", clerkgen.User{ID: "user_p"}, tBase.Add(time.Duration(i)*time.Minute))
 	}
 	e.visible(t, 5)
-	res, body := e.get(t, listedAuditor, "/audit?user_id=user_p&type=session.*&limit=2&since=2024-05-28T12:00")
+	res, body := e.get(t, listedAuditor, "/audit/search?user_id=user_p&type=session.*&limit=2&since=2024-05-28T12:00")
 	s := string(body)
-	if res.StatusCode != 200 || strings.Count(s, "<td class=\"mono\"><bdi>session.created</bdi></td>") != 2 || !strings.Contains(s, "rel=\"next\"") ||
+	if res.StatusCode != 200 || strings.Count(s, `<span class="type"><bdi>session.created</bdi></span>`) != 2 || !strings.Contains(s, "rel=\"next\"") ||
 		!strings.Contains(s, "/api/audit/events?format=jsonl&amp;since=2024-05-28T12%3A00%3A00Z&amp;type=session.%2A&amp;user_id=user_p") {
 		t.Errorf("search page: %d\n%s", res.StatusCode, s)
 	}
-	res, body = e.get(t, listedAuditor, "/audit?limit=5000")
+	res, body = e.get(t, listedAuditor, "/audit/search?limit=5000")
 	if res.StatusCode != 400 || !strings.Contains(string(body), "limit 5000 is more than 1000") {
 		t.Errorf("bad search: %d", res.StatusCode)
 	}
@@ -569,7 +569,7 @@ func TestAuditHistoryUnrecordedIsNotAnswered(t *testing.T) {
 	e := newAuditEnv(t)
 	u := clerkgen.User{ID: "user_secret", Email: "secret@example.com"}
 	e.append(t, "msg_unrecorded", "user.created", u, time.Date(2024, 5, 28, 12, 0, 0, 0, time.UTC))
-	for _, path := range []string{"/api/audit/events?user_id=user_secret", "/audit?user_id=user_secret"} {
+	for _, path := range []string{"/api/audit/events?user_id=user_secret", "/audit/search?user_id=user_secret"} {
 		if res, body := e.get(t, listedAuditor, path); res.StatusCode != 200 || !strings.Contains(string(body), "msg_unrecorded") {
 			t.Fatalf("%s before: %d %.300s", path, res.StatusCode, body)
 		}
@@ -580,7 +580,7 @@ func TestAuditHistoryUnrecordedIsNotAnswered(t *testing.T) {
 	} {
 		e.db.MustExec(q)
 	}
-	for _, path := range []string{"/api/audit/events?user_id=user_secret", "/audit?user_id=user_secret"} {
+	for _, path := range []string{"/api/audit/events?user_id=user_secret", "/audit/search?user_id=user_secret"} {
 		res, body := e.get(t, listedAuditor, path)
 		if res.StatusCode < 500 || strings.Contains(string(body), "msg_unrecorded") || strings.Contains(string(body), "secret@example.com") {
 			t.Errorf("%s with the access log refusing: %d %.300s", path, res.StatusCode, body)
@@ -670,12 +670,16 @@ func TestAuditLogRoutes(t *testing.T) {
 	}
 	// The workspace shows the checkpoint and links the bundle.
 	_, page := e.get(t, listedAuditor, "/audit/chain")
-	if !strings.Contains(html.UnescapeString(string(page)), cp.Note) || !strings.Contains(string(page), "Merkle tree: 12 events sealed") {
+	if !strings.Contains(html.UnescapeString(string(page)), cp.Note) || !strings.Contains(string(page), `id="tree-size">12 events sealed`) ||
+		!strings.Contains(string(page), `id="checkpoint-size">tree size 12`) {
 		t.Errorf("chain page lacks the checkpoint:\n%.3000s", page)
 	}
 	_, page = e.get(t, listedAuditor, "/audit/users/user_1")
 	if !strings.Contains(string(page), `href="/api/audit/users/user_1/proof"`) {
 		t.Errorf("user page lacks the bundle link")
+	}
+	if !strings.Contains(html.UnescapeString(string(page)), "#4 <code class=\"id hash\" title=\"leaf hash "+p.LeafHash+"\">") {
+		t.Errorf("user page lacks the event's leaf (#4 %s)", p.LeafHash)
 	}
 	list, _ := schema.ListAccess(context.Background(), e.db, 0, 20)
 	var actions []string

@@ -27,16 +27,25 @@ func remoteLoopback(r *http.Request) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
+// devRequestOK answers a dev sign-in request that may not be served (not
+// from this machine: 403; no database: 503) and reports whether it may.
+func devRequestOK(w http.ResponseWriter, r *http.Request, pg *pages, db *sqlx.DB) bool {
+	if !remoteLoopback(r) {
+		pg.renderError(w, r, domain.Errorf(domain.EFORBIDDEN, "the dev sign-in only answers this machine"))
+		return false
+	}
+	if db == nil {
+		pg.renderError(w, r, domain.Errorf(domain.EUNAVAILABLE, "no database"))
+		return false
+	}
+	return true
+}
+
 // handleDevSignInPage serves GET /dev/sign-in: the bannered list of
 // projected users to sign in as. Only answered to loopback clients.
 func handleDevSignInPage(pg *pages, db *sqlx.DB) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if !remoteLoopback(r) {
-			pg.renderError(w, r, domain.Errorf(domain.EFORBIDDEN, "the dev sign-in only answers this machine"))
-			return
-		}
-		if db == nil {
-			pg.renderError(w, r, domain.Errorf(domain.EUNAVAILABLE, "no database"))
+		if !devRequestOK(w, r, pg, db) {
 			return
 		}
 		users, err := schema.ListUsers(r.Context(), db, 200)
@@ -56,12 +65,7 @@ func handleDevSignInPage(pg *pages, db *sqlx.DB) http.HandlerFunc {
 // by loopbackOnly; only loopback clients.
 func handleDevSignIn(log *slog.Logger, pg *pages, dev *clerksession.Dev, db *sqlx.DB) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if !remoteLoopback(r) {
-			pg.renderError(w, r, domain.Errorf(domain.EFORBIDDEN, "the dev sign-in only answers this machine"))
-			return
-		}
-		if db == nil {
-			pg.renderError(w, r, domain.Errorf(domain.EUNAVAILABLE, "no database"))
+		if !devRequestOK(w, r, pg, db) {
 			return
 		}
 		if _, err := readForm(w, r); err != nil {

@@ -29,13 +29,18 @@ type homePage struct {
 	Synced   bool   // the users projection has a row for this person
 	Avatar   string // image URL the CSP allows, or ""
 	Timeline []timelineEntry
+	// Order is the timeline's order: audit.OrderTime (when each change
+	// happened in Clerk) or audit.OrderLedger (arrival).
+	Order string
 	// Total is how many events the ledger holds about this person; the
 	// timeline shows the First-th to the Last-th newest of them.
 	Total       int64
 	First, Last int64
 	// OlderURL continues with older events ("" at the oldest); NewestURL
-	// goes back to the newest ("" on that page).
+	// goes back to the newest ("" on that page); TimeURL and LedgerURL are
+	// the order toggle.
 	OlderURL, NewestURL string
+	TimeURL, LedgerURL  string
 	SessionID           string
 }
 
@@ -47,14 +52,20 @@ type timelineEntry struct {
 	Summary  string
 	Current  bool // this browser's session
 	Position int64
+	// OutOfOrder: it arrived after a change that happened later; Late: it
+	// arrived more than a minute after it happened (Delay).
+	OutOfOrder, Late bool
+	Delay            string
+	ReceivedAt       time.Time
 }
 
-// handleHome serves GET /[?older=CURSOR]: the signed-out page with Clerk's
-// sign-in, the refresh page when ClerkJS must renew the session cookie, or
-// the signed-in person's own record and one page of their event timeline,
-// newest first (older: the page before that place). It reads only the
-// session subject's rows: never another user's.
-func handleHome(log *slog.Logger, pg *pages, db *sqlx.DB, avatarHosts []string) http.HandlerFunc {
+// handleHome serves GET /[?order=ledger][&older=CURSOR]: the signed-out page
+// with Clerk's sign-in, the refresh page when ClerkJS must renew the session
+// cookie, or the signed-in person's own record and one page of their event
+// timeline, newest first, by when each change happened in Clerk (or in
+// ledger order with order=ledger; older: the page before that place). It
+// reads only the session subject's rows: never another user's.
+func handleHome(log *slog.Logger, pg *pages, db *sqlx.DB, svc *audit.Service, avatarHosts []string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		s, ok := sessionFrom(r.Context())
 		if !ok {
@@ -69,15 +80,35 @@ func handleHome(log *slog.Logger, pg *pages, db *sqlx.DB, avatarHosts []string) 
 			pg.renderError(w, r, domain.Errorf(domain.EUNAVAILABLE, "no database"))
 			return
 		}
-		var older schema.Cursor
-		if c := r.URL.Query().Get("older"); c != "" {
+		if svc != nil {
+			// An auditor gets the workspace's navigation; a failed look-up
+			// only leaves it out.
+			if yes, err := svc.IsAuditor(r.Context(), s.UserID); err == nil && yes {
+				r = withAuditor(r)
+			}
+		}
+		q := r.URL.Query()
+		order := q.Get("order")
+		switch order {
+		case "", audit.OrderTime:
+			order = audit.OrderTime
+		case audit.OrderLedger:
+		default:
+			pg.renderError(w, r, domain.Errorf(domain.EINVALID, "order %q is not time or ledger", order))
+			return
+		}
+		var older audit.Cursor
+		if c := q.Get("older"); c != "" {
 			var err error
-			if older, err = audit.DecodeCursor(c); err != nil {
+			if older, err = audit.DecodeTimelineCursor(c); err == nil && older.Order != order {
+				err = domain.Errorf(domain.EINVALID, "older is a place in %s order: give order=%s", older.Order, older.Order)
+			}
+			if err != nil {
 				pg.renderError(w, r, err)
 				return
 			}
 		}
-		page, err := loadHome(r.Context(), db, s, older)
+		page, err := loadHome(r.Context(), db, s, order, older)
 		if err != nil {
 			pg.renderError(w, r, err)
 			return
@@ -88,13 +119,14 @@ func handleHome(log *slog.Logger, pg *pages, db *sqlx.DB, avatarHosts []string) 
 }
 
 // loadHome reads s's projected record and one page of the timeline: the
-// timelinePage newest events before `older` (zero: the newest of all). Each
-// profile change is described against the user as folded from every event
-// before it, so the fold streams the person's user.* events before the page
-// and then the page's events, one at a time: memory does not grow with
-// the history. Everything comes from one snapshot.
-func loadHome(ctx context.Context, db *sqlx.DB, s Session, older schema.Cursor) (homePage, error) {
-	page := homePage{SessionID: s.SessionID}
+// timelinePage newest events before `older` (zero: the newest of all) in
+// order, through audit.ReadTimeline (the auditors' timeline, without their
+// details): each profile change is described against the user as folded
+// from every event before it in that order, the history is read one event
+// at a time (memory does not grow with it), and events that arrived out of
+// order or late are marked. Everything comes from one snapshot.
+func loadHome(ctx context.Context, db *sqlx.DB, s Session, order string, older audit.Cursor) (homePage, error) {
+	page := homePage{SessionID: s.SessionID, Order: order, TimeURL: "/", LedgerURL: "/?order=ledger"}
 	tx, err := db.BeginTxx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
 	if err != nil {
 		return page, fmt.Errorf("read the signed-in page: %w", schema.Classify(err))
@@ -111,77 +143,35 @@ func loadHome(ctx context.Context, db *sqlx.DB, s Session, older schema.Cursor) 
 	}
 	page.Name = page.User.Name()
 
-	mine := schema.EventFilter{UserID: s.UserID}
-	if page.Total, err = schema.CountAuditEvents(ctx, tx, mine); err != nil {
-		return homePage{}, err
-	}
-	// The page's places, newest first, and the one before them (if any).
-	places, err := schema.PlacesBefore(ctx, tx, mine, older, timelinePage+1)
+	var entries []timelineEntry
+	tp, err := audit.ReadTimeline(ctx, tx, audit.TimelineQuery{UserID: s.UserID, Order: order, NewestFirst: true, After: older, Limit: timelinePage},
+		func(te audit.TimelineEvent) {
+			t := summarize(te.Event.Event, te.Prev, te.Next, s.SessionID)
+			t.At, t.ReceivedAt = te.ChangedAt, te.Event.ReceivedAt
+			t.OutOfOrder, t.Late, t.Delay = te.OutOfOrder, te.Late, humanDuration(te.Delay)
+			entries = append(entries, t)
+		})
 	if err != nil {
 		return homePage{}, err
 	}
-	if older != (schema.Cursor{}) {
-		page.NewestURL = "/"
+	slices.Reverse(entries) // newest first
+	page.Timeline, page.Total = entries, tp.Total
+	self := "/"
+	if order == audit.OrderLedger {
+		self = "/?order=ledger"
 	}
-	if len(places) == 0 {
-		return page, tx.Commit()
+	if !older.IsZero() {
+		page.NewestURL = self
 	}
-	var below schema.Cursor // the page starts after it (zero: at the first event)
-	if len(places) > timelinePage {
-		below, places = places[timelinePage], places[:timelinePage]
-		page.OlderURL = "/?older=" + audit.EncodeCursor(places[len(places)-1])
-	}
-	newest := places[0]
-	newer, err := schema.CountAuditEvents(ctx, tx, schema.EventFilter{UserID: s.UserID, After: newest})
-	if err != nil {
-		return homePage{}, err
-	}
-	page.First, page.Last = newer+1, newer+int64(len(places))
-
-	b := timelineBuilder{sessionID: s.SessionID, entries: make([]timelineEntry, 0, len(places))}
-	if below != (schema.Cursor{}) {
-		if _, err := schema.EachEvent(ctx, tx, schema.EventFilter{UserID: s.UserID, Types: domain.UserEventTypes(), UpTo: below}, b.fold); err != nil {
-			return homePage{}, err
+	if tp.More {
+		v := url.Values{"older": {audit.EncodeTimelineCursor(tp.Next)}}
+		if order == audit.OrderLedger {
+			v.Set("order", audit.OrderLedger)
 		}
+		page.OlderURL = "/?" + v.Encode()
 	}
-	if _, err := schema.EachEvent(ctx, tx, schema.EventFilter{UserID: s.UserID, After: below, UpTo: newest}, b.add); err != nil {
-		return homePage{}, err
-	}
-	page.Timeline = b.newestFirst()
+	page.First, page.Last = tp.Offset+1, tp.Offset+int64(tp.Count)
 	return page, tx.Commit()
-}
-
-// timelineBuilder summarizes events given in ledger order, describing each
-// against the user as folded from the events before it.
-type timelineBuilder struct {
-	sessionID string
-	folded    domain.User
-	entries   []timelineEntry
-}
-
-// fold folds e without showing it (an event before the page).
-func (b *timelineBuilder) fold(e domain.Event) error {
-	if next, err := domain.Apply(b.folded, e); err == nil {
-		b.folded = next
-	}
-	return nil
-}
-
-// add summarizes e and folds it.
-func (b *timelineBuilder) add(e domain.Event) error {
-	next, err := domain.Apply(b.folded, e)
-	if err != nil {
-		next = b.folded
-	}
-	b.entries = append(b.entries, summarize(e, b.folded, next, b.sessionID))
-	b.folded = next
-	return nil
-}
-
-// newestFirst returns the entries, newest first.
-func (b *timelineBuilder) newestFirst() []timelineEntry {
-	slices.Reverse(b.entries)
-	return b.entries
 }
 
 // eventData is the part of event bodies the summaries read.

@@ -2,13 +2,16 @@ package handlers
 
 import (
 	"bytes"
+	"context"
 	"embed"
 	"fmt"
 	"html/template"
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"path"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -22,10 +25,15 @@ var templateFS embed.FS
 //go:embed static
 var staticFS embed.FS
 
-// pages renders the server-side HTML pages. Every page is a template file in
-// templates/ that defines "title" and "content"; layout.html wraps it (the
-// base layout with header, dev banner, ClerkJS scripts and footer). Add a
-// page by adding templates/<name>.html and calling render with that name.
+// pages renders every server-side HTML page: one template set, parsed once
+// at start. templates/layout.html is the one layout (header with the
+// navigation and the signed-in person, dev banner, ClerkJS scripts,
+// footer); templates/components.html holds the shared components (ids,
+// times, payloads, tables, the log status, pagers); every page is a
+// template file that defines "title" and "content". The user's pages and
+// the audit workspace (audit_*.html) share all of it. Add a page by adding
+// templates/<name>.html and calling render with that name. Errors are
+// answered by renderError, the one HTML error renderer.
 type pages struct {
 	log    *slog.Logger
 	byName map[string]*template.Template
@@ -42,29 +50,76 @@ type clerkJS struct {
 
 // layout is the data every page template gets: the page's own data is Data.
 type layout struct {
-	Title    string
 	Page     string // template name without .html; body data-page
 	SignedIn bool
 	Session  Session
-	Clerk    clerkJS
-	Dev      bool
-	Data     any
+	// Auditor shows the workspace's navigation; Section is the current
+	// item ("overview", "search", "chain" (the verifiable log), "log" (the
+	// access log), "home").
+	Auditor bool
+	Section string
+	Wide    bool // the workspace's wider pages
+	Clerk   clerkJS
+	Dev     bool
+	Data    any
 }
+
+// auditorKey marks a request whose session is an auditor's (requireAuditor
+// passed, or the home page looked it up): the layout shows the workspace.
+type auditorKey struct{}
+
+func withAuditor(r *http.Request) *http.Request {
+	return r.WithContext(context.WithValue(r.Context(), auditorKey{}, true))
+}
+
+func isAuditorRequest(r *http.Request) bool {
+	v, _ := r.Context().Value(auditorKey{}).(bool)
+	return v
+}
+
+// Times are shown in one format: when (UTC) as the text, app.js turning it
+// into the reader's zone, with the exact UTC instant (utc) on hover.
+const (
+	whenLayout = "2 Jan 2006, 15:04:05 UTC"
+	utcLayout  = "2006-01-02 15:04:05.000000 UTC"
+)
 
 var templateFuncs = template.FuncMap{
 	"when": func(t time.Time) string {
 		if t.IsZero() {
 			return "unknown"
 		}
-		return t.UTC().Format("2 Jan 2006, 15:04 UTC")
+		return t.UTC().Format(whenLayout)
+	},
+	"utc": func(t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		return t.UTC().Format(utcLayout)
 	},
 	"iso": func(t time.Time) string {
 		if t.IsZero() {
 			return ""
 		}
-		return t.UTC().Format(time.RFC3339)
+		return t.UTC().Format(time.RFC3339Nano)
 	},
-	"isolate": isolate,
+	"isolate":    isolate,
+	"escapeBidi": escapeBidi,
+	"deref":      func(b *bool) bool { return b != nil && *b },
+	// userHref is the audit view of a user, at an instant when at is set.
+	"userHref": func(id string, at time.Time) string {
+		h := "/audit/users/" + url.PathEscape(id)
+		if !at.IsZero() {
+			h += "?" + url.Values{"at": {at.UTC().Format(time.RFC3339Nano)}}.Encode()
+		}
+		return h
+	},
+	"hexShort": func(s string) string {
+		if len(s) > 12 {
+			return s[:12] + "…"
+		}
+		return s
+	},
 	// initials returns the first letter or digit of the first two words
 	// of name (never a direction control or other mark).
 	"initials": func(name string) string {
@@ -87,9 +142,13 @@ var templateFuncs = template.FuncMap{
 	},
 }
 
-// parsePages parses every page template with the layout.
+// sharedTemplates are parsed into every page: the layout and components.
+var sharedTemplates = []string{"templates/layout.html", "templates/components.html"}
+
+// parsePages parses the layout and components once and every page onto a
+// copy of them.
 func parsePages(log *slog.Logger, clerk clerkJS, dev bool) (*pages, error) {
-	base, err := template.New("layout.html").Funcs(templateFuncs).ParseFS(templateFS, "templates/layout.html")
+	base, err := template.New("layout.html").Funcs(templateFuncs).ParseFS(templateFS, sharedTemplates...)
 	if err != nil {
 		return nil, fmt.Errorf("parse layout: %w", err)
 	}
@@ -99,10 +158,10 @@ func parsePages(log *slog.Logger, clerk clerkJS, dev bool) (*pages, error) {
 	}
 	p := &pages{log: log, byName: map[string]*template.Template{}, clerk: clerk, dev: dev}
 	for _, n := range names {
-		name := path.Base(n)
-		if name == "layout.html" || strings.HasPrefix(name, "audit_") { // audit pages have their own set (audit_pages.go)
+		if slices.Contains(sharedTemplates, n) {
 			continue
 		}
+		name := path.Base(n)
 		t, err := base.Clone()
 		if err == nil {
 			t, err = t.ParseFS(templateFS, n)
@@ -135,9 +194,15 @@ func (p *pages) render(w http.ResponseWriter, r *http.Request, status int, name 
 		Page:     strings.TrimSuffix(name, ".html"),
 		SignedIn: signedIn,
 		Session:  s,
+		Auditor:  signedIn && isAuditorRequest(r),
 		Clerk:    p.clerk,
 		Dev:      p.dev,
 		Data:     data,
+	}
+	if sec, ok := strings.CutPrefix(l.Page, "audit_"); ok {
+		l.Section, l.Wide = sec, true
+	} else if l.Page == "home" {
+		l.Section = "home"
 	}
 	var buf bytes.Buffer
 	if err := t.ExecuteTemplate(&buf, "layout", l); err != nil {
@@ -158,9 +223,10 @@ type errorPage struct {
 	Message string
 }
 
-// renderError answers err as the error page with its mapped status. As with
-// writeError, 5xx errors are logged here, once, and shown only as a generic
-// message; other errors show their caller-safe message.
+// renderError answers err as the error page with its mapped status: the
+// one HTML error renderer, for every page (the HTML twin of writeError).
+// As with writeError, 5xx errors are logged here, once, and shown only as
+// a generic message; other errors show their caller-safe message.
 func (p *pages) renderError(w http.ResponseWriter, r *http.Request, err error) {
 	if p == nil {
 		http.Error(w, "internal error", http.StatusInternalServerError)

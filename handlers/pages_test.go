@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -266,11 +267,17 @@ func TestDefaultAuthorizedParties(t *testing.T) {
 // timeline summarizes events (in ledger order) as the signed-in page does,
 // newest first, at most max.
 func timeline(events []domain.Event, sessionID string, max int) []timelineEntry {
-	b := timelineBuilder{sessionID: sessionID}
+	var folded domain.User
+	var out []timelineEntry
 	for _, e := range events {
-		b.add(e)
+		next, err := domain.Apply(folded, e)
+		if err != nil {
+			next = folded
+		}
+		out = append(out, summarize(e, folded, next, sessionID))
+		folded = next
 	}
-	out := b.newestFirst()
+	slices.Reverse(out)
 	return out[:min(len(out), max)]
 }
 

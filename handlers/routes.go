@@ -27,7 +27,7 @@ func addRoutes(mux routeMux, d Deps, pg *pages, session func(http.Handler) http.
 		mux.Handle("GET /metrics", d.Metrics.Handler())
 	}
 
-	mux.Handle("GET /{$}", session(handleHome(d.Log, pg, d.DB, avatarHosts)))
+	mux.Handle("GET /{$}", session(handleHome(d.Log, pg, d.DB, d.Audit, avatarHosts)))
 	mux.Handle("GET /api/me", session(requireAPISession(d.Log, handleMe(d.Log, d.DB))))
 	mux.Handle("GET /static/", handleStatic())
 
@@ -41,17 +41,17 @@ func addRoutes(mux routeMux, d Deps, pg *pages, session func(http.Handler) http.
 	// session, 403 for anyone not an auditor). Reads are recorded in the
 	// access log in the caller's name, so they run only when asked from
 	// the workspace's own pages or with a Bearer token (requireOwnPages
-	// for the API, auditPages.mayRecord in the pages); a verification
-	// runs only on POST, behind checkOrigin.
+	// for the API, mayRecord in the pages); a verification runs only on
+	// POST, behind checkOrigin. Pages answer errors with the page error
+	// renderer, the API with writeError.
 	svc := d.Audit
-	api := func(h http.Handler) http.Handler { return session(requireAuditor(d.Log, svc, false, h)) }
-	page := func(h http.Handler) http.Handler { return session(requireAuditor(d.Log, svc, true, h)) }
+	api := func(h http.Handler) http.Handler { return session(requireAuditor(d.Log, svc, nil, h)) }
+	page := func(h http.Handler) http.Handler { return session(requireAuditor(d.Log, svc, pg, h)) }
 	var own origins
 	if d.Sessions != nil {
 		own = newOrigins(d.Sessions.AuthorizedParties())
 	}
 	recorded := func(h http.Handler) http.Handler { return api(requireOwnPages(d.Log, own, h)) }
-	pages := newAuditPages(d.Log, own)
 	mux.Handle("GET /api/audit/events", recorded(handleAuditEvents(d.Log, svc, d.ExportIdleTimeout, d.Now)))
 	mux.Handle("GET /api/audit/users/{id}", recorded(handleAuditUser(d.Log, svc)))
 	mux.Handle("GET /api/audit/users/{id}/proof", recorded(handleAuditUserProof(d.Log, svc)))
@@ -59,11 +59,12 @@ func addRoutes(mux routeMux, d Deps, pg *pages, session func(http.Handler) http.
 	mux.Handle("GET /api/audit/checkpoint", recorded(handleAuditCheckpoint(d.Log, svc)))
 	mux.Handle("GET /api/audit/consistency", recorded(handleAuditConsistency(d.Log, svc)))
 	mux.Handle("POST /api/audit/verify", api(handleAuditVerify(d.Log, svc)))
-	mux.Handle("GET /audit", page(handleAuditSearchPage(pages, svc)))
-	mux.Handle("GET /audit/users/{id}", page(handleAuditUserPage(pages, svc)))
-	mux.Handle("GET /audit/chain", page(handleAuditChainPage(pages, svc)))
-	mux.Handle("POST /audit/chain", page(handleAuditChainVerify(pages, svc)))
-	mux.Handle("GET /audit/log", page(handleAuditLogPage(pages, svc)))
+	mux.Handle("GET /audit", page(handleAuditOverview(pg, svc, d.Now)))
+	mux.Handle("GET /audit/search", page(handleAuditSearchPage(pg, own, svc)))
+	mux.Handle("GET /audit/users/{id}", page(handleAuditUserPage(pg, own, svc)))
+	mux.Handle("GET /audit/chain", page(handleAuditChainPage(pg, svc)))
+	mux.Handle("POST /audit/chain", page(handleAuditChainVerify(pg, svc)))
+	mux.Handle("GET /audit/log", page(handleAuditLogPage(pg, svc)))
 
 	mux.Handle("/", session(handleNotFound(d.Log, pg)))
 }

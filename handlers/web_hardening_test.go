@@ -309,7 +309,7 @@ func TestAuditSideEffectsNeedOwnPages(t *testing.T) {
 		if res.StatusCode != http.StatusOK || !bytes.Contains(body, []byte("Not run")) {
 			t.Errorf("GET /audit/chain?verify=1 %v: %d", h, res.StatusCode)
 		}
-		res, body = e.serve(t, http.MethodGet, listedAuditor, "/audit?user_id=user_x", "", h)
+		res, body = e.serve(t, http.MethodGet, listedAuditor, "/audit/search?user_id=user_x", "", h)
 		if res.StatusCode != http.StatusOK || !bytes.Contains(body, []byte("Not run yet")) || !bytes.Contains(body, []byte(`value="user_x"`)) || bytes.Contains(body, []byte("x@example.com")) {
 			t.Errorf("GET /audit?user_id=user_x %v: %d %.200s", h, res.StatusCode, body)
 		}
@@ -345,7 +345,7 @@ func TestAuditSideEffectsNeedOwnPages(t *testing.T) {
 	// From the workspace's own pages everything runs and is recorded.
 	own := []http.Header{from("Sec-Fetch-Site", "same-origin"), from("Referer", "http://example.com/audit")}
 	for _, h := range own {
-		res, body := e.serve(t, http.MethodGet, listedAuditor, "/audit?user_id=user_x", "", h)
+		res, body := e.serve(t, http.MethodGet, listedAuditor, "/audit/search?user_id=user_x", "", h)
 		if res.StatusCode != http.StatusOK || !bytes.Contains(body, []byte("x@example.com")) {
 			t.Errorf("own search %v: %d", h, res.StatusCode)
 		}
@@ -465,8 +465,8 @@ func TestBidiControlsAreIsolated(t *testing.T) {
 		"home":                 page("/", mallory.ID),
 		"dev picker":           page("/dev/sign-in", mallory.ID),
 		"audit user":           page("/audit/users/"+mallory.ID, "user_bidi_auditor"),
-		"audit search":         page("/audit?user_id="+url.QueryEscape(rlo+mallory.ID), "user_bidi_auditor"),
-		"audit search results": page("/audit?user_id="+mallory.ID, "user_bidi_auditor"),
+		"audit search":         page("/audit/search?user_id="+url.QueryEscape(rlo+mallory.ID), "user_bidi_auditor"),
+		"audit search results": page("/audit/search?user_id="+mallory.ID, "user_bidi_auditor"),
 		"audit log":            page("/audit/log", "user_bidi_auditor"),
 	}
 	for name, html := range pages {
@@ -484,7 +484,7 @@ func TestBidiControlsAreIsolated(t *testing.T) {
 	// The payloads and metadata an auditor reads name the control.
 	mustContain(t, pages["audit user"], `\u202enimdA`, `\u202etxet`)
 	mustContain(t, pages["audit search results"], `\u202emoc.elpmaxe@nimda`)
-	mustContain(t, pages["audit search"], `name="user_id" value="`+rlo+mallory.ID+`" placeholder="user_..." size="32" dir="auto">`)
+	mustContain(t, pages["audit search"], `name="user_id" value="`+rlo+mallory.ID+`" placeholder="user_…" dir="auto"`)
 	mustContain(t, pages["audit log"], "<bdi>"+rlo+mallory.ID+"</bdi>")
 	// Initials never start with a control.
 	mustNotContain(t, pages["home"], "<span>"+rlo)
@@ -544,11 +544,12 @@ func TestBrowserAuditCrossSite(t *testing.T) {
 		return access, verifications
 	}
 
-	// The link from the other site: the filled-in form and a notice.
+	// The link from the other site (an old-style /audit?user_id= link, sent
+	// on to the search): the filled-in form and a notice.
 	if err := chromedp.Do(ctx, chromedp.Navigate(evilURL), chromedp.Click("#go")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(`location.pathname === "/audit" && !!document.querySelector("form.filters")`)
+	waitFor(`location.pathname === "/audit/search" && !!document.querySelector("main form[role=search]")`)
 	mustContain(t, evalText(t, ctx), "Not run yet")
 	if evalBool(t, ctx, `document.body.textContent.includes("ada@example.com")`) {
 		t.Error("the cross-site link shows Ada's events")
@@ -560,10 +561,10 @@ func TestBrowserAuditCrossSite(t *testing.T) {
 		t.Errorf("the cross-site link recorded %d reads, %d verifications", a, v)
 	}
 	// The workspace's own Search button runs it.
-	if err := chromedp.Do(ctx, chromedp.Click(`form.filters button[type=submit]`)); err != nil {
+	if err := chromedp.Do(ctx, chromedp.Click(`main form[role=search] button[type=submit]`)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(`!!document.querySelector("p.pager")`)
+	waitFor(`!!document.querySelector("#results-range")`)
 	if !evalBool(t, ctx, `document.querySelector("main").textContent.includes("ada@example.com")`) { // in the collapsed payloads
 		t.Error("the search from the workspace shows no result")
 	}
@@ -583,7 +584,7 @@ func TestBrowserAuditCrossSite(t *testing.T) {
 		t.Errorf("the cross-site form ran %d verifications", v)
 	}
 	// The chain page's own button runs one.
-	if err := chromedp.Do(ctx, chromedp.Navigate(e.srv.URL+"/audit/chain"), chromedp.Click(`form.filters button[type=submit]`)); err != nil {
+	if err := chromedp.Do(ctx, chromedp.Navigate(e.srv.URL+"/audit/chain"), chromedp.Click(`main form.form button[type=submit]`)); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(`document.body.innerText.includes("Result")`)

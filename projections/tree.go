@@ -46,5 +46,6 @@ func (*Tree) Apply(ctx context.Context, tx *sqlx.Tx, events []domain.Event) ([]F
 
 func (*Tree) gapless() {}
 
-// Default returns the projectors a service runs: users and the tree sealer.
-func Default() []Projector { return []Projector{NewUsers(), NewTree()} }
+// Default returns the projectors a service runs: users, the tree sealer
+// and the audit workspace's read models.
+func Default() []Projector { return []Projector{NewUsers(), NewTree(), NewWorkspace()} }

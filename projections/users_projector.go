@@ -17,7 +17,6 @@ import (
 // UsersName is the name of the users projector.
 const UsersName = "users"
 
-
 // Users is the users projector: it folds user.created, user.updated and
 // user.deleted into one row per Clerk user with domain.Apply. A batch is
 // grouped by user: the rows of the users it touches are loaded in one query,

@@ -15,6 +15,9 @@ import (
 // filter. Results come in ledger order, after After (keyset paging).
 type EventFilter struct {
 	UserID string
+	// UserIDs, when not empty, keeps the events about any of them (with
+	// UserID too: about UserID, if it is one of them).
+	UserIDs []string
 	// Types are exact types ("user.created") or prefixes ending in ".*"
 	// ("user.*"); an event matches when it matches any of them.
 	Types []string
@@ -80,6 +83,9 @@ func (f EventFilter) where() (string, []any) {
 	}
 	if f.UserID != "" {
 		add(`e.user_id = $?`, f.UserID)
+	}
+	if len(f.UserIDs) > 0 {
+		add(`e.user_id = ANY($?)`, pq.Array(f.UserIDs))
 	}
 	if len(f.Types) > 0 {
 		var exact, prefixes []string

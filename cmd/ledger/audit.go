@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -168,30 +169,44 @@ every matching event (or --limit of them) in constant memory.`,
 }
 
 func (a *app) auditUserCmd() *cobra.Command {
-	var at, cursor string
+	var at, cursor, order string
 	var limit int
+	var changes bool
 	cmd := &cobra.Command{
 		Use:   "user ID",
-		Short: "Print a user's state as of a time, folded from the ledger, and a page of the events that made it (JSON)",
+		Short: "Print a user's state as of a time, folded from the ledger, and a page of the events that made it with what each changed",
 		Long: `user folds the state of Clerk user ID from the ledger's events about them that
 occurred at or before --at (default: now) with the users projection's own fold,
-and prints it as JSON with one page of those events (--limit, at most 1000, and
-8 MiB of bodies; total counts them all; pass next_cursor as --cursor for the
-next page). Without --at it also prints the users projection's row and whether
-the two match.`,
+and prints it as JSON with one page of those events, oldest first, in time
+order (--order time: when each change happened in Clerk, the user object's
+updated_at else the event's timestamp) or ledger order (--order ledger), each
+with the change it made to the folded state field by field, how it arrived
+(out of order, late) and who made it (the event's http_request). --limit, at
+most 1000, and 8 MiB of bodies a page; total counts them all; pass next_cursor
+as --cursor for the next page. Without --at it also prints the users
+projection's row and whether the two match. --changes prints the change list
+as text instead of JSON.`,
+		Example: `  ledger audit user user_123 --changes
+  ledger audit user user_123 --order ledger --at 2024-05-28T12:00:00Z`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			t, err := flagTime("at", at)
 			if err != nil {
 				return err
 			}
-			page := audit.UserPage{Limit: limit}
+			if order != audit.OrderTime && order != audit.OrderLedger {
+				return domain.Errorf(domain.EINVALID, "--order %q is not time or ledger", order)
+			}
+			page := audit.UserPage{Limit: limit, Order: order}
 			if limit < 1 || limit > audit.MaxAuditLimit {
 				return domain.Errorf(domain.EINVALID, "--limit %d is not from 1 to %d", limit, audit.MaxAuditLimit)
 			}
 			if cursor != "" {
-				if page.After, err = audit.DecodeCursor(cursor); err != nil {
+				if page.After, err = audit.DecodeTimelineCursor(cursor); err != nil {
 					return domain.Errorf(domain.EINVALID, "--cursor: %s", domain.ErrorMessage(err))
+				}
+				if page.After.Order != order {
+					return domain.Errorf(domain.EINVALID, "--cursor is a place in %s order: give --order %s", page.After.Order, page.After.Order)
 				}
 			}
 			svc, db, err := a.openAudit(cmd, nil)
@@ -206,15 +221,73 @@ the two match.`,
 			if h.Total == 0 {
 				return domain.Errorf(domain.ENOTFOUND, "the ledger has no event about user %s by then", args[0])
 			}
+			if changes {
+				printChanges(a.stdout, h)
+				if h.NextCursor != "" {
+					fmt.Fprintf(a.stderr, "events %d-%d of %d; more with --cursor %s\n", h.Offset+1, h.Offset+int64(h.Count), h.Total, h.NextCursor)
+				}
+				return nil
+			}
 			enc := json.NewEncoder(a.stdout)
 			enc.SetIndent("", "  ")
 			return enc.Encode(h)
 		},
 	}
 	cmd.Flags().StringVar(&at, "at", "", "RFC 3339 instant (default: now)")
+	cmd.Flags().StringVar(&order, "order", audit.OrderTime, "time (when each change happened) or ledger (arrival)")
 	cmd.Flags().IntVar(&limit, "limit", audit.DefaultAuditLimit, "events per page (at most 1000)")
 	cmd.Flags().StringVar(&cursor, "cursor", "", "continue after this cursor (next_cursor of the previous page)")
+	cmd.Flags().BoolVar(&changes, "changes", false, "print the change list as text instead of JSON")
 	return cmd
+}
+
+// printChanges writes h's events as a change list: one block per event
+// (when it happened, type, position, how it arrived and how the fold took
+// it), then each changed field "old -> new" and who made it.
+func printChanges(w io.Writer, h audit.UserHistory) {
+	state := "no user event by then"
+	if h.Exists {
+		state = h.State.Name()
+		if h.State.Deleted {
+			state += " (deleted)"
+		}
+	}
+	fmt.Fprintf(w, "user %s: %s; events %d-%d of %d, %s order\n", h.UserID, state, h.Offset+1, h.Offset+int64(h.Count), h.Total, h.Order)
+	for _, e := range h.Events {
+		var marks []string
+		if e.OutOfOrder {
+			marks = append(marks, "arrived out of order")
+		}
+		if e.Late {
+			marks = append(marks, fmt.Sprintf("arrived %s late", time.Duration(e.DelaySeconds*float64(time.Second)).Round(time.Second)))
+		}
+		if e.AfterAt {
+			marks = append(marks, "after --at")
+		}
+		marks = append(marks, string(e.Outcome))
+		if e.Outcome == domain.OutcomeApplied && len(e.Changes) == 0 {
+			marks[len(marks)-1] = "no change"
+		}
+		fmt.Fprintf(w, "\n%s  %s  #%d  %s\n", e.ChangedAt.Format(time.RFC3339Nano), e.Type, e.Position, strings.Join(marks, ", "))
+		for _, c := range e.Changes {
+			fmt.Fprintf(w, "    %s: %s -> %s\n", c.Field, cliValue(c.Old), cliValue(c.New))
+		}
+		if e.Poison != "" {
+			fmt.Fprintf(w, "    skipped: %s\n", e.Poison)
+		}
+		if e.Request != nil {
+			fmt.Fprintf(w, "    made from %s %s\n", cliValue(e.Request.ClientIP), strconv.Quote(e.Request.UserAgent))
+		}
+	}
+}
+
+// cliValue quotes a change's value for a terminal (controls and direction
+// overrides come out escaped); an absent value is "-".
+func cliValue(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return strconv.QuoteToGraphic(s)
 }
 
 func (a *app) auditDigestCmd() *cobra.Command {

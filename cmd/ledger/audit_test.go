@@ -97,6 +97,15 @@ func TestAuditCommands(t *testing.T) {
 		list[3].Action != schema.ActionCheckpoint {
 		t.Errorf("access log: %+v", list)
 	}
+	// The change list as text: what each event changed, in time order.
+	out, _, err = ledger(t, env, "audit", "user", "user_cli", "--changes", "--limit", "3")
+	if err != nil || !strings.Contains(out, "user user_cli: N7; events 1-3 of 8, time order") || !strings.Contains(out, `first_name: "N0" -> "N1"`) ||
+		!strings.Contains(out, "session.created  #"+fmt.Sprint(positions[2])+"  arrived") || !strings.Contains(out, `made from "192.0.2.10" "Mozilla/5.0`) {
+		t.Errorf("user --changes: %v\n%s", err, out)
+	}
+	if _, _, err := ledger(t, env, "audit", "user", "user_cli", "--order", "arrival"); domain.ErrorCode(err) != domain.EINVALID {
+		t.Errorf("bad --order: %v", err)
+	}
 
 	// Edit a row as a superuser with the trigger off: both verifies catch it.
 	schematest.Tamper(t, db, `UPDATE events SET body = replace(body, '"user_cli"', '"user_evil"') WHERE position = $1`, positions[2])

@@ -44,11 +44,7 @@ the log's checkpoint signing key (kept in ./.data/log.key; ledger audit key
 prints its verifier key). Then it runs what serve runs.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			log, err := a.logger(cmd)
-			if err != nil {
-				return err
-			}
-			cfg, err := a.loadConfig(cmd)
+			log, cfg, err := a.serviceSetup(cmd)
 			if err != nil {
 				return err
 			}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/jmoiron/sqlx"
 	"github.com/spf13/cobra"
 )
 
@@ -17,16 +18,7 @@ func (a *app) migrateCmd() *cobra.Command {
 It holds a Postgres advisory lock meanwhile, so several processes may run it at
 once: each migration is applied exactly once.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			dsn, err := a.requireDatabaseURL(cmd)
-			if err != nil {
-				return err
-			}
-			db, err := schema.Open(cmd.Context(), dsn, schema.PoolOptions{MaxOpen: 2})
-			if err != nil {
-				return err
-			}
-			defer db.Close()
+		RunE: a.withSmallDB(func(cmd *cobra.Command, db *sqlx.DB) error {
 			res, err := schema.Migrate(cmd.Context(), db.DB)
 			if err != nil {
 				return err
@@ -38,22 +30,13 @@ once: each migration is applied exactly once.`,
 				fmt.Fprintln(a.stdout, "migrations are current")
 			}
 			return nil
-		},
+		}),
 	}
 	cmd.AddCommand(&cobra.Command{
 		Use:   "status",
 		Short: "List the embedded migrations and whether each is applied",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			dsn, err := a.requireDatabaseURL(cmd)
-			if err != nil {
-				return err
-			}
-			db, err := schema.Open(cmd.Context(), dsn, schema.PoolOptions{MaxOpen: 2})
-			if err != nil {
-				return err
-			}
-			defer db.Close()
+		RunE: a.withSmallDB(func(cmd *cobra.Command, db *sqlx.DB) error {
 			st, err := schema.MigrationStatus(cmd.Context(), db.DB)
 			if err != nil {
 				return err
@@ -68,7 +51,7 @@ once: each migration is applied exactly once.`,
 				fmt.Fprintf(tw, "%05d\t%s\t%s\t%s\n", s.Version, s.Name, state, at)
 			}
 			return tw.Flush()
-		},
+		}),
 	})
 	cmd.AddCommand(&cobra.Command{
 		Use:   "xid",
@@ -80,16 +63,7 @@ sort before the ones already read and no projector would see them (watermill
 issue 576); serve and project refuse to start then. xid prints OK, or the
 pg_resetwal command that moves the counter past the stored ids, and exits 1.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			dsn, err := a.requireDatabaseURL(cmd)
-			if err != nil {
-				return err
-			}
-			db, err := schema.Open(cmd.Context(), dsn, schema.PoolOptions{MaxOpen: 1})
-			if err != nil {
-				return err
-			}
-			defer db.Close()
+		RunE: a.withSmallDB(func(cmd *cobra.Command, db *sqlx.DB) error {
 			c, err := schema.ReadXIDCounter(cmd.Context(), db)
 			if err != nil {
 				return err
@@ -108,7 +82,7 @@ postgres user, with the cluster's data directory in $PGDATA:
 then run 'ledger migrate xid' again.
 `, c.ResetEpoch())
 			return domain.Errorf(domain.ECONFLICT, "the transaction counter is behind the ledger")
-		},
+		}),
 	})
 	return cmd
 }
@@ -121,4 +95,22 @@ func (a *app) requireDatabaseURL(cmd *cobra.Command) (string, error) {
 		return "", domain.Errorf(domain.EINVALID, "DATABASE_URL is not set (e.g. postgres://postgres@localhost:5432/ledger)")
 	}
 	return dsn, checkDatabaseURL(dsn)
+}
+
+// withSmallDB is the RunE of a command that runs a few statements on
+// DATABASE_URL (migrate and its subcommands): fn gets a pool of two
+// connections, closed after it.
+func (a *app) withSmallDB(fn func(cmd *cobra.Command, db *sqlx.DB) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, _ []string) error {
+		dsn, err := a.requireDatabaseURL(cmd)
+		if err != nil {
+			return err
+		}
+		db, err := schema.Open(cmd.Context(), dsn, schema.PoolOptions{MaxOpen: 2})
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		return fn(cmd, db)
+	}
 }

@@ -61,22 +61,14 @@ the live table untouched. A second rebuild of the same projection at the same
 time is refused. The tree sealer cannot be rebuilt.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, db, err := a.openProjector(cmd, args[0])
-			if err != nil {
+			var res projections.RebuildResult
+			p, err := a.projectorPass(cmd, args[0], "rebuild", func(db *sqlx.DB, p projections.Projector, prog projections.Progress) (err error) {
+				res, err = projections.Rebuild(cmd.Context(), db, p, prog)
 				return err
-			}
-			defer db.Close()
-			undoGC, _, err := tuneGC(a.env, passGCPercent, passMemLimit)
-			if err != nil {
-				return err
-			}
-			defer undoGC()
-			prog := a.progress("rebuild " + p.Name())
-			res, err := projections.Rebuild(cmd.Context(), db, p, prog.update)
-			prog.finish()
+			})
 			if err != nil {
 				if cmd.Context().Err() != nil || errors.Is(err, context.Canceled) {
-					return fmt.Errorf("rebuild of %s interrupted: the live table and checkpoint are untouched", p.Name())
+					return fmt.Errorf("rebuild of %s interrupted: the live table and checkpoint are untouched", args[0])
 				}
 				return err
 			}
@@ -98,19 +90,11 @@ of personal columns are not shown) and exits 1 when there is any. It changes
 nothing.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, db, err := a.openProjector(cmd, args[0])
-			if err != nil {
+			var res projections.CheckResult
+			p, err := a.projectorPass(cmd, args[0], "check", func(db *sqlx.DB, p projections.Projector, prog projections.Progress) (err error) {
+				res, err = projections.Check(cmd.Context(), db, p, prog)
 				return err
-			}
-			defer db.Close()
-			undoGC, _, err := tuneGC(a.env, passGCPercent, passMemLimit)
-			if err != nil {
-				return err
-			}
-			defer undoGC()
-			prog := a.progress("check " + p.Name())
-			res, err := projections.Check(cmd.Context(), db, p, prog.update)
-			prog.finish()
+			})
 			if err != nil {
 				return err
 			}
@@ -316,4 +300,25 @@ func (v *progressView) finish() {
 		_ = v.bar.Finish()
 		fmt.Fprintln(v.w)
 	}
+}
+
+// projectorPass runs fn, a pass over the whole ledger (rebuild, check) of
+// projection name, with its projector, the database, progress shown as
+// "<what> <name>", and the whole-ledger GC setting. It returns the
+// projector (nil when it could not be opened) and fn's error.
+func (a *app) projectorPass(cmd *cobra.Command, name, what string, fn func(*sqlx.DB, projections.Projector, projections.Progress) error) (projections.Projector, error) {
+	p, db, err := a.openProjector(cmd, name)
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	undoGC, _, err := tuneGC(a.env, passGCPercent, passMemLimit)
+	if err != nil {
+		return p, err
+	}
+	defer undoGC()
+	prog := a.progress(what + " " + p.Name())
+	err = fn(db, p, prog.update)
+	prog.finish()
+	return p, err
 }

@@ -50,7 +50,7 @@ func TestSeedStatusCheckRebuildCLI(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("status --json: %v\n%s", err, out)
 	}
-	if len(st) != 2 || st[0].Name != "tree" || st[1].Name != "users" || st[1].Started {
+	if len(st) != 3 || st[0].Name != "tree" || st[1].Name != "users" || st[1].Started || st[2].Name != "workspace" {
 		t.Fatalf("status before any projector ran: %+v", st)
 	}
 

@@ -36,11 +36,7 @@ projectors in-process. It needs DATABASE_URL and CLERK_WEBHOOK_SIGNING_SECRET.
 SIGINT or SIGTERM stops accepting, finishes requests in flight and exits.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			log, err := a.logger(cmd)
-			if err != nil {
-				return err
-			}
-			cfg, err := a.loadConfig(cmd)
+			log, cfg, err := a.serviceSetup(cmd)
 			if err != nil {
 				return err
 			}
@@ -55,6 +51,17 @@ SIGINT or SIGTERM stops accepting, finishes requests in flight and exits.`,
 	}
 	addServiceFlags(cmd)
 	return cmd
+}
+
+// serviceSetup reads what serve and dev start from: the logger and the
+// settings.
+func (a *app) serviceSetup(cmd *cobra.Command) (*slog.Logger, config, error) {
+	log, err := a.logger(cmd)
+	if err != nil {
+		return nil, config{}, err
+	}
+	cfg, err := a.loadConfig(cmd)
+	return log, cfg, err
 }
 
 // serve runs the service until ctx ends. ready, when not nil, is told the

@@ -8,12 +8,13 @@
   var page = body.dataset.page;
   var signedIn = body.dataset.signedIn === "true";
 
-  // Times: the server writes UTC; show them in the browser's zone.
+  // Times: the server writes UTC; show them in the browser's zone, in one
+  // format, with the exact UTC instant on hover.
   document.querySelectorAll("time[datetime]").forEach(function (t) {
     var d = new Date(t.getAttribute("datetime"));
     if (!isNaN(d)) {
-      t.title = t.textContent;
-      t.textContent = d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+      if (!t.title) t.title = t.textContent;
+      t.textContent = d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "medium" });
     }
   });
 
