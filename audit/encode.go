@@ -2,8 +2,8 @@ package audit
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/csv"
-	"encoding/hex"
 	"encoding/json"
 	"io"
 	"strconv"
@@ -33,8 +33,9 @@ type EventWriter interface {
 //
 // JSON lines: one object per line with position, delivery_id, type, user_id
 // (null when the event is about no user), occurred_at, received_at (RFC 3339,
-// UTC), chain_hash (hex, null until sealed) and payload (the stored body as
-// JSON, on one line). CSV: a header row and the same columns, the payload as
+// UTC), leaf_index and leaf_hash (the event's leaf in the Merkle tree and its
+// hash in standard base64; both null until sealed) and payload (the stored
+// body as JSON, on one line). CSV: a header row and the same columns, the payload as
 // JSON text.
 func NewEventWriter(w io.Writer, format string) (EventWriter, error) {
 	switch format {
@@ -55,7 +56,7 @@ func ExportContentType(format string) string {
 	return "application/x-ndjson"
 }
 
-var csvHeader = []string{"position", "delivery_id", "type", "user_id", "occurred_at", "received_at", "chain_hash", "payload"}
+var csvHeader = []string{"position", "delivery_id", "type", "user_id", "occurred_at", "received_at", "leaf_index", "leaf_hash", "payload"}
 
 // jsonlWriter encodes by hand: encoding/json would re-validate every payload
 // and allocate per field, which halves the export rate.
@@ -92,12 +93,13 @@ func appendAuditEvent(b []byte, e schema.AuditEvent) []byte {
 	b = e.OccurredAt.UTC().AppendFormat(b, time.RFC3339Nano)
 	b = append(b, `","received_at":"`...)
 	b = e.ReceivedAt.UTC().AppendFormat(b, time.RFC3339Nano)
-	b = append(b, `","chain_hash":`...)
-	if e.ChainHash == nil {
-		b = append(b, "null"...)
+	if e.LeafHash == nil {
+		b = append(b, `","leaf_index":null,"leaf_hash":null`...)
 	} else {
-		b = append(b, '"')
-		b = hex.AppendEncode(b, e.ChainHash)
+		b = append(b, `","leaf_index":`...)
+		b = strconv.AppendInt(b, e.LeafIndex, 10)
+		b = append(b, `,"leaf_hash":"`...)
+		b = base64.StdEncoding.AppendEncode(b, e.LeafHash)
 		b = append(b, '"')
 	}
 	b = append(b, `,"payload":`...)
@@ -211,7 +213,7 @@ func appendJSONString(b []byte, s string) []byte {
 
 type csvWriter struct {
 	w   *csv.Writer
-	rec [8]string
+	rec [9]string
 }
 
 func (c *csvWriter) Write(e schema.AuditEvent) error {
@@ -222,11 +224,12 @@ func (c *csvWriter) Write(e schema.AuditEvent) error {
 	r[3] = e.UserID
 	r[4] = e.OccurredAt.UTC().Format(time.RFC3339Nano)
 	r[5] = e.ReceivedAt.UTC().Format(time.RFC3339Nano)
-	r[6] = ""
-	if e.ChainHash != nil {
-		r[6] = hex.EncodeToString(e.ChainHash)
+	r[6], r[7] = "", ""
+	if e.LeafHash != nil {
+		r[6] = strconv.FormatInt(e.LeafIndex, 10)
+		r[7] = base64.StdEncoding.EncodeToString(e.LeafHash)
 	}
-	r[7] = string(e.Body)
+	r[8] = string(e.Body)
 	return c.w.Write(r)
 }
 
@@ -253,7 +256,8 @@ type EventJSON struct {
 	UserID     *string         `json:"user_id"`
 	OccurredAt time.Time       `json:"occurred_at"`
 	ReceivedAt time.Time       `json:"received_at"`
-	ChainHash  *string         `json:"chain_hash"`
+	LeafIndex  *int64          `json:"leaf_index"`
+	LeafHash   *string         `json:"leaf_hash"`
 	Payload    json.RawMessage `json:"payload"`
 }
 
@@ -268,9 +272,9 @@ func NewEventJSON(e schema.AuditEvent) EventJSON {
 		u := e.UserID
 		j.UserID = &u
 	}
-	if e.ChainHash != nil {
-		h := hex.EncodeToString(e.ChainHash)
-		j.ChainHash = &h
+	if e.LeafHash != nil {
+		n, h := e.LeafIndex, base64.StdEncoding.EncodeToString(e.LeafHash)
+		j.LeafIndex, j.LeafHash = &n, &h
 	}
 	return j
 }

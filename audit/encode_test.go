@@ -18,7 +18,7 @@ func TestAppendEventsPageMatchesEncodingJSON(t *testing.T) {
 	at := time.Date(2024, 5, 28, 12, 0, 0, 123456000, time.UTC) // as scanAuditEvent returns it
 	ev := func(pos int64, user, body string, hash []byte) schema.AuditEvent {
 		return schema.AuditEvent{Event: domain.Event{Position: pos, DeliveryID: "msg_<&>\"" + user, Type: "user.updated", UserID: user,
-			OccurredAt: at, ReceivedAt: at.Add(time.Microsecond), Body: []byte(body)}, ChainHash: hash}
+			OccurredAt: at, ReceivedAt: at.Add(time.Microsecond), Body: []byte(body)}, LeafIndex: pos * 7, LeafHash: hash}
 	}
 	events := []schema.AuditEvent{
 		ev(1, "user_1", `{"data":{"id":"user_1","first_name":"Zoë <b>"},"type":"user.updated"}`, []byte{0xde, 0xad}),

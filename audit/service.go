@@ -13,9 +13,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/svixsig"
+	"github.com/clerk-ledger/clerk-ledger/translog"
 	"github.com/jmoiron/sqlx"
 )
 
@@ -33,6 +33,10 @@ type Config struct {
 	// Verifier re-checks stored Svix signatures (Verify with Signatures);
 	// nil: that check is refused.
 	Verifier *svixsig.Verifier
+	// LogKey checks the log's signed checkpoints (the verifier key of
+	// LEDGER_LOG_KEY); nil: Verify checks the checkpoints' roots but not
+	// their signatures, and VerifyCheckpoint is refused.
+	LogKey *translog.Verifier
 	// Auditors are the Clerk user ids allowed to audit (LEDGER_AUDITORS),
 	// besides users whose projected public_metadata.role is "auditor".
 	Auditors []string
@@ -50,6 +54,7 @@ type Config struct {
 type Service struct {
 	db       *sqlx.DB
 	verifier *svixsig.Verifier
+	logKey   *translog.Verifier
 	auditors map[string]bool
 	slots    *slots
 	verifyMu sync.Mutex
@@ -57,7 +62,7 @@ type Service struct {
 
 // New returns a Service for c.
 func New(c Config) *Service {
-	s := &Service{db: c.DB, verifier: c.Verifier, auditors: map[string]bool{}}
+	s := &Service{db: c.DB, verifier: c.Verifier, logKey: c.LogKey, auditors: map[string]bool{}}
 	for _, id := range c.Auditors {
 		if id = strings.TrimSpace(id); id != "" {
 			s.auditors[id] = true
@@ -95,34 +100,4 @@ func (s *Service) record(ctx context.Context, a Actor, action string, filters ma
 // newest first, at most limit.
 func (s *Service) AccessLog(ctx context.Context, before int64, limit int) ([]schema.Access, error) {
 	return schema.ListAccess(ctx, s.db, before, limit)
-}
-
-// ChainStatus is where the hash chain stands and how the last verification
-// ended.
-type ChainStatus struct {
-	Head         *domain.Digest // nil: nothing sealed yet
-	HeadSealedAt time.Time
-	Last         *schema.Verification // nil: never verified
-}
-
-// ChainStatus reads the chain head and the last verification.
-func (s *Service) ChainStatus(ctx context.Context) (ChainStatus, error) {
-	var c ChainStatus
-	d, at, err := schema.ChainHead(ctx, s.db)
-	switch {
-	case domain.ErrorCode(err) == domain.ENOTFOUND:
-	case err != nil:
-		return c, err
-	default:
-		c.Head, c.HeadSealedAt = &d, at
-	}
-	v, err := schema.LastVerification(ctx, s.db)
-	switch {
-	case domain.ErrorCode(err) == domain.ENOTFOUND:
-	case err != nil:
-		return c, err
-	default:
-		c.Last = &v
-	}
-	return c, nil
 }

@@ -2,6 +2,7 @@ package audit
 
 import (
 	"context"
+	"encoding/base64"
 	"net/http"
 	"strconv"
 
@@ -11,32 +12,53 @@ import (
 
 // VerifyOptions says what Verify checks.
 type VerifyOptions struct {
-	Digest     *domain.Digest // the kept digest the chain must reach, if any
-	Signatures bool           // also re-check every stored delivery's Svix signature
+	// Digest is a digest of the frozen hash chain (from before the tree)
+	// the chain must still reach, if any.
+	Digest     *domain.Digest
+	Signatures bool // also re-check every stored delivery's Svix signature
 }
 
 // VerifyResult is the outcome of Verify.
 type VerifyResult struct {
 	OK         bool                    `json:"ok"`
-	Chain      schema.ChainReport      `json:"-"`
+	Tree       schema.LogReport        `json:"-"`
+	Chain      *schema.ChainReport     `json:"-"` // with a digest only
 	Signatures *schema.SignatureReport `json:"-"`
+	// KeyChecked reports whether the checkpoints' signatures were checked
+	// (a verifier key was configured).
+	KeyChecked bool `json:"-"`
 }
 
 // Message returns "OK ..." or the first problem, for people.
 func (r VerifyResult) Message() string {
-	if !r.Chain.OK {
+	if !r.Tree.OK {
+		return "FAIL: " + r.Tree.Problem
+	}
+	if r.Chain != nil && !r.Chain.OK {
 		return "FAIL: " + r.Chain.Problem
 	}
 	if r.Signatures != nil && !r.Signatures.OK {
 		return "FAIL: event at position " + strconv.FormatInt(r.Signatures.FirstBad, 10) + " does not carry a valid Svix signature for its stored bytes (" +
 			strconv.FormatInt(r.Signatures.Failed, 10) + " of " + strconv.FormatInt(r.Signatures.Checked, 10) + " fail)"
 	}
-	msg := "OK: " + strconv.FormatInt(r.Chain.Checked, 10) + " links match"
-	if r.Chain.Head.Position > 0 {
-		msg += ", head " + r.Chain.Head.String()
+	t := r.Tree
+	msg := "OK: " + strconv.FormatInt(t.Checked, 10) + " leaves match"
+	if t.Tree.Size > 0 {
+		msg += ", tree " + strconv.FormatInt(t.Tree.Size, 10) + " root " + base64.StdEncoding.EncodeToString(t.Tree.Root[:])
 	}
-	if r.Chain.Digest != nil {
-		msg += ", reaches the kept digest"
+	switch {
+	case t.Latest == nil:
+		msg += ", no checkpoint signed yet"
+	case r.KeyChecked:
+		msg += ", " + strconv.FormatInt(t.Checkpoints, 10) + " signed checkpoints match (latest: tree size " + strconv.FormatInt(t.Latest.Size, 10) + ")"
+	default:
+		msg += ", " + strconv.FormatInt(t.Checkpoints, 10) + " checkpoint roots match (signatures not checked: no LEDGER_LOG_KEY)"
+	}
+	if t.Unsealed > 0 {
+		msg += ", " + strconv.FormatInt(t.Unsealed, 10) + " newer events not sealed yet"
+	}
+	if r.Chain != nil {
+		msg += ", the frozen chain reaches the kept digest"
 	}
 	if r.Signatures != nil {
 		msg += ", " + strconv.FormatInt(r.Signatures.Checked, 10) + " signatures valid"
@@ -44,24 +66,29 @@ func (r VerifyResult) Message() string {
 	return msg
 }
 
-// FirstBad is the first position that does not match, 0 when OK.
+// FirstBad is the first position that does not match, 0 when OK (or when
+// the problem is no one event's).
 func (r VerifyResult) FirstBad() int64 {
-	if !r.Chain.OK {
+	switch {
+	case !r.Tree.OK:
+		return r.Tree.FirstBad
+	case r.Chain != nil && !r.Chain.OK:
 		return r.Chain.FirstBad
-	}
-	if r.Signatures != nil && !r.Signatures.OK {
+	case r.Signatures != nil && !r.Signatures.OK:
 		return r.Signatures.FirstBad
 	}
 	return 0
 }
 
-// Verify recomputes the hash chain (schema.VerifyChainParts, in as many
-// ranges at once as the audit slots allow), optionally re-checks every
-// stored delivery's signature ignoring its age, and records the outcome in
-// the verification log as a's. One verification runs at a time: another
-// is refused with ERATELIMIT. Errors mean the check could not run or could
-// not be recorded (EINVALID for Signatures without a Verifier); a mismatch
-// is an OK=false result.
+// Verify recomputes the whole Merkle tree from the stored events
+// (schema.VerifyLog: every leaf, every stored hash, every kept checkpoint's
+// root and signature), with a digest also the frozen hash chain up to it
+// (schema.VerifyChainParts), optionally re-checks every stored delivery's
+// signature ignoring its age, and records the outcome in the verification
+// log as a's. One verification runs at a time: another is refused with
+// ERATELIMIT. Errors mean the check could not run or could not be recorded
+// (EINVALID for Signatures without a Verifier); a mismatch is an OK=false
+// result.
 func (s *Service) Verify(ctx context.Context, a Actor, o VerifyOptions) (VerifyResult, error) {
 	if o.Signatures && s.verifier == nil {
 		return VerifyResult{}, domain.Errorf(domain.EINVALID, "CLERK_WEBHOOK_SIGNING_SECRET is not set: cannot re-check signatures")
@@ -76,19 +103,28 @@ func (s *Service) Verify(ctx context.Context, a Actor, o VerifyOptions) (VerifyR
 		return VerifyResult{}, err
 	}
 	defer release()
-	var res VerifyResult
-	chain, err := schema.VerifyChainParts(ctx, s.db, o.Digest, parts)
-	if err != nil {
+	res := VerifyResult{KeyChecked: s.logKey != nil}
+	if res.Tree, err = schema.VerifyLog(ctx, s.db, s.openCheckpoint); err != nil {
 		return res, err
 	}
-	res.Chain = chain
-	res.OK = chain.OK
+	res.OK = res.Tree.OK
+	t := res.Tree
 	rec := schema.Verification{
-		Actor: a.ID, Channel: a.Channel, OK: chain.OK, Checked: chain.Checked, Head: chain.Head,
-		FirstBad: chain.FirstBad, Problem: chain.Problem, Duration: chain.Duration,
+		Actor: a.ID, Channel: a.Channel, Kind: schema.KindTree, OK: t.OK, Checked: t.Checked,
+		TreeSize: t.Tree.Size, Root: t.Tree.Root, FirstBad: t.FirstBad, Problem: t.Problem, Duration: t.Duration,
 	}
 	if o.Digest != nil {
 		rec.Digest = o.Digest.String()
+		chain, err := schema.VerifyChainParts(ctx, s.db, o.Digest, parts)
+		if err != nil {
+			return res, err
+		}
+		res.Chain = &chain
+		res.OK = res.OK && chain.OK
+		rec.Head, rec.Duration = chain.Head, rec.Duration+chain.Duration
+		if rec.OK && !chain.OK {
+			rec.OK, rec.FirstBad, rec.Problem = false, chain.FirstBad, res.Message()
+		}
 	}
 	if o.Signatures {
 		h := http.Header{}

@@ -131,15 +131,16 @@ type Overview struct {
 	Head         int64
 	// Projectors is where each projector stands (lag), by name.
 	Projectors []projections.Status
-	// Chain is the hash chain's head and the last verification.
-	Chain ChainStatus
+	// Log is the verifiable log's status: the tree's size, its latest
+	// signed checkpoint and the last verification.
+	Log LogStatus
 	// Access are the newest audit access log entries.
 	Access []schema.Access
 }
 
 // Overview reads the ledger at a glance as of now: deliveries per day by
 // family for the last OverviewDays days (the workspace projection), the
-// last delivery, every projector's lag, the chain status and the newest
+// last delivery, every projector's lag, the log's status and the newest
 // accesses. It shows counts and the access log, no event, so it is not
 // recorded itself.
 func (s *Service) Overview(ctx context.Context, now time.Time) (Overview, error) {
@@ -162,7 +163,7 @@ func (s *Service) Overview(ctx context.Context, now time.Time) (Overview, error)
 	if o.Projectors, err = projections.ReadStatus(ctx, s.db, known...); err != nil {
 		return o, err
 	}
-	if o.Chain, err = s.ChainStatus(ctx); err != nil {
+	if o.Log, err = s.LogStatus(ctx); err != nil {
 		return o, err
 	}
 	if o.Access, err = s.AccessLog(ctx, 0, 10); err != nil {

@@ -173,4 +173,7 @@ type Event struct {
 	Body          []byte    `json:"-"`
 	SvixTimestamp int64     `json:"svix_timestamp"`
 	SvixSignature string    `json:"-"`
+	// Source is where the event came from: "svix" (a verified webhook
+	// delivery) unless another source stored it.
+	Source string `json:"source,omitempty"`
 }

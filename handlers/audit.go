@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"encoding/base64"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -279,14 +280,20 @@ func handleAuditUser(log *slog.Logger, svc *audit.Service) http.HandlerFunc {
 
 // verifyAnswer is the JSON answer of POST /api/audit/verify.
 type verifyAnswer struct {
-	OK           bool      `json:"ok"`
-	Message      string    `json:"message"`
-	FirstBad     int64     `json:"first_bad_position,omitempty"`
-	Checked      int64     `json:"checked"`
-	Head         string    `json:"head,omitempty"`
-	HeadSealedAt time.Time `json:"head_sealed_at,omitzero"`
-	Digest       string    `json:"digest,omitempty"`
-	Signatures   *struct {
+	OK       bool   `json:"ok"`
+	Message  string `json:"message"`
+	FirstBad int64  `json:"first_bad_position,omitempty"`
+	Checked  int64  `json:"checked"` // leaves recomputed
+	TreeSize int64  `json:"tree_size"`
+	Root     string `json:"root,omitempty"` // base64
+	// Checkpoints kept checkpoints whose roots (and, with a key, signatures)
+	// matched; LatestCheckpoint the latest's tree size (0: none).
+	Checkpoints      int64  `json:"checkpoints"`
+	LatestCheckpoint int64  `json:"latest_checkpoint,omitempty"`
+	SignaturesOfKey  bool   `json:"checkpoint_signatures_checked"`
+	Unsealed         int64  `json:"unsealed"`
+	Digest           string `json:"digest,omitempty"` // the frozen chain's kept digest checked
+	Signatures       *struct {
 		Checked int64   `json:"checked"`
 		Failed  int64   `json:"failed"`
 		Bad     []int64 `json:"bad_positions,omitempty"`
@@ -295,13 +302,20 @@ type verifyAnswer struct {
 }
 
 func newVerifyAnswer(res audit.VerifyResult) verifyAnswer {
-	a := verifyAnswer{OK: res.OK, Message: res.Message(), FirstBad: res.FirstBad(), Checked: res.Chain.Checked,
-		HeadSealedAt: res.Chain.HeadSealedAt, DurationMS: res.Chain.Duration.Milliseconds()}
-	if res.Chain.Head.Position > 0 {
-		a.Head = res.Chain.Head.String()
+	t := res.Tree
+	a := verifyAnswer{OK: res.OK, Message: res.Message(), FirstBad: res.FirstBad(), Checked: t.Checked, TreeSize: t.Tree.Size,
+		Checkpoints: t.Checkpoints, SignaturesOfKey: res.KeyChecked, Unsealed: t.Unsealed, DurationMS: t.Duration.Milliseconds()}
+	if t.Tree.Size > 0 {
+		a.Root = base64.StdEncoding.EncodeToString(t.Tree.Root[:])
 	}
-	if res.Chain.Digest != nil {
-		a.Digest = res.Chain.Digest.String()
+	if t.Latest != nil {
+		a.LatestCheckpoint = t.Latest.Size
+	}
+	if c := res.Chain; c != nil {
+		a.DurationMS += c.Duration.Milliseconds()
+		if c.Digest != nil {
+			a.Digest = c.Digest.String()
+		}
 	}
 	if s := res.Signatures; s != nil {
 		a.Signatures = &struct {
@@ -315,8 +329,9 @@ func newVerifyAnswer(res audit.VerifyResult) verifyAnswer {
 }
 
 // handleAuditVerify serves POST /api/audit/verify with the optional fields
-// digest=POSITION:HASH and signatures=true, in the query or an urlencoded
-// body: it recomputes the hash chain (and re-checks signatures), records
+// digest=POSITION:HASH (of the frozen hash chain) and signatures=true, in
+// the query or an urlencoded body: it recomputes the Merkle tree (and the
+// frozen chain up to the digest, and re-checks signatures), records
 // the run, and answers 200 with ok true or false and the first position
 // that does not match. 429 while another verification runs. It is a POST,
 // behind checkOrigin, so that no link can start a verification.

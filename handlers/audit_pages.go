@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"html"
@@ -42,7 +43,9 @@ type pageEvent struct {
 	Position               int64
 	Type, UserID           string
 	OccurredAt, ReceivedAt time.Time
-	DeliveryID, ChainHash  string
+	DeliveryID             string
+	LeafIndex              int64  // the event's leaf in the Merkle tree
+	LeafHash               string // its hash, base64; "" until sealed
 	// OrganizationID is the organization an organization, membership or
 	// invitation event is about ("" for other events, and on the
 	// organization's own page): the event links to its view.
@@ -67,8 +70,8 @@ func newPayload(pretty string) payload {
 func newPageEvent(e schema.AuditEvent) pageEvent {
 	p := pageEvent{Position: e.Position, Type: e.Type, DeliveryID: e.DeliveryID, UserID: e.UserID,
 		OccurredAt: e.OccurredAt, ReceivedAt: e.ReceivedAt, OrganizationID: domain.EventOrganization(e.Event)}
-	if e.ChainHash != nil {
-		p.ChainHash = fmt.Sprintf("%x", e.ChainHash)
+	if e.LeafHash != nil {
+		p.LeafIndex, p.LeafHash = e.LeafIndex, base64.StdEncoding.EncodeToString(e.LeafHash)
 	}
 	p.Payload = prettyPayload(e.Body)
 	return p
@@ -83,8 +86,8 @@ func newPageEventJSON(j audit.EventJSON) pageEvent {
 	if j.UserID != nil {
 		p.UserID = *j.UserID
 	}
-	if j.ChainHash != nil {
-		p.ChainHash = *j.ChainHash
+	if j.LeafHash != nil {
+		p.LeafIndex, p.LeafHash = *j.LeafIndex, *j.LeafHash
 	}
 	p.Payload = prettyPayload(j.Payload)
 	return p
@@ -99,17 +102,30 @@ func prettyPayload(body []byte) payload {
 	return newPayload(string(body))
 }
 
-// chainStatus is the chain status component's data.
-type chainStatus struct {
-	Head         string
-	HeadSealedAt time.Time
-	Last         *schema.Verification
+// logStatus is the log status component's data: the Merkle tree, its
+// latest signed checkpoint, the frozen hash chain's head (ledgers from
+// before the tree) and the last verification.
+type logStatus struct {
+	TreeSize int64
+	// The latest signed checkpoint (CheckpointSize 0: none yet): the note
+	// byte for byte, its root (base64) and when it was signed.
+	Checkpoint       string
+	CheckpointSize   int64
+	CheckpointRoot   string
+	CheckpointSigned time.Time
+	Head             string // the frozen chain's head ("": never had one)
+	HeadSealedAt     time.Time
+	Last             *schema.Verification
 }
 
-func newChainStatus(st audit.ChainStatus) chainStatus {
-	c := chainStatus{Last: st.Last}
-	if st.Head != nil {
-		c.Head, c.HeadSealedAt = st.Head.String(), st.HeadSealedAt
+func newLogStatus(st audit.LogStatus) logStatus {
+	c := logStatus{TreeSize: st.TreeSize, Last: st.Last}
+	if cp := st.Latest; cp != nil {
+		c.Checkpoint, c.CheckpointSize, c.CheckpointSigned = cp.Note, cp.Size, cp.SignedAt
+		c.CheckpointRoot = base64.StdEncoding.EncodeToString(cp.Root[:])
+	}
+	if st.Chain != nil {
+		c.Head, c.HeadSealedAt = st.Chain.String(), st.ChainSealedAt
 	}
 	return c
 }
@@ -173,8 +189,9 @@ type searchPage struct {
 }
 
 // handleAuditOverview serves GET /audit: the ledger at a glance (deliveries
-// per day by family, last delivery, projection lag, verification badge,
-// latest accesses). Any query is an old search link (/audit?user_id=…):
+// per day by family, last delivery, projection lag, the log's status:
+// verification badge, tree size, latest signed checkpoint; latest
+// accesses). Any query is an old search link (/audit?user_id=…):
 // it is sent on to /audit/search with it.
 func handleAuditOverview(pg *pages, svc *audit.Service, now func() time.Time) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
@@ -189,7 +206,7 @@ func handleAuditOverview(pg *pages, svc *audit.Service, now func() time.Time) ht
 		}
 		pg.render(w, r, http.StatusOK, "audit_overview.html", overviewPage{
 			Chart: newChart(o.Days, o.Counts), LastDelivery: o.LastDelivery, Head: o.Head,
-			Projectors: o.Projectors, Chain: newChainStatus(o.Chain), Access: o.Access,
+			Projectors: o.Projectors, Log: newLogStatus(o.Log), Access: o.Access,
 		})
 	}
 }
@@ -327,6 +344,7 @@ type userPage struct {
 	NowURL             string
 	// Organizations are the user's memberships as of the instant.
 	Organizations *audit.UserOrganizations
+	ProofURL      string // the user's proof bundle (a download)
 }
 
 // changeEvent is one event of the user view's change history.
@@ -400,8 +418,9 @@ func newChangeEvent(te audit.TimelineEvent, at time.Time) changeEvent {
 // state field by field, how it arrived (out of order, late), who made it
 // (the event's http_request) and its payload; later events greyed; at most
 // 100 events and maxHTMLPageBytes of bodies a page, "First–Last of Total"
-// and a next-page link. Recorded in the access log, so shown only when
-// asked from the workspace's own pages (mayRecord).
+// and a next-page link, and a link to download the user's proof bundle
+// (GET /api/audit/users/{id}/proof). Recorded in the access log, so shown
+// only when asked from the workspace's own pages (mayRecord).
 func handleAuditUserPage(pg *pages, own origins, svc *audit.Service) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		id := r.PathValue("id")
@@ -492,6 +511,8 @@ func handleAuditUserPage(pg *pages, own origins, svc *audit.Service) http.Handle
 		status := http.StatusOK
 		if h.Total == 0 {
 			status, data.Error = http.StatusNotFound, "The ledger has no event about user "+id+"."
+		} else {
+			data.ProofURL = "/api/audit/users/" + url.PathEscape(id) + "/proof"
 		}
 		pg.render(w, r, status, "audit_user.html", data)
 	}
@@ -606,7 +627,7 @@ func handleAuditOrganizationPage(pg *pages, own origins, svc *audit.Service) htt
 // chainPage is the data of audit_chain.html.
 type chainPage struct {
 	Error, Notice string
-	Chain         chainStatus
+	Log           logStatus
 	Digest        string
 	Signatures    bool
 	Result        *struct {
@@ -615,8 +636,10 @@ type chainPage struct {
 	}
 }
 
-// handleAuditChainPage serves GET /audit/chain: the chain status and the
-// verification form (digest and signatures may be filled in from the
+// handleAuditChainPage serves GET /audit/chain, the verifiable log's page
+// (at the hash chain's old address): the log's status (tree size, the
+// latest signed checkpoint in full, the frozen chain's head, the last
+// verification) and the verification form (digest and signatures may be filled in from the
 // query). It never runs a verification: the form POSTs (a link with the
 // old ?verify=1 only gets a notice saying so).
 func handleAuditChainPage(pg *pages, svc *audit.Service) http.HandlerFunc {
@@ -627,19 +650,19 @@ func handleAuditChainPage(pg *pages, svc *audit.Service) http.HandlerFunc {
 		if q.Has("verify") {
 			data.Notice = "Not run: a verification reads the whole ledger and is recorded in your name, so it starts only from this page's button."
 		}
-		st, err := svc.ChainStatus(r.Context())
+		st, err := svc.LogStatus(r.Context())
 		if err != nil {
 			pg.renderError(w, r, err)
 			return
 		}
-		data.Chain = newChainStatus(st)
+		data.Log = newLogStatus(st)
 		pg.render(w, r, http.StatusOK, "audit_chain.html", data)
 	}
 }
 
 // handleAuditChainVerify serves POST /audit/chain (form fields digest,
 // signatures), the verification form: it runs the verification and shows
-// its outcome with the chain status. It is a POST, behind checkOrigin, so
+// its outcome with the log's status. It is a POST, behind checkOrigin, so
 // that no link on another site can start one.
 func handleAuditChainVerify(pg *pages, svc *audit.Service) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
@@ -667,12 +690,12 @@ func handleAuditChainVerify(pg *pages, svc *audit.Service) http.HandlerFunc {
 			}
 			status, data.Error = ErrorStatus(err), domain.ErrorMessage(err)
 		}
-		st, err := svc.ChainStatus(r.Context())
+		st, err := svc.LogStatus(r.Context())
 		if err != nil {
 			pg.renderError(w, r, err)
 			return
 		}
-		data.Chain = newChainStatus(st)
+		data.Log = newLogStatus(st)
 		pg.render(w, r, status, "audit_chain.html", data)
 	}
 }

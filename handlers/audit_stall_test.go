@@ -59,7 +59,7 @@ func exportBackends(t *testing.T, db *sqlx.DB) int {
 	defer cancel()
 	var n int
 	if err := db.GetContext(ctx, &n, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
-AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)') AND query LIKE '%event_chain%'`); err != nil {
+AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)') AND query LIKE '%log_leaves%'`); err != nil {
 		t.Fatal(err)
 	}
 	return n

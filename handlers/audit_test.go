@@ -7,6 +7,7 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
+	"html"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -22,7 +23,9 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
 	"github.com/clerk-ledger/clerk-ledger/svixsig"
+	"github.com/clerk-ledger/clerk-ledger/translog"
 	"github.com/jmoiron/sqlx"
+	"golang.org/x/mod/sumdb/tlog"
 )
 
 // auditEnv is the service over a fresh database with the audit routes; a
@@ -248,11 +251,11 @@ func TestAuditEventsPagingExportAndAccessLog(t *testing.T) {
 		t.Fatalf("paged %v, want %v", ids, want)
 	}
 	first := got[0]
-	if first.ChainHash == nil || len(*first.ChainHash) != 64 || first.UserID == nil || *first.UserID != "user_0" || first.Position == 0 {
+	if first.LeafHash == nil || len(*first.LeafHash) != 44 || first.LeafIndex == nil || first.UserID == nil || *first.UserID != "user_0" || first.Position == 0 {
 		t.Errorf("event fields: %+v", first)
 	}
-	if last := got[len(got)-1]; last.ChainHash != nil {
-		t.Errorf("unsealed event has a chain hash: %+v", last)
+	if last := got[len(got)-1]; last.LeafHash != nil || last.LeafIndex != nil {
+		t.Errorf("unsealed event has a leaf: %+v", last)
 	}
 	var payload struct {
 		Type string `json:"type"`
@@ -293,10 +296,10 @@ func TestAuditEventsPagingExportAndAccessLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(recs) != 1+6 || strings.Join(recs[0], ",") != "position,delivery_id,type,user_id,occurred_at,received_at,chain_hash,payload" {
+	if len(recs) != 1+6 || strings.Join(recs[0], ",") != "position,delivery_id,type,user_id,occurred_at,received_at,leaf_index,leaf_hash,payload" {
 		t.Fatalf("csv: %d records, header %v", len(recs), recs[0])
 	}
-	if !json.Valid([]byte(recs[1][7])) || recs[1][2] != "session.created" {
+	if !json.Valid([]byte(recs[1][8])) || recs[1][2] != "session.created" {
 		t.Errorf("csv row: %v", recs[1])
 	}
 
@@ -432,7 +435,7 @@ func TestAuditVerifyCatchesTampering(t *testing.T) {
 		return a
 	}
 	ok := verify("?signatures=true")
-	if !ok.OK || ok.Checked != 10 || ok.Signatures == nil || ok.Signatures.Checked != 10 || ok.Head == "" {
+	if !ok.OK || ok.Checked != 10 || ok.TreeSize != 10 || ok.Signatures == nil || ok.Signatures.Checked != 10 || ok.Root == "" {
 		t.Fatalf("intact: %+v", ok)
 	}
 	ev, err := schema.EventByDeliveryID(context.Background(), e.db, ds[3].ID)
@@ -440,7 +443,7 @@ func TestAuditVerifyCatchesTampering(t *testing.T) {
 		t.Fatal(err)
 	}
 	schematest.Tamper(t, e.db, `UPDATE events SET body = replace(body, 'v@example.com', 'x@example.com') WHERE position = $1`, ev.Position)
-	bad := verify("?digest=" + url.QueryEscape(ok.Head))
+	bad := verify("")
 	if bad.OK || bad.FirstBad != ev.Position {
 		t.Errorf("edited row: %+v", bad)
 	}
@@ -449,7 +452,7 @@ func TestAuditVerifyCatchesTampering(t *testing.T) {
 	}
 	// The workspace shows the last verification and can run one.
 	res, body := e.get(t, listedAuditor, "/audit/chain")
-	if res.StatusCode != 200 || !strings.Contains(string(body), `id="verify-badge">Failed`) || !strings.Contains(string(body), ok.Head) {
+	if res.StatusCode != 200 || !strings.Contains(string(body), `id="verify-badge">Failed`) || !strings.Contains(string(body), `id="tree-size">10 events sealed`) {
 		t.Errorf("chain page: %d\n%.3000s", res.StatusCode, body)
 	}
 	res, body = e.post(t, listedAuditor, "/audit/chain", "digest=&signatures=true")
@@ -585,5 +588,106 @@ func TestAuditHistoryUnrecordedIsNotAnswered(t *testing.T) {
 	}
 	if list, _ := schema.ListAccess(context.Background(), e.db, 0, 10); len(list) != 2 {
 		t.Errorf("access log: %d entries, want only the 2 answered queries'", len(list))
+	}
+}
+
+// The log's routes: the signed checkpoint as text, an inclusion proof the
+// library's own checker accepts, a user's bundle that verifies offline, the
+// checkpoint and the bundle link in the workspace, each read recorded.
+func TestAuditLogRoutes(t *testing.T) {
+	e := newAuditEnv(t)
+	for i := range 12 {
+		e.append(t, fmt.Sprintf("msg_%d", i), "user.updated", clerkgen.User{ID: fmt.Sprint("user_", i%3), Email: "l@example.com"}, tBase.Add(time.Duration(i)*time.Minute))
+	}
+	if res, body := e.get(t, listedAuditor, "/api/audit/checkpoint"); res.StatusCode != http.StatusNotFound {
+		t.Errorf("checkpoint before any: %d %s", res.StatusCode, body)
+	}
+	e.sealer.SealAll(t, e.db, 12)
+	signer, verifier := schematest.NewLogKey(t, "clerk-ledger/handlers")
+	cp := schematest.SignCheckpoint(t, e.db, signer, "clerk-ledger/handlers")
+
+	res, body := e.get(t, listedAuditor, "/api/audit/checkpoint")
+	if res.StatusCode != 200 || string(body) != cp.Note || !strings.HasPrefix(res.Header.Get("Content-Type"), "text/plain") {
+		t.Fatalf("checkpoint: %d %q", res.StatusCode, body)
+	}
+	if res, _ := e.get(t, listedAuditor, "/api/audit/checkpoint?size=5"); res.StatusCode != http.StatusNotFound {
+		t.Errorf("checkpoint of an unkept size: %d", res.StatusCode)
+	}
+	if res, _ := e.get(t, listedAuditor, "/api/audit/checkpoint?size=x"); res.StatusCode != http.StatusBadRequest {
+		t.Errorf("bad size: %d", res.StatusCode)
+	}
+	ev, _ := schema.EventByDeliveryID(context.Background(), e.db, "msg_4")
+	res, body = e.get(t, listedAuditor, fmt.Sprintf("/api/audit/events/%d/proof", ev.Position))
+	var p audit.InclusionProof
+	if res.StatusCode != 200 || json.Unmarshal(body, &p) != nil || p.LeafIndex != 4 || p.TreeSize != 12 || p.Checkpoint != cp.Note {
+		t.Fatalf("proof: %d %s", res.StatusCode, body)
+	}
+	leaf, _ := base64.StdEncoding.DecodeString(p.Leaf)
+	var proof tlog.RecordProof
+	for _, s := range p.Proof {
+		h, _ := base64.StdEncoding.DecodeString(s)
+		proof = append(proof, tlog.Hash(h))
+	}
+	stated, err := verifier.Open([]byte(p.Checkpoint))
+	if err != nil || tlog.CheckRecord(proof, p.TreeSize, stated.Root, p.LeafIndex, tlog.RecordHash(leaf)) != nil {
+		t.Errorf("the proof does not check: %v", err)
+	}
+	if want := domain.LeafOf(ev, nil).Encode(nil); !bytes.Equal(leaf, want) {
+		t.Errorf("the proof's leaf is not the event's")
+	}
+	for path, want := range map[string]int{"/api/audit/events/999/proof": 404, "/api/audit/events/x/proof": 400, "/api/audit/users/user_none/proof": 404} {
+		if res, _ := e.get(t, listedAuditor, path); res.StatusCode != want {
+			t.Errorf("%s: %d, want %d", path, res.StatusCode, want)
+		}
+	}
+	// The consistency proof from a tree of 5 leaves (a witness's).
+	res, body = e.get(t, listedAuditor, "/api/audit/consistency?from=5")
+	var cproof audit.ConsistencyProof
+	if res.StatusCode != 200 || json.Unmarshal(body, &cproof) != nil || cproof.From != 5 || cproof.To != 12 {
+		t.Fatalf("consistency: %d %s", res.StatusCode, body)
+	}
+	var tp tlog.TreeProof
+	for _, s := range cproof.Proof {
+		h, _ := base64.StdEncoding.DecodeString(s)
+		tp = append(tp, tlog.Hash(h))
+	}
+	root5, _ := tlog.TreeHash(5, schema.HashReader(context.Background(), e.db))
+	if err := tlog.CheckTree(tp, 12, stated.Root, 5, root5); err != nil {
+		t.Errorf("consistency proof does not check: %v", err)
+	}
+	for path, want := range map[string]int{"/api/audit/consistency?from=13": 400, "/api/audit/consistency?from=0": 400, "/api/audit/consistency?from=2&size=7": 404} {
+		if res, _ := e.get(t, listedAuditor, path); res.StatusCode != want {
+			t.Errorf("%s: %d, want %d", path, res.StatusCode, want)
+		}
+	}
+	res, body = e.get(t, listedAuditor, "/api/audit/users/user_1/proof")
+	if res.StatusCode != 200 || !strings.Contains(res.Header.Get("Content-Disposition"), `filename="ledger-proof-user_1.json"`) {
+		t.Fatalf("bundle: %d %v", res.StatusCode, res.Header)
+	}
+	rep, err := translog.VerifyBundle(body, verifier)
+	if err != nil || !rep.OK || len(rep.Events) != 4 || rep.UserID != "user_1" {
+		t.Fatalf("bundle does not verify: %+v %v", rep, err)
+	}
+	// The workspace shows the checkpoint and links the bundle.
+	_, page := e.get(t, listedAuditor, "/audit/chain")
+	if !strings.Contains(html.UnescapeString(string(page)), cp.Note) || !strings.Contains(string(page), `id="tree-size">12 events sealed`) ||
+		!strings.Contains(string(page), `id="checkpoint-size">tree size 12`) {
+		t.Errorf("chain page lacks the checkpoint:\n%.3000s", page)
+	}
+	_, page = e.get(t, listedAuditor, "/audit/users/user_1")
+	if !strings.Contains(string(page), `href="/api/audit/users/user_1/proof"`) {
+		t.Errorf("user page lacks the bundle link")
+	}
+	if !strings.Contains(html.UnescapeString(string(page)), "#4 <code class=\"id hash\" title=\"leaf hash "+p.LeafHash+"\">") {
+		t.Errorf("user page lacks the event's leaf (#4 %s)", p.LeafHash)
+	}
+	list, _ := schema.ListAccess(context.Background(), e.db, 0, 20)
+	var actions []string
+	for _, a := range list {
+		actions = append(actions, a.Action)
+	}
+	// Newest first: the user page, the bundle, the consistency proof, the proof, the checkpoint (the refused reads record nothing).
+	if got := strings.Join(actions, ","); got != "user,user_proof,proof,proof,checkpoint" {
+		t.Errorf("access log: %s", got)
 	}
 }

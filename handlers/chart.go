@@ -16,7 +16,7 @@ type overviewPage struct {
 	LastDelivery time.Time
 	Head         int64
 	Projectors   []projections.Status
-	Chain        chainStatus
+	Log          logStatus
 	Access       []schema.Access
 }
 

@@ -29,7 +29,7 @@ var staticFS embed.FS
 // at start. templates/layout.html is the one layout (header with the
 // navigation and the signed-in person, dev banner, ClerkJS scripts,
 // footer); templates/components.html holds the shared components (ids,
-// times, payloads, tables, the chain status, pagers); every page is a
+// times, payloads, tables, the log status, pagers); every page is a
 // template file that defines "title" and "content". The user's pages and
 // the audit workspace (audit_*.html) share all of it. Add a page by adding
 // templates/<name>.html and calling render with that name. Errors are
@@ -54,7 +54,8 @@ type layout struct {
 	SignedIn bool
 	Session  Session
 	// Auditor shows the workspace's navigation; Section is the current
-	// item ("overview", "search", "chain", "log", "home").
+	// item ("overview", "search", "chain" (the verifiable log), "log" (the
+	// access log), "home").
 	Auditor bool
 	Section string
 	Wide    bool // the workspace's wider pages

@@ -16,6 +16,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
 	"github.com/clerk-ledger/clerk-ledger/clerksession"
 	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
 )
 
 // caller is one kind of requester in the route security matrix.
@@ -101,6 +102,10 @@ var securityRoutes = []routeRow{
 	// secOrg has Ada and Bob as members (newSecurityEnv).
 	{pattern: "GET /api/audit/organizations/{id}", path: "/api/audit/organizations/" + secOrg, kind: "session", want: auditedRead},
 	{pattern: "POST /api/audit/verify", path: "/api/audit/verify", kind: "post", want: auditedPost},
+	{pattern: "GET /api/audit/checkpoint", path: "/api/audit/checkpoint", kind: "session", want: auditedRead},
+	{pattern: "GET /api/audit/consistency", path: "/api/audit/consistency?from=1", kind: "session", want: auditedRead},
+	{pattern: "GET /api/audit/events/{position}/proof", path: "/api/audit/events/1/proof", kind: "session", want: auditedRead},
+	{pattern: "GET /api/audit/users/{id}/proof", path: "/api/audit/users/{id}/proof", kind: "session", want: auditedRead},
 	// The overview: an old search link (/audit?user_id=…, as the
 	// cross-site caller sends) is redirected to the search, which then
 	// runs nothing (next row).
@@ -197,6 +202,11 @@ func newSecurityEnv(t *testing.T, dev bool) *securityEnv {
 		e.deliverBody(t, body)
 	}
 	projectOrganizations(t, e.db)
+	// Sealed and signed, so that the proofs answer.
+	var sealer schematest.Sealer
+	sealer.SealAll(t, e.db, 6)
+	logSigner, _ := schematest.NewLogKey(t, "clerk-ledger/sec")
+	schematest.SignCheckpoint(t, e.db, logSigner, "clerk-ledger/sec")
 	// Both auditors are projected, with emails, so that a forged token that
 	// were accepted would show data the leak check catches.
 	putUser(t, e.db, domain.User{ID: secListed, Email: "listed@example.com", PublicMetadata: json.RawMessage(`{}`)})

@@ -17,6 +17,8 @@ import (
 
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
 	"github.com/clerk-ledger/clerk-ledger/projections"
+	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
+	"github.com/clerk-ledger/clerk-ledger/translog"
 )
 
 // axePath is axe-core as `make deps` installs it (npm ci from the
@@ -161,9 +163,11 @@ func TestBrowserWorkspace(t *testing.T) {
 		e.deliverBody(t, b)
 	}
 	projectUsers(t, e.db)
-	if err := projections.NewRunner(e.db, nil, projections.NewChain(), projections.NewWorkspace(), projections.NewOrganizations()).CatchUp(context.Background()); err != nil {
+	if err := projections.NewRunner(e.db, nil, projections.NewTree(), projections.NewWorkspace(), projections.NewOrganizations()).CatchUp(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	logSigner, logVerifier := schematest.NewLogKey(t, "clerk-ledger/browser")
+	cp := schematest.SignCheckpoint(t, e.db, logSigner, "clerk-ledger/browser")
 	console := watchConsole(ctx)
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
@@ -239,7 +243,8 @@ func TestBrowserWorkspace(t *testing.T) {
 	}
 	text := check("overview")
 	mustContain(t, text, "The ledger at a glance", "Deliveries per day, last 30 days", "Last delivery", "Projection users", "Projection workspace",
-		"Never verified", "Latest audit accesses", "Overview", "Search", "Chain", "Access log", "Signed in as")
+		"Never verified", "Latest audit accesses", "Overview", "Search", "Verifiable log", "Access log", "Signed in as",
+		"Merkle tree", fmt.Sprintf("%d events sealed", cp.Size), "Latest signed checkpoint", fmt.Sprintf("tree size %d", cp.Size))
 	if !evalBool(t, ctx, `document.querySelectorAll(".chart svg rect").length > 20 && document.querySelectorAll("#chart-table tbody tr").length === 30`) {
 		t.Error("the chart has no bars, or its table not 30 days")
 	}
@@ -274,6 +279,15 @@ func TestBrowserWorkspace(t *testing.T) {
 		t.Error("the rename that arrived last is not the one marked out of order")
 	}
 	shot("change-history.png")
+	// The proof bundle link downloads Ada's bundle (from the workspace's
+	// own page, so the recorded read runs), and it verifies offline.
+	bundle, err := chromedp.Run(ctx, chromedp.Evaluate[string](`fetch(document.querySelector("#proof-bundle").getAttribute("href")).then(r => r.ok ? r.text() : "status " + r.status)`, chromedp.EvalAwaitPromise))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := translog.VerifyBundle([]byte(bundle), logVerifier); err != nil || !rep.OK || rep.UserID != ada.ID || len(rep.Events) != 4 {
+		t.Errorf("the user view's proof bundle does not verify: %+v %v\n%.300s", rep, err, bundle)
+	}
 	// The raw ledger order: the late rename is older than what the ledger had.
 	click(`nav.toggle a:nth-child(2)`)
 	waitFor(`location.search.includes("order=ledger") && !!document.querySelector("#changes")`)
@@ -298,15 +312,22 @@ func TestBrowserWorkspace(t *testing.T) {
 	click(`#org-memberships a[href^="/audit/users/"]`)
 	waitFor(`location.pathname === "/audit/users/` + ada.ID + `" && !!document.querySelector("#changes")`)
 
-	// The chain page's own button verifies; the overview then says so.
-	if err := chromedp.Do(ctx, chromedp.Navigate(e.srv.URL+"/audit/chain")); err != nil {
-		t.Fatal(err)
+	// The log page shows the signed checkpoint whole; its own button
+	// verifies; the overview then says so.
+	click(`.nav a[href="/audit/chain"]`)
+	waitFor(`location.pathname === "/audit/chain" && !!document.querySelector("#checkpoint")`)
+	text = check("log")
+	mustContain(t, text, "Verifiable log", "Latest signed checkpoint", "ledger audit verify --checkpoint")
+	if got, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector("#checkpoint").textContent`)); err != nil || got != cp.Note {
+		t.Errorf("the log page's checkpoint is not the signed note: %q %v, want %q", got, err, cp.Note)
 	}
-	check("chain")
+	if !evalBool(t, ctx, `document.querySelector(".nav a[aria-current]").textContent === "Verifiable log"`) {
+		t.Error("the navigation does not mark the log page")
+	}
 	click(`main form.form button[type=submit]`)
 	waitFor(`!!document.querySelector("#verify-result")`)
-	text = check("chain, verified")
-	mustContain(t, text, "Result", "OK")
+	text = check("log, verified")
+	mustContain(t, text, "Result", "OK", fmt.Sprintf("%d leaves match", cp.Size), "1 checkpoint roots match")
 	click(`.nav a[href="/audit/log"]`)
 	waitFor(`location.pathname === "/audit/log"`)
 	text = check("access log")

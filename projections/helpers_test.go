@@ -1,7 +1,6 @@
 package projections
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -13,6 +12,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
+	"github.com/clerk-ledger/clerk-ledger/translog"
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
 )
@@ -139,47 +139,20 @@ func assertAppliedOnce(t testing.TB, db *sqlx.DB, projector string) {
 	}
 }
 
-// verifyChain recomputes every chain hash from the events in ledger order.
-func verifyChain(t testing.TB, db *sqlx.DB) int {
+// verifyTree recomputes the Merkle tree from the events (schema.VerifyLog)
+// and returns how many leaves it has, failing unless it matches the ledger.
+func verifyTree(t testing.TB, db *sqlx.DB) int {
 	t.Helper()
-	ctx := context.Background()
-	var links []struct {
-		Seq      int64  `db:"seq"`
-		Position int64  `db:"position"`
-		Hash     []byte `db:"hash"`
-	}
-	if err := db.Select(&links, `SELECT seq, position, hash FROM event_chain ORDER BY seq`); err != nil {
+	rep, err := schema.VerifyLog(context.Background(), db, func(note []byte) (translog.Checkpoint, error) {
+		return translog.ParseCheckpoint(translog.NoteBody(note))
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
-	var prev []byte
-	var c schema.Cursor
-	n := 0
-	for {
-		evs, err := schema.ReadAfter(ctx, db, c, 500)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(evs) == 0 {
-			break
-		}
-		for _, e := range evs {
-			if n >= len(links) {
-				t.Fatalf("event %d is not sealed (%d links)", e.Position, len(links))
-			}
-			l := links[n]
-			h := domain.ChainHash(prev, e)
-			if l.Seq != int64(n+1) || l.Position != e.Position || !bytes.Equal(l.Hash, h[:]) {
-				t.Fatalf("link %d (position %d) does not verify against event %d", l.Seq, l.Position, e.Position)
-			}
-			prev = l.Hash
-			n++
-		}
-		c = schema.After(evs[len(evs)-1])
+	if !rep.OK || rep.Unsealed != 0 {
+		t.Fatalf("the tree does not match the ledger: %+v", rep)
 	}
-	if n != len(links) {
-		t.Fatalf("%d links for %d events", len(links), n)
-	}
-	return n
+	return int(rep.Checked)
 }
 
 func checkpointOf(t testing.TB, db *sqlx.DB, name string) (schema.Cursor, int64, int64) {

@@ -7,14 +7,15 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/jmoiron/sqlx"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Collector is a prometheus.Collector reporting where every projector and
-// the hash chain stand. It reads the database at scrape time (ReadStatus and
-// the last chain link), so the values are true whichever process runs the
+// the Merkle tree stand. It reads the database at scrape time (ReadStatus,
+// the tree size and the latest checkpoint), so the values are true whichever process runs the
 // projectors. It is safe for concurrent use; each scrape makes a few
 // queries, bounded by Timeout.
 type Collector struct {
@@ -25,12 +26,12 @@ type Collector struct {
 	// reports ledger_projections_up 0 and no projector metrics.
 	Timeout time.Duration
 
-	up, scrapeSeconds                                    *prometheus.Desc
-	head                                                 *prometheus.Desc
-	checkpoint, lagEvents, lagSeconds, applied, failed   *prometheus.Desc
-	rebuildRunning, rebuildDone, rebuildTotal            *prometheus.Desc
-	chainSealedPosition, chainSealedLinks, chainUnsealed *prometheus.Desc
-	chainLagSeconds                                      *prometheus.Desc
+	up, scrapeSeconds                                  *prometheus.Desc
+	head                                               *prometheus.Desc
+	checkpoint, lagEvents, lagSeconds, applied, failed *prometheus.Desc
+	rebuildRunning, rebuildDone, rebuildTotal          *prometheus.Desc
+	logTreeSize, logUnsealed, logLagSeconds            *prometheus.Desc
+	logCheckpointSize, logCheckpointAge                *prometheus.Desc
 }
 
 // NewCollector returns a Collector over db reporting every projector with a
@@ -43,28 +44,29 @@ func NewCollector(db *sqlx.DB, log *slog.Logger, known ...string) *Collector {
 	p := []string{"projector"}
 	return &Collector{
 		db: db, log: log, known: known, Timeout: 3 * time.Second,
-		up:                  prometheus.NewDesc("ledger_projections_up", "1 when the last scrape read the projectors' status from the database, else 0.", nil, nil),
-		scrapeSeconds:       prometheus.NewDesc("ledger_projections_scrape_duration_seconds", "Time the scrape took to read the projectors' status.", nil, nil),
-		head:                prometheus.NewDesc("ledger_head_position", "Position of the newest event readers can see (below the xid8 gate).", nil, nil),
-		checkpoint:          prometheus.NewDesc("ledger_projector_checkpoint_position", "Position of the last event the projector has processed.", p, nil),
-		lagEvents:           prometheus.NewDesc("ledger_projector_lag_events", "Visible events after the projector's checkpoint.", p, nil),
-		lagSeconds:          prometheus.NewDesc("ledger_projector_lag_seconds", "How long the oldest event after the checkpoint has been waiting, counting committed events held behind the xid8 gate by a running transaction anywhere in the cluster (0 when caught up).", p, nil),
-		applied:             prometheus.NewDesc("ledger_projector_applied_total", "Events the projector applied (a rebuild resets it).", p, nil),
-		failed:              prometheus.NewDesc("ledger_projector_failed_total", "Poison events the projector skipped.", p, nil),
-		rebuildRunning:      prometheus.NewDesc("ledger_projector_rebuild_running", "1 while a rebuild of the projection runs (any process), else 0.", p, nil),
-		rebuildDone:         prometheus.NewDesc("ledger_projector_rebuild_done_events", "Events the running rebuild has processed in its current phase (0 when none runs).", p, nil),
-		rebuildTotal:        prometheus.NewDesc("ledger_projector_rebuild_total_events", "Events the running rebuild's current phase will process (0 when none runs).", p, nil),
-		chainSealedPosition: prometheus.NewDesc("ledger_chain_sealed_position", "Position of the event of the last sealed hash-chain link.", nil, nil),
-		chainSealedLinks:    prometheus.NewDesc("ledger_chain_sealed_links", "Hash-chain links sealed (the last link's sequence number).", nil, nil),
-		chainUnsealed:       prometheus.NewDesc("ledger_chain_unsealed_events", "Visible events not sealed into the hash chain yet: the sealing lag.", nil, nil),
-		chainLagSeconds:     prometheus.NewDesc("ledger_chain_sealing_lag_seconds", "How long the oldest unsealed event has been waiting (0 when all are sealed).", nil, nil),
+		up:                prometheus.NewDesc("ledger_projections_up", "1 when the last scrape read the projectors' status from the database, else 0.", nil, nil),
+		scrapeSeconds:     prometheus.NewDesc("ledger_projections_scrape_duration_seconds", "Time the scrape took to read the projectors' status.", nil, nil),
+		head:              prometheus.NewDesc("ledger_head_position", "Position of the newest event readers can see (below the xid8 gate).", nil, nil),
+		checkpoint:        prometheus.NewDesc("ledger_projector_checkpoint_position", "Position of the last event the projector has processed.", p, nil),
+		lagEvents:         prometheus.NewDesc("ledger_projector_lag_events", "Visible events after the projector's checkpoint.", p, nil),
+		lagSeconds:        prometheus.NewDesc("ledger_projector_lag_seconds", "How long the oldest event after the checkpoint has been waiting, counting committed events held behind the xid8 gate by a running transaction anywhere in the cluster (0 when caught up).", p, nil),
+		applied:           prometheus.NewDesc("ledger_projector_applied_total", "Events the projector applied (a rebuild resets it).", p, nil),
+		failed:            prometheus.NewDesc("ledger_projector_failed_total", "Poison events the projector skipped.", p, nil),
+		rebuildRunning:    prometheus.NewDesc("ledger_projector_rebuild_running", "1 while a rebuild of the projection runs (any process), else 0.", p, nil),
+		rebuildDone:       prometheus.NewDesc("ledger_projector_rebuild_done_events", "Events the running rebuild has processed in its current phase (0 when none runs).", p, nil),
+		rebuildTotal:      prometheus.NewDesc("ledger_projector_rebuild_total_events", "Events the running rebuild's current phase will process (0 when none runs).", p, nil),
+		logTreeSize:       prometheus.NewDesc("ledger_log_tree_size", "Leaves of the Merkle tree: events sealed.", nil, nil),
+		logUnsealed:       prometheus.NewDesc("ledger_log_unsealed_events", "Visible events not sealed into the tree yet: the sealing lag.", nil, nil),
+		logLagSeconds:     prometheus.NewDesc("ledger_log_sealing_lag_seconds", "How long the oldest unsealed event has been waiting (0 when all are sealed).", nil, nil),
+		logCheckpointSize: prometheus.NewDesc("ledger_log_checkpoint_tree_size", "Tree size of the latest signed checkpoint (0: none yet).", nil, nil),
+		logCheckpointAge:  prometheus.NewDesc("ledger_log_checkpoint_age_seconds", "Seconds since the latest checkpoint was signed (0: none yet).", nil, nil),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.up, c.scrapeSeconds, c.head, c.checkpoint, c.lagEvents, c.lagSeconds, c.applied, c.failed,
-		c.rebuildRunning, c.rebuildDone, c.rebuildTotal, c.chainSealedPosition, c.chainSealedLinks, c.chainUnsealed, c.chainLagSeconds} {
+		c.rebuildRunning, c.rebuildDone, c.rebuildTotal, c.logTreeSize, c.logUnsealed, c.logLagSeconds, c.logCheckpointSize, c.logCheckpointAge} {
 		ch <- d
 	}
 }
@@ -75,7 +77,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), c.Timeout)
 	defer cancel()
-	head, statuses, link, err := c.read(ctx)
+	head, statuses, lg, err := c.read(ctx)
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
@@ -100,20 +102,27 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.rebuildRunning, running, s.Name)
 		gauge(c.rebuildDone, done, s.Name)
 		gauge(c.rebuildTotal, total, s.Name)
-		if s.Name == ChainName {
-			gauge(c.chainUnsealed, float64(s.LagEvents))
-			gauge(c.chainLagSeconds, s.LagSeconds)
+		if s.Name == TreeName {
+			gauge(c.logUnsealed, float64(s.LagEvents))
+			gauge(c.logLagSeconds, s.LagSeconds)
 		}
 	}
-	gauge(c.chainSealedPosition, float64(link.Position))
-	gauge(c.chainSealedLinks, float64(link.Seq))
+	gauge(c.logTreeSize, float64(lg.treeSize))
+	gauge(c.logCheckpointSize, float64(lg.checkpointSize))
+	gauge(c.logCheckpointAge, lg.checkpointAge)
+}
+
+// logState is where the tree and its checkpoints stand.
+type logState struct {
+	treeSize, checkpointSize int64
+	checkpointAge            float64
 }
 
 // read takes every value from one read-only snapshot, so they agree.
-func (c *Collector) read(ctx context.Context) (head schema.Cursor, statuses []Status, link schema.ChainLink, err error) {
+func (c *Collector) read(ctx context.Context) (head schema.Cursor, statuses []Status, lg logState, err error) {
 	tx, err := c.db.BeginTxx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
 	if err != nil {
-		return head, nil, link, fmt.Errorf("metrics: %w", schema.Classify(err))
+		return head, nil, lg, fmt.Errorf("metrics: %w", schema.Classify(err))
 	}
 	defer tx.Rollback()
 	if head, err = schema.GateHead(ctx, tx); err != nil {
@@ -122,8 +131,20 @@ func (c *Collector) read(ctx context.Context) (head schema.Cursor, statuses []St
 	if statuses, err = readStatus(ctx, tx, c.known...); err != nil {
 		return
 	}
-	if link, err = schema.LastLink(ctx, tx); err != nil {
+	if lg.treeSize, err = schema.TreeSize(ctx, tx); err != nil {
 		return
 	}
-	return head, statuses, link, tx.Commit()
+	cp, cerr := schema.LatestCheckpoint(ctx, tx)
+	switch {
+	case domain.ErrorCode(cerr) == domain.ENOTFOUND:
+	case cerr != nil:
+		return head, statuses, lg, cerr
+	default:
+		now, nerr := schema.Now(ctx, tx)
+		if nerr != nil {
+			return head, statuses, lg, nerr
+		}
+		lg.checkpointSize, lg.checkpointAge = cp.Size, max(0, now.Sub(cp.SignedAt).Seconds())
+	}
+	return head, statuses, lg, tx.Commit()
 }

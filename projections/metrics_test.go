@@ -63,7 +63,7 @@ func wantSamples(t testing.TB, got map[string]float64, want map[string]float64) 
 }
 
 // The collector reports, from the database, where each projector and the
-// chain stand: before the projectors run (everything is lag), after they
+// tree stand: before the projectors run (everything is lag), after they
 // caught up (checkpoint at the head, nothing unsealed), and during a rebuild
 // held by another session.
 func TestCollectorReportsProjectorsFromTheDatabase(t *testing.T) {
@@ -72,7 +72,7 @@ func TestCollectorReportsProjectorsFromTheDatabase(t *testing.T) {
 	ds := history(t, 3, 4, 25)
 	load(t, db, ds)
 	waitVisible(t, db)
-	c := NewCollector(db, nil, UsersName, ChainName)
+	c := NewCollector(db, nil, UsersName, TreeName)
 	head, err := schema.GateHead(context.Background(), db)
 	if err != nil {
 		t.Fatal(err)
@@ -85,17 +85,17 @@ func TestCollectorReportsProjectorsFromTheDatabase(t *testing.T) {
 		"ledger_head_position":  float64(head.Position),
 		`ledger_projector_checkpoint_position{projector="users"}`: 0,
 		`ledger_projector_lag_events{projector="users"}`:          n,
-		`ledger_projector_lag_events{projector="chain"}`:          n,
+		`ledger_projector_lag_events{projector="tree"}`:           n,
 		`ledger_projector_applied_total{projector="users"}`:       0,
 		`ledger_projector_failed_total{projector="users"}`:        0,
 		`ledger_projector_rebuild_running{projector="users"}`:     0,
-		"ledger_chain_unsealed_events":                            n,
-		"ledger_chain_sealed_links":                               0,
-		"ledger_chain_sealed_position":                            0,
+		"ledger_log_unsealed_events":                              n,
+		"ledger_log_tree_size":                                    0,
+		"ledger_log_checkpoint_tree_size":                         0,
 	})
-	// 3 global, 8 per projector and 4 chain samples: nothing missing, nothing else.
-	if len(before) != 3+2*8+4 {
-		t.Errorf("%d samples, want %d: %v", len(before), 3+2*8+4, before)
+	// 3 global, 8 per projector and 5 log samples: nothing missing, nothing else.
+	if len(before) != 3+2*8+5 {
+		t.Errorf("%d samples, want %d: %v", len(before), 3+2*8+5, before)
 	}
 	if before[`ledger_projector_lag_seconds{projector="users"}`] <= 0 {
 		t.Errorf("lag seconds %v with events waiting", before[`ledger_projector_lag_seconds{projector="users"}`])
@@ -107,15 +107,14 @@ func TestCollectorReportsProjectorsFromTheDatabase(t *testing.T) {
 	wantSamples(t, after, map[string]float64{
 		"ledger_projections_up":                                   1,
 		`ledger_projector_checkpoint_position{projector="users"}`: float64(cp.Position),
-		`ledger_projector_checkpoint_position{projector="chain"}`: float64(head.Position),
+		`ledger_projector_checkpoint_position{projector="tree"}`:  float64(head.Position),
 		`ledger_projector_lag_events{projector="users"}`:          0,
 		`ledger_projector_lag_seconds{projector="users"}`:         0,
 		`ledger_projector_applied_total{projector="users"}`:       float64(applied),
-		`ledger_projector_applied_total{projector="chain"}`:       n,
-		"ledger_chain_unsealed_events":                            0,
-		"ledger_chain_sealing_lag_seconds":                        0,
-		"ledger_chain_sealed_links":                               n,
-		"ledger_chain_sealed_position":                            float64(head.Position),
+		`ledger_projector_applied_total{projector="tree"}`:        n,
+		"ledger_log_unsealed_events":                              0,
+		"ledger_log_sealing_lag_seconds":                          0,
+		"ledger_log_tree_size":                                    n,
 	})
 	if applied == 0 || cp.Position == 0 {
 		t.Fatalf("users projector did not run: checkpoint %s, applied %d", cp, applied)
@@ -131,7 +130,7 @@ func TestCollectorReportsProjectorsFromTheDatabase(t *testing.T) {
 		`ledger_projector_rebuild_running{projector="users"}`:      1,
 		`ledger_projector_rebuild_done_events{projector="users"}`:  7,
 		`ledger_projector_rebuild_total_events{projector="users"}`: 25,
-		`ledger_projector_rebuild_running{projector="chain"}`:      0,
+		`ledger_projector_rebuild_running{projector="tree"}`:       0,
 	})
 	lock.Release()
 	wantSamples(t, scrape(t, c), map[string]float64{`ledger_projector_rebuild_running{projector="users"}`: 0})

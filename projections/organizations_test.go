@@ -462,7 +462,7 @@ func TestOrganizationsRegistered(t *testing.T) {
 	if !slices.Contains(names, OrganizationsName) {
 		t.Fatalf("Default() = %v", names)
 	}
-	if _, err := asRebuildable(NewChain()); domain.ErrorCode(err) != domain.EINVALID {
-		t.Fatalf("the chain is rebuildable: %v", err)
+	if _, err := asRebuildable(NewTree()); domain.ErrorCode(err) != domain.EINVALID {
+		t.Fatalf("the tree is rebuildable: %v", err)
 	}
 }

@@ -159,7 +159,7 @@ func TestPoisonDeliveryDoesNotStopTheProjection(t *testing.T) {
 			store := schema.NewStore(db)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			r := NewRunner(db, nil, NewUsers(), NewChain())
+			r := NewRunner(db, nil, NewUsers(), NewTree())
 			r.Idle = 10 * time.Millisecond
 			var wg sync.WaitGroup
 			defer wg.Wait()
@@ -187,7 +187,7 @@ func TestPoisonDeliveryDoesNotStopTheProjection(t *testing.T) {
 				}
 				time.Sleep(5 * time.Millisecond)
 			}
-			waitFor(t, "the chain sealer", func() bool { return statusOf(t, db, ChainName).LagEvents == 0 })
+			waitFor(t, "the tree sealer", func() bool { return statusOf(t, db, TreeName).LagEvents == 0 })
 			cancel()
 			wg.Wait()
 
@@ -226,8 +226,8 @@ func TestPoisonDeliveryDoesNotStopTheProjection(t *testing.T) {
 			if st := statusOf(t, db, UsersName); st.LastError != "" {
 				t.Fatalf("a batch failed and was retried: %s", st.LastError)
 			}
-			if n := verifyChain(t, db); int64(n) != countUserEvents(t, db) {
-				t.Fatalf("chain has %d links", n)
+			if n := verifyTree(t, db); int64(n) != countUserEvents(t, db) {
+				t.Fatalf("tree has %d leaves", n)
 			}
 
 			// Rebuild and check treat it as the live projector did.
@@ -458,12 +458,12 @@ func (erringGapless) gapless() {}
 
 // TestOnlyRefusedRowsArePoison: an error that is not the rows' fault (a
 // serialization failure, an undefined table) rolls the batch back to be
-// retried, and so does any error of the chain sealer, refused rows
-// included: the chain must cover every event.
+// retried, and so does any error of the tree sealer, refused rows
+// included: the tree must cover every event.
 func TestOnlyRefusedRowsArePoison(t *testing.T) {
 	t.Parallel()
-	if _, ok := Projector(NewChain()).(gapless); !ok {
-		t.Fatal("the chain sealer is not gapless")
+	if _, ok := Projector(NewTree()).(gapless); !ok {
+		t.Fatal("the tree sealer is not gapless")
 	}
 	if _, ok := Projector(NewUsers()).(gapless); ok {
 		t.Fatal("the users projector is gapless")
@@ -478,8 +478,8 @@ func TestOnlyRefusedRowsArePoison(t *testing.T) {
 		{logProjector{"log"}, "40001"},
 		{logProjector{"log"}, "42P01"},
 		{logProjector{"log"}, "57014"},
-		{NewChain(), "22021"},
-		{NewChain(), "23505"},
+		{NewTree(), "22021"},
+		{NewTree(), "23505"},
 	} {
 		var p Projector = &erring{Projector: c.p, code: c.code}
 		if _, ok := c.p.(gapless); ok {

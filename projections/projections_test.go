@@ -168,11 +168,11 @@ func TestKilledMidBatchAppliesNothingTwice(t *testing.T) {
 			createAppliedLog(t, db)
 			ds := history(t, 3, 20, 400)
 			load(t, db, ds[:200])
-			good := NewRunner(db, nil, logProjector{"log"}, NewUsers(), NewChain())
+			good := NewRunner(db, nil, logProjector{"log"}, NewUsers(), NewTree())
 			good.BatchSize = 50
 			runToHead(t, good) // some batches committed before the crash
 			load(t, db, ds[200:])
-			for _, p := range []Projector{logProjector{"log"}, NewUsers(), NewChain()} {
+			for _, p := range []Projector{logProjector{"log"}, NewUsers(), NewTree()} {
 				ctx, cancel := context.WithCancel(context.Background())
 				k := &killer{Projector: p, how: how, cancel: cancel}
 				crash := NewRunner(db, nil, k)
@@ -189,8 +189,8 @@ func TestKilledMidBatchAppliesNothingTwice(t *testing.T) {
 			if _, applied, _ := checkpointOf(t, db, UsersName); applied != countUserEvents(t, db) {
 				t.Fatalf("users applied %d, want %d", applied, countUserEvents(t, db))
 			}
-			if n := verifyChain(t, db); n != len(ds) {
-				t.Fatalf("chain has %d links, want %d", n, len(ds))
+			if n := verifyTree(t, db); n != len(ds) {
+				t.Fatalf("tree has %d leaves, want %d", n, len(ds))
 			}
 		})
 	}
@@ -209,7 +209,7 @@ func TestTwoRunnersNeverDoubleApply(t *testing.T) {
 	defer cancel()
 	var wg sync.WaitGroup
 	for _, db := range []*sqlx.DB{db1, db2} {
-		r := NewRunner(db, nil, logProjector{"log"}, NewUsers(), NewChain())
+		r := NewRunner(db, nil, logProjector{"log"}, NewUsers(), NewTree())
 		r.BatchSize, r.Idle = 37, 5*time.Millisecond
 		wg.Go(func() { r.Run(ctx) })
 	}
@@ -222,7 +222,7 @@ func TestTwoRunnersNeverDoubleApply(t *testing.T) {
 	}
 	waitVisible(t, db1)
 	head, _ := schema.GateHead(ctx, db1)
-	for _, name := range []string{"log", UsersName, ChainName} {
+	for _, name := range []string{"log", UsersName, TreeName} {
 		waitFor(t, name+" to catch up", func() bool {
 			var c schema.Cursor
 			var tx string
@@ -236,8 +236,8 @@ func TestTwoRunnersNeverDoubleApply(t *testing.T) {
 	cancel()
 	wg.Wait()
 	assertAppliedOnce(t, db1, "log")
-	if n := verifyChain(t, db1); n != 900 {
-		t.Fatalf("chain has %d links, want 900", n)
+	if n := verifyTree(t, db1); n != 900 {
+		t.Fatalf("tree has %d leaves, want 900", n)
 	}
 	res, err := Check(context.Background(), db1, NewUsers(), nil)
 	if err != nil || len(res.Differences) != 0 {
@@ -252,16 +252,16 @@ func TestStatusNumbers(t *testing.T) {
 	ds := history(t, 9, 5, 50) // 5 of them are session/email events
 	load(t, db, ds[:40])
 	waitVisible(t, db)
-	st, err := ReadStatus(ctx, db, UsersName, ChainName)
+	st, err := ReadStatus(ctx, db, UsersName, TreeName)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(st) != 2 || st[1].Name != UsersName || st[1].Started || st[0].LagEvents != 40 || st[1].LagEvents != 40 {
 		t.Fatalf("before any run: %+v", st)
 	}
-	r := NewRunner(db, nil, NewUsers(), NewChain())
+	r := NewRunner(db, nil, NewUsers(), NewTree())
 	runToHead(t, r)
-	st, err = ReadStatus(ctx, db, UsersName, ChainName)
+	st, err = ReadStatus(ctx, db, UsersName, TreeName)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +274,7 @@ func TestStatusNumbers(t *testing.T) {
 	head, _ := schema.GateHead(ctx, db)
 	for _, s := range st {
 		want := userEvents
-		if s.Name == ChainName {
+		if s.Name == TreeName {
 			want = 40
 		}
 		if !s.Started || s.Checkpoint != head || s.Head != head || s.LagEvents != 0 || s.LagSeconds != 0 || s.Applied != want || s.Failed != 0 {
@@ -462,15 +462,15 @@ func TestCheckReportsMissingAndExtraRows(t *testing.T) {
 	}
 }
 
-func TestChainCannotBeRebuilt(t *testing.T) {
+func TestTreeCannotBeRebuilt(t *testing.T) {
 	t.Parallel()
 	db := schematest.NewDB(t)
-	_, err := Rebuild(context.Background(), db, NewChain(), nil)
+	_, err := Rebuild(context.Background(), db, NewTree(), nil)
 	if domain.ErrorCode(err) != domain.EINVALID || !strings.Contains(err.Error(), "cannot be rebuilt") {
-		t.Fatalf("rebuild chain: %v", err)
+		t.Fatalf("rebuild tree: %v", err)
 	}
-	if _, err := Check(context.Background(), db, NewChain(), nil); err == nil {
-		t.Fatal("check chain: no error")
+	if _, err := Check(context.Background(), db, NewTree(), nil); err == nil {
+		t.Fatal("check tree: no error")
 	}
 	if errors.Is(err, context.Canceled) {
 		t.Fatal("unexpected")

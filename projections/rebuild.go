@@ -73,8 +73,8 @@ func asRebuildable(p Projector) (rebuildable, error) {
 	switch p := p.(type) {
 	case rebuildable:
 		return p, nil
-	case *Chain:
-		return nil, domain.Errorf(domain.EINVALID, "projection %s cannot be rebuilt: its links are tamper evidence sealed once, in ledger order, when each event is first seen; re-sealing would vouch for whatever the ledger holds now", p.Name())
+	case *Tree:
+		return nil, domain.Errorf(domain.EINVALID, "projection %s cannot be rebuilt: its leaves are tamper evidence sealed once, in ledger order, when each event is first seen; re-sealing would vouch for whatever the ledger holds now", p.Name())
 	default:
 		return nil, domain.Errorf(domain.EINVALID, "projection %s cannot be rebuilt", p.Name())
 	}

@@ -36,7 +36,7 @@ type Projector interface {
 }
 
 // gapless is implemented by a projector whose read model must cover every
-// event, so that the Runner never skips one as poison (the chain sealer):
+// event, so that the Runner never skips one as poison (the tree sealer):
 // every error of its batches is retried, refused rows included.
 type gapless interface{ gapless() }
 

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
+	"golang.org/x/mod/sumdb/tlog"
 )
 
 // Execer runs a statement: a *sqlx.DB or a *sqlx.Tx.
@@ -28,6 +29,14 @@ const (
 
 	ActionOrganization      = "organization"       // an organization's point-in-time state, members and events
 	ActionUserOrganizations = "user_organizations" // the organizations a user was in at a point in time
+	ActionCheckpoint = "checkpoint" // a signed checkpoint read
+	ActionProof      = "proof"      // an event's inclusion proof
+	ActionUserProof  = "user_proof" // a user's proof bundle
+
+	// Kinds of verification in the verification log.
+	KindTree        = "tree"        // the whole tree recomputed from the events
+	KindConsistency = "consistency" // a kept checkpoint proven extended
+	KindChain       = "chain"       // the frozen hash chain (before the tree)
 )
 
 // Access is one entry of the audit access log.
@@ -115,18 +124,31 @@ type Verification struct {
 	FirstBad          int64         `json:"first_bad_position,omitempty"`
 	Problem           string        `json:"problem,omitempty"`
 	Duration          time.Duration `json:"-"`
+	// Kind is KindTree, KindConsistency (TreeSize is the kept
+	// checkpoint's) or KindChain (runs before the tree).
+	Kind     string    `json:"kind"`
+	TreeSize int64     `json:"tree_size,omitempty"`
+	Root     tlog.Hash `json:"-"`
 }
 
 // RecordVerification appends v to the verification log (append-only).
 func RecordVerification(ctx context.Context, q Execer, v Verification) error {
-	var head []byte
+	var head, root []byte
 	if v.Head.Position > 0 {
 		head = v.Head.Hash[:]
 	}
+	if v.TreeSize > 0 {
+		root = v.Root[:]
+	}
+	kind := v.Kind
+	if kind == "" {
+		kind = KindTree
+	}
 	_, err := q.ExecContext(ctx, `INSERT INTO audit_verifications
-(actor, channel, ok, checked, head_position, head_hash, digest, signatures_checked, signatures_failed, first_bad_position, problem, duration_ms)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
-		v.Actor, v.Channel, v.OK, v.Checked, v.Head.Position, head, v.Digest, v.SignaturesChecked, v.SignaturesFailed, v.FirstBad, v.Problem, v.Duration.Milliseconds())
+(actor, channel, ok, checked, head_position, head_hash, digest, signatures_checked, signatures_failed, first_bad_position, problem, duration_ms, kind, tree_size, root)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
+		v.Actor, v.Channel, v.OK, v.Checked, v.Head.Position, head, v.Digest, v.SignaturesChecked, v.SignaturesFailed, v.FirstBad, v.Problem, v.Duration.Milliseconds(),
+		kind, v.TreeSize, root)
 	if err != nil {
 		return fmt.Errorf("record verification by %s: %w", v.Actor, Classify(err))
 	}
@@ -137,19 +159,20 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
 // Errors: ENOTFOUND when the chain was never verified.
 func LastVerification(ctx context.Context, q Queryer) (Verification, error) {
 	var v Verification
-	var head []byte
+	var head, root []byte
 	var ms int64
 	err := q.QueryRowxContext(ctx, `SELECT id, at, actor, channel, ok, checked, head_position, head_hash, digest,
-signatures_checked, signatures_failed, first_bad_position, problem, duration_ms
+signatures_checked, signatures_failed, first_bad_position, problem, duration_ms, kind, tree_size, root
 FROM audit_verifications ORDER BY id DESC LIMIT 1`).Scan(&v.ID, &v.At, &v.Actor, &v.Channel, &v.OK, &v.Checked,
-		&v.Head.Position, &head, &v.Digest, &v.SignaturesChecked, &v.SignaturesFailed, &v.FirstBad, &v.Problem, &ms)
+		&v.Head.Position, &head, &v.Digest, &v.SignaturesChecked, &v.SignaturesFailed, &v.FirstBad, &v.Problem, &ms, &v.Kind, &v.TreeSize, &root)
 	if errors.Is(err, sql.ErrNoRows) {
-		return Verification{}, domain.Errorf(domain.ENOTFOUND, "the chain was never verified")
+		return Verification{}, domain.Errorf(domain.ENOTFOUND, "the ledger was never verified")
 	}
 	if err != nil {
 		return Verification{}, fmt.Errorf("read last verification: %w", Classify(err))
 	}
 	copy(v.Head.Hash[:], head)
+	copy(v.Root[:], root)
 	v.At = v.At.UTC()
 	v.Duration = time.Duration(ms) * time.Millisecond
 	return v, nil

@@ -11,23 +11,29 @@ import (
 	"github.com/jmoiron/sqlx"
 )
 
-// AuditEvent is a ledger event as auditors see it: the stored event and its
-// chain hash, which is nil while the chain sealer has not sealed it yet.
+// AuditEvent is a ledger event as auditors see it: the stored event, its
+// leaf index in the Merkle tree and its leaf hash; LeafHash is nil (and
+// LeafIndex meaningless) while the sealer has not sealed it yet.
 type AuditEvent struct {
 	domain.Event
-	ChainHash []byte
+	LeafIndex int64
+	LeafHash  []byte
 }
 
-// auditColumns is the column list scanAuditEvent reads: the event (aliased e)
-// and its chain link (aliased c, LEFT JOINed).
-const auditColumns = `e.position, e.transaction_id, e.delivery_id, e.type, COALESCE(e.user_id, ''), e.occurred_at, e.received_at, e.body, e.svix_timestamp, e.svix_signature, c.hash`
+// auditColumns is the column list scanAuditEvent reads: the event (aliased
+// e), its leaf index and leaf hash (from l, LEFT JOINed by auditJoin).
+const auditColumns = `e.position, e.transaction_id, e.delivery_id, e.type, COALESCE(e.user_id, ''), e.occurred_at, e.received_at, e.body, e.svix_timestamp, e.svix_signature, e.source, COALESCE(l.leaf, 0), substring(l.hashes FROM 1 FOR 32)`
+
+// auditJoin joins an event (e) with its leaf (l): the first of a leaf's
+// stored hashes is the leaf hash.
+const auditJoin = ` LEFT JOIN log_leaves l ON l.position = e.position`
 
 // scanAuditEvent scans one row of auditColumns. The event's Body is *body,
 // which the next scan (or the rows' next Next or Close) overwrites: a caller
 // that keeps the event clones it. The other fields are the event's own.
 func scanAuditEvent(row interface{ Scan(...any) error }, body *sql.RawBytes) (AuditEvent, error) {
 	var a AuditEvent
-	err := row.Scan(&a.Position, &a.TxID, &a.DeliveryID, &a.Type, &a.UserID, &a.OccurredAt, &a.ReceivedAt, body, &a.SvixTimestamp, &a.SvixSignature, &a.ChainHash)
+	err := row.Scan(&a.Position, &a.TxID, &a.DeliveryID, &a.Type, &a.UserID, &a.OccurredAt, &a.ReceivedAt, body, &a.SvixTimestamp, &a.SvixSignature, &a.Source, &a.LeafIndex, &a.LeafHash)
 	if err != nil {
 		return AuditEvent{}, fmt.Errorf("scan audit event: %w", Classify(err))
 	}
@@ -37,7 +43,7 @@ func scanAuditEvent(row interface{ Scan(...any) error }, body *sql.RawBytes) (Au
 	return a, nil
 }
 
-// auditQuery is QueryEvents's statement joined with event_chain. With
+// auditQuery is QueryEvents's statement joined with the tree (auditJoin). With
 // f.MaxBytes it numbers the bytes of the bodies before each row (a running
 // sum in ledger order over the page's rows only: the window runs under the
 // LIMIT's index scan, and octet_length reads a stored body's size without
@@ -50,13 +56,13 @@ func auditQuery(f EventFilter) (string, []any) {
 	args = append(args, f.Limit)
 	limit := strconv.Itoa(len(args))
 	if f.MaxBytes <= 0 {
-		return `SELECT ` + auditColumns + ` FROM events e LEFT JOIN event_chain c ON c.position = e.position WHERE ` + where +
+		return `SELECT ` + auditColumns + ` FROM events e` + auditJoin + ` WHERE ` + where +
 			` ORDER BY e.transaction_id, e.position LIMIT $` + limit, args
 	}
 	args = append(args, f.MaxBytes)
 	return `SELECT ` + auditColumns + ` FROM (SELECT e.*, sum(octet_length(e.body)) OVER (ORDER BY e.transaction_id, e.position ROWS UNBOUNDED PRECEDING) - octet_length(e.body) AS bytes_before` +
 		` FROM events e WHERE ` + where + ` ORDER BY e.transaction_id, e.position LIMIT $` + limit + `) e` +
-		` LEFT JOIN event_chain c ON c.position = e.position WHERE e.bytes_before < $` + strconv.Itoa(len(args)) +
+		auditJoin + ` WHERE e.bytes_before < $` + strconv.Itoa(len(args)) +
 		` ORDER BY e.transaction_id, e.position`, args
 }
 
@@ -70,7 +76,7 @@ func PageMore(f EventFilter, n int, bytes int64) bool {
 	return n > 0 && (n >= limit || (f.MaxBytes > 0 && bytes >= f.MaxBytes))
 }
 
-// QueryAuditEvents is QueryEvents with each event's chain hash: the events
+// QueryAuditEvents is QueryEvents with each event's leaf: the events
 // matching f in ledger order, below the xid8 gate, after f.After, at most
 // f.Limit (default 100). Paging with After(last event) never misses or
 // repeats an event while new ones arrive.
@@ -351,7 +357,7 @@ func eachEventRow(rows *sqlx.Rows, fn func(domain.Event) error) (int, Cursor, er
 	got := 0
 	for rows.Next() {
 		var e domain.Event
-		if err := rows.Scan(&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &body, &e.SvixTimestamp, &e.SvixSignature); err != nil {
+		if err := rows.Scan(&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &body, &e.SvixTimestamp, &e.SvixSignature, &e.Source); err != nil {
 			return got, last, fmt.Errorf("scan event: %w", Classify(err))
 		}
 		e.Body = body

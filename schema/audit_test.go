@@ -16,6 +16,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
 	"github.com/jmoiron/sqlx"
+	"golang.org/x/mod/sumdb/tlog"
 )
 
 var t0 = time.Date(2024, 5, 28, 12, 0, 0, 0, time.UTC)
@@ -160,7 +161,7 @@ func TestAuditPagingWhileEventsArrive(t *testing.T) {
 	}
 }
 
-func TestAuditQueryFiltersAndChainHashes(t *testing.T) {
+func TestAuditQueryFiltersAndLeaves(t *testing.T) {
 	db := schematest.NewDB(t)
 	ctx := context.Background()
 	store := schema.NewStore(db)
@@ -190,16 +191,14 @@ func TestAuditQueryFiltersAndChainHashes(t *testing.T) {
 	if len(all) != 22 {
 		t.Fatalf("got %d events", len(all))
 	}
-	var prev []byte
-	for _, e := range all[:21] {
-		want := domain.ChainHash(prev, e.Event)
-		if string(e.ChainHash) != string(want[:]) {
-			t.Errorf("event %d: chain hash %x, want %x", e.Position, e.ChainHash, want)
+	for i, e := range all[:21] {
+		want := tlog.RecordHash(domain.LeafOf(e.Event, nil).Encode(nil))
+		if e.LeafIndex != int64(i) || string(e.LeafHash) != string(want[:]) {
+			t.Errorf("event %d: leaf %d hash %x, want leaf %d hash %x", e.Position, e.LeafIndex, e.LeafHash, i, want)
 		}
-		prev = e.ChainHash
 	}
-	if all[21].ChainHash != nil {
-		t.Errorf("unsealed event has chain hash %x", all[21].ChainHash)
+	if all[21].LeafHash != nil {
+		t.Errorf("unsealed event has a leaf hash %x", all[21].LeafHash)
 	}
 	// EachEvent: every event of the filter, in ledger order, one at a time.
 	userEvents := func(until time.Time) []string {
@@ -237,7 +236,9 @@ func TestAuditQueryFiltersAndChainHashes(t *testing.T) {
 	}
 }
 
-// sealedLedger appends n events, each in its own transaction, and seals them.
+// sealedLedger appends n events, each in its own transaction, and seals them
+// into a legacy hash chain (event_chain), as ledgers from before the tree
+// have it frozen.
 func sealedLedger(t *testing.T, n int) (*schematestDB, []domain.Event) {
 	t.Helper()
 	db := schematest.NewDB(t)
@@ -247,7 +248,7 @@ func sealedLedger(t *testing.T, n int) (*schematestDB, []domain.Event) {
 			t.Fatal(err)
 		}
 	}
-	var s schematest.Sealer
+	s := schematest.Sealer{Chain: true}
 	s.SealAll(t, db, n)
 	events, err := schema.ReadAfter(context.Background(), db, schema.Cursor{}, 1000)
 	if err != nil {
@@ -448,7 +449,7 @@ func TestQueryAuditEventsRecorded(t *testing.T) {
 		}
 	}
 	var s schematest.Sealer
-	s.SealAll(t, db, 25) // the last 5 stay unsealed: a nil chain hash
+	s.SealAll(t, db, 25) // the last 5 stay unsealed: no leaf
 	schematest.WaitReadable(t, db, 30)
 	filters := []schema.EventFilter{
 		{},

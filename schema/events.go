@@ -382,7 +382,7 @@ func ReadAfter(ctx context.Context, q Queryer, c Cursor, limit int) ([]domain.Ev
 func scanEvent(row wmsql.Scanner) (domain.Event, error) {
 	var e domain.Event
 	var b []byte
-	if err := row.Scan(&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &b, &e.SvixTimestamp, &e.SvixSignature); err != nil {
+	if err := row.Scan(&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &b, &e.SvixTimestamp, &e.SvixSignature, &e.Source); err != nil {
 		return domain.Event{}, fmt.Errorf("scan event: %w", Classify(err))
 	}
 	e.Body = b

@@ -1,5 +1,10 @@
 package schema
 
+import (
+	"context"
+	"database/sql"
+)
+
 // VerifyChainInRanges exposes verifyChain to the tests: the same check split
 // into more ranges than a small test ledger would get.
 var VerifyChainInRanges = verifyChain
@@ -10,4 +15,15 @@ func (s *Store) Pending() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.pending)
+}
+
+// MigrateTo applies the embedded migrations up to version: tests of a
+// ledger from before a migration.
+func MigrateTo(ctx context.Context, db *sql.DB, version int64) error {
+	p, err := provider(db)
+	if err != nil {
+		return err
+	}
+	_, err = p.UpTo(ctx, version)
+	return err
 }

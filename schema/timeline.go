@@ -74,8 +74,8 @@ ORDER BY e.transaction_id, e.position LIMIT $5`
 }
 
 // EachAuditEventAt calls fn with the visible events at positions, in the
-// order positions lists them, with their chain hashes (one statement; each
-// a lookup on events_position_key), keeping none: e.Body is valid only
+// order positions lists them, with their leaves (one statement; each a
+// lookup on events_position_key and log_leaves_position_key), keeping none: e.Body is valid only
 // during the call. A position with no visible event is left out.
 func EachAuditEventAt(ctx context.Context, q Queryer, positions []int64, fn func(AuditEvent) error) error {
 	if len(positions) == 0 {
@@ -83,8 +83,7 @@ func EachAuditEventAt(ctx context.Context, q Queryer, positions []int64, fn func
 	}
 	rows, err := q.QueryxContext(ctx, `SELECT `+auditColumns+`
 FROM unnest($1::bigint[]) WITH ORDINALITY AS p(position, ord)
-JOIN events e ON e.position = p.position
-LEFT JOIN event_chain c ON c.position = e.position
+JOIN events e ON e.position = p.position`+auditJoin+`
 WHERE e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY p.ord`, pq.Array(positions))
 	if err != nil {

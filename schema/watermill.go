@@ -92,7 +92,7 @@ func (s EventsSchema) InsertQuery(topic string, msgs message.Messages) (wmsql.Qu
 func (s EventsSchema) SchemaInitializingQueries(topic string) []wmsql.Query { return nil }
 
 // eventColumns is the column list every ledger read scans with scanEvent.
-const eventColumns = `position, transaction_id, delivery_id, type, COALESCE(user_id, ''), occurred_at, received_at, body, svix_timestamp, svix_signature`
+const eventColumns = `position, transaction_id, delivery_id, type, COALESCE(user_id, ''), occurred_at, received_at, body, svix_timestamp, svix_signature, source`
 
 // SelectQuery implements wmsql.SchemaAdapter with the row-comparison form of
 // Watermill's xid8 gate.

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"runtime"
 	"strconv"
 	"strings"
@@ -14,6 +16,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/svixsig"
+	"github.com/clerk-ledger/clerk-ledger/translog"
 	"github.com/jmoiron/sqlx"
 	"github.com/spf13/cobra"
 )
@@ -28,7 +31,8 @@ func (a *app) auditCmd() *cobra.Command {
 		Long: `audit reads the ledger in DATABASE_URL directly. Queries and exports are
 recorded in the audit access log (actor cli:$USER), like the workspace's.`,
 	}
-	cmd.AddCommand(a.auditEventsCmd(), a.auditUserCmd(), a.auditOrganizationCmd(), a.auditMembershipsCmd(), a.auditDigestCmd(), a.auditVerifyCmd())
+	cmd.AddCommand(a.auditEventsCmd(), a.auditUserCmd(), a.auditOrganizationCmd(), a.auditMembershipsCmd(), a.auditDigestCmd(), a.auditVerifyCmd(),
+		a.auditKeyCmd(), a.auditCheckpointCmd(), a.auditProofCmd(), a.auditVerifyProofCmd())
 	return cmd
 }
 
@@ -45,6 +49,11 @@ func (a *app) cliActor() audit.Actor {
 // verifier for signature re-checks (may be nil). Close the database when
 // done.
 func (a *app) openAudit(cmd *cobra.Command, verifier *svixsig.Verifier) (*audit.Service, *sqlx.DB, error) {
+	return a.openAuditKey(cmd, verifier, nil)
+}
+
+// openAuditKey is openAudit with the log's verifier key (may be nil).
+func (a *app) openAuditKey(cmd *cobra.Command, verifier *svixsig.Verifier, logKey *translog.Verifier) (*audit.Service, *sqlx.DB, error) {
 	dsn, err := a.requireDatabaseURL(cmd)
 	if err != nil {
 		return nil, nil, err
@@ -56,7 +65,7 @@ func (a *app) openAudit(cmd *cobra.Command, verifier *svixsig.Verifier) (*audit.
 	if err != nil {
 		return nil, nil, err
 	}
-	return audit.New(audit.Config{DB: db, Verifier: verifier, Conns: conns, QueueWait: time.Minute}), db, nil
+	return audit.New(audit.Config{DB: db, Verifier: verifier, LogKey: logKey, Conns: conns, QueueWait: time.Minute}), db, nil
 }
 
 func (a *app) auditEventsCmd() *cobra.Command {
@@ -68,7 +77,7 @@ func (a *app) auditEventsCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "events",
 		Short: "List or export ledger events in ledger order",
-		Long: `events lists the ledger's events in ledger order with their chain hashes,
+		Long: `events lists the ledger's events in ledger order with their Merkle leaves,
 filtered like GET /api/audit/events. --format table prints one page (--limit,
 default 100, at most 1000) and the cursor of the next; jsonl and csv stream
 every matching event (or --limit of them) in constant memory.`,
@@ -125,11 +134,11 @@ every matching event (or --limit of them) in constant memory.`,
 				return err
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "POSITION\tOCCURRED AT\tTYPE\tUSER\tDELIVERY\tCHAIN HASH")
+			fmt.Fprintln(tw, "POSITION\tOCCURRED AT\tTYPE\tUSER\tDELIVERY\tLEAF")
 			for _, e := range events {
 				hash := "(not sealed)"
-				if e.ChainHash != nil {
-					hash = fmt.Sprintf("%x", e.ChainHash[:8])
+				if e.LeafHash != nil {
+					hash = fmt.Sprintf("%d %s", e.LeafIndex, base64.StdEncoding.EncodeToString(e.LeafHash)[:12])
 				}
 				user := e.UserID
 				if user == "" {
@@ -397,49 +406,264 @@ func cliValue(s string) string {
 func (a *app) auditDigestCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "digest",
-		Short: "Print the chain head POSITION:HASH and when it was sealed, to keep elsewhere",
-		Long: `digest prints the head of the ledger's hash chain as POSITION:HASH and the
-time it was sealed. Keep it outside the database (a ticket, an email, paper):
-later, ledger audit verify --digest POSITION:HASH proves that the ledger up to
-that event has not been altered since.`,
+		Short: "Print the latest signed checkpoint, to keep elsewhere (as ledger audit checkpoint)",
+		Long: `digest prints the latest signed checkpoint of the ledger's Merkle tree (a C2SP
+tlog-checkpoint note: origin, tree size, root hash, Ed25519 signature). Keep it
+outside the database (a ticket, an email, a witness): later, ledger audit verify
+--checkpoint FILE proves that the ledger still extends it. (Before the tree the
+ledger had a hash chain, now frozen: its POSITION:HASH digests are still checked
+by ledger audit verify --digest.) The read is recorded in the access log.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error { return a.printCheckpoint(cmd, 0) },
+	}
+}
+
+func (a *app) auditCheckpointCmd() *cobra.Command {
+	var size int64
+	cmd := &cobra.Command{
+		Use:   "checkpoint",
+		Short: "Print the latest signed checkpoint (or the kept one of --size)",
+		Long: `checkpoint prints the latest signed checkpoint of the ledger's Merkle tree, or
+the kept one of tree size --size, byte for byte as signed (a C2SP
+tlog-checkpoint note). Save it to a file and keep it outside the operator's
+reach; ledger audit verify --checkpoint FILE later proves the ledger extends it.
+The read is recorded in the access log.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error { return a.printCheckpoint(cmd, size) },
+	}
+	cmd.Flags().Int64Var(&size, "size", 0, "the kept checkpoint of this tree size (default: the latest)")
+	return cmd
+}
+
+func (a *app) printCheckpoint(cmd *cobra.Command, size int64) error {
+	svc, db, err := a.openAudit(cmd, nil)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	cp, err := svc.Checkpoint(cmd.Context(), a.cliActor(), size)
+	if err != nil {
+		return err
+	}
+	_, err = io.WriteString(a.stdout, cp.Note)
+	return err
+}
+
+func (a *app) auditKeyCmd() *cobra.Command {
+	var newName string
+	cmd := &cobra.Command{
+		Use:   "key",
+		Short: "Print the log's verifier key (from LEDGER_LOG_KEY), or make a new signing key",
+		Long: `key prints the public verifier key of the checkpoint signing key in
+LEDGER_LOG_KEY (the key text or a file holding it): give it to auditors and
+witnesses, who check checkpoints and proof bundles with it (ledger audit
+verify-proof FILE --key KEY). With --new NAME it generates a new Ed25519 signing
+key named NAME (the log's origin, e.g. clerk-ledger/ledger.example.com) and
+prints it (LEDGER_LOG_KEY=..., keep it secret) and its verifier key.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if newName != "" {
+				skey, vkey, err := translog.GenerateKey(newName)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "LEDGER_LOG_KEY=%s\n%s\n", skey, vkey)
+				return nil
+			}
+			lc, err := loadLogConfig(a.env)
+			if err != nil {
+				return err
+			}
+			if lc.Signer == nil {
+				return domain.Errorf(domain.EINVALID, "LEDGER_LOG_KEY is not set (ledger dev keeps one in ./.data/log.key; ledger audit key --new NAME makes one)")
+			}
+			fmt.Fprintln(a.stdout, lc.Signer.VerifierKey())
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&newName, "new", "", "generate a new signing key with this name (the log's origin)")
+	return cmd
+}
+
+func (a *app) auditProofCmd() *cobra.Command {
+	var user, out string
+	var position, size int64
+	cmd := &cobra.Command{
+		Use:   "proof",
+		Short: "Write a user's proof bundle (--user), or print one event's inclusion proof (--position)",
+		Long: `proof --user USER_ID writes the user's proof bundle as JSON (to --out, or
+stdout): the latest signed checkpoint and every event about the user in its
+tree, each with its exact body, its leaf fields and its inclusion proof. Anyone
+with the log's verifier key checks it offline with ledger audit verify-proof.
+proof --position P prints the inclusion proof of one event (in the latest
+checkpoint's tree, or --size's). Each is recorded in the access log.`,
+		Example: `  ledger audit proof --user user_123 --out user_123.proof.json
+  ledger audit verify-proof user_123.proof.json --key "$(ledger audit key)"`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if (user == "") == (position == 0) {
+				return domain.Errorf(domain.EINVALID, "give one of --user or --position")
+			}
 			svc, db, err := a.openAudit(cmd, nil)
 			if err != nil {
 				return err
 			}
 			defer db.Close()
-			st, err := svc.ChainStatus(cmd.Context())
-			if err != nil {
+			var data []byte
+			if user != "" {
+				b, err := svc.UserProof(cmd.Context(), a.cliActor(), user)
+				if err != nil {
+					return err
+				}
+				if data, err = b.Encode(); err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stderr, "%d events of %s in the tree of %d\n", len(b.Events), user, mustCheckpointSize(b.Checkpoint))
+			} else {
+				p, err := svc.Proof(cmd.Context(), a.cliActor(), position, size)
+				if err != nil {
+					return err
+				}
+				if data, err = json.MarshalIndent(p, "", "  "); err != nil {
+					return err
+				}
+				data = append(data, '\n')
+			}
+			if out == "" {
+				_, err = a.stdout.Write(data)
 				return err
 			}
-			if st.Head == nil {
-				return domain.Errorf(domain.ENOTFOUND, "the chain has no sealed event yet")
+			if err := os.WriteFile(out, data, 0o644); err != nil {
+				return domain.Errorf(domain.EINVALID, "--out: %v", err)
 			}
-			fmt.Fprintf(a.stdout, "%s %s\n", st.Head, st.HeadSealedAt.Format(time.RFC3339Nano))
 			return nil
 		},
 	}
+	f := cmd.Flags()
+	f.StringVar(&user, "user", "", "the Clerk user id whose proof bundle to write")
+	f.StringVar(&out, "out", "", "write to this file instead of stdout")
+	f.Int64Var(&position, "position", 0, "print the inclusion proof of the event at this position")
+	f.Int64Var(&size, "size", 0, "with --position: in the tree of the kept checkpoint of this size (default: the latest)")
+	return cmd
+}
+
+// mustCheckpointSize reads the tree size a checkpoint note states (0 when
+// it states none).
+func mustCheckpointSize(note string) int64 {
+	c, err := translog.ParseCheckpoint(translog.NoteBody([]byte(note)))
+	if err != nil {
+		return 0
+	}
+	return c.Size
+}
+
+func (a *app) auditVerifyProofCmd() *cobra.Command {
+	var key string
+	cmd := &cobra.Command{
+		Use:   "verify-proof FILE",
+		Short: "Check a user's proof bundle offline, with no database",
+		Long: `verify-proof checks a proof bundle (ledger audit proof --user, or GET
+/api/audit/users/{id}/proof) with the log's verifier key (--key: the key text or
+a file holding it; ledger audit key prints it), without any database: the file
+is byte for byte as the ledger wrote it, the checkpoint's Ed25519 signature,
+each event's leaf recomputed from the fields it carries, each inclusion proof
+to the signed root, and each body against the commitment in its leaf. It
+prints OK or the first problem and then exits 1.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if strings.TrimSpace(key) == "" {
+				return domain.Errorf(domain.EINVALID, "--key VERIFIER_KEY is required (ledger audit key prints it)")
+			}
+			v, err := parseVerifierFlag(key)
+			if err != nil {
+				return err
+			}
+			data, err := os.ReadFile(args[0])
+			if err != nil {
+				return domain.Errorf(domain.EINVALID, "read the bundle: %v", err)
+			}
+			rep, err := translog.VerifyBundle(data, v)
+			if err != nil {
+				return err
+			}
+			if !rep.OK {
+				fmt.Fprintln(a.stdout, "FAIL: "+rep.Problem)
+				return exitCode(1)
+			}
+			fmt.Fprintf(a.stdout, "OK: %d events of %s are in the tree of %d leaves signed by %s (checkpoint of %s)", len(rep.Events), rep.UserID, rep.Checkpoint.Size, v.Name(), rep.Checkpoint.Origin)
+			if rep.Erased > 0 {
+				fmt.Fprintf(a.stdout, "; %d bodies erased (their leaves verify, their content is gone)", rep.Erased)
+			}
+			fmt.Fprintln(a.stdout)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&key, "key", "", "the log's verifier key (name+hash+key), or a file holding it")
+	return cmd
 }
 
 func (a *app) auditVerifyCmd() *cobra.Command {
 	var (
-		digest     string
-		signatures bool
+		digest, checkpoint, key string
+		signatures              bool
 	)
 	cmd := &cobra.Command{
 		Use:   "verify",
-		Short: "Recompute the hash chain (and re-check signatures); print OK or the first position that does not match",
-		Long: `verify recomputes the whole hash chain from the stored events in seal order and
-checks every stored link, that no sealed event is missing and no event was
-slipped in, and with --digest that the chain still reaches the digest you kept.
-With --signatures it also re-checks every stored delivery's Svix signature with
-CLERK_WEBHOOK_SIGNING_SECRET (all of them, space-separated, during a rotation),
-ignoring the age limit: proof that Clerk sent exactly these bytes.
-It prints OK or the first position that does not match and then exits 1.
-Every run is recorded in the verification log shown in the workspace.`,
+		Short: "Recompute the Merkle tree (or prove a kept checkpoint extended); print OK or the first position that does not match",
+		Long: `verify recomputes the whole Merkle tree from the stored events: every leaf,
+every hash the tree stores, the root at every kept checkpoint (and each one's
+signature with the log's verifier key: --key, or LEDGER_LOG_KEY's), that no
+event is missing, reordered or slipped in. With --digest POSITION:HASH it also
+checks that the frozen hash chain (from before the tree) still reaches that
+digest. With --signatures it also re-checks every stored delivery's Svix
+signature with CLERK_WEBHOOK_SIGNING_SECRET (all of them, space-separated,
+during a rotation), ignoring the age limit: proof that Clerk sent exactly these
+bytes.
+
+With --checkpoint FILE (a checkpoint note you kept) it instead proves that the
+ledger today extends that checkpoint, nothing before it changed or removed,
+without re-reading any event: the signatures of the kept and the latest
+checkpoint, and the consistency proof between them (O(log n) hashes).
+
+It prints OK or the first problem and then exits 1. Every run is recorded in
+the verification log shown in the workspace.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			lc, err := loadLogConfig(a.env)
+			if err != nil {
+				return err
+			}
+			logKey, err := lc.verifierKey(key)
+			if err != nil {
+				return err
+			}
+			if checkpoint != "" {
+				if digest != "" || signatures {
+					return domain.Errorf(domain.EINVALID, "--checkpoint is a check of its own: run --digest and --signatures without it")
+				}
+				note, err := os.ReadFile(checkpoint)
+				if err != nil {
+					return domain.Errorf(domain.EINVALID, "--checkpoint: %v", err)
+				}
+				if logKey == nil {
+					return domain.Errorf(domain.EINVALID, "--checkpoint needs the log's verifier key: --key, or LEDGER_LOG_KEY")
+				}
+				svc, db, err := a.openAuditKey(cmd, nil, logKey)
+				if err != nil {
+					return err
+				}
+				defer db.Close()
+				res, err := svc.VerifyCheckpoint(cmd.Context(), a.cliActor(), note)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(a.stdout, res.Message())
+				if !res.OK {
+					return exitCode(1)
+				}
+				fmt.Fprintf(a.stderr, "verified in %.3fs\n", res.Duration.Seconds())
+				return nil
+			}
 			opts := audit.VerifyOptions{Signatures: signatures}
 			var verifier *svixsig.Verifier
 			if digest != "" {
@@ -458,7 +682,7 @@ Every run is recorded in the verification log shown in the workspace.`,
 					return err
 				}
 			}
-			svc, db, err := a.openAudit(cmd, verifier)
+			svc, db, err := a.openAuditKey(cmd, verifier, logKey)
 			if err != nil {
 				return err
 			}
@@ -474,10 +698,15 @@ Every run is recorded in the verification log shown in the workspace.`,
 			}
 			fmt.Fprintln(a.stdout, res.Message())
 			if !res.OK {
-				fmt.Fprintf(a.stdout, "first position that does not match: %d\n", res.FirstBad())
+				if p := res.FirstBad(); p > 0 {
+					fmt.Fprintf(a.stdout, "first position that does not match: %d\n", p)
+				}
 				return exitCode(1)
 			}
-			secs := res.Chain.Duration.Seconds()
+			secs := res.Tree.Duration.Seconds()
+			if res.Chain != nil {
+				secs += res.Chain.Duration.Seconds()
+			}
 			if res.Signatures != nil {
 				secs += res.Signatures.Duration.Seconds()
 			}
@@ -485,9 +714,12 @@ Every run is recorded in the verification log shown in the workspace.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&digest, "digest", "", "a kept digest POSITION:HASH (from ledger audit digest) the chain must reach")
-	cmd.Flags().BoolVar(&signatures, "signatures", false, "also re-check each stored delivery's Svix signature, ignoring its age")
-	cmd.Flags().String("webhook-secret", "", "signing secret(s), space-separated (overrides CLERK_WEBHOOK_SIGNING_SECRET)")
+	f := cmd.Flags()
+	f.StringVar(&checkpoint, "checkpoint", "", "a kept checkpoint note: prove the ledger today extends it (no event read)")
+	f.StringVar(&key, "key", "", "the log's verifier key, or a file holding it (default: LEDGER_LOG_KEY's)")
+	f.StringVar(&digest, "digest", "", "a digest POSITION:HASH of the frozen hash chain (from before the tree) that it must still reach")
+	f.BoolVar(&signatures, "signatures", false, "also re-check each stored delivery's Svix signature, ignoring its age")
+	f.String("webhook-secret", "", "signing secret(s), space-separated (overrides CLERK_WEBHOOK_SIGNING_SECRET)")
 	return cmd
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
+	"github.com/clerk-ledger/clerk-ledger/translog"
 )
 
 // ledger runs `ledger args...` in-process and returns its stdout and error.
@@ -27,7 +28,11 @@ func ledger(t *testing.T, env map[string]string, args ...string) (string, string
 func TestAuditCommands(t *testing.T) {
 	secret := clerkgen.NewSecret()
 	dsn := schematest.NewURL(t)
-	env := map[string]string{"DATABASE_URL": dsn, "CLERK_WEBHOOK_SIGNING_SECRET": secret, "USER": "op"}
+	skey, vkey, err := translog.GenerateKey("clerk-ledger/cli-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"DATABASE_URL": dsn, "CLERK_WEBHOOK_SIGNING_SECRET": secret, "USER": "op", "LEDGER_LOG_KEY": skey}
 	if _, _, err := ledger(t, env, "migrate"); err != nil {
 		t.Fatal(err)
 	}
@@ -53,13 +58,18 @@ func TestAuditCommands(t *testing.T) {
 	}
 	var sealer schematest.Sealer
 	sealer.SealAll(t, db, 8)
+	logSigner, _ := translog.ParseSigner(skey)
+	schematest.SignCheckpoint(t, db, logSigner, "clerk-ledger/cli-test")
 
+	if out, _, err := ledger(t, env, "audit", "key"); err != nil || strings.TrimSpace(out) != vkey {
+		t.Fatalf("key: %q %v, want %s", out, err, vkey)
+	}
 	out, _, err := ledger(t, env, "audit", "digest")
-	if err != nil || !strings.HasPrefix(out, fmt.Sprintf("%d:", positions[7])) {
+	if err != nil || !strings.HasPrefix(out, "clerk-ledger/cli-test\n8\n") {
 		t.Fatalf("digest: %q %v", out, err)
 	}
-	digest := strings.Fields(out)[0]
-	if out, _, err := ledger(t, env, "audit", "verify", "--digest", digest, "--signatures"); err != nil || !strings.HasPrefix(out, "OK: 8 links match") || !strings.Contains(out, "8 signatures valid") {
+	if out, _, err := ledger(t, env, "audit", "verify", "--signatures"); err != nil || !strings.HasPrefix(out, "OK: 8 leaves match") ||
+		!strings.Contains(out, "1 signed checkpoints match") || !strings.Contains(out, "8 signatures valid") {
 		t.Fatalf("verify intact: %q %v", out, err)
 	}
 	if _, _, err := ledger(t, env, "audit", "verify", "--digest", "nonsense"); domain.ErrorCode(err) != domain.EINVALID || !strings.Contains(err.Error(), "--digest") {
@@ -68,7 +78,7 @@ func TestAuditCommands(t *testing.T) {
 
 	out, _, err = ledger(t, env, "audit", "events", "--type", "user.*", "--format", "csv")
 	recs, cerr := csv.NewReader(strings.NewReader(out)).ReadAll()
-	if err != nil || cerr != nil || len(recs) != 1+6 || recs[1][2] != "user.created" || len(recs[1][6]) != 64 {
+	if err != nil || cerr != nil || len(recs) != 1+6 || recs[1][2] != "user.created" || recs[1][6] != "0" || len(recs[1][7]) != 44 {
 		t.Errorf("events csv: %v %v %q", err, cerr, out)
 	}
 	out, stderr, err := ledger(t, env, "audit", "events", "--user-id", "user_cli", "--limit", "3")
@@ -83,7 +93,8 @@ func TestAuditCommands(t *testing.T) {
 		t.Errorf("user --at: %v %s", err, out)
 	}
 	list, _ := schema.ListAccess(context.Background(), db, 0, 10)
-	if len(list) != 3 || list[0].Actor != "cli:op" || list[0].Channel != schema.ChannelCLI || list[2].Action != schema.ActionExport || list[2].RowCount != 6 {
+	if len(list) != 4 || list[0].Actor != "cli:op" || list[0].Channel != schema.ChannelCLI || list[2].Action != schema.ActionExport || list[2].RowCount != 6 ||
+		list[3].Action != schema.ActionCheckpoint {
 		t.Errorf("access log: %+v", list)
 	}
 	// The change list as text: what each event changed, in time order.
@@ -98,7 +109,7 @@ func TestAuditCommands(t *testing.T) {
 
 	// Edit a row as a superuser with the trigger off: both verifies catch it.
 	schematest.Tamper(t, db, `UPDATE events SET body = replace(body, '"user_cli"', '"user_evil"') WHERE position = $1`, positions[2])
-	for _, args := range [][]string{{"audit", "verify"}, {"audit", "verify", "--signatures"}, {"audit", "verify", "--digest", digest}} {
+	for _, args := range [][]string{{"audit", "verify"}, {"audit", "verify", "--signatures"}} {
 		out, _, err := ledger(t, env, args...)
 		var ec exitCode
 		if !errors.As(err, &ec) || ec != 1 || !strings.Contains(out, fmt.Sprintf("first position that does not match: %d", positions[2])) {
@@ -107,7 +118,7 @@ func TestAuditCommands(t *testing.T) {
 	}
 	// And a deleted row.
 	dsn2 := schematest.NewURL(t)
-	env2 := map[string]string{"DATABASE_URL": dsn2, "CLERK_WEBHOOK_SIGNING_SECRET": secret}
+	env2 := map[string]string{"DATABASE_URL": dsn2, "CLERK_WEBHOOK_SIGNING_SECRET": secret, "LEDGER_LOG_KEY": skey}
 	if _, _, err := ledger(t, env2, "migrate"); err != nil {
 		t.Fatal(err)
 	}

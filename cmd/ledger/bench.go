@@ -23,6 +23,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/projections"
 	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/clerk-ledger/clerk-ledger/translog"
 	"github.com/jmoiron/sqlx"
 	"github.com/spf13/cobra"
 )
@@ -130,8 +131,16 @@ func startChildServiceExe(ctx context.Context, exe, dsn, secret string, extraEnv
 	if err != nil {
 		return nil, err
 	}
+	// The service signs checkpoints as a deployment would (a fresh key,
+	// unless the environment gives one).
+	logKey := os.Getenv("LEDGER_LOG_KEY")
+	if logKey == "" {
+		if logKey, _, err = translog.GenerateKey("clerk-ledger/bench"); err != nil {
+			return nil, err
+		}
+	}
 	cmd := exec.Command(exe, "serve")
-	cmd.Env = append(os.Environ(), "DATABASE_URL="+dsn, "CLERK_WEBHOOK_SIGNING_SECRET="+secret, "LEDGER_ADDR="+addr, "LOG_LEVEL=warn",
+	cmd.Env = append(os.Environ(), "LEDGER_LOG_KEY="+logKey, "DATABASE_URL="+dsn, "CLERK_WEBHOOK_SIGNING_SECRET="+secret, "LEDGER_ADDR="+addr, "LOG_LEVEL=warn",
 		"LEDGER_WEBHOOK_RATE_LIMIT=0", "LEDGER_API_RATE_LIMIT=0") // one sender address: measure ingest, not the limiter
 	cmd.Env = append(cmd.Env, extraEnv...)
 	cmd.Stdout, cmd.Stderr = logs, logs
@@ -306,8 +315,12 @@ func (a *app) benchIngest(ctx context.Context, o ingestOptions) error {
 	if child != nil {
 		fmt.Fprintf(a.stdout, "server peak RSS: %.1f MB\n", float64(child.peakRSS())/1e6)
 		lag.stop()
-		fmt.Fprintf(a.stdout, "users projector lag while sending (sampled every 250 ms): max %d events, max %.2f s; caught up %s after the last delivery\n",
-			lag.maxEvents, lag.maxSeconds, lag.catchUp(ctx, 30*time.Second))
+		caught := lag.catchUp(ctx, 30*time.Second)
+		for _, name := range lagProjectors {
+			m := lag.max[name]
+			fmt.Fprintf(a.stdout, "%s projector lag while sending (sampled every 250 ms): max %d events, max %.2f s; caught up %s after the last delivery\n",
+				name, m.events, m.seconds, caught[name])
+		}
 	}
 	if !o.baseline {
 		return nil
@@ -395,14 +408,22 @@ func ms(d time.Duration) string {
 	return fmt.Sprintf("%.1fms", float64(d.Microseconds())/1000)
 }
 
-// lagSampler polls the users projector's status during a benchmark and keeps
-// the worst lag seen.
+// lagProjectors are the projectors whose lag bench ingest reports: the
+// users projection and the tree sealer.
+var lagProjectors = []string{projections.UsersName, projections.TreeName}
+
+// lagSampler polls the projectors' status during a benchmark and keeps the
+// worst lag seen of each of lagProjectors.
 type lagSampler struct {
-	db         *sqlx.DB
-	cancel     context.CancelFunc
-	done       chan struct{}
-	maxEvents  int64
-	maxSeconds float64
+	db     *sqlx.DB
+	cancel context.CancelFunc
+	done   chan struct{}
+	max    map[string]lagMax
+}
+
+type lagMax struct {
+	events  int64
+	seconds float64
 }
 
 func startLagSampler(ctx context.Context, dsn string) (*lagSampler, error) {
@@ -411,7 +432,7 @@ func startLagSampler(ctx context.Context, dsn string) (*lagSampler, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	l := &lagSampler{db: db, cancel: cancel, done: make(chan struct{})}
+	l := &lagSampler{db: db, cancel: cancel, done: make(chan struct{}), max: map[string]lagMax{}}
 	go func() {
 		defer close(l.done)
 		t := time.NewTicker(250 * time.Millisecond)
@@ -422,25 +443,28 @@ func startLagSampler(ctx context.Context, dsn string) (*lagSampler, error) {
 				return
 			case <-t.C:
 			}
-			if s, ok := l.users(ctx); ok {
-				l.maxEvents, l.maxSeconds = max(l.maxEvents, s.LagEvents), max(l.maxSeconds, s.LagSeconds)
+			for name, s := range l.status(ctx) {
+				m := l.max[name]
+				l.max[name] = lagMax{max(m.events, s.LagEvents), max(m.seconds, s.LagSeconds)}
 			}
 		}
 	}()
 	return l, nil
 }
 
-func (l *lagSampler) users(ctx context.Context) (projections.Status, bool) {
-	st, err := projections.ReadStatus(ctx, l.db, projections.UsersName)
+// status reads the status of lagProjectors (none on an error).
+func (l *lagSampler) status(ctx context.Context) map[string]projections.Status {
+	st, err := projections.ReadStatus(ctx, l.db, lagProjectors...)
 	if err != nil {
-		return projections.Status{}, false
+		return nil
 	}
+	out := map[string]projections.Status{}
 	for _, s := range st {
-		if s.Name == projections.UsersName {
-			return s, true
+		if slices.Contains(lagProjectors, s.Name) {
+			out[s.Name] = s
 		}
 	}
-	return projections.Status{}, false
+	return out
 }
 
 // stop ends the sampling; the database stays open for catchUp.
@@ -449,16 +473,24 @@ func (l *lagSampler) stop() {
 	<-l.done
 }
 
-// catchUp waits until the users projector has no lag and says how long that
-// took, then closes the sampler's database.
-func (l *lagSampler) catchUp(ctx context.Context, limit time.Duration) string {
+// catchUp waits until each of lagProjectors has no lag and says how long
+// that took for each, then closes the sampler's database.
+func (l *lagSampler) catchUp(ctx context.Context, limit time.Duration) map[string]string {
 	defer l.db.Close()
 	start := time.Now()
-	for time.Since(start) < limit {
-		if s, ok := l.users(ctx); ok && s.LagEvents == 0 {
-			return time.Since(start).Round(time.Millisecond).String()
+	out := map[string]string{}
+	for time.Since(start) < limit && len(out) < len(lagProjectors) {
+		for name, s := range l.status(ctx) {
+			if _, done := out[name]; !done && s.LagEvents == 0 {
+				out[name] = time.Since(start).Round(time.Millisecond).String()
+			}
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return "not within " + limit.String()
+	for _, name := range lagProjectors {
+		if _, done := out[name]; !done {
+			out[name] = "not within " + limit.String()
+		}
+	}
+	return out
 }

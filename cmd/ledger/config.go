@@ -42,6 +42,9 @@ type config struct {
 	// LEDGER_EXPORT_IDLE_TIMEOUT); see loadPools.
 	Pools pools
 
+	// Log is the verifiable log's settings (LEDGER_LOG_KEY, …; logkey.go).
+	Log logConfig
+
 	// Relay is the downstream feed's settings (LEDGER_RELAY_*, relay.go);
 	// serve runs the relay when Relay.URL is set.
 	Relay relay.Config
@@ -110,6 +113,10 @@ func (a *app) loadConfig(cmd *cobra.Command) (config, error) {
 	}
 	if c.PublishableKey != "" && !strings.HasPrefix(c.PublishableKey, "pk_") {
 		return c, domain.Errorf(domain.EINVALID, "PUBLIC_CLERK_PUBLISHABLE_KEY is malformed: it must start with pk_")
+	}
+
+	if c.Log, err = loadLogConfig(a.env); err != nil {
+		return c, err
 	}
 
 	// The downstream feed (relay.go).

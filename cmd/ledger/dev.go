@@ -19,6 +19,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/clerk-ledger/clerk-ledger/translog"
 	"github.com/spf13/cobra"
 )
 
@@ -38,7 +39,9 @@ needed, and if no server answers there it starts a private PostgreSQL cluster
 under ./.data/postgres with this machine's PostgreSQL binaries (as the postgres
 user when run as root) and stops it on exit. Without Clerk keys it generates a
 webhook signing secret (kept in ./.data/webhook-secret) and prints it with a
-ready 'ledger webhook send' command line. Then it runs what serve runs.`,
+ready 'ledger webhook send' command line. Without LEDGER_LOG_KEY it generates
+the log's checkpoint signing key (kept in ./.data/log.key; ledger audit key
+prints its verifier key). Then it runs what serve runs.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			log, cfg, err := a.serviceSetup(cmd)
@@ -56,6 +59,19 @@ ready 'ledger webhook send' command line. Then it runs what serve runs.`,
 				cfg.DatabaseURL = dsn
 			} else if _, err := schema.CreateDatabase(ctx, cfg.DatabaseURL); err != nil && domain.ErrorCode(err) != domain.EINVALID {
 				return err
+			}
+			if cfg.Log.Signer == nil {
+				skey, err := devLogKey(filepath.Join(devDataDir, "log.key"))
+				if err != nil {
+					return err
+				}
+				if cfg.Log.Signer, err = translog.ParseSigner(skey); err != nil {
+					return err
+				}
+				if cfg.Log.Origin == "" {
+					cfg.Log.Origin = cfg.Log.Signer.Name()
+				}
+				log.Info("signing checkpoints with the dev log key", "file", filepath.Join(devDataDir, "log.key"), "verifier_key", cfg.Log.Signer.VerifierKey())
 			}
 			if len(cfg.WebhookSecrets) == 0 {
 				secret, err := devSecret(filepath.Join(devDataDir, "webhook-secret"))

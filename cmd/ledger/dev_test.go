@@ -18,6 +18,7 @@ import (
 
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
+	"github.com/clerk-ledger/clerk-ledger/translog"
 )
 
 // With no server at the default URL, dev starts a private cluster from the
@@ -112,6 +113,32 @@ func TestDevOnExistingServerGeneratesSecret(t *testing.T) {
 	var sendOut bytes.Buffer
 	if err := run(context.Background(), fields[2:], envOf(sendEnv), &sendOut, &sendOut); err != nil {
 		t.Fatalf("printed command failed: %v\n%s", err, sendOut.String())
+	}
+	// The dev log key is generated in ./.data and signs a checkpoint of the
+	// delivery; ledger audit key reads it from the file.
+	keyFile := filepath.Join(dir, ".data", "log.key")
+	var vkey bytes.Buffer
+	if err := run(context.Background(), []string{"audit", "key"}, envOf(map[string]string{"LEDGER_LOG_KEY": keyFile}), &vkey, &vkey); err != nil {
+		t.Fatalf("audit key: %v %s", err, vkey.String())
+	}
+	v, err := translog.ParseVerifier(vkey.String())
+	if err != nil {
+		t.Fatalf("audit key printed %q: %v", vkey.String(), err)
+	}
+	db := schematest.Open(t, dsn)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		cp, err := schema.LatestCheckpoint(context.Background(), db)
+		if err == nil {
+			if c, err := v.Open([]byte(cp.Note)); err != nil || c.Size < 1 {
+				t.Fatalf("dev checkpoint %q: %+v %v", cp.Note, c, err)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no checkpoint signed by ledger dev: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	devRefusesRebinding(t, env["LEDGER_ADDR"])
 	cancel()

@@ -260,12 +260,12 @@ func testServerFault(t *testing.T, seed uint64, f serverFault) {
 	startAt := time.Now()
 	pg.start()
 	upAt := time.Now()
-	// Both projectors (users, chain) resume on their own: each commits a
+	// Both projectors (users, tree) resume on their own: each commits a
 	// batch again (the stream goes on, so there is something to apply).
 	db := schematest.Open(t, dsn)
 	waitFor(t, 30*time.Second, "the projectors resuming after the restart", func() (bool, string) {
 		var n int
-		if err := db.QueryRow(`SELECT count(*) FROM projection_checkpoints WHERE name IN ('users', 'chain') AND updated_at > $1`, startAt).Scan(&n); err != nil {
+		if err := db.QueryRow(`SELECT count(*) FROM projection_checkpoints WHERE name IN ('users', 'tree') AND updated_at > $1`, startAt).Scan(&n); err != nil {
 			return false, err.Error()
 		}
 		return n == 2, fmt.Sprintf("%d of 2 projectors committed a batch since the restart", n)

@@ -387,21 +387,21 @@ func checkpoint(t *testing.T, db *sqlx.DB, name string) (applied, failed int64) 
 }
 
 // waitCaughtUp waits until the users projector has applied every user event
-// and the chain sealer every event, exactly once each: the counters equal
+// and the tree sealer every event, exactly once each: the counters equal
 // the ledger's counts (a double application would overshoot them).
 func waitCaughtUp(t *testing.T, db *sqlx.DB, d time.Duration) {
 	t.Helper()
 	waitFor(t, d, "projectors catch up", func() (bool, string) {
 		all, user := ledgerCounts(t, db)
 		ua, uf := checkpoint(t, db, "users")
-		ca, cf := checkpoint(t, db, "chain")
+		ca, cf := checkpoint(t, db, "tree")
 		if ua > user || ca > all {
-			t.Fatalf("applied more than the ledger holds: users %d of %d user events, chain %d of %d events", ua, user, ca, all)
+			t.Fatalf("applied more than the ledger holds: users %d of %d user events, tree %d of %d events", ua, user, ca, all)
 		}
 		if ua == user && uf == 0 && ca == all && cf == 0 {
 			return true, ""
 		}
-		msg := fmt.Sprintf("users applied %d failed %d of %d user events; chain applied %d failed %d of %d events", ua, uf, user, ca, cf, all)
+		msg := fmt.Sprintf("users applied %d failed %d of %d user events; tree applied %d failed %d of %d events", ua, uf, user, ca, cf, all)
 		// The gate is cluster-wide: say who holds it, when someone does.
 		if g, err := schema.ReadGate(context.Background(), db); err == nil && g.Waiting > 0 {
 			msg += fmt.Sprintf("; %d events wait behind the gate", g.Waiting)

@@ -13,7 +13,7 @@ import (
 // newMetrics builds the service's private Prometheus registry (never the
 // global default one): Go runtime and process collectors, the stats of the
 // web pool db (db_name "ledger") and of the ingest pool (db_name
-// "ledger_ingest", when not nil), the projectors and hash chain read from db
+// "ledger_ingest", when not nil), the projectors and the Merkle tree read from db
 // at scrape time, and the HTTP metrics, which it returns to serve GET /metrics.
 func newMetrics(log *slog.Logger, db, ingest *sqlx.DB) (*handlers.Metrics, error) {
 	reg := prometheus.NewRegistry()

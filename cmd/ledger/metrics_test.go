@@ -81,7 +81,7 @@ func TestServeJSONLogsAndMetrics(t *testing.T) {
 	for {
 		text = scrape()
 		u, ok1 := sample(text, `ledger_projector_applied_total{projector="users"}`)
-		c, ok2 := sample(text, `ledger_chain_sealed_links`)
+		c, ok2 := sample(text, `ledger_log_tree_size`)
 		if ok1 && ok2 && u == 1 && c == 1 {
 			break
 		}
@@ -94,7 +94,7 @@ func TestServeJSONLogsAndMetrics(t *testing.T) {
 		`ledger_webhook_deliveries_total{outcome="stored"}`: 1,
 		`ledger_projections_up`:                             1,
 		`ledger_projector_lag_events{projector="users"}`:    0,
-		`ledger_chain_unsealed_events`:                      0,
+		`ledger_log_unsealed_events`:                        0,
 		// The two pools at their default sizes: ingest keeps its own.
 		`go_sql_max_open_connections{db_name="ledger"}`:        24,
 		`go_sql_max_open_connections{db_name="ledger_ingest"}`: 8,

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"sync"
 
 	"github.com/clerk-ledger/clerk-ledger/projections"
 	"github.com/clerk-ledger/clerk-ledger/schema"
@@ -13,11 +14,11 @@ import (
 func (a *app) projectCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "project",
-		Short: "Run the projectors alone (users, chain) until interrupted",
+		Short: "Run the projectors alone (users, tree) until interrupted",
 		Long: `project applies pending migrations, then runs the projectors (users and the
-hash-chain sealer) against DATABASE_URL until SIGINT or SIGTERM, without the
-web service. serve and dev run them in-process already; run this to scale them
-apart. Any number of project processes (and services) may run against one
+Merkle tree sealer) against DATABASE_URL until SIGINT or SIGTERM, without the
+web service, and with LEDGER_LOG_KEY signs checkpoints of the tree. serve
+and dev run them in-process already; run this to scale them apart. Any number of project processes (and services) may run against one
 database: each batch commits with its checkpoint under a per-projector lock, so
 no event is ever applied twice.`,
 		Args: cobra.NoArgs,
@@ -30,6 +31,10 @@ no event is ever applied twice.`,
 			if err != nil {
 				return err
 			}
+			lc, err := loadLogConfig(a.env)
+			if err != nil {
+				return err
+			}
 			ctx := cmd.Context()
 			db, err := schema.Open(ctx, dsn, schema.PoolOptions{MaxOpen: 4})
 			if err != nil {
@@ -39,24 +44,31 @@ no event is ever applied twice.`,
 			if err := migrate(ctx, log, db); err != nil {
 				return err
 			}
-			projections.NewRunner(db, log, projections.Default()...).Run(ctx)
+			stop := startProjectors(ctx, log, db, lc)
+			<-ctx.Done()
+			stop()
 			return nil
 		},
 	}
 }
 
-// startProjectors runs the default projectors on db in the background and
-// returns the function that stops them and waits until they have stopped
-// (a batch in flight is rolled back, never half applied).
-func startProjectors(ctx context.Context, log *slog.Logger, db *sqlx.DB) (stop func()) {
+// startProjectors runs the default projectors on db in the background, and
+// with lc's key the checkpoint signer, and returns the function that stops
+// them and waits until they have stopped (a batch in flight is rolled back,
+// never half applied).
+func startProjectors(ctx context.Context, log *slog.Logger, db *sqlx.DB, lc logConfig) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		projections.NewRunner(db, log, projections.Default()...).Run(ctx)
-	}()
+	var wg sync.WaitGroup
+	wg.Go(func() { projections.NewRunner(db, log, projections.Default()...).Run(ctx) })
+	if lc.Signer != nil {
+		cp := projections.NewCheckpointer(db, log, lc.Signer, lc.Origin)
+		cp.Dir, cp.Interval = lc.Dir, lc.Interval
+		wg.Go(func() { cp.Run(ctx) })
+	} else {
+		log.Warn("LEDGER_LOG_KEY is not set: the Merkle tree is built but no checkpoint is signed")
+	}
 	return func() {
 		cancel()
-		<-done
+		wg.Wait()
 	}
 }

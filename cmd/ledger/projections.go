@@ -58,7 +58,7 @@ aside while ingest and the live projector keep running, catches up with what
 arrived meanwhile, then swaps the tables and the checkpoint in one transaction:
 readers never see an empty or half-built table. Ctrl-C before the swap leaves
 the live table untouched. A second rebuild of the same projection at the same
-time is refused. The chain projection cannot be rebuilt.`,
+time is refused. The tree sealer cannot be rebuilt.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var res projections.RebuildResult

@@ -56,7 +56,7 @@ func TestSeedStatusCheckRebuildCLI(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("status --json: %v\n%s", err, out)
 	}
-	if len(st) != 4 || st[0].Name != "chain" || st[1].Name != "organizations" || st[2].Name != "users" || st[2].Started || st[3].Name != "workspace" {
+	if len(st) != 4 || st[0].Name != "organizations" || st[1].Name != "tree" || st[2].Name != "users" || st[2].Started || st[3].Name != "workspace" {
 		t.Fatalf("status before any projector ran: %+v", st)
 	}
 
@@ -86,8 +86,8 @@ func TestSeedStatusCheckRebuildCLI(t *testing.T) {
 		t.Fatalf("check of a tampered table: %v\n%s", err, out)
 	}
 
-	if _, _, err := runCLI(t, dsn, "projections", "rebuild", "chain"); err == nil || !strings.Contains(err.Error(), "cannot be rebuilt") {
-		t.Fatalf("rebuild chain: %v", err)
+	if _, _, err := runCLI(t, dsn, "projections", "rebuild", "tree"); err == nil || !strings.Contains(err.Error(), "cannot be rebuilt") {
+		t.Fatalf("rebuild tree: %v", err)
 	}
 	if _, _, err := runCLI(t, dsn, "projections", "rebuild", "nope"); err == nil || !strings.Contains(err.Error(), `unknown projection "nope"`) {
 		t.Fatalf("rebuild nope: %v", err)

@@ -113,7 +113,7 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 		return err
 	}
 	if cfg.Projectors {
-		defer startProjectors(ctx, log, ingest)()
+		defer startProjectors(ctx, log, ingest, cfg.Log)()
 	} else {
 		log.Info("projectors off in this process (LEDGER_PROJECTORS=off): run `ledger project`")
 	}
@@ -124,6 +124,10 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 			return err
 		}
 		defer stopRelay()
+	}
+	logKey, err := cfg.Log.verifierKey("")
+	if err != nil {
+		return err
 	}
 	srv := &http.Server{
 		Handler: handlers.NewServer(handlers.Deps{
@@ -138,7 +142,7 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 			PublishableKey: cfg.PublishableKey,
 			DevSignIn:      devSignIn,
 			LoopbackOnly:   cfg.Dev,
-			Audit:          audit.New(audit.Config{DB: db, Verifier: verifier, Auditors: cfg.Auditors, Conns: cfg.Pools.AuditConns}),
+			Audit:          audit.New(audit.Config{DB: db, Verifier: verifier, LogKey: logKey, Auditors: cfg.Auditors, Conns: cfg.Pools.AuditConns}),
 
 			WebhookRateLimit:  cfg.WebhookRateLimit,
 			APIRateLimit:      cfg.APIRateLimit,

@@ -7,6 +7,7 @@ import (
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/clerk-ledger/clerk-ledger/translog"
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
 )
@@ -61,12 +62,16 @@ func uuid(i int) string {
 	return string(b)
 }
 
-// Sealer seals the ledger for tests as the chain sealer projector does:
-// schema.Seal over schema.ReadAfter batches, in ledger order, one
+// Sealer seals the ledger for tests as the tree sealer projector does:
+// schema.AppendLeaves over schema.ReadAfter batches, in ledger order, one
 // transaction per batch. It is not safe for concurrent use.
 type Sealer struct {
 	after  schema.Cursor
 	sealed int
+	// Chain makes it build the legacy hash chain (event_chain) instead, as
+	// the retired chain sealer did: for tests of old digests.
+	Chain bool
+	link  chainLink
 }
 
 // SealAll seals until this Sealer has sealed total events, waiting for the
@@ -103,7 +108,12 @@ func (s *Sealer) Seal(tb testing.TB, db *sqlx.DB) int {
 			tx.Rollback()
 			return n
 		}
-		if _, err := schema.Seal(ctx, tx, events); err != nil {
+		if s.Chain {
+			err = s.sealChain(ctx, tx, events)
+		} else {
+			_, err = schema.AppendLeaves(ctx, tx, events)
+		}
+		if err != nil {
 			tx.Rollback()
 			tb.Fatalf("schematest: seal: %v", err)
 		}
@@ -114,6 +124,66 @@ func (s *Sealer) Seal(tb testing.TB, db *sqlx.DB) int {
 		n += len(events)
 		s.sealed += len(events)
 	}
+}
+
+// chainLink is the last link of a legacy chain built by a Sealer.
+type chainLink struct {
+	seq  int64
+	hash []byte
+}
+
+// sealChain appends the legacy chain links of events (domain.ChainHash).
+func (s *Sealer) sealChain(ctx context.Context, tx *sqlx.Tx, events []domain.Event) error {
+	for _, e := range events {
+		h := domain.ChainHash(s.link.hash, e)
+		s.link.seq++
+		s.link.hash = h[:]
+		if _, err := tx.ExecContext(ctx, `INSERT INTO event_chain (seq, position, hash) VALUES ($1, $2, $3)`, s.link.seq, e.Position, s.link.hash); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SignCheckpoint signs the tree as it is now with signer, for origin, and
+// keeps the checkpoint (as projections.Checkpointer does), returning it.
+func SignCheckpoint(tb testing.TB, db *sqlx.DB, signer *translog.Signer, origin string) schema.LogCheckpoint {
+	tb.Helper()
+	ctx := context.Background()
+	head, err := schema.ReadTreeHead(ctx, db)
+	if err != nil {
+		tb.Fatalf("schematest: sign checkpoint: %v", err)
+	}
+	note, err := signer.Sign(translog.Checkpoint{Origin: origin, Size: head.Size, Root: head.Root})
+	if err != nil {
+		tb.Fatalf("schematest: sign checkpoint: %v", err)
+	}
+	cp := schema.LogCheckpoint{Size: head.Size, Root: head.Root, Note: string(note)}
+	if _, err := schema.AddCheckpoint(ctx, db, cp); err != nil {
+		tb.Fatalf("schematest: sign checkpoint: %v", err)
+	}
+	if cp, err = schema.CheckpointOfSize(ctx, db, head.Size); err != nil {
+		tb.Fatalf("schematest: sign checkpoint: %v", err)
+	}
+	return cp
+}
+
+// NewLogKey returns a fresh log signing key named origin and its verifier.
+func NewLogKey(tb testing.TB, origin string) (*translog.Signer, *translog.Verifier) {
+	tb.Helper()
+	skey, vkey, err := translog.GenerateKey(origin)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s, err := translog.ParseSigner(skey)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	v, err := translog.ParseVerifier(vkey)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s, v
 }
 
 // Tamper runs query as the superuser with the append-only triggers

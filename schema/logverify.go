@@ -1,0 +1,209 @@
+package schema
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/translog"
+	"github.com/jmoiron/sqlx"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// LogReport is the outcome of VerifyLog. OK is false when the tree or a
+// kept checkpoint does not match the ledger; FirstBad is then the position
+// of the first event (in leaf order) that does not match (0 when the
+// problem is not one event's), and Problem says how.
+type LogReport struct {
+	OK          bool
+	Checked     int64    // leaves recomputed from their events and found to match
+	Tree        TreeHead // the tree recomputed from the events
+	Checkpoints int64    // kept checkpoints whose signature and root were checked
+	Latest      *LogCheckpoint
+	Unsealed    int64 // visible events after the tree's last leaf (not sealed yet)
+	FirstBad    int64
+	Problem     string
+	Duration    time.Duration
+}
+
+// logPage is how many leaves VerifyLog reads per keyset page.
+const logPage = 20000
+
+// OpenCheckpoint checks a kept checkpoint's signed note and returns what it
+// states (translog.Verifier.Open).
+type OpenCheckpoint func(note []byte) (translog.Checkpoint, error)
+
+// VerifyLog recomputes the whole Merkle tree from the stored events inside
+// one read-only REPEATABLE READ snapshot, streaming: every leaf from its
+// event (domain.LeafOf), every hash the tree stores (compared with
+// log_leaves, so a rewrite of the tree's own table is found), the root at
+// every kept checkpoint's size (compared with the checkpoint, whose note is
+// checked with open), and that the leaves follow ledger order, that no leaf
+// lost its event, that no event was slipped in among the sealed ones and
+// that no checkpoint is beyond the tree (leaves cut). A mismatch is
+// reported in the LogReport, not as an error; errors mean the check could
+// not run.
+func VerifyLog(ctx context.Context, db *sqlx.DB, open OpenCheckpoint) (LogReport, error) {
+	start := time.Now()
+	var rep LogReport
+	tx, err := db.BeginTxx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
+	if err != nil {
+		return rep, fmt.Errorf("verify the tree: %w", Classify(err))
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `SET LOCAL max_parallel_workers_per_gather = 0`); err != nil {
+		return rep, fmt.Errorf("verify the tree: %w", Classify(err))
+	}
+	fail := func(pos int64, format string, args ...any) (LogReport, error) {
+		rep.OK, rep.FirstBad, rep.Problem = false, pos, fmt.Sprintf(format, args...)
+		rep.Duration = time.Since(start)
+		return rep, nil
+	}
+	size, err := TreeSize(ctx, tx)
+	if err != nil {
+		return rep, err
+	}
+	var cps []LogCheckpoint
+	if err := EachCheckpoint(ctx, tx, func(c LogCheckpoint) error { cps = append(cps, c); return nil }); err != nil {
+		return rep, err
+	}
+	for _, c := range cps {
+		stated, err := open([]byte(c.Note))
+		if err != nil {
+			return fail(0, "kept checkpoint %d (tree size %d): %s", c.ID, c.Size, domain.ErrorMessage(err))
+		}
+		if stated.Size != c.Size || stated.Root != c.Root {
+			return fail(0, "kept checkpoint %d: its signed note states tree size %d, its row %d (or another root)", c.ID, stated.Size, c.Size)
+		}
+		if c.Size > size {
+			return fail(0, "kept checkpoint %d is of a tree of %d leaves, but the tree has %d: leaves were removed", c.ID, c.Size, size)
+		}
+	}
+	if len(cps) > 0 {
+		rep.Latest = &cps[len(cps)-1]
+	}
+
+	var (
+		edge     translog.Edge
+		next     = 0 // the next checkpoint to reach
+		prev     Cursor
+		exists   bool
+		txid     string
+		occ, rec int64
+		body     sql.RawBytes
+		stored   sql.RawBytes
+		e        domain.Event
+		buf      = make([]byte, 0, 1024)
+	)
+	for next < len(cps) && cps[next].Size == 0 {
+		next++
+	}
+	for from := int64(0); from < size; from += logPage {
+		to := min(size, from+logPage)
+		rows, err := tx.QueryContext(ctx, `SELECT l.leaf, l.position, l.hashes, e.position IS NOT NULL, COALESCE(e.transaction_id::text, '0'),
+  COALESCE(e.delivery_id, ''), COALESCE(e.type, ''), COALESCE(e.user_id, ''), COALESCE(e.source, ''),
+  COALESCE((extract(epoch FROM e.occurred_at) * 1000000)::bigint, 0),
+  COALESCE((extract(epoch FROM e.received_at) * 1000000)::bigint, 0),
+  COALESCE(e.body, ''), COALESCE(e.svix_timestamp, 0), COALESCE(e.svix_signature, '')
+FROM log_leaves l LEFT JOIN events e ON e.position = l.position
+WHERE l.leaf >= $1 AND l.leaf < $2 ORDER BY l.leaf`, from, to)
+		if err != nil {
+			return rep, fmt.Errorf("verify the tree: %w", Classify(err))
+		}
+		n := from
+		for rows.Next() {
+			var leaf int64
+			if err := rows.Scan(&leaf, &e.Position, &stored, &exists, &txid, &e.DeliveryID, &e.Type, &e.UserID, &e.Source, &occ, &rec, &body, &e.SvixTimestamp, &e.SvixSignature); err != nil {
+				rows.Close()
+				return rep, fmt.Errorf("verify the tree: scan: %w", Classify(err))
+			}
+			if leaf != n {
+				rows.Close()
+				return fail(e.Position, "leaf %d is missing from log_leaves (the next is %d)", n, leaf)
+			}
+			if !exists {
+				rows.Close()
+				return fail(e.Position, "event at position %d (leaf %d) is missing from the ledger", e.Position, n)
+			}
+			cur := Cursor{Position: e.Position}
+			if cur.TxID, err = strconv.ParseUint(txid, 10, 64); err != nil {
+				rows.Close()
+				return rep, fmt.Errorf("verify the tree: transaction id %q: %w", txid, err)
+			}
+			if n > 0 && !prev.Less(cur) {
+				rows.Close()
+				return fail(e.Position, "event at position %d (leaf %d) is out of ledger order: the events were reordered", e.Position, n)
+			}
+			prev = cur
+			e.OccurredAt, e.ReceivedAt, e.Body = time.UnixMicro(occ), time.UnixMicro(rec), body
+			buf = domain.LeafOf(e, nil).Encode(buf[:0])
+			hs, err := edge.Append(tlog.RecordHash(buf))
+			if err != nil {
+				rows.Close()
+				return rep, fmt.Errorf("verify the tree: %w", err)
+			}
+			if len(stored) != len(hs)*tlog.HashSize {
+				rows.Close()
+				return fail(e.Position, "leaf %d holds %d bytes of hashes, the tree gives it %d: the tree's table was changed", n, len(stored), len(hs)*tlog.HashSize)
+			}
+			for j, h := range hs {
+				if !bytes.Equal(stored[j*tlog.HashSize:(j+1)*tlog.HashSize], h[:]) {
+					rows.Close()
+					if j == 0 {
+						return fail(e.Position, "event at position %d (leaf %d) does not match its leaf hash: it or the tree was changed", e.Position, n)
+					}
+					return fail(e.Position, "the tree's stored hash of %d leaves ending at leaf %d does not match: the tree's table was changed", 1<<j, n)
+				}
+			}
+			n++
+			rep.Checked++
+			for next < len(cps) && cps[next].Size == edge.Size() {
+				if edge.Root() != cps[next].Root {
+					rows.Close()
+					return fail(0, "kept checkpoint %d (tree size %d) has another root than the tree recomputed from the events: the ledger before it was changed", cps[next].ID, cps[next].Size)
+				}
+				rep.Checkpoints++
+				next++
+			}
+		}
+		if err := rows.Err(); err != nil {
+			rows.Close()
+			return rep, fmt.Errorf("verify the tree: %w", Classify(err))
+		}
+		rows.Close()
+		if n != to {
+			return fail(0, "leaf %d is missing from log_leaves", n)
+		}
+	}
+	rep.Tree = TreeHead{Size: edge.Size(), Root: edge.Root()}
+	// Every event up to the last leaf's is a leaf: none was slipped in.
+	var sealed int64
+	if size > 0 {
+		if err := tx.QueryRowxContext(ctx, `SELECT count(*) FROM events WHERE (transaction_id, position) <= ($1::xid8, $2::bigint)`,
+			fmt.Sprint(prev.TxID), prev.Position).Scan(&sealed); err != nil {
+			return rep, fmt.Errorf("verify the tree: count sealed events: %w", Classify(err))
+		}
+		if sealed != size {
+			var pos int64
+			err := tx.QueryRowxContext(ctx, `SELECT e.position FROM events e
+WHERE (e.transaction_id, e.position) <= ($1::xid8, $2::bigint)
+  AND NOT EXISTS (SELECT 1 FROM log_leaves l WHERE l.position = e.position)
+ORDER BY e.transaction_id, e.position LIMIT 1`, fmt.Sprint(prev.TxID), prev.Position).Scan(&pos)
+			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+				return rep, fmt.Errorf("verify the tree: find the unsealed event: %w", Classify(err))
+			}
+			return fail(pos, "event at position %d lies among the sealed events but is no leaf of the tree: it was inserted (%d events, %d leaves)", pos, sealed, size)
+		}
+	}
+	if rep.Unsealed, err = CountAfter(ctx, tx, prev); err != nil {
+		return rep, err
+	}
+	rep.OK = true
+	rep.Duration = time.Since(start)
+	return rep, tx.Commit()
+}
