@@ -686,8 +686,8 @@ func TestAuditLogRoutes(t *testing.T) {
 	for _, a := range list {
 		actions = append(actions, a.Action)
 	}
-	// Newest first: the user page, the bundle, the consistency proof, the proof, the checkpoint (the refused reads record nothing).
-	if got := strings.Join(actions, ","); got != "user,user_proof,proof,proof,checkpoint" {
+	// Newest first: the user page (its organizations, then the user), the bundle, the consistency proof, the proof, the checkpoint (the refused reads record nothing).
+	if got := strings.Join(actions, ","); got != "user_organizations,user,user_proof,proof,proof,checkpoint" {
 		t.Errorf("access log: %s", got)
 	}
 }

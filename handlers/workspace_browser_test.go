@@ -285,7 +285,7 @@ func TestBrowserWorkspace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep, err := translog.VerifyBundle([]byte(bundle), logVerifier); err != nil || !rep.OK || rep.UserID != ada.ID || len(rep.Events) != 4 {
+	if rep, err := translog.VerifyBundle([]byte(bundle), logVerifier); err != nil || !rep.OK || rep.UserID != ada.ID || len(rep.Events) != 5 {
 		t.Errorf("the user view's proof bundle does not verify: %+v %v\n%.300s", rep, err, bundle)
 	}
 	// The raw ledger order: the late rename is older than what the ledger had.
