@@ -210,26 +210,32 @@ func TestStalledExportsDoNotStarveIngest(t *testing.T) {
 		t.Errorf("history while the audit slots are full: %s (Retry-After %q), want 503 with Retry-After", res.Status, res.Header.Get("Retry-After"))
 	}
 
-	// Every aborted export is recorded with what it sent; the pool serves a
-	// whole export again.
+	// Every aborted export is recorded with what it sent (never the whole
+	// ledger); the pool serves a whole export again. At least the first 8
+	// ran and were aborted for taking no bytes. On a loaded machine a queued
+	// export may take a slot the first ones gave back before its own wait ran
+	// out; it is recorded too, with what it sent (0 rows when it failed
+	// before its first row).
 	list, err := schema.ListAccess(ctx, observer, 0, 100)
 	if err != nil {
 		t.Fatal(err)
 	}
-	aborted := 0
+	recorded, sent := 0, 0
 	for _, a := range list {
 		if a.Action == schema.ActionExport {
-			aborted++
-			if a.RowCount <= 0 || a.RowCount >= events {
+			recorded++
+			if a.RowCount > 0 {
+				sent++
+			}
+			if a.RowCount < 0 || a.RowCount >= events {
 				t.Errorf("an aborted export is recorded with %d rows", a.RowCount)
 			}
 		}
 	}
-	if aborted != audit.DefaultConns {
-		t.Errorf("%d exports recorded, want the %d that ran", aborted, audit.DefaultConns)
-	}
-	if n := strings.Count(logs.String(), "audit export aborted: the client took no bytes"); n != audit.DefaultConns {
-		t.Errorf("%d aborted exports logged, want %d:\n%s", n, audit.DefaultConns, logs.String())
+	idleAborts := strings.Count(logs.String(), "audit export aborted: the client took no bytes")
+	if idleAborts < audit.DefaultConns || sent > idleAborts || recorded < idleAborts || recorded > 32 {
+		t.Errorf("%d exports recorded (%d with rows), %d aborted for taking no bytes: want at least the %d that ran first, each recorded:\n%s",
+			recorded, sent, idleAborts, audit.DefaultConns, logs.String())
 	}
 	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/api/audit/events?format=jsonl", nil)
 	req.Header.Set("Authorization", "Bearer "+auditor)

@@ -569,6 +569,7 @@ func TestAuditHistoryUnrecordedIsNotAnswered(t *testing.T) {
 	e := newAuditEnv(t)
 	u := clerkgen.User{ID: "user_secret", Email: "secret@example.com"}
 	e.append(t, "msg_unrecorded", "user.created", u, time.Date(2024, 5, 28, 12, 0, 0, 0, time.UTC))
+	e.visible(t, 1)
 	for _, path := range []string{"/api/audit/events?user_id=user_secret", "/audit/search?user_id=user_secret"} {
 		if res, body := e.get(t, listedAuditor, path); res.StatusCode != 200 || !strings.Contains(string(body), "msg_unrecorded") {
 			t.Fatalf("%s before: %d %.300s", path, res.StatusCode, body)
