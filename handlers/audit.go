@@ -155,6 +155,23 @@ func checkParams(v url.Values, allowed ...string) error {
 	return nil
 }
 
+// viewArgs checks the query of a request for one what's view (user,
+// organization) against allowed (checkParams) and returns the id from the
+// path (checkPathID) and `at` (parseAt; zero: now). Errors are EINVALID.
+func viewArgs(r *http.Request, what string, allowed ...string) (id string, at time.Time, err error) {
+	if err := checkParams(r.URL.Query(), allowed...); err != nil {
+		return "", time.Time{}, err
+	}
+	if at, err = parseAt(r); err != nil {
+		return "", time.Time{}, err
+	}
+	id = r.PathValue("id")
+	if err := checkPathID(what, id); err != nil {
+		return "", time.Time{}, err
+	}
+	return id, at, nil
+}
+
 // handleAuditOrganization serves GET
 // /api/audit/organizations/{id}?at=RFC3339&limit=&cursor=: the
 // organization's state and memberships as of `at` (default now), folded
@@ -164,23 +181,13 @@ func checkParams(v url.Values, allowed ...string) error {
 // ledger has no event about it by then.
 func handleAuditOrganization(log *slog.Logger, svc *audit.Service) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		v := r.URL.Query()
-		if err := checkParams(v, "at", "limit", "cursor"); err != nil {
-			writeError(w, r, log, err)
-			return
-		}
-		at, err := parseAt(r)
+		id, at, err := viewArgs(r, "organization", "at", "limit", "cursor")
 		if err != nil {
 			writeError(w, r, log, err)
 			return
 		}
-		page, err := parseOrganizationPage(v)
+		page, err := parseOrganizationPage(r.URL.Query())
 		if err != nil {
-			writeError(w, r, log, err)
-			return
-		}
-		id := r.PathValue("id")
-		if err := checkPathID("organization", id); err != nil {
 			writeError(w, r, log, err)
 			return
 		}
@@ -205,17 +212,8 @@ func handleAuditOrganization(log *slog.Logger, svc *audit.Service) http.HandlerF
 // then are listed with member false.
 func handleAuditUserOrganizations(log *slog.Logger, svc *audit.Service) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if err := checkParams(r.URL.Query(), "at"); err != nil {
-			writeError(w, r, log, err)
-			return
-		}
-		at, err := parseAt(r)
+		id, at, err := viewArgs(r, "user", "at")
 		if err != nil {
-			writeError(w, r, log, err)
-			return
-		}
-		id := r.PathValue("id")
-		if err := checkUserID(id); err != nil {
 			writeError(w, r, log, err)
 			return
 		}
@@ -238,29 +236,13 @@ func handleAuditUserOrganizations(log *slog.Logger, svc *audit.Service) http.Han
 // that user by then.
 func handleAuditUser(log *slog.Logger, svc *audit.Service) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		v := r.URL.Query()
-		for k, vs := range v {
-			if k != "at" && k != "limit" && k != "cursor" && k != "order" {
-				writeError(w, r, log, domain.Errorf(domain.EINVALID, "unknown parameter %q (want at, order, limit, cursor)", k))
-				return
-			}
-			if len(vs) > 1 {
-				writeError(w, r, log, domain.Errorf(domain.EINVALID, "parameter %q is given %d times", k, len(vs)))
-				return
-			}
-		}
-		at, err := parseAt(r)
+		id, at, err := viewArgs(r, "user", "at", "order", "limit", "cursor")
 		if err != nil {
 			writeError(w, r, log, err)
 			return
 		}
-		page, err := parseUserPage(v)
+		page, err := parseUserPage(r.URL.Query())
 		if err != nil {
-			writeError(w, r, log, err)
-			return
-		}
-		id := r.PathValue("id")
-		if err := checkUserID(id); err != nil {
 			writeError(w, r, log, err)
 			return
 		}
