@@ -452,13 +452,11 @@ func handleAuditUserPage(pg *pages, own origins, svc *audit.Service) http.Handle
 			pg.render(w, r, http.StatusBadRequest, "audit_user.html", data)
 		}
 		if s := q.Get("at"); strings.TrimSpace(s) != "" {
-			t, err := time.Parse(time.RFC3339Nano, normalizeTime(s))
-			if err != nil {
-				bad("at " + strconv.Quote(s) + " is not a time (use the picker, or RFC 3339)")
+			var problem string
+			if data.At, data.AtLocal, data.AtText, problem = pageAt(s); problem != "" {
+				bad(problem)
 				return
 			}
-			data.At = t.UTC()
-			data.AtLocal, data.AtText = data.At.Format("2006-01-02T15:04:05"), data.At.Format(time.RFC3339Nano)
 		}
 		page, err := parseUserPage(url.Values{"order": q["order"], "cursor": q["cursor"]})
 		if err != nil {
@@ -564,13 +562,11 @@ func handleAuditOrganizationPage(pg *pages, own origins, svc *audit.Service) htt
 			pg.render(w, r, http.StatusBadRequest, "audit_organization.html", data)
 		}
 		if s := q.Get("at"); strings.TrimSpace(s) != "" {
-			t, err := time.Parse(time.RFC3339Nano, normalizeTime(s))
-			if err != nil {
-				bad("at " + strconv.Quote(s) + " is not a time (use the picker, or RFC 3339)")
+			var problem string
+			if data.At, data.AtLocal, data.AtText, problem = pageAt(s); problem != "" {
+				bad(problem)
 				return
 			}
-			data.At = t.UTC()
-			data.AtLocal, data.AtText = data.At.Format("2006-01-02T15:04:05"), data.At.Format(time.RFC3339Nano)
 		}
 		page, err := parseOrganizationPage(url.Values{"cursor": q["cursor"]})
 		if err != nil {
@@ -734,4 +730,17 @@ func handleAuditLogPage(pg *pages, svc *audit.Service) http.HandlerFunc {
 		}
 		pg.render(w, r, http.StatusOK, "audit_log.html", data)
 	}
+}
+
+// pageAt parses a view's `at` as the workspace's time picker (or a person
+// typing RFC 3339) gives it: the time in UTC, as the picker shows it
+// (local) and as RFC 3339 (text); problem says what is wrong with s, if
+// anything.
+func pageAt(s string) (at time.Time, local, text, problem string) {
+	t, err := time.Parse(time.RFC3339Nano, normalizeTime(s))
+	if err != nil {
+		return time.Time{}, "", "", "at " + strconv.Quote(s) + " is not a time (use the picker, or RFC 3339)"
+	}
+	at = t.UTC()
+	return at, at.Format("2006-01-02T15:04:05"), at.Format(time.RFC3339Nano), ""
 }
