@@ -475,11 +475,7 @@ func handleAuditUserPage(pg *pages, own origins, svc *audit.Service) http.Handle
 			data.Events = append(data.Events, newChangeEvent(te, data.At))
 		})
 		if err != nil {
-			if ErrorStatus(err) < 500 {
-				bad(domain.ErrorMessage(err))
-				return
-			}
-			pg.renderError(w, r, err)
+			pg.refuse(w, r, err, bad)
 			return
 		}
 		data.History = &h
@@ -581,11 +577,7 @@ func handleAuditOrganizationPage(pg *pages, own origins, svc *audit.Service) htt
 		page.MaxBytes, page.Later = maxHTMLPageBytes, true
 		h, err := svc.Organization(r.Context(), actorOf(r, schema.ChannelPage), id, data.At, page)
 		if err != nil {
-			if ErrorStatus(err) < 500 {
-				bad(domain.ErrorMessage(err))
-				return
-			}
-			pg.renderError(w, r, err)
+			pg.refuse(w, r, err, bad)
 			return
 		}
 		data.History = &h

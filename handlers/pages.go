@@ -235,6 +235,17 @@ type errorPage struct {
 	Message string
 }
 
+// refuse answers a view's failed read: a caller's mistake (4xx) is shown
+// on the view itself through bad (the form stays, with the message), any
+// other error through renderError.
+func (p *pages) refuse(w http.ResponseWriter, r *http.Request, err error, bad func(msg string)) {
+	if ErrorStatus(err) < 500 {
+		bad(domain.ErrorMessage(err))
+		return
+	}
+	p.renderError(w, r, err)
+}
+
 // renderError answers err as the error page with its mapped status: the
 // one HTML error renderer, for every page (the HTML twin of writeError).
 // As with writeError, 5xx errors are logged here, once, and shown only as
