@@ -27,9 +27,8 @@ func decodeEnvelope(body []byte) (env Envelope, subj subjectData, subjectOK bool
 // not be sure (no data, or data that is not an object, included).
 func scanEnvelope(b []byte) (env Envelope, subj subjectData, ok bool) {
 	s := &scanner{b: b}
-	s.ws()
 	var seen uint64
-	s.object(0, func(key []byte) {
+	sure := s.document(func(key []byte) {
 		switch string(key) {
 		case "type":
 			s.once(&seen, 0)
@@ -53,9 +52,8 @@ func scanEnvelope(b []byte) (env Envelope, subj subjectData, ok bool) {
 			s.skip(1)
 		}
 	})
-	s.ws()
 	// Without data, encoding/json decides (ParseEnvelope refuses it).
-	if s.bad || s.i != len(b) || seen&(1<<4) == 0 {
+	if !sure || seen&(1<<4) == 0 {
 		return Envelope{}, subjectData{}, false
 	}
 	return env, subj, true
