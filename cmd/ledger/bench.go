@@ -55,11 +55,13 @@ func (a *app) benchIngestCmd() *cobra.Command {
 (ledger_bench on the DATABASE_URL server, or the dev default), then sends
 signed, unique, realistic (~1 KB) user.updated deliveries from --concurrency
 clients for --duration, and prints deliveries/s, p50/p95/p99 latency, the
-non-2xx count and the server's peak RSS.
+non-2xx count and the server's peak RSS, and the CPU time per delivery of
+each layer (from /proc): the service, PostgreSQL (every process of its
+server, when it runs on this machine) and this process (the senders).
 
 --baseline also runs, in the same invocation, plain single-row durable INSERTs
 of the same payloads at the same concurrency into a scratch table, and prints
-our rate as a ratio of it. --url targets a running service instead (with
+our rate as a ratio of it, with its CPU time per insert. --url targets a running service instead (with
 --webhook-secret or CLERK_WEBHOOK_SIGNING_SECRET; no RSS then).`,
 		Example: "  ledger bench ingest --concurrency 32 --duration 20s --baseline",
 		Args:    cobra.NoArgs,
