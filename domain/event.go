@@ -33,41 +33,48 @@ type Envelope struct {
 // integer from 0 to MaxEnvelopeTimestamp (year 9999). Unknown event types
 // are accepted: the ledger keeps them all.
 func ParseEnvelope(body []byte) (Envelope, error) {
+	env, _, _, err := parseEnvelope(body)
+	return env, err
+}
+
+// parseEnvelope is ParseEnvelope also returning the subject's fields of
+// data (subjectOK false when they do not decode).
+func parseEnvelope(body []byte) (env Envelope, subj subjectData, subjectOK bool, err error) {
 	if !utf8.Valid(body) {
-		return Envelope{}, Errorf(EINVALID, "body is not UTF-8 text")
+		return Envelope{}, subjectData{}, false, Errorf(EINVALID, "body is not UTF-8 text")
 	}
 	if bytes.IndexByte(body, 0) >= 0 {
-		return Envelope{}, Errorf(EINVALID, "body contains a NUL byte")
+		return Envelope{}, subjectData{}, false, Errorf(EINVALID, "body contains a NUL byte")
 	}
-	var env Envelope
-	if err := json.Unmarshal(body, &env); err != nil {
+	env, subj, subjectOK, err = decodeEnvelope(body)
+	if err != nil {
 		var typeErr *json.UnmarshalTypeError
 		if errors.As(err, &typeErr) && typeErr.Field != "" {
 			want := "string"
 			if typeErr.Field == "timestamp" {
 				want = "integer of Unix milliseconds"
 			}
-			return Envelope{}, Errorf(EINVALID, "envelope %q is not a JSON %s", typeErr.Field, want)
+			return Envelope{}, subjectData{}, false, Errorf(EINVALID, "envelope %q is not a JSON %s", typeErr.Field, want)
 		}
-		return Envelope{}, Errorf(EINVALID, "body is not a JSON event envelope")
+		return Envelope{}, subjectData{}, false, Errorf(EINVALID, "body is not a JSON event envelope")
 	}
 	if strings.TrimSpace(env.Type) == "" {
-		return Envelope{}, Errorf(EINVALID, `envelope has no "type"`)
+		return Envelope{}, subjectData{}, false, Errorf(EINVALID, `envelope has no "type"`)
 	}
 	if err := checkText(`envelope "type"`, env.Type, MaxTypeBytes); err != nil {
-		return Envelope{}, err
+		return Envelope{}, subjectData{}, false, err
 	}
 	data := bytes.TrimSpace(env.Data)
 	if len(data) == 0 || data[0] != '{' {
-		return Envelope{}, Errorf(EINVALID, `envelope has no "data" object`)
+		return Envelope{}, subjectData{}, false, Errorf(EINVALID, `envelope has no "data" object`)
 	}
 	if env.Timestamp < 0 {
-		return Envelope{}, Errorf(EINVALID, `envelope "timestamp" is negative`)
+		return Envelope{}, subjectData{}, false, Errorf(EINVALID, `envelope "timestamp" is negative`)
 	}
 	if env.Timestamp > MaxEnvelopeTimestamp {
-		return Envelope{}, Errorf(EINVALID, `envelope "timestamp" %d is after the year 9999 (want Unix milliseconds)`, env.Timestamp)
+		return Envelope{}, subjectData{}, false, Errorf(EINVALID, `envelope "timestamp" %d is after the year 9999 (want Unix milliseconds)`, env.Timestamp)
 	}
-	return env, nil
+	return env, subj, subjectOK, nil
 }
 
 // subjectData holds the fields that name the Clerk user an event is about.
@@ -99,6 +106,11 @@ func (e Envelope) subject() (id, field string) {
 	if err := json.Unmarshal(e.Data, &d); err != nil {
 		return "", ""
 	}
+	return e.subjectOf(d)
+}
+
+// subjectOf is subject with data already decoded into d.
+func (e Envelope) subjectOf(d subjectData) (id, field string) {
 	switch {
 	case strings.HasPrefix(e.Type, "user."):
 		return d.ID, "data.id"
@@ -136,11 +148,14 @@ func NewDelivery(id string, svixTimestamp int64, signature string, body []byte) 
 	if err := CheckDeliveryID(id); err != nil {
 		return Delivery{}, err
 	}
-	env, err := ParseEnvelope(body)
+	env, subj, subjectOK, err := parseEnvelope(body)
 	if err != nil {
 		return Delivery{}, err
 	}
-	user, field := env.subject()
+	var user, field string
+	if subjectOK {
+		user, field = env.subjectOf(subj)
+	}
 	if err := checkText(field, user, MaxUserIDBytes); err != nil {
 		return Delivery{}, err
 	}

@@ -47,9 +47,8 @@ type scanner struct {
 // it could not be sure.
 func scanUserEnvelope(b []byte) (env userEnvelope, ok bool) {
 	s := &scanner{b: b}
-	s.ws()
 	var seen uint64
-	s.object(0, func(key []byte) {
+	sure := s.document(func(key []byte) {
 		switch string(key) {
 		case "timestamp":
 			s.once(&seen, 0)
@@ -62,11 +61,20 @@ func scanUserEnvelope(b []byte) (env userEnvelope, ok bool) {
 			s.skip(1)
 		}
 	})
-	s.ws()
-	if s.bad || s.i != len(b) {
+	if !sure {
 		return userEnvelope{}, false
 	}
 	return env, true
+}
+
+// document scans all of s.b as one object (whitespace around it allowed),
+// calling member as object does, and reports whether the scanner is sure of
+// the whole document.
+func (s *scanner) document(member func(key []byte)) bool {
+	s.ws()
+	s.object(0, member)
+	s.ws()
+	return !s.bad && s.i == len(s.b)
 }
 
 func (s *scanner) userData(d *userData) {

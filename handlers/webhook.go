@@ -153,13 +153,21 @@ func handleClerkWebhook(log *slog.Logger, verifier *svixsig.Verifier, store Appe
 			if obs != nil {
 				obs.ObserveDelivery(outcome, typ, elapsed)
 			}
-			attrs := []any{"delivery_id", truncate(id, 64), "type", truncate(typ, 64), "outcome", outcome,
-				"status", status, "latency_ms", float64(elapsed.Microseconds()) / 1000}
+			level := slog.LevelInfo
 			if status >= 500 && failure != nil {
-				log.ErrorContext(r.Context(), "webhook delivery", append(attrs, "err", failure)...)
+				level = slog.LevelError
+			}
+			// The attributes are built only when the line is written (at
+			// LOG_LEVEL=warn a stored delivery costs no formatting).
+			if !log.Enabled(r.Context(), level) {
 				return
 			}
-			log.InfoContext(r.Context(), "webhook delivery", attrs...)
+			attrs := []slog.Attr{slog.String("delivery_id", truncate(id, 64)), slog.String("type", truncate(typ, 64)), slog.String("outcome", outcome),
+				slog.Int("status", status), slog.Float64("latency_ms", float64(elapsed.Microseconds())/1000)}
+			if level == slog.LevelError {
+				attrs = append(attrs, slog.Any("err", failure))
+			}
+			log.LogAttrs(r.Context(), level, "webhook delivery", attrs...)
 		}()
 		fail := func(o string, err error) {
 			outcome, status, failure = o, ErrorStatus(err), err

@@ -29,9 +29,17 @@ import (
 // multi-row INSERT (one transaction, one WAL flush), at most MaxBatch rows and
 // at most MaxInFlight INSERTs at a time. No goroutine runs in the background:
 // a caller whose delivery is waiting becomes the one that flushes.
+//
+// One Watermill publisher serves the Store's lifetime. Each group commit is
+// one Publish of one message per delivery; the message carries its delivery
+// typed (DeliveryMessage), so EventsSchema writes the columns from typed
+// values, and the Store's executor runs the INSERT on a prepared statement
+// (groups of up to preparedRows) and learns from its RETURNING which
+// deliveries were new.
 type Store struct {
 	db     *sqlx.DB
 	schema EventsSchema
+	pub    *wmsql.Publisher
 	// AppendTimeout bounds one INSERT; past it the append fails as
 	// EUNAVAILABLE so the sender retries. Default 5 s.
 	AppendTimeout time.Duration
@@ -48,54 +56,109 @@ type Store struct {
 	mu       sync.Mutex
 	pending  []*appendReq
 	flushers int
+
+	stmtMu sync.Mutex
+	stmts  map[string]*sql.Stmt // prepared INSERTs by query text
 }
 
-// appendReq is one Append waiting for its group commit.
+// appendReq is one delivery on its way into the ledger: an Append waiting
+// for its group commit, or a message made by DeliveryMessage. Its Watermill
+// message carries it (rowFrom).
 type appendReq struct {
-	d      domain.Delivery
-	result domain.AppendResult
-	err    error
-	done   chan struct{} // closed when stored/err are set
-	lead   chan struct{} // closed when this caller must flush for the others
+	d domain.Delivery
+	// inserted is set by the Store's executor when the INSERT wrote this
+	// row (not a delivery id already stored).
+	inserted bool
+	result   domain.AppendResult
+	err      error
+	done     chan struct{} // closed when stored/err are set
+	lead     chan struct{} // closed when this caller must flush for the others
 	// promoted is set (under Store.mu) when lead is closed.
 	promoted bool
 }
 
 // NewStore returns a Store on db.
 func NewStore(db *sqlx.DB) *Store {
-	return &Store{db: db, AppendTimeout: 5 * time.Second, MaxBatch: 200, MaxInFlight: 2}
+	s := &Store{db: db, AppendTimeout: 5 * time.Second, MaxBatch: 200, MaxInFlight: 2, stmts: map[string]*sql.Stmt{}}
+	// NewPublisher fails only on a nil executor or schema adapter.
+	s.pub, _ = wmsql.NewPublisher(appendExec{DB: db, s: s}, wmsql.PublisherConfig{SchemaAdapter: s.schema}, nil)
+	return s
 }
 
 // DB returns the store's connection pool.
 func (s *Store) DB() *sqlx.DB { return s.db }
 
-// resultExec is the ContextExecutor a per-batch Watermill publisher writes
-// through: it runs the publisher's INSERT ... RETURNING delivery_id under the
-// batch's own context (watermill-sql v3 passes context.Background()) and
-// keeps the ids the INSERT wrote, which tells new deliveries from redeliveries.
-type resultExec struct {
+// preparedRows is the largest group commit run on a prepared statement (one
+// per group size, prepared on first use on each connection): one round trip
+// and no parse or plan per INSERT. Larger groups, rarer, send their text.
+const preparedRows = 32
+
+// appendExec is the ContextExecutor the Store's Watermill publisher writes
+// through. It runs the publisher's INSERT ... RETURNING delivery_id as a
+// query under AppendTimeout (watermill-sql v3 passes context.Background()),
+// and marks inserted each pending row (its delivery_id argument, a rowID)
+// that the RETURNING names, which tells new deliveries from redeliveries.
+// Only ExecContext is the Store's; the other methods (which the publisher
+// does not call) are the pool's.
+type appendExec struct {
 	*sqlx.DB
-	ctx      context.Context
-	inserted map[string]bool
+	s *Store
 }
 
-func (e *resultExec) ExecContext(_ context.Context, query string, args ...any) (sql.Result, error) {
-	rows, err := e.DB.QueryContext(e.ctx, query, args...)
+func (e appendExec) ExecContext(_ context.Context, query string, args ...any) (sql.Result, error) {
+	rows := make(map[string]*appendReq, len(args)/insertColumns)
+	for _, a := range args {
+		if id, ok := a.(rowID); ok {
+			rows[id.d.ID] = id.appendReq
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), e.s.AppendTimeout)
+	defer cancel()
+	var res *sql.Rows
+	var err error
+	if len(rows) <= preparedRows {
+		var stmt *sql.Stmt
+		if stmt, err = e.s.prepared(ctx, query); err == nil {
+			res, err = stmt.QueryContext(ctx, args...)
+		}
+	} else {
+		res, err = e.s.db.QueryContext(ctx, query, args...)
+	}
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
+	defer res.Close()
+	n := 0
+	var id sql.RawBytes // valid until the next Next
+	for res.Next() {
+		if err := res.Scan(&id); err != nil {
 			return nil, err
 		}
-		e.inserted[id] = true
+		if r := rows[string(id)]; r != nil {
+			r.inserted = true
+			n++
+		}
 	}
-	if err := rows.Err(); err != nil {
+	if err := res.Err(); err != nil {
 		return nil, err
 	}
-	return driver.RowsAffected(len(e.inserted)), nil
+	return driver.RowsAffected(n), nil
+}
+
+// prepared returns the Store's prepared statement of query, preparing it on
+// first use.
+func (s *Store) prepared(ctx context.Context, query string) (*sql.Stmt, error) {
+	s.stmtMu.Lock()
+	defer s.stmtMu.Unlock()
+	if st, ok := s.stmts[query]; ok {
+		return st, nil
+	}
+	st, err := s.db.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	s.stmts[query] = st
+	return st, nil
 }
 
 // Append is AppendDelivery reporting only whether d was new (stored=true) or
@@ -201,10 +264,7 @@ func (s *Store) flush(batch []*appendReq) {
 		}
 	}
 	slices.SortFunc(uniq, func(a, b *appendReq) int { return cmp.Compare(a.d.ID, b.d.ID) })
-	ctx, cancel := context.WithTimeout(context.Background(), s.AppendTimeout)
-	defer cancel()
-	inserted := make(map[string]bool, len(uniq))
-	s.insertGroup(ctx, uniq, inserted)
+	s.insertGroup(uniq)
 
 	// Every copy that was not the one inserted is a redelivery: compare its
 	// body with the stored row's.
@@ -214,32 +274,34 @@ func (s *Store) flush(batch []*appendReq) {
 		switch {
 		case f.err != nil:
 			r.err = f.err
-		case f == r && inserted[r.d.ID]:
+		case f == r && r.inserted:
 			r.result = domain.AppendStored
 		default:
 			others = append(others, r)
 		}
 	}
 	if len(others) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), s.AppendTimeout)
+		defer cancel()
 		s.compareStored(ctx, others)
 	}
 }
 
-// insertGroup inserts reqs (distinct ids, in id order) in one INSERT and
-// records the ids it inserted. When the database refuses the INSERT because
+// insertGroup inserts reqs (distinct ids, in id order) in one INSERT, which
+// marks the ones it inserted. When the database refuses the INSERT because
 // of some row's values, the group is split in two and each half inserted on
 // its own, down to single deliveries: only an offender gets an error (r.err),
 // as EINVALID. Any other failure is every request's error.
-func (s *Store) insertGroup(ctx context.Context, reqs []*appendReq, inserted map[string]bool) {
-	err := s.insertOnce(ctx, reqs, inserted)
+func (s *Store) insertGroup(reqs []*appendReq) {
+	err := s.insertOnce(reqs)
 	if err == nil {
 		return
 	}
 	refused := Refused(err) || domain.ErrorCode(err) == domain.EINVALID
 	if refused && len(reqs) > 1 {
 		mid := len(reqs) / 2
-		s.insertGroup(ctx, reqs[:mid], inserted)
-		s.insertGroup(ctx, reqs[mid:], inserted)
+		s.insertGroup(reqs[:mid])
+		s.insertGroup(reqs[mid:])
 		return
 	}
 	if refused && domain.ErrorCode(err) != domain.EINVALID {
@@ -250,29 +312,19 @@ func (s *Store) insertGroup(ctx context.Context, reqs []*appendReq, inserted map
 	}
 }
 
-// insertOnce runs one multi-row INSERT of reqs through a Watermill
-// publisher and adds the ids it inserted to inserted.
-func (s *Store) insertOnce(ctx context.Context, reqs []*appendReq, inserted map[string]bool) error {
+// insertOnce publishes reqs as one Watermill Publish: one multi-row INSERT.
+func (s *Store) insertOnce(reqs []*appendReq) error {
 	msgs := make(message.Messages, 0, len(reqs))
 	for _, r := range reqs {
-		msgs = append(msgs, DeliveryMessage(r.d))
+		r.inserted = false
+		msgs = append(msgs, rowMessage(r))
 	}
 	start := time.Now()
-	exec := &resultExec{DB: s.db, ctx: ctx, inserted: make(map[string]bool, len(msgs))}
-	pub, err := wmsql.NewPublisher(exec, wmsql.PublisherConfig{SchemaAdapter: s.schema}, nil)
-	if err == nil {
-		err = pub.Publish(Topic, msgs...)
-	}
+	err := s.pub.Publish(Topic, msgs...)
 	if s.OnCommit != nil {
 		s.OnCommit(len(reqs), time.Since(start), err)
 	}
-	if err != nil {
-		return err
-	}
-	for id := range exec.inserted {
-		inserted[id] = true
-	}
-	return nil
+	return err
 }
 
 // compareStored answers deliveries whose id was already stored: duplicate
@@ -316,17 +368,35 @@ func (s *Store) compareStored(ctx context.Context, reqs []*appendReq) {
 	}
 }
 
-// DeliveryMessage is the Watermill message EventsSchema stores for d.
+// DeliveryMessage is the Watermill message EventsSchema stores for d (with
+// any publisher, e.g. one writing in the caller's transaction): its payload
+// is d.Body, and its context carries d itself, so EventsSchema writes the
+// columns from typed values; it has no metadata.
 func DeliveryMessage(d domain.Delivery) *message.Message {
-	msg := message.NewMessage(watermill.NewUUID(), d.Body)
-	msg.Metadata.Set(MetaDeliveryID, d.ID)
-	msg.Metadata.Set(MetaType, d.Type)
-	msg.Metadata.Set(MetaUserID, d.UserID)
-	msg.Metadata.Set(MetaOccurredAt, d.OccurredAt.Format(time.RFC3339Nano))
-	msg.Metadata.Set(MetaSvixTimestamp, strconv.FormatInt(d.Timestamp, 10))
-	msg.Metadata.Set(MetaSvixSignature, d.Signature)
+	return rowMessage(&appendReq{d: d})
+}
+
+// rowKey is the context key of the appendReq a message carries.
+type rowKey struct{}
+
+func rowMessage(r *appendReq) *message.Message {
+	msg := message.NewMessage(watermill.NewUUID(), r.d.Body)
+	msg.SetContext(context.WithValue(context.Background(), rowKey{}, r))
 	return msg
 }
+
+// rowFrom returns the delivery a message made by DeliveryMessage carries.
+func rowFrom(m *message.Message) (*appendReq, bool) {
+	r, ok := m.Context().Value(rowKey{}).(*appendReq)
+	return r, ok && r != nil
+}
+
+// rowID is the delivery_id argument of a row's INSERT: its SQL value is the
+// id, and it lets the Store's executor mark the row inserted.
+type rowID struct{ *appendReq }
+
+// Value implements driver.Valuer.
+func (r rowID) Value() (driver.Value, error) { return r.d.ID, nil }
 
 // Cursor is a place in ledger order: the last (transaction id, position) read.
 // The zero Cursor is before the first event.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	wmsql "github.com/ThreeDotsLabs/watermill-sql/v3/pkg/sql"
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
@@ -301,5 +302,60 @@ func TestGroupCommitUnderConcurrency(t *testing.T) {
 		if len(storedBy) != ids {
 			t.Errorf("%+v: %d ids answered stored, want %d", cfg, len(storedBy), ids)
 		}
+	}
+}
+
+// A Watermill message carries its delivery typed, not as metadata strings:
+// published in the caller's transaction, every column is the delivery's
+// (the body byte for byte, no user id as NULL), and a message that carries
+// no delivery is refused as EINVALID with nothing stored.
+func TestDeliveryMessageCarriesTypedDelivery(t *testing.T) {
+	db := schematest.NewDB(t)
+	ctx := context.Background()
+	body := []byte(`{"type":"email.created","object":"event","timestamp":1716883200123,"data":{"id":"ema_1","to":"Zoë <z@example.com>","q":"\"quoted\" \\ back"}}`)
+	d, err := domain.NewDelivery("msg_typed", 1716883260, "v1,sig v1a,other", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := schema.DeliveryMessage(d)
+	if len(msg.Metadata) != 0 {
+		t.Errorf("message metadata %v, want none", msg.Metadata)
+	}
+	tx, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	pub, err := wmsql.NewPublisher(tx, wmsql.PublisherConfig{SchemaAdapter: schema.EventsSchema{}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bare := message.NewMessage(watermill.NewUUID(), body)
+	bare.Metadata.Set(schema.MetaDeliveryID, "msg_bare")
+	bare.Metadata.Set(schema.MetaType, "email.created")
+	if err := pub.Publish(schema.Topic, bare); domain.ErrorCode(err) != domain.EINVALID {
+		t.Fatalf("a message without a delivery: %v, want EINVALID", err)
+	}
+	if err := pub.Publish(schema.Topic, msg); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	e, err := schema.EventByDeliveryID(ctx, db, "msg_typed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(e.Body) != string(body) || e.Type != d.Type || e.UserID != "" || !e.OccurredAt.Equal(d.OccurredAt) ||
+		e.SvixTimestamp != d.Timestamp || e.SvixSignature != d.Signature {
+		t.Errorf("stored %+v (body %q), want the delivery %+v", e, e.Body, d)
+	}
+	var nullUser bool
+	if err := db.Get(&nullUser, `SELECT user_id IS NULL FROM events WHERE delivery_id = 'msg_typed'`); err != nil || !nullUser {
+		t.Errorf("user_id NULL: %v %v, want true", nullUser, err)
+	}
+	var n int
+	if err := db.Get(&n, `SELECT count(*) FROM events WHERE delivery_id = 'msg_bare'`); err != nil || n != 0 {
+		t.Errorf("the refused message stored %d rows (%v)", n, err)
 	}
 }

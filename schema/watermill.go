@@ -3,7 +3,6 @@ package schema
 import (
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	wmsql "github.com/ThreeDotsLabs/watermill-sql/v3/pkg/sql"
@@ -41,50 +40,62 @@ type EventsSchema struct {
 	BatchSize int
 }
 
-const insertColumns = 8
+// insertColumnList is the columns of events an append writes, in the order
+// of appendRowArgs; insertColumns is their number. The INSERT adds
+// transaction_id (pg_current_xact_id(), the ledger order) to each row.
+const (
+	insertColumnList = `message_uuid, delivery_id, type, user_id, occurred_at, body, svix_timestamp, svix_signature`
+	insertColumns    = 8
+)
 
-// InsertQuery implements wmsql.SchemaAdapter. A message it cannot turn into
-// a row (no delivery id or type, an unreadable time) is an EINVALID error.
+// appendRowArgs appends the values of the row of r, made into message uuid,
+// in the order of insertColumnList.
+func appendRowArgs(args []any, uuid string, r *appendReq) []any {
+	var user any
+	if r.d.UserID != "" {
+		user = r.d.UserID
+	}
+	// The body goes as the verified bytes: lib/pq sends a []byte bound to a
+	// text parameter as it is.
+	return append(args, uuid, rowID{r}, r.d.Type, user, r.d.OccurredAt, r.d.Body, r.d.Timestamp, r.d.Signature)
+}
+
+// InsertQuery implements wmsql.SchemaAdapter: one multi-row INSERT of msgs,
+// each made by DeliveryMessage (the delivery rides typed in the message's
+// context). A message that carries no delivery, or a delivery without an id
+// or a type, is an EINVALID error (the Store checks every delivery with
+// domain.Delivery.Check before).
 func (s EventsSchema) InsertQuery(topic string, msgs message.Messages) (wmsql.Query, error) {
 	if topic != Topic {
 		return wmsql.Query{}, fmt.Errorf("events schema: unknown topic %q", topic)
 	}
-	var b strings.Builder
-	b.WriteString(`INSERT INTO events (message_uuid, delivery_id, type, user_id, occurred_at, body, svix_timestamp, svix_signature, transaction_id) VALUES `)
+	var b []byte
+	b = append(b, `INSERT INTO events (`+insertColumnList+`, transaction_id) VALUES `...)
 	args := make([]any, 0, len(msgs)*insertColumns)
 	for i, m := range msgs {
-		id := m.Metadata.Get(MetaDeliveryID)
-		if id == "" {
-			return wmsql.Query{}, domain.Errorf(domain.EINVALID, "message %s has no %s", m.UUID, MetaDeliveryID)
+		r, ok := rowFrom(m)
+		if !ok {
+			return wmsql.Query{}, domain.Errorf(domain.EINVALID, "message %s carries no delivery (make it with schema.DeliveryMessage)", m.UUID)
 		}
-		typ := m.Metadata.Get(MetaType)
-		if typ == "" {
-			return wmsql.Query{}, domain.Errorf(domain.EINVALID, "delivery %s has no %s", id, MetaType)
-		}
-		occurred, err := time.Parse(time.RFC3339Nano, m.Metadata.Get(MetaOccurredAt))
-		if err != nil {
-			return wmsql.Query{}, domain.Errorf(domain.EINVALID, "delivery %s: %s: %v", id, MetaOccurredAt, err)
-		}
-		ts, err := strconv.ParseInt(m.Metadata.Get(MetaSvixTimestamp), 10, 64)
-		if err != nil {
-			return wmsql.Query{}, domain.Errorf(domain.EINVALID, "delivery %s: %s: %v", id, MetaSvixTimestamp, err)
-		}
-		var user any
-		if u := m.Metadata.Get(MetaUserID); u != "" {
-			user = u
+		if r.d.ID == "" || r.d.Type == "" {
+			return wmsql.Query{}, domain.Errorf(domain.EINVALID, "message %s: a delivery without an id or a type", m.UUID)
 		}
 		if i > 0 {
-			b.WriteByte(',')
+			b = append(b, ',')
 		}
-		n := i * insertColumns
-		fmt.Fprintf(&b, "($%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d,pg_current_xact_id())", n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8)
-		// The body goes as a string: lib/pq would hex-encode a []byte.
-		args = append(args, m.UUID, id, typ, user, occurred, string(m.Payload), ts, m.Metadata.Get(MetaSvixSignature))
+		b = append(b, '(')
+		for c := range insertColumns {
+			b = append(b, '$')
+			b = strconv.AppendInt(b, int64(len(args)+c+1), 10)
+			b = append(b, ',')
+		}
+		b = append(b, "pg_current_xact_id())"...)
+		args = appendRowArgs(args, m.UUID, r)
 	}
 	// RETURNING names the rows actually inserted: an executor that runs the
 	// statement as a query learns which deliveries were new. Exec ignores it.
-	b.WriteString(` ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id`)
-	return wmsql.Query{Query: b.String(), Args: args}, nil
+	b = append(b, ` ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id`...)
+	return wmsql.Query{Query: string(b), Args: args}, nil
 }
 
 // SchemaInitializingQueries implements wmsql.SchemaAdapter. The events table

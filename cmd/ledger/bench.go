@@ -55,11 +55,13 @@ func (a *app) benchIngestCmd() *cobra.Command {
 (ledger_bench on the DATABASE_URL server, or the dev default), then sends
 signed, unique, realistic (~1 KB) user.updated deliveries from --concurrency
 clients for --duration, and prints deliveries/s, p50/p95/p99 latency, the
-non-2xx count and the server's peak RSS.
+non-2xx count and the server's peak RSS, and the CPU time per delivery of
+each layer (from /proc): the service, PostgreSQL (every process of its
+server, when it runs on this machine) and this process (the senders).
 
 --baseline also runs, in the same invocation, plain single-row durable INSERTs
 of the same payloads at the same concurrency into a scratch table, and prints
-our rate as a ratio of it. --url targets a running service instead (with
+our rate as a ratio of it, with its CPU time per insert. --url targets a running service instead (with
 --webhook-secret or CLERK_WEBHOOK_SIGNING_SECRET; no RSS then).`,
 		Example: "  ledger bench ingest --concurrency 32 --duration 20s --baseline",
 		Args:    cobra.NoArgs,
@@ -303,15 +305,26 @@ func (a *app) benchIngest(ctx context.Context, o ingestOptions) error {
 			return err
 		}
 	}
+	postmaster := 0
+	if dsn != "" {
+		postmaster = benchPostmaster(ctx, dsn)
+	}
+	servicePID := 0
+	if child != nil {
+		servicePID = child.cmd.Process.Pid
+	}
 	var non2xx atomic.Int64
 	runID := strconv.FormatInt(time.Now().UnixNano(), 36)
+	meter := startCPUMeter(servicePID, postmaster)
 	res := runLoad(ctx, o.concurrency, o.duration, func(w, i int) error {
 		id := fmt.Sprintf("msg_%s_%d_%d", runID, w, i)
 		return postDelivery(ctx, client, target, signer, id, p.body(fmt.Sprintf("user_b%s%04d%07d", runID, w, i)), &non2xx)
 	})
+	cpu := meter.stop()
 	rate := float64(res.ok) / res.elapsed.Seconds()
 	fmt.Fprintf(a.stdout, "ledger:   %8.0f deliveries/s  p50 %s  p95 %s  p99 %s  non-2xx %d  errors %d  (%d in %s)\n",
 		rate, ms(res.lat.quantile(0.50)), ms(res.lat.quantile(0.95)), ms(res.lat.quantile(0.99)), non2xx.Load(), res.failed, res.ok, res.elapsed.Round(time.Millisecond))
+	fmt.Fprintf(a.stdout, "ledger   %s\n", cpu.line("delivery", res.ok, "service", "senders (this process)"))
 	if child != nil {
 		fmt.Fprintf(a.stdout, "server peak RSS: %.1f MB\n", float64(child.peakRSS())/1e6)
 		lag.stop()
@@ -330,12 +343,16 @@ func (a *app) benchIngest(ctx context.Context, o ingestOptions) error {
 			return err
 		}
 	}
-	base, err := insertBaseline(ctx, dsn, p, o)
+	if postmaster == 0 {
+		postmaster = benchPostmaster(ctx, dsn)
+	}
+	base, err := insertBaseline(ctx, dsn, p, o, postmaster)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(a.stdout, "baseline: %8.0f inserts/s     p50 %s  p95 %s  p99 %s  (plain single-row durable INSERTs, same payloads and concurrency)\n",
 		base.rate, ms(base.p50), ms(base.p95), ms(base.p99))
+	fmt.Fprintf(a.stdout, "baseline %s\n", base.cpu.line("insert", base.n, "", "client (this process)"))
 	fmt.Fprintf(a.stdout, "ratio:    %.2f (ledger / baseline)\n", rate/base.rate)
 	return nil
 }
@@ -343,11 +360,14 @@ func (a *app) benchIngest(ctx context.Context, o ingestOptions) error {
 type baselineResult struct {
 	rate          float64
 	p50, p95, p99 time.Duration
+	n             int64
+	cpu           cpuUse
 }
 
 // insertBaseline runs single-row autocommit INSERTs of the same bodies at the
 // same concurrency for the same duration into a scratch table.
-func insertBaseline(ctx context.Context, dsn string, p *payloads, o ingestOptions) (baselineResult, error) {
+// postmaster (0: unknown) is the PostgreSQL server's PID, for its CPU time.
+func insertBaseline(ctx context.Context, dsn string, p *payloads, o ingestOptions, postmaster int) (baselineResult, error) {
 	db, err := schema.Open(ctx, dsn, schema.PoolOptions{MaxOpen: o.concurrency})
 	if err != nil {
 		return baselineResult{}, err
@@ -356,15 +376,29 @@ func insertBaseline(ctx context.Context, dsn string, p *payloads, o ingestOption
 	if _, err := db.ExecContext(ctx, `DROP TABLE IF EXISTS bench_baseline; CREATE TABLE bench_baseline (id bigserial PRIMARY KEY, delivery_id text NOT NULL, body text NOT NULL)`); err != nil {
 		return baselineResult{}, fmt.Errorf("create baseline table: %w", err)
 	}
+	meter := startCPUMeter(0, postmaster)
 	res := runLoad(ctx, o.concurrency, o.duration, func(w, i int) error {
 		body := p.body(fmt.Sprintf("user_base%04d%07d", w, i))
 		_, err := db.ExecContext(ctx, `INSERT INTO bench_baseline (delivery_id, body) VALUES ($1, $2)`, fmt.Sprintf("msg_%d_%d", w, i), string(body))
 		return err
 	})
+	cpu := meter.stop()
 	if res.failed > 0 {
 		return baselineResult{}, errors.New("baseline inserts failed: " + strconv.FormatInt(res.failed, 10))
 	}
-	return baselineResult{rate: float64(res.ok) / res.elapsed.Seconds(), p50: res.lat.quantile(.5), p95: res.lat.quantile(.95), p99: res.lat.quantile(.99)}, nil
+	return baselineResult{rate: float64(res.ok) / res.elapsed.Seconds(), p50: res.lat.quantile(.5), p95: res.lat.quantile(.95), p99: res.lat.quantile(.99),
+		n: res.ok, cpu: cpu}, nil
+}
+
+// benchPostmaster returns the PID of the PostgreSQL server of dsn when it
+// runs on this machine, else 0 (its CPU time is then not measured).
+func benchPostmaster(ctx context.Context, dsn string) int {
+	db, err := schema.Open(ctx, dsn, schema.PoolOptions{MaxOpen: 1})
+	if err != nil {
+		return 0
+	}
+	defer db.Close()
+	return postmasterPID(ctx, db)
 }
 
 // loadResult is what runLoad measured.
