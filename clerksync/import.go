@@ -1,0 +1,305 @@
+// Package clerksync keeps the ledger faithful to Clerk's Backend API
+// (issue 12): ImportUsers backfills every user as a user.snapshot event,
+// resumably; Reconcile compares the users projection with Clerk's list and
+// repairs the drift; FirstSignIn fetches a user who signed in before their
+// user.created delivery arrived. Snapshots are written with
+// schema.AppendSnapshots only; the users fold (domain) orders them against
+// the webhooks by updated_at.
+//
+// It never logs user objects, emails or the secret key.
+package clerksync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/clerk-ledger/clerk-ledger/clerkapi"
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/jmoiron/sqlx"
+)
+
+// API is the part of the Backend API client (*clerkapi.Client) the syncer
+// uses.
+type API interface {
+	ListUsersInto(ctx context.Context, p *clerkapi.Page, offset, limit int) error
+	CountUsers(ctx context.Context) (int64, error)
+	GetUser(ctx context.Context, id string) (clerkapi.User, error)
+}
+
+// Syncer imports and reconciles users. It is safe for concurrent use, but
+// two imports of the same kind at once share one place and count pages
+// twice (the events are stored once).
+type Syncer struct {
+	db  *sqlx.DB
+	api API
+	log *slog.Logger
+	// PageSize is the list page size (default and at most clerkapi.MaxLimit).
+	PageSize int
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// New returns a Syncer writing to db and reading Clerk through api.
+func New(db *sqlx.DB, api API, log *slog.Logger) *Syncer {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Syncer{db: db, api: api, log: log, PageSize: clerkapi.MaxLimit, Now: time.Now}
+}
+
+// KindUsers is the import kind of ImportUsers in clerk_imports.
+const KindUsers = "users"
+
+// ImportOptions tune ImportUsers.
+type ImportOptions struct {
+	// Restart starts a new pass at offset 0 even when the last one was
+	// interrupted (by default it resumes).
+	Restart bool
+	// Progress, when set, is called after each stored page (from the
+	// importing goroutine).
+	Progress func(Progress)
+}
+
+// Progress is where an import pass is.
+type Progress struct {
+	Offset    int   // list offset reached
+	Total     int64 // users Clerk counted at the start of the pass (-1: unknown)
+	Imported  int64 // stored now (new, or changed since the last import)
+	Unchanged int64 // already stored with this updated_at
+	Failed    int64 // malformed, not stored
+}
+
+// ImportSummary is what an import did. Counts are the pass's, including a
+// resumed pass's earlier runs.
+type ImportSummary struct {
+	Progress
+	Resumed    bool // continued an interrupted pass
+	FromOffset int  // where this run started
+	Finished   bool // the pass reached the last page
+	// Failures are this run's failures (at most 100): ids and reasons.
+	Failures []schema.ImportFailure
+	Duration time.Duration
+}
+
+// ImportUsers reads every user from the Backend API, a page of PageSize at
+// a time in clerkapi.ListOrder, and stores each as a user.snapshot event
+// (domain.NewSnapshot: the exact bytes, delivery id from id and updated_at,
+// so a user imported before with the same updated_at stores nothing). Each
+// page's events and the pass's place (clerk_imports) commit in one
+// transaction, so an interrupted import (ctx cancelled, a crash, an error)
+// resumes at the first page not stored, unless o.Restart. A malformed
+// user object is counted as failed with its id and reason (kept in
+// clerk_import_failures), never stored; the rest of its page is.
+//
+// It returns the summary so far with any error: ctx's error when
+// interrupted, the API's (EUNAUTHORIZED for a refused key, EUNAVAILABLE,
+// ERATELIMIT after the client's retries) or the database's.
+func (s *Syncer) ImportUsers(ctx context.Context, o ImportOptions) (ImportSummary, error) {
+	start := time.Now()
+	var sum ImportSummary
+	st, ok, err := schema.ReadImport(ctx, s.db, KindUsers)
+	if err != nil {
+		return sum, err
+	}
+	if ok && !st.Finished && !o.Restart {
+		sum.Resumed = true
+		sum.Progress = Progress{Offset: st.NextOffset, Total: st.Total, Imported: st.Imported, Unchanged: st.Unchanged, Failed: st.Failed}
+	} else {
+		total, err := s.api.CountUsers(ctx)
+		if err != nil {
+			return sum, fmt.Errorf("import users: %w", err)
+		}
+		if err := schema.StartImport(ctx, s.db, KindUsers, total); err != nil {
+			return sum, err
+		}
+		sum.Progress = Progress{Total: total}
+	}
+	sum.FromOffset = sum.Offset
+	err = s.eachPage(ctx, sum.Offset, func(p *clerkapi.Page) error {
+		n, err := s.storePage(ctx, p, &sum)
+		if err != nil {
+			return err
+		}
+		sum.Offset = n
+		sum.Finished = p.Last()
+		if o.Progress != nil {
+			o.Progress(sum.Progress)
+		}
+		return nil
+	})
+	sum.Duration = time.Since(start)
+	if err != nil {
+		return sum, fmt.Errorf("import users at offset %d: %w", sum.Offset, err)
+	}
+	return sum, nil
+}
+
+// storePage stores one page's snapshots and the pass's place in one
+// transaction and returns the next offset.
+func (s *Syncer) storePage(ctx context.Context, p *clerkapi.Page, sum *ImportSummary) (int, error) {
+	ds, failures := snapshots(p)
+	inserted, unchanged, failures, err := s.appendPage(ctx, ds, p, failures)
+	if err != nil {
+		return 0, err
+	}
+	for _, f := range failures {
+		s.log.Warn("clerk user not imported", "user_id", f.ObjectID, "position", f.Position, "reason", f.Reason)
+		if len(sum.Failures) < 100 {
+			sum.Failures = append(sum.Failures, f)
+		}
+	}
+	sum.Imported += int64(inserted)
+	sum.Unchanged += int64(unchanged)
+	sum.Failed += int64(len(failures))
+	return p.Next(), nil
+}
+
+// appendPage appends ds and advances the import in one transaction. When
+// the database refuses a row's data it stores the page one snapshot at a
+// time, recording the refused ones as failures (the place advances with the
+// last). It returns how many snapshots were new and how many were stored
+// before, and the page's failures.
+func (s *Syncer) appendPage(ctx context.Context, ds []domain.Delivery, p *clerkapi.Page, failures []schema.ImportFailure) (inserted, unchanged int, _ []schema.ImportFailure, _ error) {
+	n, err := s.appendTx(ctx, ds, func(tx *sqlx.Tx, inserted int) error {
+		return schema.AdvanceImport(ctx, tx, KindUsers, p.Next(), int64(inserted), int64(len(uniqueIDs(ds))-inserted), failures, p.Last())
+	})
+	if err == nil || !schema.Refused(err) {
+		return n, len(uniqueIDs(ds)) - n, failures, err
+	}
+	var stored []domain.Delivery
+	for i, d := range ds {
+		k, err := s.appendTx(ctx, ds[i:i+1], nil)
+		switch {
+		case schema.Refused(err):
+			failures = append(failures, schema.ImportFailure{ObjectID: d.UserID, Position: int64(p.Offset), Reason: "the database refused its data"})
+		case err != nil:
+			return 0, 0, failures, err
+		default:
+			inserted += k
+			stored = append(stored, d)
+		}
+	}
+	unchanged = len(uniqueIDs(stored)) - inserted
+	_, err = s.appendTx(ctx, nil, func(tx *sqlx.Tx, _ int) error {
+		return schema.AdvanceImport(ctx, tx, KindUsers, p.Next(), int64(inserted), int64(unchanged), failures, p.Last())
+	})
+	return inserted, unchanged, failures, err
+}
+
+// appendTx appends ds in one transaction, then runs also (when set) in it
+// before committing. It returns how many were new.
+func (s *Syncer) appendTx(ctx context.Context, ds []domain.Delivery, also func(tx *sqlx.Tx, inserted int) error) (int, error) {
+	tx, err := s.db.BeginTxx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("begin: %w", schema.Classify(err))
+	}
+	defer tx.Rollback()
+	inserted, err := schema.AppendSnapshots(ctx, tx, ds)
+	if err != nil {
+		return 0, err
+	}
+	if also != nil {
+		if err := also(tx, len(inserted)); err != nil {
+			return 0, err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("commit: %w", schema.Classify(err))
+	}
+	return len(inserted), nil
+}
+
+func uniqueIDs(ds []domain.Delivery) map[string]bool {
+	m := make(map[string]bool, len(ds))
+	for _, d := range ds {
+		m[d.ID] = true
+	}
+	return m
+}
+
+// snapshots turns a page into snapshot deliveries and failures (the
+// page's malformed elements, and users domain.NewSnapshot refuses).
+func snapshots(p *clerkapi.Page) ([]domain.Delivery, []schema.ImportFailure) {
+	ds := make([]domain.Delivery, 0, len(p.Users))
+	var failures []schema.ImportFailure
+	for _, f := range p.Failures {
+		failures = append(failures, schema.ImportFailure{ObjectID: f.ID, Position: int64(f.Position), Reason: reason(f.Err)})
+	}
+	for i, u := range p.Users {
+		d, err := domain.NewSnapshot(u.ID, u.UpdatedAt, u.Raw)
+		if err != nil {
+			failures = append(failures, schema.ImportFailure{ObjectID: u.ID, Position: int64(p.Offset + i), Reason: reason(err)})
+			continue
+		}
+		ds = append(ds, d)
+	}
+	return ds, failures
+}
+
+// reason is an error's message without the domain code prefix.
+func reason(err error) string {
+	var e *domain.Error
+	if errors.As(err, &e) {
+		return e.Message
+	}
+	return err.Error()
+}
+
+// eachPage lists users from offset to the last page and calls fn with each
+// page in order, fetching the next page while fn runs on the current one
+// (two pages' memory, reused). fn must not keep the page after it returns.
+func (s *Syncer) eachPage(ctx context.Context, offset int, fn func(*clerkapi.Page) error) error {
+	size := s.PageSize
+	if size <= 0 || size > clerkapi.MaxLimit {
+		size = clerkapi.MaxLimit
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type fetched struct {
+		p   *clerkapi.Page
+		err error
+	}
+	free := make(chan *clerkapi.Page, 2)
+	free <- new(clerkapi.Page)
+	free <- new(clerkapi.Page)
+	pages := make(chan fetched, 1)
+	go func() {
+		defer close(pages)
+		for off := offset; ; {
+			var p *clerkapi.Page
+			select {
+			case p = <-free:
+			case <-ctx.Done():
+				return
+			}
+			err := s.api.ListUsersInto(ctx, p, off, size)
+			select {
+			case pages <- fetched{p, err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil || p.Last() {
+				return
+			}
+			off = p.Next()
+		}
+	}()
+	for f := range pages {
+		if f.err != nil {
+			return f.err
+		}
+		if err := fn(f.p); err != nil {
+			return err
+		}
+		last := f.p.Last()
+		free <- f.p
+		if last {
+			return nil
+		}
+	}
+	return ctx.Err()
+}
