@@ -136,12 +136,15 @@ type Overview struct {
 	Log LogStatus
 	// Access are the newest audit access log entries.
 	Access []schema.Access
+	// Reconciles are the newest reconcile runs (ledger reconcile, or serve's
+	// schedule): what drift each found and repaired.
+	Reconciles []schema.ReconcileRun
 }
 
 // Overview reads the ledger at a glance as of now: deliveries per day by
 // family for the last OverviewDays days (the workspace projection), the
-// last delivery, every projector's lag, the log's status and the newest
-// accesses. It shows counts and the access log, no event, so it is not
+// last delivery, every projector's lag, the log's status, the newest
+// accesses and reconcile runs. It shows counts and the access log, no event, so it is not
 // recorded itself.
 func (s *Service) Overview(ctx context.Context, now time.Time) (Overview, error) {
 	var o Overview
@@ -167,6 +170,9 @@ func (s *Service) Overview(ctx context.Context, now time.Time) (Overview, error)
 		return o, err
 	}
 	if o.Access, err = s.AccessLog(ctx, 0, 10); err != nil {
+		return o, err
+	}
+	if o.Reconciles, err = schema.ReconcileRuns(ctx, s.db, 5); err != nil {
 		return o, err
 	}
 	return o, nil

@@ -51,6 +51,9 @@ func New(db *sqlx.DB, api API, log *slog.Logger) *Syncer {
 	return &Syncer{db: db, api: api, log: log, PageSize: clerkapi.MaxLimit, Now: time.Now}
 }
 
+// DB is the database the Syncer writes to.
+func (s *Syncer) DB() *sqlx.DB { return s.db }
+
 // KindUsers is the import kind of ImportUsers in clerk_imports.
 const KindUsers = "users"
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -215,4 +216,68 @@ func TestImportWithRefusedKey(t *testing.T) {
 	if n := e.count(`SELECT count(*) FROM events`); n != 0 {
 		t.Fatal("stored events with a refused key")
 	}
+}
+
+// A user who signs in before their user.created delivery: fetched once
+// however many pages ask at once, stored as a snapshot, shown at once.
+func TestFirstSignInFetchesOnceAndStores(t *testing.T) {
+	e := newEnv(t, 5)
+	id := e.api.List()[2].ID
+	f := clerksync.NewFirstSignIn(e.db, e.cl, nil)
+	e.api.SetDelay(0)
+	e.api.Inject(1, clerkapitest.Fault{Status: 200, Delay: 300 * time.Millisecond, Body: string(mustRaw(t, e.api, id))})
+	var wg sync.WaitGroup
+	users := make([]domain.User, 8)
+	errs := make([]error, 8)
+	for i := range users {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			users[i], errs[i] = f.FetchUser(context.Background(), id)
+		}()
+	}
+	wg.Wait()
+	for i := range users {
+		if errs[i] != nil || users[i].ID != id || users[i].Deleted {
+			t.Fatalf("caller %d: %+v %v", i, users[i], errs[i])
+		}
+	}
+	gets := 0
+	for _, r := range e.api.Requests() {
+		if r.Path == "/v1/users/"+id {
+			gets++
+		}
+	}
+	if gets != 1 {
+		t.Fatalf("%d GETs for 8 concurrent callers, want 1", gets)
+	}
+	if n := e.count(`SELECT count(*) FROM events WHERE type = 'user.snapshot' AND user_id = $1`, id); n != 1 {
+		t.Fatalf("%d snapshots", n)
+	}
+	e.project()
+	got := e.user(id)
+	users[0].Version = got.Version
+	if got.Email != users[0].Email || got.Name() != users[0].Name() {
+		t.Fatalf("projected %+v, shown %+v", got, users[0])
+	}
+	// Clerk has no such user, or is down: an error, nothing stored.
+	if _, err := f.FetchUser(context.Background(), "user_unknown"); domain.ErrorCode(err) != domain.ENOTFOUND {
+		t.Fatalf("unknown user: %v", err)
+	}
+	e.api.Inject(20, clerkapitest.Fault{Status: 503})
+	if _, err := f.FetchUser(context.Background(), e.api.List()[3].ID); domain.ErrorCode(err) != domain.EUNAVAILABLE {
+		t.Fatalf("API down: %v", err)
+	}
+	if n := e.count(`SELECT count(*) FROM events`); n != 1 {
+		t.Fatalf("%d events", n)
+	}
+}
+
+func mustRaw(t *testing.T, s *clerkapitest.Server, id string) []byte {
+	t.Helper()
+	raw, ok := s.Raw(id)
+	if !ok {
+		t.Fatal("no user")
+	}
+	return raw
 }

@@ -259,3 +259,28 @@ FROM reconcile_runs ORDER BY id DESC LIMIT $1`, limit)
 	}
 	return out, nil
 }
+
+// TryReconcileLock takes the session advisory lock that lets one reconcile
+// run at a time across every process (serve replicas' schedules, the CLI),
+// on a connection of its own held until release. ok is false when another
+// holds it.
+func TryReconcileLock(ctx context.Context, db *sqlx.DB) (release func(), ok bool, err error) {
+	conn, err := db.Connx(ctx)
+	if err != nil {
+		return nil, false, fmt.Errorf("reconcile lock: %w", Classify(err))
+	}
+	if err := conn.QueryRowxContext(ctx, `SELECT pg_try_advisory_lock(hashtext('ledger:reconcile'))`).Scan(&ok); err != nil {
+		conn.Close()
+		return nil, false, fmt.Errorf("reconcile lock: %w", Classify(err))
+	}
+	if !ok {
+		conn.Close()
+		return nil, false, nil
+	}
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, _ = conn.ExecContext(ctx, `SELECT pg_advisory_unlock(hashtext('ledger:reconcile'))`)
+		conn.Close()
+	}, true, nil
+}

@@ -1,10 +1,14 @@
 package main
 
 import (
+	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/clerkapi/clerkapitest"
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
 )
 
@@ -12,7 +16,7 @@ import (
 // key), exit status 1, for each command that needs it.
 func TestClerkCommandsRefuseAnInvalidSecretKey(t *testing.T) {
 	for _, key := range []string{"", "pk_test_abcdefghijklmnopqrstuvwxyz", "sk_live_short", "sk_test_abcdefghijklmnop qrs"} {
-		for _, args := range [][]string{{"import", "users"}} {
+		for _, args := range [][]string{{"import", "users"}, {"reconcile"}} {
 			out, errOut, code := runLedger(t, map[string]string{"CLERK_SECRET_KEY": key, "DATABASE_URL": "postgres://nobody@127.0.0.1:1/x"}, args...)
 			lines := strings.Split(strings.TrimSpace(errOut), "\n")
 			if code != 1 || len(lines) != 1 || !strings.Contains(lines[0], "CLERK_SECRET_KEY") || out != "" {
@@ -51,5 +55,72 @@ func TestImportUsersCommand(t *testing.T) {
 	out, _, err = ledger(t, env, "import", "users")
 	if err == nil || !strings.Contains(out, "imported 0, unchanged 1199, failed 1 users") {
 		t.Fatalf("second import: %v\n%s", err, out)
+	}
+}
+
+func TestReconcileCommand(t *testing.T) {
+	api := clerkapitest.New(clerkapitest.Options{Users: 40, Seed: 4})
+	defer api.Close()
+	dsn := schematest.NewURL(t)
+	env := map[string]string{"DATABASE_URL": dsn, "CLERK_SECRET_KEY": api.SecretKey(), "CLERK_API_URL": api.URL(), "CLERK_API_RATE_LIMIT": "50"}
+	if _, _, err := ledger(t, env, "migrate"); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := ledger(t, env, "reconcile", "--dry-run")
+	if err != nil || !strings.Contains(out, "40 users in Clerk, 0 live here: missing 40, stale 0, gone 0, same 0, deleted here 0; dry run, would repair 40, failed 0") {
+		t.Fatalf("dry run: %v\n%s", err, out)
+	}
+	out, _, err = ledger(t, env, "reconcile")
+	if err != nil || !strings.Contains(out, "missing 40") || !strings.Contains(out, "repaired 40") {
+		t.Fatalf("run: %v\n%s", err, out)
+	}
+}
+
+func TestStatusCommandWarnsOfSilence(t *testing.T) {
+	dsn := schematest.NewURL(t)
+	env := map[string]string{"DATABASE_URL": dsn}
+	if _, _, err := ledger(t, env, "migrate"); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := ledger(t, env, "status")
+	if err != nil || !strings.Contains(out, "last delivery: none stored yet") || !strings.Contains(out, "last reconcile: never") {
+		t.Fatalf("empty: %v\n%s", err, out)
+	}
+	db := schematest.Open(t, dsn)
+	body := `{"data":{"id":"sess_1","user_id":"user_1","object":"session"},"object":"event","type":"session.created","timestamp":1716897660000}`
+	d, err := domain.NewDelivery("msg_1", time.Now().Unix(), "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", []byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := schema.NewStore(db).AppendDelivery(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err = ledger(t, env, "status")
+	if err != nil || !strings.Contains(out, "  session ") || strings.Contains(out, "WARNING") {
+		t.Fatalf("fresh: %v\n%s", err, out)
+	}
+	env["LEDGER_SILENCE_WARN"] = "1ms"
+	time.Sleep(5 * time.Millisecond)
+	out, _, err = ledger(t, env, "status")
+	if code, ok := err.(exitCode); !ok || code != 1 || !strings.Contains(out, "WARNING: no webhook delivery for") {
+		t.Fatalf("silent: %v\n%s", err, out)
+	}
+	env["LEDGER_SILENCE_WARN"] = "soon"
+	if _, _, err = ledger(t, env, "status"); err == nil || !strings.Contains(err.Error(), "LEDGER_SILENCE_WARN") {
+		t.Fatalf("bad setting: %v", err)
+	}
+}
+
+func TestReconcileEverySetting(t *testing.T) {
+	for v, want := range map[string]string{"": "", "off": "", "24h": "", "1m": "at least 10m0s", "daily": "LEDGER_RECONCILE_EVERY"} {
+		a := &app{env: envOf(map[string]string{"LEDGER_RECONCILE_EVERY": v})}
+		d, err := a.reconcileEvery(true)
+		if (want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), want)) {
+			t.Errorf("%q: %v %v", v, d, err)
+		}
+	}
+	a := &app{env: envOf(map[string]string{"LEDGER_RECONCILE_EVERY": "24h"})}
+	if _, err := a.reconcileEvery(false); err == nil || !strings.Contains(err.Error(), "CLERK_SECRET_KEY is not") {
+		t.Errorf("without a key: %v", err)
 	}
 }
