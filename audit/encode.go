@@ -36,7 +36,7 @@ type EventWriter interface {
 // UTC), source (svix or clerk_api), leaf_index and leaf_hash (the event's leaf in the Merkle tree and its
 // hash in standard base64; both null until sealed) and payload (the stored
 // body as JSON, on one line). CSV: a header row and the same columns, the payload as
-// JSON text.
+// JSON text, source last.
 func NewEventWriter(w io.Writer, format string) (EventWriter, error) {
 	switch format {
 	case FormatJSONL:
@@ -56,7 +56,7 @@ func ExportContentType(format string) string {
 	return "application/x-ndjson"
 }
 
-var csvHeader = []string{"position", "delivery_id", "type", "user_id", "occurred_at", "received_at", "source", "leaf_index", "leaf_hash", "payload"}
+var csvHeader = []string{"position", "delivery_id", "type", "user_id", "occurred_at", "received_at", "leaf_index", "leaf_hash", "payload", "source"}
 
 // jsonlWriter encodes by hand: encoding/json would re-validate every payload
 // and allocate per field, which halves the export rate.
@@ -226,13 +226,14 @@ func (c *csvWriter) Write(e schema.AuditEvent) error {
 	r[3] = e.UserID
 	r[4] = e.OccurredAt.UTC().Format(time.RFC3339Nano)
 	r[5] = e.ReceivedAt.UTC().Format(time.RFC3339Nano)
-	r[6] = EventSource(e.Event)
-	r[7], r[8] = "", ""
+	r[6], r[7] = "", ""
 	if e.LeafHash != nil {
-		r[7] = strconv.FormatInt(e.LeafIndex, 10)
-		r[8] = base64.StdEncoding.EncodeToString(e.LeafHash)
+		r[6] = strconv.FormatInt(e.LeafIndex, 10)
+		r[7] = base64.StdEncoding.EncodeToString(e.LeafHash)
 	}
-	r[9] = string(e.Body)
+	r[8] = string(e.Body)
+	// Last: consumers reading columns by position before it existed still work.
+	r[9] = EventSource(e.Event)
 	return c.w.Write(r)
 }
 

@@ -14,12 +14,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/clerkapi"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/jmoiron/sqlx"
+	"golang.org/x/sync/errgroup"
 )
 
 // API is the part of the Backend API client (*clerkapi.Client) the syncer
@@ -39,6 +41,10 @@ type Syncer struct {
 	log *slog.Logger
 	// PageSize is the list page size (default and at most clerkapi.MaxLimit).
 	PageSize int
+	// Writers is how many pages an import stores at once, each in its own
+	// transaction (default 2: the database's work on one page overlaps
+	// another's).
+	Writers int
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -48,7 +54,7 @@ func New(db *sqlx.DB, api API, log *slog.Logger) *Syncer {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Syncer{db: db, api: api, log: log, PageSize: clerkapi.MaxLimit, Now: time.Now}
+	return &Syncer{db: db, api: api, log: log, PageSize: clerkapi.MaxLimit, Writers: 2, Now: time.Now}
 }
 
 // DB is the database the Syncer writes to.
@@ -122,18 +128,7 @@ func (s *Syncer) ImportUsers(ctx context.Context, o ImportOptions) (ImportSummar
 		sum.Progress = Progress{Total: total}
 	}
 	sum.FromOffset = sum.Offset
-	err = s.eachPage(ctx, sum.Offset, func(p *clerkapi.Page) error {
-		n, err := s.storePage(ctx, p, &sum)
-		if err != nil {
-			return err
-		}
-		sum.Offset = n
-		sum.Finished = p.Last()
-		if o.Progress != nil {
-			o.Progress(sum.Progress)
-		}
-		return nil
-	})
+	err = s.importPages(ctx, o, &sum)
 	sum.Duration = time.Since(start)
 	if err != nil {
 		return sum, fmt.Errorf("import users at offset %d: %w", sum.Offset, err)
@@ -141,34 +136,131 @@ func (s *Syncer) ImportUsers(ctx context.Context, o ImportOptions) (ImportSummar
 	return sum, nil
 }
 
-// storePage stores one page's snapshots and the pass's place in one
-// transaction and returns the next offset.
-func (s *Syncer) storePage(ctx context.Context, p *clerkapi.Page, sum *ImportSummary) (int, error) {
-	ds, failures := snapshots(p)
-	inserted, unchanged, failures, err := s.appendPage(ctx, ds, p, failures)
-	if err != nil {
-		return 0, err
-	}
-	for _, f := range failures {
-		s.log.Warn("clerk user not imported", "user_id", f.ObjectID, "position", f.Position, "reason", f.Reason)
-		if len(sum.Failures) < 100 {
-			sum.Failures = append(sum.Failures, f)
-		}
-	}
-	sum.Imported += int64(inserted)
-	sum.Unchanged += int64(unchanged)
-	sum.Failed += int64(len(failures))
-	return p.Next(), nil
+// writeTimeout bounds the storing of one page.
+const writeTimeout = 60 * time.Second
+
+// page is one page's snapshots, their memory the page's own, on its way
+// to a writer.
+type page struct {
+	offset, next int
+	last         bool
+	ds           []domain.Delivery
+	failures     []schema.ImportFailure
 }
 
-// appendPage appends ds and advances the import in one transaction. When
-// the database refuses a row's data it stores the page one snapshot at a
-// time, recording the refused ones as failures (the place advances with the
-// last). It returns how many snapshots were new and how many were stored
-// before, and the page's failures.
-func (s *Syncer) appendPage(ctx context.Context, ds []domain.Delivery, p *clerkapi.Page, failures []schema.ImportFailure) (inserted, unchanged int, _ []schema.ImportFailure, _ error) {
+// importPages stores the pages from sum.Offset on, with Writers
+// transactions at once (each page one transaction: its events, counts and
+// failures) while the next pages are fetched. The place (clerk_imports
+// next_offset) moves only over pages that are all stored: a writer whose
+// page starts at the place moves it, over every later page already stored;
+// so after a crash at most Writers-1 stored pages are read again (their
+// users counted unchanged).
+func (s *Syncer) importPages(ctx context.Context, o ImportOptions, sum *ImportSummary) error {
+	writers := s.Writers
+	if writers <= 0 {
+		writers = 1
+	}
+	// Interrupted (ctx cancelled), the fetching stops and the pages handed
+	// to writers are still stored (at most Writers pages, each bounded by
+	// writeTimeout): Ctrl-C keeps what was read.
+	wctx := context.WithoutCancel(ctx)
+	g, ctx := errgroup.WithContext(ctx)
+	work := make(chan page)
+	var mu sync.Mutex
+	place := sum.Offset
+	stored := map[int]page{} // stored pages past the place, by offset
+	// advance moves the place over stored pages (mu held) and says whether
+	// it moved and whether the pass is finished.
+	advance := func() (moved, finished bool) {
+		for {
+			p, ok := stored[place]
+			if !ok {
+				return moved, finished
+			}
+			delete(stored, place)
+			place, moved, finished = p.next, true, p.last
+		}
+	}
+	store := func(p page) error {
+		ctx, cancel := context.WithTimeout(wctx, writeTimeout)
+		defer cancel()
+		inserted, unchanged, failures, err := s.appendPage(ctx, p)
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		for _, f := range failures {
+			s.log.Warn("clerk user not imported", "user_id", f.ObjectID, "position", f.Position, "reason", f.Reason)
+			if len(sum.Failures) < 100 {
+				sum.Failures = append(sum.Failures, f)
+			}
+		}
+		sum.Imported += int64(inserted)
+		sum.Unchanged += int64(unchanged)
+		sum.Failed += int64(len(failures))
+		stored[p.offset] = p
+		moved, finished := advance()
+		next := place
+		if moved {
+			sum.Offset, sum.Finished = place, finished
+			if o.Progress != nil {
+				o.Progress(sum.Progress)
+			}
+		}
+		mu.Unlock()
+		if !moved {
+			return nil
+		}
+		// Places recorded by two writers may cross: SetImportPlace only
+		// moves forward.
+		return schema.SetImportPlace(ctx, s.db, KindUsers, next, finished)
+	}
+	for range writers {
+		g.Go(func() error {
+			for p := range work {
+				if err := store(p); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		defer close(work)
+		return s.eachPage(ctx, sum.Offset, func(p *clerkapi.Page) error {
+			ds, failures := snapshots(p)
+			// The page's memory is reused for the next fetch: the bodies
+			// are copied into one buffer of this page's own.
+			n := 0
+			for _, d := range ds {
+				n += len(d.Body)
+			}
+			buf := make([]byte, 0, n)
+			for i := range ds {
+				start := len(buf)
+				buf = append(buf, ds[i].Body...)
+				ds[i].Body = buf[start:len(buf):len(buf)]
+			}
+			select {
+			case work <- page{offset: p.Offset, next: p.Next(), last: p.Last(), ds: ds, failures: failures}:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+	})
+	return g.Wait()
+}
+
+// appendPage appends a page's snapshots with its counts and failures in
+// one transaction. When the database refuses a row's data it stores the
+// page one snapshot at a time, recording the refused ones as failures. It
+// returns how many snapshots were new and how many were stored before, and
+// the page's failures.
+func (s *Syncer) appendPage(ctx context.Context, p page) (inserted, unchanged int, _ []schema.ImportFailure, _ error) {
+	ds, failures := p.ds, p.failures
 	n, err := s.appendTx(ctx, ds, func(tx *sqlx.Tx, inserted int) error {
-		return schema.AdvanceImport(ctx, tx, KindUsers, p.Next(), int64(inserted), int64(len(uniqueIDs(ds))-inserted), failures, p.Last())
+		return schema.AddImportCounts(ctx, tx, KindUsers, int64(inserted), int64(len(uniqueIDs(ds))-inserted), failures)
 	})
 	if err == nil || !schema.Refused(err) {
 		return n, len(uniqueIDs(ds)) - n, failures, err
@@ -178,7 +270,7 @@ func (s *Syncer) appendPage(ctx context.Context, ds []domain.Delivery, p *clerka
 		k, err := s.appendTx(ctx, ds[i:i+1], nil)
 		switch {
 		case schema.Refused(err):
-			failures = append(failures, schema.ImportFailure{ObjectID: d.UserID, Position: int64(p.Offset), Reason: "the database refused its data"})
+			failures = append(failures, schema.ImportFailure{ObjectID: d.UserID, Position: int64(p.offset), Reason: "the database refused its data"})
 		case err != nil:
 			return 0, 0, failures, err
 		default:
@@ -188,7 +280,7 @@ func (s *Syncer) appendPage(ctx context.Context, ds []domain.Delivery, p *clerka
 	}
 	unchanged = len(uniqueIDs(stored)) - inserted
 	_, err = s.appendTx(ctx, nil, func(tx *sqlx.Tx, _ int) error {
-		return schema.AdvanceImport(ctx, tx, KindUsers, p.Next(), int64(inserted), int64(unchanged), failures, p.Last())
+		return schema.AddImportCounts(ctx, tx, KindUsers, int64(inserted), int64(unchanged), failures)
 	})
 	return inserted, unchanged, failures, err
 }

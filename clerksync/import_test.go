@@ -24,8 +24,14 @@ func TestImportIntoAnEmptyLedger(t *testing.T) {
 	if sum.Imported != 350 || sum.Unchanged != 0 || sum.Failed != 0 || !sum.Finished || sum.Total != 350 || sum.Resumed {
 		t.Fatalf("summary %+v", sum)
 	}
-	if len(seen) != 4 || seen[3].Offset != 350 {
+	// Reported as the place moves (pages stored out of order move it once).
+	if len(seen) == 0 || len(seen) > 4 || seen[len(seen)-1].Offset != 350 {
 		t.Fatalf("progress %+v", seen)
+	}
+	for i := 1; i < len(seen); i++ {
+		if seen[i].Offset <= seen[i-1].Offset {
+			t.Fatalf("progress went back: %+v", seen)
+		}
 	}
 	// Each user is one user.snapshot holding the exact bytes the API sent.
 	for _, en := range e.api.List() {
@@ -139,11 +145,14 @@ func TestImportResumesAfterInterruption(t *testing.T) {
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("interrupted import: %v", err)
 	}
-	// The page at 200 was fetched ahead; it may or may not have been
-	// stored before the cancel reached its transaction.
+	// The pages fetched before the cancel are stored (the page at 200 may
+	// have been fetched ahead and handed to a writer, or not).
 	stopped := sum.Offset
 	if (stopped != 200 && stopped != 300) || sum.Imported != int64(stopped) || sum.Finished {
 		t.Fatalf("interrupted at %+v, want 200 or 300 stored", sum)
+	}
+	if n := e.count(`SELECT count(*) FROM events`); n != int64(stopped) {
+		t.Fatalf("%d events stored, place %d", n, stopped)
 	}
 	e.api.OnList(nil)
 	before := e.api.RequestCount()

@@ -14,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
 )
 
 // snapshotColumns is how many parameters AppendSnapshots binds per row.
@@ -24,15 +25,16 @@ const snapshotColumns = 9
 const MaxSnapshotBatch = 65535 / snapshotColumns
 
 // AppendSnapshots stores ds, events the ledger read itself (Backend API
-// snapshots, source domain.SourceClerkAPI; any domain.Delivery passes), in
-// one multi-row INSERT … ON CONFLICT (delivery_id) DO NOTHING on tx, and
-// returns the ids it inserted: an id not returned was stored before (the
-// same snapshot imported again), or repeated within ds (the first copy
-// counts). The rows go in delivery id order, so two importers racing on the
-// same ids cannot deadlock. It is the one place such events are written; it
-// does not go through the webhook's group commit (a page of 500 is one
-// statement already), and commits nothing itself: the caller commits tx,
-// with whatever else belongs with the page (the import's place).
+// snapshots, source domain.SourceClerkAPI; any domain.Delivery passes), on
+// tx, and returns the ids it inserted: an id not returned was stored
+// before (the same snapshot imported again), or repeated within ds (the
+// first copy counts). It looks the ids up in one query and COPYs only the
+// new rows, in delivery id order; when another writer stored one of them
+// meanwhile it stores them with INSERT … ON CONFLICT (delivery_id) DO
+// NOTHING instead. It is the one place such events are written; it does
+// not go through the webhook's group commit (a page of 500 is one COPY
+// already), and commits nothing itself: the caller commits tx, with
+// whatever else belongs with the page (the import's place).
 //
 // Errors: EINVALID (nothing stored) when a delivery fails Delivery.Check
 // or there are more than MaxSnapshotBatch; the database's errors through
@@ -58,6 +60,101 @@ func AppendSnapshots(ctx context.Context, tx *sqlx.Tx, ds []domain.Delivery) (ma
 		return inserted, nil
 	}
 	slices.SortFunc(order, func(a, b int) int { return cmp.Compare(ds[a].ID, ds[b].ID) })
+	ids := make([]string, len(order))
+	for k, i := range order {
+		ids[k] = ds[i].ID
+	}
+	// Most of a re-import is stored already: one index lookup finds those,
+	// and only the new rows are written.
+	rows, err := tx.QueryContext(ctx, `SELECT delivery_id FROM events WHERE delivery_id = ANY($1)`, pq.Array(ids))
+	if err != nil {
+		return nil, fmt.Errorf("append %d snapshots: %w", len(order), Classify(err))
+	}
+	stored := map[string]bool{}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("append snapshots: %w", Classify(err))
+		}
+		stored[id] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("append %d snapshots: %w", len(order), Classify(err))
+	}
+	fresh := order[:0:0]
+	for _, i := range order {
+		if !stored[ds[i].ID] {
+			fresh = append(fresh, i)
+		}
+	}
+	if len(fresh) == 0 {
+		return inserted, nil
+	}
+	// COPY streams a page several times faster than a multi-row INSERT of
+	// thousands of parameters. It has no ON CONFLICT: when another writer
+	// stored one of these ids since the look-up (two imports at once), the
+	// savepoint is rolled back and the rows go through INSERT … ON
+	// CONFLICT DO NOTHING instead.
+	if _, err := tx.ExecContext(ctx, `SAVEPOINT append_snapshots`); err != nil {
+		return nil, fmt.Errorf("append snapshots: %w", Classify(err))
+	}
+	err = copySnapshots(ctx, tx, ds, fresh)
+	if err == nil {
+		if _, err := tx.ExecContext(ctx, `RELEASE SAVEPOINT append_snapshots`); err != nil {
+			return nil, fmt.Errorf("append snapshots: %w", Classify(err))
+		}
+		for _, i := range fresh {
+			inserted[ds[i].ID] = true
+		}
+		return inserted, nil
+	}
+	var pqErr *pq.Error
+	if !errors.As(err, &pqErr) || pqErr.Code != "23505" {
+		return nil, fmt.Errorf("append %d snapshots: %w", len(fresh), Classify(err))
+	}
+	if _, err := tx.ExecContext(ctx, `ROLLBACK TO SAVEPOINT append_snapshots`); err != nil {
+		return nil, fmt.Errorf("append snapshots: %w", Classify(err))
+	}
+	return inserted, insertSnapshots(ctx, tx, ds, fresh, inserted)
+}
+
+// copySnapshots COPYs ds[order] into events.
+func copySnapshots(ctx context.Context, tx *sqlx.Tx, ds []domain.Delivery, order []int) error {
+	stmt, err := tx.PrepareContext(ctx, pq.CopyIn("events", "message_uuid", "delivery_id", "type", "user_id", "occurred_at", "body", "svix_timestamp", "svix_signature", "source"))
+	if err != nil {
+		return err
+	}
+	defer stmt.Close()
+	for _, i := range order {
+		d := &ds[i]
+		if _, err := stmt.ExecContext(ctx, snapshotRow(d)...); err != nil {
+			return err
+		}
+	}
+	_, err = stmt.ExecContext(ctx)
+	return err
+}
+
+// snapshotRow is d's column values for events (message_uuid, delivery_id,
+// type, user_id, occurred_at, body, svix_timestamp, svix_signature, source).
+func snapshotRow(d *domain.Delivery) []any {
+	var user any
+	if d.UserID != "" {
+		user = d.UserID
+	}
+	source := d.Source
+	if source == "" {
+		source = domain.SourceSvix
+	}
+	// The body goes as a string: lib/pq would hex-encode a []byte.
+	return []any{watermill.NewUUID(), d.ID, d.Type, user, d.OccurredAt.UTC(), string(d.Body), d.Timestamp, d.Signature, source}
+}
+
+// insertSnapshots inserts ds[order] with one multi-row INSERT … ON
+// CONFLICT (delivery_id) DO NOTHING and adds the ids it inserted.
+func insertSnapshots(ctx context.Context, tx *sqlx.Tx, ds []domain.Delivery, order []int, inserted map[string]bool) error {
 	var b strings.Builder
 	b.Grow(96 + len(order)*64)
 	b.WriteString(`INSERT INTO events (message_uuid, delivery_id, type, user_id, occurred_at, body, svix_timestamp, svix_signature, source, transaction_id) VALUES `)
@@ -76,34 +173,25 @@ func AppendSnapshots(ctx context.Context, tx *sqlx.Tx, ds []domain.Delivery) (ma
 			b.WriteString(strconv.Itoa(n + c))
 		}
 		b.WriteString(",pg_current_xact_id())")
-		var user any
-		if d.UserID != "" {
-			user = d.UserID
-		}
-		source := d.Source
-		if source == "" {
-			source = domain.SourceSvix
-		}
-		// The body goes as a string: lib/pq would hex-encode a []byte.
-		args = append(args, watermill.NewUUID(), d.ID, d.Type, user, d.OccurredAt.UTC(), string(d.Body), d.Timestamp, d.Signature, source)
+		args = append(args, snapshotRow(d)...)
 	}
 	b.WriteString(` ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id`)
 	rows, err := tx.QueryContext(ctx, b.String(), args...)
 	if err != nil {
-		return nil, fmt.Errorf("append %d snapshots: %w", len(order), Classify(err))
+		return fmt.Errorf("append %d snapshots: %w", len(order), Classify(err))
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var id string
 		if err := rows.Scan(&id); err != nil {
-			return nil, fmt.Errorf("append snapshots: %w", Classify(err))
+			return fmt.Errorf("append snapshots: %w", Classify(err))
 		}
 		inserted[id] = true
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("append %d snapshots: %w", len(order), Classify(err))
+		return fmt.Errorf("append %d snapshots: %w", len(order), Classify(err))
 	}
-	return inserted, nil
+	return nil
 }
 
 // ImportState is the place and counts of an import pass (clerk_imports).
@@ -154,23 +242,34 @@ type ImportFailure struct {
 	Reason   string // never the object's bytes
 }
 
-// AdvanceImport records, in the page's transaction, that the pass of kind
-// stored a page: the next offset, the page's counts added, its failures kept
-// (ids and reasons only), and the pass finished when finished.
-func AdvanceImport(ctx context.Context, tx *sqlx.Tx, kind string, next int, imported, unchanged int64, failures []ImportFailure, finished bool) error {
-	_, err := tx.ExecContext(ctx, `UPDATE clerk_imports SET updated_at = now(), next_offset = $2,
-  imported = imported + $3, unchanged = unchanged + $4, failed = failed + $5,
-  finished_at = CASE WHEN $6 THEN now() END
-WHERE kind = $1`, kind, next, imported, unchanged, len(failures), finished)
+// AddImportCounts adds a stored page's counts to the pass of kind and keeps
+// its failures (ids and reasons only), on q: the page's transaction.
+func AddImportCounts(ctx context.Context, q Execer, kind string, imported, unchanged int64, failures []ImportFailure) error {
+	_, err := q.ExecContext(ctx, `UPDATE clerk_imports SET updated_at = now(),
+  imported = imported + $2, unchanged = unchanged + $3, failed = failed + $4
+WHERE kind = $1`, kind, imported, unchanged, len(failures))
 	if err != nil {
-		return fmt.Errorf("advance import %s: %w", kind, Classify(err))
+		return fmt.Errorf("count import %s: %w", kind, Classify(err))
 	}
 	for _, f := range failures {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO clerk_import_failures (kind, object_id, position, reason) VALUES ($1, $2, $3, $4)
+		if _, err := q.ExecContext(ctx, `INSERT INTO clerk_import_failures (kind, object_id, position, reason) VALUES ($1, $2, $3, $4)
 ON CONFLICT (kind, object_id, position) DO UPDATE SET reason = EXCLUDED.reason, failed_at = now()`,
 			kind, f.ObjectID, f.Position, domain.StorableText(f.Reason)); err != nil {
 			return fmt.Errorf("record import failure: %w", Classify(err))
 		}
+	}
+	return nil
+}
+
+// SetImportPlace records that every page of the pass of kind before offset
+// next is stored (the place only moves forward), and the pass finished when
+// finished.
+func SetImportPlace(ctx context.Context, q Execer, kind string, next int, finished bool) error {
+	_, err := q.ExecContext(ctx, `UPDATE clerk_imports SET updated_at = now(), next_offset = GREATEST(next_offset, $2),
+  finished_at = CASE WHEN $3 THEN now() END
+WHERE kind = $1`, kind, next, finished)
+	if err != nil {
+		return fmt.Errorf("advance import %s: %w", kind, Classify(err))
 	}
 	return nil
 }
