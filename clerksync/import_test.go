@@ -11,6 +11,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/clerkapi/clerkapitest"
 	"github.com/clerk-ledger/clerk-ledger/clerksync"
 	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/projections"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 )
 
@@ -54,6 +55,23 @@ func TestImportIntoAnEmptyLedger(t *testing.T) {
 		t.Fatalf("projected %+v from %+v", u, cu)
 	}
 	e.checkProjection()
+	// The workspace indexes the imported users' emails for search, and does
+	// not count the snapshots as deliveries.
+	if err := projections.NewRunner(e.db, nil, projections.NewWorkspace()).CatchUp(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	withEmail := int64(0)
+	for _, en := range e.api.List() {
+		if u, _ := e.api.Get(en.ID); len(u.EmailAddresses) > 0 {
+			withEmail++
+		}
+	}
+	if n := e.count(`SELECT count(DISTINCT user_id) FROM user_emails`); n != withEmail || n == 0 {
+		t.Fatalf("%d users' emails indexed, want %d", n, withEmail)
+	}
+	if n := e.count(`SELECT count(*) FROM delivery_counts`); n != 0 {
+		t.Fatalf("snapshots counted as deliveries: %d rows", n)
+	}
 }
 
 func deref(p *string) string {

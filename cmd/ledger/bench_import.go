@@ -16,6 +16,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/clerksync"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/jmoiron/sqlx"
 	"github.com/spf13/cobra"
 	"golang.org/x/time/rate"
 )
@@ -109,18 +110,11 @@ func (a *app) benchImport(ctx context.Context, dsn, dbName string, users, writer
 	if err != nil {
 		return err
 	}
-	bench, err := benchDatabase(ctx, dsn, dbName)
-	if err != nil {
-		return err
-	}
-	db, err := schema.Open(ctx, bench, schema.PoolOptions{MaxOpen: 4})
+	db, err := openBenchDB(ctx, dsn, dbName)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	if _, err := schema.Migrate(ctx, db.DB); err != nil {
-		return err
-	}
 
 	// Baseline: the same pages fetched and parsed, nothing stored.
 	start = time.Now()
@@ -141,20 +135,12 @@ func (a *app) benchImport(ctx context.Context, dsn, dbName string, users, writer
 	s := clerksync.New(db, api, nil)
 	s.Writers = writers
 	resetPeakRSS()
-	if cpuProfile != "" {
-		f, err := os.Create(cpuProfile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
+	stopProfile, err := startCPUProfile(cpuProfile)
+	if err != nil {
+		return err
 	}
 	sum, err := s.ImportUsers(ctx, clerksync.ImportOptions{})
-	if cpuProfile != "" {
-		pprof.StopCPUProfile()
-	}
+	stopProfile()
 	if err != nil {
 		return err
 	}
@@ -169,4 +155,39 @@ func (a *app) benchImport(ctx context.Context, dsn, dbName string, users, writer
 	fmt.Fprintf(a.stdout, "again:  %d imported, %d unchanged in %s: %.0f users/s\n",
 		again.Imported, again.Unchanged, again.Duration.Round(time.Millisecond), float64(again.Imported+again.Unchanged)/again.Duration.Seconds())
 	return nil
+}
+
+// openBenchDB creates the fresh scratch database name on base's server
+// (benchDatabase), migrates it and opens a pool of 4 on it.
+func openBenchDB(ctx context.Context, base, name string) (*sqlx.DB, error) {
+	dsn, err := benchDatabase(ctx, base, name)
+	if err != nil {
+		return nil, err
+	}
+	db, err := schema.Open(ctx, dsn, schema.PoolOptions{MaxOpen: 4})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := schema.Migrate(ctx, db.DB); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+// startCPUProfile writes a CPU profile to path until stop is called; with
+// an empty path it does nothing.
+func startCPUProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }

@@ -63,22 +63,23 @@ func (a *app) clerkAPI(cmd *cobra.Command) (*clerkapi.Client, error) {
 	return clerkapi.New(cfg)
 }
 
-// syncer opens the database and the Backend API client for import and
-// reconcile; close closes the database.
-func (a *app) syncer(cmd *cobra.Command) (s *clerksync.Syncer, closeDB func(), err error) {
+// withSyncer runs fn with a Syncer on the database and the Backend API
+// client (import, reconcile), and closes the database after.
+func (a *app) withSyncer(cmd *cobra.Command, fn func(*clerksync.Syncer) error) error {
 	api, err := a.clerkAPI(cmd)
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
 	log, err := a.logger(cmd)
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
 	db, err := a.openDB(cmd)
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
-	return clerksync.New(db, api, log), func() { db.Close() }, nil
+	defer db.Close()
+	return fn(clerksync.New(db, api, log))
 }
 
 func (a *app) importCmd() *cobra.Command {
@@ -103,32 +104,32 @@ had not stored; --restart starts a new pass. A malformed user is reported with
 its id and skipped. Exits 1 when any user failed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, closeDB, err := a.syncer(cmd)
-			if err != nil {
-				return err
-			}
-			defer closeDB()
-			view := a.progressOf("import users", "users")
-			sum, err := s.ImportUsers(cmd.Context(), clerksync.ImportOptions{Restart: restart, Progress: func(p clerksync.Progress) {
-				view.update("importing", int64(p.Offset), max(p.Total, int64(p.Offset)))
-			}})
-			view.finish()
-			a.printImport(sum)
-			if err != nil {
-				if errors.Is(err, context.Canceled) {
-					return fmt.Errorf("import interrupted at offset %d: run it again to resume", sum.Offset)
-				}
-				return err
-			}
-			if sum.Failed > 0 {
-				return exitCode(1)
-			}
-			return nil
+			return a.withSyncer(cmd, func(s *clerksync.Syncer) error { return a.importUsers(cmd.Context(), s, restart) })
 		},
 	}
 	users.Flags().BoolVar(&restart, "restart", false, "start a new pass from the first user instead of resuming an interrupted one")
 	cmd.AddCommand(users)
 	return cmd
+}
+
+// importUsers runs ledger import users with s.
+func (a *app) importUsers(ctx context.Context, s *clerksync.Syncer, restart bool) error {
+	view := a.progressOf("import users", "users")
+	sum, err := s.ImportUsers(ctx, clerksync.ImportOptions{Restart: restart, Progress: func(p clerksync.Progress) {
+		view.update("importing", int64(p.Offset), max(p.Total, int64(p.Offset)))
+	}})
+	view.finish()
+	a.printImport(sum)
+	if err != nil {
+		if errors.Is(err, context.Canceled) {
+			return fmt.Errorf("import interrupted at offset %d: run it again to resume", sum.Offset)
+		}
+		return err
+	}
+	if sum.Failed > 0 {
+		return exitCode(1)
+	}
+	return nil
 }
 
 func (a *app) printImport(sum clerksync.ImportSummary) {
@@ -173,28 +174,25 @@ the run says so. Every run is recorded and shown to auditors. Exits 1 when
 the run failed, was held back, or could not read some users.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, closeDB, err := a.syncer(cmd)
-			if err != nil {
-				return err
-			}
-			defer closeDB()
-			run, err := s.Reconcile(cmd.Context(), clerksync.ReconcileOptions{DryRun: dryRun, MaxGone: maxGone, Trigger: clerksync.TriggerCLI})
-			verb := "repaired"
-			if dryRun {
-				verb = "dry run, would repair"
-			}
-			fmt.Fprintf(a.stdout, "reconcile run %d: %d users in Clerk, %d live here: missing %d, stale %d, gone %d, same %d, deleted here %d; %s %d, failed %d\n",
-				run.ID, run.ClerkUsers, run.LedgerUsers, run.Missing, run.Stale, run.Gone, run.Same, run.DeletedHere, verb, repairable(run), run.Failed)
-			if run.HeldBack != "" {
-				fmt.Fprintln(a.stdout, "held back:", run.HeldBack)
-			}
-			if err != nil {
-				return err
-			}
-			if run.HeldBack != "" || run.Failed > 0 {
-				return exitCode(1)
-			}
-			return nil
+			return a.withSyncer(cmd, func(s *clerksync.Syncer) error {
+				run, err := s.Reconcile(cmd.Context(), clerksync.ReconcileOptions{DryRun: dryRun, MaxGone: maxGone, Trigger: clerksync.TriggerCLI})
+				verb := "repaired"
+				if dryRun {
+					verb = "dry run, would repair"
+				}
+				fmt.Fprintf(a.stdout, "reconcile run %d: %d users in Clerk, %d live here: missing %d, stale %d, gone %d, same %d, deleted here %d; %s %d, failed %d\n",
+					run.ID, run.ClerkUsers, run.LedgerUsers, run.Missing, run.Stale, run.Gone, run.Same, run.DeletedHere, verb, repairable(run), run.Failed)
+				if run.HeldBack != "" {
+					fmt.Fprintln(a.stdout, "held back:", run.HeldBack)
+				}
+				if err != nil {
+					return err
+				}
+				if run.HeldBack != "" || run.Failed > 0 {
+					return exitCode(1)
+				}
+				return nil
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "only report: append nothing")
