@@ -30,6 +30,21 @@ type API interface {
 	ListUsersInto(ctx context.Context, p *clerkapi.Page, offset, limit int) error
 	CountUsers(ctx context.Context) (int64, error)
 	GetUser(ctx context.Context, id string) (clerkapi.User, error)
+	ListOrganizationsInto(ctx context.Context, p *clerkapi.Page, offset, limit int) error
+	ListMembershipsInto(ctx context.Context, p *clerkapi.Page, orgID string, offset, limit int) error
+}
+
+// lister reads one list page (an API method).
+type lister func(ctx context.Context, p *clerkapi.Page, offset, limit int) error
+
+// importKind is what one kind of import reads and stores.
+type importKind struct {
+	name  string // clerk_imports.kind
+	list  lister
+	count func(ctx context.Context) (int64, error)
+	// build turns a page into snapshots and failures; it may read more
+	// (an organization's memberships). Bodies may point into the page.
+	build func(ctx context.Context, p *clerkapi.Page) ([]domain.Delivery, []schema.ImportFailure, error)
 }
 
 // Syncer imports and reconciles users. It is safe for concurrent use, but
@@ -108,9 +123,18 @@ type ImportSummary struct {
 // interrupted, the API's (EUNAUTHORIZED for a refused key, EUNAVAILABLE,
 // ERATELIMIT after the client's retries) or the database's.
 func (s *Syncer) ImportUsers(ctx context.Context, o ImportOptions) (ImportSummary, error) {
+	return s.importAll(ctx, importKind{name: KindUsers, list: s.api.ListUsersInto, count: s.api.CountUsers,
+		build: func(_ context.Context, p *clerkapi.Page) ([]domain.Delivery, []schema.ImportFailure, error) {
+			ds, failures := snapshots(p)
+			return ds, failures, nil
+		}}, o)
+}
+
+// importAll runs an import of kind k (ImportUsers, ImportOrganizations).
+func (s *Syncer) importAll(ctx context.Context, k importKind, o ImportOptions) (ImportSummary, error) {
 	start := time.Now()
 	var sum ImportSummary
-	st, ok, err := schema.ReadImport(ctx, s.db, KindUsers)
+	st, ok, err := schema.ReadImport(ctx, s.db, k.name)
 	if err != nil {
 		return sum, err
 	}
@@ -118,20 +142,20 @@ func (s *Syncer) ImportUsers(ctx context.Context, o ImportOptions) (ImportSummar
 		sum.Resumed = true
 		sum.Progress = Progress{Offset: st.NextOffset, Total: st.Total, Imported: st.Imported, Unchanged: st.Unchanged, Failed: st.Failed}
 	} else {
-		total, err := s.api.CountUsers(ctx)
+		total, err := k.count(ctx)
 		if err != nil {
-			return sum, fmt.Errorf("import users: %w", err)
+			return sum, fmt.Errorf("import %s: %w", k.name, err)
 		}
-		if err := schema.StartImport(ctx, s.db, KindUsers, total); err != nil {
+		if err := schema.StartImport(ctx, s.db, k.name, total); err != nil {
 			return sum, err
 		}
 		sum.Progress = Progress{Total: total}
 	}
 	sum.FromOffset = sum.Offset
-	err = s.importPages(ctx, o, &sum)
+	err = s.importPages(ctx, k, o, &sum)
 	sum.Duration = time.Since(start)
 	if err != nil {
-		return sum, fmt.Errorf("import users at offset %d: %w", sum.Offset, err)
+		return sum, fmt.Errorf("import %s at offset %d: %w", k.name, sum.Offset, err)
 	}
 	return sum, nil
 }
@@ -155,7 +179,7 @@ type page struct {
 // page starts at the place moves it, over every later page already stored;
 // so after a crash at most Writers-1 stored pages are read again (their
 // users counted unchanged).
-func (s *Syncer) importPages(ctx context.Context, o ImportOptions, sum *ImportSummary) error {
+func (s *Syncer) importPages(ctx context.Context, k importKind, o ImportOptions, sum *ImportSummary) error {
 	writers := s.Writers
 	if writers <= 0 {
 		writers = 1
@@ -184,13 +208,13 @@ func (s *Syncer) importPages(ctx context.Context, o ImportOptions, sum *ImportSu
 	store := func(p page) error {
 		ctx, cancel := context.WithTimeout(wctx, writeTimeout)
 		defer cancel()
-		inserted, unchanged, failures, err := s.appendPage(ctx, p)
+		inserted, unchanged, failures, err := s.appendPage(ctx, k.name, p)
 		if err != nil {
 			return err
 		}
 		mu.Lock()
 		for _, f := range failures {
-			s.log.Warn("clerk user not imported", "user_id", f.ObjectID, "position", f.Position, "reason", f.Reason)
+			s.log.Warn("clerk object not imported", "kind", k.name, "id", f.ObjectID, "position", f.Position, "reason", f.Reason)
 			if len(sum.Failures) < 100 {
 				sum.Failures = append(sum.Failures, f)
 			}
@@ -213,7 +237,7 @@ func (s *Syncer) importPages(ctx context.Context, o ImportOptions, sum *ImportSu
 		}
 		// Places recorded by two writers may cross: SetImportPlace only
 		// moves forward.
-		return schema.SetImportPlace(ctx, s.db, KindUsers, next, finished)
+		return schema.SetImportPlace(ctx, s.db, k.name, next, finished)
 	}
 	for range writers {
 		g.Go(func() error {
@@ -227,8 +251,11 @@ func (s *Syncer) importPages(ctx context.Context, o ImportOptions, sum *ImportSu
 	}
 	g.Go(func() error {
 		defer close(work)
-		return s.eachPage(ctx, sum.Offset, func(p *clerkapi.Page) error {
-			ds, failures := snapshots(p)
+		return s.eachPage(ctx, k.list, sum.Offset, func(p *clerkapi.Page) error {
+			ds, failures, err := k.build(ctx, p)
+			if err != nil {
+				return err
+			}
 			// The page's memory is reused for the next fetch: the bodies
 			// are copied into one buffer of this page's own.
 			n := 0
@@ -257,10 +284,10 @@ func (s *Syncer) importPages(ctx context.Context, o ImportOptions, sum *ImportSu
 // page one snapshot at a time, recording the refused ones as failures. It
 // returns how many snapshots were new and how many were stored before, and
 // the page's failures.
-func (s *Syncer) appendPage(ctx context.Context, p page) (inserted, unchanged int, _ []schema.ImportFailure, _ error) {
+func (s *Syncer) appendPage(ctx context.Context, kind string, p page) (inserted, unchanged int, _ []schema.ImportFailure, _ error) {
 	ds, failures := p.ds, p.failures
 	n, err := s.appendTx(ctx, ds, func(tx *sqlx.Tx, inserted int) error {
-		return schema.AddImportCounts(ctx, tx, KindUsers, int64(inserted), int64(len(uniqueIDs(ds))-inserted), failures)
+		return schema.AddImportCounts(ctx, tx, kind, int64(inserted), int64(len(uniqueIDs(ds))-inserted), failures)
 	})
 	if err == nil || !schema.Refused(err) {
 		return n, len(uniqueIDs(ds)) - n, failures, err
@@ -280,7 +307,7 @@ func (s *Syncer) appendPage(ctx context.Context, p page) (inserted, unchanged in
 	}
 	unchanged = len(uniqueIDs(stored)) - inserted
 	_, err = s.appendTx(ctx, nil, func(tx *sqlx.Tx, _ int) error {
-		return schema.AddImportCounts(ctx, tx, KindUsers, int64(inserted), int64(unchanged), failures)
+		return schema.AddImportCounts(ctx, tx, kind, int64(inserted), int64(unchanged), failures)
 	})
 	return inserted, unchanged, failures, err
 }
@@ -344,10 +371,10 @@ func reason(err error) string {
 	return err.Error()
 }
 
-// eachPage lists users from offset to the last page and calls fn with each
+// eachPage lists (list: users, organizations) from offset to the last page and calls fn with each
 // page in order, fetching the next page while fn runs on the current one
 // (two pages' memory, reused). fn must not keep the page after it returns.
-func (s *Syncer) eachPage(ctx context.Context, offset int, fn func(*clerkapi.Page) error) error {
+func (s *Syncer) eachPage(ctx context.Context, list lister, offset int, fn func(*clerkapi.Page) error) error {
 	size := s.PageSize
 	if size <= 0 || size > clerkapi.MaxLimit {
 		size = clerkapi.MaxLimit
@@ -371,7 +398,7 @@ func (s *Syncer) eachPage(ctx context.Context, offset int, fn func(*clerkapi.Pag
 			case <-ctx.Done():
 				return
 			}
-			err := s.api.ListUsersInto(ctx, p, off, size)
+			err := list(ctx, p, off, size)
 			select {
 			case pages <- fetched{p, err}:
 			case <-ctx.Done():

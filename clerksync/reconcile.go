@@ -100,7 +100,7 @@ func (s *Syncer) reconcile(ctx context.Context, o ReconcileOptions, run *schema.
 	}
 	run.LedgerUsers = int64(live)
 	listed := make(map[string]bool, len(versions))
-	err = s.eachPage(ctx, 0, func(p *clerkapi.Page) error {
+	err = s.eachPage(ctx, s.api.ListUsersInto, 0, func(p *clerkapi.Page) error {
 		var repairs []domain.Delivery
 		for _, f := range p.Failures {
 			run.Failed++

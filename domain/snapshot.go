@@ -24,7 +24,20 @@ import (
 const (
 	TypeUserSnapshot        = "user.snapshot"
 	TypeUserSnapshotDeleted = "user.snapshot_deleted"
+	// TypeOrganizationSnapshot and TypeMembershipSnapshot hold an
+	// organization or organization membership object as the Backend API
+	// returned it; the organizations fold takes them like the
+	// organization.updated / organizationMembership.updated carrying that
+	// object (ordered by its updated_at).
+	TypeOrganizationSnapshot = "organization.snapshot"
+	TypeMembershipSnapshot   = "organizationMembership.snapshot"
 )
+
+// SnapshotTypes are the types of the events the ledger reads from the
+// Backend API itself: not webhook deliveries.
+func SnapshotTypes() []string {
+	return []string{TypeUserSnapshot, TypeUserSnapshotDeleted, TypeOrganizationSnapshot, TypeMembershipSnapshot}
+}
 
 // Sources of events (the events.source column, Event.Source,
 // Delivery.Source).
@@ -33,10 +46,14 @@ const (
 	SourceClerkAPI = "clerk_api" // read by the ledger from Clerk's Backend API
 )
 
-// IsSnapshot reports whether typ is one of the Backend API types
-// (TypeUserSnapshot, TypeUserSnapshotDeleted), whose body is not an envelope.
+// IsSnapshot reports whether typ is one of SnapshotTypes, whose body is the
+// object itself, not an envelope.
 func IsSnapshot(typ string) bool {
-	return typ == TypeUserSnapshot || typ == TypeUserSnapshotDeleted
+	switch typ {
+	case TypeUserSnapshot, TypeUserSnapshotDeleted, TypeOrganizationSnapshot, TypeMembershipSnapshot:
+		return true
+	}
+	return false
 }
 
 // SnapshotDeliveryID is the delivery id of the snapshot of user id at
@@ -146,4 +163,48 @@ func decodeUserObject(body []byte) (userData, error) {
 	}
 	err := json.Unmarshal(body, &d)
 	return d, err
+}
+
+// NewOrganizationSnapshot returns the TypeOrganizationSnapshot delivery of
+// one organization object as the Backend API returned it (raw, kept byte
+// for byte), its delivery id SnapshotDeliveryID(id, updatedAt). EINVALID
+// when raw is not an organization object naming id with that updated_at.
+func NewOrganizationSnapshot(id string, updatedAt int64, raw []byte) (Delivery, error) {
+	d := Delivery{ID: SnapshotDeliveryID(id, updatedAt), Body: raw, Type: TypeOrganizationSnapshot,
+		OccurredAt: time.UnixMilli(updatedAt).UTC(), Source: SourceClerkAPI}
+	if err := d.Check(); err != nil {
+		return Delivery{}, err
+	}
+	x, err := ParseOrganizationEvent(Event{DeliveryID: d.ID, Type: d.Type, Body: raw, OccurredAt: d.OccurredAt})
+	if err != nil {
+		return Delivery{}, Errorf(EINVALID, "organization %s: %v", id, err)
+	}
+	if x.OrganizationID() != id || x.org.v.UpdatedAt != updatedAt || x.org.deleted {
+		return Delivery{}, Errorf(EINVALID, "organization %s: the object names %q updated at %d", id, x.OrganizationID(), x.org.v.UpdatedAt)
+	}
+	return d, nil
+}
+
+// NewMembershipSnapshot returns the TypeMembershipSnapshot delivery of one
+// organization membership object as the Backend API returned it, stored
+// for its user (public_user_data.user_id). EINVALID when raw is not a
+// membership naming id with that updated_at, an organization and a user.
+func NewMembershipSnapshot(id string, updatedAt int64, raw []byte) (Delivery, error) {
+	d := Delivery{ID: SnapshotDeliveryID(id, updatedAt), Body: raw, Type: TypeMembershipSnapshot,
+		OccurredAt: time.UnixMilli(updatedAt).UTC(), Source: SourceClerkAPI}
+	if err := d.Check(); err != nil {
+		return Delivery{}, err
+	}
+	x, err := ParseOrganizationEvent(Event{DeliveryID: d.ID, Type: d.Type, Body: raw, OccurredAt: d.OccurredAt})
+	if err != nil {
+		return Delivery{}, Errorf(EINVALID, "membership %s: %v", id, err)
+	}
+	if x.MembershipID() != id || x.mem.v.UpdatedAt != updatedAt || x.mem.deleted {
+		return Delivery{}, Errorf(EINVALID, "membership %s: the object names %q updated at %d", id, x.MembershipID(), x.mem.v.UpdatedAt)
+	}
+	d.UserID = x.MembershipUserID()
+	if err := checkText("user id", d.UserID, MaxUserIDBytes); err != nil {
+		return Delivery{}, err
+	}
+	return d, nil
 }

@@ -226,3 +226,50 @@ func stateOf(events []domain.Event) domain.UserState {
 	}
 	return f.State()
 }
+
+// Organization and membership snapshots from the Backend API fold like
+// the deliveries carrying the same objects, ordered by updated_at, in any
+// order, never reviving a deletion.
+func TestOrganizationSnapshotsFoldInAnyOrder(t *testing.T) {
+	raw := func(v map[string]any) []byte { b, _ := json.Marshal(v); return b }
+	orgSnap, err := domain.NewOrganizationSnapshot("org_1", 1500, raw(orgBody("org_1", "Snapshot Name", 1500)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	memObj := map[string]any{"id": "orgmem_1", "object": "organization_membership", "organization": orgBody("org_1", "Snapshot Name", 1500),
+		"public_user_data": map[string]any{"user_id": "user_1"}, "role": "org:admin", "permissions": []string{"org:sys_memberships:read"},
+		"created_at": 2000, "updated_at": 2500}
+	memSnap, err := domain.NewMembershipSnapshot("orgmem_1", 2500, raw(memObj))
+	if err != nil || memSnap.UserID != "user_1" || memSnap.ID != "clerk_api:orgmem_1:2500" {
+		t.Fatalf("%+v %v", memSnap, err)
+	}
+	older := organizationEvent(1, "organization.updated", "org_1", "Older Name", 1000)
+	newer := organizationEvent(2, "organization.updated", "org_1", "Newer Name", 3000)
+	memOld := membershipEvent(3, "organizationMembership.created", "orgmem_1", "org_1", "Older Name", 1000, "user_1", "org:member", 2000)
+	hist := []domain.Event{stored(10, orgSnap), stored(11, memSnap), older, memOld}
+	r := rand.New(rand.NewPCG(5, 6))
+	for range 50 {
+		r.Shuffle(len(hist), func(i, j int) { hist[i], hist[j] = hist[j], hist[i] })
+		f := foldOrgs(t, append(hist, hist[r.IntN(len(hist))]))
+		if o := f.Organizations["org_1"]; o.Name != "Snapshot Name" {
+			t.Fatalf("organization %+v, want the snapshot's (newer than the older webhook)", o)
+		}
+		if m := f.Memberships["orgmem_1"]; m.Role != "org:admin" || m.UserID != "user_1" {
+			t.Fatalf("membership %+v, want the snapshot's role", m)
+		}
+		if o := foldOrgs(t, append(hist, newer)).Organizations["org_1"]; o.Name != "Newer Name" {
+			t.Fatalf("an older snapshot overwrote a newer webhook: %+v", o)
+		}
+		if o := foldOrgs(t, append(hist, organizationEvent(4, "organization.deleted", "org_1", "", 0))).Organizations["org_1"]; !o.Deleted {
+			t.Fatalf("a snapshot revived a deleted organization: %+v", o)
+		}
+	}
+	for _, bad := range []string{`{"id":"org_2","object":"organization","updated_at":1500}`, `[1]`, `{"id":"org_1","updated_at":9}`} {
+		if _, err := domain.NewOrganizationSnapshot("org_1", 1500, []byte(bad)); domain.ErrorCode(err) != domain.EINVALID {
+			t.Errorf("%s: %v", bad, err)
+		}
+	}
+	if _, err := domain.NewMembershipSnapshot("orgmem_1", 2500, []byte(`{"id":"orgmem_1","updated_at":2500,"organization":{"id":"org_1"}}`)); domain.ErrorCode(err) != domain.EINVALID {
+		t.Errorf("a membership without a user: %v", err)
+	}
+}

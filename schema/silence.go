@@ -38,7 +38,7 @@ CROSS JOIN LATERAL (
     SELECT e.received_at FROM events e WHERE e.type = t.type
     ORDER BY e.transaction_id DESC, e.position DESC LIMIT 1
 ) last
-WHERE t.type IS NOT NULL AND t.type <> ALL($1)`, pq.Array([]string{domain.TypeUserSnapshot, domain.TypeUserSnapshotDeleted}))
+WHERE t.type IS NOT NULL AND t.type <> ALL($1)`, pq.Array(domain.SnapshotTypes()))
 	if err != nil {
 		return nil, fmt.Errorf("read the last deliveries: %w", Classify(err))
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -122,5 +123,30 @@ func TestReconcileEverySetting(t *testing.T) {
 	a := &app{env: envOf(map[string]string{"LEDGER_RECONCILE_EVERY": "24h"})}
 	if _, err := a.reconcileEvery(false); err == nil || !strings.Contains(err.Error(), "CLERK_SECRET_KEY is not") {
 		t.Errorf("without a key: %v", err)
+	}
+}
+
+func TestImportOrganizationsCommand(t *testing.T) {
+	api := clerkapitest.New(clerkapitest.Options{Users: 1})
+	defer api.Close()
+	for i := range 3 {
+		id := fmt.Sprintf("org_%d", i)
+		raw := fmt.Sprintf(`{"id":%q,"object":"organization","name":"Org %d","slug":"org-%d","created_at":%d,"updated_at":%d}`, id, i, i, 1000+i, 2000+i)
+		if err := api.PutOrganization(clerkapitest.Entry{ID: id, CreatedAt: int64(1000 + i), UpdatedAt: int64(2000 + i), Raw: []byte(raw)}); err != nil {
+			t.Fatal(err)
+		}
+		mem := fmt.Sprintf(`{"id":"orgmem_%d","object":"organization_membership","role":"org:admin","organization":%s,"public_user_data":{"user_id":"user_%d"},"created_at":3000,"updated_at":3000}`, i, raw, i)
+		if err := api.PutMembership(id, clerkapitest.Entry{ID: fmt.Sprintf("orgmem_%d", i), CreatedAt: 3000, UpdatedAt: 3000, Raw: []byte(mem)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dsn := schematest.NewURL(t)
+	env := map[string]string{"DATABASE_URL": dsn, "CLERK_SECRET_KEY": api.SecretKey(), "CLERK_API_URL": api.URL(), "CLERK_API_RATE_LIMIT": "off"}
+	if _, _, err := ledger(t, env, "migrate"); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := ledger(t, env, "import", "organizations")
+	if err != nil || !strings.Contains(out, "imported 6, unchanged 0, failed 0 organizations and memberships") {
+		t.Fatalf("%v\n%s", err, out)
 	}
 }
