@@ -63,6 +63,21 @@ func (e *env) checkProjection() {
 	if len(res.Differences) != 0 {
 		e.t.Fatalf("check finds %d differences: %+v", len(res.Differences), res.Differences[:min(3, len(res.Differences))])
 	}
+	// A rebuild from the first event gives the same table.
+	dump := func() string {
+		var s string
+		if err := e.db.QueryRowx(`SELECT coalesce(string_agg(concat_ws('|', id, email, first_name, deleted, version_updated_at, version_delivery_id), E'\n' ORDER BY id), '') FROM users`).Scan(&s); err != nil {
+			e.t.Fatal(err)
+		}
+		return s
+	}
+	before := dump()
+	if _, err := projections.Rebuild(context.Background(), e.db, projections.NewUsers(), nil); err != nil {
+		e.t.Fatal(err)
+	}
+	if after := dump(); after != before || before == "" {
+		e.t.Fatalf("the rebuilt users differ from the live projection:\n%.500s\n---\n%.500s", before, after)
+	}
 }
 
 // webhook appends a user.* delivery carrying the user's current object on
