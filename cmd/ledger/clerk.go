@@ -211,6 +211,9 @@ the run failed, was held back, or could not read some users.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withSyncer(cmd, func(s *clerksync.Syncer) error {
 				run, err := s.Reconcile(cmd.Context(), clerksync.ReconcileOptions{DryRun: dryRun, MaxGone: maxGone, Trigger: clerksync.TriggerCLI})
+				if err != nil && run.ID == 0 {
+					return err // not run (another is running), nothing recorded
+				}
 				verb := "repaired"
 				if dryRun {
 					verb = "dry run, would repair"
