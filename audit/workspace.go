@@ -125,8 +125,9 @@ type Overview struct {
 	// today); Counts the deliveries stored on them by event family.
 	Days   []time.Time
 	Counts []schema.DeliveryCount
-	// LastDelivery is when the newest event arrived (zero: none yet), at
-	// position Head.
+	// LastDelivery is when the newest webhook delivery was stored (zero:
+	// none yet; the Backend API's snapshots are not deliveries); Head is
+	// the newest event's position.
 	LastDelivery time.Time
 	Head         int64
 	// Projectors is where each projector stands (lag), by name.
@@ -156,8 +157,15 @@ func (s *Service) Overview(ctx context.Context, now time.Time) (Overview, error)
 	if o.Counts, err = schema.DeliveryCounts(ctx, s.db, o.Days[0]); err != nil {
 		return o, err
 	}
-	if o.LastDelivery, o.Head, err = schema.LastDelivery(ctx, s.db); err != nil {
+	if _, o.Head, err = schema.LastDelivery(ctx, s.db); err != nil {
 		return o, err
+	}
+	fams, err := schema.LastDeliveries(ctx, s.db)
+	if err != nil {
+		return o, err
+	}
+	if len(fams) > 0 {
+		o.LastDelivery = fams[0].ReceivedAt
 	}
 	var known []string
 	for _, p := range projections.Default() {

@@ -58,6 +58,10 @@ func TestWorkspaceShowsSnapshotsAndReconcileRuns(t *testing.T) {
 		!strings.Contains(page, "held back</span> 500 of 510 users seem gone") {
 		t.Fatalf("overview: %d\n%s", res.StatusCode, page)
 	}
+	// The only event is a snapshot: no webhook delivery yet.
+	if !strings.Contains(page, `<p class="tile-value"><span class="muted">none yet</span></p>`) || !strings.Contains(page, "ledger head at position 1") {
+		t.Fatalf("last delivery tile:\n%s", page)
+	}
 }
 
 // A user signed in before their user.created delivery: the page and
