@@ -150,3 +150,60 @@ func TestImportOrganizationsCommand(t *testing.T) {
 		t.Fatalf("%v\n%s", err, out)
 	}
 }
+
+// An import killed (SIGKILL: a crash) mid-way resumes at the first page it
+// had not stored, and one stopped with SIGTERM (Ctrl-C) says how to resume.
+func TestImportUsersResumesAfterACrash(t *testing.T) {
+	api := clerkapitest.New(clerkapitest.Options{Users: 3000, Seed: 9})
+	defer api.Close()
+	api.SetDelay(150 * time.Millisecond) // slow pages: the kill lands mid-pass
+	dsn := schematest.NewURL(t)
+	env := map[string]string{"DATABASE_URL": dsn, "CLERK_SECRET_KEY": api.SecretKey(), "CLERK_API_URL": api.URL(), "CLERK_API_RATE_LIMIT": "off"}
+	if _, _, err := ledger(t, env, "migrate"); err != nil {
+		t.Fatal(err)
+	}
+	db := schematest.Open(t, dsn)
+	place := func() int64 {
+		var n int64
+		if err := db.QueryRow(`SELECT coalesce(max(next_offset), 0) FROM clerk_imports`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	c := startLedger(t, env, "import", "users")
+	deadline := time.Now().Add(30 * time.Second)
+	for place() < 1000 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the import made no progress\n%s", c.logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.kill()
+	at := place()
+	if at >= 3000 {
+		t.Fatalf("the import finished before the kill (place %d)", at)
+	}
+	api.SetDelay(400 * time.Millisecond)
+	c = startLedger(t, env, "import", "users")
+	for place() == at {
+		if time.Now().After(deadline) {
+			t.Fatalf("the resumed import made no progress\n%s", c.logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if place() < 3000 {
+		c.stop() // SIGTERM: stores what it fetched, then says how to resume
+		if err := c.wait(20 * time.Second); err == nil || !strings.Contains(c.logs.String(), "run it again to resume") {
+			t.Fatalf("stopped import: %v\n%s", err, c.logs.String())
+		}
+	}
+	api.SetDelay(0)
+	out, _, err := ledger(t, env, "import", "users")
+	if err != nil || !strings.Contains(out, "(resumed at offset") {
+		t.Fatalf("resumed: %v\n%s", err, out)
+	}
+	var events, distinct int64
+	if err := db.QueryRow(`SELECT count(*), count(DISTINCT user_id) FROM events`).Scan(&events, &distinct); err != nil || events != 3000 || distinct != 3000 {
+		t.Fatalf("%d events for %d users, want 3000 each", events, distinct)
+	}
+}
