@@ -305,7 +305,7 @@ func (a *app) startClerkSync(ctx context.Context, log *slog.Logger, cfg config, 
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		reconcileOnSchedule(ctx, log, clerksync.New(db, api, log), every)
+		reconcileOnSchedule(ctx, log, clerksync.New(db, api, log), every, time.Minute)
 	}()
 	cs.stop = func() { cancel(); <-done }
 	log.Info("reconcile scheduled", "every", every.String())
@@ -313,10 +313,10 @@ func (a *app) startClerkSync(ctx context.Context, log *slog.Logger, cfg config, 
 }
 
 // reconcileOnSchedule runs a reconcile every `every`, the first one
-// `every` after the last recorded run (a minute from now when none is),
-// so restarts do not make extra runs. It returns when ctx ends.
-func reconcileOnSchedule(ctx context.Context, log *slog.Logger, s *clerksync.Syncer, every time.Duration) {
-	next := time.Now().Add(time.Minute)
+// `every` after the last recorded run (first from now when none is), so
+// restarts do not make extra runs. It returns when ctx ends.
+func reconcileOnSchedule(ctx context.Context, log *slog.Logger, s *clerksync.Syncer, every, first time.Duration) {
+	next := time.Now().Add(first)
 	if runs, err := schema.ReconcileRuns(ctx, s.DB(), 1); err == nil && len(runs) == 1 {
 		next = runs[0].StartedAt.Add(every)
 	}

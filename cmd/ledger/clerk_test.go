@@ -3,14 +3,18 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/clerk-ledger/clerk-ledger/clerkapi"
 	"github.com/clerk-ledger/clerk-ledger/clerkapi/clerkapitest"
+	"github.com/clerk-ledger/clerk-ledger/clerksync"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
+	"golang.org/x/time/rate"
 )
 
 // An invalid secret key: one clear line naming CLERK_SECRET_KEY (never the
@@ -205,5 +209,24 @@ func TestImportUsersResumesAfterACrash(t *testing.T) {
 	var events, distinct int64
 	if err := db.QueryRow(`SELECT count(*), count(DISTINCT user_id) FROM events`).Scan(&events, &distinct); err != nil || events != 3000 || distinct != 3000 {
 		t.Fatalf("%d events for %d users, want 3000 each", events, distinct)
+	}
+}
+
+func TestReconcileOnSchedule(t *testing.T) {
+	api := clerkapitest.New(clerkapitest.Options{Users: 5})
+	defer api.Close()
+	cl, err := clerkapi.New(clerkapi.Config{SecretKey: api.SecretKey(), BaseURL: api.URL(), RateLimit: rate.Inf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := schematest.NewDB(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	reconcileOnSchedule(ctx, slog.New(slog.DiscardHandler), clerksync.New(db, cl, nil), 400*time.Millisecond, 0)
+	runs, err := schema.ReconcileRuns(context.Background(), db, 10)
+	// No projector runs here: every run finds the 5 users missing from the
+	// projection; the first stores their snapshots, the others nothing new.
+	if err != nil || len(runs) < 2 || len(runs) > 4 || runs[0].Trigger != "schedule" || runs[len(runs)-1].Repaired != 5 || runs[0].Missing != 5 || runs[0].Repaired != 0 {
+		t.Fatalf("%d runs: %+v %v", len(runs), runs, err)
 	}
 }
