@@ -343,18 +343,32 @@ func uniqueIDs(ds []domain.Delivery) map[string]bool {
 	return m
 }
 
-// snapshots turns a page into snapshot deliveries and failures (the
-// page's malformed elements, and users domain.NewSnapshot refuses).
+// snapshots turns a page of users into snapshot deliveries and failures.
 func snapshots(p *clerkapi.Page) ([]domain.Delivery, []schema.ImportFailure) {
+	return pageSnapshots(p, domain.NewSnapshot, -1)
+}
+
+// pageSnapshots turns a page's objects into deliveries with newSnap
+// (domain.NewSnapshot, NewOrganizationSnapshot, …), and its malformed
+// elements and the objects newSnap refuses into failures. at, when not -1,
+// is the list position recorded for every failure (a membership's is its
+// organization's); else each element's own.
+func pageSnapshots(p *clerkapi.Page, newSnap func(id string, updatedAt int64, raw []byte) (domain.Delivery, error), at int64) ([]domain.Delivery, []schema.ImportFailure) {
+	pos := func(i int) int64 {
+		if at >= 0 {
+			return at
+		}
+		return int64(p.Offset + i)
+	}
 	ds := make([]domain.Delivery, 0, len(p.Users))
 	var failures []schema.ImportFailure
 	for _, f := range p.Failures {
-		failures = append(failures, schema.ImportFailure{ObjectID: f.ID, Position: int64(f.Position), Reason: reason(f.Err)})
+		failures = append(failures, schema.ImportFailure{ObjectID: f.ID, Position: pos(f.Index), Reason: reason(f.Err)})
 	}
 	for i, u := range p.Users {
-		d, err := domain.NewSnapshot(u.ID, u.UpdatedAt, u.Raw)
+		d, err := newSnap(u.ID, u.UpdatedAt, u.Raw)
 		if err != nil {
-			failures = append(failures, schema.ImportFailure{ObjectID: u.ID, Position: int64(p.Offset + i), Reason: reason(err)})
+			failures = append(failures, schema.ImportFailure{ObjectID: u.ID, Position: pos(i), Reason: reason(err)})
 			continue
 		}
 		ds = append(ds, d)

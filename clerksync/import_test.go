@@ -252,7 +252,7 @@ func TestFirstSignInFetchesOnceAndStores(t *testing.T) {
 	id := e.api.List()[2].ID
 	f := clerksync.NewFirstSignIn(e.db, e.cl, nil)
 	e.api.SetDelay(0)
-	e.api.Inject(1, clerkapitest.Fault{Status: 200, Delay: 300 * time.Millisecond, Body: string(mustRaw(t, e.api, id))})
+	e.api.Inject(1, clerkapitest.Fault{Status: 200, Delay: time.Second, Body: string(mustRaw(t, e.api, id))})
 	var wg sync.WaitGroup
 	users := make([]domain.User, 8)
 	errs := make([]error, 8)

@@ -2,6 +2,7 @@ package clerksync
 
 import (
 	"context"
+	"slices"
 
 	"github.com/clerk-ledger/clerk-ledger/clerkapi"
 	"github.com/clerk-ledger/clerk-ledger/domain"
@@ -36,22 +37,15 @@ func (s *Syncer) ImportOrganizations(ctx context.Context, o ImportOptions) (Impo
 // organizationSnapshots is the snapshots of a page of organizations and of
 // all their memberships.
 func (s *Syncer) organizationSnapshots(ctx context.Context, p *clerkapi.Page) ([]domain.Delivery, []schema.ImportFailure, error) {
-	var ds []domain.Delivery
-	var failures []schema.ImportFailure
-	for _, f := range p.Failures {
-		failures = append(failures, schema.ImportFailure{ObjectID: f.ID, Position: int64(f.Position), Reason: reason(f.Err)})
-	}
+	ds, failures := pageSnapshots(p, domain.NewOrganizationSnapshot, -1)
 	size := s.PageSize
 	if size <= 0 || size > clerkapi.MaxLimit {
 		size = clerkapi.MaxLimit
 	}
 	for i, org := range p.Users {
-		d, err := domain.NewOrganizationSnapshot(org.ID, org.UpdatedAt, org.Raw)
-		if err != nil {
-			failures = append(failures, schema.ImportFailure{ObjectID: org.ID, Position: int64(p.Offset + i), Reason: reason(err)})
-			continue
+		if !slices.ContainsFunc(ds, func(d domain.Delivery) bool { return d.ID == domain.SnapshotDeliveryID(org.ID, org.UpdatedAt) }) {
+			continue // refused: a failure already
 		}
-		ds = append(ds, d)
 		// Each membership page has memory of its own: the snapshots point
 		// into it until the caller copies them.
 		for off := 0; ; {
@@ -63,17 +57,8 @@ func (s *Syncer) organizationSnapshots(ctx context.Context, p *clerkapi.Page) ([
 			if err != nil {
 				return nil, nil, err
 			}
-			for _, f := range mp.Failures {
-				failures = append(failures, schema.ImportFailure{ObjectID: f.ID, Position: int64(p.Offset + i), Reason: reason(f.Err)})
-			}
-			for _, m := range mp.Users {
-				d, err := domain.NewMembershipSnapshot(m.ID, m.UpdatedAt, m.Raw)
-				if err != nil {
-					failures = append(failures, schema.ImportFailure{ObjectID: m.ID, Position: int64(p.Offset + i), Reason: reason(err)})
-					continue
-				}
-				ds = append(ds, d)
-			}
+			mds, mf := pageSnapshots(mp, domain.NewMembershipSnapshot, int64(p.Offset+i))
+			ds, failures = append(ds, mds...), append(failures, mf...)
 			if mp.Last() {
 				break
 			}
