@@ -33,10 +33,10 @@ type EventWriter interface {
 //
 // JSON lines: one object per line with position, delivery_id, type, user_id
 // (null when the event is about no user), occurred_at, received_at (RFC 3339,
-// UTC), leaf_index and leaf_hash (the event's leaf in the Merkle tree and its
+// UTC), source (svix or clerk_api), leaf_index and leaf_hash (the event's leaf in the Merkle tree and its
 // hash in standard base64; both null until sealed) and payload (the stored
 // body as JSON, on one line). CSV: a header row and the same columns, the payload as
-// JSON text.
+// JSON text, source last.
 func NewEventWriter(w io.Writer, format string) (EventWriter, error) {
 	switch format {
 	case FormatJSONL:
@@ -56,7 +56,7 @@ func ExportContentType(format string) string {
 	return "application/x-ndjson"
 }
 
-var csvHeader = []string{"position", "delivery_id", "type", "user_id", "occurred_at", "received_at", "leaf_index", "leaf_hash", "payload"}
+var csvHeader = []string{"position", "delivery_id", "type", "user_id", "occurred_at", "received_at", "leaf_index", "leaf_hash", "payload", "source"}
 
 // jsonlWriter encodes by hand: encoding/json would re-validate every payload
 // and allocate per field, which halves the export rate.
@@ -93,10 +93,12 @@ func appendAuditEvent(b []byte, e schema.AuditEvent) []byte {
 	b = e.OccurredAt.UTC().AppendFormat(b, time.RFC3339Nano)
 	b = append(b, `","received_at":"`...)
 	b = e.ReceivedAt.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","source":`...)
+	b = appendJSONString(b, EventSource(e.Event))
 	if e.LeafHash == nil {
-		b = append(b, `","leaf_index":null,"leaf_hash":null`...)
+		b = append(b, `,"leaf_index":null,"leaf_hash":null`...)
 	} else {
-		b = append(b, `","leaf_index":`...)
+		b = append(b, `,"leaf_index":`...)
 		b = strconv.AppendInt(b, e.LeafIndex, 10)
 		b = append(b, `,"leaf_hash":"`...)
 		b = base64.StdEncoding.AppendEncode(b, e.LeafHash)
@@ -213,7 +215,7 @@ func appendJSONString(b []byte, s string) []byte {
 
 type csvWriter struct {
 	w   *csv.Writer
-	rec [9]string
+	rec [10]string
 }
 
 func (c *csvWriter) Write(e schema.AuditEvent) error {
@@ -230,6 +232,8 @@ func (c *csvWriter) Write(e schema.AuditEvent) error {
 		r[7] = base64.StdEncoding.EncodeToString(e.LeafHash)
 	}
 	r[8] = string(e.Body)
+	// Last: consumers reading columns by position before it existed still work.
+	r[9] = EventSource(e.Event)
 	return c.w.Write(r)
 }
 
@@ -250,22 +254,26 @@ type EventsPage struct {
 
 // EventJSON is the JSON shape of one event in audit answers.
 type EventJSON struct {
-	Position   int64           `json:"position"`
-	DeliveryID string          `json:"delivery_id"`
-	Type       string          `json:"type"`
-	UserID     *string         `json:"user_id"`
-	OccurredAt time.Time       `json:"occurred_at"`
-	ReceivedAt time.Time       `json:"received_at"`
-	LeafIndex  *int64          `json:"leaf_index"`
-	LeafHash   *string         `json:"leaf_hash"`
-	Payload    json.RawMessage `json:"payload"`
+	Position   int64     `json:"position"`
+	DeliveryID string    `json:"delivery_id"`
+	Type       string    `json:"type"`
+	UserID     *string   `json:"user_id"`
+	OccurredAt time.Time `json:"occurred_at"`
+	ReceivedAt time.Time `json:"received_at"`
+	// Source is where the event came from: "svix" (a verified webhook
+	// delivery) or "clerk_api" (a snapshot the ledger read from Clerk's
+	// Backend API: no Svix signature).
+	Source    string          `json:"source"`
+	LeafIndex *int64          `json:"leaf_index"`
+	LeafHash  *string         `json:"leaf_hash"`
+	Payload   json.RawMessage `json:"payload"`
 }
 
 // NewEventJSON returns e in its JSON shape.
 func NewEventJSON(e schema.AuditEvent) EventJSON {
 	j := EventJSON{
 		Position: e.Position, DeliveryID: e.DeliveryID, Type: e.Type,
-		OccurredAt: e.OccurredAt, ReceivedAt: e.ReceivedAt,
+		OccurredAt: e.OccurredAt, ReceivedAt: e.ReceivedAt, Source: EventSource(e.Event),
 		Payload: appendPayload(nil, e.Body),
 	}
 	if e.UserID != "" {
@@ -277,4 +285,13 @@ func NewEventJSON(e schema.AuditEvent) EventJSON {
 		j.LeafIndex, j.LeafHash = &n, &h
 	}
 	return j
+}
+
+// EventSource is e's source, "svix" for rows stored before the column had
+// another value.
+func EventSource(e domain.Event) string {
+	if e.Source == "" {
+		return domain.SourceSvix
+	}
+	return e.Source
 }

@@ -125,8 +125,9 @@ type Overview struct {
 	// today); Counts the deliveries stored on them by event family.
 	Days   []time.Time
 	Counts []schema.DeliveryCount
-	// LastDelivery is when the newest event arrived (zero: none yet), at
-	// position Head.
+	// LastDelivery is when the newest webhook delivery was stored (zero:
+	// none yet; the Backend API's snapshots are not deliveries); Head is
+	// the newest event's position.
 	LastDelivery time.Time
 	Head         int64
 	// Projectors is where each projector stands (lag), by name.
@@ -136,12 +137,15 @@ type Overview struct {
 	Log LogStatus
 	// Access are the newest audit access log entries.
 	Access []schema.Access
+	// Reconciles are the newest reconcile runs (ledger reconcile, or serve's
+	// schedule): what drift each found and repaired.
+	Reconciles []schema.ReconcileRun
 }
 
 // Overview reads the ledger at a glance as of now: deliveries per day by
 // family for the last OverviewDays days (the workspace projection), the
-// last delivery, every projector's lag, the log's status and the newest
-// accesses. It shows counts and the access log, no event, so it is not
+// last delivery, every projector's lag, the log's status, the newest
+// accesses and reconcile runs. It shows counts and the access log, no event, so it is not
 // recorded itself.
 func (s *Service) Overview(ctx context.Context, now time.Time) (Overview, error) {
 	var o Overview
@@ -153,8 +157,15 @@ func (s *Service) Overview(ctx context.Context, now time.Time) (Overview, error)
 	if o.Counts, err = schema.DeliveryCounts(ctx, s.db, o.Days[0]); err != nil {
 		return o, err
 	}
-	if o.LastDelivery, o.Head, err = schema.LastDelivery(ctx, s.db); err != nil {
+	if _, o.Head, err = schema.LastDelivery(ctx, s.db); err != nil {
 		return o, err
+	}
+	fams, err := schema.LastDeliveries(ctx, s.db)
+	if err != nil {
+		return o, err
+	}
+	if len(fams) > 0 {
+		o.LastDelivery = fams[0].ReceivedAt
 	}
 	var known []string
 	for _, p := range projections.Default() {
@@ -167,6 +178,9 @@ func (s *Service) Overview(ctx context.Context, now time.Time) (Overview, error)
 		return o, err
 	}
 	if o.Access, err = s.AccessLog(ctx, 0, 10); err != nil {
+		return o, err
+	}
+	if o.Reconciles, err = schema.ReconcileRuns(ctx, s.db, 5); err != nil {
 		return o, err
 	}
 	return o, nil

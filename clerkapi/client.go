@@ -1,8 +1,10 @@
 // Package clerkapi is the ledger's client for Clerk's Backend API user
 // endpoints: list every user a page at a time (ListUsers, ListUsersInto),
 // count them (CountUsers) and fetch one (GetUser), each user as the exact
-// bytes Clerk sent plus its id, created_at and updated_at. It is what
-// `ledger import users`, `ledger reconcile` and fetch-on-first-sign-in use.
+// bytes Clerk sent plus its id, created_at and updated_at; and list
+// organizations and their memberships the same way (ListOrganizationsInto,
+// ListMembershipsInto). It is what `ledger import`, `ledger reconcile` and
+// fetch-on-first-sign-in use.
 //
 // It speaks the wire format of clerk-sdk-go/v2 (v2.4.2: Clerk-API-Version
 // 2025-04-10, the SDK's query parameters and error type), but sends the

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
@@ -70,7 +71,7 @@ func (p *Page) addElements(v *validator, i int) int {
 	}
 	for {
 		v.badUTF8 = false
-		end, u, id, reason := parseUser(v, j, 1)
+		end, u, id, reason := parseObject(v, j, 1, p.objectName())
 		if end < 0 {
 			return -1
 		}
@@ -142,7 +143,7 @@ func (p *Page) add(raw []byte, u User, id, reason string) {
 	}
 	p.Failures = append(p.Failures, Failure{
 		Index: index, Position: pos, ID: id, Raw: raw,
-		Err: domain.Errorf(domain.EINVALID, "malformed user at list position %d%s: %s", pos, who, reason),
+		Err: domain.Errorf(domain.EINVALID, "malformed %s at list position %d%s: %s", strings.ReplaceAll(p.objectName(), "_", " "), pos, who, reason),
 	})
 }
 
@@ -159,6 +160,19 @@ func (p *Page) add(raw []byte, u User, id, reason string) {
 // last of repeats, so this is what makes the id read here the id every
 // later reader sees.
 func parseUser(v *validator, i, depth int) (end int, u User, id, reason string) {
+	return parseObject(v, i, depth, "user")
+}
+
+// objectName is the object p's elements must be ("user" by default).
+func (p *Page) objectName() string {
+	if p.object == "" {
+		return "user"
+	}
+	return p.object
+}
+
+// parseObject is parseUser for objects whose "object" is object.
+func parseObject(v *validator, i, depth int, object string) (end int, u User, id, reason string) {
 	if i >= len(v.b) {
 		return -1, User{}, "", ""
 	}
@@ -213,9 +227,9 @@ func parseUser(v *validator, i, depth int) (end int, u User, id, reason string) 
 				return
 			}
 			seen[1] = true
-			if string(val) != `"user"` { // compared without a copy; escapes are decoded below
-				if s, ok := stringValue(val); !ok || s != "user" {
-					fail(`its object is not "user"`)
+			if len(val) != len(object)+2 || string(val[1:len(val)-1]) != object { // compared without a copy; escapes are decoded below
+				if s, ok := stringValue(val); !ok || s != object {
+					fail(`its object is not "` + object + `"`)
 				}
 			}
 		case "created_at":

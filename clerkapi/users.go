@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"strconv"
+	"strings"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk/clerk-sdk-go/v2"
@@ -86,7 +87,8 @@ type Page struct {
 	// SDK gets its total from a second request; see CountUsers).
 	TotalCount int64
 
-	buf []byte // the response body, which Users and Failures point into
+	buf    []byte // the response body, which Users and Failures point into
+	object string // the "object" every element must have ("user", "organization", …)
 }
 
 // Next is the offset of the page after p.
@@ -116,21 +118,26 @@ func (c *Client) ListUsersInto(ctx context.Context, p *Page, offset, limit int) 
 	if offset < 0 {
 		return domain.Errorf(domain.EINVALID, "list users: offset %d is negative", offset)
 	}
-	p.Offset, p.Limit, p.Count, p.TotalCount = offset, limit, 0, -1
-	p.Users, p.Failures = p.Users[:0], p.Failures[:0]
 	// The SDK's own parameter type writes the query (limit, offset, order_by).
 	q := (&user.ListParams{
 		ListParams: clerk.ListParams{Limit: clerk.Int64(int64(limit)), Offset: clerk.Int64(int64(offset))},
 		OrderBy:    clerk.String(ListOrder),
 	}).ToQuery()
-	body, err := c.get(ctx, "list_users", c.usersURL()+"?"+q.Encode(), p.buf)
+	return c.listInto(ctx, p, "list_users", "user", c.usersURL()+"?"+q.Encode(), offset, limit)
+}
+
+// listInto GETs one list page of objects of kind object into p.
+func (c *Client) listInto(ctx context.Context, p *Page, op, object, rawURL string, offset, limit int) error {
+	p.Offset, p.Limit, p.Count, p.TotalCount, p.object = offset, limit, 0, -1, object
+	p.Users, p.Failures = p.Users[:0], p.Failures[:0]
+	body, err := c.get(ctx, op, rawURL, p.buf)
 	p.buf = body
 	if err != nil {
-		return fmt.Errorf("list users at offset %d: %w", offset, err)
+		return fmt.Errorf("%s at offset %d: %w", strings.ReplaceAll(op, "_", " "), offset, err)
 	}
 	if err := parsePage(body, p); err != nil {
 		p.Users, p.Failures = p.Users[:0], p.Failures[:0]
-		return fmt.Errorf("list users at offset %d: %w", offset, err)
+		return fmt.Errorf("%s at offset %d: %w", strings.ReplaceAll(op, "_", " "), offset, err)
 	}
 	return nil
 }

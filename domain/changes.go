@@ -40,7 +40,11 @@ type detailData struct {
 // decodeDetail reads the UserDetail of a user event's body. Fields of other
 // types than Clerk's (a string where a list belongs) leave their part
 // empty: the fold already accepted the event, and the details only describe.
-func decodeDetail(body []byte) UserDetail {
+func decodeDetail(typ string, body []byte) UserDetail {
+	if IsSnapshot(typ) {
+		// A snapshot's body is the user object: read it as an envelope's data.
+		body = append(append([]byte(`{"data":`), body...), '}')
+	}
 	var env struct {
 		Data detailData `json:"data"`
 	}
@@ -261,7 +265,7 @@ func Step(s UserState, e Event) (UserState, StepResult) {
 	next.User, r.Outcome = d.Apply(s.User)
 	switch r.Outcome {
 	case OutcomeApplied:
-		next.Detail = decodeDetail(e.Body)
+		next.Detail = decodeDetail(e.Type, e.Body)
 	case OutcomeDeleted:
 		next.Detail = UserDetail{}
 	}
@@ -274,8 +278,9 @@ func Step(s UserState, e Event) (UserState, StepResult) {
 // (UserDetail) without decoding every event's: the fold before a page of
 // a timeline. The zero Folder is the empty state.
 type Folder struct {
-	u      User
-	winner []byte
+	u          User
+	winner     []byte
+	winnerType string
 }
 
 // Add folds d (a decoded user event) and returns how the fold took it.
@@ -285,6 +290,7 @@ func (f *Folder) Add(d UserEvent) Outcome {
 	switch o {
 	case OutcomeApplied:
 		f.winner = append(f.winner[:0], d.e.Body...)
+		f.winnerType = d.e.Type
 	case OutcomeDeleted:
 		f.winner = f.winner[:0]
 	}
@@ -298,7 +304,7 @@ func (f *Folder) User() User { return f.u }
 func (f *Folder) State() UserState {
 	s := UserState{User: f.u}
 	if len(f.winner) > 0 && !f.u.Deleted {
-		s.Detail = decodeDetail(f.winner)
+		s.Detail = decodeDetail(f.winnerType, f.winner)
 	}
 	return s
 }

@@ -226,5 +226,8 @@ func (d Delivery) Check() error {
 	if d.Timestamp < 0 {
 		return Errorf(EINVALID, "svix-timestamp is negative")
 	}
+	if d.Source != "" && d.Source != SourceSvix && d.Source != SourceClerkAPI {
+		return Errorf(EINVALID, "source %q is not %s or %s", d.Source, SourceSvix, SourceClerkAPI)
+	}
 	return nil
 }

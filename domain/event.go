@@ -136,6 +136,10 @@ type Delivery struct {
 	Type       string    // envelope type
 	UserID     string    // SubjectUserID, may be ""
 	OccurredAt time.Time // OccurredAt(envelope timestamp, svix-timestamp)
+	// Source is SourceSvix ("" means it too) for a webhook delivery,
+	// SourceClerkAPI for a snapshot read from the Backend API (NewSnapshot,
+	// NewSnapshotDeleted), which has no svix-timestamp or signature.
+	Source string
 }
 
 // NewDelivery builds a Delivery from a verified body and its Svix headers. It

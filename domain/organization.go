@@ -71,6 +71,7 @@ func OrganizationEventTypes() []string {
 	return []string{
 		"organization.created", "organization.updated", "organization.deleted",
 		"organizationMembership.created", "organizationMembership.updated", "organizationMembership.deleted",
+		TypeOrganizationSnapshot, TypeMembershipSnapshot,
 	}
 }
 
@@ -79,7 +80,8 @@ func OrganizationEventTypes() []string {
 func IsOrganizationEvent(typ string) bool {
 	switch typ {
 	case "organization.created", "organization.updated", "organization.deleted",
-		"organizationMembership.created", "organizationMembership.updated", "organizationMembership.deleted":
+		"organizationMembership.created", "organizationMembership.updated", "organizationMembership.deleted",
+		TypeOrganizationSnapshot, TypeMembershipSnapshot:
 		return true
 	}
 	return false
@@ -208,11 +210,17 @@ func ParseOrganizationEvent(e Event) (OrganizationEvent, error) {
 		return x, nil
 	}
 	family, action, _ := strings.Cut(e.Type, ".")
+	body := e.Body
+	if action == "snapshot" {
+		// The Backend API's object itself (organization.snapshot,
+		// organizationMembership.snapshot): read it as an envelope's data.
+		body = append(append([]byte(`{"data":`), e.Body...), '}')
+	}
 	if family == "organization" {
 		var env struct {
 			Data orgData `json:"data"`
 		}
-		if err := json.Unmarshal(e.Body, &env); err != nil {
+		if err := json.Unmarshal(body, &env); err != nil {
 			return OrganizationEvent{}, Errorf(EINVALID, "event %d (%s): organization data does not decode: %v", e.Position, e.Type, err)
 		}
 		if err := checkKey(e, "organization id", env.Data.ID); err != nil {
@@ -224,7 +232,7 @@ func ParseOrganizationEvent(e Event) (OrganizationEvent, error) {
 	var env struct {
 		Data membershipData `json:"data"`
 	}
-	if err := json.Unmarshal(e.Body, &env); err != nil {
+	if err := json.Unmarshal(body, &env); err != nil {
 		return OrganizationEvent{}, Errorf(EINVALID, "event %d (%s): membership data does not decode: %v", e.Position, e.Type, err)
 	}
 	d := env.Data

@@ -80,12 +80,15 @@ func (u User) Name() string {
 // Exists reports whether any event has been folded into u.
 func (u User) Exists() bool { return u.ID != "" }
 
-// UserEventTypes returns the event types the fold reads.
-func UserEventTypes() []string { return []string{"user.created", "user.updated", "user.deleted"} }
+// UserEventTypes returns the event types the fold reads: Clerk's user.*
+// deliveries and the ledger's own snapshots from the Backend API.
+func UserEventTypes() []string {
+	return []string{"user.created", "user.updated", "user.deleted", TypeUserSnapshot, TypeUserSnapshotDeleted}
+}
 
 // IsUserEvent reports whether the fold reads events of this type.
 func IsUserEvent(typ string) bool {
-	return typ == "user.created" || typ == "user.updated" || typ == "user.deleted"
+	return typ == "user.created" || typ == "user.updated" || typ == "user.deleted" || IsSnapshot(typ)
 }
 
 // userData is the part of Clerk's user object the fold reads.
@@ -153,7 +156,9 @@ func str(p *string) string {
 // The fold is order-insensitive and idempotent: applying any permutation of a
 // set of events, with any duplicates, gives the same User. The snapshot with
 // the greatest Version wins; user.deleted is a tombstone that clears personal
-// fields and that no later or earlier snapshot resurrects.
+// fields and that no later or earlier snapshot resurrects. A user.snapshot
+// (the Backend API's object) is a snapshot like any user.created/updated,
+// ordered by its updated_at; a user.snapshot_deleted is a tombstone.
 //
 // Text fields and public metadata are kept in their storable form (see
 // StorableText and StorableJSON: NUL and unpaired surrogates become U+FFFD);
@@ -212,8 +217,17 @@ type UserEvent struct {
 // DecodeUserEvent decodes e, a user event, for the fold. It returns Apply's
 // EINVALID error for a poison event (data that does not decode, no id, a
 // NUL in the id, data naming another user than the user_id column).
+//
+// A snapshot's body (TypeUserSnapshot, TypeUserSnapshotDeleted) is the user
+// object itself, not an envelope.
 func DecodeUserEvent(e Event) (UserEvent, error) {
-	env, err := decodeUserEnvelope(e.Body)
+	var env userEnvelope
+	var err error
+	if IsSnapshot(e.Type) {
+		env.Data, err = decodeUserObject(e.Body)
+	} else {
+		env, err = decodeUserEnvelope(e.Body)
+	}
 	if err != nil {
 		return UserEvent{}, Errorf(EINVALID, "event %d (%s): user data does not decode: %v", e.Position, e.Type, err)
 	}
@@ -255,7 +269,7 @@ func (d UserEvent) Apply(u User) (User, Outcome) {
 	occurred := e.OccurredAt.UnixMilli()
 	u.ID = dt.ID
 
-	if e.Type == "user.deleted" || dt.Deleted {
+	if e.Type == "user.deleted" || e.Type == TypeUserSnapshotDeleted || dt.Deleted {
 		at := time.UnixMilli(occurred).UTC()
 		if !u.Deleted || at.Before(u.DeletedAt) {
 			u.DeletedAt = at

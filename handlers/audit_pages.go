@@ -44,8 +44,11 @@ type pageEvent struct {
 	Type, UserID           string
 	OccurredAt, ReceivedAt time.Time
 	DeliveryID             string
-	LeafIndex              int64  // the event's leaf in the Merkle tree
-	LeafHash               string // its hash, base64; "" until sealed
+	// Source is "clerk_api" for a snapshot read from Clerk's Backend API,
+	// "svix" for a webhook delivery.
+	Source    string
+	LeafIndex int64  // the event's leaf in the Merkle tree
+	LeafHash  string // its hash, base64; "" until sealed
 	// OrganizationID is the organization an organization, membership or
 	// invitation event is about ("" for other events, and on the
 	// organization's own page): the event links to its view.
@@ -68,7 +71,7 @@ func newPayload(pretty string) payload {
 }
 
 func newPageEvent(e schema.AuditEvent) pageEvent {
-	p := pageEvent{Position: e.Position, Type: e.Type, DeliveryID: e.DeliveryID, UserID: e.UserID,
+	p := pageEvent{Position: e.Position, Type: e.Type, DeliveryID: e.DeliveryID, UserID: e.UserID, Source: audit.EventSource(e.Event),
 		OccurredAt: e.OccurredAt, ReceivedAt: e.ReceivedAt, OrganizationID: domain.EventOrganization(e.Event)}
 	if e.LeafHash != nil {
 		p.LeafIndex, p.LeafHash = e.LeafIndex, base64.StdEncoding.EncodeToString(e.LeafHash)
@@ -81,7 +84,7 @@ func newPageEvent(e schema.AuditEvent) pageEvent {
 // organization's history), without the organization link: the page is
 // the organization's.
 func newPageEventJSON(j audit.EventJSON) pageEvent {
-	p := pageEvent{Position: j.Position, Type: j.Type, DeliveryID: j.DeliveryID,
+	p := pageEvent{Position: j.Position, Type: j.Type, DeliveryID: j.DeliveryID, Source: j.Source,
 		OccurredAt: j.OccurredAt, ReceivedAt: j.ReceivedAt}
 	if j.UserID != nil {
 		p.UserID = *j.UserID
@@ -206,7 +209,7 @@ func handleAuditOverview(pg *pages, svc *audit.Service, now func() time.Time) ht
 		}
 		pg.render(w, r, http.StatusOK, "audit_overview.html", overviewPage{
 			Chart: newChart(o.Days, o.Counts), LastDelivery: o.LastDelivery, Head: o.Head,
-			Projectors: o.Projectors, Log: newLogStatus(o.Log), Access: o.Access,
+			Projectors: o.Projectors, Log: newLogStatus(o.Log), Access: o.Access, Reconciles: o.Reconciles,
 		})
 	}
 }

@@ -296,10 +296,10 @@ func TestAuditEventsPagingExportAndAccessLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(recs) != 1+6 || strings.Join(recs[0], ",") != "position,delivery_id,type,user_id,occurred_at,received_at,leaf_index,leaf_hash,payload" {
+	if len(recs) != 1+6 || strings.Join(recs[0], ",") != "position,delivery_id,type,user_id,occurred_at,received_at,leaf_index,leaf_hash,payload,source" {
 		t.Fatalf("csv: %d records, header %v", len(recs), recs[0])
 	}
-	if !json.Valid([]byte(recs[1][8])) || recs[1][2] != "session.created" {
+	if !json.Valid([]byte(recs[1][8])) || recs[1][2] != "session.created" || recs[1][9] != "svix" {
 		t.Errorf("csv row: %v", recs[1])
 	}
 

@@ -18,6 +18,7 @@ type overviewPage struct {
 	Projectors   []projections.Status
 	Log          logStatus
 	Access       []schema.Access
+	Reconciles   []schema.ReconcileRun
 }
 
 // chart is a stacked bar chart of deliveries per day by event family,

@@ -71,7 +71,7 @@ type timelineEntry struct {
 // timeline, newest first, by when each change happened in Clerk (or in
 // ledger order with order=ledger; older: the page before that place). It
 // reads only the session subject's rows: never another user's.
-func handleHome(log *slog.Logger, pg *pages, db *sqlx.DB, svc *audit.Service, avatarHosts []string) http.HandlerFunc {
+func handleHome(log *slog.Logger, pg *pages, db *sqlx.DB, svc *audit.Service, avatarHosts []string, fetch UserFetcher) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		s, ok := sessionFrom(r.Context())
 		if !ok {
@@ -118,6 +118,14 @@ func handleHome(log *slog.Logger, pg *pages, db *sqlx.DB, svc *audit.Service, av
 		if err != nil {
 			pg.renderError(w, r, err)
 			return
+		}
+		if !page.Synced && fetch != nil {
+			// Signed in before their user.created delivery arrived.
+			if u, err := fetch.FetchUser(r.Context(), s.UserID); err == nil {
+				page.User, page.Synced, page.Name = u, true, u.Name()
+			} else {
+				log.Warn("first sign-in: could not fetch the user from Clerk", "user_id", s.UserID, "err", err)
+			}
 		}
 		page.Avatar = allowedImage(page.User.ImageURL, avatarHosts)
 		pg.render(w, r, http.StatusOK, "home.html", page)
@@ -219,6 +227,15 @@ func summarize(e domain.Event, prev, next domain.User, sessionID string) timelin
 			t.Summary = profileChanges(prev, next)
 		case "deleted":
 			t.Summary = "Account deleted; the ledger keeps the history, the projection forgets the personal details"
+		case "snapshot":
+			// Read from Clerk's Backend API (import, reconcile, first sign-in).
+			if !prev.Exists() {
+				t.Summary = "Account record read from Clerk"
+			} else {
+				t.Summary = profileChanges(prev, next)
+			}
+		case "snapshot_deleted":
+			t.Summary = "Account no longer in Clerk; the ledger keeps the history, the projection forgets the personal details"
 		}
 	case "session":
 		t.Kind = "session"

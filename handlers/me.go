@@ -58,8 +58,8 @@ func timePtr(t time.Time) *time.Time {
 // handleMe serves GET /api/me: the signed-in person's record from the users
 // projection, with the organizations they are in now. It must run behind
 // requireAPISession. It reads only the session subject's rows: 404 when no webhook about them has been projected
-// yet, 503 when the database is unreachable.
-func handleMe(log *slog.Logger, db *sqlx.DB) http.HandlerFunc {
+// yet (and, with fetch, Clerk's Backend API did not return them either), 503 when the database is unreachable.
+func handleMe(log *slog.Logger, db *sqlx.DB, fetch UserFetcher) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		s, ok := sessionFrom(r.Context())
 		if !ok {
@@ -71,6 +71,14 @@ func handleMe(log *slog.Logger, db *sqlx.DB) http.HandlerFunc {
 			return
 		}
 		u, err := schema.GetUser(r.Context(), db, s.UserID)
+		if domain.ErrorCode(err) == domain.ENOTFOUND && fetch != nil {
+			// Signed in before their user.created delivery arrived.
+			if fu, ferr := fetch.FetchUser(r.Context(), s.UserID); ferr == nil {
+				u, err = fu, nil
+			} else {
+				log.Warn("first sign-in: could not fetch the user from Clerk", "user_id", s.UserID, "err", ferr)
+			}
+		}
 		if err != nil {
 			writeError(w, r, log, err)
 			return

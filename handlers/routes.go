@@ -27,8 +27,8 @@ func addRoutes(mux routeMux, d Deps, pg *pages, session func(http.Handler) http.
 		mux.Handle("GET /metrics", d.Metrics.Handler())
 	}
 
-	mux.Handle("GET /{$}", session(handleHome(d.Log, pg, d.DB, d.Audit, avatarHosts)))
-	mux.Handle("GET /api/me", session(requireAPISession(d.Log, handleMe(d.Log, d.DB))))
+	mux.Handle("GET /{$}", session(handleHome(d.Log, pg, d.DB, d.Audit, avatarHosts, d.FirstSignIn)))
+	mux.Handle("GET /api/me", session(requireAPISession(d.Log, handleMe(d.Log, d.DB, d.FirstSignIn))))
 	mux.Handle("GET /static/", handleStatic())
 
 	if d.DevSignIn != nil {

@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"context"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/clerk-ledger/clerk-ledger/audit"
 	"github.com/clerk-ledger/clerk-ledger/clerksession"
+	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/svixsig"
 	"github.com/jmoiron/sqlx"
 )
@@ -70,6 +72,17 @@ type Deps struct {
 	// this long (default DefaultExportIdleTimeout): its transaction rolls
 	// back and its connection goes back to the pool.
 	ExportIdleTimeout time.Duration
+	// FirstSignIn, when not nil (a secret key is configured), fetches a
+	// signed-in user the projection does not have yet from Clerk's Backend
+	// API (GET / and /api/me show the record at once); nil: "no record yet".
+	FirstSignIn UserFetcher
+}
+
+// UserFetcher fetches a signed-in user the users projection lacks, stores
+// what it fetched and returns the user (clerksync.FirstSignIn). It must be
+// safe for concurrent use; an error means "show no record yet".
+type UserFetcher interface {
+	FetchUser(ctx context.Context, id string) (domain.User, error)
 }
 
 // NewServer returns the service's HTTP handler: every route of routes.go

@@ -334,7 +334,8 @@ type SignatureReport struct {
 	Duration time.Duration
 }
 
-// VerifySignatures streams every stored event in ledger order (gated or not)
+// VerifySignatures streams every stored Svix delivery (source svix; the
+// Backend API snapshots carry no signature) in ledger order (gated or not)
 // inside one read-only snapshot and calls check on it; an event for which
 // check returns an error is counted as failed. check sees the exact stored
 // body and Svix headers and must not keep e.Body after it returns.
@@ -348,7 +349,7 @@ func VerifySignatures(ctx context.Context, db *sqlx.DB, check func(e domain.Even
 	}
 	defer tx.Rollback()
 	rows, err := tx.QueryContext(ctx, `SELECT position, delivery_id, type, svix_timestamp, svix_signature, body
-FROM events ORDER BY transaction_id, position`)
+FROM events WHERE source = 'svix' ORDER BY transaction_id, position`)
 	if err != nil {
 		return rep, fmt.Errorf("verify signatures: %w", Classify(err))
 	}

@@ -11,6 +11,8 @@
 //	                                     {"data":[...],"total_count":N} instead.
 //	GET /v1/users/count                  {"object":"total_count","total_count":N}
 //	GET /v1/users/{id}                   the user object, or 404
+//	GET /v1/organizations, /v1/organizations/{id}/memberships
+//	                                     {"data":[...],"total_count":N} (organizations.go)
 //
 // Errors carry Clerk's shape {"errors":[{"message","long_message","code"}],
 // "clerk_trace_id"}; a request without "Authorization: Bearer <SecretKey>"
@@ -118,6 +120,7 @@ type Server struct {
 	delay    time.Duration
 	onList   func(offset, limit int)
 	requests []Request
+	org      orgStore // organizations.go
 }
 
 // New starts a Server; Close it when done.
@@ -468,6 +471,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, fault *Fault, aut
 	}
 	if r.Method != http.MethodGet {
 		return writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "method not allowed", "The fake Backend API serves GET only", "")
+	}
+	if rest, ok := strings.CutPrefix(r.URL.Path, "/v1/organizations"); ok && (rest == "" || rest[0] == '/') {
+		return s.serveOrganizations(w, r, rest)
 	}
 	switch rest, _ := strings.CutPrefix(r.URL.Path, "/v1/users"); {
 	case rest == "" || rest == "/":

@@ -34,6 +34,7 @@ func (a *app) benchCmd() *cobra.Command {
 		Short: "Measure ingest and projection speed on this machine",
 	}
 	cmd.AddCommand(a.benchIngestCmd(), a.benchRebuildCmd(), a.benchSoakCmd(), a.benchFloodCmd(), a.benchRelayCmd())
+	cmd.AddCommand(a.benchImportCmd(), a.fakeAPICmd())
 	return cmd
 }
 

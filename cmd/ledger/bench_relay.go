@@ -89,18 +89,11 @@ func (a *app) benchRelay(ctx context.Context, o relayBenchOptions) error {
 		defer js.DeleteStream(context.Background(), s)
 	}
 
-	dsn, err := benchDatabase(ctx, o.database, "ledger_bench_relay")
-	if err != nil {
-		return err
-	}
-	db, err := schema.Open(ctx, dsn, schema.PoolOptions{MaxOpen: 4})
+	db, err := openBenchDB(ctx, o.database, "ledger_bench_relay")
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	if _, err := schema.Migrate(ctx, db.DB); err != nil {
-		return err
-	}
 	h, err := clerkgen.NewHistory(clerkgen.HistoryOptions{Users: max(1, o.events/10), Events: o.events, Seed: rand.Uint64()}, nil)
 	if err != nil {
 		return domain.Errorf(domain.EINVALID, "%v", err)

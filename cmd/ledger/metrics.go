@@ -3,6 +3,7 @@ package main
 import (
 	"log/slog"
 
+	"github.com/clerk-ledger/clerk-ledger/clerksync"
 	"github.com/clerk-ledger/clerk-ledger/handlers"
 	"github.com/clerk-ledger/clerk-ledger/projections"
 	"github.com/jmoiron/sqlx"
@@ -26,6 +27,7 @@ func newMetrics(log *slog.Logger, db, ingest *sqlx.DB) (*handlers.Metrics, error
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewDBStatsCollector(db.DB, "ledger"),
 		projections.NewCollector(db, log, known...),
+		clerksync.NewCollector(db, log),
 	}
 	if ingest != nil {
 		cs = append(cs, collectors.NewDBStatsCollector(ingest.DB, "ledger_ingest"))

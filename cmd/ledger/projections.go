@@ -260,21 +260,25 @@ func printCheck(w io.Writer, name string, res projections.CheckResult) {
 type progressView struct {
 	w     io.Writer
 	what  string
+	unit  string
 	bar   *progressbar.ProgressBar
 	phase string
 	last  time.Time
 	start time.Time
 }
 
-func (a *app) progress(what string) *progressView {
-	v := &progressView{w: a.stderr, what: what, start: time.Now()}
+func (a *app) progress(what string) *progressView { return a.progressOf(what, "events") }
+
+// progressOf is progress counting unit ("events", "users").
+func (a *app) progressOf(what, unit string) *progressView {
+	v := &progressView{w: a.stderr, what: what, unit: unit, start: time.Now()}
 	if f, ok := a.stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		v.bar = progressbar.NewOptions64(-1,
 			progressbar.OptionSetWriter(f),
 			progressbar.OptionSetDescription(what),
 			progressbar.OptionShowCount(),
 			progressbar.OptionShowIts(),
-			progressbar.OptionSetItsString("events"),
+			progressbar.OptionSetItsString(unit),
 			progressbar.OptionSetPredictTime(true),
 			progressbar.OptionThrottle(100*time.Millisecond),
 			progressbar.OptionFullWidth(),
@@ -300,7 +304,11 @@ func (v *progressView) update(phase string, done, total int64) {
 	}
 	v.phase, v.last = phase, time.Now()
 	rate := float64(done) / max(time.Since(v.start).Seconds(), 0.001)
-	fmt.Fprintf(v.w, "%s: %s %d/%d events (%.0f events/s)\n", v.what, phase, done, total, rate)
+	eta := ""
+	if total > done && rate > 0 {
+		eta = fmt.Sprintf(", ETA %s", (time.Duration(float64(total-done)/rate) * time.Second).Round(time.Second))
+	}
+	fmt.Fprintf(v.w, "%s: %s %d/%d %s (%.0f %s/s%s)\n", v.what, phase, done, total, v.unit, rate, v.unit, eta)
 }
 
 func (v *progressView) finish() {

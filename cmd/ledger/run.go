@@ -84,6 +84,7 @@ LOG_FORMAT (text|json), LOG_LEVEL.`,
 	root.AddCommand(a.serveCmd(), a.devCmd(), a.migrateCmd(), a.webhookCmd(), a.benchCmd())
 	root.AddCommand(a.projectionsCmd(), a.projectCmd(), a.seedCmd(), a.auditCmd())
 	root.AddCommand(a.relayCmd())
+	root.AddCommand(a.importCmd(), a.reconcileCmd(), a.statusCmd())
 	return root
 }
 

@@ -129,6 +129,16 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 	if err != nil {
 		return err
 	}
+	// Clerk's Backend API (clerk.go): first sign-in, scheduled reconcile.
+	clerk, err := a.startClerkSync(ctx, log, cfg, ingest)
+	if err != nil {
+		return err
+	}
+	defer clerk.stop()
+	var firstSignIn handlers.UserFetcher
+	if clerk.FirstSignIn != nil {
+		firstSignIn = clerk.FirstSignIn
+	}
 	srv := &http.Server{
 		Handler: handlers.NewServer(handlers.Deps{
 			Log:            log,
@@ -150,6 +160,7 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 			WebhookBodyMemory: cfg.WebhookBodyMemory,
 
 			ExportIdleTimeout: cfg.Pools.ExportIdleTimeout,
+			FirstSignIn:       firstSignIn,
 		}),
 		// Headers are read before any handler runs, for every connection:
 		// keep them small (Go's default allows 1 MiB each). Svix's headers
