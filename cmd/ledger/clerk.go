@@ -263,9 +263,19 @@ type clerkSync struct {
 // instance's limit).
 const minReconcileEvery = 10 * time.Minute
 
-// reconcileEvery reads LEDGER_RECONCILE_EVERY: 0 (off) when empty or "off".
+// defaultReconcileEvery is serve's reconcile schedule when a secret key is
+// set and LEDGER_RECONCILE_EVERY is not: once a day, well inside Svix's
+// ~27.6 h retry window's aftermath.
+const defaultReconcileEvery = 24 * time.Hour
+
+// reconcileEvery reads LEDGER_RECONCILE_EVERY: empty means
+// defaultReconcileEvery with a secret key (hasKey) and off without one; "off"
+// (or 0) is off.
 func (a *app) reconcileEvery(hasKey bool) (time.Duration, error) {
 	v := strings.TrimSpace(a.env("LEDGER_RECONCILE_EVERY"))
+	if v == "" && hasKey {
+		return defaultReconcileEvery, nil
+	}
 	if v == "" || v == "off" || v == "0" {
 		return 0, nil
 	}

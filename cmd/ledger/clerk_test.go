@@ -117,12 +117,17 @@ func TestStatusCommandWarnsOfSilence(t *testing.T) {
 }
 
 func TestReconcileEverySetting(t *testing.T) {
-	for v, want := range map[string]string{"": "", "off": "", "24h": "", "1m": "at least 10m0s", "daily": "LEDGER_RECONCILE_EVERY"} {
+	every := map[string]time.Duration{"": 24 * time.Hour, "off": 0, "0": 0, "24h": 24 * time.Hour, "30m": 30 * time.Minute}
+	for v, want := range map[string]string{"": "", "off": "", "0": "", "24h": "", "30m": "", "1m": "at least 10m0s", "daily": "LEDGER_RECONCILE_EVERY"} {
 		a := &app{env: envOf(map[string]string{"LEDGER_RECONCILE_EVERY": v})}
 		d, err := a.reconcileEvery(true)
-		if (want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), want)) {
+		if (want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), want)) || (err == nil && d != every[v]) {
 			t.Errorf("%q: %v %v", v, d, err)
 		}
+	}
+	// Without a secret key the schedule is off unless asked for.
+	if d, err := (&app{env: envOf(map[string]string{})}).reconcileEvery(false); d != 0 || err != nil {
+		t.Errorf("no key, no setting: %v %v", d, err)
 	}
 	a := &app{env: envOf(map[string]string{"LEDGER_RECONCILE_EVERY": "24h"})}
 	if _, err := a.reconcileEvery(false); err == nil || !strings.Contains(err.Error(), "CLERK_SECRET_KEY is not") {
