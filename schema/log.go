@@ -51,11 +51,30 @@ func ReadHashes(ctx context.Context, q Queryer, indexes []int64) ([]tlog.Hash, e
 	if len(indexes) == 0 {
 		return nil, nil
 	}
+	return readHashes(ctx, q, indexes, `SELECT leaf, hashes FROM log_leaves WHERE leaf = ANY($1)`)
+}
+
+// ReadHashesRecorded is ReadHashes and RecordAccess(a) in one statement
+// (one round trip, one commit): the access is recorded even when a hash
+// turns out to be missing. Run it outside a transaction, as the record's
+// commit is what makes the read allowed to be answered.
+func ReadHashesRecorded(ctx context.Context, q Queryer, indexes []int64, a Access) ([]tlog.Hash, error) {
+	filters, err := accessFilters(a)
+	if err != nil {
+		return nil, err
+	}
+	return readHashes(ctx, q, indexes, `WITH access AS (INSERT INTO audit_access (actor, channel, action, filters, row_count) VALUES ($2, $3, $4, $5, $6))
+SELECT leaf, hashes FROM log_leaves WHERE leaf = ANY($1)`, a.Actor, a.Channel, a.Action, filters, a.RowCount)
+}
+
+// readHashes runs query (its $1: the leaves holding indexes, then args)
+// and returns the hashes at indexes from the rows (leaf, hashes) it gives.
+func readHashes(ctx context.Context, q Queryer, indexes []int64, query string, args ...any) ([]tlog.Hash, error) {
 	leaves := make([]int64, len(indexes))
 	for i, idx := range indexes {
 		leaves[i], _ = storedAt(idx)
 	}
-	rows, err := q.QueryxContext(ctx, `SELECT leaf, hashes FROM log_leaves WHERE leaf = ANY($1)`, pq.Array(leaves))
+	rows, err := q.QueryxContext(ctx, query, append([]any{pq.Array(leaves)}, args...)...)
 	if err != nil {
 		return nil, fmt.Errorf("read tree hashes: %w", Classify(err))
 	}
@@ -175,27 +194,49 @@ func copyRows(ctx context.Context, tx *sqlx.Tx, table string, cols []string, n i
 	return nil
 }
 
-// LeafByPosition returns the leaf index of the event at position, and the
-// event. Errors: ENOTFOUND when there is no such event, or it is not in
-// the tree yet.
-func LeafByPosition(ctx context.Context, q Queryer, position int64) (int64, domain.Event, error) {
-	var leaf sql.NullInt64
-	row := q.QueryRowxContext(ctx, `SELECT l.leaf, `+eEventColumns+` FROM events e LEFT JOIN log_leaves l ON l.position = e.position WHERE e.position = $1`, position)
-	var e domain.Event
-	var body []byte
-	err := row.Scan(&leaf, &e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &body, &e.SvixTimestamp, &e.SvixSignature, &e.Source)
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, domain.Event{}, domain.Errorf(domain.ENOTFOUND, "no event at position %d", position)
+// ProofTarget returns, in one query, the kept checkpoint of tree size size
+// (0: the latest), the leaf index of the event at position and the event:
+// what an inclusion proof is of. Errors: EINVALID for a negative size;
+// ENOTFOUND when no checkpoint is kept (of that size), there is no such
+// event, or it is not in that checkpoint's tree (yet).
+func ProofTarget(ctx context.Context, q Queryer, position, size int64) (LogCheckpoint, LeafEvent, error) {
+	if size < 0 {
+		return LogCheckpoint{}, LeafEvent{}, domain.Errorf(domain.EINVALID, "tree size %d is negative", size)
 	}
-	if err != nil {
-		return 0, domain.Event{}, fmt.Errorf("read event %d and its leaf: %w", position, Classify(err))
+	row := q.QueryRowxContext(ctx, `SELECT c.id, c.tree_size, c.root, c.note, c.signed_at, e.position IS NOT NULL, l.leaf,
+  COALESCE(e.position, 0), COALESCE(e.transaction_id, '0'::xid8), COALESCE(e.delivery_id, ''), COALESCE(e.type, ''), COALESCE(e.user_id, ''),
+  COALESCE(e.occurred_at, 'epoch'), COALESCE(e.received_at, 'epoch'), COALESCE(e.body, ''), COALESCE(e.svix_timestamp, 0), COALESCE(e.svix_signature, ''), COALESCE(e.source, '')
+FROM (SELECT `+checkpointColumns+` FROM log_checkpoints WHERE $2 = 0 OR tree_size = $2 ORDER BY tree_size DESC LIMIT 1) c
+LEFT JOIN events e ON e.position = $1
+LEFT JOIN log_leaves l ON l.position = e.position`, position, size)
+	var (
+		c      LogCheckpoint
+		root   []byte
+		exists bool
+		leaf   sql.NullInt64
+		e      LeafEvent
+	)
+	err := row.Scan(&c.ID, &c.Size, &root, &c.Note, &c.SignedAt, &exists, &leaf,
+		&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &e.Body, &e.SvixTimestamp, &e.SvixSignature, &e.Source)
+	switch {
+	case errors.Is(err, sql.ErrNoRows) && size == 0:
+		return LogCheckpoint{}, LeafEvent{}, domain.Errorf(domain.ENOTFOUND, "no checkpoint is signed yet")
+	case errors.Is(err, sql.ErrNoRows):
+		return LogCheckpoint{}, LeafEvent{}, domain.Errorf(domain.ENOTFOUND, "no checkpoint of tree size %d is kept", size)
+	case err != nil:
+		return LogCheckpoint{}, LeafEvent{}, fmt.Errorf("read event %d, its leaf and the checkpoint: %w", position, Classify(err))
+	case !exists:
+		return LogCheckpoint{}, LeafEvent{}, domain.Errorf(domain.ENOTFOUND, "no event at position %d", position)
+	case !leaf.Valid:
+		return LogCheckpoint{}, LeafEvent{}, domain.Errorf(domain.ENOTFOUND, "the event at position %d is not in the tree yet (the sealer has not reached it)", position)
+	case leaf.Int64 >= c.Size:
+		return LogCheckpoint{}, LeafEvent{}, domain.Errorf(domain.ENOTFOUND, "the event at position %d is leaf %d, not in the tree of the checkpoint of size %d yet", position, leaf.Int64, c.Size)
 	}
-	if !leaf.Valid {
-		return 0, domain.Event{}, domain.Errorf(domain.ENOTFOUND, "the event at position %d is not in the tree yet (the sealer has not reached it)", position)
-	}
-	e.Body = body
+	copy(c.Root[:], root)
+	c.SignedAt = c.SignedAt.UTC()
+	e.Leaf = leaf.Int64
 	e.OccurredAt, e.ReceivedAt = e.OccurredAt.UTC(), e.ReceivedAt.UTC()
-	return leaf.Int64, e, nil
+	return c, e, nil
 }
 
 // eEventColumns is eventColumns of the events table aliased e.
