@@ -150,41 +150,46 @@ func AppendLeaves(ctx context.Context, tx *sqlx.Tx, events []domain.Event) (Tree
 	if len(events) == 0 {
 		return TreeHead{Size: size, Root: edge.Root()}, nil
 	}
-	leaves := make([]int64, len(events))
-	positions := make([]int64, len(events))
-	hashes := make([][]byte, len(events))
-	all := make([]byte, 0, 2*tlog.HashSize*len(events)+tlog.HashSize*64)
+	// Each leaf is hashed as its row goes into the COPY, so PostgreSQL
+	// takes in the rows while the next leaves are hashed.
+	row := make([]byte, 0, 64*tlog.HashSize)
 	buf := make([]byte, 0, 1024)
-	for i, e := range events {
+	err = copyRows(ctx, tx, "log_leaves", []string{"leaf", "position", "hashes"}, len(events), func(i int) ([]any, error) {
+		e := events[i]
 		n := size + int64(i)
-		leaves[i], positions[i] = n, e.Position
 		buf = domain.LeafOf(e, nil).Encode(buf[:0])
 		hs, err := edge.Append(tlog.RecordHash(buf))
 		if err != nil {
-			return TreeHead{}, fmt.Errorf("append leaf %d: %w", n, err)
+			return nil, fmt.Errorf("append leaf %d: %w", n, err)
 		}
-		start := len(all)
+		row = row[:0]
 		for j := range hs {
-			all = append(all, hs[j][:]...)
+			row = append(row, hs[j][:]...)
 		}
-		hashes[i] = all[start:len(all):len(all)]
-	}
-	if err := copyRows(ctx, tx, "log_leaves", []string{"leaf", "position", "hashes"}, len(leaves), func(i int) []any { return []any{leaves[i], positions[i], hashes[i]} }); err != nil {
+		return []any{n, e.Position, row}, nil
+	})
+	if err != nil {
 		return TreeHead{}, fmt.Errorf("append leaves %d..%d: %w", size, size+int64(len(events))-1, err)
 	}
 	return TreeHead{Size: edge.Size(), Root: edge.Root()}, nil
 }
 
-// copyRows COPYs n rows (row(i) for each) into table inside tx: several
-// times faster than a multi-row INSERT for the sealer's thousands of rows.
-func copyRows(ctx context.Context, tx *sqlx.Tx, table string, cols []string, n int, row func(i int) []any) error {
+// copyRows COPYs n rows (row(i) for each, in order; the values are copied
+// before the next call) into table inside tx: several times faster than a
+// multi-row INSERT for the sealer's thousands of rows. An error of row is
+// returned as it is, the COPY unfinished: roll the transaction back.
+func copyRows(ctx context.Context, tx *sqlx.Tx, table string, cols []string, n int, row func(i int) ([]any, error)) error {
 	stmt, err := tx.PrepareContext(ctx, pq.CopyIn(table, cols...))
 	if err != nil {
 		return Classify(err)
 	}
 	defer stmt.Close()
 	for i := range n {
-		if _, err := stmt.ExecContext(ctx, row(i)...); err != nil {
+		args, err := row(i)
+		if err != nil {
+			return err
+		}
+		if _, err := stmt.ExecContext(ctx, args...); err != nil {
 			return Classify(err)
 		}
 	}
