@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -198,4 +199,29 @@ func canonicalSignatures(msg []byte) error {
 		}
 	}
 	return nil
+}
+
+// WriteFile replaces the file path with a note (or any data) atomically:
+// a temporary file in the same directory, synced, then renamed over path,
+// so a reader (or a sync to elsewhere) sees the old note or the new one,
+// never part of one.
+func WriteFile(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".note-*")
+	if err != nil {
+		return err
+	}
+	_, werr := tmp.Write(data)
+	if werr == nil {
+		werr = tmp.Sync()
+	}
+	if cerr := tmp.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr == nil {
+		werr = os.Rename(tmp.Name(), path)
+	}
+	if werr != nil {
+		os.Remove(tmp.Name())
+	}
+	return werr
 }
