@@ -235,12 +235,15 @@ func (s *Service) UserProof(ctx context.Context, a Actor, userID string) (transl
 	return b, nil
 }
 
-// readRecorded reads the stored hashes at need and records the access, in
-// one statement (schema.ReadHashesRecorded), with the record's timeout.
+// readRecorded reads the stored hashes at need (those of the upper tree
+// from s.hashes once read) and records the access, in one statement
+// (schema.ReadHashesRecorded), with the record's timeout.
 func (s *Service) readRecorded(ctx context.Context, need []int64, a Actor, action string, filters map[string]string, rows int64) ([]tlog.Hash, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	return schema.ReadHashesRecorded(ctx, s.db, need, schema.Access{Actor: a.ID, Channel: a.Channel, Action: action, Filters: filters, RowCount: rows})
+	return s.hashes.read(need, func(missing []int64) ([]tlog.Hash, error) {
+		return schema.ReadHashesRecorded(ctx, s.db, missing, schema.Access{Actor: a.ID, Channel: a.Channel, Action: action, Filters: filters, RowCount: rows})
+	})
 }
 
 // proveAll returns the inclusion proof of each leaf in the tree of size

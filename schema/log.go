@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
@@ -70,10 +71,13 @@ SELECT leaf, hashes FROM log_leaves WHERE leaf = ANY($1)`, a.Actor, a.Channel, a
 // readHashes runs query (its $1: the leaves holding indexes, then args)
 // and returns the hashes at indexes from the rows (leaf, hashes) it gives.
 func readHashes(ctx context.Context, q Queryer, indexes []int64, query string, args ...any) ([]tlog.Hash, error) {
+	// Each row once, in leaf order: one pass along the primary key.
 	leaves := make([]int64, len(indexes))
 	for i, idx := range indexes {
 		leaves[i], _ = storedAt(idx)
 	}
+	slices.Sort(leaves)
+	leaves = slices.Compact(leaves)
 	rows, err := q.QueryxContext(ctx, query, append([]any{pq.Array(leaves)}, args...)...)
 	if err != nil {
 		return nil, fmt.Errorf("read tree hashes: %w", Classify(err))
