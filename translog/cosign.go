@@ -6,9 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
-	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -118,13 +116,9 @@ func ParseCosigner(skey string) (*Cosigner, error) {
 // LoadCosigner reads a witness signing key: the key text or the path of a
 // file holding it.
 func LoadCosigner(value string) (*Cosigner, error) {
-	text := strings.TrimSpace(value)
-	if !strings.HasPrefix(text, "PRIVATE+KEY+") {
-		b, err := os.ReadFile(text)
-		if err != nil {
-			return nil, domain.Errorf(domain.EINVALID, "the witness key is neither a signing key (PRIVATE+KEY+…) nor a readable file: %v", errors.Unwrap(err))
-		}
-		text = string(b)
+	text, err := keyText(value, "the witness key is neither a signing key")
+	if err != nil {
+		return nil, err
 	}
 	return ParseCosigner(text)
 }

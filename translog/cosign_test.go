@@ -46,12 +46,7 @@ func checkCosignatureBySpec(t *testing.T, msg []byte, name string, pub ed25519.P
 }
 
 func TestCosignAddsATlogCosignatureV1(t *testing.T) {
-	skey, vkey, err := translog.GenerateKey("clerk-ledger/test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, _ := translog.ParseSigner(skey)
-	logKey, _ := translog.ParseVerifier(vkey)
+	signer, logKey := newKey(t, "clerk-ledger/test")
 	wskey, wvkey, err := translog.GenerateWitnessKey("witness.example.com/w1")
 	if err != nil {
 		t.Fatal(err)
@@ -127,12 +122,12 @@ func TestCosignAddsATlogCosignatureV1(t *testing.T) {
 	if _, err := translog.Cosign(forged, logKey, w); domain.ErrorCode(err) != domain.EINVALID {
 		t.Errorf("a checkpoint not signed by the log: %v", err)
 	}
-	for _, bad := range []string{"", "PRIVATE+KEY+w+00000000+AAAA", skey, strings.Replace(wskey, "PRIVATE+KEY+witness.example.com/w1", "PRIVATE+KEY+witness.example.com/w2", 1)} {
+	for _, bad := range []string{"", "PRIVATE+KEY+w+00000000+AAAA", otherSkey, strings.Replace(wskey, "PRIVATE+KEY+witness.example.com/w1", "PRIVATE+KEY+witness.example.com/w2", 1)} {
 		if _, err := translog.ParseCosigner(bad); domain.ErrorCode(err) != domain.EINVALID {
 			t.Errorf("ParseCosigner(%.30q): %v", bad, err)
 		}
 	}
-	if _, err := translog.ParseCosignatureVerifier(vkey); domain.ErrorCode(err) != domain.EINVALID {
+	if _, err := translog.ParseCosignatureVerifier(signer.VerifierKey()); domain.ErrorCode(err) != domain.EINVALID {
 		t.Errorf("the log's (alg 1) key as a witness key: %v", err)
 	}
 }
