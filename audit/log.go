@@ -113,31 +113,24 @@ func (s *Service) Proof(ctx context.Context, a Actor, position, size int64) (Inc
 	}
 	defer release()
 	// No transaction: the tree is append-only, so the checkpoint, the leaf
-	// and the hashes below its size agree however they are read.
-	cp, err := checkpoint(ctx, s.db, size)
+	// and the hashes below its size agree however they are read. Two round
+	// trips: the checkpoint with the leaf and its event, then the proof's
+	// hashes with the access record (one statement).
+	cp, e, err := schema.ProofTarget(ctx, s.db, position, size)
 	if err != nil {
 		return InclusionProof{}, err
 	}
-	leaf, e, err := schema.LeafByPosition(ctx, s.db, position)
-	if err != nil {
-		return InclusionProof{}, err
-	}
-	if leaf >= cp.Size {
-		return InclusionProof{}, domain.Errorf(domain.ENOTFOUND, "the event at position %d is leaf %d, not in the tree of the checkpoint of size %d yet", position, leaf, cp.Size)
-	}
-	proof, err := tlog.ProveRecord(cp.Size, leaf, schema.HashReader(ctx, s.db))
-	if err != nil {
-		return InclusionProof{}, fmt.Errorf("prove leaf %d in %d: %w", leaf, cp.Size, err)
-	}
-	enc := domain.LeafOf(e, nil).Encode(nil)
-	h := tlog.RecordHash(enc)
-	p := InclusionProof{Position: position, LeafIndex: leaf, TreeSize: cp.Size, Checkpoint: cp.Note,
-		Leaf: base64.StdEncoding.EncodeToString(enc), LeafHash: base64.StdEncoding.EncodeToString(h[:]), Proof: b64s(proof)}
 	f := map[string]string{"position": strconv.FormatInt(position, 10), "tree_size": strconv.FormatInt(cp.Size, 10)}
-	if err := s.record(ctx, a, schema.ActionProof, f, 1); err != nil {
+	proofs, err := proveAll(cp.Size, []int64{e.Leaf}, func(need []int64) ([]tlog.Hash, error) {
+		return s.readRecorded(ctx, need, a, schema.ActionProof, f, 1)
+	})
+	if err != nil {
 		return InclusionProof{}, err
 	}
-	return p, nil
+	enc := domain.LeafOf(e.Event, nil).Encode(nil)
+	h := tlog.RecordHash(enc)
+	return InclusionProof{Position: position, LeafIndex: e.Leaf, TreeSize: cp.Size, Checkpoint: cp.Note,
+		Leaf: base64.StdEncoding.EncodeToString(enc), LeafHash: base64.StdEncoding.EncodeToString(h[:]), Proof: b64s(proofs[0])}, nil
 }
 
 func b64s(hs []tlog.Hash) []string {
@@ -224,7 +217,14 @@ func (s *Service) UserProof(ctx context.Context, a Actor, userID string) (transl
 	if len(events) == 0 {
 		return translog.Bundle{}, domain.Errorf(domain.ENOTFOUND, "the ledger has no event about user %s in the tree of the latest checkpoint (size %d)", userID, cp.Size)
 	}
-	proofs, err := proveAll(ctx, s.db, cp.Size, events)
+	leaves := make([]int64, len(events))
+	for i, e := range events {
+		leaves[i] = e.Leaf
+	}
+	f := map[string]string{"user_id": userID, "tree_size": strconv.FormatInt(cp.Size, 10)}
+	proofs, err := proveAll(cp.Size, leaves, func(need []int64) ([]tlog.Hash, error) {
+		return s.readRecorded(ctx, need, a, schema.ActionUserProof, f, int64(len(events)))
+	})
 	if err != nil {
 		return translog.Bundle{}, err
 	}
@@ -232,30 +232,37 @@ func (s *Service) UserProof(ctx context.Context, a Actor, userID string) (transl
 	for i, e := range events {
 		b.Events[i] = translog.NewBundleEvent(e.Leaf, e.Event, nil, proofs[i])
 	}
-	f := map[string]string{"user_id": userID, "tree_size": strconv.FormatInt(cp.Size, 10)}
-	if err := s.record(ctx, a, schema.ActionUserProof, f, int64(len(events))); err != nil {
-		return translog.Bundle{}, err
-	}
 	return b, nil
 }
 
-// proveAll returns the inclusion proof of each event's leaf in the tree of
-// size leaves, reading every hash they need in one query: a first pass asks
-// tlog which hashes each proof needs, the second builds them.
-func proveAll(ctx context.Context, q schema.Queryer, size int64, events []schema.LeafEvent) ([]tlog.RecordProof, error) {
+// readRecorded reads the stored hashes at need (those of the upper tree
+// from s.hashes once read) and records the access, in one statement
+// (schema.ReadHashesRecorded), with the record's timeout.
+func (s *Service) readRecorded(ctx context.Context, need []int64, a Actor, action string, filters map[string]string, rows int64) ([]tlog.Hash, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	return s.hashes.read(need, func(missing []int64) ([]tlog.Hash, error) {
+		return schema.ReadHashesRecorded(ctx, s.db, missing, schema.Access{Actor: a.ID, Channel: a.Channel, Action: action, Filters: filters, RowCount: rows})
+	})
+}
+
+// proveAll returns the inclusion proof of each leaf in the tree of size
+// leaves, with one call of read for every hash they need: a first pass
+// asks tlog which hashes each proof needs, the second builds them.
+func proveAll(size int64, leaves []int64, read func(need []int64) ([]tlog.Hash, error)) ([]tlog.RecordProof, error) {
 	var need []int64
 	ask := tlog.HashReaderFunc(func(ix []int64) ([]tlog.Hash, error) {
 		need = append(need, ix...)
 		return make([]tlog.Hash, len(ix)), nil
 	})
-	for _, e := range events {
-		if _, err := tlog.ProveRecord(size, e.Leaf, ask); err != nil {
-			return nil, fmt.Errorf("prove leaf %d in %d: %w", e.Leaf, size, err)
+	for _, l := range leaves {
+		if _, err := tlog.ProveRecord(size, l, ask); err != nil {
+			return nil, fmt.Errorf("prove leaf %d in %d: %w", l, size, err)
 		}
 	}
 	slices.Sort(need)
 	need = slices.Compact(need)
-	hs, err := schema.ReadHashes(ctx, q, need)
+	hs, err := read(need)
 	if err != nil {
 		return nil, err
 	}
@@ -263,17 +270,17 @@ func proveAll(ctx context.Context, q schema.Queryer, size int64, events []schema
 	for i, idx := range need {
 		have[idx] = hs[i]
 	}
-	read := tlog.HashReaderFunc(func(ix []int64) ([]tlog.Hash, error) {
+	got := tlog.HashReaderFunc(func(ix []int64) ([]tlog.Hash, error) {
 		out := make([]tlog.Hash, len(ix))
 		for i, idx := range ix {
 			out[i] = have[idx]
 		}
 		return out, nil
 	})
-	out := make([]tlog.RecordProof, len(events))
-	for i, e := range events {
-		if out[i], err = tlog.ProveRecord(size, e.Leaf, read); err != nil {
-			return nil, fmt.Errorf("prove leaf %d in %d: %w", e.Leaf, size, err)
+	out := make([]tlog.RecordProof, len(leaves))
+	for i, l := range leaves {
+		if out[i], err = tlog.ProveRecord(size, l, got); err != nil {
+			return nil, fmt.Errorf("prove leaf %d in %d: %w", l, size, err)
 		}
 	}
 	return out, nil

@@ -58,6 +58,7 @@ type Service struct {
 	auditors map[string]bool
 	slots    *slots
 	verifyMu sync.Mutex
+	hashes   hashCache // the upper tree's stored hashes, for proofs
 }
 
 // New returns a Service for c.

@@ -104,23 +104,8 @@ func (c *Checkpointer) write(cp schema.LogCheckpoint) error {
 		return fmt.Errorf("LEDGER_CHECKPOINT_DIR: %w", err)
 	}
 	for _, name := range []string{strconv.FormatInt(cp.Size, 10) + ".checkpoint", "latest"} {
-		tmp, err := os.CreateTemp(c.Dir, ".checkpoint-*")
-		if err != nil {
-			return fmt.Errorf("LEDGER_CHECKPOINT_DIR: %w", err)
-		}
-		_, werr := tmp.WriteString(cp.Note)
-		if werr == nil {
-			werr = tmp.Sync()
-		}
-		if cerr := tmp.Close(); werr == nil {
-			werr = cerr
-		}
-		if werr == nil {
-			werr = os.Rename(tmp.Name(), filepath.Join(c.Dir, name))
-		}
-		if werr != nil {
-			os.Remove(tmp.Name())
-			return fmt.Errorf("LEDGER_CHECKPOINT_DIR: write checkpoint %d: %w", cp.Size, werr)
+		if err := translog.WriteFile(filepath.Join(c.Dir, name), []byte(cp.Note)); err != nil {
+			return fmt.Errorf("LEDGER_CHECKPOINT_DIR: write checkpoint %d: %w", cp.Size, err)
 		}
 	}
 	return nil

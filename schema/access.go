@@ -29,9 +29,9 @@ const (
 
 	ActionOrganization      = "organization"       // an organization's point-in-time state, members and events
 	ActionUserOrganizations = "user_organizations" // the organizations a user was in at a point in time
-	ActionCheckpoint = "checkpoint" // a signed checkpoint read
-	ActionProof      = "proof"      // an event's inclusion proof
-	ActionUserProof  = "user_proof" // a user's proof bundle
+	ActionCheckpoint        = "checkpoint"         // a signed checkpoint read
+	ActionProof             = "proof"              // an event's inclusion proof
+	ActionUserProof         = "user_proof"         // a user's proof bundle
 
 	// Kinds of verification in the verification log.
 	KindTree        = "tree"        // the whole tree recomputed from the events

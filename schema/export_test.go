@@ -9,6 +9,10 @@ import (
 // into more ranges than a small test ledger would get.
 var VerifyChainInRanges = verifyChain
 
+// VerifyLogInPages exposes verifyLog to the tests: the same check in pages
+// of a few leaves, so that a small ledger crosses pages.
+var VerifyLogInPages = verifyLog
+
 // Pending is how many appends wait for a group commit: tests use it to
 // gather a batch deterministically.
 func (s *Store) Pending() int {

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
@@ -51,11 +52,33 @@ func ReadHashes(ctx context.Context, q Queryer, indexes []int64) ([]tlog.Hash, e
 	if len(indexes) == 0 {
 		return nil, nil
 	}
+	return readHashes(ctx, q, indexes, `SELECT leaf, hashes FROM log_leaves WHERE leaf = ANY($1)`)
+}
+
+// ReadHashesRecorded is ReadHashes and RecordAccess(a) in one statement
+// (one round trip, one commit): the access is recorded even when a hash
+// turns out to be missing. Run it outside a transaction, as the record's
+// commit is what makes the read allowed to be answered.
+func ReadHashesRecorded(ctx context.Context, q Queryer, indexes []int64, a Access) ([]tlog.Hash, error) {
+	filters, err := accessFilters(a)
+	if err != nil {
+		return nil, err
+	}
+	return readHashes(ctx, q, indexes, `WITH access AS (INSERT INTO audit_access (actor, channel, action, filters, row_count) VALUES ($2, $3, $4, $5, $6))
+SELECT leaf, hashes FROM log_leaves WHERE leaf = ANY($1)`, a.Actor, a.Channel, a.Action, filters, a.RowCount)
+}
+
+// readHashes runs query (its $1: the leaves holding indexes, then args)
+// and returns the hashes at indexes from the rows (leaf, hashes) it gives.
+func readHashes(ctx context.Context, q Queryer, indexes []int64, query string, args ...any) ([]tlog.Hash, error) {
+	// Each row once, in leaf order: one pass along the primary key.
 	leaves := make([]int64, len(indexes))
 	for i, idx := range indexes {
 		leaves[i], _ = storedAt(idx)
 	}
-	rows, err := q.QueryxContext(ctx, `SELECT leaf, hashes FROM log_leaves WHERE leaf = ANY($1)`, pq.Array(leaves))
+	slices.Sort(leaves)
+	leaves = slices.Compact(leaves)
+	rows, err := q.QueryxContext(ctx, query, append([]any{pq.Array(leaves)}, args...)...)
 	if err != nil {
 		return nil, fmt.Errorf("read tree hashes: %w", Classify(err))
 	}
@@ -131,41 +154,46 @@ func AppendLeaves(ctx context.Context, tx *sqlx.Tx, events []domain.Event) (Tree
 	if len(events) == 0 {
 		return TreeHead{Size: size, Root: edge.Root()}, nil
 	}
-	leaves := make([]int64, len(events))
-	positions := make([]int64, len(events))
-	hashes := make([][]byte, len(events))
-	all := make([]byte, 0, 2*tlog.HashSize*len(events)+tlog.HashSize*64)
+	// Each leaf is hashed as its row goes into the COPY, so PostgreSQL
+	// takes in the rows while the next leaves are hashed.
+	row := make([]byte, 0, 64*tlog.HashSize)
 	buf := make([]byte, 0, 1024)
-	for i, e := range events {
+	err = copyRows(ctx, tx, "log_leaves", []string{"leaf", "position", "hashes"}, len(events), func(i int) ([]any, error) {
+		e := events[i]
 		n := size + int64(i)
-		leaves[i], positions[i] = n, e.Position
 		buf = domain.LeafOf(e, nil).Encode(buf[:0])
 		hs, err := edge.Append(tlog.RecordHash(buf))
 		if err != nil {
-			return TreeHead{}, fmt.Errorf("append leaf %d: %w", n, err)
+			return nil, fmt.Errorf("append leaf %d: %w", n, err)
 		}
-		start := len(all)
+		row = row[:0]
 		for j := range hs {
-			all = append(all, hs[j][:]...)
+			row = append(row, hs[j][:]...)
 		}
-		hashes[i] = all[start:len(all):len(all)]
-	}
-	if err := copyRows(ctx, tx, "log_leaves", []string{"leaf", "position", "hashes"}, len(leaves), func(i int) []any { return []any{leaves[i], positions[i], hashes[i]} }); err != nil {
+		return []any{n, e.Position, row}, nil
+	})
+	if err != nil {
 		return TreeHead{}, fmt.Errorf("append leaves %d..%d: %w", size, size+int64(len(events))-1, err)
 	}
 	return TreeHead{Size: edge.Size(), Root: edge.Root()}, nil
 }
 
-// copyRows COPYs n rows (row(i) for each) into table inside tx: several
-// times faster than a multi-row INSERT for the sealer's thousands of rows.
-func copyRows(ctx context.Context, tx *sqlx.Tx, table string, cols []string, n int, row func(i int) []any) error {
+// copyRows COPYs n rows (row(i) for each, in order; the values are copied
+// before the next call) into table inside tx: several times faster than a
+// multi-row INSERT for the sealer's thousands of rows. An error of row is
+// returned as it is, the COPY unfinished: roll the transaction back.
+func copyRows(ctx context.Context, tx *sqlx.Tx, table string, cols []string, n int, row func(i int) ([]any, error)) error {
 	stmt, err := tx.PrepareContext(ctx, pq.CopyIn(table, cols...))
 	if err != nil {
 		return Classify(err)
 	}
 	defer stmt.Close()
 	for i := range n {
-		if _, err := stmt.ExecContext(ctx, row(i)...); err != nil {
+		args, err := row(i)
+		if err != nil {
+			return err
+		}
+		if _, err := stmt.ExecContext(ctx, args...); err != nil {
 			return Classify(err)
 		}
 	}
@@ -175,27 +203,49 @@ func copyRows(ctx context.Context, tx *sqlx.Tx, table string, cols []string, n i
 	return nil
 }
 
-// LeafByPosition returns the leaf index of the event at position, and the
-// event. Errors: ENOTFOUND when there is no such event, or it is not in
-// the tree yet.
-func LeafByPosition(ctx context.Context, q Queryer, position int64) (int64, domain.Event, error) {
-	var leaf sql.NullInt64
-	row := q.QueryRowxContext(ctx, `SELECT l.leaf, `+eEventColumns+` FROM events e LEFT JOIN log_leaves l ON l.position = e.position WHERE e.position = $1`, position)
-	var e domain.Event
-	var body []byte
-	err := row.Scan(&leaf, &e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &body, &e.SvixTimestamp, &e.SvixSignature, &e.Source)
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, domain.Event{}, domain.Errorf(domain.ENOTFOUND, "no event at position %d", position)
+// ProofTarget returns, in one query, the kept checkpoint of tree size size
+// (0: the latest), the leaf index of the event at position and the event:
+// what an inclusion proof is of. Errors: EINVALID for a negative size;
+// ENOTFOUND when no checkpoint is kept (of that size), there is no such
+// event, or it is not in that checkpoint's tree (yet).
+func ProofTarget(ctx context.Context, q Queryer, position, size int64) (LogCheckpoint, LeafEvent, error) {
+	if size < 0 {
+		return LogCheckpoint{}, LeafEvent{}, domain.Errorf(domain.EINVALID, "tree size %d is negative", size)
 	}
-	if err != nil {
-		return 0, domain.Event{}, fmt.Errorf("read event %d and its leaf: %w", position, Classify(err))
+	row := q.QueryRowxContext(ctx, `SELECT c.id, c.tree_size, c.root, c.note, c.signed_at, e.position IS NOT NULL, l.leaf,
+  COALESCE(e.position, 0), COALESCE(e.transaction_id, '0'::xid8), COALESCE(e.delivery_id, ''), COALESCE(e.type, ''), COALESCE(e.user_id, ''),
+  COALESCE(e.occurred_at, 'epoch'), COALESCE(e.received_at, 'epoch'), COALESCE(e.body, ''), COALESCE(e.svix_timestamp, 0), COALESCE(e.svix_signature, ''), COALESCE(e.source, '')
+FROM (SELECT `+checkpointColumns+` FROM log_checkpoints WHERE $2 = 0 OR tree_size = $2 ORDER BY tree_size DESC LIMIT 1) c
+LEFT JOIN events e ON e.position = $1
+LEFT JOIN log_leaves l ON l.position = e.position`, position, size)
+	var (
+		c      LogCheckpoint
+		root   []byte
+		exists bool
+		leaf   sql.NullInt64
+		e      LeafEvent
+	)
+	err := row.Scan(&c.ID, &c.Size, &root, &c.Note, &c.SignedAt, &exists, &leaf,
+		&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &e.Body, &e.SvixTimestamp, &e.SvixSignature, &e.Source)
+	switch {
+	case errors.Is(err, sql.ErrNoRows) && size == 0:
+		return LogCheckpoint{}, LeafEvent{}, domain.Errorf(domain.ENOTFOUND, "no checkpoint is signed yet")
+	case errors.Is(err, sql.ErrNoRows):
+		return LogCheckpoint{}, LeafEvent{}, domain.Errorf(domain.ENOTFOUND, "no checkpoint of tree size %d is kept", size)
+	case err != nil:
+		return LogCheckpoint{}, LeafEvent{}, fmt.Errorf("read event %d, its leaf and the checkpoint: %w", position, Classify(err))
+	case !exists:
+		return LogCheckpoint{}, LeafEvent{}, domain.Errorf(domain.ENOTFOUND, "no event at position %d", position)
+	case !leaf.Valid:
+		return LogCheckpoint{}, LeafEvent{}, domain.Errorf(domain.ENOTFOUND, "the event at position %d is not in the tree yet (the sealer has not reached it)", position)
+	case leaf.Int64 >= c.Size:
+		return LogCheckpoint{}, LeafEvent{}, domain.Errorf(domain.ENOTFOUND, "the event at position %d is leaf %d, not in the tree of the checkpoint of size %d yet", position, leaf.Int64, c.Size)
 	}
-	if !leaf.Valid {
-		return 0, domain.Event{}, domain.Errorf(domain.ENOTFOUND, "the event at position %d is not in the tree yet (the sealer has not reached it)", position)
-	}
-	e.Body = body
+	copy(c.Root[:], root)
+	c.SignedAt = c.SignedAt.UTC()
+	e.Leaf = leaf.Int64
 	e.OccurredAt, e.ReceivedAt = e.OccurredAt.UTC(), e.ReceivedAt.UTC()
-	return leaf.Int64, e, nil
+	return c, e, nil
 }
 
 // eEventColumns is eventColumns of the events table aliased e.

@@ -49,6 +49,10 @@ type OpenCheckpoint func(note []byte) (translog.Checkpoint, error)
 // reported in the LogReport, not as an error; errors mean the check could
 // not run.
 func VerifyLog(ctx context.Context, db *sqlx.DB, open OpenCheckpoint) (LogReport, error) {
+	return verifyLog(ctx, db, open, logPage)
+}
+
+func verifyLog(ctx context.Context, db *sqlx.DB, open OpenCheckpoint, pageSize int64) (LogReport, error) {
 	start := time.Now()
 	var rep LogReport
 	tx, err := db.BeginTxx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
@@ -89,95 +93,105 @@ func VerifyLog(ctx context.Context, db *sqlx.DB, open OpenCheckpoint) (LogReport
 	}
 
 	var (
-		edge     translog.Edge
-		next     = 0 // the next checkpoint to reach
-		prev     Cursor
-		exists   bool
-		txid     string
-		occ, rec int64
-		body     sql.RawBytes
-		stored   sql.RawBytes
-		e        domain.Event
-		buf      = make([]byte, 0, 1024)
+		edge translog.Edge
+		next = 0 // the next checkpoint to reach
+		prev Cursor
+		e    domain.Event
+		buf  = make([]byte, 0, 1024)
+		n    int64 // the next leaf to check
 	)
 	for next < len(cps) && cps[next].Size == 0 {
 		next++
 	}
-	for from := int64(0); from < size; from += logPage {
-		to := min(size, from+logPage)
-		rows, err := tx.QueryContext(ctx, `SELECT l.leaf, l.position, l.hashes, e.position IS NOT NULL, COALESCE(e.transaction_id::text, '0'),
-  COALESCE(e.delivery_id, ''), COALESCE(e.type, ''), COALESCE(e.user_id, ''), COALESCE(e.source, ''),
-  COALESCE((extract(epoch FROM e.occurred_at) * 1000000)::bigint, 0),
-  COALESCE((extract(epoch FROM e.received_at) * 1000000)::bigint, 0),
-  COALESCE(e.body, ''), COALESCE(e.svix_timestamp, 0), COALESCE(e.svix_signature, '')
-FROM log_leaves l LEFT JOIN events e ON e.position = l.position
-WHERE l.leaf >= $1 AND l.leaf < $2 ORDER BY l.leaf`, from, to)
+	// check checks leaf n against its event e (read at transaction id
+	// txid; exists false when the leaf's position has no event) and the
+	// hashes stored for it, then appends it to edge. bad is the failed
+	// report, done true, when it does not hold.
+	check := func(leaf int64, exists bool, txid string, occ, rec int64, body, stored []byte) (bad LogReport, done bool, err error) {
+		if leaf != n {
+			bad, _ = fail(e.Position, "leaf %d is missing from log_leaves (the next is %d)", n, leaf)
+			return bad, true, nil
+		}
+		if !exists {
+			bad, _ = fail(e.Position, "event at position %d (leaf %d) is missing from the ledger", e.Position, n)
+			return bad, true, nil
+		}
+		cur := Cursor{Position: e.Position}
+		if cur.TxID, err = strconv.ParseUint(txid, 10, 64); err != nil {
+			return bad, true, fmt.Errorf("verify the tree: transaction id %q: %w", txid, err)
+		}
+		if n > 0 && !prev.Less(cur) {
+			bad, _ = fail(e.Position, "event at position %d (leaf %d) is out of ledger order: the events were reordered", e.Position, n)
+			return bad, true, nil
+		}
+		prev = cur
+		e.OccurredAt, e.ReceivedAt, e.Body = time.UnixMicro(occ), time.UnixMicro(rec), body
+		buf = domain.LeafOf(e, nil).Encode(buf[:0])
+		hs, err := edge.Append(tlog.RecordHash(buf))
 		if err != nil {
-			return rep, fmt.Errorf("verify the tree: %w", Classify(err))
+			return bad, true, fmt.Errorf("verify the tree: %w", err)
 		}
-		n := from
-		for rows.Next() {
-			var leaf int64
-			if err := rows.Scan(&leaf, &e.Position, &stored, &exists, &txid, &e.DeliveryID, &e.Type, &e.UserID, &e.Source, &occ, &rec, &body, &e.SvixTimestamp, &e.SvixSignature); err != nil {
-				rows.Close()
-				return rep, fmt.Errorf("verify the tree: scan: %w", Classify(err))
-			}
-			if leaf != n {
-				rows.Close()
-				return fail(e.Position, "leaf %d is missing from log_leaves (the next is %d)", n, leaf)
-			}
-			if !exists {
-				rows.Close()
-				return fail(e.Position, "event at position %d (leaf %d) is missing from the ledger", e.Position, n)
-			}
-			cur := Cursor{Position: e.Position}
-			if cur.TxID, err = strconv.ParseUint(txid, 10, 64); err != nil {
-				rows.Close()
-				return rep, fmt.Errorf("verify the tree: transaction id %q: %w", txid, err)
-			}
-			if n > 0 && !prev.Less(cur) {
-				rows.Close()
-				return fail(e.Position, "event at position %d (leaf %d) is out of ledger order: the events were reordered", e.Position, n)
-			}
-			prev = cur
-			e.OccurredAt, e.ReceivedAt, e.Body = time.UnixMicro(occ), time.UnixMicro(rec), body
-			buf = domain.LeafOf(e, nil).Encode(buf[:0])
-			hs, err := edge.Append(tlog.RecordHash(buf))
-			if err != nil {
-				rows.Close()
-				return rep, fmt.Errorf("verify the tree: %w", err)
-			}
-			if len(stored) != len(hs)*tlog.HashSize {
-				rows.Close()
-				return fail(e.Position, "leaf %d holds %d bytes of hashes, the tree gives it %d: the tree's table was changed", n, len(stored), len(hs)*tlog.HashSize)
-			}
-			for j, h := range hs {
-				if !bytes.Equal(stored[j*tlog.HashSize:(j+1)*tlog.HashSize], h[:]) {
-					rows.Close()
-					if j == 0 {
-						return fail(e.Position, "event at position %d (leaf %d) does not match its leaf hash: it or the tree was changed", e.Position, n)
-					}
-					return fail(e.Position, "the tree's stored hash of %d leaves ending at leaf %d does not match: the tree's table was changed", 1<<j, n)
+		if len(stored) != len(hs)*tlog.HashSize {
+			bad, _ = fail(e.Position, "leaf %d holds %d bytes of hashes, the tree gives it %d: the tree's table was changed", n, len(stored), len(hs)*tlog.HashSize)
+			return bad, true, nil
+		}
+		for j, h := range hs {
+			if !bytes.Equal(stored[j*tlog.HashSize:(j+1)*tlog.HashSize], h[:]) {
+				if j == 0 {
+					bad, _ = fail(e.Position, "event at position %d (leaf %d) does not match its leaf hash: it or the tree was changed", e.Position, n)
+				} else {
+					bad, _ = fail(e.Position, "the tree's stored hash of %d leaves ending at leaf %d does not match: the tree's table was changed", 1<<j, n)
 				}
-			}
-			n++
-			rep.Checked++
-			for next < len(cps) && cps[next].Size == edge.Size() {
-				if edge.Root() != cps[next].Root {
-					rows.Close()
-					return fail(0, "kept checkpoint %d (tree size %d) has another root than the tree recomputed from the events: the ledger before it was changed", cps[next].ID, cps[next].Size)
-				}
-				rep.Checkpoints++
-				next++
+				return bad, true, nil
 			}
 		}
-		if err := rows.Err(); err != nil {
-			rows.Close()
-			return rep, fmt.Errorf("verify the tree: %w", Classify(err))
+		n++
+		rep.Checked++
+		for next < len(cps) && cps[next].Size == edge.Size() {
+			if edge.Root() != cps[next].Root {
+				bad, _ = fail(0, "kept checkpoint %d (tree size %d) has another root than the tree recomputed from the events: the ledger before it was changed", cps[next].ID, cps[next].Size)
+				return bad, true, nil
+			}
+			rep.Checkpoints++
+			next++
 		}
-		rows.Close()
+		return bad, false, nil
+	}
+	var page leafPage
+	for from := int64(0); from < size; from += pageSize {
+		to := min(size, from+pageSize)
+		// The fast path: the page's leaves (one index range), then the
+		// events after the last one checked in ledger order (one index
+		// range), zipped: leaf i must be the i-th event. Two range scans,
+		// where joining each leaf to its event by position made PostgreSQL
+		// hash-join the whole events table once per page.
+		if err := page.read(ctx, tx, from, to); err != nil {
+			return rep, err
+		}
+		if bad, done, err := verifyLeafPage(ctx, tx, &page, prev, &e, check); err != nil || done {
+			return bad, err
+		}
+		if n == to {
+			continue
+		}
+		// The slow path, from the first leaf that is not the next event in
+		// ledger order (a leaf, an event or the order was tampered with):
+		// each leaf joined with its event by position, which tells which.
+		if bad, done, err := verifyLeavesSlow(ctx, tx, n, to, &e, check); err != nil || done {
+			return bad, err
+		}
 		if n != to {
-			return fail(0, "leaf %d is missing from log_leaves", n)
+			// The page ended before leaf n: name the next leaf there is,
+			// as when it is in the same page.
+			var leaf, pos int64
+			err := tx.QueryRowxContext(ctx, `SELECT leaf, position FROM log_leaves WHERE leaf > $1 ORDER BY leaf LIMIT 1`, n).Scan(&leaf, &pos)
+			switch {
+			case errors.Is(err, sql.ErrNoRows):
+				return fail(0, "leaf %d is missing from log_leaves", n)
+			case err != nil:
+				return rep, fmt.Errorf("verify the tree: %w", Classify(err))
+			}
+			return fail(pos, "leaf %d is missing from log_leaves (the next is %d)", n, leaf)
 		}
 	}
 	rep.Tree = TreeHead{Size: edge.Size(), Root: edge.Root()}
@@ -206,4 +220,123 @@ ORDER BY e.transaction_id, e.position LIMIT 1`, fmt.Sprint(prev.TxID), prev.Posi
 	rep.OK = true
 	rep.Duration = time.Since(start)
 	return rep, tx.Commit()
+}
+
+// leafPage is one page of log_leaves, read whole: small rows (a position
+// and ~64 bytes of hashes).
+type leafPage struct {
+	leaves, positions []int64
+	hashes            [][]byte
+	all               []byte
+}
+
+// read reads the leaves from..to-1 (those present) in leaf order.
+func (p *leafPage) read(ctx context.Context, q *sqlx.Tx, from, to int64) error {
+	p.leaves, p.positions, p.hashes, p.all = p.leaves[:0], p.positions[:0], p.hashes[:0], p.all[:0]
+	rows, err := q.QueryContext(ctx, `SELECT leaf, position, hashes FROM log_leaves WHERE leaf >= $1 AND leaf < $2 ORDER BY leaf`, from, to)
+	if err != nil {
+		return fmt.Errorf("verify the tree: %w", Classify(err))
+	}
+	defer rows.Close()
+	var h sql.RawBytes
+	var starts []int
+	for rows.Next() {
+		var leaf, pos int64
+		if err := rows.Scan(&leaf, &pos, &h); err != nil {
+			return fmt.Errorf("verify the tree: scan: %w", Classify(err))
+		}
+		p.leaves, p.positions = append(p.leaves, leaf), append(p.positions, pos)
+		starts = append(starts, len(p.all))
+		p.all = append(p.all, h...)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("verify the tree: %w", Classify(err))
+	}
+	for i, s := range starts {
+		end := len(p.all)
+		if i+1 < len(starts) {
+			end = starts[i+1]
+		}
+		p.hashes = append(p.hashes, p.all[s:end:end])
+	}
+	return nil
+}
+
+// checkFunc checks one leaf against its event (VerifyLog's check).
+type checkFunc func(leaf int64, exists bool, txid string, occ, rec int64, body, stored []byte) (LogReport, bool, error)
+
+// verifyLeafPage checks the page's leaves, in order, against the events after
+// prev in ledger order, while each leaf's position is the next event's; it
+// stops at the first that is not (the slow path takes over from there).
+func verifyLeafPage(ctx context.Context, tx *sqlx.Tx, p *leafPage, prev Cursor, e *domain.Event, check checkFunc) (LogReport, bool, error) {
+	if len(p.leaves) == 0 {
+		return LogReport{}, false, nil
+	}
+	// e.transaction_id in ORDER BY: the column, not the text output of
+	// the same name (which would sort the whole table).
+	rows, err := tx.QueryContext(ctx, `SELECT e.transaction_id::text, e.position, e.delivery_id, e.type, COALESCE(e.user_id, ''), e.source,
+  (extract(epoch FROM e.occurred_at) * 1000000)::bigint, (extract(epoch FROM e.received_at) * 1000000)::bigint,
+  e.body, e.svix_timestamp, e.svix_signature
+FROM events e WHERE (e.transaction_id, e.position) > ($1::xid8, $2::bigint)
+ORDER BY e.transaction_id, e.position LIMIT $3`, strconv.FormatUint(prev.TxID, 10), prev.Position, len(p.leaves))
+	if err != nil {
+		return LogReport{}, false, fmt.Errorf("verify the tree: %w", Classify(err))
+	}
+	defer rows.Close()
+	var (
+		txid     string
+		occ, rec int64
+		body     sql.RawBytes
+	)
+	for i := 0; rows.Next(); i++ {
+		if err := rows.Scan(&txid, &e.Position, &e.DeliveryID, &e.Type, &e.UserID, &e.Source, &occ, &rec, &body, &e.SvixTimestamp, &e.SvixSignature); err != nil {
+			return LogReport{}, false, fmt.Errorf("verify the tree: scan: %w", Classify(err))
+		}
+		if e.Position != p.positions[i] {
+			return LogReport{}, false, nil
+		}
+		if bad, done, err := check(p.leaves[i], true, txid, occ, rec, body, p.hashes[i]); err != nil || done {
+			return bad, done, err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return LogReport{}, false, fmt.Errorf("verify the tree: %w", Classify(err))
+	}
+	return LogReport{}, false, nil
+}
+
+// verifyLeavesSlow checks the leaves from..to-1 each joined with its event by
+// position: what tells a missing leaf, a missing event and a reorder apart.
+func verifyLeavesSlow(ctx context.Context, tx *sqlx.Tx, from, to int64, e *domain.Event, check checkFunc) (LogReport, bool, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT l.leaf, l.position, l.hashes, e.position IS NOT NULL, COALESCE(e.transaction_id::text, '0'),
+  COALESCE(e.delivery_id, ''), COALESCE(e.type, ''), COALESCE(e.user_id, ''), COALESCE(e.source, ''),
+  COALESCE((extract(epoch FROM e.occurred_at) * 1000000)::bigint, 0),
+  COALESCE((extract(epoch FROM e.received_at) * 1000000)::bigint, 0),
+  COALESCE(e.body, ''), COALESCE(e.svix_timestamp, 0), COALESCE(e.svix_signature, '')
+FROM log_leaves l LEFT JOIN events e ON e.position = l.position
+WHERE l.leaf >= $1 AND l.leaf < $2 ORDER BY l.leaf`, from, to)
+	if err != nil {
+		return LogReport{}, false, fmt.Errorf("verify the tree: %w", Classify(err))
+	}
+	defer rows.Close()
+	var (
+		leaf     int64
+		exists   bool
+		txid     string
+		occ, rec int64
+		body     sql.RawBytes
+		stored   sql.RawBytes
+	)
+	for rows.Next() {
+		if err := rows.Scan(&leaf, &e.Position, &stored, &exists, &txid, &e.DeliveryID, &e.Type, &e.UserID, &e.Source, &occ, &rec, &body, &e.SvixTimestamp, &e.SvixSignature); err != nil {
+			return LogReport{}, false, fmt.Errorf("verify the tree: scan: %w", Classify(err))
+		}
+		if bad, done, err := check(leaf, exists, txid, occ, rec, body, stored); err != nil || done {
+			return bad, done, err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return LogReport{}, false, fmt.Errorf("verify the tree: %w", Classify(err))
+	}
+	return LogReport{}, false, nil
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -73,15 +74,26 @@ func GenerateKey(name string) (skey, vkey string, err error) {
 // (PRIVATE+KEY+name+hash+key) or the path of a file holding it. It returns
 // EINVALID naming what is wrong, never the key.
 func LoadSigner(value string) (*Signer, error) {
+	text, err := keyText(value, "LEDGER_LOG_KEY is neither a note signing key")
+	if err != nil {
+		return nil, err
+	}
+	return ParseSigner(text)
+}
+
+// keyText returns value, a signing key's text (PRIVATE+KEY+…) or the path of
+// a file holding one, as the key's text. A path that cannot be read is an
+// EINVALID error starting with neither.
+func keyText(value, neither string) (string, error) {
 	text := strings.TrimSpace(value)
 	if !strings.HasPrefix(text, "PRIVATE+KEY+") {
 		b, err := os.ReadFile(text)
 		if err != nil {
-			return nil, domain.Errorf(domain.EINVALID, "LEDGER_LOG_KEY is neither a note signing key (PRIVATE+KEY+…) nor a readable file: %v", errors.Unwrap(err))
+			return "", domain.Errorf(domain.EINVALID, "%s (PRIVATE+KEY+…) nor a readable file: %v", neither, errors.Unwrap(err))
 		}
 		text = strings.TrimSpace(string(b))
 	}
-	return ParseSigner(text)
+	return text, nil
 }
 
 // ParseSigner parses a note signing key (PRIVATE+KEY+name+hash+key, Ed25519).
@@ -198,4 +210,29 @@ func canonicalSignatures(msg []byte) error {
 		}
 	}
 	return nil
+}
+
+// WriteFile replaces the file path with a note (or any data) atomically:
+// a temporary file in the same directory, synced, then renamed over path,
+// so a reader (or a sync to elsewhere) sees the old note or the new one,
+// never part of one.
+func WriteFile(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".note-*")
+	if err != nil {
+		return err
+	}
+	_, werr := tmp.Write(data)
+	if werr == nil {
+		werr = tmp.Sync()
+	}
+	if cerr := tmp.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr == nil {
+		werr = os.Rename(tmp.Name(), path)
+	}
+	if werr != nil {
+		os.Remove(tmp.Name())
+	}
+	return werr
 }

@@ -43,8 +43,9 @@ func EdgeIndexes(n int64) []int64 {
 // are appended and the root computed without reading the rest of the tree.
 // The zero Edge is the empty tree. It is not safe for concurrent use.
 type Edge struct {
-	size   int64
-	hashes [64]tlog.Hash // hashes[l]: the subtree of 2^l leaves, when bit l of size is set
+	size    int64
+	hashes  [64]tlog.Hash // hashes[l]: the subtree of 2^l leaves, when bit l of size is set
+	scratch [65]tlog.Hash // what Append returns
 }
 
 // NewEdge returns the edge of a tree of size leaves from the hashes at
@@ -82,19 +83,23 @@ func (e *Edge) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 
 // Append adds a leaf with hash h and returns the hashes to store for it, in
 // stored-index order from tlog.StoredHashIndex(0, old size): the leaf hash,
-// then each subtree it completes (tlog.StoredHashesForRecordHash).
+// then each subtree it completes, as tlog.StoredHashesForRecordHash gives
+// them (TestEdgeStoresWhatTlogStores), without allocating: the slice is
+// the Edge's own and valid until the next Append.
 func (e *Edge) Append(h tlog.Hash) ([]tlog.Hash, error) {
-	hs, err := tlog.StoredHashesForRecordHash(e.size, h, e)
-	if err != nil {
-		return nil, err
+	if e.size == 1<<63-1 {
+		return nil, fmt.Errorf("translog: the tree is full")
 	}
-	m := len(hs) - 1 // levels 0..m-1 are merged into level m
-	for l := 0; l < m; l++ {
+	out := append(e.scratch[:0], h)
+	l := 0
+	for ; e.size>>l&1 == 1; l++ { // each trailing 1 bit: a subtree this leaf completes
+		h = tlog.NodeHash(e.hashes[l], h)
 		e.hashes[l] = tlog.Hash{}
+		out = append(out, h)
 	}
-	e.hashes[m] = hs[m]
+	e.hashes[l] = h
 	e.size++
-	return hs, nil
+	return out, nil
 }
 
 // Root is the tree's root hash (tlog.TreeHash).

@@ -32,7 +32,7 @@ func (a *app) auditCmd() *cobra.Command {
 recorded in the audit access log (actor cli:$USER), like the workspace's.`,
 	}
 	cmd.AddCommand(a.auditEventsCmd(), a.auditUserCmd(), a.auditOrganizationCmd(), a.auditMembershipsCmd(), a.auditDigestCmd(), a.auditVerifyCmd(),
-		a.auditKeyCmd(), a.auditCheckpointCmd(), a.auditProofCmd(), a.auditVerifyProofCmd())
+		a.auditKeyCmd(), a.auditCheckpointCmd(), a.auditProofCmd(), a.auditVerifyProofCmd(), a.auditCosignCmd())
 	return cmd
 }
 
