@@ -114,7 +114,8 @@ func ReadTreeHead(ctx context.Context, q Queryer) (TreeHead, error) {
 
 // AppendLeaves adds events, which must be the next events in ledger order
 // after the tree's last leaf, to the tree inside tx: their leaves
-// (domain.LeafOf, the body committed with an empty salt) and every hash the
+// (Event.Leaf: the stored commitment of a sealed event, else the body
+// committed with an empty salt) and every hash the
 // tree stores for them, COPYed into log_leaves. It reads only the tree's
 // right edge. It must run in
 // the sealer's transaction, one sealer at a time (the projector runtime's
@@ -139,7 +140,7 @@ func AppendLeaves(ctx context.Context, tx *sqlx.Tx, events []domain.Event) (Tree
 	for i, e := range events {
 		n := size + int64(i)
 		leaves[i], positions[i] = n, e.Position
-		buf = domain.LeafOf(e, nil).Encode(buf[:0])
+		buf = e.Leaf().Encode(buf[:0])
 		hs, err := edge.Append(tlog.RecordHash(buf))
 		if err != nil {
 			return TreeHead{}, fmt.Errorf("append leaf %d: %w", n, err)
@@ -183,7 +184,8 @@ func LeafByPosition(ctx context.Context, q Queryer, position int64) (int64, doma
 	row := q.QueryRowxContext(ctx, `SELECT l.leaf, `+eEventColumns+` FROM events e LEFT JOIN log_leaves l ON l.position = e.position WHERE e.position = $1`, position)
 	var e domain.Event
 	var body []byte
-	err := row.Scan(&leaf, &e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &body, &e.SvixTimestamp, &e.SvixSignature, &e.Source)
+	var sl sealed
+	err := row.Scan(append([]any{&leaf, &e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &body, &e.SvixTimestamp, &e.SvixSignature, &e.Source}, sl.dest()...)...)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, domain.Event{}, domain.Errorf(domain.ENOTFOUND, "no event at position %d", position)
 	}
@@ -195,11 +197,14 @@ func LeafByPosition(ctx context.Context, q Queryer, position int64) (int64, doma
 	}
 	e.Body = body
 	e.OccurredAt, e.ReceivedAt = e.OccurredAt.UTC(), e.ReceivedAt.UTC()
+	if err := openBody(KeyringFrom(ctx), &e, &sl); err != nil {
+		return 0, domain.Event{}, err
+	}
 	return leaf.Int64, e, nil
 }
 
 // eEventColumns is eventColumns of the events table aliased e.
-const eEventColumns = `e.position, e.transaction_id, e.delivery_id, e.type, COALESCE(e.user_id, ''), e.occurred_at, e.received_at, e.body, e.svix_timestamp, e.svix_signature, e.source`
+const eEventColumns = `e.position, e.transaction_id, e.delivery_id, e.type, COALESCE(e.user_id, ''), e.occurred_at, e.received_at, e.body, e.svix_timestamp, e.svix_signature, e.source, ` + eSealColumns
 
 // LeafEvent is an event with its leaf index.
 type LeafEvent struct {
@@ -221,9 +226,11 @@ WHERE e.user_id = $1 ORDER BY e.transaction_id, e.position`, user)
 	defer rows.Close()
 	n := 0
 	var body sql.RawBytes
+	k := KeyringFrom(ctx)
 	for rows.Next() {
 		var e LeafEvent
-		if err := rows.Scan(&e.Leaf, &e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &body, &e.SvixTimestamp, &e.SvixSignature, &e.Source); err != nil {
+		var sl sealed
+		if err := rows.Scan(append([]any{&e.Leaf, &e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &body, &e.SvixTimestamp, &e.SvixSignature, &e.Source}, sl.dest()...)...); err != nil {
 			return n, fmt.Errorf("read the leaves of user %s: %w", user, Classify(err))
 		}
 		if e.Leaf >= size {
@@ -231,6 +238,9 @@ WHERE e.user_id = $1 ORDER BY e.transaction_id, e.position`, user)
 		}
 		e.Body = body
 		e.OccurredAt, e.ReceivedAt = e.OccurredAt.UTC(), e.ReceivedAt.UTC()
+		if err := openBody(k, &e.Event, &sl); err != nil {
+			return n, err
+		}
 		if err := fn(e); err != nil {
 			return n, err
 		}

@@ -97,8 +97,12 @@ func VerifyLog(ctx context.Context, db *sqlx.DB, open OpenCheckpoint) (LogReport
 		occ, rec int64
 		body     sql.RawBytes
 		stored   sql.RawBytes
-		e        domain.Event
-		buf      = make([]byte, 0, 1024)
+		// commitment is a sealed event's stored body commitment: its
+		// leaf is checked with it (no key is needed, and an erased event
+		// verifies like any other).
+		commitment sql.RawBytes
+		e          domain.Event
+		buf        = make([]byte, 0, 1024)
 	)
 	for next < len(cps) && cps[next].Size == 0 {
 		next++
@@ -109,7 +113,7 @@ func VerifyLog(ctx context.Context, db *sqlx.DB, open OpenCheckpoint) (LogReport
   COALESCE(e.delivery_id, ''), COALESCE(e.type, ''), COALESCE(e.user_id, ''), COALESCE(e.source, ''),
   COALESCE((extract(epoch FROM e.occurred_at) * 1000000)::bigint, 0),
   COALESCE((extract(epoch FROM e.received_at) * 1000000)::bigint, 0),
-  COALESCE(e.body, ''), COALESCE(e.svix_timestamp, 0), COALESCE(e.svix_signature, '')
+  COALESCE(e.body, ''), COALESCE(e.svix_timestamp, 0), COALESCE(e.svix_signature, ''), e.body_commitment
 FROM log_leaves l LEFT JOIN events e ON e.position = l.position
 WHERE l.leaf >= $1 AND l.leaf < $2 ORDER BY l.leaf`, from, to)
 		if err != nil {
@@ -118,7 +122,7 @@ WHERE l.leaf >= $1 AND l.leaf < $2 ORDER BY l.leaf`, from, to)
 		n := from
 		for rows.Next() {
 			var leaf int64
-			if err := rows.Scan(&leaf, &e.Position, &stored, &exists, &txid, &e.DeliveryID, &e.Type, &e.UserID, &e.Source, &occ, &rec, &body, &e.SvixTimestamp, &e.SvixSignature); err != nil {
+			if err := rows.Scan(&leaf, &e.Position, &stored, &exists, &txid, &e.DeliveryID, &e.Type, &e.UserID, &e.Source, &occ, &rec, &body, &e.SvixTimestamp, &e.SvixSignature, &commitment); err != nil {
 				rows.Close()
 				return rep, fmt.Errorf("verify the tree: scan: %w", Classify(err))
 			}
@@ -140,8 +144,8 @@ WHERE l.leaf >= $1 AND l.leaf < $2 ORDER BY l.leaf`, from, to)
 				return fail(e.Position, "event at position %d (leaf %d) is out of ledger order: the events were reordered", e.Position, n)
 			}
 			prev = cur
-			e.OccurredAt, e.ReceivedAt, e.Body = time.UnixMicro(occ), time.UnixMicro(rec), body
-			buf = domain.LeafOf(e, nil).Encode(buf[:0])
+			e.OccurredAt, e.ReceivedAt, e.Body, e.Commitment = time.UnixMicro(occ), time.UnixMicro(rec), body, commitment
+			buf = e.Leaf().Encode(buf[:0])
 			hs, err := edge.Append(tlog.RecordHash(buf))
 			if err != nil {
 				rows.Close()

@@ -158,7 +158,7 @@ LIMIT $6`, strconv.FormatUint(c.TxID, 10), c.Position, strconv.FormatUint(head.T
 	defer rows.Close()
 	b := Batch{Events: make([]domain.Event, 0, min(limit, 1024))}
 	for rows.Next() {
-		e, err := scanEvent(rows)
+		e, err := scanEvent(KeyringFrom(ctx), rows)
 		if err != nil {
 			return Batch{}, err
 		}
@@ -195,18 +195,23 @@ func rangeArgs(after, upTo Cursor, types []string) []any {
 // ReceivedAt, SvixTimestamp and SvixSignature empty: it is for folding, not
 // for auditing. fn's error stops the scan and is returned as is.
 func StreamEvents(ctx context.Context, q Queryer, after, upTo Cursor, types []string, fn func(domain.Event) error) error {
-	rows, err := q.QueryxContext(ctx, `SELECT position, transaction_id, delivery_id, type, COALESCE(user_id, ''), occurred_at, body
+	rows, err := q.QueryxContext(ctx, `SELECT position, transaction_id, delivery_id, type, COALESCE(user_id, ''), occurred_at, body, `+sealColumns+`
 FROM events WHERE `+rangeWhere, rangeArgs(after, upTo, types)...)
 	if err != nil {
 		return fmt.Errorf("stream ledger %s..%s: %w", after, upTo, Classify(err))
 	}
 	defer rows.Close()
+	k := KeyringFrom(ctx)
 	for rows.Next() {
 		var e domain.Event
-		if err := rows.Scan(&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.Body); err != nil {
+		var sl sealed
+		if err := rows.Scan(append([]any{&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.Body}, sl.dest()...)...); err != nil {
 			return fmt.Errorf("stream ledger: scan event: %w", Classify(err))
 		}
 		e.OccurredAt = e.OccurredAt.UTC()
+		if err := openBody(k, &e, &sl); err != nil {
+			return err
+		}
 		if err := fn(e); err != nil {
 			return err
 		}

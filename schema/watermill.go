@@ -9,6 +9,7 @@ import (
 	wmsql "github.com/ThreeDotsLabs/watermill-sql/v3/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/userkeys"
 )
 
 // Topic is the Watermill topic name of the ledger. EventsSchema maps it to the
@@ -26,6 +27,9 @@ const (
 	MetaSvixTimestamp = "svix_timestamp"
 	MetaSvixSignature = "svix_signature"
 	MetaPosition      = "position" // set by UnmarshalMessage only
+	// MetaCommitment, when set, marks the payload as the sealed body
+	// (body_sealed) and holds the raw 32-byte body commitment.
+	MetaCommitment = "body_commitment"
 )
 
 // EventsSchema is the watermill-sql v3 SchemaAdapter for the events table.
@@ -39,9 +43,12 @@ type EventsSchema struct {
 	wmsql.DefaultPostgreSQLSchema
 	// BatchSize is how many rows SelectQuery reads at once (default 100).
 	BatchSize int
+	// Keys opens sealed bodies in UnmarshalMessage (nil: a sealed row is
+	// an error).
+	Keys *userkeys.Keyring
 }
 
-const insertColumns = 8
+const insertColumns = 10
 
 // InsertQuery implements wmsql.SchemaAdapter. A message it cannot turn into
 // a row (no delivery id or type, an unreadable time) is an EINVALID error.
@@ -49,9 +56,22 @@ func (s EventsSchema) InsertQuery(topic string, msgs message.Messages) (wmsql.Qu
 	if topic != Topic {
 		return wmsql.Query{}, fmt.Errorf("events schema: unknown topic %q", topic)
 	}
+	// The sealed columns are written only by a batch that seals (a ledger
+	// without a master key writes what it did before them).
+	cols := insertColumns - 2
+	for _, m := range msgs {
+		if _, ok := m.Metadata[MetaCommitment]; ok {
+			cols = insertColumns
+			break
+		}
+	}
 	var b strings.Builder
-	b.WriteString(`INSERT INTO events (message_uuid, delivery_id, type, user_id, occurred_at, body, svix_timestamp, svix_signature, transaction_id) VALUES `)
-	args := make([]any, 0, len(msgs)*insertColumns)
+	if cols == insertColumns {
+		b.WriteString(`INSERT INTO events (message_uuid, delivery_id, type, user_id, occurred_at, body, svix_timestamp, svix_signature, body_sealed, body_commitment, transaction_id) VALUES `)
+	} else {
+		b.WriteString(`INSERT INTO events (message_uuid, delivery_id, type, user_id, occurred_at, body, svix_timestamp, svix_signature, transaction_id) VALUES `)
+	}
+	args := make([]any, 0, len(msgs)*cols)
 	for i, m := range msgs {
 		id := m.Metadata.Get(MetaDeliveryID)
 		if id == "" {
@@ -76,10 +96,22 @@ func (s EventsSchema) InsertQuery(topic string, msgs message.Messages) (wmsql.Qu
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		n := i * insertColumns
-		fmt.Fprintf(&b, "($%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d,pg_current_xact_id())", n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8)
-		// The body goes as a string: lib/pq would hex-encode a []byte.
-		args = append(args, m.UUID, id, typ, user, occurred, string(m.Payload), ts, m.Metadata.Get(MetaSvixSignature))
+		n := i * cols
+		if cols == insertColumns {
+			fmt.Fprintf(&b, "($%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d,pg_current_xact_id())", n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8, n+9, n+10)
+		} else {
+			fmt.Fprintf(&b, "($%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d,pg_current_xact_id())", n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8)
+		}
+		// The body goes as a string: lib/pq would hex-encode a []byte. A
+		// sealed body goes to body_sealed (bytea), body left ''.
+		body, sealedBody, commitment := string(m.Payload), []byte(nil), []byte(nil)
+		if c, ok := m.Metadata[MetaCommitment]; ok {
+			body, sealedBody, commitment = "", []byte(m.Payload), []byte(c)
+		}
+		args = append(args, m.UUID, id, typ, user, occurred, body, ts, m.Metadata.Get(MetaSvixSignature))
+		if cols == insertColumns {
+			args = append(args, sealedBody, commitment)
+		}
 	}
 	// RETURNING names the rows actually inserted: an executor that runs the
 	// statement as a query learns which deliveries were new. Exec ignores it.
@@ -92,7 +124,7 @@ func (s EventsSchema) InsertQuery(topic string, msgs message.Messages) (wmsql.Qu
 func (s EventsSchema) SchemaInitializingQueries(topic string) []wmsql.Query { return nil }
 
 // eventColumns is the column list every ledger read scans with scanEvent.
-const eventColumns = `position, transaction_id, delivery_id, type, COALESCE(user_id, ''), occurred_at, received_at, body, svix_timestamp, svix_signature, source`
+const eventColumns = `position, transaction_id, delivery_id, type, COALESCE(user_id, ''), occurred_at, received_at, body, svix_timestamp, svix_signature, source, ` + sealColumns
 
 // SelectQuery implements wmsql.SchemaAdapter with the row-comparison form of
 // Watermill's xid8 gate.
@@ -116,7 +148,7 @@ LIMIT ` + strconv.Itoa(batch)
 // UnmarshalMessage implements wmsql.SchemaAdapter: the message payload is the
 // stored body, and its metadata carries the row's columns.
 func (s EventsSchema) UnmarshalMessage(row wmsql.Scanner) (wmsql.Row, error) {
-	e, err := scanEvent(row)
+	e, err := scanEvent(s.Keys, row)
 	if err != nil {
 		return wmsql.Row{}, err
 	}
