@@ -261,6 +261,8 @@ func (k *Keyring) Open(user string, wrapped []byte, deliveryID string, sealed []
 		return nil, nil, true, nil
 	}
 	if wrapped == nil {
+		// Destroyed (maybe by another process): drop any cached copy.
+		k.Forget(user)
 		return nil, nil, true, nil
 	}
 	if len(sealed) == 0 || sealed[0] != sealedV1 {

@@ -97,7 +97,7 @@ func startLedger(t *testing.T, env map[string]string, args ...string) *child {
 	t.Helper()
 	cmd := exec.Command(ledgerBinary(t), args...)
 	cmd.Dir = t.TempDir() // no ./.env
-	cmd.Env = os.Environ()
+	cmd.Env = append(os.Environ(), "LEDGER_MASTER_KEY="+testMasterKey)
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
@@ -152,7 +152,7 @@ func runLedger(t *testing.T, env map[string]string, args ...string) (string, str
 	defer cancel()
 	cmd := exec.CommandContext(ctx, ledgerBinary(t), args...)
 	cmd.Dir = t.TempDir()
-	cmd.Env = os.Environ()
+	cmd.Env = append(os.Environ(), "LEDGER_MASTER_KEY="+testMasterKey)
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}

@@ -36,8 +36,17 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// testMasterKey is the LEDGER_MASTER_KEY every test process gets unless
+// its settings name one (an empty one: none).
+const testMasterKey = "clerk-ledger-master-key-v1:TAxrjHzGkAJXS+fQbaPHnf1WBTDyl5Y+bt5TGO/b9rg="
+
 func envOf(m map[string]string) func(string) string {
-	return func(k string) string { return m[k] }
+	return func(k string) string {
+		if v, ok := m[k]; ok || k != "LEDGER_MASTER_KEY" {
+			return v
+		}
+		return testMasterKey
+	}
 }
 
 func freeAddr(t *testing.T) string {

@@ -44,6 +44,9 @@ no event is ever applied twice.`,
 			if err := migrate(ctx, log, db); err != nil {
 				return err
 			}
+			if _, err := requireKeyring(ctx, db); err != nil {
+				return err
+			}
 			stop := startProjectors(ctx, log, db, lc)
 			<-ctx.Done()
 			stop()

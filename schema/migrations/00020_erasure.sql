@@ -44,7 +44,32 @@ CREATE TABLE erasures (
 -- The users row of an erased user is a tombstone: id, deleted, erased, times.
 ALTER TABLE users ADD COLUMN erased_at timestamptz;
 
+-- The audit access log stays append-only, except that an erasure (which
+-- sets ledger.erasing in its transaction) may rewrite an entry's filters,
+-- replacing the erased user's emails, names or phone numbers an auditor
+-- searched for; nothing else of an entry can change.
+-- +goose StatementBegin
+CREATE FUNCTION ledger_audit_access_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND current_setting('ledger.erasing', true) = 'on'
+       AND NEW.id = OLD.id AND NEW.at = OLD.at AND NEW.actor = OLD.actor AND NEW.channel = OLD.channel
+       AND NEW.action = OLD.action AND NEW.row_count = OLD.row_count THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION '% is append-only: % is not allowed', TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+-- +goose StatementEnd
+DROP TRIGGER audit_access_append_only ON audit_access;
+CREATE TRIGGER audit_access_append_only BEFORE UPDATE OR DELETE ON audit_access
+    FOR EACH ROW EXECUTE FUNCTION ledger_audit_access_guard();
+
 -- +goose Down
+DROP TRIGGER audit_access_append_only ON audit_access;
+CREATE TRIGGER audit_access_append_only BEFORE UPDATE OR DELETE ON audit_access
+    FOR EACH ROW EXECUTE FUNCTION ledger_append_only();
+DROP FUNCTION ledger_audit_access_guard();
 ALTER TABLE users DROP COLUMN erased_at;
 DROP TABLE erasures;
 DROP FUNCTION ledger_user_key(text);
