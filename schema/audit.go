@@ -17,13 +17,17 @@ import (
 // LeafIndex meaningless) while the sealer has not sealed it yet.
 type AuditEvent struct {
 	domain.Event
+	// Erasure is set for an erased event (Event.Erased) whose user's
+	// erasure is recorded: when, by whom and why it was erased.
+	Erasure   *ErasureMark
 	LeafIndex int64
 	LeafHash  []byte
 }
 
 // auditColumns is the column list scanAuditEvent reads: the event (aliased
 // e), its leaf index and leaf hash (from l, LEFT JOINed by auditJoin).
-const auditColumns = `e.position, e.transaction_id, e.delivery_id, e.type, COALESCE(e.user_id, ''), e.occurred_at, e.received_at, e.body, e.svix_timestamp, e.svix_signature, e.source, COALESCE(l.leaf, 0), substring(l.hashes FROM 1 FOR 32), ` + eSealColumns
+const auditColumns = `e.position, e.transaction_id, e.delivery_id, e.type, COALESCE(e.user_id, ''), e.occurred_at, e.received_at, e.body, e.svix_timestamp, e.svix_signature, e.source, COALESCE(l.leaf, 0), substring(l.hashes FROM 1 FOR 32), ` + eSealColumns + `,
+  CASE WHEN e.body_sealed IS NOT NULL THEN (SELECT to_char(r.erased_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || chr(10) || r.erased_by || chr(10) || r.reason FROM erasures r WHERE r.user_id = e.user_id) END`
 
 // auditJoin joins an event (e) with its leaf (l): the first of a leaf's
 // stored hashes is the leaf hash.
@@ -36,7 +40,8 @@ const auditJoin = ` LEFT JOIN log_leaves l ON l.position = e.position`
 func scanAuditEvent(k *userkeys.Keyring, row interface{ Scan(...any) error }, body *sql.RawBytes) (AuditEvent, error) {
 	var a AuditEvent
 	var sl sealed
-	err := row.Scan(append([]any{&a.Position, &a.TxID, &a.DeliveryID, &a.Type, &a.UserID, &a.OccurredAt, &a.ReceivedAt, body, &a.SvixTimestamp, &a.SvixSignature, &a.Source, &a.LeafIndex, &a.LeafHash}, sl.dest()...)...)
+	var mark sql.NullString
+	err := row.Scan(append(append([]any{&a.Position, &a.TxID, &a.DeliveryID, &a.Type, &a.UserID, &a.OccurredAt, &a.ReceivedAt, body, &a.SvixTimestamp, &a.SvixSignature, &a.Source, &a.LeafIndex, &a.LeafHash}, sl.dest()...), &mark)...)
 	if err != nil {
 		return AuditEvent{}, fmt.Errorf("scan audit event: %w", Classify(err))
 	}
@@ -45,6 +50,9 @@ func scanAuditEvent(k *userkeys.Keyring, row interface{ Scan(...any) error }, bo
 	a.ReceivedAt = a.ReceivedAt.UTC()
 	if err := openBody(k, &a.Event, &sl); err != nil {
 		return AuditEvent{}, err
+	}
+	if a.Erased && mark.Valid {
+		a.Erasure = parseErasureMark(mark.String)
 	}
 	return a, nil
 }

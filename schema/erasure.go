@@ -310,3 +310,25 @@ LIMIT $2`, t, limit)
 	}
 	return out, Classify(rows.Err())
 }
+
+// ErasureMark is what the audit views show of an erased event: when, by
+// whom and why its user was erased.
+type ErasureMark struct {
+	At     time.Time `json:"at"`
+	By     string    `json:"by"`
+	Reason string    `json:"reason"`
+}
+
+// parseErasureMark reads auditColumns' erasure column: erased_at, erased_by
+// and reason joined by newlines (the reason may hold more).
+func parseErasureMark(s string) *ErasureMark {
+	parts := strings.SplitN(s, "\n", 3)
+	if len(parts) != 3 {
+		return nil
+	}
+	m := &ErasureMark{By: parts[1], Reason: parts[2]}
+	if t, err := time.Parse(time.RFC3339Nano, parts[0]); err == nil {
+		m.At = t.UTC()
+	}
+	return m
+}
