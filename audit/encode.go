@@ -271,14 +271,14 @@ type EventsPage struct {
 
 // EventJSON is the JSON shape of one event in audit answers.
 type EventJSON struct {
-	Position   int64           `json:"position"`
-	DeliveryID string          `json:"delivery_id"`
-	Type       string          `json:"type"`
-	UserID     *string         `json:"user_id"`
-	OccurredAt time.Time       `json:"occurred_at"`
-	ReceivedAt time.Time       `json:"received_at"`
-	LeafIndex  *int64          `json:"leaf_index"`
-	LeafHash   *string         `json:"leaf_hash"`
+	Position   int64     `json:"position"`
+	DeliveryID string    `json:"delivery_id"`
+	Type       string    `json:"type"`
+	UserID     *string   `json:"user_id"`
+	OccurredAt time.Time `json:"occurred_at"`
+	ReceivedAt time.Time `json:"received_at"`
+	LeafIndex  *int64    `json:"leaf_index"`
+	LeafHash   *string   `json:"leaf_hash"`
 	// Erased is set, and Payload null, for an erased event.
 	Erased  *ErasedJSON     `json:"erased,omitempty"`
 	Payload json.RawMessage `json:"payload"`

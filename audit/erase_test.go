@@ -114,7 +114,7 @@ func (l *eraseLedger) history() {
 	ada2 := ada
 	ada2.UpdatedAt = at(1)
 	l.add(clerkgen.Event("user.updated", ada2, at(1)))
-	l.add([]byte(`{"type":"session.created","object":"event","timestamp":` + fmt.Sprint(at(1).UnixMilli()) +
+	l.add([]byte(`{"type":"session.created","object":"event","timestamp":`+fmt.Sprint(at(1).UnixMilli())+
 		`,"data":{"id":"sess_1","object":"session","user_id":"user_ada","status":"active","latest_activity":{"ip_address":"203.0.113.77","browser_name":"Firefox/128.0","city":"London"}}}`), nil)
 	l.add(clerkgen.Event("email.created", ada, at(1.5)))
 	l.add(clerkgen.OrganizationEvent("organization.created", acme, at(0)))

@@ -266,3 +266,20 @@ func CopyDeliveries(ctx context.Context, tx *sqlx.Tx, ds []Backdated) error {
 	}
 	return nil
 }
+
+// NextReceivedAt returns when the first visible event after c was received
+// (found false when there is none): a projector's lag in time, read
+// without the event's body.
+func NextReceivedAt(ctx context.Context, q Queryer, c Cursor) (at time.Time, found bool, err error) {
+	err = q.QueryRowxContext(ctx, `SELECT received_at FROM events
+WHERE (transaction_id, position) > ($1::xid8, $2::bigint)
+  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY transaction_id, position LIMIT 1`, strconv.FormatUint(c.TxID, 10), c.Position).Scan(&at)
+	if errorsIsNoRows(err) {
+		return time.Time{}, false, nil
+	}
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("read the event after %s: %w", c, Classify(err))
+	}
+	return at.UTC(), true, nil
+}
