@@ -3,7 +3,9 @@ package schema_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
@@ -107,5 +109,61 @@ func TestSealedBodiesAreStoredSealedAndReadInClear(t *testing.T) {
 	var n int
 	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM user_keys WHERE wrapped IS NOT NULL`).Scan(&n); err != nil || n != 0 {
 		t.Fatalf("a delivery after erasure made a new key: %d %v", n, err)
+	}
+}
+
+// TestErasureRacingDeliveries: deliveries about a user keep arriving while
+// the user is erased. Whatever the interleaving, once the erasure has
+// committed no event of the user can be read (each was sealed under the key
+// destroyed, or discarded at ingest), no new key was made for them, and
+// every delivery was answered stored.
+func TestErasureRacingDeliveries(t *testing.T) {
+	db := schematest.NewDB(t)
+	k := newKeyring(t)
+	store := schema.NewStore(db)
+	store.Keys = k
+	ctx := schema.WithKeyring(context.Background(), k)
+	if _, err := store.Append(ctx, delivery(t, "msg_race_first", "user.created", "user_race")); err != nil {
+		t.Fatal(err)
+	}
+	const n = 200
+	errs := make(chan error, n)
+	started := make(chan struct{})
+	go func() {
+		for i := range n {
+			if i == 20 {
+				close(started)
+			}
+			_, err := store.Append(ctx, delivery(t, fmt.Sprintf("msg_race_%03d", i), "user.updated", "user_race"))
+			errs <- err
+		}
+	}()
+	<-started
+	if _, created, err := schema.BeginErasure(ctx, db, schema.Erasure{UserID: "user_race", At: time.Now(), By: "test", Reason: "race"}); err != nil || !created {
+		t.Fatalf("erase: %v", err)
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	schematest.WaitVisible(t, db)
+	var readable, erased int
+	if _, err := schema.EachEvent(ctx, db, schema.EventFilter{UserID: "user_race"}, func(e domain.Event) error {
+		if e.Erased {
+			erased++
+		} else if e.Type != domain.ErasureEventType {
+			readable++
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if readable != 0 || erased != n+1 {
+		t.Fatalf("after the erasure: %d of the user's events readable, %d erased (want 0, %d)", readable, erased, n+1)
+	}
+	var live int
+	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM user_keys WHERE wrapped IS NOT NULL`).Scan(&live); err != nil || live != 0 {
+		t.Fatalf("%d live keys after the erasure (%v)", live, err)
 	}
 }
