@@ -41,6 +41,14 @@ type eraseLedger struct {
 
 func newEraseLedger(t *testing.T) *eraseLedger {
 	t.Helper()
+	l := newEraseLedgerB(t)
+	l.t = t
+	return l
+}
+
+// newEraseLedgerB is newEraseLedger for a benchmark too (l.t is nil).
+func newEraseLedgerB(t testing.TB) *eraseLedger {
+	t.Helper()
 	dsn := schematest.NewURL(t)
 	db := schematest.Open(t, dsn)
 	if _, err := schema.Migrate(context.Background(), db.DB); err != nil {
@@ -54,7 +62,7 @@ func newEraseLedger(t *testing.T) *eraseLedger {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &eraseLedger{t: t, db: db, dsn: dsn, keys: k, ctx: schema.WithKeyring(context.Background(), k)}
+	l := &eraseLedger{db: db, dsn: dsn, keys: k, ctx: schema.WithKeyring(context.Background(), k)}
 	l.store = schema.NewStore(db)
 	l.store.Keys = k
 	l.runner = projections.NewRunner(db, nil, projections.Default()...)

@@ -91,22 +91,25 @@ func SealDeliveries(ctx context.Context, q Queryer, k *userkeys.Keyring, ds []do
 	}
 	var users []string
 	var wrapped [][]byte
+	keys := make(map[string][]byte, len(ds))
 	seen := map[string]bool{}
 	for _, d := range ds {
 		if d.UserID == "" || seen[d.UserID] {
 			continue
 		}
 		seen[d.UserID] = true
+		// A key read from the database moments ago (userkeys.SealTTL)
+		// seals without asking it again.
+		if w := k.CachedKey(d.UserID); w != nil {
+			keys[d.UserID] = w
+			continue
+		}
 		w, err := k.NewDataKey(d.UserID)
 		if err != nil {
 			return nil, err
 		}
 		users, wrapped = append(users, d.UserID), append(wrapped, w)
 	}
-	if len(users) == 0 {
-		return out, nil
-	}
-	keys := make(map[string][]byte, len(users))
 	// A key another append made meanwhile is invisible to the statement
 	// that waited for it: the next attempt reads it.
 	for attempt := 0; len(users) > 0; attempt++ {

@@ -243,21 +243,42 @@ type Backdated struct {
 // way to load a large synthetic history. It bypasses the webhook path: no
 // signature is checked, and a delivery id already stored makes the whole COPY
 // fail (no ON CONFLICT with COPY). All rows share tx's transaction id, so
-// their ledger order is the order of ds.
+// their ledger order is the order of ds. With a keyring in ctx
+// (WithKeyring) every delivery about a user is sealed (SealDeliveries), as
+// the event store does.
 func CopyDeliveries(ctx context.Context, tx *sqlx.Tx, ds []Backdated) error {
-	stmt, err := tx.PrepareContext(ctx, pq.CopyIn("events", "message_uuid", "delivery_id", "type", "user_id",
-		"occurred_at", "received_at", "body", "svix_timestamp", "svix_signature"))
+	plain := make([]domain.Delivery, len(ds))
+	for i := range ds {
+		plain[i] = ds[i].Delivery
+	}
+	seals, err := SealDeliveries(ctx, tx, KeyringFrom(ctx), plain)
+	if err != nil {
+		return fmt.Errorf("copy into events: %w", err)
+	}
+	cols := []string{"message_uuid", "delivery_id", "type", "user_id", "occurred_at", "received_at", "body", "svix_timestamp", "svix_signature"}
+	sealing := KeyringFrom(ctx) != nil
+	if sealing {
+		cols = append(cols, "body_sealed", "body_commitment")
+	}
+	stmt, err := tx.PrepareContext(ctx, pq.CopyIn("events", cols...))
 	if err != nil {
 		return fmt.Errorf("copy into events: %w", Classify(err))
 	}
 	defer stmt.Close()
-	for _, d := range ds {
+	for i, d := range ds {
 		var user any
 		if d.UserID != "" {
 			user = d.UserID
 		}
-		if _, err := stmt.ExecContext(ctx, watermill.NewUUID(), d.ID, d.Type, user, d.OccurredAt, d.ReceivedAt,
-			string(d.Body), d.Timestamp, d.Signature); err != nil {
+		args := []any{watermill.NewUUID(), d.ID, d.Type, user, d.OccurredAt, d.ReceivedAt, string(d.Body), d.Timestamp, d.Signature}
+		if sealing {
+			var sealedBody, commitment any
+			if sl := seals[i]; sl.Sealed != nil {
+				args[6], sealedBody, commitment = "", sl.Sealed, sl.Commitment
+			}
+			args = append(args, sealedBody, commitment)
+		}
+		if _, err := stmt.ExecContext(ctx, args...); err != nil {
 			return fmt.Errorf("copy delivery %s: %w", d.ID, Classify(err))
 		}
 	}

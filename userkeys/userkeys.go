@@ -30,6 +30,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
 )
@@ -74,7 +75,14 @@ type Keyring struct {
 type cached struct {
 	wrapped string
 	aead    cipher.AEAD
+	at      time.Time // when the wrapped key was last read from the database
 }
+
+// SealTTL is how long Sealing trusts a cached wrapped key without reading
+// it from the database again (CachedKey): a key destroyed by another
+// process is used to seal for at most that long (what it seals then is as
+// unreadable as the rest), and leaves this process's memory within it.
+const SealTTL = time.Minute
 
 // New returns a Keyring with master key kek (32 bytes).
 func New(kek []byte) (*Keyring, error) {
@@ -201,9 +209,26 @@ func (k *Keyring) dataKey(user string, wrapped []byte) (cipher.AEAD, error) {
 	if len(k.cache) >= maxCached {
 		clear(k.cache)
 	}
-	k.cache[user] = cached{wrapped: string(wrapped), aead: a}
+	k.cache[user] = cached{wrapped: string(wrapped), aead: a, at: time.Now()}
 	k.mu.Unlock()
 	return a, nil
+}
+
+// CachedKey returns user's wrapped data key when this keyring read it from
+// the database less than SealTTL ago (nil otherwise): the append path then
+// seals without asking the database. Entries past it are dropped.
+func (k *Keyring) CachedKey(user string) []byte {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	c, ok := k.cache[user]
+	if !ok {
+		return nil
+	}
+	if time.Since(c.at) >= SealTTL {
+		delete(k.cache, user)
+		return nil
+	}
+	return []byte(c.wrapped)
 }
 
 // Forget drops user's data key from the cache (erasure in this process).
