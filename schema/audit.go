@@ -346,7 +346,7 @@ func EachEvent(ctx context.Context, q Queryer, f EventFilter, fn func(domain.Eve
 	for {
 		where, args := f.where()
 		args = append(args, f.Limit)
-		rows, err := q.QueryxContext(ctx, `SELECT `+eventColumns+` FROM events e WHERE `+where+
+		rows, err := q.QueryxContext(ctx, `SELECT `+eEventColumns+` FROM events e WHERE `+where+
 			` ORDER BY e.transaction_id, e.position LIMIT $`+strconv.Itoa(len(args)), args...)
 		if err != nil {
 			return n, fmt.Errorf("read events after %s: %w", f.After, Classify(err))

@@ -49,7 +49,7 @@ func QueryEvents(ctx context.Context, q Queryer, f EventFilter) ([]domain.Event,
 	}
 	where, args := f.where()
 	args = append(args, f.Limit)
-	query := `SELECT ` + eventColumns + ` FROM events e WHERE ` + where +
+	query := `SELECT ` + eEventColumns + ` FROM events e WHERE ` + where +
 		` ORDER BY e.transaction_id, e.position LIMIT $` + strconv.Itoa(len(args))
 	rows, err := q.QueryxContext(ctx, query, args...)
 	if err != nil {

@@ -33,13 +33,22 @@ func KeyringFrom(ctx context.Context) *userkeys.Keyring {
 	return k
 }
 
-// sealColumns are the columns every ledger read scans after eventColumns'
-// (openBody): the sealed body, the user's wrapped data key (only for a
-// sealed row) and the stored commitment.
-const sealColumns = `body_sealed, CASE WHEN body_sealed IS NULL THEN NULL ELSE ledger_user_key(user_id) END, body_commitment`
+// sealColumns are the columns every ledger read of the events table (not
+// aliased) scans after eventColumns' (openBody): the sealed body, the
+// user's wrapped data key (only for a sealed row: a subquery on user_keys'
+// primary key, in the statement's snapshot) and the stored commitment.
+const sealColumns = `body_sealed, CASE WHEN body_sealed IS NULL THEN NULL ELSE (SELECT k.wrapped FROM user_keys k WHERE k.user_id = events.user_id) END, body_commitment`
 
 // eSealColumns is sealColumns of the events table aliased e.
-const eSealColumns = `e.body_sealed, CASE WHEN e.body_sealed IS NULL THEN NULL ELSE ledger_user_key(e.user_id) END, e.body_commitment`
+const eSealColumns = `e.body_sealed, CASE WHEN e.body_sealed IS NULL THEN NULL ELSE (SELECT k.wrapped FROM user_keys k WHERE k.user_id = e.user_id) END, e.body_commitment`
+
+// kSealColumns is sealColumns of the events table aliased e LEFT JOINed
+// with user_keys k on the user (bulk reads: one hash join, not a lookup per
+// row).
+const kSealColumns = `e.body_sealed, CASE WHEN e.body_sealed IS NULL THEN NULL ELSE k.wrapped END, e.body_commitment`
+
+// kJoin is the join kSealColumns reads.
+const kJoin = ` LEFT JOIN user_keys k ON k.user_id = e.user_id`
 
 // sealed is what a read scans of sealColumns.
 type sealed struct {
@@ -65,7 +74,7 @@ func openBody(k *userkeys.Keyring, e *domain.Event, s *sealed) error {
 		return fmt.Errorf("open event %d: %w", e.Position, err)
 	}
 	e.Body, e.Salt, e.Erased = body, salt, erased
-	e.Commitment = append([]byte(nil), s.commitment...)
+	e.Commitment = s.commitment
 	return nil
 }
 

@@ -195,8 +195,8 @@ func rangeArgs(after, upTo Cursor, types []string) []any {
 // ReceivedAt, SvixTimestamp and SvixSignature empty: it is for folding, not
 // for auditing. fn's error stops the scan and is returned as is.
 func StreamEvents(ctx context.Context, q Queryer, after, upTo Cursor, types []string, fn func(domain.Event) error) error {
-	rows, err := q.QueryxContext(ctx, `SELECT position, transaction_id, delivery_id, type, COALESCE(user_id, ''), occurred_at, body, `+sealColumns+`
-FROM events WHERE `+rangeWhere, rangeArgs(after, upTo, types)...)
+	rows, err := q.QueryxContext(ctx, `SELECT e.position, e.transaction_id, e.delivery_id, e.type, COALESCE(e.user_id, ''), e.occurred_at, e.body, `+kSealColumns+`
+FROM events e`+kJoin+` WHERE `+rangeWhere, rangeArgs(after, upTo, types)...)
 	if err != nil {
 		return fmt.Errorf("stream ledger %s..%s: %w", after, upTo, Classify(err))
 	}
