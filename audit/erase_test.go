@@ -54,14 +54,8 @@ func newEraseLedgerB(t testing.TB) *eraseLedger {
 	if _, err := schema.Migrate(context.Background(), db.DB); err != nil {
 		t.Fatal(err)
 	}
-	text, err := userkeys.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := userkeys.Load(text)
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := schematest.NewKeyring(t)
+	var err error
 	l := &eraseLedger{db: db, dsn: dsn, keys: k, ctx: schema.WithKeyring(context.Background(), k)}
 	l.store = schema.NewStore(db)
 	l.store.Keys = k
@@ -368,5 +362,27 @@ func TestEraseRecoversFromACrashBeforeTheCleanup(t *testing.T) {
 	e, err := schema.GetErasure(l.ctx, l.db, "user_bob")
 	if err != nil || e.CompletedAt.IsZero() {
 		t.Fatalf("erasure row: %+v %v", e, err)
+	}
+}
+
+// TestEraseDeletedBefore is LEDGER_ERASE_AFTER_DELETE's step: every user
+// deleted in Clerk before the cut-off and not erased yet is erased, once;
+// a user not deleted, or deleted after it, is not.
+func TestEraseDeletedBefore(t *testing.T) {
+	l := newEraseLedger(t)
+	l.history() // Ada deleted at at(3); Bob never
+	auto := audit.Actor{ID: "ledger:auto", Channel: schema.ChannelCLI}
+	if got, err := l.svc.EraseDeletedBefore(l.ctx, auto, at(2), 10); err != nil || len(got) != 0 {
+		t.Fatalf("cut-off before the deletion: %v %v", got, err)
+	}
+	got, err := l.svc.EraseDeletedBefore(l.ctx, auto, at(4), 10)
+	if err != nil || len(got) != 1 || got[0] != "user_ada" {
+		t.Fatalf("erased %v %v, want [user_ada]", got, err)
+	}
+	if e, err := schema.GetErasure(l.ctx, l.db, "user_ada"); err != nil || e.By != "ledger:auto" || e.CompletedAt.IsZero() {
+		t.Fatalf("erasure: %+v %v", e, err)
+	}
+	if got, err := l.svc.EraseDeletedBefore(l.ctx, auto, at(4), 10); err != nil || len(got) != 0 {
+		t.Fatalf("second pass: %v %v", got, err)
 	}
 }

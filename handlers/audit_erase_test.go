@@ -10,7 +10,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
 	"github.com/clerk-ledger/clerk-ledger/projections"
 	"github.com/clerk-ledger/clerk-ledger/schema"
-	"github.com/clerk-ledger/clerk-ledger/userkeys"
+	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
 )
 
 // TestWorkspaceErase: the user page offers the erasure form; a POST that
@@ -20,11 +20,7 @@ import (
 // of the user's data; a non-auditor's POST is refused.
 func TestWorkspaceErase(t *testing.T) {
 	e := newAuditEnv(t)
-	text, _ := userkeys.Generate()
-	k, err := userkeys.Load(text)
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := schematest.NewKeyring(t)
 	e.store.Keys = k
 	inner := e.h
 	e.h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -7,7 +7,6 @@ import (
 
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
-	"github.com/clerk-ledger/clerk-ledger/userkeys"
 	"github.com/jmoiron/sqlx"
 )
 
@@ -21,11 +20,7 @@ import (
 //	go test ./projections -run '^$' -bench RebuildUsersSealed -benchtime 4x
 func BenchmarkRebuildUsersSealed(b *testing.B) {
 	ds := history(b, 23, 5000, 100000)
-	text, _ := userkeys.Generate()
-	k, err := userkeys.Load(text)
-	if err != nil {
-		b.Fatal(err)
-	}
+	k := schematest.NewKeyring(b)
 	seed := func(ctx context.Context) *sqlx.DB {
 		db := schematest.NewDB(b)
 		bd := make([]schema.Backdated, len(ds))

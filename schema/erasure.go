@@ -182,7 +182,12 @@ func personalTerms(u domain.User) []string {
 }
 
 func deleteReturning(ctx context.Context, tx *sqlx.Tx, query string, args ...any) ([]string, error) {
-	rows, err := tx.QueryxContext(ctx, query, args...)
+	return queryStrings(ctx, tx, query, args...)
+}
+
+// queryStrings runs query on q and returns its one text column.
+func queryStrings(ctx context.Context, q Queryer, query string, args ...any) ([]string, error) {
+	rows, err := q.QueryxContext(ctx, query, args...)
 	if err != nil {
 		return nil, Classify(err)
 	}
@@ -227,15 +232,23 @@ WHERE EXISTS (SELECT 1 FROM jsonb_each_text(a.filters) f, unnest($1::text[]) t(s
 // GetErasure returns the erasure of user. Errors: ENOTFOUND when the user
 // was not erased.
 func GetErasure(ctx context.Context, q Queryer, user string) (Erasure, error) {
-	var e Erasure
-	var done sql.NullTime
-	err := q.QueryRowxContext(ctx, `SELECT user_id, erased_at, erased_by, reason, delivery_id, completed_at FROM erasures WHERE user_id = $1`, user).
-		Scan(&e.UserID, &e.At, &e.By, &e.Reason, &e.DeliveryID, &done)
+	e, err := scanErasure(q.QueryRowxContext(ctx, `SELECT `+erasureColumns+` FROM erasures WHERE user_id = $1`, user))
 	if errorsIsNoRows(err) {
 		return Erasure{}, domain.Errorf(domain.ENOTFOUND, "user %s was not erased", user)
 	}
 	if err != nil {
 		return Erasure{}, fmt.Errorf("read the erasure of %s: %w", user, Classify(err))
+	}
+	return e, nil
+}
+
+const erasureColumns = `user_id, erased_at, erased_by, reason, delivery_id, completed_at`
+
+func scanErasure(row interface{ Scan(...any) error }) (Erasure, error) {
+	var e Erasure
+	var done sql.NullTime
+	if err := row.Scan(&e.UserID, &e.At, &e.By, &e.Reason, &e.DeliveryID, &done); err != nil {
+		return Erasure{}, err
 	}
 	e.At = e.At.UTC()
 	if done.Valid {
@@ -244,71 +257,27 @@ func GetErasure(ctx context.Context, q Queryer, user string) (Erasure, error) {
 	return e, nil
 }
 
-// Erasures returns the erasures of those of users that were erased.
-func Erasures(ctx context.Context, q Queryer, users []string) (map[string]Erasure, error) {
-	out := map[string]Erasure{}
-	if len(users) == 0 {
-		return out, nil
-	}
-	rows, err := q.QueryxContext(ctx, `SELECT user_id, erased_at, erased_by, reason, delivery_id, completed_at FROM erasures WHERE user_id = ANY($1)`, pq.Array(users))
-	if err != nil {
-		return nil, fmt.Errorf("read erasures: %w", Classify(err))
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var e Erasure
-		var done sql.NullTime
-		if err := rows.Scan(&e.UserID, &e.At, &e.By, &e.Reason, &e.DeliveryID, &done); err != nil {
-			return nil, fmt.Errorf("read erasures: %w", Classify(err))
-		}
-		e.At = e.At.UTC()
-		if done.Valid {
-			e.CompletedAt = done.Time.UTC()
-		}
-		out[e.UserID] = e
-	}
-	return out, Classify(rows.Err())
-}
-
 // PendingErasures returns the users whose erasure is begun but not
 // completed (a crash between the two steps), oldest first.
 func PendingErasures(ctx context.Context, q Queryer) ([]string, error) {
-	rows, err := q.QueryxContext(ctx, `SELECT user_id FROM erasures WHERE completed_at IS NULL ORDER BY erased_at`)
+	out, err := queryStrings(ctx, q, `SELECT user_id FROM erasures WHERE completed_at IS NULL ORDER BY erased_at`)
 	if err != nil {
-		return nil, fmt.Errorf("read pending erasures: %w", Classify(err))
+		return nil, fmt.Errorf("read pending erasures: %w", err)
 	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var u string
-		if err := rows.Scan(&u); err != nil {
-			return nil, Classify(err)
-		}
-		out = append(out, u)
-	}
-	return out, Classify(rows.Err())
+	return out, nil
 }
 
 // DeletedBefore returns the users deleted (a user.deleted event) before t
 // and not erased, at most limit (LEDGER_ERASE_AFTER_DELETE).
 func DeletedBefore(ctx context.Context, q Queryer, t time.Time, limit int) ([]string, error) {
-	rows, err := q.QueryxContext(ctx, `SELECT DISTINCT e.user_id FROM events e
+	out, err := queryStrings(ctx, q, `SELECT DISTINCT e.user_id FROM events e
 WHERE e.type = 'user.deleted' AND e.user_id IS NOT NULL AND e.occurred_at < $1
   AND NOT EXISTS (SELECT 1 FROM erasures r WHERE r.user_id = e.user_id)
 LIMIT $2`, t, limit)
 	if err != nil {
-		return nil, fmt.Errorf("read deleted users: %w", Classify(err))
+		return nil, fmt.Errorf("read deleted users: %w", err)
 	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var u string
-		if err := rows.Scan(&u); err != nil {
-			return nil, Classify(err)
-		}
-		out = append(out, u)
-	}
-	return out, Classify(rows.Err())
+	return out, nil
 }
 
 // ErasureMark is what the audit views show of an erased event: when, by
@@ -319,8 +288,9 @@ type ErasureMark struct {
 	Reason string    `json:"reason"`
 }
 
-// parseErasureMark reads auditColumns' erasure column: erased_at, erased_by
-// and reason joined by newlines (the reason may hold more).
+// parseErasureMark reads auditColumns' erasure column: erased_at (RFC
+// 3339, UTC), erased_by and reason joined by newlines (the reason may hold
+// more).
 func parseErasureMark(s string) *ErasureMark {
 	parts := strings.SplitN(s, "\n", 3)
 	if len(parts) != 3 {

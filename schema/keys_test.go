@@ -13,18 +13,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/userkeys"
 )
 
-func newKeyring(t testing.TB) *userkeys.Keyring {
-	t.Helper()
-	text, err := userkeys.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := userkeys.Load(text)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
+func newKeyring(t testing.TB) *userkeys.Keyring { return schematest.NewKeyring(t) }
 
 // TestSealedBodiesAreStoredSealedAndReadInClear: with a keyring, a body
 // about a user is stored only sealed (the body column is empty, the bytes

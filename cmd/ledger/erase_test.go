@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
 	"github.com/clerk-ledger/clerk-ledger/schema"
@@ -118,4 +119,17 @@ func firstDelivery(t *testing.T, db interface {
 		t.Fatal(err)
 	}
 	return id
+}
+
+func TestParseEraseAfterDelete(t *testing.T) {
+	for v, want := range map[string]time.Duration{"": 0, "off": 0, "30d": 30 * 24 * time.Hour, "720h": 720 * time.Hour, "1h": time.Hour} {
+		if got, err := parseEraseAfterDelete(v); err != nil || got != want {
+			t.Errorf("%q: %v %v, want %v", v, got, err, want)
+		}
+	}
+	for _, v := range []string{"30m", "-1d", "soon", "1.5d", "0s"} {
+		if _, err := parseEraseAfterDelete(v); err == nil || !strings.Contains(err.Error(), "LEDGER_ERASE_AFTER_DELETE") {
+			t.Errorf("%q: %v, want an error naming the setting", v, err)
+		}
+	}
 }
