@@ -231,6 +231,9 @@ func TestEraseLeavesNoPlaintextAndTheLedgerVerifiable(t *testing.T) {
 	if err != nil || !v.OK {
 		t.Fatalf("verify after erasure: %+v %v", v, err)
 	}
+	if !strings.Contains(v.Message(), "6 events erased") {
+		t.Errorf("verify message: %s", v.Message())
+	}
 	if v.Signatures.Erased != 6 || v.Signatures.Unsigned != 1 || v.Signatures.Failed != 0 {
 		t.Errorf("signatures: %+v (want Ada's 6 events erased, the erasure event unsigned)", v.Signatures)
 	}

@@ -62,6 +62,9 @@ func (r VerifyResult) Message() string {
 	}
 	if r.Signatures != nil {
 		msg += ", " + strconv.FormatInt(r.Signatures.Checked, 10) + " signatures valid"
+		if r.Signatures.Erased > 0 {
+			msg += " (" + strconv.FormatInt(r.Signatures.Erased, 10) + " events erased: their signatures cannot be re-checked)"
+		}
 	}
 	return msg
 }
