@@ -104,6 +104,21 @@ func appendAuditEvent(b []byte, e schema.AuditEvent) []byte {
 		b = base64.StdEncoding.AppendEncode(b, e.LeafHash)
 		b = append(b, '"')
 	}
+	if e.Erased {
+		// Erased: the marker (when, by whom, why) and no payload.
+		b = append(b, `,"erased":{"at":`...)
+		if m := e.Erasure; m != nil {
+			b = append(b, '"')
+			b = m.At.UTC().AppendFormat(b, time.RFC3339Nano)
+			b = append(b, `","by":`...)
+			b = appendJSONString(b, m.By)
+			b = append(b, `,"reason":`...)
+			b = appendJSONString(b, m.Reason)
+		} else {
+			b = append(b, `null,"by":"","reason":""`...)
+		}
+		return append(b, `},"payload":null}`...)
+	}
 	b = append(b, `,"payload":`...)
 	b = appendPayload(b, e.Body)
 	return append(b, '}')
@@ -232,6 +247,12 @@ func (c *csvWriter) Write(e schema.AuditEvent) error {
 		r[7] = base64.StdEncoding.EncodeToString(e.LeafHash)
 	}
 	r[8] = string(e.Body)
+	if e.Erased {
+		r[8] = "[erased]"
+		if m := e.Erasure; m != nil {
+			r[8] = "[erased " + m.At.UTC().Format(time.RFC3339) + " by " + m.By + ": " + m.Reason + "]"
+		}
+	}
 	// Last: consumers reading columns by position before it existed still work.
 	r[9] = EventSource(e.Event)
 	return c.w.Write(r)
@@ -261,12 +282,24 @@ type EventJSON struct {
 	OccurredAt time.Time `json:"occurred_at"`
 	ReceivedAt time.Time `json:"received_at"`
 	// Source is where the event came from: "svix" (a verified webhook
-	// delivery) or "clerk_api" (a snapshot the ledger read from Clerk's
-	// Backend API: no Svix signature).
-	Source    string          `json:"source"`
-	LeafIndex *int64          `json:"leaf_index"`
-	LeafHash  *string         `json:"leaf_hash"`
-	Payload   json.RawMessage `json:"payload"`
+	// delivery), "clerk_api" (a snapshot the ledger read from Clerk's
+	// Backend API: no Svix signature) or "ledger" (written by the ledger
+	// itself, such as an erasure).
+	Source    string  `json:"source"`
+	LeafIndex *int64  `json:"leaf_index"`
+	LeafHash  *string `json:"leaf_hash"`
+	// Erased is set, and Payload null, for an erased event.
+	Erased  *ErasedJSON     `json:"erased,omitempty"`
+	Payload json.RawMessage `json:"payload"`
+}
+
+// ErasedJSON is the erased marker of an event: when its user was erased,
+// by whom and why (At null when the erasure is not recorded: a body
+// discarded at ingest for a user erased since).
+type ErasedJSON struct {
+	At     *time.Time `json:"at"`
+	By     string     `json:"by"`
+	Reason string     `json:"reason"`
 }
 
 // NewEventJSON returns e in its JSON shape.
@@ -275,6 +308,13 @@ func NewEventJSON(e schema.AuditEvent) EventJSON {
 		Position: e.Position, DeliveryID: e.DeliveryID, Type: e.Type,
 		OccurredAt: e.OccurredAt, ReceivedAt: e.ReceivedAt, Source: EventSource(e.Event),
 		Payload: appendPayload(nil, e.Body),
+	}
+	if e.Erased {
+		j.Payload, j.Erased = json.RawMessage("null"), &ErasedJSON{}
+		if m := e.Erasure; m != nil {
+			at := m.At.UTC()
+			j.Erased.At, j.Erased.By, j.Erased.Reason = &at, m.By, m.Reason
+		}
 	}
 	if e.UserID != "" {
 		u := e.UserID

@@ -62,6 +62,12 @@ func (r VerifyResult) Message() string {
 	}
 	if r.Signatures != nil {
 		msg += ", " + strconv.FormatInt(r.Signatures.Checked, 10) + " signatures valid"
+		if r.Signatures.Erased > 0 {
+			msg += " (" + strconv.FormatInt(r.Signatures.Erased, 10) + " events erased: their signatures cannot be re-checked)"
+		}
+		if r.Signatures.Unsigned > 0 {
+			msg += " (" + strconv.FormatInt(r.Signatures.Unsigned, 10) + " events not from Svix, with no signature: Backend API snapshots and the ledger's own)"
+		}
 	}
 	return msg
 }

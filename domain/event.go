@@ -195,4 +195,32 @@ type Event struct {
 	// Source is where the event came from: "svix" (a verified webhook
 	// delivery) unless another source stored it.
 	Source string `json:"source,omitempty"`
+	// Erased is true when the body is gone: its user was erased (the data
+	// key destroyed). Body is then nil; every other field stays.
+	Erased bool `json:"erased,omitempty"`
+	// Salt is the random salt a sealed body was stored with (nil for a
+	// body kept in clear): with Body it opens the leaf's commitment.
+	Salt []byte `json:"-"`
+	// Commitment is the body commitment stored with a sealed event (nil
+	// for a body kept in clear, whose commitment is computed).
+	Commitment []byte `json:"-"`
+}
+
+// BodyCommitment returns the commitment e's leaf makes to its body: the
+// stored one of a sealed (or erased) event, else BodyCommitment(Salt, Body).
+func (e Event) BodyCommitment() [HashSize]byte {
+	if len(e.Commitment) == HashSize {
+		return [HashSize]byte(e.Commitment)
+	}
+	return BodyCommitment(e.Salt, e.Body)
+}
+
+// Leaf returns e's leaf, its body committed by e.BodyCommitment.
+func (e Event) Leaf() Leaf {
+	return Leaf{
+		Position: e.Position, DeliveryID: e.DeliveryID, Type: e.Type, UserID: e.UserID, Source: e.Source,
+		OccurredAt: e.OccurredAt, ReceivedAt: e.ReceivedAt,
+		SvixTimestamp: e.SvixTimestamp, SvixSignature: e.SvixSignature,
+		BodyCommitment: e.BodyCommitment(),
+	}
 }

@@ -18,9 +18,10 @@ const BodyPrefix = "clerk-ledger/body/v1\n"
 //	SHA-256("clerk-ledger/body/v1\n" || salt || body)
 //
 // body is the exact delivered bytes. salt is empty for a body kept in clear
-// (every body today); an encrypted body will carry 32 random bytes of salt
-// inside its ciphertext, so that once the key is destroyed the commitment
-// cannot be linked to a guessed body.
+// (an event about no user, or stored before sealing); a body sealed under
+// its user's data key (userkeys) carries 32 random bytes of salt inside its
+// ciphertext, so that once the key is destroyed the commitment cannot be
+// linked to a guessed body.
 func BodyCommitment(salt, body []byte) [HashSize]byte {
 	h := sha256.New()
 	h.Write([]byte(BodyPrefix))

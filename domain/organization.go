@@ -201,7 +201,14 @@ func (x OrganizationEvent) Role() string {
 // than the one its data names (the events' user_id column). Every consumer
 // (projector, rebuild, check, point-in-time) parses with this function, so
 // they agree on what is poison.
+//
+// An erased event (e.Erased: a membership event of an erased user) and the
+// erasure event itself parse as about nothing: content unavailable, they
+// change no organization or membership.
 func ParseOrganizationEvent(e Event) (OrganizationEvent, error) {
+	if e.Erased || e.Type == ErasureEventType {
+		return OrganizationEvent{at: e.OccurredAt.UTC()}, nil
+	}
 	// The event's time as ingest stored it, in milliseconds like the users
 	// fold, so the fold and the occurred_at column agree.
 	occurred := e.OccurredAt.UnixMilli()

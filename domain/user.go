@@ -40,7 +40,14 @@ type User struct {
 	// API does not serve it). Only auditors see it: it is in no page or
 	// API answer for the user, only in the audit views (see README).
 	PrivateMetadata json.RawMessage `json:"private_metadata"`
+	// ErasedAt is when the user was erased (ErasureEventType); zero when
+	// not. An erased user is a tombstone for good: id, deleted, erased and
+	// those times, nothing else.
+	ErasedAt time.Time `json:"erased_at,omitzero"`
 }
+
+// Erased reports whether the user was erased.
+func (u User) Erased() bool { return !u.ErasedAt.IsZero() }
 
 // Version is the total order the fold uses to pick the newest snapshot of a
 // user, independent of delivery order: Clerk's updated_at first, then the
@@ -81,14 +88,45 @@ func (u User) Name() string {
 func (u User) Exists() bool { return u.ID != "" }
 
 // UserEventTypes returns the event types the fold reads: Clerk's user.*
-// deliveries and the ledger's own snapshots from the Backend API.
+// deliveries, the ledger's own snapshots from the Backend API and its
+// erasures.
 func UserEventTypes() []string {
-	return []string{"user.created", "user.updated", "user.deleted", TypeUserSnapshot, TypeUserSnapshotDeleted}
+	return []string{"user.created", "user.updated", "user.deleted", TypeUserSnapshot, TypeUserSnapshotDeleted, ErasureEventType}
 }
 
 // IsUserEvent reports whether the fold reads events of this type.
 func IsUserEvent(typ string) bool {
-	return typ == "user.created" || typ == "user.updated" || typ == "user.deleted" || IsSnapshot(typ)
+	return typ == "user.created" || typ == "user.updated" || typ == "user.deleted" || IsSnapshot(typ) || typ == ErasureEventType
+}
+
+// ErasureEventType is the type of the event the ledger appends when it
+// erases a user (source "ledger"). Its body names the user and nothing
+// else: {"type":"ledger.user_erased","object":"event","timestamp":ms,
+// "data":{"object":"user","id":USER_ID}}.
+const ErasureEventType = "ledger.user_erased"
+
+// ErasureEventBody returns the body of the erasure event of user at.
+func ErasureEventBody(user string, at time.Time) []byte {
+	b, _ := json.Marshal(map[string]any{
+		"type": ErasureEventType, "object": "event", "timestamp": at.UnixMilli(),
+		"data": map[string]string{"object": "user", "id": user},
+	})
+	return b
+}
+
+// ErasedTombstone is u once erased at: its id, whether and when it was
+// deleted, and when it was erased; every other field cleared (also
+// created_at, which a rebuild could no longer read from the erased
+// bodies, so that rebuild and live agree).
+func ErasedTombstone(u User, at time.Time) User {
+	t := User{
+		ID: u.ID, PublicMetadata: json.RawMessage(`{}`), PrivateMetadata: json.RawMessage(`{}`),
+		Deleted: u.Deleted, DeletedAt: u.DeletedAt, UpdatedAt: at.UTC(), ErasedAt: at.UTC(),
+	}
+	if u.Erased() && u.ErasedAt.Before(t.ErasedAt) {
+		t.UpdatedAt, t.ErasedAt = u.ErasedAt, u.ErasedAt
+	}
+	return t
 }
 
 // userData is the part of Clerk's user object the fold reads.
@@ -204,6 +242,12 @@ const (
 	OutcomeAfterDeletion Outcome = "after_deletion"
 	// OutcomePoison: the event does not decode (Apply's error); skipped.
 	OutcomePoison Outcome = "poison"
+	// OutcomeErased: the user's erasure (ErasureEventType): the state is
+	// ErasedTombstone.
+	OutcomeErased Outcome = "erased"
+	// OutcomeContentErased: the event's body is erased: only its metadata
+	// counts (a user.deleted still deletes); nothing else changes.
+	OutcomeContentErased Outcome = "content_erased"
 )
 
 // UserEvent is a user event decoded for the fold: DecodeUserEvent once,
@@ -212,6 +256,8 @@ const (
 type UserEvent struct {
 	e   Event
 	env userEnvelope
+	// erased: e.Erased, the body is gone (only e's metadata is read).
+	erased bool
 }
 
 // DecodeUserEvent decodes e, a user event, for the fold. It returns Apply's
@@ -219,8 +265,16 @@ type UserEvent struct {
 // NUL in the id, data naming another user than the user_id column).
 //
 // A snapshot's body (TypeUserSnapshot, TypeUserSnapshotDeleted) is the user
-// object itself, not an envelope.
+// object itself, not an envelope. An erased event (e.Erased) decodes
+// without its body when it names its user in the user_id column: its fold
+// is "content unavailable" (OutcomeContentErased).
 func DecodeUserEvent(e Event) (UserEvent, error) {
+	if e.Erased {
+		if e.UserID == "" {
+			return UserEvent{}, Errorf(EINVALID, "event %d (%s): erased and stored for no user", e.Position, e.Type)
+		}
+		return UserEvent{e: e, erased: true}, nil
+	}
 	var env userEnvelope
 	var err error
 	if IsSnapshot(e.Type) {
@@ -252,6 +306,9 @@ func DecodeUserEvent(e Event) (UserEvent, error) {
 // updated_at, else (user.deleted carries none) the event's occurred_at.
 // Timelines sort by it.
 func (d UserEvent) ChangedAt() time.Time {
+	if d.erased {
+		return d.e.OccurredAt.UTC()
+	}
 	if t := msTime(d.env.Data.UpdatedAt); !t.IsZero() {
 		return t
 	}
@@ -261,8 +318,41 @@ func (d UserEvent) ChangedAt() time.Time {
 // Apply folds the event into u (Apply's rules) and says what it did.
 func (d UserEvent) Apply(u User) (User, Outcome) {
 	e, dt := d.e, d.env.Data
+	if d.erased {
+		dt.ID = e.UserID
+	}
 	if u.ID != "" && u.ID != dt.ID {
 		return u, OutcomeOtherUser
+	}
+	if e.Type == ErasureEventType {
+		u.ID = dt.ID
+		return ErasedTombstone(u, e.OccurredAt), OutcomeErased
+	}
+	if d.erased {
+		u.ID = dt.ID
+		if e.Type == "user.deleted" {
+			at := e.OccurredAt.UTC()
+			if !u.Deleted || at.Before(u.DeletedAt) {
+				u.DeletedAt = at
+			}
+			u.Deleted = true
+			if !u.Erased() {
+				u = tombstone(u)
+			}
+		}
+		return u, OutcomeContentErased
+	}
+	if u.Erased() {
+		// Erased for good: a body still readable (a legacy clear one)
+		// never brings anything back.
+		if e.Type == "user.deleted" || dt.Deleted {
+			at := e.OccurredAt.UTC()
+			if !u.Deleted || at.Before(u.DeletedAt) {
+				u.DeletedAt = at
+			}
+			u.Deleted = true
+		}
+		return u, OutcomeAfterDeletion
 	}
 	// The event's time as ingest stored it (domain.OccurredAt's rule), so the
 	// fold and the occurred_at column agree.
@@ -395,6 +485,9 @@ func Fold(events []Event) (User, []error) {
 // lists (primary or not), in their storable form, in the order it lists
 // them. A user.deleted lists none.
 func (d UserEvent) EmailAddresses() []string {
+	if d.erased || d.e.Type == ErasureEventType {
+		return nil
+	}
 	var out []string
 	for _, a := range d.env.Data.EmailAddresses {
 		if a.EmailAddress != "" {
@@ -405,4 +498,9 @@ func (d UserEvent) EmailAddresses() []string {
 }
 
 // UserID is the id of the user the event is about (its data's id).
-func (d UserEvent) UserID() string { return d.env.Data.ID }
+func (d UserEvent) UserID() string {
+	if d.erased {
+		return d.e.UserID
+	}
+	return d.env.Data.ID
+}

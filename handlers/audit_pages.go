@@ -64,6 +64,19 @@ type pageEvent struct {
 type payload struct {
 	Len  int // characters of the pretty-printed JSON
 	HTML template.HTML
+	// Erased is set for an erased event's (no body): Note says when, by
+	// whom and why.
+	Erased bool
+	Note   string
+}
+
+// erasedPayload is the payload of an erased event, m its erasure (nil:
+// not recorded, a body discarded at ingest).
+func erasedPayload(m *schema.ErasureMark) payload {
+	if m == nil {
+		return payload{Erased: true, Note: "Content erased."}
+	}
+	return payload{Erased: true, Note: "Content erased " + m.At.UTC().Format("2006-01-02 15:04 UTC") + " by " + m.By + ": " + m.Reason}
 }
 
 func newPayload(pretty string) payload {
@@ -77,6 +90,9 @@ func newPageEvent(e schema.AuditEvent) pageEvent {
 		p.LeafIndex, p.LeafHash = e.LeafIndex, base64.StdEncoding.EncodeToString(e.LeafHash)
 	}
 	p.Payload = prettyPayload(e.Body)
+	if e.Erased {
+		p.Payload = erasedPayload(e.Erasure)
+	}
 	return p
 }
 
@@ -93,6 +109,13 @@ func newPageEventJSON(j audit.EventJSON) pageEvent {
 		p.LeafIndex, p.LeafHash = *j.LeafIndex, *j.LeafHash
 	}
 	p.Payload = prettyPayload(j.Payload)
+	if j.Erased != nil {
+		m := &schema.ErasureMark{By: j.Erased.By, Reason: j.Erased.Reason}
+		if j.Erased.At != nil {
+			m.At = *j.Erased.At
+		}
+		p.Payload = erasedPayload(m)
+	}
 	return p
 }
 

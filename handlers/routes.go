@@ -67,6 +67,7 @@ func addRoutes(mux routeMux, d Deps, pg *pages, session func(http.Handler) http.
 	mux.Handle("GET /audit/organizations/{id}", page(handleAuditOrganizationPage(pg, own, svc)))
 	mux.Handle("GET /audit/chain", page(handleAuditChainPage(pg, svc)))
 	mux.Handle("POST /audit/chain", page(handleAuditChainVerify(pg, svc)))
+	mux.Handle("POST /audit/users/{id}/erase", page(handleAuditErase(pg, svc)))
 	mux.Handle("GET /audit/log", page(handleAuditLogPage(pg, svc)))
 
 	mux.Handle("/", session(handleNotFound(d.Log, pg)))

@@ -68,6 +68,7 @@ var (
 	audited     = [nCallers]int{401, 401, 403, 403, 200, 200, 401, 401, 401, 404, na, 200, 200}
 	auditedRead = [nCallers]int{401, 401, 403, 403, 200, 200, 401, 401, 401, 404, na, 200, 403}
 	auditedPost = [nCallers]int{401, 401, 403, 403, 200, 200, 401, 401, 401, 404, 413, 200, 403}
+	erasePost   = [nCallers]int{401, 401, 403, 403, 400, 400, 401, 401, 401, 404, 413, 400, 403}
 	overview    = [nCallers]int{401, 401, 403, 403, 200, 200, 401, 401, 401, 404, na, 200, 303}
 	open        = [nCallers]int{200, 200, 200, 200, 200, 200, 200, 200, 200, 404, na, 200, 200}
 	missing     = [nCallers]int{404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404}
@@ -115,6 +116,8 @@ var securityRoutes = []routeRow{
 	{pattern: "GET /audit/organizations/{id}", path: "/audit/organizations/" + secOrg, kind: "session", want: audited},
 	{pattern: "GET /audit/chain", path: "/audit/chain", kind: "session", want: audited},
 	{pattern: "POST /audit/chain", path: "/audit/chain", kind: "post", want: auditedPost},
+	// Without the confirmation field an auditor's POST is 400, nothing erased.
+	{pattern: "POST /audit/users/{id}/erase", path: "/audit/users/{id}/erase", kind: "post", want: erasePost},
 	{pattern: "GET /audit/log", path: "/audit/log", kind: "session", want: audited},
 	{pattern: "/", path: "/no/such/page", kind: "session",
 		want: [nCallers]int{404, 404, 404, 404, 404, 404, 404, 404, 404, 404, na, 404, 404}},

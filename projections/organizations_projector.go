@@ -40,7 +40,10 @@ func NewOrganizations() *Organizations {
 func (p *Organizations) Name() string { return OrganizationsName }
 
 // Types implements Projector: organization.* and organizationMembership.*.
-func (p *Organizations) Types() []string { return domain.OrganizationEventTypes() }
+// The erasure event too: it removes the erased user's memberships.
+func (p *Organizations) Types() []string {
+	return append(domain.OrganizationEventTypes(), domain.ErasureEventType)
+}
 
 // orgState and memState are one organization and one membership being
 // folded, with the last event applied to each.
@@ -175,6 +178,23 @@ func (p *Organizations) Apply(ctx context.Context, tx *sqlx.Tx, events []domain.
 	}
 	for id := range orgIDs {
 		recount[id] = true
+	}
+	// An erased user's memberships go (the events that made them cannot
+	// be read any more: a rebuild would not make them either).
+	var erased []string
+	for _, e := range events {
+		if e.Type == domain.ErasureEventType && e.UserID != "" {
+			erased = append(erased, e.UserID)
+		}
+	}
+	if len(erased) > 0 {
+		orgsOf, err := p.mems.DeleteWhere(ctx, tx, "user_id", erased, "organization_id")
+		if err != nil {
+			return nil, err
+		}
+		for _, id := range orgsOf {
+			recount[id] = true
+		}
 	}
 	delete(recount, "")
 	if len(recount) > 0 {

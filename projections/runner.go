@@ -243,6 +243,11 @@ func (r *Runner) Step(ctx context.Context, p Projector) (StepResult, error) {
 	if !locked {
 		return StepResult{Busy: true}, nil
 	}
+	// Shared with every other batch, exclusive to an erasure: no erasure
+	// commits between this batch's read and its writes.
+	if err := schema.LockErasuresShared(ctx, tx); err != nil {
+		return StepResult{}, err
+	}
 	cp, found, err := schema.ReadCheckpoint(ctx, tx, p.Name())
 	if err != nil {
 		return StepResult{}, err

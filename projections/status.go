@@ -107,12 +107,12 @@ func readStatus(ctx context.Context, tx *sqlx.Tx, known ...string) ([]Status, er
 			return nil, err
 		}
 		if s.LagEvents > 0 {
-			next, err := schema.ReadAfter(ctx, tx, s.Checkpoint, 1)
+			at, found, err := schema.NextReceivedAt(ctx, tx, s.Checkpoint)
 			if err != nil {
 				return nil, err
 			}
-			if len(next) == 1 {
-				s.LagSeconds = max(s.LagSeconds, now.Sub(next[0].ReceivedAt).Seconds())
+			if found {
+				s.LagSeconds = max(s.LagSeconds, now.Sub(at).Seconds())
 			}
 		}
 		if s.LastFailure, err = schema.LastFailure(ctx, tx, s.Name); err != nil {

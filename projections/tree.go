@@ -48,4 +48,6 @@ func (*Tree) gapless() {}
 
 // Default returns the projectors a service runs: users, organizations,
 // the tree sealer and the audit workspace's read models.
-func Default() []Projector { return []Projector{NewUsers(), NewOrganizations(), NewTree(), NewWorkspace()} }
+func Default() []Projector {
+	return []Projector{NewUsers(), NewOrganizations(), NewTree(), NewWorkspace()}
+}

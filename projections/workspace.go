@@ -70,5 +70,15 @@ func (*Workspace) Apply(ctx context.Context, tx *sqlx.Tx, events []domain.Event)
 	if err := schema.AddDeliveryCounts(ctx, tx, list); err != nil {
 		return nil, err
 	}
-	return nil, schema.AddEmails(ctx, tx, sightings)
+	if err := schema.AddEmails(ctx, tx, sightings); err != nil {
+		return nil, err
+	}
+	// An erased user's addresses go (their events cannot be read any more).
+	var erased []string
+	for _, e := range events {
+		if e.Type == domain.ErasureEventType && e.UserID != "" {
+			erased = append(erased, e.UserID)
+		}
+	}
+	return nil, schema.DeleteEmailsOf(ctx, tx, erased)
 }

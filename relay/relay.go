@@ -109,7 +109,7 @@ const (
 	HeaderOccurredAt = schema.MetaOccurredAt // RFC 3339 with nanoseconds, UTC
 	// HeaderOmitted is set, on a message without a payload, to why the body
 	// is not in it: "too_large" (over NATS max_payload or the stream's
-	// max_msg_size).
+	// max_msg_size), or "erased" (OmittedErased).
 	HeaderOmitted = "content_omitted"
 )
 
@@ -285,12 +285,20 @@ func (replyMarshaler) Marshal(topic string, msg *message.Message) (*nats.Msg, er
 	return nm, nil
 }
 
-// content is the body the relay publishes for e.
-//
-// Erasure (not merged yet; DESIGN-13-14) will read erased events with their
-// body gone: such an event must be published with no payload and
-// HeaderOmitted "erased", here and only here.
-func content(e domain.Event) []byte { return e.Body }
+// content is the body the relay publishes for e. An erased event (its
+// user's data key destroyed) has none: it is published without a payload,
+// HeaderOmitted OmittedErased (see message).
+func content(e domain.Event) []byte {
+	if e.Erased {
+		return nil
+	}
+	return e.Body
+}
+
+// OmittedErased is HeaderOmitted of an erased event: its user was erased,
+// the body can never be read again. A consumer that keeps copies of earlier
+// events of that user should drop them on a ledger.user_erased event.
+const OmittedErased = "erased"
 
 // message builds the Watermill message of e: it must be stored right after
 // stream sequence expectLast. omitted, when not empty, leaves the body out.
@@ -298,6 +306,9 @@ func (r *Relay) message(e domain.Event, expectLast uint64, omitted, reply string
 	var body []byte
 	if omitted == "" {
 		body = content(e)
+		if e.Erased {
+			omitted = OmittedErased
+		}
 	}
 	id := msgID(e)
 	m := message.NewMessage(id, body)

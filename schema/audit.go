@@ -8,6 +8,7 @@ import (
 	"strconv"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/userkeys"
 	"github.com/jmoiron/sqlx"
 )
 
@@ -16,13 +17,17 @@ import (
 // LeafIndex meaningless) while the sealer has not sealed it yet.
 type AuditEvent struct {
 	domain.Event
+	// Erasure is set for an erased event (Event.Erased) whose user's
+	// erasure is recorded: when, by whom and why it was erased.
+	Erasure   *ErasureMark
 	LeafIndex int64
 	LeafHash  []byte
 }
 
 // auditColumns is the column list scanAuditEvent reads: the event (aliased
 // e), its leaf index and leaf hash (from l, LEFT JOINed by auditJoin).
-const auditColumns = `e.position, e.transaction_id, e.delivery_id, e.type, COALESCE(e.user_id, ''), e.occurred_at, e.received_at, e.body, e.svix_timestamp, e.svix_signature, e.source, COALESCE(l.leaf, 0), substring(l.hashes FROM 1 FOR 32)`
+const auditColumns = `e.position, e.transaction_id, e.delivery_id, e.type, COALESCE(e.user_id, ''), e.occurred_at, e.received_at, e.body, e.svix_timestamp, e.svix_signature, e.source, COALESCE(l.leaf, 0), substring(l.hashes FROM 1 FOR 32), ` + eSealColumns + `,
+  CASE WHEN e.body_sealed IS NOT NULL THEN (SELECT to_char(r.erased_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || chr(10) || r.erased_by || chr(10) || r.reason FROM erasures r WHERE r.user_id = e.user_id) END`
 
 // auditJoin joins an event (e) with its leaf (l): the first of a leaf's
 // stored hashes is the leaf hash.
@@ -31,15 +36,24 @@ const auditJoin = ` LEFT JOIN log_leaves l ON l.position = e.position`
 // scanAuditEvent scans one row of auditColumns. The event's Body is *body,
 // which the next scan (or the rows' next Next or Close) overwrites: a caller
 // that keeps the event clones it. The other fields are the event's own.
-func scanAuditEvent(row interface{ Scan(...any) error }, body *sql.RawBytes) (AuditEvent, error) {
+// A sealed body is opened with k (openBody).
+func scanAuditEvent(k *userkeys.Keyring, row interface{ Scan(...any) error }, body *sql.RawBytes) (AuditEvent, error) {
 	var a AuditEvent
-	err := row.Scan(&a.Position, &a.TxID, &a.DeliveryID, &a.Type, &a.UserID, &a.OccurredAt, &a.ReceivedAt, body, &a.SvixTimestamp, &a.SvixSignature, &a.Source, &a.LeafIndex, &a.LeafHash)
+	var sl sealed
+	var mark sql.NullString
+	err := row.Scan(append(append([]any{&a.Position, &a.TxID, &a.DeliveryID, &a.Type, &a.UserID, &a.OccurredAt, &a.ReceivedAt, body, &a.SvixTimestamp, &a.SvixSignature, &a.Source, &a.LeafIndex, &a.LeafHash}, sl.dest()...), &mark)...)
 	if err != nil {
 		return AuditEvent{}, fmt.Errorf("scan audit event: %w", Classify(err))
 	}
 	a.Body = *body
 	a.OccurredAt = a.OccurredAt.UTC()
 	a.ReceivedAt = a.ReceivedAt.UTC()
+	if err := openBody(k, &a.Event, &sl); err != nil {
+		return AuditEvent{}, err
+	}
+	if a.Erased && mark.Valid {
+		a.Erasure = parseErasureMark(mark.String)
+	}
 	return a, nil
 }
 
@@ -60,7 +74,7 @@ func auditQuery(f EventFilter) (string, []any) {
 			` ORDER BY e.transaction_id, e.position LIMIT $` + limit, args
 	}
 	args = append(args, f.MaxBytes)
-	return `SELECT ` + auditColumns + ` FROM (SELECT e.*, sum(octet_length(e.body)) OVER (ORDER BY e.transaction_id, e.position ROWS UNBOUNDED PRECEDING) - octet_length(e.body) AS bytes_before` +
+	return `SELECT ` + auditColumns + ` FROM (SELECT e.*, sum(octet_length(e.body) + COALESCE(octet_length(e.body_sealed), 0)) OVER (ORDER BY e.transaction_id, e.position ROWS UNBOUNDED PRECEDING) - octet_length(e.body) - COALESCE(octet_length(e.body_sealed), 0) AS bytes_before` +
 		` FROM events e WHERE ` + where + ` ORDER BY e.transaction_id, e.position LIMIT $` + limit + `) e` +
 		auditJoin + ` WHERE e.bytes_before < $` + strconv.Itoa(len(args)) +
 		` ORDER BY e.transaction_id, e.position`, args
@@ -90,7 +104,7 @@ func QueryAuditEvents(ctx context.Context, q Queryer, f EventFilter) ([]AuditEve
 	var out []AuditEvent
 	var body sql.RawBytes
 	for rows.Next() {
-		a, err := scanAuditEvent(rows, &body)
+		a, err := scanAuditEvent(KeyringFrom(ctx), rows, &body)
 		if err != nil {
 			return nil, err
 		}
@@ -131,7 +145,7 @@ func QueryAuditEventsRecorded(ctx context.Context, q interface {
 	got := 0
 	var body sql.RawBytes
 	for rows.Next() {
-		e, err := scanAuditEvent(rows, &body)
+		e, err := scanAuditEvent(KeyringFrom(ctx), rows, &body)
 		if err != nil {
 			return got, err
 		}
@@ -220,7 +234,7 @@ func streamPage(ctx context.Context, tx Queryer, f EventFilter, fn func(AuditEve
 	var last Cursor
 	var body sql.RawBytes
 	for rows.Next() {
-		a, err := scanAuditEvent(rows, &body)
+		a, err := scanAuditEvent(KeyringFrom(ctx), rows, &body)
 		if err != nil {
 			return n, last, err
 		}
@@ -261,7 +275,7 @@ func EachAuditEvent(ctx context.Context, q Queryer, f EventFilter, fn func(Audit
 	defer rows.Close()
 	var body sql.RawBytes
 	for rows.Next() {
-		e, err := scanAuditEvent(rows, &body)
+		e, err := scanAuditEvent(KeyringFrom(ctx), rows, &body)
 		if err != nil {
 			return p, err
 		}
@@ -332,12 +346,12 @@ func EachEvent(ctx context.Context, q Queryer, f EventFilter, fn func(domain.Eve
 	for {
 		where, args := f.where()
 		args = append(args, f.Limit)
-		rows, err := q.QueryxContext(ctx, `SELECT `+eventColumns+` FROM events e WHERE `+where+
+		rows, err := q.QueryxContext(ctx, `SELECT `+eEventColumns+` FROM events e WHERE `+where+
 			` ORDER BY e.transaction_id, e.position LIMIT $`+strconv.Itoa(len(args)), args...)
 		if err != nil {
 			return n, fmt.Errorf("read events after %s: %w", f.After, Classify(err))
 		}
-		got, last, err := eachEventRow(rows, fn)
+		got, last, err := eachEventRow(KeyringFrom(ctx), rows, fn)
 		n += int64(got)
 		if err != nil {
 			return n, err
@@ -350,18 +364,22 @@ func EachEvent(ctx context.Context, q Queryer, f EventFilter, fn func(domain.Eve
 }
 
 // eachEventRow hands each row of eventColumns to fn and closes rows.
-func eachEventRow(rows *sqlx.Rows, fn func(domain.Event) error) (int, Cursor, error) {
+func eachEventRow(k *userkeys.Keyring, rows *sqlx.Rows, fn func(domain.Event) error) (int, Cursor, error) {
 	defer rows.Close()
 	var body sql.RawBytes
 	var last Cursor
 	got := 0
 	for rows.Next() {
 		var e domain.Event
-		if err := rows.Scan(&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &body, &e.SvixTimestamp, &e.SvixSignature, &e.Source); err != nil {
+		var sl sealed
+		if err := rows.Scan(append([]any{&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &body, &e.SvixTimestamp, &e.SvixSignature, &e.Source}, sl.dest()...)...); err != nil {
 			return got, last, fmt.Errorf("scan event: %w", Classify(err))
 		}
 		e.Body = body
 		e.OccurredAt, e.ReceivedAt = e.OccurredAt.UTC(), e.ReceivedAt.UTC()
+		if err := openBody(k, &e, &sl); err != nil {
+			return got, last, err
+		}
 		if err := fn(e); err != nil {
 			return got, last, err
 		}

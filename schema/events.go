@@ -17,6 +17,7 @@ import (
 	wmsql "github.com/ThreeDotsLabs/watermill-sql/v3/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/userkeys"
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
 )
@@ -52,6 +53,12 @@ type Store struct {
 	// called from the appending goroutines, possibly concurrently, and must
 	// not block. Set it before the first Append.
 	OnCommit func(deliveries int, d time.Duration, err error)
+	// Keys, when not nil, seals every delivery about a user under that
+	// user's data key before it is inserted (SealDeliveries) and opens
+	// sealed rows to compare redeliveries. nil keeps bodies in clear (a
+	// ledger without LEDGER_MASTER_KEY: tests, the no-encryption bench
+	// baseline). Set it before the first Append.
+	Keys *userkeys.Keyring
 
 	mu       sync.Mutex
 	pending  []*appendReq
@@ -65,7 +72,8 @@ type Store struct {
 // for its group commit, or a message made by DeliveryMessage. Its Watermill
 // message carries it (rowFrom).
 type appendReq struct {
-	d domain.Delivery
+	d    domain.Delivery
+	seal Sealing // set by flush (seal) before the insert
 	// inserted is set by the Store's executor when the INSERT wrote this
 	// row (not a delivery id already stored).
 	inserted bool
@@ -264,6 +272,12 @@ func (s *Store) flush(batch []*appendReq) {
 		}
 	}
 	slices.SortFunc(uniq, func(a, b *appendReq) int { return cmp.Compare(a.d.ID, b.d.ID) })
+	if err := s.seal(uniq); err != nil {
+		for _, r := range batch {
+			r.err = err
+		}
+		return
+	}
 	s.insertGroup(uniq)
 
 	// Every copy that was not the one inserted is a redelivery: compare its
@@ -285,6 +299,28 @@ func (s *Store) flush(batch []*appendReq) {
 		defer cancel()
 		s.compareStored(ctx, others)
 	}
+}
+
+// seal sets every request's Sealing (SealDeliveries) when the store seals
+// (Keys set), within AppendTimeout.
+func (s *Store) seal(reqs []*appendReq) error {
+	if s.Keys == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.AppendTimeout)
+	defer cancel()
+	ds := make([]domain.Delivery, len(reqs))
+	for i, r := range reqs {
+		ds[i] = r.d
+	}
+	seals, err := SealDeliveries(ctx, s.db, s.Keys, ds)
+	if err != nil {
+		return fmt.Errorf("append %d deliveries: %w", len(reqs), Classify(err))
+	}
+	for i, r := range reqs {
+		r.seal = seals[i]
+	}
+	return nil
 }
 
 // insertGroup inserts reqs (distinct ids, in id order) in one INSERT, which
@@ -337,15 +373,27 @@ func (s *Store) compareStored(ctx context.Context, reqs []*appendReq) {
 		ids = append(ids, r.d.ID)
 	}
 	digests := make(map[string][]byte, len(ids))
-	rows, err := s.db.QueryContext(ctx, `SELECT delivery_id, sha256(convert_to(body, 'UTF8')) FROM events WHERE delivery_id = ANY($1)`, pq.Array(ids))
+	opened := make(map[string]domain.Event, len(ids))
+	rows, err := s.db.QueryContext(ctx, `SELECT delivery_id, COALESCE(user_id, ''), CASE WHEN body_sealed IS NULL THEN sha256(convert_to(body, 'UTF8')) END, `+sealColumns+` FROM events WHERE delivery_id = ANY($1)`, pq.Array(ids))
 	if err == nil {
 		for rows.Next() {
-			var id string
+			var id, user string
 			var sum []byte
-			if err = rows.Scan(&id, &sum); err != nil {
+			var sl sealed
+			if err = rows.Scan(append([]any{&id, &user, &sum}, sl.dest()...)...); err != nil {
 				break
 			}
-			digests[id] = sum
+			if sl.body == nil {
+				digests[id] = sum
+				continue
+			}
+			// A sealed body is opened and compared in memory: the table
+			// keeps no unsalted digest of it.
+			e := domain.Event{DeliveryID: id, UserID: user}
+			if err = openBody(s.Keys, &e, &sl); err != nil {
+				break
+			}
+			opened[id] = e
 		}
 		rows.Close()
 		if err == nil {
@@ -355,9 +403,16 @@ func (s *Store) compareStored(ctx context.Context, reqs []*appendReq) {
 	for _, r := range reqs {
 		sum := sha256.Sum256(r.d.Body)
 		stored, found := digests[r.d.ID]
+		e, sealedRow := opened[r.d.ID]
 		switch {
 		case err != nil:
 			r.err = fmt.Errorf("compare delivery %s with the stored one: %w", r.d.ID, Classify(err))
+		case sealedRow && (e.Erased || bytes.Equal(e.Body, r.d.Body)):
+			// An erased body cannot be compared: the redelivery is
+			// answered as a duplicate, so the sender stops.
+			r.result = domain.AppendDuplicate
+		case sealedRow:
+			r.result = domain.AppendConflict
 		case !found:
 			r.err = fmt.Errorf("delivery %s was neither inserted nor found stored", r.d.ID)
 		case bytes.Equal(stored, sum[:]):
@@ -437,7 +492,7 @@ func ReadAfter(ctx context.Context, q Queryer, c Cursor, limit int) ([]domain.Ev
 	defer rows.Close()
 	events := make([]domain.Event, 0, limit)
 	for rows.Next() {
-		e, err := scanEvent(rows)
+		e, err := scanEvent(KeyringFrom(ctx), rows)
 		if err != nil {
 			return nil, err
 		}
@@ -449,15 +504,20 @@ func ReadAfter(ctx context.Context, q Queryer, c Cursor, limit int) ([]domain.Ev
 	return events, nil
 }
 
-func scanEvent(row wmsql.Scanner) (domain.Event, error) {
+// scanEvent scans one row of eventColumns, opening a sealed body with k.
+func scanEvent(k *userkeys.Keyring, row wmsql.Scanner) (domain.Event, error) {
 	var e domain.Event
 	var b []byte
-	if err := row.Scan(&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &b, &e.SvixTimestamp, &e.SvixSignature, &e.Source); err != nil {
+	var sl sealed
+	if err := row.Scan(append([]any{&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &b, &e.SvixTimestamp, &e.SvixSignature, &e.Source}, sl.dest()...)...); err != nil {
 		return domain.Event{}, fmt.Errorf("scan event: %w", Classify(err))
 	}
 	e.Body = b
 	e.OccurredAt = e.OccurredAt.UTC()
 	e.ReceivedAt = e.ReceivedAt.UTC()
+	if err := openBody(k, &e, &sl); err != nil {
+		return domain.Event{}, err
+	}
 	return e, nil
 }
 
@@ -498,7 +558,7 @@ WHERE (transaction_id, position) > ($1::xid8, $2::bigint)
 // EventByDeliveryID returns the stored event with that svix-id.
 // Errors: ENOTFOUND when there is none.
 func EventByDeliveryID(ctx context.Context, q Queryer, id string) (domain.Event, error) {
-	e, err := scanEvent(q.QueryRowxContext(ctx, `SELECT `+eventColumns+` FROM events WHERE delivery_id = $1`, id))
+	e, err := scanEvent(KeyringFrom(ctx), q.QueryRowxContext(ctx, `SELECT `+eventColumns+` FROM events WHERE delivery_id = $1`, id))
 	if err != nil {
 		if errorsIsNoRows(err) {
 			return domain.Event{}, domain.Errorf(domain.ENOTFOUND, "no event with delivery id %s", id)

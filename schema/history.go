@@ -49,7 +49,7 @@ func QueryEvents(ctx context.Context, q Queryer, f EventFilter) ([]domain.Event,
 	}
 	where, args := f.where()
 	args = append(args, f.Limit)
-	query := `SELECT ` + eventColumns + ` FROM events e WHERE ` + where +
+	query := `SELECT ` + eEventColumns + ` FROM events e WHERE ` + where +
 		` ORDER BY e.transaction_id, e.position LIMIT $` + strconv.Itoa(len(args))
 	rows, err := q.QueryxContext(ctx, query, args...)
 	if err != nil {
@@ -58,7 +58,7 @@ func QueryEvents(ctx context.Context, q Queryer, f EventFilter) ([]domain.Event,
 	defer rows.Close()
 	var out []domain.Event
 	for rows.Next() {
-		e, err := scanEvent(rows)
+		e, err := scanEvent(KeyringFrom(ctx), rows)
 		if err != nil {
 			return nil, err
 		}
@@ -115,7 +115,7 @@ func (f EventFilter) where() (string, []any) {
 		conds = append(conds, "("+strings.Join(or, " OR ")+")")
 	}
 	if len(f.Mentions) > 0 {
-		add(`(strpos(e.body, '\') > 0 OR EXISTS (SELECT 1 FROM unnest($?::text[]) m(s) WHERE strpos(e.body, m.s) > 0))`, pq.Array(f.Mentions))
+		add(`(e.body_sealed IS NOT NULL OR strpos(e.body, '\') > 0 OR EXISTS (SELECT 1 FROM unnest($?::text[]) m(s) WHERE strpos(e.body, m.s) > 0))`, pq.Array(f.Mentions))
 	}
 	if !f.Since.IsZero() {
 		add(`e.occurred_at >= $?`, f.Since)

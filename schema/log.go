@@ -137,7 +137,8 @@ func ReadTreeHead(ctx context.Context, q Queryer) (TreeHead, error) {
 
 // AppendLeaves adds events, which must be the next events in ledger order
 // after the tree's last leaf, to the tree inside tx: their leaves
-// (domain.LeafOf, the body committed with an empty salt) and every hash the
+// (Event.Leaf: the stored commitment of a sealed event, else the body
+// committed with an empty salt) and every hash the
 // tree stores for them, COPYed into log_leaves. It reads only the tree's
 // right edge. It must run in
 // the sealer's transaction, one sealer at a time (the projector runtime's
@@ -161,7 +162,7 @@ func AppendLeaves(ctx context.Context, tx *sqlx.Tx, events []domain.Event) (Tree
 	err = copyRows(ctx, tx, "log_leaves", []string{"leaf", "position", "hashes"}, len(events), func(i int) ([]any, error) {
 		e := events[i]
 		n := size + int64(i)
-		buf = domain.LeafOf(e, nil).Encode(buf[:0])
+		buf = e.Leaf().Encode(buf[:0])
 		hs, err := edge.Append(tlog.RecordHash(buf))
 		if err != nil {
 			return nil, fmt.Errorf("append leaf %d: %w", n, err)
@@ -214,7 +215,8 @@ func ProofTarget(ctx context.Context, q Queryer, position, size int64) (LogCheck
 	}
 	row := q.QueryRowxContext(ctx, `SELECT c.id, c.tree_size, c.root, c.note, c.signed_at, e.position IS NOT NULL, l.leaf,
   COALESCE(e.position, 0), COALESCE(e.transaction_id, '0'::xid8), COALESCE(e.delivery_id, ''), COALESCE(e.type, ''), COALESCE(e.user_id, ''),
-  COALESCE(e.occurred_at, 'epoch'), COALESCE(e.received_at, 'epoch'), COALESCE(e.body, ''), COALESCE(e.svix_timestamp, 0), COALESCE(e.svix_signature, ''), COALESCE(e.source, '')
+  COALESCE(e.occurred_at, 'epoch'), COALESCE(e.received_at, 'epoch'), COALESCE(e.body, ''), COALESCE(e.svix_timestamp, 0), COALESCE(e.svix_signature, ''), COALESCE(e.source, ''),
+  `+eSealColumns+`
 FROM (SELECT `+checkpointColumns+` FROM log_checkpoints WHERE $2 = 0 OR tree_size = $2 ORDER BY tree_size DESC LIMIT 1) c
 LEFT JOIN events e ON e.position = $1
 LEFT JOIN log_leaves l ON l.position = e.position`, position, size)
@@ -224,9 +226,10 @@ LEFT JOIN log_leaves l ON l.position = e.position`, position, size)
 		exists bool
 		leaf   sql.NullInt64
 		e      LeafEvent
+		sl     sealed
 	)
-	err := row.Scan(&c.ID, &c.Size, &root, &c.Note, &c.SignedAt, &exists, &leaf,
-		&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &e.Body, &e.SvixTimestamp, &e.SvixSignature, &e.Source)
+	err := row.Scan(append([]any{&c.ID, &c.Size, &root, &c.Note, &c.SignedAt, &exists, &leaf,
+		&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &e.Body, &e.SvixTimestamp, &e.SvixSignature, &e.Source}, sl.dest()...)...)
 	switch {
 	case errors.Is(err, sql.ErrNoRows) && size == 0:
 		return LogCheckpoint{}, LeafEvent{}, domain.Errorf(domain.ENOTFOUND, "no checkpoint is signed yet")
@@ -245,11 +248,14 @@ LEFT JOIN log_leaves l ON l.position = e.position`, position, size)
 	c.SignedAt = c.SignedAt.UTC()
 	e.Leaf = leaf.Int64
 	e.OccurredAt, e.ReceivedAt = e.OccurredAt.UTC(), e.ReceivedAt.UTC()
+	if err := openBody(KeyringFrom(ctx), &e.Event, &sl); err != nil {
+		return LogCheckpoint{}, LeafEvent{}, err
+	}
 	return c, e, nil
 }
 
 // eEventColumns is eventColumns of the events table aliased e.
-const eEventColumns = `e.position, e.transaction_id, e.delivery_id, e.type, COALESCE(e.user_id, ''), e.occurred_at, e.received_at, e.body, e.svix_timestamp, e.svix_signature, e.source`
+const eEventColumns = `e.position, e.transaction_id, e.delivery_id, e.type, COALESCE(e.user_id, ''), e.occurred_at, e.received_at, e.body, e.svix_timestamp, e.svix_signature, e.source, ` + eSealColumns
 
 // LeafEvent is an event with its leaf index.
 type LeafEvent struct {
@@ -271,9 +277,11 @@ WHERE e.user_id = $1 ORDER BY e.transaction_id, e.position`, user)
 	defer rows.Close()
 	n := 0
 	var body sql.RawBytes
+	k := KeyringFrom(ctx)
 	for rows.Next() {
 		var e LeafEvent
-		if err := rows.Scan(&e.Leaf, &e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &body, &e.SvixTimestamp, &e.SvixSignature, &e.Source); err != nil {
+		var sl sealed
+		if err := rows.Scan(append([]any{&e.Leaf, &e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &body, &e.SvixTimestamp, &e.SvixSignature, &e.Source}, sl.dest()...)...); err != nil {
 			return n, fmt.Errorf("read the leaves of user %s: %w", user, Classify(err))
 		}
 		if e.Leaf >= size {
@@ -281,6 +289,9 @@ WHERE e.user_id = $1 ORDER BY e.transaction_id, e.position`, user)
 		}
 		e.Body = body
 		e.OccurredAt, e.ReceivedAt = e.OccurredAt.UTC(), e.ReceivedAt.UTC()
+		if err := openBody(k, &e.Event, &sl); err != nil {
+			return n, err
+		}
 		if err := fn(e); err != nil {
 			return n, err
 		}

@@ -107,7 +107,7 @@ func verifyLog(ctx context.Context, db *sqlx.DB, open OpenCheckpoint, pageSize i
 	// txid; exists false when the leaf's position has no event) and the
 	// hashes stored for it, then appends it to edge. bad is the failed
 	// report, done true, when it does not hold.
-	check := func(leaf int64, exists bool, txid string, occ, rec int64, body, stored []byte) (bad LogReport, done bool, err error) {
+	check := func(leaf int64, exists bool, txid string, occ, rec int64, body, commitment, stored []byte) (bad LogReport, done bool, err error) {
 		if leaf != n {
 			bad, _ = fail(e.Position, "leaf %d is missing from log_leaves (the next is %d)", n, leaf)
 			return bad, true, nil
@@ -125,8 +125,8 @@ func verifyLog(ctx context.Context, db *sqlx.DB, open OpenCheckpoint, pageSize i
 			return bad, true, nil
 		}
 		prev = cur
-		e.OccurredAt, e.ReceivedAt, e.Body = time.UnixMicro(occ), time.UnixMicro(rec), body
-		buf = domain.LeafOf(e, nil).Encode(buf[:0])
+		e.OccurredAt, e.ReceivedAt, e.Body, e.Commitment = time.UnixMicro(occ), time.UnixMicro(rec), body, commitment
+		buf = e.Leaf().Encode(buf[:0])
 		hs, err := edge.Append(tlog.RecordHash(buf))
 		if err != nil {
 			return bad, true, fmt.Errorf("verify the tree: %w", err)
@@ -263,7 +263,10 @@ func (p *leafPage) read(ctx context.Context, q *sqlx.Tx, from, to int64) error {
 }
 
 // checkFunc checks one leaf against its event (VerifyLog's check).
-type checkFunc func(leaf int64, exists bool, txid string, occ, rec int64, body, stored []byte) (LogReport, bool, error)
+// commitment is a sealed event's stored body commitment: its leaf is
+// checked with it (no key is needed, and an erased event verifies like
+// any other); nil for a body kept in clear.
+type checkFunc func(leaf int64, exists bool, txid string, occ, rec int64, body, commitment, stored []byte) (LogReport, bool, error)
 
 // verifyLeafPage checks the page's leaves, in order, against the events after
 // prev in ledger order, while each leaf's position is the next event's; it
@@ -276,7 +279,7 @@ func verifyLeafPage(ctx context.Context, tx *sqlx.Tx, p *leafPage, prev Cursor, 
 	// the same name (which would sort the whole table).
 	rows, err := tx.QueryContext(ctx, `SELECT e.transaction_id::text, e.position, e.delivery_id, e.type, COALESCE(e.user_id, ''), e.source,
   (extract(epoch FROM e.occurred_at) * 1000000)::bigint, (extract(epoch FROM e.received_at) * 1000000)::bigint,
-  e.body, e.svix_timestamp, e.svix_signature
+  e.body, e.svix_timestamp, e.svix_signature, e.body_commitment
 FROM events e WHERE (e.transaction_id, e.position) > ($1::xid8, $2::bigint)
 ORDER BY e.transaction_id, e.position LIMIT $3`, strconv.FormatUint(prev.TxID, 10), prev.Position, len(p.leaves))
 	if err != nil {
@@ -284,18 +287,19 @@ ORDER BY e.transaction_id, e.position LIMIT $3`, strconv.FormatUint(prev.TxID, 1
 	}
 	defer rows.Close()
 	var (
-		txid     string
-		occ, rec int64
-		body     sql.RawBytes
+		txid       string
+		occ, rec   int64
+		body       sql.RawBytes
+		commitment sql.RawBytes
 	)
 	for i := 0; rows.Next(); i++ {
-		if err := rows.Scan(&txid, &e.Position, &e.DeliveryID, &e.Type, &e.UserID, &e.Source, &occ, &rec, &body, &e.SvixTimestamp, &e.SvixSignature); err != nil {
+		if err := rows.Scan(&txid, &e.Position, &e.DeliveryID, &e.Type, &e.UserID, &e.Source, &occ, &rec, &body, &e.SvixTimestamp, &e.SvixSignature, &commitment); err != nil {
 			return LogReport{}, false, fmt.Errorf("verify the tree: scan: %w", Classify(err))
 		}
 		if e.Position != p.positions[i] {
 			return LogReport{}, false, nil
 		}
-		if bad, done, err := check(p.leaves[i], true, txid, occ, rec, body, p.hashes[i]); err != nil || done {
+		if bad, done, err := check(p.leaves[i], true, txid, occ, rec, body, commitment, p.hashes[i]); err != nil || done {
 			return bad, done, err
 		}
 	}
@@ -312,7 +316,7 @@ func verifyLeavesSlow(ctx context.Context, tx *sqlx.Tx, from, to int64, e *domai
   COALESCE(e.delivery_id, ''), COALESCE(e.type, ''), COALESCE(e.user_id, ''), COALESCE(e.source, ''),
   COALESCE((extract(epoch FROM e.occurred_at) * 1000000)::bigint, 0),
   COALESCE((extract(epoch FROM e.received_at) * 1000000)::bigint, 0),
-  COALESCE(e.body, ''), COALESCE(e.svix_timestamp, 0), COALESCE(e.svix_signature, '')
+  COALESCE(e.body, ''), COALESCE(e.svix_timestamp, 0), COALESCE(e.svix_signature, ''), e.body_commitment
 FROM log_leaves l LEFT JOIN events e ON e.position = l.position
 WHERE l.leaf >= $1 AND l.leaf < $2 ORDER BY l.leaf`, from, to)
 	if err != nil {
@@ -320,18 +324,19 @@ WHERE l.leaf >= $1 AND l.leaf < $2 ORDER BY l.leaf`, from, to)
 	}
 	defer rows.Close()
 	var (
-		leaf     int64
-		exists   bool
-		txid     string
-		occ, rec int64
-		body     sql.RawBytes
-		stored   sql.RawBytes
+		leaf       int64
+		exists     bool
+		txid       string
+		occ, rec   int64
+		body       sql.RawBytes
+		stored     sql.RawBytes
+		commitment sql.RawBytes
 	)
 	for rows.Next() {
-		if err := rows.Scan(&leaf, &e.Position, &stored, &exists, &txid, &e.DeliveryID, &e.Type, &e.UserID, &e.Source, &occ, &rec, &body, &e.SvixTimestamp, &e.SvixSignature); err != nil {
+		if err := rows.Scan(&leaf, &e.Position, &stored, &exists, &txid, &e.DeliveryID, &e.Type, &e.UserID, &e.Source, &occ, &rec, &body, &e.SvixTimestamp, &e.SvixSignature, &commitment); err != nil {
 			return LogReport{}, false, fmt.Errorf("verify the tree: scan: %w", Classify(err))
 		}
-		if bad, done, err := check(leaf, exists, txid, occ, rec, body, stored); err != nil || done {
+		if bad, done, err := check(leaf, exists, txid, occ, rec, body, commitment, stored); err != nil || done {
 			return bad, done, err
 		}
 	}

@@ -158,7 +158,7 @@ LIMIT $6`, strconv.FormatUint(c.TxID, 10), c.Position, strconv.FormatUint(head.T
 	defer rows.Close()
 	b := Batch{Events: make([]domain.Event, 0, min(limit, 1024))}
 	for rows.Next() {
-		e, err := scanEvent(rows)
+		e, err := scanEvent(KeyringFrom(ctx), rows)
 		if err != nil {
 			return Batch{}, err
 		}
@@ -195,18 +195,23 @@ func rangeArgs(after, upTo Cursor, types []string) []any {
 // ReceivedAt, SvixTimestamp and SvixSignature empty: it is for folding, not
 // for auditing. fn's error stops the scan and is returned as is.
 func StreamEvents(ctx context.Context, q Queryer, after, upTo Cursor, types []string, fn func(domain.Event) error) error {
-	rows, err := q.QueryxContext(ctx, `SELECT position, transaction_id, delivery_id, type, COALESCE(user_id, ''), occurred_at, body
-FROM events WHERE `+rangeWhere, rangeArgs(after, upTo, types)...)
+	rows, err := q.QueryxContext(ctx, `SELECT e.position, e.transaction_id, e.delivery_id, e.type, COALESCE(e.user_id, ''), e.occurred_at, e.body, `+kSealColumns+`
+FROM events e`+kJoin+` WHERE `+rangeWhere, rangeArgs(after, upTo, types)...)
 	if err != nil {
 		return fmt.Errorf("stream ledger %s..%s: %w", after, upTo, Classify(err))
 	}
 	defer rows.Close()
+	k := KeyringFrom(ctx)
 	for rows.Next() {
 		var e domain.Event
-		if err := rows.Scan(&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.Body); err != nil {
+		var sl sealed
+		if err := rows.Scan(append([]any{&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.Body}, sl.dest()...)...); err != nil {
 			return fmt.Errorf("stream ledger: scan event: %w", Classify(err))
 		}
 		e.OccurredAt = e.OccurredAt.UTC()
+		if err := openBody(k, &e, &sl); err != nil {
+			return err
+		}
 		if err := fn(e); err != nil {
 			return err
 		}
@@ -238,21 +243,42 @@ type Backdated struct {
 // way to load a large synthetic history. It bypasses the webhook path: no
 // signature is checked, and a delivery id already stored makes the whole COPY
 // fail (no ON CONFLICT with COPY). All rows share tx's transaction id, so
-// their ledger order is the order of ds.
+// their ledger order is the order of ds. With a keyring in ctx
+// (WithKeyring) every delivery about a user is sealed (SealDeliveries), as
+// the event store does.
 func CopyDeliveries(ctx context.Context, tx *sqlx.Tx, ds []Backdated) error {
-	stmt, err := tx.PrepareContext(ctx, pq.CopyIn("events", "message_uuid", "delivery_id", "type", "user_id",
-		"occurred_at", "received_at", "body", "svix_timestamp", "svix_signature"))
+	plain := make([]domain.Delivery, len(ds))
+	for i := range ds {
+		plain[i] = ds[i].Delivery
+	}
+	seals, err := SealDeliveries(ctx, tx, KeyringFrom(ctx), plain)
+	if err != nil {
+		return fmt.Errorf("copy into events: %w", err)
+	}
+	cols := []string{"message_uuid", "delivery_id", "type", "user_id", "occurred_at", "received_at", "body", "svix_timestamp", "svix_signature"}
+	sealing := KeyringFrom(ctx) != nil
+	if sealing {
+		cols = append(cols, "body_sealed", "body_commitment")
+	}
+	stmt, err := tx.PrepareContext(ctx, pq.CopyIn("events", cols...))
 	if err != nil {
 		return fmt.Errorf("copy into events: %w", Classify(err))
 	}
 	defer stmt.Close()
-	for _, d := range ds {
+	for i, d := range ds {
 		var user any
 		if d.UserID != "" {
 			user = d.UserID
 		}
-		if _, err := stmt.ExecContext(ctx, watermill.NewUUID(), d.ID, d.Type, user, d.OccurredAt, d.ReceivedAt,
-			string(d.Body), d.Timestamp, d.Signature); err != nil {
+		args := []any{watermill.NewUUID(), d.ID, d.Type, user, d.OccurredAt, d.ReceivedAt, string(d.Body), d.Timestamp, d.Signature}
+		if sealing {
+			var sealedBody, commitment any
+			if sl := seals[i]; sl.Sealed != nil {
+				args[6], sealedBody, commitment = "", sl.Sealed, sl.Commitment
+			}
+			args = append(args, sealedBody, commitment)
+		}
+		if _, err := stmt.ExecContext(ctx, args...); err != nil {
 			return fmt.Errorf("copy delivery %s: %w", d.ID, Classify(err))
 		}
 	}
@@ -260,4 +286,21 @@ func CopyDeliveries(ctx context.Context, tx *sqlx.Tx, ds []Backdated) error {
 		return fmt.Errorf("copy into events: %w", Classify(err))
 	}
 	return nil
+}
+
+// NextReceivedAt returns when the first visible event after c was received
+// (found false when there is none): a projector's lag in time, read
+// without the event's body.
+func NextReceivedAt(ctx context.Context, q Queryer, c Cursor) (at time.Time, found bool, err error) {
+	err = q.QueryRowxContext(ctx, `SELECT received_at FROM events
+WHERE (transaction_id, position) > ($1::xid8, $2::bigint)
+  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY transaction_id, position LIMIT 1`, strconv.FormatUint(c.TxID, 10), c.Position).Scan(&at)
+	if errorsIsNoRows(err) {
+		return time.Time{}, false, nil
+	}
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("read the event after %s: %w", c, Classify(err))
+	}
+	return at.UTC(), true, nil
 }

@@ -18,7 +18,7 @@ import (
 )
 
 // snapshotColumns is how many parameters AppendSnapshots binds per row.
-const snapshotColumns = 9
+const snapshotColumns = 11
 
 // MaxSnapshotBatch is the most deliveries one AppendSnapshots call takes
 // (PostgreSQL binds at most 65,535 parameters per statement).
@@ -92,6 +92,21 @@ func AppendSnapshots(ctx context.Context, tx *sqlx.Tx, ds []domain.Delivery) (ma
 	if len(fresh) == 0 {
 		return inserted, nil
 	}
+	// Sealed as every append path seals (SealDeliveries): a snapshot of a
+	// user is that user's data, under their key; one of a user erased
+	// since is stored with its body discarded.
+	plain := make([]domain.Delivery, len(fresh))
+	for k, i := range fresh {
+		plain[k] = ds[i]
+	}
+	sealings, err := SealDeliveries(ctx, tx, KeyringFrom(ctx), plain)
+	if err != nil {
+		return nil, fmt.Errorf("append %d snapshots: %w", len(fresh), err)
+	}
+	seals := make([]Sealing, len(ds))
+	for k, i := range fresh {
+		seals[i] = sealings[k]
+	}
 	// COPY streams a page several times faster than a multi-row INSERT of
 	// thousands of parameters. It has no ON CONFLICT: when another writer
 	// stored one of these ids since the look-up (two imports at once), the
@@ -100,7 +115,7 @@ func AppendSnapshots(ctx context.Context, tx *sqlx.Tx, ds []domain.Delivery) (ma
 	if _, err := tx.ExecContext(ctx, `SAVEPOINT append_snapshots`); err != nil {
 		return nil, fmt.Errorf("append snapshots: %w", Classify(err))
 	}
-	err = copySnapshots(ctx, tx, ds, fresh)
+	err = copySnapshots(ctx, tx, ds, seals, fresh)
 	if err == nil {
 		if _, err := tx.ExecContext(ctx, `RELEASE SAVEPOINT append_snapshots`); err != nil {
 			return nil, fmt.Errorf("append snapshots: %w", Classify(err))
@@ -117,19 +132,19 @@ func AppendSnapshots(ctx context.Context, tx *sqlx.Tx, ds []domain.Delivery) (ma
 	if _, err := tx.ExecContext(ctx, `ROLLBACK TO SAVEPOINT append_snapshots`); err != nil {
 		return nil, fmt.Errorf("append snapshots: %w", Classify(err))
 	}
-	return inserted, insertSnapshots(ctx, tx, ds, fresh, inserted)
+	return inserted, insertSnapshots(ctx, tx, ds, seals, fresh, inserted)
 }
 
-// copySnapshots COPYs ds[order] into events.
-func copySnapshots(ctx context.Context, tx *sqlx.Tx, ds []domain.Delivery, order []int) error {
-	stmt, err := tx.PrepareContext(ctx, pq.CopyIn("events", "message_uuid", "delivery_id", "type", "user_id", "occurred_at", "body", "svix_timestamp", "svix_signature", "source"))
+// copySnapshots COPYs ds[order], sealed as seals says, into events.
+func copySnapshots(ctx context.Context, tx *sqlx.Tx, ds []domain.Delivery, seals []Sealing, order []int) error {
+	stmt, err := tx.PrepareContext(ctx, pq.CopyIn("events", "message_uuid", "delivery_id", "type", "user_id", "occurred_at", "body", "svix_timestamp", "svix_signature", "source", "body_sealed", "body_commitment"))
 	if err != nil {
 		return err
 	}
 	defer stmt.Close()
 	for _, i := range order {
 		d := &ds[i]
-		if _, err := stmt.ExecContext(ctx, snapshotRow(d)...); err != nil {
+		if _, err := stmt.ExecContext(ctx, snapshotRow(d, seals[i])...); err != nil {
 			return err
 		}
 	}
@@ -138,8 +153,10 @@ func copySnapshots(ctx context.Context, tx *sqlx.Tx, ds []domain.Delivery, order
 }
 
 // snapshotRow is d's column values for events (message_uuid, delivery_id,
-// type, user_id, occurred_at, body, svix_timestamp, svix_signature, source).
-func snapshotRow(d *domain.Delivery) []any {
+// type, user_id, occurred_at, body, svix_timestamp, svix_signature, source,
+// body_sealed, body_commitment), sealed as sl says (in clear, both NULL,
+// for the zero Sealing).
+func snapshotRow(d *domain.Delivery, sl Sealing) []any {
 	var user any
 	if d.UserID != "" {
 		user = d.UserID
@@ -148,16 +165,23 @@ func snapshotRow(d *domain.Delivery) []any {
 	if source == "" {
 		source = domain.SourceSvix
 	}
-	// The body goes as a string: lib/pq would hex-encode a []byte.
-	return []any{watermill.NewUUID(), d.ID, d.Type, user, d.OccurredAt.UTC(), string(d.Body), d.Timestamp, d.Signature, source}
+	// The body goes as a string: COPY would hex-encode a []byte (as it
+	// should the sealed body, for body_sealed is bytea).
+	var body any = string(d.Body)
+	var sealed, commitment any
+	if sl.Sealed != nil {
+		body, sealed, commitment = "", sl.Sealed, sl.Commitment
+	}
+	return []any{watermill.NewUUID(), d.ID, d.Type, user, d.OccurredAt.UTC(), body, d.Timestamp, d.Signature, source, sealed, commitment}
 }
 
 // insertSnapshots inserts ds[order] with one multi-row INSERT … ON
-// CONFLICT (delivery_id) DO NOTHING and adds the ids it inserted.
-func insertSnapshots(ctx context.Context, tx *sqlx.Tx, ds []domain.Delivery, order []int, inserted map[string]bool) error {
+// CONFLICT (delivery_id) DO NOTHING, sealed as seals says, and adds the ids
+// it inserted.
+func insertSnapshots(ctx context.Context, tx *sqlx.Tx, ds []domain.Delivery, seals []Sealing, order []int, inserted map[string]bool) error {
 	var b strings.Builder
 	b.Grow(96 + len(order)*64)
-	b.WriteString(`INSERT INTO events (message_uuid, delivery_id, type, user_id, occurred_at, body, svix_timestamp, svix_signature, source, transaction_id) VALUES `)
+	b.WriteString(`INSERT INTO events (message_uuid, delivery_id, type, user_id, occurred_at, body, svix_timestamp, svix_signature, source, body_sealed, body_commitment, transaction_id) VALUES `)
 	args := make([]any, 0, len(order)*snapshotColumns)
 	for k, i := range order {
 		d := &ds[i]
@@ -173,7 +197,7 @@ func insertSnapshots(ctx context.Context, tx *sqlx.Tx, ds []domain.Delivery, ord
 			b.WriteString(strconv.Itoa(n + c))
 		}
 		b.WriteString(",pg_current_xact_id())")
-		args = append(args, snapshotRow(d)...)
+		args = append(args, snapshotRow(d, seals[i])...)
 	}
 	b.WriteString(` ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id`)
 	rows, err := tx.QueryContext(ctx, b.String(), args...)

@@ -287,6 +287,17 @@ func (t Table[R]) Copy(ctx context.Context, tx *sqlx.Tx, rows []R) error {
 	return nil
 }
 
+// DeleteWhere deletes the rows of t whose column col is one of values
+// (col and returning are column names of the code, never input) and
+// returns their column returning.
+func (t Table[R]) DeleteWhere(ctx context.Context, tx *sqlx.Tx, col string, values []string, returning string) ([]string, error) {
+	out, err := deleteReturning(ctx, tx, `DELETE FROM `+t.ident()+` WHERE `+pq.QuoteIdentifier(col)+` = ANY($1) RETURNING `+pq.QuoteIdentifier(returning), pq.Array(values))
+	if err != nil {
+		return nil, fmt.Errorf("delete rows of %s: %w", t.name, err)
+	}
+	return out, nil
+}
+
 // Delete deletes the rows of ids from t.
 func (t Table[R]) Delete(ctx context.Context, q Execer, ids []string) error {
 	if _, err := q.ExecContext(ctx, `DELETE FROM `+t.ident()+` WHERE id = ANY($1)`, pq.Array(ids)); err != nil {

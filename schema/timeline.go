@@ -7,6 +7,7 @@ import (
 	"strconv"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/userkeys"
 	"github.com/lib/pq"
 )
 
@@ -28,7 +29,9 @@ type TimelineRow struct {
 // many rows fn was given.
 func EachTimelineRow(ctx context.Context, q Queryer, userID string, bodyTypes []string, fn func(TimelineRow) error) (int64, error) {
 	const query = `SELECT e.position, e.transaction_id, e.delivery_id, e.type, e.occurred_at, e.received_at,
-  octet_length(e.body), CASE WHEN e.type = ANY($4) THEN e.body END
+  GREATEST(octet_length(e.body), COALESCE(octet_length(e.body_sealed) - $6, 0)), CASE WHEN e.type = ANY($4) THEN e.body END,
+  CASE WHEN e.type = ANY($4) THEN e.body_sealed WHEN e.body_sealed IS NOT NULL THEN '\x'::bytea END,
+  CASE WHEN e.body_sealed IS NOT NULL THEN ledger_user_key(e.user_id) END, e.body_commitment
 FROM events e
 WHERE e.user_id = $1 AND (e.transaction_id, e.position) > ($2::xid8, $3::bigint)
   AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
@@ -36,8 +39,9 @@ ORDER BY e.transaction_id, e.position LIMIT $5`
 	var n int64
 	var after Cursor
 	types := pq.Array(bodyTypes)
+	k := KeyringFrom(ctx)
 	for {
-		rows, err := q.QueryxContext(ctx, query, userID, strconv.FormatUint(after.TxID, 10), after.Position, types, StreamBatch)
+		rows, err := q.QueryxContext(ctx, query, userID, strconv.FormatUint(after.TxID, 10), after.Position, types, StreamBatch, userkeys.Overhead)
 		if err != nil {
 			return n, fmt.Errorf("read the timeline of %s after %s: %w", userID, after, Classify(err))
 		}
@@ -47,10 +51,17 @@ ORDER BY e.transaction_id, e.position LIMIT $5`
 			var body sql.RawBytes
 			for rows.Next() {
 				var r TimelineRow
-				if err := rows.Scan(&r.Position, &r.TxID, &r.DeliveryID, &r.Type, &r.OccurredAt, &r.ReceivedAt, &r.BodyBytes, &body); err != nil {
+				var sl sealed
+				if err := rows.Scan(append([]any{&r.Position, &r.TxID, &r.DeliveryID, &r.Type, &r.OccurredAt, &r.ReceivedAt, &r.BodyBytes, &body}, sl.dest()...)...); err != nil {
 					return fmt.Errorf("scan the timeline of %s: %w", userID, Classify(err))
 				}
 				r.UserID, r.Body = userID, body
+				if len(sl.body) == 0 && sl.body != nil {
+					// Sealed, body not asked for: only whether it is erased.
+					r.Erased = sl.wrapped == nil
+				} else if err := openBody(k, &r.Event, &sl); err != nil {
+					return err
+				}
 				r.OccurredAt, r.ReceivedAt = r.OccurredAt.UTC(), r.ReceivedAt.UTC()
 				if err := fn(r); err != nil {
 					return err
@@ -92,7 +103,7 @@ ORDER BY p.ord`, pq.Array(positions))
 	defer rows.Close()
 	var body sql.RawBytes
 	for rows.Next() {
-		e, err := scanAuditEvent(rows, &body)
+		e, err := scanAuditEvent(KeyringFrom(ctx), rows, &body)
 		if err != nil {
 			return err
 		}

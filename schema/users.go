@@ -52,6 +52,8 @@ var userColumns = []column[UserRow]{
 	{"last_sign_in_at", colTime, false, func(r *UserRow) any { return tsText(r.User.LastSignInAt) }, func(r *UserRow, v any) { r.User.LastSignInAt = v.(time.Time) }},
 	{"last_active_at", colTime, false, func(r *UserRow) any { return tsText(r.User.LastActiveAt) }, func(r *UserRow, v any) { r.User.LastActiveAt = v.(time.Time) }},
 	{"private_metadata", colJSON, true, func(r *UserRow) any { return jsonText(r.User.PrivateMetadata, "{}") }, func(r *UserRow, v any) { r.User.PrivateMetadata = json.RawMessage(v.(string)) }},
+	// Erasure (migration 00020): the tombstone's erasure time.
+	{"erased_at", colTime, false, func(r *UserRow) any { return tsText(r.User.ErasedAt) }, func(r *UserRow, v any) { r.User.ErasedAt = v.(time.Time) }},
 }
 
 // UsersTable is a table of the users read model: the live "users", or a

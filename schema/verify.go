@@ -331,12 +331,22 @@ type SignatureReport struct {
 	Failed   int64
 	FirstBad int64   // position of the first event whose signature fails
 	Bad      []int64 // positions of failing events, the first 100
+	// Erased counts the events whose body is erased: their signature
+	// cannot be checked any more, and they count neither as checked nor
+	// as failed.
+	Erased int64
+	// Unsigned counts the events that did not come through Svix: the
+	// Backend API's snapshots (source "clerk_api") and what the ledger
+	// appended itself (source "ledger": erasures). They carry no Svix
+	// signature to check.
+	Unsigned int64
 	Duration time.Duration
 }
 
-// VerifySignatures streams every stored Svix delivery (source svix; the
-// Backend API snapshots carry no signature) in ledger order (gated or not)
-// inside one read-only snapshot and calls check on it; an event for which
+// VerifySignatures streams every stored event in ledger order (gated or
+// not) inside one read-only snapshot and calls check on each Svix delivery
+// (source svix; snapshots and the ledger's own events are counted as
+// Unsigned, erased ones as Erased); an event for which
 // check returns an error is counted as failed. check sees the exact stored
 // body and Svix headers and must not keep e.Body after it returns.
 // Errors mean the check could not run.
@@ -348,19 +358,32 @@ func VerifySignatures(ctx context.Context, db *sqlx.DB, check func(e domain.Even
 		return rep, fmt.Errorf("verify signatures: %w", Classify(err))
 	}
 	defer tx.Rollback()
-	rows, err := tx.QueryContext(ctx, `SELECT position, delivery_id, type, svix_timestamp, svix_signature, body
-FROM events WHERE source = 'svix' ORDER BY transaction_id, position`)
+	rows, err := tx.QueryContext(ctx, `SELECT position, delivery_id, type, COALESCE(user_id, ''), svix_timestamp, svix_signature, source, body, `+sealColumns+`
+FROM events ORDER BY transaction_id, position`)
 	if err != nil {
 		return rep, fmt.Errorf("verify signatures: %w", Classify(err))
 	}
 	defer rows.Close()
 	var e domain.Event
 	var body sql.RawBytes
+	k := KeyringFrom(ctx)
 	for rows.Next() {
-		if err := rows.Scan(&e.Position, &e.DeliveryID, &e.Type, &e.SvixTimestamp, &e.SvixSignature, &body); err != nil {
+		var sl sealed
+		if err := rows.Scan(append([]any{&e.Position, &e.DeliveryID, &e.Type, &e.UserID, &e.SvixTimestamp, &e.SvixSignature, &e.Source, &body}, sl.dest()...)...); err != nil {
 			return rep, fmt.Errorf("verify signatures: scan: %w", Classify(err))
 		}
-		e.Body = body
+		e.Body, e.Erased = body, false
+		if err := openBody(k, &e, &sl); err != nil {
+			return rep, fmt.Errorf("verify signatures: %w", err)
+		}
+		if e.Source != domain.SourceSvix {
+			rep.Unsigned++
+			continue
+		}
+		if e.Erased {
+			rep.Erased++
+			continue
+		}
 		rep.Checked++
 		if check(e) != nil {
 			rep.Failed++

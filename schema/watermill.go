@@ -8,6 +8,7 @@ import (
 	wmsql "github.com/ThreeDotsLabs/watermill-sql/v3/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/userkeys"
 )
 
 // Topic is the Watermill topic name of the ledger. EventsSchema maps it to the
@@ -38,26 +39,45 @@ type EventsSchema struct {
 	wmsql.DefaultPostgreSQLSchema
 	// BatchSize is how many rows SelectQuery reads at once (default 100).
 	BatchSize int
+	// Keys opens sealed bodies in UnmarshalMessage (nil: a sealed row is
+	// an error).
+	Keys *userkeys.Keyring
 }
 
 // insertColumnList is the columns of events an append writes, in the order
-// of appendRowArgs; insertColumns is their number. The INSERT adds
-// transaction_id (pg_current_xact_id(), the ledger order) to each row.
+// of appendRowArgs; insertColumns is their number; the sealed columns
+// (sealedColumnList, sealedColumns more) are written only by a batch that
+// seals, so a store without a master key writes what a ledger before
+// them (migration 00020) has. The INSERT adds transaction_id
+// (pg_current_xact_id(), the ledger order) to each row.
 const (
 	insertColumnList = `message_uuid, delivery_id, type, user_id, occurred_at, body, svix_timestamp, svix_signature`
 	insertColumns    = 8
+	sealedColumnList = `, body_sealed, body_commitment`
+	sealedColumns    = 2
 )
 
 // appendRowArgs appends the values of the row of r, made into message uuid,
-// in the order of insertColumnList.
-func appendRowArgs(args []any, uuid string, r *appendReq) []any {
+// in the order of insertColumnList (and sealedColumnList when sealing).
+func appendRowArgs(args []any, uuid string, r *appendReq, sealing bool) []any {
 	var user any
 	if r.d.UserID != "" {
 		user = r.d.UserID
 	}
 	// The body goes as the verified bytes: lib/pq sends a []byte bound to a
-	// text parameter as it is.
-	return append(args, uuid, rowID{r}, r.d.Type, user, r.d.OccurredAt, r.d.Body, r.d.Timestamp, r.d.Signature)
+	// text parameter as it is. A sealed body (r.seal, SealDeliveries) goes
+	// to body_sealed (bytea) with its commitment, body left ''; a clear one
+	// leaves both NULL.
+	var body any = r.d.Body
+	var sealed, commitment any
+	if r.seal.Sealed != nil {
+		body, sealed, commitment = "", r.seal.Sealed, r.seal.Commitment
+	}
+	args = append(args, uuid, rowID{r}, r.d.Type, user, r.d.OccurredAt, body, r.d.Timestamp, r.d.Signature)
+	if sealing {
+		args = append(args, sealed, commitment)
+	}
+	return args
 }
 
 // InsertQuery implements wmsql.SchemaAdapter: one multi-row INSERT of msgs,
@@ -69,9 +89,16 @@ func (s EventsSchema) InsertQuery(topic string, msgs message.Messages) (wmsql.Qu
 	if topic != Topic {
 		return wmsql.Query{}, fmt.Errorf("events schema: unknown topic %q", topic)
 	}
+	cols, list := insertColumns, insertColumnList
+	for _, m := range msgs {
+		if r, ok := rowFrom(m); ok && r.seal.Sealed != nil {
+			cols, list = insertColumns+sealedColumns, insertColumnList+sealedColumnList
+			break
+		}
+	}
 	var b []byte
-	b = append(b, `INSERT INTO events (`+insertColumnList+`, transaction_id) VALUES `...)
-	args := make([]any, 0, len(msgs)*insertColumns)
+	b = append(b, `INSERT INTO events (`+list+`, transaction_id) VALUES `...)
+	args := make([]any, 0, len(msgs)*cols)
 	for i, m := range msgs {
 		r, ok := rowFrom(m)
 		if !ok {
@@ -84,13 +111,13 @@ func (s EventsSchema) InsertQuery(topic string, msgs message.Messages) (wmsql.Qu
 			b = append(b, ',')
 		}
 		b = append(b, '(')
-		for c := range insertColumns {
+		for c := range cols {
 			b = append(b, '$')
 			b = strconv.AppendInt(b, int64(len(args)+c+1), 10)
 			b = append(b, ',')
 		}
 		b = append(b, "pg_current_xact_id())"...)
-		args = appendRowArgs(args, m.UUID, r)
+		args = appendRowArgs(args, m.UUID, r, cols > insertColumns)
 	}
 	// RETURNING names the rows actually inserted: an executor that runs the
 	// statement as a query learns which deliveries were new. Exec ignores it.
@@ -103,7 +130,7 @@ func (s EventsSchema) InsertQuery(topic string, msgs message.Messages) (wmsql.Qu
 func (s EventsSchema) SchemaInitializingQueries(topic string) []wmsql.Query { return nil }
 
 // eventColumns is the column list every ledger read scans with scanEvent.
-const eventColumns = `position, transaction_id, delivery_id, type, COALESCE(user_id, ''), occurred_at, received_at, body, svix_timestamp, svix_signature, source`
+const eventColumns = `position, transaction_id, delivery_id, type, COALESCE(user_id, ''), occurred_at, received_at, body, svix_timestamp, svix_signature, source, ` + sealColumns
 
 // SelectQuery implements wmsql.SchemaAdapter with the row-comparison form of
 // Watermill's xid8 gate.
@@ -127,7 +154,7 @@ LIMIT ` + strconv.Itoa(batch)
 // UnmarshalMessage implements wmsql.SchemaAdapter: the message payload is the
 // stored body, and its metadata carries the row's columns.
 func (s EventsSchema) UnmarshalMessage(row wmsql.Scanner) (wmsql.Row, error) {
-	e, err := scanEvent(row)
+	e, err := scanEvent(s.Keys, row)
 	if err != nil {
 		return wmsql.Row{}, err
 	}

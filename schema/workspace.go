@@ -171,3 +171,15 @@ func CountAuditEventsUpTo(ctx context.Context, q Queryer, f EventFilter, max int
 	}
 	return n, nil
 }
+
+// DeleteEmailsOf deletes every address of users from user_emails (their
+// erasure).
+func DeleteEmailsOf(ctx context.Context, tx *sqlx.Tx, users []string) error {
+	if len(users) == 0 {
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM user_emails WHERE user_id = ANY($1)`, pq.Array(users)); err != nil {
+		return fmt.Errorf("delete the addresses of %d erased users: %w", len(users), Classify(err))
+	}
+	return nil
+}

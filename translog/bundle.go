@@ -49,15 +49,25 @@ type BundleEvent struct {
 }
 
 // NewBundleEvent returns the bundle entry of the event e at leaf index
-// leaf, with body opened by salt, and its proof.
+// leaf, with body opened by salt (nil: e.Salt, the salt of a sealed body
+// as read), and its proof. An erased event (e.Erased) goes without body
+// or salt, marked erased: its leaf, from the stored commitment, still
+// verifies.
 func NewBundleEvent(leaf int64, e domain.Event, salt []byte, proof tlog.RecordProof) BundleEvent {
-	l := domain.LeafOf(e, salt)
+	if salt != nil {
+		e.Salt = salt
+	}
+	l := e.Leaf()
 	h := LeafHash(l)
-	body := string(e.Body)
+	var body *string
+	if !e.Erased {
+		s := string(e.Body)
+		body = &s
+	}
 	b := BundleEvent{
 		LeafIndex: leaf, Position: e.Position, DeliveryID: e.DeliveryID, Type: e.Type, UserID: e.UserID, Source: e.Source,
 		OccurredAt: l.OccurredAt.UTC(), ReceivedAt: l.ReceivedAt.UTC(), SvixTimestamp: e.SvixTimestamp, SvixSignature: e.SvixSignature,
-		Salt: base64.StdEncoding.EncodeToString(salt), Body: &body,
+		Salt: base64.StdEncoding.EncodeToString(e.Salt), Body: body, Erased: e.Erased,
 		BodyCommitment: base64.StdEncoding.EncodeToString(l.BodyCommitment[:]),
 		LeafHash:       base64.StdEncoding.EncodeToString(h[:]),
 		Proof:          make([]string, len(proof)),

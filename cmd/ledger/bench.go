@@ -24,6 +24,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/projections"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/translog"
+	"github.com/clerk-ledger/clerk-ledger/userkeys"
 	"github.com/jmoiron/sqlx"
 	"github.com/spf13/cobra"
 )
@@ -142,8 +143,14 @@ func startChildServiceExe(ctx context.Context, exe, dsn, secret string, extraEnv
 			return nil, err
 		}
 	}
+	masterKey := os.Getenv("LEDGER_MASTER_KEY")
+	if masterKey == "" {
+		if masterKey, err = userkeys.Generate(); err != nil {
+			return nil, err
+		}
+	}
 	cmd := exec.Command(exe, "serve")
-	cmd.Env = append(os.Environ(), "LEDGER_LOG_KEY="+logKey, "DATABASE_URL="+dsn, "CLERK_WEBHOOK_SIGNING_SECRET="+secret, "LEDGER_ADDR="+addr, "LOG_LEVEL=warn",
+	cmd.Env = append(os.Environ(), "LEDGER_MASTER_KEY="+masterKey, "LEDGER_LOG_KEY="+logKey, "DATABASE_URL="+dsn, "CLERK_WEBHOOK_SIGNING_SECRET="+secret, "LEDGER_ADDR="+addr, "LOG_LEVEL=warn",
 		"LEDGER_WEBHOOK_RATE_LIMIT=0", "LEDGER_API_RATE_LIMIT=0") // one sender address: measure ingest, not the limiter
 	cmd.Env = append(cmd.Env, extraEnv...)
 	cmd.Stdout, cmd.Stderr = logs, logs

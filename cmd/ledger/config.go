@@ -48,6 +48,10 @@ type config struct {
 	// Relay is the downstream feed's settings (LEDGER_RELAY_*, relay.go);
 	// serve runs the relay when Relay.URL is set.
 	Relay relay.Config
+
+	// EraseAfterDelete, when not 0, is how long after a user.deleted serve
+	// erases the user (LEDGER_ERASE_AFTER_DELETE; erase.go).
+	EraseAfterDelete time.Duration
 }
 
 const defaultAddr = "localhost:4321"
@@ -116,6 +120,10 @@ func (a *app) loadConfig(cmd *cobra.Command) (config, error) {
 	}
 
 	if c.Log, err = loadLogConfig(a.env); err != nil {
+		return c, err
+	}
+
+	if c.EraseAfterDelete, err = parseEraseAfterDelete(a.env("LEDGER_ERASE_AFTER_DELETE")); err != nil {
 		return c, err
 	}
 

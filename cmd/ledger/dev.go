@@ -41,7 +41,9 @@ user when run as root) and stops it on exit. Without Clerk keys it generates a
 webhook signing secret (kept in ./.data/webhook-secret) and prints it with a
 ready 'ledger webhook send' command line. Without LEDGER_LOG_KEY it generates
 the log's checkpoint signing key (kept in ./.data/log.key; ledger audit key
-prints its verifier key). Then it runs what serve runs.`,
+prints its verifier key). Without LEDGER_MASTER_KEY it generates the master key
+that wraps every user's data key (kept in ./.data/master.key). Then it runs
+what serve runs.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			log, cfg, err := a.serviceSetup(cmd)
@@ -80,6 +82,14 @@ prints its verifier key). Then it runs what serve runs.`,
 				}
 				cfg.WebhookSecrets = []string{secret}
 				a.printDevBanner(cfg, secret)
+			}
+			if schema.KeyringFrom(ctx) == nil {
+				k, err := devMasterKey(filepath.Join(devDataDir, "master.key"))
+				if err != nil {
+					return err
+				}
+				ctx = schema.WithKeyring(ctx, k)
+				log.Info("sealing personal data with the dev master key", "file", filepath.Join(devDataDir, "master.key"), "key_id", k.ID())
 			}
 			return a.serve(ctx, log, cfg, nil)
 		},

@@ -97,7 +97,7 @@ func startLedger(t *testing.T, env map[string]string, args ...string) *child {
 	t.Helper()
 	cmd := exec.Command(ledgerBinary(t), args...)
 	cmd.Dir = t.TempDir() // no ./.env
-	cmd.Env = os.Environ()
+	cmd.Env = append(os.Environ(), "LEDGER_MASTER_KEY="+testMasterKey)
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
@@ -152,7 +152,7 @@ func runLedger(t *testing.T, env map[string]string, args ...string) (string, str
 	defer cancel()
 	cmd := exec.CommandContext(ctx, ledgerBinary(t), args...)
 	cmd.Dir = t.TempDir()
-	cmd.Env = os.Environ()
+	cmd.Env = append(os.Environ(), "LEDGER_MASTER_KEY="+testMasterKey)
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
@@ -443,11 +443,11 @@ func TestFaultPostgresOutageMidStream(t *testing.T) {
 	defer cancel()
 	st := startStream(ctx, s, addr, jobs, func(ctx context.Context, d domain.Delivery) error {
 		// 2xx means committed: the row is there now, byte for byte.
-		var body []byte
-		if err := db.QueryRowContext(ctx, `SELECT body FROM events WHERE delivery_id = $1`, d.ID).Scan(&body); err != nil {
+		e, err := schema.EventByDeliveryID(withTestKeys(ctx), db, d.ID)
+		if err != nil {
 			return fmt.Errorf("delivery %s answered 2xx but not in the ledger: %v", d.ID, err)
 		}
-		if !bytes.Equal(body, d.Body) {
+		if !bytes.Equal(e.Body, d.Body) {
 			return fmt.Errorf("delivery %s stored with another body", d.ID)
 		}
 		return nil
@@ -736,24 +736,16 @@ func requireEachOnceAndProjected(t *testing.T, db *sqlx.DB, dsn string, ds []dom
 		n    int
 	}
 	rows := map[string]*row{}
-	rs, err := db.Query(`SELECT delivery_id, body FROM events`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rs.Close()
-	for rs.Next() {
-		var id string
-		var body []byte
-		if err := rs.Scan(&id, &body); err != nil {
-			t.Fatal(err)
-		}
-		if r := rows[id]; r != nil {
+	// Every stored row, its body opened (sealed bodies).
+	schematest.WaitVisible(t, db)
+	if _, err := schema.EachEvent(withTestKeys(context.Background()), db, schema.EventFilter{}, func(e domain.Event) error {
+		if r := rows[e.DeliveryID]; r != nil {
 			r.n++
 		} else {
-			rows[id] = &row{body: body, n: 1}
+			rows[e.DeliveryID] = &row{body: bytes.Clone(e.Body), n: 1}
 		}
-	}
-	if err := rs.Err(); err != nil {
+		return nil
+	}); err != nil {
 		t.Fatal(err)
 	}
 	sent := map[string]bool{}

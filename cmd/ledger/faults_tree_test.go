@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
 	"github.com/clerk-ledger/clerk-ledger/translog"
@@ -82,7 +81,7 @@ func TestFaultSealerKilledMidBatch(t *testing.T) {
 	var n int64
 	var c schema.Cursor
 	for {
-		evs, err := schema.ReadAfter(ctx, db, c, 5000)
+		evs, err := schema.ReadAfter(withTestKeys(ctx), db, c, 5000)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -90,7 +89,7 @@ func TestFaultSealerKilledMidBatch(t *testing.T) {
 			break
 		}
 		for _, e := range evs {
-			hs, err := tlog.StoredHashes(n, domain.LeafOf(e, nil).Encode(nil), mem)
+			hs, err := tlog.StoredHashes(n, e.Leaf().Encode(nil), mem)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -14,7 +14,9 @@ import (
 	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
+	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
+	"github.com/clerk-ledger/clerk-ledger/userkeys"
 	svix "github.com/svix/svix-webhooks/go"
 )
 
@@ -36,8 +38,27 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// testMasterKey is the LEDGER_MASTER_KEY every test process gets unless
+// its settings name one (an empty one: none).
+const testMasterKey = "clerk-ledger-master-key-v1:TAxrjHzGkAJXS+fQbaPHnf1WBTDyl5Y+bt5TGO/b9rg="
+
+// withTestKeys returns ctx with testMasterKey's keyring: what a test's own
+// reads of the ledger need to open sealed bodies.
+func withTestKeys(ctx context.Context) context.Context {
+	k, err := userkeys.Load(testMasterKey)
+	if err != nil {
+		panic(err) // a constant of this file
+	}
+	return schema.WithKeyring(ctx, k)
+}
+
 func envOf(m map[string]string) func(string) string {
-	return func(k string) string { return m[k] }
+	return func(k string) string {
+		if v, ok := m[k]; ok || k != "LEDGER_MASTER_KEY" {
+			return v
+		}
+		return testMasterKey
+	}
 }
 
 func freeAddr(t *testing.T) string {

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"sync"
 
+	"github.com/clerk-ledger/clerk-ledger/audit"
 	"github.com/clerk-ledger/clerk-ledger/projections"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/jmoiron/sqlx"
@@ -43,6 +44,15 @@ no event is ever applied twice.`,
 			defer db.Close()
 			if err := migrate(ctx, log, db); err != nil {
 				return err
+			}
+			if _, err := requireKeyring(ctx, db); err != nil {
+				return err
+			}
+			// Erasures a crash left half done are finished first.
+			if n, err := audit.New(audit.Config{DB: db}).RecoverErasures(ctx); err != nil {
+				return err
+			} else if n > 0 {
+				log.Info("finished interrupted erasures", "users", n)
 			}
 			stop := startProjectors(ctx, log, db, lc)
 			<-ctx.Done()

@@ -28,7 +28,7 @@ func requireFeed(t *testing.T, db *sqlx.DB, js jetstream.JetStream, stream strin
 	t.Helper()
 	var events []domain.Event
 	for c := (schema.Cursor{}); ; {
-		evs, err := schema.ReadAfter(context.Background(), db, c, 10000)
+		evs, err := schema.ReadAfter(withTestKeys(context.Background()), db, c, 10000)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -76,14 +76,15 @@ flags (flags win): DATABASE_URL, CLERK_WEBHOOK_SIGNING_SECRET (several,
 space-separated, during a rotation), CLERK_SECRET_KEY, CLERK_JWT_KEY,
 PUBLIC_CLERK_PUBLISHABLE_KEY (or CLERK_PUBLISHABLE_KEY), LEDGER_ADDR,
 LOG_FORMAT (text|json), LOG_LEVEL.`,
-		SilenceUsage:  true,
-		SilenceErrors: true,
+		SilenceUsage:      true,
+		SilenceErrors:     true,
+		PersistentPreRunE: a.withKeyring,
 	}
 	root.PersistentFlags().String("database-url", "", "PostgreSQL URL (overrides DATABASE_URL)")
 	root.PersistentFlags().String("log-format", "", "log format: text or json (overrides LOG_FORMAT)")
 	root.AddCommand(a.serveCmd(), a.devCmd(), a.migrateCmd(), a.webhookCmd(), a.benchCmd())
 	root.AddCommand(a.projectionsCmd(), a.projectCmd(), a.seedCmd(), a.auditCmd())
-	root.AddCommand(a.relayCmd())
+	root.AddCommand(a.relayCmd(), a.keysCmd(), a.eraseCmd())
 	root.AddCommand(a.importCmd(), a.reconcileCmd(), a.statusCmd())
 	return root
 }

@@ -92,12 +92,17 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 	if err := migrate(ctx, log, ingest); err != nil {
 		return err
 	}
+	keys, err := requireKeyring(ctx, ingest)
+	if err != nil {
+		return err
+	}
 	db, err := schema.Open(ctx, cfg.DatabaseURL, schema.PoolOptions{MaxOpen: cfg.Pools.WebConns})
 	if err != nil {
 		return err
 	}
 	defer db.Close()
 	store := schema.NewStore(ingest)
+	store.Keys = keys
 	metrics, err := newMetrics(log, db, ingest)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
@@ -129,6 +134,16 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 	if err != nil {
 		return err
 	}
+	auditSvc := audit.New(audit.Config{DB: db, Verifier: verifier, LogKey: logKey, Auditors: cfg.Auditors, Conns: cfg.Pools.AuditConns})
+	// Erasures a crash left half done are finished before anything is served.
+	if n, err := auditSvc.RecoverErasures(ctx); err != nil {
+		return err
+	} else if n > 0 {
+		log.Info("finished interrupted erasures", "users", n)
+	}
+	if cfg.EraseAfterDelete > 0 {
+		defer startAutoErase(ctx, log, auditSvc, cfg.EraseAfterDelete)()
+	}
 	// Clerk's Backend API (clerk.go): first sign-in, scheduled reconcile.
 	clerk, err := a.startClerkSync(ctx, log, cfg, ingest)
 	if err != nil {
@@ -152,7 +167,7 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 			PublishableKey: cfg.PublishableKey,
 			DevSignIn:      devSignIn,
 			LoopbackOnly:   cfg.Dev,
-			Audit:          audit.New(audit.Config{DB: db, Verifier: verifier, LogKey: logKey, Auditors: cfg.Auditors, Conns: cfg.Pools.AuditConns}),
+			Audit:          auditSvc,
 
 			WebhookRateLimit:  cfg.WebhookRateLimit,
 			APIRateLimit:      cfg.APIRateLimit,
@@ -171,6 +186,8 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 		WriteTimeout:      60 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		// Every request's reads open sealed bodies with the master key.
+		BaseContext: func(net.Listener) context.Context { return schema.WithKeyring(context.Background(), keys) },
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "webhook", "http://"+ln.Addr().String()+"/api/webhooks/clerk", "signing_secrets", len(cfg.WebhookSecrets), "webhook_body_memory", cfg.WebhookBodyMemory, "gogc", gcSetting(gcPercent),
 		"ingest_conns", cfg.Pools.IngestConns, "web_conns", cfg.Pools.WebConns, "audit_conns", cfg.Pools.AuditConns)

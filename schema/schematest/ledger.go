@@ -8,6 +8,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/translog"
+	"github.com/clerk-ledger/clerk-ledger/userkeys"
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
 )
@@ -210,4 +211,19 @@ func Tamper(tb testing.TB, db *sqlx.DB, query string, args ...any) {
 	if err := tx.Commit(); err != nil {
 		tb.Fatalf("schematest: tamper: %v", err)
 	}
+}
+
+// NewKeyring returns a keyring with a new random master key (what
+// LEDGER_MASTER_KEY gives a process).
+func NewKeyring(tb testing.TB) *userkeys.Keyring {
+	tb.Helper()
+	text, err := userkeys.Generate()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	k, err := userkeys.Load(text)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return k
 }

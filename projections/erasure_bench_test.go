@@ -1,0 +1,75 @@
+package projections
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
+	"github.com/jmoiron/sqlx"
+)
+
+// BenchmarkRebuildUsersSealed rebuilds the users projection over the same
+// history stored in clear (no master key: the baseline) in one database and
+// sealed under per-user keys in another, in alternating rounds of the same
+// run (the machine is shared: alternating keeps load drift out of the
+// ratio), and reports both rates and sealed/clear time (issue 14: at most
+// 1.10):
+//
+//	go test ./projections -run '^$' -bench RebuildUsersSealed -benchtime 4x
+func BenchmarkRebuildUsersSealed(b *testing.B) {
+	ds := history(b, 23, 5000, 100000)
+	k := schematest.NewKeyring(b)
+	seed := func(ctx context.Context) *sqlx.DB {
+		db := schematest.NewDB(b)
+		bd := make([]schema.Backdated, len(ds))
+		for i, d := range ds {
+			d.Signature = "v1,test"
+			bd[i] = schema.Backdated{Delivery: d, ReceivedAt: time.Now()}
+		}
+		tx, err := db.Beginx()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := schema.CopyDeliveries(ctx, tx, bd); err != nil {
+			b.Fatal(err)
+		}
+		if err := tx.Commit(); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := db.Exec(`VACUUM ANALYZE events`); err != nil {
+			b.Fatal(err)
+		}
+		waitVisible(b, db)
+		if err := EnsureCheckpoint(ctx, db, UsersName); err != nil {
+			b.Fatal(err)
+		}
+		return db
+	}
+	clearCtx, sealedCtx := context.Background(), schema.WithKeyring(context.Background(), k)
+	clearDB, sealedDB := seed(clearCtx), seed(sealedCtx)
+	rebuild := func(ctx context.Context, db *sqlx.DB) (time.Duration, int64) {
+		start := time.Now()
+		res, err := Rebuild(ctx, db, NewUsers(), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(start), res.Events
+	}
+	rebuild(clearCtx, clearDB) // warm caches alike
+	rebuild(sealedCtx, sealedDB)
+	b.ResetTimer()
+	var clear, sealed time.Duration
+	var events int64
+	for range b.N {
+		d, n := rebuild(clearCtx, clearDB)
+		clear, events = clear+d, events+n
+		d, _ = rebuild(sealedCtx, sealedDB)
+		sealed += d
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(events)/clear.Seconds(), "clear-events/s")
+	b.ReportMetric(float64(events)/sealed.Seconds(), "sealed-events/s")
+	b.ReportMetric(float64(sealed)/float64(clear), "sealed/clear")
+}

@@ -1,0 +1,158 @@
+package schema_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
+	"github.com/clerk-ledger/clerk-ledger/userkeys"
+)
+
+func newKeyring(t testing.TB) *userkeys.Keyring { return schematest.NewKeyring(t) }
+
+// TestSealedBodiesAreStoredSealedAndReadInClear: with a keyring, a body
+// about a user is stored only sealed (the body column is empty, the bytes
+// are not in the row), reads with the keyring see the exact body, its
+// commitment opens with the salt read, a read without a keyring fails
+// loudly, and an event about no user stays clear. Redeliveries still tell
+// duplicate from conflict.
+func TestSealedBodiesAreStoredSealedAndReadInClear(t *testing.T) {
+	db := schematest.NewDB(t)
+	k := newKeyring(t)
+	store := schema.NewStore(db)
+	store.Keys = k
+	ctx := context.Background()
+	d := delivery(t, "msg_sealed", "user.created", "user_sealed")
+	if _, err := store.Append(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	org, err := domain.NewDelivery("msg_org", d.Timestamp, "v1,sig", []byte(`{"type":"organization.created","object":"event","timestamp":1716883200000,"data":{"id":"org_1","object":"organization","name":"Acme"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Append(ctx, org); err != nil {
+		t.Fatal(err)
+	}
+	var body string
+	var sealed []byte
+	if err := db.QueryRowContext(ctx, `SELECT body, body_sealed FROM events WHERE delivery_id = 'msg_sealed'`).Scan(&body, &sealed); err != nil {
+		t.Fatal(err)
+	}
+	if body != "" || len(sealed) == 0 || bytes.Contains(sealed, []byte("e@example.com")) {
+		t.Fatalf("stored body %q, sealed %d bytes", body, len(sealed))
+	}
+	schematest.WaitVisible(t, db)
+	if _, err := schema.ReadAfter(ctx, db, schema.Cursor{}, 10); err == nil {
+		t.Fatal("a sealed event read without the keyring did not fail")
+	}
+	kctx := schema.WithKeyring(ctx, k)
+	events, err := schema.ReadAfter(kctx, db, schema.Cursor{}, 10)
+	if err != nil || len(events) != 2 {
+		t.Fatalf("read: %v %d", err, len(events))
+	}
+	e := events[0]
+	if !bytes.Equal(e.Body, d.Body) || e.Erased || len(e.Salt) != userkeys.SaltSize {
+		t.Fatalf("read back %q erased=%v salt %d", e.Body, e.Erased, len(e.Salt))
+	}
+	if domain.BodyCommitment(e.Salt, d.Body) != e.BodyCommitment() {
+		t.Fatal("the stored commitment is not BodyCommitment(salt, body)")
+	}
+	if o := events[1]; !bytes.Equal(o.Body, org.Body) || o.Salt != nil || o.Commitment != nil {
+		t.Fatalf("organization event: %q salt %v", o.Body, o.Salt)
+	}
+	if res, err := store.AppendDelivery(ctx, d); err != nil || res != domain.AppendDuplicate {
+		t.Fatalf("redelivery: %v %v", res, err)
+	}
+	other := d
+	other.Body = append(bytes.Clone(d.Body[:len(d.Body)-1]), ' ', '}')
+	if res, err := store.AppendDelivery(ctx, other); err != nil || res != domain.AppendConflict {
+		t.Fatalf("redelivery with another body: %v %v", res, err)
+	}
+	// Another keyring (a wrong master key) cannot open it: an error, not
+	// an erased event.
+	if _, err := schema.ReadAfter(schema.WithKeyring(ctx, newKeyring(t)), db, schema.Cursor{}, 10); err == nil {
+		t.Fatal("a wrong master key read the sealed event")
+	}
+	// The key destroyed: the event reads as erased, with its metadata.
+	if _, err := db.ExecContext(ctx, `UPDATE user_keys SET wrapped = NULL`); err != nil {
+		t.Fatal(err)
+	}
+	events, err = schema.ReadAfter(kctx, db, schema.Cursor{}, 10)
+	if err != nil || !events[0].Erased || events[0].Body != nil || events[0].DeliveryID != "msg_sealed" {
+		t.Fatalf("after the key's destruction: %+v %v", events[0], err)
+	}
+	// A new delivery for the erased user is stored as a fact, body discarded.
+	if _, err := store.Append(ctx, delivery(t, "msg_after", "user.updated", "user_sealed")); err != nil {
+		t.Fatal(err)
+	}
+	schematest.WaitVisible(t, db)
+	e, err = schema.EventByDeliveryID(kctx, db, "msg_after")
+	if err != nil || !e.Erased || e.Body != nil {
+		t.Fatalf("delivery after erasure: %+v %v", e, err)
+	}
+	var n int
+	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM user_keys WHERE wrapped IS NOT NULL`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("a delivery after erasure made a new key: %d %v", n, err)
+	}
+}
+
+// TestErasureRacingDeliveries: deliveries about a user keep arriving while
+// the user is erased. Whatever the interleaving, once the erasure has
+// committed no event of the user can be read (each was sealed under the key
+// destroyed, or discarded at ingest), no new key was made for them, and
+// every delivery was answered stored.
+func TestErasureRacingDeliveries(t *testing.T) {
+	db := schematest.NewDB(t)
+	k := newKeyring(t)
+	store := schema.NewStore(db)
+	store.Keys = k
+	ctx := schema.WithKeyring(context.Background(), k)
+	if _, err := store.Append(ctx, delivery(t, "msg_race_first", "user.created", "user_race")); err != nil {
+		t.Fatal(err)
+	}
+	const n = 200
+	errs := make(chan error, n)
+	started := make(chan struct{})
+	go func() {
+		for i := range n {
+			if i == 20 {
+				close(started)
+			}
+			_, err := store.Append(ctx, delivery(t, fmt.Sprintf("msg_race_%03d", i), "user.updated", "user_race"))
+			errs <- err
+		}
+	}()
+	<-started
+	if _, created, err := schema.BeginErasure(ctx, db, schema.Erasure{UserID: "user_race", At: time.Now(), By: "test", Reason: "race"}); err != nil || !created {
+		t.Fatalf("erase: %v", err)
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	schematest.WaitVisible(t, db)
+	var readable, erased int
+	if _, err := schema.EachEvent(ctx, db, schema.EventFilter{UserID: "user_race"}, func(e domain.Event) error {
+		if e.Erased {
+			erased++
+		} else if e.Type != domain.ErasureEventType {
+			readable++
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if readable != 0 || erased != n+1 {
+		t.Fatalf("after the erasure: %d of the user's events readable, %d erased (want 0, %d)", readable, erased, n+1)
+	}
+	var live int
+	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM user_keys WHERE wrapped IS NOT NULL`).Scan(&live); err != nil || live != 0 {
+		t.Fatalf("%d live keys after the erasure (%v)", live, err)
+	}
+}

@@ -1,0 +1,309 @@
+// Package userkeys provides the cryptography of erasure by crypto-shredding:
+// the master key (key-encryption key, KEK) read from LEDGER_MASTER_KEY, the
+// per-user data keys (DEKs) it wraps, and the sealing of an event body under
+// its user's data key. It holds no SQL: the wrapped keys live in the
+// user_keys table (schema), and destroying a user's wrapped key is what
+// erases every body sealed under it.
+//
+// Formats (version 1):
+//
+//	master key text: "clerk-ledger-master-key-v1:" || base64(32 random bytes)
+//	key id:          hex(SHA-256("clerk-ledger/kek-id/v1\n" || kek))[:16]
+//	wrapped DEK:     nonce(12) || AES-256-GCM_kek(dek(32), AAD = "clerk-ledger/dek/v1\n" || user id)
+//	sealed body:     0x01 || nonce(12) || AES-256-GCM_dek(salt(32) || body,
+//	                 AAD = "clerk-ledger/sealed/v1\n" || delivery id || 0x00 || user id)
+//	discarded body:  0x00 (a delivery for a user already erased: kept as a fact, body not stored)
+//
+// The leaf of a sealed event commits to domain.BodyCommitment(salt, body):
+// the salt is random per event and only inside the ciphertext, so once the
+// data key is gone the commitment cannot be linked to a guessed body.
+package userkeys
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/clerk-ledger/clerk-ledger/domain"
+)
+
+// KeyPrefix opens a master key's text.
+const KeyPrefix = "clerk-ledger-master-key-v1:"
+
+// SaltSize is the size of the random salt sealed with each body.
+const SaltSize = 32
+
+// Overhead is how many bytes a sealed body has beyond the body: version,
+// nonce, salt and GCM tag.
+const Overhead = 1 + 12 + SaltSize + 16
+
+const (
+	sealedV1  = 0x01
+	discarded = 0x00
+	dekAAD    = "clerk-ledger/dek/v1\n"
+	sealedAAD = "clerk-ledger/sealed/v1\n"
+)
+
+// Discarded is the sealed form of a body that was not stored: a delivery
+// about a user erased before it arrived.
+var Discarded = []byte{discarded}
+
+// maxCached bounds the unwrapped data keys a Keyring keeps.
+const maxCached = 4096
+
+// Keyring is the master key and a cache of unwrapped data keys. The cache
+// is keyed by user and checked against the wrapped key the caller read from
+// the database in the same statement as the sealed body, so a key destroyed
+// there is never used again here, whichever process destroyed it. It is safe
+// for concurrent use.
+type Keyring struct {
+	kek cipher.AEAD
+	id  string
+
+	mu    sync.Mutex
+	cache map[string]cached
+}
+
+type cached struct {
+	wrapped string
+	aead    cipher.AEAD
+	at      time.Time // when the wrapped key was last read from the database
+}
+
+// SealTTL is how long Sealing trusts a cached wrapped key without reading
+// it from the database again (CachedKey): a key destroyed by another
+// process is used to seal for at most that long (what it seals then is as
+// unreadable as the rest), and leaves this process's memory within it.
+const SealTTL = time.Minute
+
+// New returns a Keyring with master key kek (32 bytes).
+func New(kek []byte) (*Keyring, error) {
+	if len(kek) != 32 {
+		return nil, domain.Errorf(domain.EINVALID, "LEDGER_MASTER_KEY must hold 32 bytes, it holds %d", len(kek))
+	}
+	a, err := gcm(kek)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(append([]byte("clerk-ledger/kek-id/v1\n"), kek...))
+	return &Keyring{kek: a, id: hex.EncodeToString(sum[:])[:16], cache: map[string]cached{}}, nil
+}
+
+// Load reads a master key from v: the key text (KeyPrefix + base64 of 32
+// bytes) or the path of a file holding it. Errors are EINVALID lines naming
+// LEDGER_MASTER_KEY, never the key.
+func Load(v string) (*Keyring, error) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return nil, domain.Errorf(domain.EINVALID, "LEDGER_MASTER_KEY is not set (ledger dev keeps one in ./.data/master.key; ledger keys new makes one)")
+	}
+	if !strings.HasPrefix(v, KeyPrefix) {
+		b, err := os.ReadFile(v)
+		if err != nil {
+			return nil, domain.Errorf(domain.EINVALID, "LEDGER_MASTER_KEY is neither a master key (%s...) nor a readable file", KeyPrefix)
+		}
+		v = strings.TrimSpace(string(b))
+	}
+	if !strings.HasPrefix(v, KeyPrefix) {
+		return nil, domain.Errorf(domain.EINVALID, "LEDGER_MASTER_KEY's file does not hold a master key (%s...)", KeyPrefix)
+	}
+	kek, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(v, KeyPrefix))
+	if err != nil {
+		return nil, domain.Errorf(domain.EINVALID, "LEDGER_MASTER_KEY is not base64 after %s", KeyPrefix)
+	}
+	return New(kek)
+}
+
+// Generate returns the text of a new random master key.
+func Generate() (string, error) {
+	k := make([]byte, 32)
+	if _, err := rand.Read(k); err != nil {
+		return "", fmt.Errorf("generate master key: %w", err)
+	}
+	return KeyPrefix + base64.StdEncoding.EncodeToString(k), nil
+}
+
+// ID returns the master key's id (stored with each wrapped key, so a wrong
+// master key is told at start-up rather than at the first read).
+func (k *Keyring) ID() string { return k.id }
+
+func gcm(key []byte) (cipher.AEAD, error) {
+	b, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, fmt.Errorf("aes: %w", err)
+	}
+	return cipher.NewGCM(b)
+}
+
+// NewDataKey returns a new random data key for user, wrapped by the master
+// key (store it in user_keys).
+func (k *Keyring) NewDataKey(user string) ([]byte, error) {
+	dek := make([]byte, 32)
+	if _, err := rand.Read(dek); err != nil {
+		return nil, fmt.Errorf("generate data key: %w", err)
+	}
+	return k.wrap(user, dek)
+}
+
+func (k *Keyring) wrap(user string, dek []byte) ([]byte, error) {
+	nonce := make([]byte, k.kek.NonceSize(), k.kek.NonceSize()+len(dek)+k.kek.Overhead())
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, fmt.Errorf("wrap data key: %w", err)
+	}
+	return k.kek.Seal(nonce, nonce, dek, []byte(dekAAD+user)), nil
+}
+
+// unwrap returns the data key of user from its wrapped form.
+func (k *Keyring) unwrap(user string, wrapped []byte) ([]byte, error) {
+	ns := k.kek.NonceSize()
+	if len(wrapped) < ns {
+		return nil, domain.Errorf(domain.EINVALID, "the data key of user %s is truncated", user)
+	}
+	dek, err := k.kek.Open(nil, wrapped[:ns], wrapped[ns:], []byte(dekAAD+user))
+	if err != nil {
+		return nil, domain.Errorf(domain.EINVALID, "the data key of user %s does not open with LEDGER_MASTER_KEY (a wrong master key, or a changed key row)", user)
+	}
+	return dek, nil
+}
+
+// Check reports whether wrapped (user's) opens with this master key.
+func (k *Keyring) Check(user string, wrapped []byte) error {
+	_, err := k.unwrap(user, wrapped)
+	return err
+}
+
+// Rewrap returns user's wrapped data key wrapped under to instead of k.
+func (k *Keyring) Rewrap(user string, wrapped []byte, to *Keyring) ([]byte, error) {
+	dek, err := k.unwrap(user, wrapped)
+	if err != nil {
+		return nil, err
+	}
+	return to.wrap(user, dek)
+}
+
+// dataKey returns the AEAD of user's data key, wrapped as given.
+func (k *Keyring) dataKey(user string, wrapped []byte) (cipher.AEAD, error) {
+	k.mu.Lock()
+	c, ok := k.cache[user]
+	k.mu.Unlock()
+	if ok && c.wrapped == string(wrapped) {
+		return c.aead, nil
+	}
+	dek, err := k.unwrap(user, wrapped)
+	if err != nil {
+		return nil, err
+	}
+	a, err := gcm(dek)
+	if err != nil {
+		return nil, err
+	}
+	k.mu.Lock()
+	if len(k.cache) >= maxCached {
+		clear(k.cache)
+	}
+	k.cache[user] = cached{wrapped: string(wrapped), aead: a, at: time.Now()}
+	k.mu.Unlock()
+	return a, nil
+}
+
+// CachedKey returns user's wrapped data key when this keyring read it from
+// the database less than SealTTL ago (nil otherwise): the append path then
+// seals without asking the database. Entries past it are dropped.
+func (k *Keyring) CachedKey(user string) []byte {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	c, ok := k.cache[user]
+	if !ok {
+		return nil
+	}
+	if time.Since(c.at) >= SealTTL {
+		delete(k.cache, user)
+		return nil
+	}
+	return []byte(c.wrapped)
+}
+
+// Forget drops user's data key from the cache (erasure in this process).
+func (k *Keyring) Forget(user string) {
+	k.mu.Lock()
+	delete(k.cache, user)
+	k.mu.Unlock()
+}
+
+// Seal encrypts body (delivery id's, about user) under user's data key,
+// wrapped as given, with a fresh random salt, and returns the sealed bytes
+// and the body commitment domain.BodyCommitment(salt, body) the event's
+// leaf makes.
+func (k *Keyring) Seal(user string, wrapped []byte, deliveryID string, body []byte) ([]byte, [domain.HashSize]byte, error) {
+	a, err := k.dataKey(user, wrapped)
+	if err != nil {
+		return nil, [domain.HashSize]byte{}, err
+	}
+	plain := make([]byte, SaltSize+len(body))
+	if _, err := rand.Read(plain[:SaltSize]); err != nil {
+		return nil, [domain.HashSize]byte{}, fmt.Errorf("seal body: %w", err)
+	}
+	copy(plain[SaltSize:], body)
+	out := make([]byte, 1+a.NonceSize(), 1+a.NonceSize()+len(plain)+a.Overhead())
+	out[0] = sealedV1
+	if _, err := rand.Read(out[1:]); err != nil {
+		return nil, [domain.HashSize]byte{}, fmt.Errorf("seal body: %w", err)
+	}
+	out = a.Seal(out, out[1:], plain, sealedAADOf(deliveryID, user))
+	return out, domain.BodyCommitment(plain[:SaltSize], body), nil
+}
+
+// DiscardCommitment returns a commitment for a body that is not stored
+// (Discarded): under a random salt that is thrown away, it can be linked
+// to no body.
+func DiscardCommitment(body []byte) ([domain.HashSize]byte, error) {
+	salt := make([]byte, SaltSize)
+	if _, err := rand.Read(salt); err != nil {
+		return [domain.HashSize]byte{}, fmt.Errorf("discard body: %w", err)
+	}
+	return domain.BodyCommitment(salt, body), nil
+}
+
+func sealedAADOf(deliveryID, user string) []byte {
+	return []byte(sealedAAD + deliveryID + "\x00" + user)
+}
+
+// Open decrypts sealed (Seal's output for delivery id and user) with user's
+// data key, wrapped as given, and returns the salt and the body. erased is
+// true, with no error, when the body cannot exist any more: wrapped is nil
+// (the key was destroyed) or sealed is Discarded. Any other failure (a
+// wrong master key, a changed row) is an error.
+func (k *Keyring) Open(user string, wrapped []byte, deliveryID string, sealed []byte) (salt, body []byte, erased bool, err error) {
+	if len(sealed) == 1 && sealed[0] == discarded {
+		return nil, nil, true, nil
+	}
+	if wrapped == nil {
+		// Destroyed (maybe by another process): drop any cached copy.
+		k.Forget(user)
+		return nil, nil, true, nil
+	}
+	if len(sealed) == 0 || sealed[0] != sealedV1 {
+		return nil, nil, false, fmt.Errorf("sealed body of delivery %s: unknown format", deliveryID)
+	}
+	a, err := k.dataKey(user, wrapped)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	ns := a.NonceSize()
+	if len(sealed) < 1+ns+a.Overhead()+SaltSize {
+		return nil, nil, false, fmt.Errorf("sealed body of delivery %s is truncated", deliveryID)
+	}
+	plain, err := a.Open(nil, sealed[1:1+ns], sealed[1+ns:], sealedAADOf(deliveryID, user))
+	if err != nil {
+		return nil, nil, false, fmt.Errorf("sealed body of delivery %s does not open with its user's data key", deliveryID)
+	}
+	return plain[:SaltSize:SaltSize], plain[SaltSize:], false, nil
+}
