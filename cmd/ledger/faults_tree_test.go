@@ -28,7 +28,7 @@ WHERE datname = current_database() AND application_name = $1 AND backend_xid IS 
 
 // TestFaultSealerKilledMidBatch SIGKILLs `ledger project` three times while
 // its tree sealer is inside a batch (leaves and hashes written, not yet
-// committed) during a 30k-event load, then restarts it: the tree it ends
+// committed) during a 90k-event load (enough batches that each restart is caught inside one, however fast the sealer), then restarts it: the tree it ends
 // with has exactly one leaf per event, in ledger order, and the root RFC
 // 6962 gives for those events (computed here with tlog alone); every
 // checkpoint signed along the way is a prefix of it (tlog.CheckTree), and
@@ -44,7 +44,7 @@ func TestFaultSealerKilledMidBatch(t *testing.T) {
 		t.Fatalf("migrate: exit %d\n%s%s", code, out, errOut)
 	}
 	db := schematest.Open(t, dsn)
-	seed := startLedger(t, env, "seed", "--users", "3000", "--events", "30000", "--seed", "7")
+	seed := startLedger(t, env, "seed", "--users", "9000", "--events", "90000", "--seed", "7")
 	projEnv := map[string]string{"DATABASE_URL": withAppName(dsn, "faults_tree"), "LOG_LEVEL": "warn",
 		"LEDGER_LOG_KEY": skey, "LEDGER_CHECKPOINT_INTERVAL": "1s"}
 	last := int64(-1)
