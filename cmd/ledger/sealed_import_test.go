@@ -82,6 +82,9 @@ FROM events WHERE source = 'clerk_api'`).Scan(&clear, &sealed); err != nil {
 			t.Fatalf("export %s: %v\n%.400s", format, err, out)
 		}
 	}
+	if out, _, err := ledger(t, env, "audit", "user", victim.ID); err != nil || !strings.Contains(out, email) || !strings.Contains(out, `"matches_projection": true`) {
+		t.Fatalf("audit user: %v\n%s", err, out)
+	}
 	verifyOK := func(when string) {
 		t.Helper()
 		out, _, err := ledger(t, env, "audit", "verify")
@@ -129,6 +132,9 @@ FROM events WHERE source = 'clerk_api'`).Scan(&clear, &sealed); err != nil {
 		t.Fatalf("erase: %v %s", err, out)
 	}
 	verifyOK("after the erasure")
+	if out, _, err := ledger(t, env, "audit", "user", victim.ID); err != nil || strings.Contains(out, email) || !strings.Contains(out, `"erased"`) {
+		t.Fatalf("audit user after the erasure: %v\n%.600s", err, out)
+	}
 	proveEvent("after the erasure")
 	data, err := os.ReadFile(bundle)
 	if err != nil {
