@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,13 +24,7 @@ import (
 func TestDevOnFreshDataGeneratesTheKeysAndTheSendLineWorks(t *testing.T) {
 	dir := t.TempDir()
 	t.Chdir(dir)
-	u, _ := url.Parse(schematest.NewURL(t))
-	u.Path += "_devkeys"
-	dsn := u.String()
-	t.Cleanup(func() {
-		admin := schematest.Open(t, schematest.ServerURL())
-		admin.Exec(`DROP DATABASE IF EXISTS ` + strings.TrimPrefix(u.Path, "/") + ` WITH (FORCE)`)
-	})
+	dsn := uncreatedDatabaseURL(t)
 	env := map[string]string{"DATABASE_URL": dsn, "LEDGER_ADDR": freeAddr(t), "LEDGER_MASTER_KEY": "", "LEDGER_LOG_KEY": ""}
 	startDev := func() (banner string, stop func()) {
 		t.Helper()
