@@ -285,3 +285,75 @@ GROUP BY transaction_id HAVING bool_or(body_sealed IS NULL) AND bool_or(body_sea
 		}
 	}
 }
+
+// Two imports storing the same snapshots at once with a master key, users'
+// (sealed) and organizations' (clear) mixed: the second waits for the
+// first's data keys and rows, falls back from COPY to INSERT … ON CONFLICT
+// DO NOTHING with its sealed rows, and every row is stored once, sealed
+// exactly when it is about a user, under the key that opens it.
+func TestAppendSnapshotsRacingWritersSealed(t *testing.T) {
+	db := schematest.NewDB(t)
+	k := schematest.NewKeyring(t)
+	ctx := schema.WithKeyring(context.Background(), k)
+	ds := snapshots(t, 40)
+	for i := range 10 {
+		upd := int64(1700000000000 + i)
+		d, err := domain.NewOrganizationSnapshot(fmt.Sprintf("org_%d", i), upd, []byte(fmt.Sprintf(`{"object":"organization","id":"org_%d","name":%q,"slug":"o%d","members_count":1,"created_at":1,"updated_at":%d}`, i, awkward, i, upd)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ds = append(ds, d)
+	}
+	// The first writer holds users 0..24 and organizations 0..4.
+	firstPart := append(append([]domain.Delivery(nil), ds[:25]...), ds[40:45]...)
+	first, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Rollback()
+	if ins, err := schema.AppendSnapshots(ctx, first, firstPart); err != nil || len(ins) != 30 {
+		t.Fatalf("first: %d %v", len(ins), err)
+	}
+	done := make(chan map[string]bool, 1)
+	go func() {
+		second, err := db.BeginTxx(ctx, nil)
+		if err != nil {
+			t.Error(err)
+			done <- nil
+			return
+		}
+		defer second.Rollback()
+		ins, err := schema.AppendSnapshots(ctx, second, ds)
+		if err == nil {
+			err = second.Commit()
+		}
+		if err != nil {
+			t.Error(err)
+		}
+		done <- ins
+	}()
+	time.Sleep(200 * time.Millisecond) // the second waits on the first's keys and index entries
+	if err := first.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if ins := <-done; len(ins) != 20 {
+		t.Fatalf("second inserted %d, want the 20 the first did not", len(ins))
+	}
+	var n, keys int
+	if err := db.QueryRow(`SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM user_keys)`).Scan(&n, &keys); err != nil || n != 50 || keys != 40 {
+		t.Fatalf("%d events, %d data keys (%v); want 50 and 40", n, keys, err)
+	}
+	for _, d := range ds {
+		var clear bool
+		if err := db.QueryRow(`SELECT body_sealed IS NULL AND body_commitment IS NULL AND body <> '' FROM events WHERE delivery_id = $1`, d.ID).Scan(&clear); err != nil {
+			t.Fatal(err)
+		}
+		if clear != (d.UserID == "") {
+			t.Errorf("%s (user %q) stored in clear: %v", d.ID, d.UserID, clear)
+		}
+		e, err := schema.EventByDeliveryID(ctx, db, d.ID)
+		if err != nil || e.Erased || !bytes.Equal(e.Body, d.Body) {
+			t.Errorf("%s reads back as %q (%v), want %q", d.ID, e.Body, err, d.Body)
+		}
+	}
+}
