@@ -9,6 +9,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/clerkapi/clerkapitest"
 	"github.com/clerk-ledger/clerk-ledger/clerksync"
 	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/projections"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
 )
@@ -118,6 +119,12 @@ func TestErasedUserStaysErasedThroughImportReconcileAndFirstSignIn(t *testing.T)
 		t.Fatalf("first sign-in of an erased user asked Clerk %d times", n)
 	}
 
+	// Every projector (organizations, the workspace's email index, the
+	// tree) has read the snapshots stored after the erasure too.
+	schematest.WaitVisible(t, e.db)
+	if err := projections.NewRunner(e.db, nil, projections.Default()...).CatchUp(ctx); err != nil {
+		t.Fatal(err)
+	}
 	u := e.user(victim)
 	if !u.Erased() || u.Email != "" || u.FirstName != "" || u.LastName != "" || u.Username != "" {
 		t.Fatalf("the erased user's row is %+v, want the tombstone", u)
