@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -126,63 +125,11 @@ func (l *eraseLedger) history() {
 	l.catchUp()
 }
 
-// plaintextLeft scans every text, json, jsonb and bytea column of every
-// table (bytea both raw and as text) and a pg_dump for each of needles.
+// plaintextLeft scans the whole database and a pg_dump for each of
+// needles (schematest.PlaintextLeft).
 func (l *eraseLedger) plaintextLeft(needles []string) []string {
 	l.t.Helper()
-	type col struct{ table, column, kind string }
-	var cols []col
-	rows, err := l.db.QueryxContext(l.ctx, `SELECT c.table_name, c.column_name, c.data_type FROM information_schema.columns c
-JOIN information_schema.tables t ON t.table_schema = c.table_schema AND t.table_name = c.table_name AND t.table_type = 'BASE TABLE'
-WHERE c.table_schema = 'public' AND c.data_type IN ('text', 'json', 'jsonb', 'bytea', 'character varying')`)
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	for rows.Next() {
-		var c col
-		if err := rows.Scan(&c.table, &c.column, &c.kind); err != nil {
-			l.t.Fatal(err)
-		}
-		cols = append(cols, c)
-	}
-	rows.Close()
-	if len(cols) < 20 {
-		l.t.Fatalf("only %d columns to scan", len(cols))
-	}
-	var found []string
-	for _, c := range cols {
-		expr := fmt.Sprintf("%q::text", c.column)
-		if c.kind == "bytea" {
-			expr = fmt.Sprintf("encode(%q, 'escape')", c.column)
-		}
-		for _, n := range needles {
-			var hits int
-			q := fmt.Sprintf(`SELECT count(*) FROM %q WHERE strpos(lower(%s), lower($1)) > 0`, c.table, expr)
-			if err := l.db.QueryRowContext(l.ctx, q, n).Scan(&hits); err != nil {
-				l.t.Fatalf("%s.%s: %v", c.table, c.column, err)
-			}
-			if hits > 0 {
-				found = append(found, fmt.Sprintf("%s.%s holds %q", c.table, c.column, n))
-			}
-		}
-	}
-	if path, err := exec.LookPath("pg_dump"); err == nil {
-		out, err := exec.Command(path, "--data-only", l.dsn).Output()
-		if err != nil {
-			l.t.Fatalf("pg_dump: %v", err)
-		}
-		if len(out) < 1000 {
-			l.t.Fatalf("pg_dump wrote %d bytes", len(out))
-		}
-		for _, n := range needles {
-			if bytes.Contains(bytes.ToLower(out), []byte(strings.ToLower(n))) {
-				found = append(found, fmt.Sprintf("pg_dump holds %q", n))
-			}
-		}
-	} else {
-		l.t.Fatal("pg_dump is not installed: the dump scan cannot run")
-	}
-	return found
+	return schematest.PlaintextLeft(l.t, l.db, l.dsn, needles)
 }
 
 // TestEraseLeavesNoPlaintextAndTheLedgerVerifiable is issue 14's test: a

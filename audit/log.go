@@ -127,7 +127,9 @@ func (s *Service) Proof(ctx context.Context, a Actor, position, size int64) (Inc
 	if err != nil {
 		return InclusionProof{}, err
 	}
-	enc := domain.LeafOf(e.Event, nil).Encode(nil)
+	// The leaf as the tree holds it: a sealed or erased event's leaf
+	// commits to its stored commitment (salted), not to a hash of the body.
+	enc := e.Event.Leaf().Encode(nil)
 	h := tlog.RecordHash(enc)
 	return InclusionProof{Position: position, LeafIndex: e.Leaf, TreeSize: cp.Size, Checkpoint: cp.Note,
 		Leaf: base64.StdEncoding.EncodeToString(enc), LeafHash: base64.StdEncoding.EncodeToString(h[:]), Proof: b64s(proofs[0])}, nil

@@ -38,9 +38,10 @@ func NewFirstSignIn(db *sqlx.DB, api API, log *slog.Logger) *FirstSignIn {
 
 // FetchUser GETs user id from the Backend API, appends it as a
 // user.snapshot (idempotent: the delivery id is id + updated_at) and
-// returns the user folded from that snapshot alone. Errors: the API's
-// (ENOTFOUND when Clerk has no such user, EINVALID for a malformed
-// object: nothing is stored), the database's. The caller falls back to
+// returns the user folded from that snapshot alone. An erased user
+// (schema.GetErasure) is never fetched nor shown: ENOTFOUND, Clerk not
+// asked. Errors: the API's (ENOTFOUND when Clerk has no such user,
+// EINVALID for a malformed object: nothing is stored), the database's. The caller falls back to
 // what it showed before (no record yet).
 func (f *FirstSignIn) FetchUser(ctx context.Context, id string) (domain.User, error) {
 	v, err, _ := f.group.Do(id, func() (any, error) {
@@ -57,6 +58,15 @@ func (f *FirstSignIn) FetchUser(ctx context.Context, id string) (domain.User, er
 }
 
 func (f *FirstSignIn) fetch(ctx context.Context, id string) (domain.User, error) {
+	// The projection may not have their tombstone (a lagging replica, an
+	// erasure's cleanup not done yet): the erasures table decides.
+	switch _, err := schema.GetErasure(ctx, f.db, id); domain.ErrorCode(err) {
+	case "":
+		return domain.User{}, domain.Errorf(domain.ENOTFOUND, "first sign-in of %s: the user was erased", id)
+	case domain.ENOTFOUND:
+	default:
+		return domain.User{}, fmt.Errorf("first sign-in of %s: %w", id, err)
+	}
 	u, err := f.api.GetUser(ctx, id)
 	if err != nil {
 		return domain.User{}, fmt.Errorf("first sign-in of %s: %w", id, err)

@@ -25,6 +25,10 @@ type env struct {
 	cl    *clerkapi.Client
 	sync  *clerksync.Syncer
 	store *schema.Store
+	// ctx is the context the helpers read and project with (a test that
+	// seals puts its keyring in it: schema.WithKeyring).
+	ctx context.Context
+	dsn string // the database's URL
 }
 
 func newEnv(t *testing.T, users int) *env {
@@ -36,8 +40,12 @@ func newEnv(t *testing.T, users int) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	db := schematest.NewDB(t)
-	e := &env{t: t, db: db, api: api, cl: cl, store: schema.NewStore(db)}
+	dsn := schematest.NewURL(t)
+	db := schematest.Open(t, dsn)
+	if _, err := schema.Migrate(context.Background(), db.DB); err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, db: db, api: api, cl: cl, store: schema.NewStore(db), ctx: context.Background(), dsn: dsn}
 	e.sync = clerksync.New(db, cl, slog.New(slog.DiscardHandler))
 	e.sync.PageSize = 100
 	return e
@@ -48,7 +56,7 @@ func (e *env) project() {
 	e.t.Helper()
 	schematest.WaitVisible(e.t, e.db)
 	r := projections.NewRunner(e.db, slog.New(slog.DiscardHandler), projections.NewUsers())
-	if err := r.CatchUp(context.Background()); err != nil {
+	if err := r.CatchUp(e.ctx); err != nil {
 		e.t.Fatal(err)
 	}
 }
@@ -56,7 +64,7 @@ func (e *env) project() {
 // checkProjection asserts rebuild/check agree with the live projection.
 func (e *env) checkProjection() {
 	e.t.Helper()
-	res, err := projections.Check(context.Background(), e.db, projections.NewUsers(), nil)
+	res, err := projections.Check(e.ctx, e.db, projections.NewUsers(), nil)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -72,7 +80,7 @@ func (e *env) checkProjection() {
 		return s
 	}
 	before := dump()
-	if _, err := projections.Rebuild(context.Background(), e.db, projections.NewUsers(), nil); err != nil {
+	if _, err := projections.Rebuild(e.ctx, e.db, projections.NewUsers(), nil); err != nil {
 		e.t.Fatal(err)
 	}
 	if after := dump(); after != before || before == "" {

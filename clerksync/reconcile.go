@@ -39,8 +39,8 @@ type ReconcileOptions struct {
 //	same          the projection has Clerk's updated_at (or a newer one, from a webhook)
 //	gone          in the projection, not deleted, not listed, and GET /v1/users/{id}
 //	              answers 404: a user.snapshot_deleted is appended (never a user.deleted)
-//	deleted_here  deleted in the projection but still listed by Clerk (reported only:
-//	              a snapshot never revives a deleted user)
+//	deleted_here  deleted or erased in the projection but still listed by Clerk
+//	              (reported only: a snapshot never revives a deleted or erased user)
 //
 // A user not listed whom GET still returns (a listing pass is not a
 // snapshot: see clerkapi.ListOrder) is compared as if listed. Repairs are
@@ -94,7 +94,7 @@ func (s *Syncer) reconcile(ctx context.Context, o ReconcileOptions, run *schema.
 	}
 	live := 0
 	for _, v := range versions {
-		if !v.Deleted {
+		if !v.Deleted && !v.Erased {
 			live++
 		}
 	}
@@ -175,7 +175,9 @@ func (s *Syncer) reconcile(ctx context.Context, o ReconcileOptions, run *schema.
 func (s *Syncer) compare(run *schema.ReconcileRun, versions map[string]schema.UserVersion, u clerkapi.User) (domain.Delivery, bool) {
 	v, ok := versions[u.ID]
 	switch {
-	case ok && v.Deleted:
+	case ok && (v.Deleted || v.Erased):
+		// An erased user's tombstone has no version to compare: whatever
+		// Clerk holds now would only be stored discarded, run after run.
 		run.DeletedHere++
 		return domain.Delivery{}, false
 	case ok && v.UpdatedAt >= u.UpdatedAt:

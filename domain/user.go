@@ -246,7 +246,7 @@ const (
 	// ErasedTombstone.
 	OutcomeErased Outcome = "erased"
 	// OutcomeContentErased: the event's body is erased: only its metadata
-	// counts (a user.deleted still deletes); nothing else changes.
+	// counts (a user.deleted or user.snapshot_deleted still deletes); nothing else changes.
 	OutcomeContentErased Outcome = "content_erased"
 )
 
@@ -330,7 +330,10 @@ func (d UserEvent) Apply(u User) (User, Outcome) {
 	}
 	if d.erased {
 		u.ID = dt.ID
-		if e.Type == "user.deleted" {
+		// The type is metadata: a user.deleted, or the tombstone snapshot
+		// reconcile stores when Clerk no longer has the user, still deletes
+		// with its body gone.
+		if e.Type == "user.deleted" || e.Type == TypeUserSnapshotDeleted {
 			at := e.OccurredAt.UTC()
 			if !u.Deleted || at.Before(u.DeletedAt) {
 				u.DeletedAt = at

@@ -302,11 +302,12 @@ WHERE kind = $1`, kind, next, finished)
 type UserVersion struct {
 	UpdatedAt int64 // the winning snapshot's updated_at (ms); 0 once deleted
 	Deleted   bool
+	Erased    bool // erased (users.erased_at set): never repaired from Clerk
 }
 
 // UserVersions returns every projected user's version, by id.
 func UserVersions(ctx context.Context, q Queryer) (map[string]UserVersion, error) {
-	rows, err := q.QueryxContext(ctx, `SELECT id, version_updated_at, deleted FROM users`)
+	rows, err := q.QueryxContext(ctx, `SELECT id, version_updated_at, deleted, erased_at IS NOT NULL FROM users`)
 	if err != nil {
 		return nil, fmt.Errorf("read user versions: %w", Classify(err))
 	}
@@ -315,7 +316,7 @@ func UserVersions(ctx context.Context, q Queryer) (map[string]UserVersion, error
 	for rows.Next() {
 		var id string
 		var v UserVersion
-		if err := rows.Scan(&id, &v.UpdatedAt, &v.Deleted); err != nil {
+		if err := rows.Scan(&id, &v.UpdatedAt, &v.Deleted, &v.Erased); err != nil {
 			return nil, fmt.Errorf("read user versions: %w", Classify(err))
 		}
 		out[id] = v

@@ -64,6 +64,19 @@ func TestDevStartsPrivateCluster(t *testing.T) {
 	}
 }
 
+// uncreatedDatabaseURL returns the URL of a database that does not exist
+// yet (dev creates it), dropped when t ends.
+func uncreatedDatabaseURL(t *testing.T) string {
+	t.Helper()
+	u, _ := url.Parse(schematest.NewURL(t))
+	u.Path += "_dev"
+	t.Cleanup(func() {
+		admin := schematest.Open(t, schematest.ServerURL())
+		admin.Exec(`DROP DATABASE IF EXISTS ` + strings.TrimPrefix(u.Path, "/") + ` WITH (FORCE)`)
+	})
+	return u.String()
+}
+
 // reachableTempDir returns t.TempDir() opened (with its parents up to /tmp)
 // to other users: a private cluster's server runs as the postgres user when
 // the test runs as root.
@@ -83,13 +96,7 @@ func TestDevOnExistingServerGeneratesSecret(t *testing.T) {
 	defer os.Chdir(old)
 
 	// A database that does not exist yet: dev creates it.
-	u, _ := url.Parse(schematest.NewURL(t))
-	u.Path += "_dev"
-	dsn := u.String()
-	t.Cleanup(func() {
-		admin := schematest.Open(t, schematest.ServerURL())
-		admin.Exec(`DROP DATABASE IF EXISTS ` + strings.TrimPrefix(u.Path, "/") + ` WITH (FORCE)`)
-	})
+	dsn := uncreatedDatabaseURL(t)
 	env := map[string]string{"DATABASE_URL": dsn, "LEDGER_ADDR": freeAddr(t)}
 	ctx, cancel := context.WithCancel(context.Background())
 	var out, logs syncBuffer

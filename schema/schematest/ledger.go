@@ -72,7 +72,10 @@ type Sealer struct {
 	// Chain makes it build the legacy hash chain (event_chain) instead, as
 	// the retired chain sealer did: for tests of old digests.
 	Chain bool
-	link  chainLink
+	// Keys opens sealed bodies while sealing (nil: a sealed event fails
+	// the test, as a read without the master key does).
+	Keys *userkeys.Keyring
+	link chainLink
 }
 
 // SealAll seals until this Sealer has sealed total events, waiting for the
@@ -93,7 +96,7 @@ func (s *Sealer) SealAll(tb testing.TB, db *sqlx.DB, total int) {
 // Sealer has not sealed yet, and returns how many it sealed.
 func (s *Sealer) Seal(tb testing.TB, db *sqlx.DB) int {
 	tb.Helper()
-	ctx := context.Background()
+	ctx := schema.WithKeyring(context.Background(), s.Keys)
 	n := 0
 	for {
 		tx, err := db.BeginTxx(ctx, nil)
