@@ -23,9 +23,9 @@ func newKeyring(t testing.TB) *userkeys.Keyring { return schematest.NewKeyring(t
 // loudly, and an event about no user stays clear. Redeliveries still tell
 // duplicate from conflict.
 func TestSealedBodiesAreStoredSealedAndReadInClear(t *testing.T) {
-	db := schematest.NewDB(t)
+	db, appends := schematest.NewDBs(t) // bytea parameters sent in binary
 	k := newKeyring(t)
-	store := schema.NewStore(db)
+	store := schema.NewStore(appends)
 	store.Keys = k
 	ctx := context.Background()
 	d := delivery(t, "msg_sealed", "user.created", "user_sealed")
