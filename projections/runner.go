@@ -40,6 +40,20 @@ type Projector interface {
 // every error of its batches is retried, refused rows included.
 type gapless interface{ gapless() }
 
+// leafReader is implemented by a projector that reads every event for its
+// leaf only (the tree sealer): the Runner reads its batches with
+// schema.ReadLeafBatch, so no sealed body is read or opened for it.
+type leafReader interface{ leavesOnly() }
+
+// readBatch reads p's next batch after cp: its types, or only the leaves
+// of a leafReader.
+func readBatch(ctx context.Context, tx *sqlx.Tx, p Projector, cp schema.Cursor, limit int) (schema.Batch, error) {
+	if _, ok := p.(leafReader); ok {
+		return schema.ReadLeafBatch(ctx, tx, cp, limit)
+	}
+	return schema.ReadBatch(ctx, tx, cp, p.Types(), limit)
+}
+
 // Failure is a poison event a projector skipped.
 type Failure struct {
 	Position   int64
@@ -255,7 +269,7 @@ func (r *Runner) Step(ctx context.Context, p Projector) (StepResult, error) {
 	if !found {
 		return StepResult{}, fmt.Errorf("projector %s has no checkpoint (EnsureCheckpoint first)", p.Name())
 	}
-	batch, err := schema.ReadBatch(ctx, tx, cp, p.Types(), r.BatchSize)
+	batch, err := readBatch(ctx, tx, p, cp, r.BatchSize)
 	if err != nil {
 		return StepResult{}, fmt.Errorf("projector %s: %w", p.Name(), err)
 	}

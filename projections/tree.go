@@ -26,7 +26,8 @@ func NewTree() *Tree { return &Tree{} }
 // Name implements Projector.
 func (*Tree) Name() string { return TreeName }
 
-// Types implements Projector: every event is sealed.
+// Types implements Projector: every event is sealed. The Runner reads them
+// without their sealed bodies (leafReader).
 func (*Tree) Types() []string { return nil }
 
 // Apply implements Projector. It never skips an event: any error rolls the
@@ -45,6 +46,10 @@ func (*Tree) Apply(ctx context.Context, tx *sqlx.Tx, events []domain.Event) ([]F
 }
 
 func (*Tree) gapless() {}
+
+// leavesOnly implements leafReader: a leaf needs the stored commitment of
+// a sealed event, never its body.
+func (*Tree) leavesOnly() {}
 
 // Default returns the projectors a service runs: users, organizations,
 // the tree sealer and the audit workspace's read models.

@@ -485,14 +485,53 @@ LIMIT $3`
 // open transaction anywhere in the cluster therefore holds reads back until it
 // ends. It runs on q, so a projector can read inside its own transaction.
 func ReadAfter(ctx context.Context, q Queryer, c Cursor, limit int) ([]domain.Event, error) {
-	rows, err := q.QueryxContext(ctx, readAfterSQL, strconv.FormatUint(c.TxID, 10), c.Position, limit)
+	k := KeyringFrom(ctx)
+	return readAfter(ctx, q, readAfterSQL, c, limit, func(row wmsql.Scanner) (domain.Event, error) { return scanEvent(k, row) })
+}
+
+const readLeavesAfterSQL = `SELECT position, transaction_id, delivery_id, type, COALESCE(user_id, ''), occurred_at, received_at,
+  CASE WHEN body_sealed IS NULL THEN body END, svix_timestamp, svix_signature, source, body_sealed IS NOT NULL, body_commitment FROM events
+WHERE (transaction_id, position) > ($1::xid8, $2::bigint)
+  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY transaction_id, position
+LIMIT $3`
+
+// ReadLeavesAfter is ReadAfter for the tree sealer: it reads what an
+// event's leaf commits to (Event.Leaf) and no sealed body. An event kept
+// in clear comes with its Body; a sealed (or erased) one with its stored
+// Commitment and no Body, Salt or Erased, so no key is read and nothing is
+// decrypted: it needs no keyring. A sealed row without a stored commitment
+// is an error (its leaf could not be made).
+func ReadLeavesAfter(ctx context.Context, q Queryer, c Cursor, limit int) ([]domain.Event, error) {
+	return readAfter(ctx, q, readLeavesAfterSQL, c, limit, scanLeafEvent)
+}
+
+// scanLeafEvent scans one row of readLeavesAfterSQL.
+func scanLeafEvent(row wmsql.Scanner) (domain.Event, error) {
+	var e domain.Event
+	var sealed bool
+	if err := row.Scan(&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &e.Body, &e.SvixTimestamp, &e.SvixSignature, &e.Source, &sealed, &e.Commitment); err != nil {
+		return domain.Event{}, fmt.Errorf("scan event: %w", Classify(err))
+	}
+	if sealed && len(e.Commitment) != domain.HashSize {
+		return domain.Event{}, fmt.Errorf("event %d is sealed and has no stored body commitment", e.Position)
+	}
+	e.OccurredAt = e.OccurredAt.UTC()
+	e.ReceivedAt = e.ReceivedAt.UTC()
+	return e, nil
+}
+
+// readAfter runs query (a gated read after c: $1 the transaction id, $2
+// the position, $3 the limit) and scans its rows with scan.
+func readAfter(ctx context.Context, q Queryer, query string, c Cursor, limit int, scan func(wmsql.Scanner) (domain.Event, error)) ([]domain.Event, error) {
+	rows, err := q.QueryxContext(ctx, query, strconv.FormatUint(c.TxID, 10), c.Position, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read ledger after %s: %w", c, Classify(err))
 	}
 	defer rows.Close()
 	events := make([]domain.Event, 0, limit)
 	for rows.Next() {
-		e, err := scanEvent(KeyringFrom(ctx), rows)
+		e, err := scan(rows)
 		if err != nil {
 			return nil, err
 		}

@@ -73,12 +73,12 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // let through), every other delivery of that batch is still stored and
 // answered; only the offenders fail, as EINVALID.
 func TestGroupCommitSparesInnocentsWhenARowIsRefused(t *testing.T) {
-	db := schematest.NewDB(t)
+	db, appends := schematest.NewDBs(t) // the service's store pool
 	ctx := context.Background()
 	if _, err := db.Exec(`ALTER TABLE events ADD CONSTRAINT test_refuse_poison CHECK (delivery_id NOT LIKE 'msg_poison%')`); err != nil {
 		t.Fatal(err)
 	}
-	store := schema.NewStore(db)
+	store := schema.NewStore(appends)
 	var mu sync.Mutex
 	var failedSizes []int
 	store.OnCommit = func(n int, _ time.Duration, err error) {
@@ -141,9 +141,9 @@ func TestGroupCommitSparesInnocentsWhenARowIsRefused(t *testing.T) {
 // (duplicate) from one with another body (conflict), for copies already
 // stored and for copies racing in one group commit; the first body stays.
 func TestAppendDeliveryTellsDuplicateFromConflict(t *testing.T) {
-	db := schematest.NewDB(t)
+	db, appends := schematest.NewDBs(t) // the service's store pool
 	ctx := context.Background()
-	store := schema.NewStore(db)
+	store := schema.NewStore(appends)
 	d := delivery(t, "msg_c", "user.created", "user_c")
 	other := delivery(t, "msg_c", "user.updated", "user_c")
 	for _, c := range []struct {

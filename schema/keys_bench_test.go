@@ -16,7 +16,8 @@ import (
 // BenchmarkAppendSealed measures the event store's append (group commit)
 // of deliveries about 1,000 users sent 16 at a time, into a store that
 // keeps bodies in clear (no master key: the baseline) and one that seals
-// them under per-user keys, in alternating rounds of the same run (the
+// them under per-user keys, both on the store pool a service opens
+// (schematest.NewDBs: bytea parameters in binary), in alternating rounds of the same run (the
 // machine is shared: alternating keeps load drift out of the ratio). It
 // reports both costs per delivery and sealed/clear (issue 14: at most 1.10):
 //
@@ -27,8 +28,10 @@ func BenchmarkAppendSealed(b *testing.B) {
 		bodies[i] = delivery(b, "x", "user.updated", fmt.Sprintf("user_bench_%04d", i))
 	}
 	ctx := context.Background()
-	clearStore := schema.NewStore(schematest.NewDB(b))
-	sealedStore := schema.NewStore(schematest.NewDB(b))
+	// Both on the pool a service gives its store (bytea sent in binary).
+	_, clearDB := schematest.NewDBs(b)
+	_, sealedDB := schematest.NewDBs(b)
+	clearStore, sealedStore := schema.NewStore(clearDB), schema.NewStore(sealedDB)
 	sealedStore.Keys = newKeyring(b)
 	var seq atomic.Int64
 	run := func(s *schema.Store, n int) time.Duration {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -22,9 +23,9 @@ func newKeyring(t testing.TB) *userkeys.Keyring { return schematest.NewKeyring(t
 // loudly, and an event about no user stays clear. Redeliveries still tell
 // duplicate from conflict.
 func TestSealedBodiesAreStoredSealedAndReadInClear(t *testing.T) {
-	db := schematest.NewDB(t)
+	db, appends := schematest.NewDBs(t) // bytea parameters sent in binary
 	k := newKeyring(t)
-	store := schema.NewStore(db)
+	store := schema.NewStore(appends)
 	store.Keys = k
 	ctx := context.Background()
 	d := delivery(t, "msg_sealed", "user.created", "user_sealed")
@@ -154,5 +155,69 @@ func TestErasureRacingDeliveries(t *testing.T) {
 	var live int
 	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM user_keys WHERE wrapped IS NOT NULL`).Scan(&live); err != nil || live != 0 {
 		t.Fatalf("%d live keys after the erasure (%v)", live, err)
+	}
+}
+
+// TestReadLeavesAfterReadsNoSealedBody: the tree sealer's read gives every
+// event the same leaf as a full read with the keyring (a sealed, an erased
+// and a clear one), without a keyring and without the sealed body: a
+// sealed event comes with its stored commitment and no body, a clear one
+// with its body. A sealed row without a stored commitment is an error.
+func TestReadLeavesAfterReadsNoSealedBody(t *testing.T) {
+	db := schematest.NewDB(t)
+	k := newKeyring(t)
+	store := schema.NewStore(db)
+	store.Keys = k
+	ctx := context.Background()
+	for _, d := range []domain.Delivery{delivery(t, "msg_a", "user.created", "user_a"), delivery(t, "msg_b", "user.created", "user_b")} {
+		if _, err := store.Append(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	org, err := domain.NewDelivery("msg_org", time.Now().Unix(), "v1,sig", []byte(`{"type":"organization.created","object":"event","timestamp":1716883200000,"data":{"id":"org_1","object":"organization","name":"Acme"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Append(ctx, org); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, `UPDATE user_keys SET wrapped = NULL WHERE user_id = 'user_b'`); err != nil {
+		t.Fatal(err)
+	}
+	schematest.WaitVisible(t, db)
+	full, err := schema.ReadAfter(schema.WithKeyring(ctx, k), db, schema.Cursor{}, 10)
+	if err != nil || len(full) != 3 {
+		t.Fatalf("full read: %v %d", err, len(full))
+	}
+	leaves, err := schema.ReadLeavesAfter(ctx, db, schema.Cursor{}, 10)
+	if err != nil || len(leaves) != 3 {
+		t.Fatalf("leaf read: %v %d", err, len(leaves))
+	}
+	for i, e := range leaves {
+		if e.Leaf() != full[i].Leaf() || schema.After(e) != schema.After(full[i]) {
+			t.Fatalf("event %d: leaf %+v, full read's %+v", i, e.Leaf(), full[i].Leaf())
+		}
+	}
+	if leaves[0].Body != nil || leaves[1].Body != nil || len(leaves[0].Commitment) != domain.HashSize || !full[1].Erased {
+		t.Fatalf("sealed events: bodies %q %q, commitment %d", leaves[0].Body, leaves[1].Body, len(leaves[0].Commitment))
+	}
+	if !bytes.Equal(leaves[2].Body, org.Body) || leaves[2].Commitment != nil {
+		t.Fatalf("clear event: %q %x", leaves[2].Body, leaves[2].Commitment)
+	}
+	b, err := schema.ReadLeafBatch(ctx, db, schema.After(leaves[0]), 10)
+	if err != nil || len(b.Events) != 2 || b.Full || b.Next != schema.After(leaves[2]) {
+		t.Fatalf("batch after the first: %v %+v", err, b)
+	}
+	// The table is append-only: the row is damaged past its trigger.
+	tx, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `SET LOCAL session_replication_role = replica; UPDATE events SET body_commitment = NULL WHERE delivery_id = 'msg_a'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := schema.ReadLeavesAfter(ctx, tx, schema.Cursor{}, 10); err == nil || !strings.Contains(err.Error(), "no stored body commitment") {
+		t.Fatalf("a sealed event without its commitment read as a leaf: %v", err)
 	}
 }

@@ -128,14 +128,7 @@ type Batch struct {
 func ReadBatch(ctx context.Context, q Queryer, c Cursor, types []string, limit int) (Batch, error) {
 	if len(types) == 0 {
 		evs, err := ReadAfter(ctx, q, c, limit)
-		if err != nil {
-			return Batch{}, err
-		}
-		b := Batch{Events: evs, Next: c, Full: len(evs) == limit}
-		if len(evs) > 0 {
-			b.Next = After(evs[len(evs)-1])
-		}
-		return b, nil
+		return batchOf(evs, c, limit), err
 	}
 	// The head is read first: every event up to it is final, so the read
 	// below, bounded by it, sees all of them whatever commits meanwhile.
@@ -173,6 +166,22 @@ LIMIT $6`, strconv.FormatUint(c.TxID, 10), c.Position, strconv.FormatUint(head.T
 		b.Next = After(b.Events[len(b.Events)-1])
 	}
 	return b, nil
+}
+
+// ReadLeafBatch is ReadBatch of every type for the tree sealer: its events
+// are ReadLeavesAfter's (no sealed body read or opened).
+func ReadLeafBatch(ctx context.Context, q Queryer, c Cursor, limit int) (Batch, error) {
+	evs, err := ReadLeavesAfter(ctx, q, c, limit)
+	return batchOf(evs, c, limit), err
+}
+
+// batchOf is the Batch of evs, read after c with limit.
+func batchOf(evs []domain.Event, c Cursor, limit int) Batch {
+	b := Batch{Events: evs, Next: c, Full: len(evs) == limit}
+	if len(evs) > 0 {
+		b.Next = After(evs[len(evs)-1])
+	}
+	return b
 }
 
 // rangeWhere is the condition of StreamEvents and CountEvents.

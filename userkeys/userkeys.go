@@ -56,7 +56,8 @@ const (
 // about a user erased before it arrived.
 var Discarded = []byte{discarded}
 
-// maxCached bounds the unwrapped data keys a Keyring keeps.
+// maxCached bounds the unwrapped data keys a Keyring keeps (about 1 KB
+// each: the AES key schedule and GCM tables).
 const maxCached = 4096
 
 // Keyring is the master key and a cache of unwrapped data keys. The cache
@@ -207,7 +208,14 @@ func (k *Keyring) dataKey(user string, wrapped []byte) (cipher.AEAD, error) {
 	}
 	k.mu.Lock()
 	if len(k.cache) >= maxCached {
-		clear(k.cache)
+		// Full: one entry (where a map's iteration starts, at random)
+		// makes room. Clearing it all would make the next maxCached reads
+		// unwrap again: a rebuild over more users than that would hit
+		// the cache about half as often.
+		for u := range k.cache {
+			delete(k.cache, u)
+			break
+		}
 	}
 	k.cache[user] = cached{wrapped: string(wrapped), aead: a, at: time.Now()}
 	k.mu.Unlock()

@@ -101,7 +101,14 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 		return err
 	}
 	defer db.Close()
-	store := schema.NewStore(ingest)
+	// The event store has a pool of its own, sending bytea parameters (the
+	// sealed bodies) in binary: every []byte it binds is bytea or text.
+	appends, err := schema.Open(ctx, cfg.DatabaseURL, schema.PoolOptions{MaxOpen: schema.AppendPoolConns, BinaryParameters: true})
+	if err != nil {
+		return err
+	}
+	defer appends.Close()
+	store := schema.NewStore(appends)
 	store.Keys = keys
 	metrics, err := newMetrics(log, db, ingest)
 	if err != nil {

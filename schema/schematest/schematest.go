@@ -70,6 +70,24 @@ func NewDB(t testing.TB) *sqlx.DB {
 	return db
 }
 
+// NewDBs is NewDB with a second pool on the same database: the event
+// store's own pool as a service opens it (schema.PoolOptions
+// BinaryParameters), for a Store.
+func NewDBs(t testing.TB) (db, appends *sqlx.DB) {
+	t.Helper()
+	u := NewURL(t)
+	db = Open(t, u)
+	if _, err := schema.Migrate(context.Background(), db.DB); err != nil {
+		t.Fatalf("schematest: migrate: %v", err)
+	}
+	appends, err := schema.Open(context.Background(), u, schema.PoolOptions{MaxOpen: schema.AppendPoolConns, BinaryParameters: true})
+	if err != nil {
+		t.Fatalf("schematest: open: %v", err)
+	}
+	t.Cleanup(func() { appends.Close() })
+	return db, appends
+}
+
 // Open opens a pool on dsn, closed when t ends.
 func Open(t testing.TB, dsn string) *sqlx.DB {
 	t.Helper()
