@@ -46,6 +46,7 @@ type ingestOptions struct {
 	target      string
 	secret      string
 	database    string
+	users       int // 0: every delivery about a new user
 }
 
 func (a *app) benchIngestCmd() *cobra.Command {
@@ -68,8 +69,8 @@ our rate as a ratio of it, with its CPU time per insert. --url targets a running
 		Example: "  ledger bench ingest --concurrency 32 --duration 20s --baseline",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if o.concurrency < 1 || o.duration <= 0 {
-				return domain.Errorf(domain.EINVALID, "--concurrency must be >= 1 and --duration > 0")
+			if o.concurrency < 1 || o.duration <= 0 || o.users < 0 {
+				return domain.Errorf(domain.EINVALID, "--concurrency must be >= 1, --duration > 0 and --users >= 0")
 			}
 			o.secret = a.setting(cmd, "webhook-secret", "CLERK_WEBHOOK_SIGNING_SECRET")
 			o.database = a.setting(cmd, "database-url", "DATABASE_URL")
@@ -79,6 +80,7 @@ our rate as a ratio of it, with its CPU time per insert. --url targets a running
 	cmd.Flags().IntVarP(&o.concurrency, "concurrency", "c", 32, "concurrent senders")
 	cmd.Flags().DurationVarP(&o.duration, "duration", "d", 20*time.Second, "how long to send")
 	cmd.Flags().BoolVar(&o.baseline, "baseline", false, "also time plain durable INSERTs and print the ratio")
+	cmd.Flags().IntVar(&o.users, "users", 0, "spread the deliveries over this many users (0: each about a new user, the worst case for sealing: a data key per delivery)")
 	cmd.Flags().StringVar(&o.target, "url", "", "webhook URL of a running service (default: start one)")
 	cmd.Flags().String("webhook-secret", "", "signing secret of the --url service")
 	return cmd
@@ -326,7 +328,11 @@ func (a *app) benchIngest(ctx context.Context, o ingestOptions) error {
 	meter := startCPUMeter(servicePID, postmaster)
 	res := runLoad(ctx, o.concurrency, o.duration, func(w, i int) error {
 		id := fmt.Sprintf("msg_%s_%d_%d", runID, w, i)
-		return postDelivery(ctx, client, target, signer, id, p.body(fmt.Sprintf("user_b%s%04d%07d", runID, w, i)), &non2xx)
+		user := fmt.Sprintf("user_b%s%04d%07d", runID, w, i)
+		if o.users > 0 {
+			user = fmt.Sprintf("user_b%s%011d", runID, (i*o.concurrency+w)%o.users)
+		}
+		return postDelivery(ctx, client, target, signer, id, p.body(user), &non2xx)
 	})
 	cpu := meter.stop()
 	rate := float64(res.ok) / res.elapsed.Seconds()
