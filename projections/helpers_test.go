@@ -76,6 +76,40 @@ func shuffledWithDuplicates(r *rand.Rand, ds []domain.Delivery) []domain.Deliver
 	return out
 }
 
+// loadShuffled loads ds into db permuted and with duplicates
+// (shuffledWithDuplicates), in transactions of 1 to maxChunk deliveries, so
+// that one object's events are split over transactions and batches.
+func loadShuffled(t testing.TB, r *rand.Rand, db *sqlx.DB, ds []domain.Delivery, maxChunk int) {
+	t.Helper()
+	perm := shuffledWithDuplicates(r, ds)
+	for len(perm) > 0 {
+		n := min(len(perm), 1+r.IntN(maxChunk))
+		load(t, db, perm[:n])
+		perm = perm[n:]
+	}
+}
+
+// rebuildAgrees checks that check finds the live tables of p (as visible
+// shows them) clean, that a rebuild gives the same tables, and that it finds
+// the failed (poison) events the live projector recorded.
+func rebuildAgrees(t testing.TB, db *sqlx.DB, p Projector, visible func(testing.TB, *sqlx.DB) string, failed int64) {
+	t.Helper()
+	live := visible(t, db)
+	if chk, err := Check(context.Background(), db, p, nil); err != nil || len(chk.Differences) != 0 {
+		t.Fatalf("check of the live tables: %v %+v", err, chk.Differences)
+	}
+	res, err := Rebuild(context.Background(), db, p, nil)
+	if err != nil {
+		t.Fatalf("rebuild: %v", err)
+	}
+	if rebuilt := visible(t, db); rebuilt != live {
+		t.Fatalf("rebuild gives other tables:\nlive:\n%s\nrebuilt:\n%s", live, rebuilt)
+	}
+	if _, _, f := checkpointOf(t, db, p.Name()); f != failed || int64(res.Failures) != failed {
+		t.Fatalf("after the rebuild: failed %d, rebuild found %d, live %d", f, res.Failures, failed)
+	}
+}
+
 // visibleUsers returns the users table as text, one line per user, with
 // what readers see (not last_position or the tie-break delivery id, which
 // depend on which copy of an event came last).

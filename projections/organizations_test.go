@@ -214,12 +214,7 @@ func TestOrganizationsOrderAndDuplicatesDoNotMatter(t *testing.T) {
 		all = append(all, ds...)
 		load(t, inOrder, ds)
 		runToHead(t, ra)
-		perm := shuffledWithDuplicates(r, ds)
-		for len(perm) > 0 {
-			n := min(len(perm), 1+r.IntN(40))
-			load(t, shuffled, perm[:n])
-			perm = perm[n:]
-		}
+		loadShuffled(t, r, shuffled, ds, 40)
 		rb.BatchSize = 1 + r.IntN(25)
 		runToHead(t, rb)
 		if a, b := visibleOrgs(t, inOrder), visibleOrgs(t, shuffled); a != b {
@@ -426,20 +421,7 @@ func TestOrganizationsPoisonIsIsolated(t *testing.T) {
 				t.Fatalf("the innocent membership: %+v", got)
 			}
 
-			live := visibleOrgs(t, db)
-			if chk, err := Check(context.Background(), db, NewOrganizations(), nil); err != nil || len(chk.Differences) != 0 {
-				t.Fatalf("check of the live tables: %v %+v", err, chk.Differences)
-			}
-			res, err := Rebuild(context.Background(), db, NewOrganizations(), nil)
-			if err != nil {
-				t.Fatalf("rebuild: %v", err)
-			}
-			if rebuilt := visibleOrgs(t, db); rebuilt != live {
-				t.Fatalf("rebuild gives other tables:\nlive:\n%s\nrebuilt:\n%s", live, rebuilt)
-			}
-			if _, _, f := checkpointOf(t, db, OrganizationsName); f != failed || int64(res.Failures) != failed {
-				t.Fatalf("after the rebuild: failed %d, rebuild found %d, live %d", f, res.Failures, failed)
-			}
+			rebuildAgrees(t, db, NewOrganizations(), visibleOrgs, failed)
 			if st := statusOf(t, db, OrganizationsName); st.LastError != "" {
 				t.Fatalf("a batch failed and was retried: %s", st.LastError)
 			}

@@ -41,14 +41,9 @@ func TestUsersOrderAndDuplicatesDoNotMatter(t *testing.T) {
 		ds := history(t, uint64(100+iter), 40, 300)
 		load(t, inOrder, ds)
 		runToHead(t, ra)
-		perm := shuffledWithDuplicates(r, ds)
 		// In several transactions, read in small batches: a user's events
 		// are split over batches and the stored row is folded further.
-		for len(perm) > 0 {
-			n := min(len(perm), 1+r.IntN(60))
-			load(t, shuffled, perm[:n])
-			perm = perm[n:]
-		}
+		loadShuffled(t, r, shuffled, ds, 60)
 		rb.BatchSize = 1 + r.IntN(40)
 		runToHead(t, rb)
 		if a, b := visibleUsers(t, inOrder), visibleUsers(t, shuffled); a != b {
