@@ -47,6 +47,7 @@ type ingestOptions struct {
 	secret      string
 	database    string
 	users       int // 0: every delivery about a new user
+	cpuProfile  string
 }
 
 func (a *app) benchIngestCmd() *cobra.Command {
@@ -81,6 +82,7 @@ our rate as a ratio of it, with its CPU time per insert. --url targets a running
 	cmd.Flags().DurationVarP(&o.duration, "duration", "d", 20*time.Second, "how long to send")
 	cmd.Flags().BoolVar(&o.baseline, "baseline", false, "also time plain durable INSERTs and print the ratio")
 	cmd.Flags().IntVar(&o.users, "users", 0, "spread the deliveries over this many users (0: each about a new user, the worst case for sealing: a data key per delivery)")
+	cmd.Flags().StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the service to this file (go tool pprof)")
 	cmd.Flags().StringVar(&o.target, "url", "", "webhook URL of a running service (default: start one)")
 	cmd.Flags().String("webhook-secret", "", "signing secret of the --url service")
 	return cmd
@@ -291,7 +293,15 @@ func (a *app) benchIngest(ctx context.Context, o ingestOptions) error {
 			return err
 		}
 		o.secret = clerkgen.NewSecret()
-		child, err = startChildService(ctx, dsn, o.secret)
+		var env []string
+		if o.cpuProfile != "" {
+			p, err := filepath.Abs(o.cpuProfile)
+			if err != nil {
+				return err
+			}
+			env = append(env, "LEDGER_CPUPROFILE="+p)
+		}
+		child, err = startChildService(ctx, dsn, o.secret, env...)
 		if err != nil {
 			return err
 		}

@@ -76,6 +76,13 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 		return err
 	}
 	defer undoGC()
+	// LEDGER_CPUPROFILE (bench ingest --cpuprofile) profiles the service
+	// until it stops.
+	stopProfile, err := startCPUProfile(a.env("LEDGER_CPUPROFILE"))
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
 	if cfg.Pools == (pools{}) {
 		if cfg.Pools, err = loadPools(func(string) string { return "" }); err != nil {
 			return err
