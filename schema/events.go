@@ -313,7 +313,7 @@ func (s *Store) seal(reqs []*appendReq) error {
 	for i, r := range reqs {
 		ds[i] = r.d
 	}
-	seals, err := SealDeliveries(ctx, s.db, s.Keys, ds)
+	seals, err := sealDeliveries(ctx, s.db, s.Keys, ds, false)
 	if err != nil {
 		return fmt.Errorf("append %d deliveries: %w", len(reqs), Classify(err))
 	}

@@ -94,6 +94,13 @@ type Sealing struct {
 // userkeys.Discarded and the commitment is under a salt thrown away.
 // It is the one sealing step of every append path.
 func SealDeliveries(ctx context.Context, q Queryer, k *userkeys.Keyring, ds []domain.Delivery) ([]Sealing, error) {
+	return sealDeliveries(ctx, q, k, ds, true)
+}
+
+// sealDeliveries is SealDeliveries; with durable false, q must be a pool
+// (each statement its own transaction), and the data keys it makes commit
+// without waiting for their WAL flush (provisionKeys).
+func sealDeliveries(ctx context.Context, q Queryer, k *userkeys.Keyring, ds []domain.Delivery, durable bool) ([]Sealing, error) {
 	out := make([]Sealing, len(ds))
 	if k == nil {
 		return out, nil
@@ -125,7 +132,7 @@ func SealDeliveries(ctx context.Context, q Queryer, k *userkeys.Keyring, ds []do
 		if attempt == 3 {
 			return nil, fmt.Errorf("provision data keys: no key row for user %s", users[0])
 		}
-		if err := provisionKeys(ctx, q, k.ID(), users, wrapped, keys); err != nil {
+		if err := provisionKeys(ctx, q, k.ID(), users, wrapped, keys, durable); err != nil {
 			return nil, err
 		}
 		var u2 []string
@@ -163,16 +170,26 @@ func SealDeliveries(ctx context.Context, q Queryer, k *userkeys.Keyring, ds []do
 // has a key row already (live, or destroyed by erasure: then it stays
 // destroyed), and adds to keys every user's stored wrapped key it sees
 // (nil: destroyed).
-func provisionKeys(ctx context.Context, q Queryer, kekID string, users []string, wrapped [][]byte, keys map[string][]byte) error {
-	rows, err := q.QueryxContext(ctx, `WITH new AS (
+//
+// With durable false the statement, which must be its own transaction,
+// commits without waiting for its WAL flush (synchronous_commit off for
+// that transaction only): an append then waits for one flush, its INSERT's,
+// not two. No event can outlive its key: a body sealed under a new key is
+// inserted after the key's commit, and PostgreSQL flushes WAL in order, so
+// the flush that makes the event durable makes the key durable too; a key
+// lost in a crash sealed nothing that was acknowledged.
+func provisionKeys(ctx context.Context, q Queryer, kekID string, users []string, wrapped [][]byte, keys map[string][]byte, durable bool) error {
+	rows, err := q.QueryxContext(ctx, `WITH commit_mode AS MATERIALIZED (
+  SELECT CASE WHEN $4 THEN '' ELSE set_config('synchronous_commit', 'off', true) END),
+new AS (
   INSERT INTO user_keys (user_id, wrapped, kek_id)
-  SELECT u, w, $3 FROM unnest($1::text[], $2::bytea[]) AS t(u, w)
+  SELECT u, w, $3 FROM unnest($1::text[], $2::bytea[]) AS t(u, w), commit_mode
   ON CONFLICT (user_id) DO NOTHING
   RETURNING user_id, wrapped)
 SELECT user_id, wrapped FROM new
 UNION ALL
 SELECT k.user_id, k.wrapped FROM user_keys k WHERE k.user_id = ANY($1) AND k.user_id NOT IN (SELECT user_id FROM new)`,
-		pq.Array(users), pq.ByteaArray(wrapped), kekID)
+		pq.Array(users), pq.ByteaArray(wrapped), kekID, durable)
 	if err != nil {
 		return fmt.Errorf("provision data keys: %w", Classify(err))
 	}
