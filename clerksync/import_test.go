@@ -55,9 +55,9 @@ func TestImportIntoAnEmptyLedger(t *testing.T) {
 		t.Fatalf("projected %+v from %+v", u, cu)
 	}
 	e.checkProjection()
-	// The workspace indexes the imported users' emails for search, and does
-	// not count the snapshots as deliveries.
-	if err := projections.NewRunner(e.db, nil, projections.NewWorkspace()).CatchUp(context.Background()); err != nil {
+	// The users projector indexes the imported users' emails for search;
+	// the workspace does not count the snapshots as deliveries.
+	if err := projections.NewRunner(e.db, nil, projections.NewUsers(), projections.NewWorkspace()).CatchUp(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	withEmail := int64(0)

@@ -209,15 +209,23 @@ func str(p *string) string {
 // Apply (or DecodeUserEvent and UserEvent.Apply, the same steps apart), so
 // they agree on what is poison.
 func Apply(u User, e Event) (User, error) {
+	next, _, err := ApplyUserEvent(u, e)
+	return next, err
+}
+
+// ApplyUserEvent is Apply that also returns e decoded (the zero UserEvent
+// for an event that is no user event, or that does not decode), for a
+// caller that reads more of it, such as the addresses it names.
+func ApplyUserEvent(u User, e Event) (User, UserEvent, error) {
 	if !IsUserEvent(e.Type) {
-		return u, nil
+		return u, UserEvent{}, nil
 	}
 	d, err := DecodeUserEvent(e)
 	if err != nil {
-		return u, err
+		return u, UserEvent{}, err
 	}
 	next, _ := d.Apply(u)
-	return next, nil
+	return next, d, nil
 }
 
 // Outcome is what folding one event did to a user's state.

@@ -219,7 +219,7 @@ func TestAuditSearchByPastEmail(t *testing.T) {
 	e.append(t, "msg_m2", "session.created", u, tBase.Add(2*time.Minute))
 	e.append(t, "msg_o", "user.created", clerkgen.User{ID: "user_other", Email: "other@example.com"}, tBase)
 	e.visible(t, 4)
-	if err := projections.NewRunner(e.db, nil, projections.NewWorkspace()).CatchUp(context.Background()); err != nil {
+	if err := projections.NewRunner(e.db, nil, projections.NewUsers(), projections.NewWorkspace()).CatchUp(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	for _, q := range []string{"email=OLD%40example.com", "email=old%40*", "email=old%40example.com&limit=2"} {

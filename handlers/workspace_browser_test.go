@@ -163,7 +163,7 @@ func TestBrowserWorkspace(t *testing.T) {
 		e.deliverBody(t, b)
 	}
 	projectUsers(t, e.db)
-	if err := projections.NewRunner(e.db, nil, projections.NewTree(), projections.NewWorkspace(), projections.NewOrganizations()).CatchUp(context.Background()); err != nil {
+	if err := projections.NewRunner(e.db, nil, projections.NewTree(), projections.NewUsers(), projections.NewWorkspace(), projections.NewOrganizations()).CatchUp(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	logSigner, logVerifier := schematest.NewLogKey(t, "clerk-ledger/browser")

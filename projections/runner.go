@@ -41,8 +41,9 @@ type Projector interface {
 type gapless interface{ gapless() }
 
 // leafReader is implemented by a projector that reads every event for its
-// leaf only (the tree sealer): the Runner reads its batches with
-// schema.ReadLeafBatch, so no sealed body is read or opened for it.
+// leaf or its metadata only (the tree sealer, the workspace's counts): the
+// Runner reads its batches with schema.ReadLeafBatch, so no sealed body is
+// read or opened for it.
 type leafReader interface{ leavesOnly() }
 
 // readBatch reads p's next batch after cp: its types, or only the leaves

@@ -110,7 +110,8 @@ func (p *Users) Apply(ctx context.Context, tx *sqlx.Tx, events []domain.Event) (
 		r := stored[id]
 		states[id] = &userState{u: r.User, last: schema.Cursor{Position: r.LastPosition}}
 	}
-	failures = append(failures, p.foldParallel(states, events, keys)...)
+	folded, seen := p.foldParallel(states, events, keys)
+	failures = append(failures, folded...)
 	rows := make([]schema.UserRow, 0, len(states))
 	for _, st := range states {
 		rows = append(rows, st.row())
@@ -118,7 +119,19 @@ func (p *Users) Apply(ctx context.Context, tx *sqlx.Tx, events []domain.Event) (
 	if err := p.table.Upsert(ctx, tx, rows); err != nil {
 		return nil, err
 	}
-	return failures, nil
+	if err := schema.AddEmails(ctx, tx, seen); err != nil {
+		return nil, err
+	}
+	// An erased user's addresses go (their events cannot be read any
+	// more), after this batch's: a pass that read the user's events before
+	// the erasure added them, and the erasure's event comes after those.
+	var erased []string
+	for _, e := range events {
+		if e.Type == domain.ErasureEventType && e.UserID != "" {
+			erased = append(erased, e.UserID)
+		}
+	}
+	return failures, schema.DeleteEmailsOf(ctx, tx, erased)
 }
 
 // userState is one user being folded: the User and the last event applied.
@@ -132,12 +145,24 @@ func (s *userState) row() schema.UserRow {
 	return schema.UserRow{User: s.u, LastPosition: s.last.Position}
 }
 
+// maxEmailBytes is the longest address user_emails keeps (RFC 5321 allows 254).
+const maxEmailBytes = 320
+
 // apply folds e, an event about user id (domain.UserKey), into s; it
-// returns a Failure for a poison event (domain.Apply's rules).
-func (s *userState) apply(e domain.Event) *Failure {
-	next, err := domain.Apply(s.u, e)
+// returns a Failure for a poison event (domain.Apply's rules). When seen is
+// not nil, it appends to it every address e names (user_emails).
+func (s *userState) apply(e domain.Event, seen *[]schema.EmailSighting) *Failure {
+	next, d, err := domain.ApplyUserEvent(s.u, e)
 	if err != nil {
 		return &Failure{Position: e.Position, DeliveryID: e.DeliveryID, Err: err}
+	}
+	if seen != nil {
+		for _, a := range d.EmailAddresses() {
+			if len(a) > maxEmailBytes {
+				continue // no address is this long; an index row might not take it
+			}
+			*seen = append(*seen, schema.EmailSighting{Email: schema.NormalizeEmail(a), UserID: d.UserID(), Position: e.Position, At: e.OccurredAt})
+		}
 	}
 	s.u = next
 	if c := schema.After(e); s.last.Less(c) {
@@ -178,7 +203,7 @@ func (p *Users) shardOf(id string, n int) int { return int(maphash.String(p.seed
 // in ledger order) into states, which holds an entry for every user. Users
 // are split into shards folded concurrently; each state is touched by one
 // goroutine only.
-func (p *Users) foldParallel(states map[string]*userState, events []domain.Event, keys map[string][]int) []Failure {
+func (p *Users) foldParallel(states map[string]*userState, events []domain.Event, keys map[string][]int) ([]Failure, []schema.EmailSighting) {
 	workers := max(1, min(p.workers, len(keys)/64+1))
 	shards := make([][]string, workers)
 	for id := range keys {
@@ -186,13 +211,14 @@ func (p *Users) foldParallel(states map[string]*userState, events []domain.Event
 		shards[w] = append(shards[w], id)
 	}
 	fails := make([][]Failure, workers)
+	seen := make([][]schema.EmailSighting, workers)
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Go(func() {
 			for _, id := range shards[w] {
 				s := states[id]
 				for _, i := range keys[id] {
-					if f := s.apply(events[i]); f != nil {
+					if f := s.apply(events[i], &seen[w]); f != nil {
 						fails[w] = append(fails[w], *f)
 					}
 				}
@@ -204,7 +230,7 @@ func (p *Users) foldParallel(states map[string]*userState, events []domain.Event
 	for _, f := range fails {
 		out = append(out, f...)
 	}
-	return out
+	return out, slices.Concat(seen...)
 }
 
 // loadFolded writes the users of bf, folded from the events in (after,
@@ -364,7 +390,7 @@ func (p *Users) fold(ctx context.Context, q schema.Queryer, after, upTo schema.C
 							s = &userState{}
 							m[k] = s
 						}
-						f = s.apply(e)
+						f = s.apply(e, nil)
 					}
 					if f != nil {
 						fails[w] = append(fails[w], *f)

@@ -12,7 +12,8 @@ import (
 
 // The audit workspace's read models (migration 00014): user_emails, every
 // email address user events named, and delivery_counts, deliveries per day
-// and event family. The workspace projector keeps them.
+// and event family. The users projector keeps user_emails (it decodes the
+// events anyway), the workspace projector delivery_counts.
 
 // EmailSighting is one email address a user event named.
 type EmailSighting struct {
