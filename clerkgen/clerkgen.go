@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"math/big"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -80,15 +81,7 @@ var EventTypes = []string{"user.created", "user.updated", "user.deleted", "sessi
 // Event builds the JSON body of a Clerk webhook of type typ about u, sent at
 // `at`. It returns an error for a type it cannot build.
 func Event(typ string, u User, at time.Time) ([]byte, error) {
-	if u.ID == "" {
-		u.ID = NewID("user")
-	}
-	if u.CreatedAt.IsZero() {
-		u.CreatedAt = at
-	}
-	if u.UpdatedAt.IsZero() {
-		u.UpdatedAt = at
-	}
+	fillDefaults(&u.ID, "user", &u.CreatedAt, &u.UpdatedAt, at)
 	var data any
 	switch typ {
 	case "user.created", "user.updated":
@@ -268,16 +261,31 @@ var rolePermissions = map[string][]string{
 }
 
 func (o Organization) fill(at time.Time) Organization {
-	if o.ID == "" {
-		o.ID = NewID("org")
-	}
-	if o.CreatedAt.IsZero() {
-		o.CreatedAt = at
-	}
-	if o.UpdatedAt.IsZero() {
-		o.UpdatedAt = at
-	}
+	fillDefaults(&o.ID, "org", &o.CreatedAt, &o.UpdatedAt, at)
 	return o
+}
+
+// fillDefaults fills what a description left zero: the id with a new id
+// of prefix (NewID), the created and updated times with at.
+func fillDefaults(id *string, prefix string, created, updated *time.Time, at time.Time) {
+	if *id == "" {
+		*id = NewID(prefix)
+	}
+	if created.IsZero() {
+		*created = at
+	}
+	if updated.IsZero() {
+		*updated = at
+	}
+}
+
+// checkType returns an error unless typ is one of types, the types of the
+// events about what (a word for the error) a builder builds.
+func checkType(typ, what string, types ...string) error {
+	if !slices.Contains(types, typ) {
+		return fmt.Errorf("cannot build a %q %s event", typ, what)
+	}
+	return nil
 }
 
 func organizationObject(o Organization) map[string]any {
@@ -320,22 +328,12 @@ func OrganizationEvent(typ string, o Organization, at time.Time) ([]byte, error)
 // its organization object and the user's public data, as Clerk sends it
 // (deletions too).
 func MembershipEvent(typ string, m Membership, at time.Time) ([]byte, error) {
-	switch typ {
-	case "organizationMembership.created", "organizationMembership.updated", "organizationMembership.deleted":
-	default:
-		return nil, fmt.Errorf("cannot build a %q membership event", typ)
+	if err := checkType(typ, "membership", "organizationMembership.created", "organizationMembership.updated", "organizationMembership.deleted"); err != nil {
+		return nil, err
 	}
-	if m.ID == "" {
-		m.ID = NewID("orgmem")
-	}
+	fillDefaults(&m.ID, "orgmem", &m.CreatedAt, &m.UpdatedAt, at)
 	if m.User.ID == "" {
 		m.User.ID = NewID("user")
-	}
-	if m.CreatedAt.IsZero() {
-		m.CreatedAt = at
-	}
-	if m.UpdatedAt.IsZero() {
-		m.UpdatedAt = at
 	}
 	if m.Role == "" {
 		m.Role = "org:member"
@@ -369,14 +367,10 @@ func MembershipEvent(typ string, m Membership, at time.Time) ([]byte, error) {
 // InvitationEvent builds the body of an organizationInvitation.created,
 // .accepted or .revoked webhook about inv, sent at `at`.
 func InvitationEvent(typ string, inv Invitation, at time.Time) ([]byte, error) {
-	switch typ {
-	case "organizationInvitation.created", "organizationInvitation.accepted", "organizationInvitation.revoked":
-	default:
-		return nil, fmt.Errorf("cannot build a %q invitation event", typ)
+	if err := checkType(typ, "invitation", "organizationInvitation.created", "organizationInvitation.accepted", "organizationInvitation.revoked"); err != nil {
+		return nil, err
 	}
-	if inv.ID == "" {
-		inv.ID = NewID("orginv")
-	}
+	fillDefaults(&inv.ID, "orginv", &inv.CreatedAt, &inv.UpdatedAt, at)
 	o := inv.Organization.fill(at)
 	if inv.Role == "" {
 		inv.Role = "org:member"
@@ -384,12 +378,6 @@ func InvitationEvent(typ string, inv Invitation, at time.Time) ([]byte, error) {
 	if inv.Status == "" {
 		inv.Status = map[string]string{"organizationInvitation.created": "pending", "organizationInvitation.accepted": "accepted",
 			"organizationInvitation.revoked": "revoked"}[typ]
-	}
-	if inv.CreatedAt.IsZero() {
-		inv.CreatedAt = at
-	}
-	if inv.UpdatedAt.IsZero() {
-		inv.UpdatedAt = at
 	}
 	data := map[string]any{
 		"id": inv.ID, "object": "organization_invitation", "email_address": inv.Email,

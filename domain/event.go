@@ -217,10 +217,14 @@ func (e Event) BodyCommitment() [HashSize]byte {
 
 // Leaf returns e's leaf, its body committed by e.BodyCommitment.
 func (e Event) Leaf() Leaf {
-	return Leaf{
+	return Leaf{LeafFields: e.leafFields(), BodyCommitment: e.BodyCommitment()}
+}
+
+// leafFields returns the fields of e its leaf commits to as they are.
+func (e Event) leafFields() LeafFields {
+	return LeafFields{
 		Position: e.Position, DeliveryID: e.DeliveryID, Type: e.Type, UserID: e.UserID, Source: e.Source,
 		OccurredAt: e.OccurredAt, ReceivedAt: e.ReceivedAt,
 		SvixTimestamp: e.SvixTimestamp, SvixSignature: e.SvixSignature,
-		BodyCommitment: e.BodyCommitment(),
 	}
 }

@@ -37,27 +37,29 @@ func BodyCommitment(salt, body []byte) [HashSize]byte {
 // leaf still checked). The transaction id is left out on purpose: a restore
 // into a new cluster changes it, not the event (see ChainHash).
 type Leaf struct {
-	Position       int64     `json:"position"`
-	DeliveryID     string    `json:"delivery_id"`
-	Type           string    `json:"type"`
-	UserID         string    `json:"user_id"`
-	Source         string    `json:"source"`
-	OccurredAt     time.Time `json:"occurred_at"`
-	ReceivedAt     time.Time `json:"received_at"`
-	SvixTimestamp  int64     `json:"svix_timestamp"`
-	SvixSignature  string    `json:"svix_signature"`
+	LeafFields
 	BodyCommitment [HashSize]byte
+}
+
+// LeafFields are the stored fields of an event a leaf commits to as they
+// are: all of the leaf but the body commitment. A proof bundle carries them
+// (translog.BundleEvent) so that its leaf can be rebuilt and checked.
+type LeafFields struct {
+	Position      int64     `json:"position"`
+	DeliveryID    string    `json:"delivery_id"`
+	Type          string    `json:"type"`
+	UserID        string    `json:"user_id"`
+	Source        string    `json:"source"`
+	OccurredAt    time.Time `json:"occurred_at"`
+	ReceivedAt    time.Time `json:"received_at"`
+	SvixTimestamp int64     `json:"svix_timestamp"`
+	SvixSignature string    `json:"svix_signature"`
 }
 
 // LeafOf returns e's leaf with the body committed with salt (empty for a
 // body kept in clear).
 func LeafOf(e Event, salt []byte) Leaf {
-	return Leaf{
-		Position: e.Position, DeliveryID: e.DeliveryID, Type: e.Type, UserID: e.UserID, Source: e.Source,
-		OccurredAt: e.OccurredAt, ReceivedAt: e.ReceivedAt,
-		SvixTimestamp: e.SvixTimestamp, SvixSignature: e.SvixSignature,
-		BodyCommitment: BodyCommitment(salt, e.Body),
-	}
+	return Leaf{LeafFields: e.leafFields(), BodyCommitment: BodyCommitment(salt, e.Body)}
 }
 
 // Encode appends the leaf's bytes to b and returns the result:

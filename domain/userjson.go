@@ -111,9 +111,7 @@ func (s *scanner) userData(d *userData) {
 			d.ImageURL = s.optString()
 		case "public_metadata":
 			s.once(&seen, 8)
-			start := s.i
-			s.skip(2)
-			d.PublicMetadata = json.RawMessage(s.b[start:s.i])
+			d.PublicMetadata = s.rawValue(2)
 		case "created_at":
 			s.once(&seen, 9)
 			d.CreatedAt = s.int64Value()
@@ -146,9 +144,7 @@ func (s *scanner) userData(d *userData) {
 			d.LastActiveAt = s.optInt64()
 		case "private_metadata":
 			s.once(&seen, 19)
-			start := s.i
-			s.skip(2)
-			d.PrivateMetadata = json.RawMessage(s.b[start:s.i])
+			d.PrivateMetadata = s.rawValue(2)
 		default:
 			s.foldCheck(key, "id", "deleted", "primary_email_address_id", "email_addresses", "first_name",
 				"last_name", "username", "image_url", "public_metadata", "created_at", "updated_at")
@@ -176,12 +172,10 @@ type emailAddress = struct {
 	} `json:"verification"`
 }
 
+// emails scans email_addresses: an array of objects, of which id,
+// email_address and verification.status are kept.
 func (s *scanner) emails() []emailAddress {
-	out := []emailAddress{}
-	s.objectArray(3, func() {
-		out = append(out, emailAddress{})
-	}, func(key []byte, seen *uint64) {
-		a := &out[len(out)-1]
+	return objectArray(s, 3, func(a *emailAddress, key []byte, seen *uint64) {
 		switch string(key) {
 		case "id":
 			s.once(seen, 0)
@@ -219,20 +213,12 @@ func (s *scanner) emails() []emailAddress {
 			s.skip(4)
 		}
 	})
-	if s.bad {
-		return nil
-	}
-	return out
 }
 
 // phones scans phone_numbers: an array of objects, of which id and
 // phone_number are kept.
 func (s *scanner) phones() []phoneNumber {
-	out := []phoneNumber{}
-	s.objectArray(3, func() {
-		out = append(out, phoneNumber{})
-	}, func(key []byte, seen *uint64) {
-		p := &out[len(out)-1]
+	return objectArray(s, 3, func(p *phoneNumber, key []byte, seen *uint64) {
 		switch string(key) {
 		case "id":
 			s.once(seen, 0)
@@ -245,47 +231,52 @@ func (s *scanner) phones() []phoneNumber {
 			s.skip(4)
 		}
 	})
-	if s.bad {
-		return nil
-	}
-	return out
 }
 
-// objectArray scans an array of objects at s.i (depth is the objects'):
-// for each element it calls start, then member with each key (and that
-// element's once bits) with s.i at the value, which member must consume.
-// Anything else than an array of objects (null included) gives up.
-func (s *scanner) objectArray(depth int, start func(), member func(key []byte, seen *uint64)) {
+// objectArray scans an array of objects at s.i (depth is the objects') into
+// a slice of T, empty but not nil for []: for each element it appends a
+// zero T and calls member with it and each key (and that element's once
+// bits), with s.i at the value, which member must consume. Anything else
+// than an array of objects (null included) gives up; when the scanner gives
+// up, objectArray returns nil.
+func objectArray[T any](s *scanner, depth int, member func(e *T, key []byte, seen *uint64)) []T {
 	if s.peek() != '[' {
 		s.bad = true
-		return
+		return nil
 	}
 	s.i++
 	s.ws()
+	out := []T{}
 	if s.peek() == ']' {
 		s.i++
-		return
+		return out
 	}
 	for !s.bad {
 		s.ws()
 		if s.peek() != '{' {
 			s.bad = true
-			return
+			break
 		}
-		start()
+		var zero T
+		out = append(out, zero)
+		e := &out[len(out)-1]
 		var seen uint64
-		s.object(depth, func(key []byte) { member(key, &seen) })
+		s.object(depth, func(key []byte) { member(e, key, &seen) })
 		s.ws()
 		switch s.peek() {
 		case ',':
 			s.i++
 		case ']':
 			s.i++
-			return
+			if s.bad {
+				return nil
+			}
+			return out
 		default:
 			s.bad = true
 		}
 	}
+	return nil
 }
 
 // once gives up when a kept key repeats: encoding/json merges repeats by
@@ -536,6 +527,14 @@ func (s *scanner) literal(lit string) bool {
 		return true
 	}
 	return false
+}
+
+// rawValue scans and validates any JSON value at s.i (depth is its own, as
+// for skip) and returns its bytes: a slice of s.b, not a copy.
+func (s *scanner) rawValue(depth int) json.RawMessage {
+	start := s.i
+	s.skip(depth)
+	return s.b[start:s.i]
 }
 
 // skip scans and validates any JSON value at s.i.

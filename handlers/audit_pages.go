@@ -162,6 +162,23 @@ type pager struct {
 	End               string // shown when there is no next page
 }
 
+// newPager is the pager of a page of results served at path, base being the
+// first page's query: a link to the next page when next (its cursor) is not
+// "", one to the first page when this page is not it, and end to show when
+// there is no next page.
+func newPager(path string, base url.Values, next string, first bool, end string) pager {
+	p := pager{End: end}
+	if next != "" {
+		v := cloneValues(base)
+		v.Set("cursor", next)
+		p.NextURL = path + "?" + v.Encode()
+	}
+	if !first {
+		p.FirstURL = path + query(base)
+	}
+	return p
+}
+
 // pageTimeLayouts are what a datetime-local input sends (no zone: UTC).
 var pageTimeLayouts = []string{"2006-01-02T15:04:05", "2006-01-02T15:04"}
 
@@ -320,15 +337,7 @@ func handleAuditSearchPage(pg *pages, own origins, svc *audit.Service) http.Hand
 			if email != "" {
 				base.Set("email", email)
 			}
-			data.Pager.End = "End of the results."
-			if res.Next != "" {
-				next := cloneValues(base)
-				next.Set("cursor", res.Next)
-				data.Pager.NextURL = "/audit/search?" + next.Encode()
-			}
-			if v.Get("cursor") != "" {
-				data.Pager.FirstURL = "/audit/search?" + base.Encode()
-			}
+			data.Pager = newPager("/audit/search", base, res.Next, v.Get("cursor") == "", "End of the results.")
 			if email == "" { // the export API has no email filter
 				exp := cloneValues(base)
 				exp.Del("limit")
@@ -477,12 +486,10 @@ func handleAuditUserPage(pg *pages, own origins, svc *audit.Service) http.Handle
 			data.Error = msg
 			pg.render(w, r, http.StatusBadRequest, "audit_user.html", data)
 		}
-		if s := q.Get("at"); strings.TrimSpace(s) != "" {
-			var problem string
-			if data.At, data.AtLocal, data.AtText, problem = pageAt(s); problem != "" {
-				bad(problem)
-				return
-			}
+		var problem string
+		if data.At, data.AtLocal, data.AtText, problem = pageAt(q.Get("at")); problem != "" {
+			bad(problem)
+			return
 		}
 		page, err := parseUserPage(url.Values{"order": q["order"], "cursor": q["cursor"]})
 		if err != nil {
@@ -519,15 +526,7 @@ func handleAuditUserPage(pg *pages, own origins, svc *audit.Service) http.Handle
 		if data.Order == audit.OrderLedger {
 			base.Set("order", audit.OrderLedger)
 		}
-		data.Pager.End = "End of the timeline."
-		if h.NextCursor != "" {
-			next := cloneValues(base)
-			next.Set("cursor", h.NextCursor)
-			data.Pager.NextURL = self + "?" + next.Encode()
-		}
-		if !page.After.IsZero() {
-			data.Pager.FirstURL = self + query(base)
-		}
+		data.Pager = newPager(self, base, h.NextCursor, page.After.IsZero(), "End of the timeline.")
 		status := http.StatusOK
 		if h.Total == 0 {
 			status, data.Error = http.StatusNotFound, "The ledger has no event about user "+id+"."
@@ -583,12 +582,10 @@ func handleAuditOrganizationPage(pg *pages, own origins, svc *audit.Service) htt
 			data.Error = msg
 			pg.render(w, r, http.StatusBadRequest, "audit_organization.html", data)
 		}
-		if s := q.Get("at"); strings.TrimSpace(s) != "" {
-			var problem string
-			if data.At, data.AtLocal, data.AtText, problem = pageAt(s); problem != "" {
-				bad(problem)
-				return
-			}
+		var problem string
+		if data.At, data.AtLocal, data.AtText, problem = pageAt(q.Get("at")); problem != "" {
+			bad(problem)
+			return
 		}
 		page, err := parseOrganizationPage(url.Values{"cursor": q["cursor"]})
 		if err != nil {
@@ -621,15 +618,7 @@ func handleAuditOrganizationPage(pg *pages, own origins, svc *audit.Service) htt
 		if data.AtText != "" {
 			base.Set("at", data.AtText)
 		}
-		data.Pager.End = "End of the history."
-		if h.NextCursor != "" {
-			next := cloneValues(base)
-			next.Set("cursor", h.NextCursor)
-			data.Pager.NextURL = self + "?" + next.Encode()
-		}
-		if page.After != (schema.Cursor{}) {
-			data.Pager.FirstURL = self + query(base)
-		}
+		data.Pager = newPager(self, base, h.NextCursor, page.After == (schema.Cursor{}), "End of the history.")
 		status := http.StatusOK
 		if h.Total == 0 && !h.Exists {
 			status, data.Error = http.StatusNotFound, "The ledger has no event about organization "+id+"."
@@ -753,8 +742,11 @@ func handleAuditLogPage(pg *pages, svc *audit.Service) http.HandlerFunc {
 // pageAt parses a view's `at` as the workspace's time picker (or a person
 // typing RFC 3339) gives it: the time in UTC, as the picker shows it
 // (local) and as RFC 3339 (text); problem says what is wrong with s, if
-// anything.
+// anything. A blank s is no instant (the view is as of now): all zero.
 func pageAt(s string) (at time.Time, local, text, problem string) {
+	if strings.TrimSpace(s) == "" {
+		return time.Time{}, "", "", ""
+	}
 	t, err := time.Parse(time.RFC3339Nano, normalizeTime(s))
 	if err != nil {
 		return time.Time{}, "", "", "at " + strconv.Quote(s) + " is not a time (use the picker, or RFC 3339)"

@@ -45,16 +45,32 @@ func (p *Organizations) Types() []string {
 	return append(domain.OrganizationEventTypes(), domain.ErasureEventType)
 }
 
-// orgState and memState are one organization and one membership being
-// folded, with the last event applied to each.
-type orgState struct {
-	row  schema.OrganizationRow
+// rowState is one row being folded (an organization's or a membership's),
+// with the last event applied to it.
+type rowState[R any] struct {
+	row  R
 	last schema.Cursor
 }
 
-type memState struct {
-	row  schema.MembershipRow
-	last schema.Cursor
+// orgState and memState are one organization and one membership being
+// folded.
+type (
+	orgState = rowState[schema.OrganizationRow]
+	memState = rowState[schema.MembershipRow]
+)
+
+// foldRow folds an event at c into the state of id in m, creating it with
+// a zero row: apply updates the row, and c becomes its last event if later.
+func foldRow[R any](m map[string]*rowState[R], id string, c schema.Cursor, apply func(row *R)) {
+	st := m[id]
+	if st == nil {
+		st = &rowState[R]{}
+		m[id] = st
+	}
+	apply(&st.row)
+	if st.last.Less(c) {
+		st.last = c
+	}
 }
 
 // orgStates is the part of the read model a batch or a rebuild folds.
@@ -71,26 +87,14 @@ func newOrgStates() *orgStates {
 func (s *orgStates) add(e domain.Event, x domain.OrganizationEvent) {
 	c := schema.After(e)
 	if id := x.OrganizationID(); id != "" {
-		st := s.orgs[id]
-		if st == nil {
-			st = &orgState{}
-			s.orgs[id] = st
-		}
-		st.row.Organization = domain.ApplyOrganization(st.row.Organization, x)
-		if st.last.Less(c) {
-			st.last = c
-		}
+		foldRow(s.orgs, id, c, func(r *schema.OrganizationRow) {
+			r.Organization = domain.ApplyOrganization(r.Organization, x)
+		})
 	}
 	if id := x.MembershipID(); id != "" {
-		st := s.mems[id]
-		if st == nil {
-			st = &memState{}
-			s.mems[id] = st
-		}
-		st.row.Membership = domain.ApplyMembership(st.row.Membership, x)
-		if st.last.Less(c) {
-			st.last = c
-		}
+		foldRow(s.mems, id, c, func(r *schema.MembershipRow) {
+			r.Membership = domain.ApplyMembership(r.Membership, x)
+		})
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"golang.org/x/mod/sumdb/tlog"
@@ -27,16 +26,11 @@ type Bundle struct {
 
 // BundleEvent is one event of a Bundle.
 type BundleEvent struct {
-	LeafIndex     int64     `json:"leaf_index"`
-	Position      int64     `json:"position"`
-	DeliveryID    string    `json:"delivery_id"`
-	Type          string    `json:"type"`
-	UserID        string    `json:"user_id"`
-	Source        string    `json:"source"`
-	OccurredAt    time.Time `json:"occurred_at"`
-	ReceivedAt    time.Time `json:"received_at"`
-	SvixTimestamp int64     `json:"svix_timestamp"`
-	SvixSignature string    `json:"svix_signature"`
+	LeafIndex int64 `json:"leaf_index"`
+	// The leaf's fields, in JSON as fields of the event: position,
+	// delivery_id, type, user_id, source, occurred_at, received_at,
+	// svix_timestamp and svix_signature.
+	domain.LeafFields
 	// Salt (base64, empty for a body kept in clear) and Body (the exact
 	// delivered bytes) open BodyCommitment. Body is null when the body was
 	// erased: the leaf still verifies, the body check says "erased".
@@ -64,9 +58,10 @@ func NewBundleEvent(leaf int64, e domain.Event, salt []byte, proof tlog.RecordPr
 		s := string(e.Body)
 		body = &s
 	}
+	fields := l.LeafFields
+	fields.OccurredAt, fields.ReceivedAt = fields.OccurredAt.UTC(), fields.ReceivedAt.UTC()
 	b := BundleEvent{
-		LeafIndex: leaf, Position: e.Position, DeliveryID: e.DeliveryID, Type: e.Type, UserID: e.UserID, Source: e.Source,
-		OccurredAt: l.OccurredAt.UTC(), ReceivedAt: l.ReceivedAt.UTC(), SvixTimestamp: e.SvixTimestamp, SvixSignature: e.SvixSignature,
+		LeafIndex: leaf, LeafFields: fields,
 		Salt: base64.StdEncoding.EncodeToString(e.Salt), Body: body, Erased: e.Erased,
 		BodyCommitment: base64.StdEncoding.EncodeToString(l.BodyCommitment[:]),
 		LeafHash:       base64.StdEncoding.EncodeToString(h[:]),
@@ -183,10 +178,7 @@ func checkEvent(user string, e BundleEvent, cp Checkpoint) (included bool, body,
 	if err != nil {
 		return false, "", "leaf_hash: " + err.Error()
 	}
-	l := domain.Leaf{Position: e.Position, DeliveryID: e.DeliveryID, Type: e.Type, UserID: e.UserID, Source: e.Source,
-		OccurredAt: e.OccurredAt, ReceivedAt: e.ReceivedAt, SvixTimestamp: e.SvixTimestamp, SvixSignature: e.SvixSignature,
-		BodyCommitment: commit}
-	if LeafHash(l) != want {
+	if LeafHash(domain.Leaf{LeafFields: e.LeafFields, BodyCommitment: commit}) != want {
 		return false, "", "its fields do not hash to its leaf hash"
 	}
 	proof := make(tlog.RecordProof, len(e.Proof))

@@ -197,8 +197,7 @@ func TestBundleVerifiesOfflineAndAnyByteChangeFailsIt(t *testing.T) {
 		if domain.BodyCommitment(nil, []byte(*e.Body)) != [32]byte(c) {
 			t.Fatal("body commitment")
 		}
-		leaf := domain.Leaf{Position: e.Position, DeliveryID: e.DeliveryID, Type: e.Type, UserID: e.UserID, Source: e.Source,
-			OccurredAt: e.OccurredAt, ReceivedAt: e.ReceivedAt, SvixTimestamp: e.SvixTimestamp, SvixSignature: e.SvixSignature, BodyCommitment: [32]byte(c)}
+		leaf := domain.Leaf{LeafFields: e.LeafFields, BodyCommitment: [32]byte(c)}
 		if err := tlog.CheckRecord(proof, cp.Size, cp.Root, e.LeafIndex, tlog.RecordHash(leaf.Encode(nil))); err != nil {
 			t.Fatalf("tlog.CheckRecord of leaf %d: %v", e.LeafIndex, err)
 		}

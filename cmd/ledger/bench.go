@@ -473,10 +473,9 @@ var lagProjectors = []string{projections.UsersName, projections.TreeName}
 // lagSampler polls the projectors' status during a benchmark and keeps the
 // worst lag seen of each of lagProjectors.
 type lagSampler struct {
-	db     *sqlx.DB
-	cancel context.CancelFunc
-	done   chan struct{}
-	max    map[string]lagMax
+	db   *sqlx.DB
+	halt func() // stops the sampling goroutine and waits for it
+	max  map[string]lagMax
 }
 
 type lagMax struct {
@@ -489,24 +488,13 @@ func startLagSampler(ctx context.Context, dsn string) (*lagSampler, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	l := &lagSampler{db: db, cancel: cancel, done: make(chan struct{}), max: map[string]lagMax{}}
-	go func() {
-		defer close(l.done)
-		t := time.NewTicker(250 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			for name, s := range l.status(ctx) {
-				m := l.max[name]
-				l.max[name] = lagMax{max(m.events, s.LagEvents), max(m.seconds, s.LagSeconds)}
-			}
+	l := &lagSampler{db: db, max: map[string]lagMax{}}
+	l.halt = goEvery(ctx, 250*time.Millisecond, 250*time.Millisecond, func(ctx context.Context) {
+		for name, s := range l.status(ctx) {
+			m := l.max[name]
+			l.max[name] = lagMax{max(m.events, s.LagEvents), max(m.seconds, s.LagSeconds)}
 		}
-	}()
+	})
 	return l, nil
 }
 
@@ -527,8 +515,7 @@ func (l *lagSampler) status(ctx context.Context) map[string]projections.Status {
 
 // stop ends the sampling; the database stays open for catchUp.
 func (l *lagSampler) stop() {
-	l.cancel()
-	<-l.done
+	l.halt()
 }
 
 // catchUp waits until each of lagProjectors has no lag and says how long

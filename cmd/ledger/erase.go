@@ -95,12 +95,27 @@ const autoEraseEvery = 10 * time.Minute
 // after ago (audit.Service.EraseDeletedBefore, as actor "ledger:auto"),
 // until ctx ends; it returns the function that stops it and waits.
 func startAutoErase(ctx context.Context, log *slog.Logger, svc *audit.Service, after time.Duration) (stop func()) {
+	actor := audit.Actor{ID: "ledger:auto", Channel: schema.ChannelCLI}
+	return goEvery(ctx, 0, autoEraseEvery, func(ctx context.Context) {
+		users, err := svc.EraseDeletedBefore(ctx, actor, time.Now().Add(-after), 100)
+		if err != nil && ctx.Err() == nil {
+			log.Error("automatic erasure", "err", err)
+		}
+		if len(users) > 0 {
+			log.Info("erased deleted users automatically", "users", len(users), "after", after.String())
+		}
+	})
+}
+
+// goEvery runs f in a goroutine of its own, first after `first`, then
+// `every` after each run ends, until ctx ends. The function it returns
+// cancels the context f is given and waits for the goroutine to end.
+func goEvery(ctx context.Context, first, every time.Duration, f func(ctx context.Context)) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
-	actor := audit.Actor{ID: "ledger:auto", Channel: schema.ChannelCLI}
 	go func() {
 		defer close(done)
-		t := time.NewTimer(0)
+		t := time.NewTimer(first)
 		defer t.Stop()
 		for {
 			select {
@@ -108,14 +123,8 @@ func startAutoErase(ctx context.Context, log *slog.Logger, svc *audit.Service, a
 				return
 			case <-t.C:
 			}
-			users, err := svc.EraseDeletedBefore(ctx, actor, time.Now().Add(-after), 100)
-			if err != nil && ctx.Err() == nil {
-				log.Error("automatic erasure", "err", err)
-			}
-			if len(users) > 0 {
-				log.Info("erased deleted users automatically", "users", len(users), "after", after.String())
-			}
-			t.Reset(autoEraseEvery)
+			f(ctx)
+			t.Reset(every)
 		}
 	}()
 	return func() { cancel(); <-done }
