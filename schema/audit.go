@@ -372,7 +372,7 @@ func eachEventRow(k *userkeys.Keyring, rows *sqlx.Rows, fn func(domain.Event) er
 	for rows.Next() {
 		var e domain.Event
 		var sl sealed
-		if err := rows.Scan(append([]any{&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &body, &e.SvixTimestamp, &e.SvixSignature, &e.Source}, sl.dest()...)...); err != nil {
+		if err := rows.Scan(append([]any{&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &body, &e.SvixTimestamp, &e.SvixSignature, &e.Source}, sl.rowsDest()...)...); err != nil {
 			return got, last, fmt.Errorf("scan event: %w", Classify(err))
 		}
 		e.Body = body

@@ -380,7 +380,7 @@ func (s *Store) compareStored(ctx context.Context, reqs []*appendReq) {
 			var id, user string
 			var sum []byte
 			var sl sealed
-			if err = rows.Scan(append([]any{&id, &user, &sum}, sl.dest()...)...); err != nil {
+			if err = rows.Scan(append([]any{&id, &user, &sum}, sl.rowsDest()...)...); err != nil {
 				break
 			}
 			if sl.body == nil {

@@ -2,6 +2,7 @@ package schema
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
@@ -55,7 +56,19 @@ type sealed struct {
 	body, wrapped, commitment []byte
 }
 
+// dest is what a single-row read (Row.Scan, which refuses sql.RawBytes)
+// scans sealColumns into: copies it owns.
 func (s *sealed) dest() []any { return []any{&s.body, &s.wrapped, &s.commitment} }
+
+// rowsDest is dest for a read of many rows (Rows.Scan): the sealed body and
+// the wrapped key are not copied (sql.RawBytes, the driver's buffer, valid
+// until the next Rows.Next), so openBody must be called on s before then.
+// openBody keeps neither: the opened body is a fresh slice and the keyring
+// caches its own copy of the wrapped key. The commitment, which the event
+// keeps, is copied.
+func (s *sealed) rowsDest() []any {
+	return []any{(*sql.RawBytes)(&s.body), (*sql.RawBytes)(&s.wrapped), &s.commitment}
+}
 
 // openBody fills e's Body, Salt, Commitment and Erased from s: a clear row
 // keeps its body; a sealed one is opened with k (its Body then a fresh

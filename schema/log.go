@@ -281,7 +281,7 @@ WHERE e.user_id = $1 ORDER BY e.transaction_id, e.position`, user)
 	for rows.Next() {
 		var e LeafEvent
 		var sl sealed
-		if err := rows.Scan(append([]any{&e.Leaf, &e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &body, &e.SvixTimestamp, &e.SvixSignature, &e.Source}, sl.dest()...)...); err != nil {
+		if err := rows.Scan(append([]any{&e.Leaf, &e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &body, &e.SvixTimestamp, &e.SvixSignature, &e.Source}, sl.rowsDest()...)...); err != nil {
 			return n, fmt.Errorf("read the leaves of user %s: %w", user, Classify(err))
 		}
 		if e.Leaf >= size {

@@ -214,7 +214,7 @@ FROM events e`+kJoin+` WHERE `+rangeWhere, rangeArgs(after, upTo, types)...)
 	for rows.Next() {
 		var e domain.Event
 		var sl sealed
-		if err := rows.Scan(append([]any{&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.Body}, sl.dest()...)...); err != nil {
+		if err := rows.Scan(append([]any{&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.Body}, sl.rowsDest()...)...); err != nil {
 			return fmt.Errorf("stream ledger: scan event: %w", Classify(err))
 		}
 		e.OccurredAt = e.OccurredAt.UTC()

@@ -52,7 +52,7 @@ ORDER BY e.transaction_id, e.position LIMIT $5`
 			for rows.Next() {
 				var r TimelineRow
 				var sl sealed
-				if err := rows.Scan(append([]any{&r.Position, &r.TxID, &r.DeliveryID, &r.Type, &r.OccurredAt, &r.ReceivedAt, &r.BodyBytes, &body}, sl.dest()...)...); err != nil {
+				if err := rows.Scan(append([]any{&r.Position, &r.TxID, &r.DeliveryID, &r.Type, &r.OccurredAt, &r.ReceivedAt, &r.BodyBytes, &body}, sl.rowsDest()...)...); err != nil {
 					return fmt.Errorf("scan the timeline of %s: %w", userID, Classify(err))
 				}
 				r.UserID, r.Body = userID, body

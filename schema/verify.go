@@ -369,7 +369,7 @@ FROM events ORDER BY transaction_id, position`)
 	k := KeyringFrom(ctx)
 	for rows.Next() {
 		var sl sealed
-		if err := rows.Scan(append([]any{&e.Position, &e.DeliveryID, &e.Type, &e.UserID, &e.SvixTimestamp, &e.SvixSignature, &e.Source, &body}, sl.dest()...)...); err != nil {
+		if err := rows.Scan(append([]any{&e.Position, &e.DeliveryID, &e.Type, &e.UserID, &e.SvixTimestamp, &e.SvixSignature, &e.Source, &body}, sl.rowsDest()...)...); err != nil {
 			return rep, fmt.Errorf("verify signatures: scan: %w", Classify(err))
 		}
 		e.Body, e.Erased = body, false
