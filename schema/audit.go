@@ -369,6 +369,7 @@ func eachEventRow(k *userkeys.Keyring, rows *sqlx.Rows, fn func(domain.Event) er
 	var body sql.RawBytes
 	var last Cursor
 	got := 0
+	o := k.Opener()
 	for rows.Next() {
 		var e domain.Event
 		var sl sealed
@@ -377,7 +378,7 @@ func eachEventRow(k *userkeys.Keyring, rows *sqlx.Rows, fn func(domain.Event) er
 		}
 		e.Body = body
 		e.OccurredAt, e.ReceivedAt = e.OccurredAt.UTC(), e.ReceivedAt.UTC()
-		if err := openBody(k, &e, &sl); err != nil {
+		if err := openRowBody(o, &e, &sl); err != nil {
 			return got, last, err
 		}
 		if err := fn(e); err != nil {

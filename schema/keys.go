@@ -75,14 +75,36 @@ func (s *sealed) rowsDest() []any {
 // slice); one whose key was destroyed, or whose body was discarded, is
 // Erased with no body. A sealed row without a keyring is an error.
 func openBody(k *userkeys.Keyring, e *domain.Event, s *sealed) error {
+	if k == nil {
+		return openSealed(nil, e, s)
+	}
+	return openSealed(k, e, s)
+}
+
+// openRowBody is openBody for a read of many rows, with o (nil: no
+// keyring), the read's own userkeys.Opener.
+func openRowBody(o *userkeys.Opener, e *domain.Event, s *sealed) error {
+	if o == nil {
+		return openSealed(nil, e, s)
+	}
+	return openSealed(o, e, s)
+}
+
+// bodyOpener opens a sealed body: a userkeys.Keyring or Opener.
+type bodyOpener interface {
+	Open(user string, wrapped []byte, deliveryID string, sealed []byte) (salt, body []byte, erased bool, err error)
+}
+
+// openSealed is openBody with o (nil: no keyring).
+func openSealed(o bodyOpener, e *domain.Event, s *sealed) error {
 	if s.body == nil {
 		e.Commitment = s.commitment
 		return nil
 	}
-	if k == nil {
+	if o == nil {
 		return domain.Errorf(domain.EUNAVAILABLE, "event %d is sealed and this process has no master key (LEDGER_MASTER_KEY)", e.Position)
 	}
-	salt, body, erased, err := k.Open(e.UserID, s.wrapped, e.DeliveryID, s.body)
+	salt, body, erased, err := o.Open(e.UserID, s.wrapped, e.DeliveryID, s.body)
 	if err != nil {
 		return fmt.Errorf("open event %d: %w", e.Position, err)
 	}

@@ -277,7 +277,7 @@ WHERE e.user_id = $1 ORDER BY e.transaction_id, e.position`, user)
 	defer rows.Close()
 	n := 0
 	var body sql.RawBytes
-	k := KeyringFrom(ctx)
+	o := KeyringFrom(ctx).Opener()
 	for rows.Next() {
 		var e LeafEvent
 		var sl sealed
@@ -289,7 +289,7 @@ WHERE e.user_id = $1 ORDER BY e.transaction_id, e.position`, user)
 		}
 		e.Body = body
 		e.OccurredAt, e.ReceivedAt = e.OccurredAt.UTC(), e.ReceivedAt.UTC()
-		if err := openBody(k, &e.Event, &sl); err != nil {
+		if err := openRowBody(o, &e.Event, &sl); err != nil {
 			return n, err
 		}
 		if err := fn(e); err != nil {

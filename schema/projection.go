@@ -210,7 +210,7 @@ FROM events e`+kJoin+` WHERE `+rangeWhere, rangeArgs(after, upTo, types)...)
 		return fmt.Errorf("stream ledger %s..%s: %w", after, upTo, Classify(err))
 	}
 	defer rows.Close()
-	k := KeyringFrom(ctx)
+	o := KeyringFrom(ctx).Opener()
 	for rows.Next() {
 		var e domain.Event
 		var sl sealed
@@ -218,7 +218,7 @@ FROM events e`+kJoin+` WHERE `+rangeWhere, rangeArgs(after, upTo, types)...)
 			return fmt.Errorf("stream ledger: scan event: %w", Classify(err))
 		}
 		e.OccurredAt = e.OccurredAt.UTC()
-		if err := openBody(k, &e, &sl); err != nil {
+		if err := openRowBody(o, &e, &sl); err != nil {
 			return err
 		}
 		if err := fn(e); err != nil {
