@@ -38,3 +38,58 @@ func TestFullCacheEvictsOneKey(t *testing.T) {
 		t.Fatalf("%d keys cached after %d users, want %d", cached, maxCached+1, maxCached)
 	}
 }
+
+// TestOpenerChecksEachWrappedKey: an Opener reuses a user's data key only
+// while each body comes with the wrapped key it was unwrapped from: a nil
+// wrapped key (destroyed) is erased and drops the key from the Opener and
+// the keyring, and a changed one is unwrapped again (refused if it does
+// not open), never answered from what the Opener holds.
+func TestOpenerChecksEachWrappedKey(t *testing.T) {
+	master, err := Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := Load(master)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := k.NewDataKey("user_1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed, _, err := k.Seal("user_1", w, "msg_1", []byte(`{"a":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := k.Opener()
+	if _, body, erased, err := o.Open("user_1", w, "msg_1", sealed); err != nil || erased || string(body) != `{"a":1}` {
+		t.Fatalf("open: %q erased=%v err=%v", body, erased, err)
+	}
+	other, err := k.NewDataKey("user_1") // the row changed under the Opener
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := o.Open("user_1", other, "msg_1", sealed); err == nil {
+		t.Fatal("a body opened under a wrapped key it was not sealed with")
+	}
+	bad := append([]byte(nil), w...)
+	bad[len(bad)-1] ^= 1
+	if _, _, _, err := o.Open("user_1", bad, "msg_1", sealed); err == nil {
+		t.Fatal("a tampered wrapped key opened a body")
+	}
+	if _, body, erased, err := o.Open("user_1", nil, "msg_1", sealed); err != nil || !erased || body != nil {
+		t.Fatalf("destroyed key: %q erased=%v err=%v", body, erased, err)
+	}
+	if _, ok := o.keys["user_1"]; ok {
+		t.Fatal("the Opener kept a destroyed user's key")
+	}
+	if k.CachedKey("user_1") != nil {
+		t.Fatal("the keyring kept a destroyed user's key")
+	}
+	if _, _, erased, err := o.Open("user_1", w, "msg_1", Discarded); err != nil || !erased {
+		t.Fatalf("discarded body: erased=%v err=%v", erased, err)
+	}
+	if k.Opener() != nil && (*Keyring)(nil).Opener() != nil {
+		t.Fatal("a nil keyring has an Opener")
+	}
+}
