@@ -45,8 +45,8 @@ const eSealColumns = `e.body_sealed, CASE WHEN e.body_sealed IS NULL THEN NULL E
 
 // kSealColumns is sealColumns of the events table aliased e LEFT JOINed
 // with user_keys k on the user (bulk reads: one hash join, not a lookup per
-// row).
-const kSealColumns = `e.body_sealed, CASE WHEN e.body_sealed IS NULL THEN NULL ELSE k.wrapped END, e.body_commitment`
+// row), without the commitment (NULL: a fold reads no leaf).
+const kSealColumns = `e.body_sealed, CASE WHEN e.body_sealed IS NULL THEN NULL ELSE k.wrapped END, NULL::bytea`
 
 // kJoin is the join kSealColumns reads.
 const kJoin = ` LEFT JOIN user_keys k ON k.user_id = e.user_id`
