@@ -402,3 +402,48 @@ func (o *Opener) dataKey(user string, wrapped []byte) (cipher.AEAD, error) {
 	}
 	return a, nil
 }
+
+// Pending is a sealed body whose data key an Opener found (Prepare), not
+// decrypted yet: Open decrypts it, on any goroutine. It holds its own copy
+// of the ciphertext, which becomes the plaintext.
+type Pending struct {
+	a                cipher.AEAD
+	user, deliveryID string
+	nonce, buf       []byte // buf: the ciphertext and tag, opened in place
+}
+
+// Prepare is the first half of Open, on the Opener's goroutine: it checks
+// sealed and wrapped as Open does (erased, or an error, ends there) and
+// finds the data key, keeping nothing of wrapped or sealed (they may be
+// the driver's buffer); the Pending it returns does the decryption.
+func (o *Opener) Prepare(user string, wrapped []byte, deliveryID string, sealed []byte) (p Pending, erased bool, err error) {
+	if erased, err := checkSealed(o.k, o.keys, user, wrapped, deliveryID, sealed); erased || err != nil {
+		return Pending{}, erased, err
+	}
+	a, err := o.dataKey(user, wrapped)
+	if err != nil {
+		return Pending{}, false, err
+	}
+	ns := a.NonceSize()
+	if len(sealed) < 1+ns+a.Overhead()+SaltSize {
+		return Pending{}, false, fmt.Errorf("sealed body of delivery %s is truncated", deliveryID)
+	}
+	// One allocation, not zeroed (append), for the nonce and ciphertext.
+	buf := append([]byte(nil), sealed[1:]...)
+	return Pending{a: a, user: user, deliveryID: deliveryID, nonce: buf[:ns:ns], buf: buf[ns:]}, false, nil
+}
+
+// Open decrypts p in place and returns the salt and the body (one slice,
+// kept by the caller), building the associated data in aad's memory, and
+// aad's memory to use again. Any failure is an error, as Keyring.Open's.
+func (p *Pending) Open(aad []byte) (salt, body, aadBuf []byte, err error) {
+	if n := len(sealedAAD) + len(p.deliveryID) + 1 + len(p.user); cap(aad) < n {
+		aad = make([]byte, 0, n)
+	}
+	aad = append(append(append(append(aad[:0], sealedAAD...), p.deliveryID...), 0), p.user...)
+	plain, err := p.a.Open(p.buf[:0], p.nonce, p.buf, aad)
+	if err != nil {
+		return nil, nil, aad, fmt.Errorf("sealed body of delivery %s does not open with its user's data key", p.deliveryID)
+	}
+	return plain[:SaltSize:SaltSize], plain[SaltSize:], aad, nil
+}
