@@ -369,15 +369,16 @@ func eachEventRow(k *userkeys.Keyring, rows *sqlx.Rows, fn func(domain.Event) er
 	var body sql.RawBytes
 	var last Cursor
 	got := 0
+	o := k.Opener()
 	for rows.Next() {
 		var e domain.Event
 		var sl sealed
-		if err := rows.Scan(append([]any{&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &body, &e.SvixTimestamp, &e.SvixSignature, &e.Source}, sl.dest()...)...); err != nil {
+		if err := rows.Scan(append([]any{&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &body, &e.SvixTimestamp, &e.SvixSignature, &e.Source}, sl.rowsDest()...)...); err != nil {
 			return got, last, fmt.Errorf("scan event: %w", Classify(err))
 		}
 		e.Body = body
 		e.OccurredAt, e.ReceivedAt = e.OccurredAt.UTC(), e.ReceivedAt.UTC()
-		if err := openBody(k, &e, &sl); err != nil {
+		if err := openRowBody(o, &e, &sl); err != nil {
 			return got, last, err
 		}
 		if err := fn(e); err != nil {

@@ -376,11 +376,12 @@ func (s *Store) compareStored(ctx context.Context, reqs []*appendReq) {
 	opened := make(map[string]domain.Event, len(ids))
 	rows, err := s.db.QueryContext(ctx, `SELECT delivery_id, COALESCE(user_id, ''), CASE WHEN body_sealed IS NULL THEN sha256(convert_to(body, 'UTF8')) END, `+sealColumns+` FROM events WHERE delivery_id = ANY($1)`, pq.Array(ids))
 	if err == nil {
+		o := s.Keys.Opener()
 		for rows.Next() {
 			var id, user string
 			var sum []byte
 			var sl sealed
-			if err = rows.Scan(append([]any{&id, &user, &sum}, sl.dest()...)...); err != nil {
+			if err = rows.Scan(append([]any{&id, &user, &sum}, sl.rowsDest()...)...); err != nil {
 				break
 			}
 			if sl.body == nil {
@@ -390,7 +391,7 @@ func (s *Store) compareStored(ctx context.Context, reqs []*appendReq) {
 			// A sealed body is opened and compared in memory: the table
 			// keeps no unsalted digest of it.
 			e := domain.Event{DeliveryID: id, UserID: user}
-			if err = openBody(s.Keys, &e, &sl); err != nil {
+			if err = openRowBody(o, &e, &sl); err != nil {
 				break
 			}
 			opened[id] = e

@@ -2,6 +2,7 @@ package schema
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
@@ -44,8 +45,8 @@ const eSealColumns = `e.body_sealed, CASE WHEN e.body_sealed IS NULL THEN NULL E
 
 // kSealColumns is sealColumns of the events table aliased e LEFT JOINed
 // with user_keys k on the user (bulk reads: one hash join, not a lookup per
-// row).
-const kSealColumns = `e.body_sealed, CASE WHEN e.body_sealed IS NULL THEN NULL ELSE k.wrapped END, e.body_commitment`
+// row), without the commitment (NULL: a fold reads no leaf).
+const kSealColumns = `e.body_sealed, CASE WHEN e.body_sealed IS NULL THEN NULL ELSE k.wrapped END, NULL::bytea`
 
 // kJoin is the join kSealColumns reads.
 const kJoin = ` LEFT JOIN user_keys k ON k.user_id = e.user_id`
@@ -55,21 +56,55 @@ type sealed struct {
 	body, wrapped, commitment []byte
 }
 
+// dest is what a single-row read (Row.Scan, which refuses sql.RawBytes)
+// scans sealColumns into: copies it owns.
 func (s *sealed) dest() []any { return []any{&s.body, &s.wrapped, &s.commitment} }
+
+// rowsDest is dest for a read of many rows (Rows.Scan): the sealed body and
+// the wrapped key are not copied (sql.RawBytes, the driver's buffer, valid
+// until the next Rows.Next), so openBody must be called on s before then.
+// openBody keeps neither: the opened body is a fresh slice and the keyring
+// caches its own copy of the wrapped key. The commitment, which the event
+// keeps, is copied.
+func (s *sealed) rowsDest() []any {
+	return []any{(*sql.RawBytes)(&s.body), (*sql.RawBytes)(&s.wrapped), &s.commitment}
+}
 
 // openBody fills e's Body, Salt, Commitment and Erased from s: a clear row
 // keeps its body; a sealed one is opened with k (its Body then a fresh
 // slice); one whose key was destroyed, or whose body was discarded, is
 // Erased with no body. A sealed row without a keyring is an error.
 func openBody(k *userkeys.Keyring, e *domain.Event, s *sealed) error {
+	if k == nil {
+		return openSealed(nil, e, s)
+	}
+	return openSealed(k, e, s)
+}
+
+// openRowBody is openBody for a read of many rows, with o (nil: no
+// keyring), the read's own userkeys.Opener.
+func openRowBody(o *userkeys.Opener, e *domain.Event, s *sealed) error {
+	if o == nil {
+		return openSealed(nil, e, s)
+	}
+	return openSealed(o, e, s)
+}
+
+// bodyOpener opens a sealed body: a userkeys.Keyring or Opener.
+type bodyOpener interface {
+	Open(user string, wrapped []byte, deliveryID string, sealed []byte) (salt, body []byte, erased bool, err error)
+}
+
+// openSealed is openBody with o (nil: no keyring).
+func openSealed(o bodyOpener, e *domain.Event, s *sealed) error {
 	if s.body == nil {
 		e.Commitment = s.commitment
 		return nil
 	}
-	if k == nil {
+	if o == nil {
 		return domain.Errorf(domain.EUNAVAILABLE, "event %d is sealed and this process has no master key (LEDGER_MASTER_KEY)", e.Position)
 	}
-	salt, body, erased, err := k.Open(e.UserID, s.wrapped, e.DeliveryID, s.body)
+	salt, body, erased, err := o.Open(e.UserID, s.wrapped, e.DeliveryID, s.body)
 	if err != nil {
 		return fmt.Errorf("open event %d: %w", e.Position, err)
 	}

@@ -277,11 +277,11 @@ WHERE e.user_id = $1 ORDER BY e.transaction_id, e.position`, user)
 	defer rows.Close()
 	n := 0
 	var body sql.RawBytes
-	k := KeyringFrom(ctx)
+	o := KeyringFrom(ctx).Opener()
 	for rows.Next() {
 		var e LeafEvent
 		var sl sealed
-		if err := rows.Scan(append([]any{&e.Leaf, &e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &body, &e.SvixTimestamp, &e.SvixSignature, &e.Source}, sl.dest()...)...); err != nil {
+		if err := rows.Scan(append([]any{&e.Leaf, &e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.ReceivedAt, &body, &e.SvixTimestamp, &e.SvixSignature, &e.Source}, sl.rowsDest()...)...); err != nil {
 			return n, fmt.Errorf("read the leaves of user %s: %w", user, Classify(err))
 		}
 		if e.Leaf >= size {
@@ -289,7 +289,7 @@ WHERE e.user_id = $1 ORDER BY e.transaction_id, e.position`, user)
 		}
 		e.Body = body
 		e.OccurredAt, e.ReceivedAt = e.OccurredAt.UTC(), e.ReceivedAt.UTC()
-		if err := openBody(k, &e.Event, &sl); err != nil {
+		if err := openRowBody(o, &e.Event, &sl); err != nil {
 			return n, err
 		}
 		if err := fn(e); err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/userkeys"
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
 )
@@ -201,8 +202,11 @@ func rangeArgs(after, upTo Cursor, types []string) []any {
 // upTo, of the given types (none: all), in NO particular order: it is one
 // sequential scan, the fastest way to read a large part of the ledger. upTo
 // should come from GateHead, so the range is final. To read less, it leaves
-// ReceivedAt, SvixTimestamp and SvixSignature empty: it is for folding, not
-// for auditing. fn's error stops the scan and is returned as is.
+// ReceivedAt, SvixTimestamp, SvixSignature and Commitment empty: it is for
+// folding, not for auditing. fn's error stops the scan and is returned as is.
+// With a keyring in ctx, sealed bodies are decrypted, and fn called, on a
+// goroutine of their own while the next rows are read (one call at a time,
+// in the scan's order, all before StreamEvents returns).
 func StreamEvents(ctx context.Context, q Queryer, after, upTo Cursor, types []string, fn func(domain.Event) error) error {
 	rows, err := q.QueryxContext(ctx, `SELECT e.position, e.transaction_id, e.delivery_id, e.type, COALESCE(e.user_id, ''), e.occurred_at, e.body, `+kSealColumns+`
 FROM events e`+kJoin+` WHERE `+rangeWhere, rangeArgs(after, upTo, types)...)
@@ -210,23 +214,117 @@ FROM events e`+kJoin+` WHERE `+rangeWhere, rangeArgs(after, upTo, types)...)
 		return fmt.Errorf("stream ledger %s..%s: %w", after, upTo, Classify(err))
 	}
 	defer rows.Close()
-	k := KeyringFrom(ctx)
-	for rows.Next() {
-		var e domain.Event
-		var sl sealed
-		if err := rows.Scan(append([]any{&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.Body}, sl.dest()...)...); err != nil {
-			return fmt.Errorf("stream ledger: scan event: %w", Classify(err))
+	o := KeyringFrom(ctx).Opener()
+	if o == nil {
+		for rows.Next() {
+			var s streamed
+			if err := scanStreamed(nil, rows, &s); err != nil {
+				return err
+			}
+			if err := fn(s.e); err != nil {
+				return err
+			}
 		}
-		e.OccurredAt = e.OccurredAt.UTC()
-		if err := openBody(k, &e, &sl); err != nil {
-			return err
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("stream ledger %s..%s: %w", after, upTo, Classify(err))
 		}
-		if err := fn(e); err != nil {
-			return err
-		}
+		return nil
 	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("stream ledger %s..%s: %w", after, upTo, Classify(err))
+
+	batches := make(chan []streamed, 4)
+	stop := make(chan struct{}) // closed by the opening goroutine when it fails
+	done := make(chan error, 1)
+	go func() { done <- openStreamed(batches, stop, fn) }()
+	readErr := func() error {
+		defer close(batches)
+		batch := make([]streamed, 0, streamBatch)
+		send := func() bool {
+			select {
+			case batches <- batch:
+				batch = make([]streamed, 0, streamBatch)
+				return true
+			case <-stop:
+				return false
+			}
+		}
+		for rows.Next() {
+			batch = append(batch, streamed{})
+			if err := scanStreamed(o, rows, &batch[len(batch)-1]); err != nil {
+				return err
+			}
+			if len(batch) == streamBatch && !send() {
+				return nil
+			}
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("stream ledger %s..%s: %w", after, upTo, Classify(err))
+		}
+		if len(batch) > 0 {
+			send()
+		}
+		return nil
+	}()
+	if err := <-done; err != nil {
+		return err
+	}
+	return readErr
+}
+
+// streamBatch is how many events StreamEvents hands at a time from its
+// reading goroutine to the one that opens them.
+const streamBatch = 256
+
+// streamed is an event StreamEvents read, with its sealed body still to
+// decrypt (p) when sealed.
+type streamed struct {
+	e      domain.Event
+	p      userkeys.Pending
+	sealed bool
+}
+
+// scanStreamed scans StreamEvents' row into s: a clear or erased event
+// whole; without o (no keyring) a sealed one is an error, with o its body
+// is left to decrypt (s.p).
+func scanStreamed(o *userkeys.Opener, rows *sqlx.Rows, s *streamed) error {
+	e := &s.e
+	var sl sealed
+	if err := rows.Scan(append([]any{&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.Body}, sl.rowsDest()...)...); err != nil {
+		return fmt.Errorf("stream ledger: scan event: %w", Classify(err))
+	}
+	e.OccurredAt = e.OccurredAt.UTC()
+	if sl.body == nil || o == nil {
+		return openRowBody(o, e, &sl)
+	}
+	e.Body, e.Commitment = nil, sl.commitment
+	p, erased, err := o.Prepare(e.UserID, sl.wrapped, e.DeliveryID, sl.body)
+	if err != nil {
+		return fmt.Errorf("open event %d: %w", e.Position, err)
+	}
+	e.Erased, s.p, s.sealed = erased, p, !erased
+	return nil
+}
+
+// openStreamed opens each batch's sealed bodies and calls fn with its
+// events, until batches is closed or it fails: then it closes stop and
+// returns the error (fn's as is).
+func openStreamed(batches <-chan []streamed, stop chan<- struct{}, fn func(domain.Event) error) error {
+	var aad []byte
+	for b := range batches {
+		for i := range b {
+			e := &b[i].e
+			if b[i].sealed {
+				salt, body, buf, err := b[i].p.Open(aad)
+				if aad = buf; err != nil {
+					close(stop)
+					return fmt.Errorf("open event %d: %w", e.Position, err)
+				}
+				e.Body, e.Salt = body, salt
+			}
+			if err := fn(*e); err != nil {
+				close(stop)
+				return err
+			}
+		}
 	}
 	return nil
 }

@@ -39,7 +39,7 @@ ORDER BY e.transaction_id, e.position LIMIT $5`
 	var n int64
 	var after Cursor
 	types := pq.Array(bodyTypes)
-	k := KeyringFrom(ctx)
+	o := KeyringFrom(ctx).Opener()
 	for {
 		rows, err := q.QueryxContext(ctx, query, userID, strconv.FormatUint(after.TxID, 10), after.Position, types, StreamBatch, userkeys.Overhead)
 		if err != nil {
@@ -52,14 +52,14 @@ ORDER BY e.transaction_id, e.position LIMIT $5`
 			for rows.Next() {
 				var r TimelineRow
 				var sl sealed
-				if err := rows.Scan(append([]any{&r.Position, &r.TxID, &r.DeliveryID, &r.Type, &r.OccurredAt, &r.ReceivedAt, &r.BodyBytes, &body}, sl.dest()...)...); err != nil {
+				if err := rows.Scan(append([]any{&r.Position, &r.TxID, &r.DeliveryID, &r.Type, &r.OccurredAt, &r.ReceivedAt, &r.BodyBytes, &body}, sl.rowsDest()...)...); err != nil {
 					return fmt.Errorf("scan the timeline of %s: %w", userID, Classify(err))
 				}
 				r.UserID, r.Body = userID, body
 				if len(sl.body) == 0 && sl.body != nil {
 					// Sealed, body not asked for: only whether it is erased.
 					r.Erased = sl.wrapped == nil
-				} else if err := openBody(k, &r.Event, &sl); err != nil {
+				} else if err := openRowBody(o, &r.Event, &sl); err != nil {
 					return err
 				}
 				r.OccurredAt, r.ReceivedAt = r.OccurredAt.UTC(), r.ReceivedAt.UTC()

@@ -366,14 +366,14 @@ FROM events ORDER BY transaction_id, position`)
 	defer rows.Close()
 	var e domain.Event
 	var body sql.RawBytes
-	k := KeyringFrom(ctx)
+	o := KeyringFrom(ctx).Opener()
 	for rows.Next() {
 		var sl sealed
-		if err := rows.Scan(append([]any{&e.Position, &e.DeliveryID, &e.Type, &e.UserID, &e.SvixTimestamp, &e.SvixSignature, &e.Source, &body}, sl.dest()...)...); err != nil {
+		if err := rows.Scan(append([]any{&e.Position, &e.DeliveryID, &e.Type, &e.UserID, &e.SvixTimestamp, &e.SvixSignature, &e.Source, &body}, sl.rowsDest()...)...); err != nil {
 			return rep, fmt.Errorf("verify signatures: scan: %w", Classify(err))
 		}
 		e.Body, e.Erased = body, false
-		if err := openBody(k, &e, &sl); err != nil {
+		if err := openRowBody(o, &e, &sl); err != nil {
 			return rep, fmt.Errorf("verify signatures: %w", err)
 		}
 		if e.Source != domain.SourceSvix {

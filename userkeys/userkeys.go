@@ -288,30 +288,162 @@ func sealedAADOf(deliveryID, user string) []byte {
 // data key, wrapped as given, and returns the salt and the body. erased is
 // true, with no error, when the body cannot exist any more: wrapped is nil
 // (the key was destroyed) or sealed is Discarded. Any other failure (a
-// wrong master key, a changed row) is an error.
+// wrong master key, a changed row) is an error. A read of many bodies opens
+// them with an Opener instead.
 func (k *Keyring) Open(user string, wrapped []byte, deliveryID string, sealed []byte) (salt, body []byte, erased bool, err error) {
-	if len(sealed) == 1 && sealed[0] == discarded {
-		return nil, nil, true, nil
-	}
-	if wrapped == nil {
-		// Destroyed (maybe by another process): drop any cached copy.
-		k.Forget(user)
-		return nil, nil, true, nil
-	}
-	if len(sealed) == 0 || sealed[0] != sealedV1 {
-		return nil, nil, false, fmt.Errorf("sealed body of delivery %s: unknown format", deliveryID)
+	if erased, err := checkSealed(k, nil, user, wrapped, deliveryID, sealed); erased || err != nil {
+		return nil, nil, erased, err
 	}
 	a, err := k.dataKey(user, wrapped)
 	if err != nil {
 		return nil, nil, false, err
 	}
-	ns := a.NonceSize()
-	if len(sealed) < 1+ns+a.Overhead()+SaltSize {
-		return nil, nil, false, fmt.Errorf("sealed body of delivery %s is truncated", deliveryID)
-	}
-	plain, err := a.Open(nil, sealed[1:1+ns], sealed[1+ns:], sealedAADOf(deliveryID, user))
+	plain, _, err := openWith(a, nil, user, deliveryID, sealed)
 	if err != nil {
-		return nil, nil, false, fmt.Errorf("sealed body of delivery %s does not open with its user's data key", deliveryID)
+		return nil, nil, false, err
 	}
 	return plain[:SaltSize:SaltSize], plain[SaltSize:], false, nil
+}
+
+// checkSealed is the part of opening sealed before its key is needed: erased
+// when sealed is Discarded or wrapped is nil (then user's key is dropped
+// from k's cache and from keys), an error for an unknown format.
+func checkSealed(k *Keyring, keys map[string]cached, user string, wrapped []byte, deliveryID string, sealed []byte) (erased bool, err error) {
+	if len(sealed) == 1 && sealed[0] == discarded {
+		return true, nil
+	}
+	if wrapped == nil {
+		// Destroyed (maybe by another process): drop any cached copy.
+		delete(keys, user)
+		k.Forget(user)
+		return true, nil
+	}
+	if len(sealed) == 0 || sealed[0] != sealedV1 {
+		return false, fmt.Errorf("sealed body of delivery %s: unknown format", deliveryID)
+	}
+	return false, nil
+}
+
+// openWith decrypts sealed (version 1) with a, building the associated data
+// in aad's memory, and returns the plaintext (salt || body, a fresh slice)
+// and aad's memory to use again.
+func openWith(a cipher.AEAD, aad []byte, user, deliveryID string, sealed []byte) (plain, aadBuf []byte, err error) {
+	ns := a.NonceSize()
+	if len(sealed) < 1+ns+a.Overhead()+SaltSize {
+		return nil, aad, fmt.Errorf("sealed body of delivery %s is truncated", deliveryID)
+	}
+	if n := len(sealedAAD) + len(deliveryID) + 1 + len(user); cap(aad) < n {
+		aad = make([]byte, 0, n)
+	}
+	aad = append(append(append(append(aad[:0], sealedAAD...), deliveryID...), 0), user...)
+	plain, err = a.Open(nil, sealed[1:1+ns], sealed[1+ns:], aad)
+	if err != nil {
+		return nil, aad, fmt.Errorf("sealed body of delivery %s does not open with its user's data key", deliveryID)
+	}
+	return plain, aad, nil
+}
+
+// maxOpenerKeys bounds the data keys one Opener keeps at hand.
+const maxOpenerKeys = 4 * maxCached
+
+// Opener opens the sealed bodies of one read, one at a time, as
+// Keyring.Open does, with less work per body: the data keys it used are
+// kept at hand (up to maxOpenerKeys, beyond the keyring's cache, without
+// its lock) and each is used again only while the wrapped key the caller
+// read with the body is byte for byte the one it was unwrapped from, as
+// the keyring's cache checks; a nil wrapped key (destroyed) drops the
+// user's key from it and from the keyring. It is not safe for concurrent
+// use, and keeps its keys as long as it lives: make one per read.
+type Opener struct {
+	k    *Keyring
+	keys map[string]cached // at is not used
+	aad  []byte
+}
+
+// Opener returns a new Opener of k's bodies (nil for a nil k: no keyring).
+func (k *Keyring) Opener() *Opener {
+	if k == nil {
+		return nil
+	}
+	return &Opener{k: k, keys: map[string]cached{}}
+}
+
+// Open is Keyring.Open. The salt and body are one fresh slice, kept by
+// the caller; nothing of wrapped or sealed is kept, so they may be the
+// driver's buffer (sql.RawBytes).
+func (o *Opener) Open(user string, wrapped []byte, deliveryID string, sealed []byte) (salt, body []byte, erased bool, err error) {
+	if erased, err := checkSealed(o.k, o.keys, user, wrapped, deliveryID, sealed); erased || err != nil {
+		return nil, nil, erased, err
+	}
+	a, err := o.dataKey(user, wrapped)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	plain, aad, err := openWith(a, o.aad, user, deliveryID, sealed)
+	o.aad = aad
+	if err != nil {
+		return nil, nil, false, err
+	}
+	return plain[:SaltSize:SaltSize], plain[SaltSize:], false, nil
+}
+
+// dataKey is Keyring.dataKey, asked only for a key this Opener does not
+// hold as wrapped.
+func (o *Opener) dataKey(user string, wrapped []byte) (cipher.AEAD, error) {
+	if c, ok := o.keys[user]; ok && c.wrapped == string(wrapped) {
+		return c.aead, nil
+	}
+	a, err := o.k.dataKey(user, wrapped)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := o.keys[user]; ok || len(o.keys) < maxOpenerKeys {
+		o.keys[user] = cached{wrapped: string(wrapped), aead: a}
+	}
+	return a, nil
+}
+
+// Pending is a sealed body whose data key an Opener found (Prepare), not
+// decrypted yet: Open decrypts it, on any goroutine. It holds its own copy
+// of the ciphertext, which becomes the plaintext.
+type Pending struct {
+	a                cipher.AEAD
+	user, deliveryID string
+	nonce, buf       []byte // buf: the ciphertext and tag, opened in place
+}
+
+// Prepare is the first half of Open, on the Opener's goroutine: it checks
+// sealed and wrapped as Open does (erased, or an error, ends there) and
+// finds the data key, keeping nothing of wrapped or sealed (they may be
+// the driver's buffer); the Pending it returns does the decryption.
+func (o *Opener) Prepare(user string, wrapped []byte, deliveryID string, sealed []byte) (p Pending, erased bool, err error) {
+	if erased, err := checkSealed(o.k, o.keys, user, wrapped, deliveryID, sealed); erased || err != nil {
+		return Pending{}, erased, err
+	}
+	a, err := o.dataKey(user, wrapped)
+	if err != nil {
+		return Pending{}, false, err
+	}
+	ns := a.NonceSize()
+	if len(sealed) < 1+ns+a.Overhead()+SaltSize {
+		return Pending{}, false, fmt.Errorf("sealed body of delivery %s is truncated", deliveryID)
+	}
+	// One allocation, not zeroed (append), for the nonce and ciphertext.
+	buf := append([]byte(nil), sealed[1:]...)
+	return Pending{a: a, user: user, deliveryID: deliveryID, nonce: buf[:ns:ns], buf: buf[ns:]}, false, nil
+}
+
+// Open decrypts p in place and returns the salt and the body (one slice,
+// kept by the caller), building the associated data in aad's memory, and
+// aad's memory to use again. Any failure is an error, as Keyring.Open's.
+func (p *Pending) Open(aad []byte) (salt, body, aadBuf []byte, err error) {
+	if n := len(sealedAAD) + len(p.deliveryID) + 1 + len(p.user); cap(aad) < n {
+		aad = make([]byte, 0, n)
+	}
+	aad = append(append(append(append(aad[:0], sealedAAD...), p.deliveryID...), 0), p.user...)
+	plain, err := p.a.Open(p.buf[:0], p.nonce, p.buf, aad)
+	if err != nil {
+		return nil, nil, aad, fmt.Errorf("sealed body of delivery %s does not open with its user's data key", p.deliveryID)
+	}
+	return plain[:SaltSize:SaltSize], plain[SaltSize:], aad, nil
 }

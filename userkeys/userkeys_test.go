@@ -3,6 +3,8 @@ package userkeys
 import (
 	"fmt"
 	"testing"
+
+	"github.com/clerk-ledger/clerk-ledger/domain"
 )
 
 // TestFullCacheEvictsOneKey: once the cache holds maxCached keys, a new
@@ -36,5 +38,109 @@ func TestFullCacheEvictsOneKey(t *testing.T) {
 	}
 	if cached != maxCached {
 		t.Fatalf("%d keys cached after %d users, want %d", cached, maxCached+1, maxCached)
+	}
+}
+
+// TestOpenerChecksEachWrappedKey: an Opener reuses a user's data key only
+// while each body comes with the wrapped key it was unwrapped from: a nil
+// wrapped key (destroyed) is erased and drops the key from the Opener and
+// the keyring, and a changed one is unwrapped again (refused if it does
+// not open), never answered from what the Opener holds.
+func TestOpenerChecksEachWrappedKey(t *testing.T) {
+	master, err := Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := Load(master)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := k.NewDataKey("user_1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed, _, err := k.Seal("user_1", w, "msg_1", []byte(`{"a":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := k.Opener()
+	if _, body, erased, err := o.Open("user_1", w, "msg_1", sealed); err != nil || erased || string(body) != `{"a":1}` {
+		t.Fatalf("open: %q erased=%v err=%v", body, erased, err)
+	}
+	other, err := k.NewDataKey("user_1") // the row changed under the Opener
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := o.Open("user_1", other, "msg_1", sealed); err == nil {
+		t.Fatal("a body opened under a wrapped key it was not sealed with")
+	}
+	bad := append([]byte(nil), w...)
+	bad[len(bad)-1] ^= 1
+	if _, _, _, err := o.Open("user_1", bad, "msg_1", sealed); err == nil {
+		t.Fatal("a tampered wrapped key opened a body")
+	}
+	if _, body, erased, err := o.Open("user_1", nil, "msg_1", sealed); err != nil || !erased || body != nil {
+		t.Fatalf("destroyed key: %q erased=%v err=%v", body, erased, err)
+	}
+	if _, ok := o.keys["user_1"]; ok {
+		t.Fatal("the Opener kept a destroyed user's key")
+	}
+	if k.CachedKey("user_1") != nil {
+		t.Fatal("the keyring kept a destroyed user's key")
+	}
+	if _, _, erased, err := o.Open("user_1", w, "msg_1", Discarded); err != nil || !erased {
+		t.Fatalf("discarded body: erased=%v err=%v", erased, err)
+	}
+	if k.Opener() != nil && (*Keyring)(nil).Opener() != nil {
+		t.Fatal("a nil keyring has an Opener")
+	}
+}
+
+// TestPendingOpensWhatSealWrote: Prepare then Pending.Open is Open in two
+// halves: the exact body, erased for a destroyed key, and an error for a
+// changed ciphertext or delivery id; Prepare keeps nothing of the sealed
+// bytes it was given.
+func TestPendingOpensWhatSealWrote(t *testing.T) {
+	master, err := Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := Load(master)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := k.NewDataKey("user_1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed, c, err := k.Seal("user_1", w, "msg_1", []byte(`{"a":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := k.Opener()
+	in := append([]byte(nil), sealed...)
+	p, erased, err := o.Prepare("user_1", w, "msg_1", in)
+	if err != nil || erased {
+		t.Fatalf("prepare: erased=%v err=%v", erased, err)
+	}
+	clear(in) // the driver's buffer, reused
+	salt, body, _, err := p.Open(nil)
+	if err != nil || string(body) != `{"a":1}` || domain.BodyCommitment(salt, body) != c {
+		t.Fatalf("open: %q err=%v", body, err)
+	}
+	if _, erased, err := o.Prepare("user_1", nil, "msg_1", sealed); err != nil || !erased {
+		t.Fatalf("destroyed key: erased=%v err=%v", erased, err)
+	}
+	bad := append([]byte(nil), sealed...)
+	bad[len(bad)-1] ^= 1
+	if p, _, err := o.Prepare("user_1", w, "msg_1", bad); err != nil {
+		t.Fatal(err)
+	} else if _, _, _, err := p.Open(nil); err == nil {
+		t.Fatal("a changed ciphertext opened")
+	}
+	if p, _, err := o.Prepare("user_1", w, "msg_2", sealed); err != nil {
+		t.Fatal(err)
+	} else if _, _, _, err := p.Open(nil); err == nil {
+		t.Fatal("a body opened as another delivery's")
 	}
 }

@@ -1,0 +1,97 @@
+package schema_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
+)
+
+// TestStreamEventsSealed: StreamEvents over a sealed ledger of several
+// batches hands every event once, with its exact body, an erased user's events as Erased with no
+// body; fn's error stops it, is returned as is, and no call follows it.
+func TestStreamEventsSealed(t *testing.T) {
+	db := schematest.NewDB(t)
+	k := newKeyring(t)
+	ctx := schema.WithKeyring(context.Background(), k)
+	const n = 700 // more than two of StreamEvents' batches
+	bd := make([]schema.Backdated, n)
+	want := map[string][]byte{}
+	for i := range bd {
+		d := historyEvent(t, i)
+		bd[i] = schema.Backdated{Delivery: d, ReceivedAt: time.Now()}
+		want[d.ID] = d.Body
+	}
+	tx, err := db.Beginx()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := schema.CopyDeliveries(ctx, tx, bd); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE user_keys SET wrapped = NULL WHERE user_id = 'user_2'`); err != nil {
+		t.Fatal(err)
+	}
+	schematest.WaitVisible(t, db)
+	head, err := schema.GateHead(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []domain.Event
+	if err := schema.StreamEvents(ctx, db, schema.Cursor{}, head, nil, func(e domain.Event) error {
+		got = append(got, e)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != n {
+		t.Fatalf("streamed %d events, want %d", len(got), n)
+	}
+	erased := 0
+	seen := map[string]bool{}
+	for _, e := range got {
+		if _, ok := want[e.DeliveryID]; !ok || seen[e.DeliveryID] {
+			t.Fatalf("streamed %s again or unknown", e.DeliveryID)
+		}
+		seen[e.DeliveryID] = true
+		switch {
+		case e.UserID == "user_2" && e.Type != "organization.created":
+			if !e.Erased || e.Body != nil || e.Salt != nil {
+				t.Fatalf("%s of the erased user: erased=%v body %q", e.DeliveryID, e.Erased, e.Body)
+			}
+			erased++
+		case e.Erased || !bytes.Equal(e.Body, want[e.DeliveryID]):
+			t.Fatalf("%s: erased=%v body %q, want %q", e.DeliveryID, e.Erased, e.Body, want[e.DeliveryID])
+		}
+	}
+	if erased == 0 {
+		t.Fatal("no event of the erased user streamed")
+	}
+	stop := errors.New("stop")
+	calls := 0
+	err = schema.StreamEvents(ctx, db, schema.Cursor{}, head, nil, func(e domain.Event) error {
+		if calls++; calls == 300 {
+			return stop
+		}
+		if calls > 300 {
+			return fmt.Errorf("called after the error")
+		}
+		return nil
+	})
+	if err != stop || calls != 300 {
+		t.Fatalf("fn's error: %v after %d calls", err, calls)
+	}
+	// Without the keyring a sealed event is an error, not a body.
+	if err := schema.StreamEvents(context.Background(), db, schema.Cursor{}, head, nil, func(domain.Event) error { return nil }); domain.ErrorCode(err) != domain.EUNAVAILABLE {
+		t.Fatalf("streamed a sealed ledger without the keyring: %v", err)
+	}
+}
