@@ -73,7 +73,9 @@ type Store struct {
 // message carries it (rowFrom).
 type appendReq struct {
 	d    domain.Delivery
-	seal Sealing // set by flush (seal) before the insert
+	seal Sealing // set by AppendDelivery (presealed) or by flush (seal) before the insert
+	// presealed is set when AppendDelivery sealed d itself.
+	presealed bool
 	// inserted is set by the Store's executor when the INSERT wrote this
 	// row (not a delivery id already stored).
 	inserted bool
@@ -196,6 +198,9 @@ func (s *Store) AppendDelivery(ctx context.Context, d domain.Delivery) (domain.A
 		return 0, fmt.Errorf("append delivery: %w", err)
 	}
 	r := &appendReq{d: d, done: make(chan struct{}), lead: make(chan struct{})}
+	if err := s.preseal(r); err != nil {
+		return 0, err
+	}
 	s.mu.Lock()
 	s.pending = append(s.pending, r)
 	leader := s.flushers < max(1, s.MaxInFlight)
@@ -301,23 +306,53 @@ func (s *Store) flush(batch []*appendReq) {
 	}
 }
 
-// seal sets every request's Sealing (SealDeliveries) when the store seals
-// (Keys set), within AppendTimeout.
+// preseal seals r's delivery on the appending goroutine when the store
+// seals and its user's key was read moments ago (Keyring.CachedKey), as
+// SealDeliveries would: the callers' goroutines seal in parallel, and a
+// group commit's flush, which runs one at a time per group, seals only the
+// deliveries whose key it must read or make.
+func (s *Store) preseal(r *appendReq) error {
+	if s.Keys == nil || r.d.UserID == "" {
+		return nil
+	}
+	w := s.Keys.CachedKey(r.d.UserID)
+	if w == nil {
+		return nil
+	}
+	sealed, c, err := s.Keys.Seal(r.d.UserID, w, r.d.ID, r.d.Body)
+	if err != nil {
+		return fmt.Errorf("seal delivery %s: %w", r.d.ID, err)
+	}
+	r.seal, r.presealed = Sealing{Sealed: sealed, Commitment: c[:]}, true
+	return nil
+}
+
+// seal sets the Sealing (SealDeliveries) of every request not presealed
+// when the store seals (Keys set), within AppendTimeout.
 func (s *Store) seal(reqs []*appendReq) error {
 	if s.Keys == nil {
 		return nil
 	}
+	var todo []*appendReq
+	for _, r := range reqs {
+		if !r.presealed {
+			todo = append(todo, r)
+		}
+	}
+	if len(todo) == 0 {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.AppendTimeout)
 	defer cancel()
-	ds := make([]domain.Delivery, len(reqs))
-	for i, r := range reqs {
+	ds := make([]domain.Delivery, len(todo))
+	for i, r := range todo {
 		ds[i] = r.d
 	}
 	seals, err := sealDeliveries(ctx, s.db, s.Keys, ds, false)
 	if err != nil {
-		return fmt.Errorf("append %d deliveries: %w", len(reqs), Classify(err))
+		return fmt.Errorf("append %d deliveries: %w", len(todo), Classify(err))
 	}
-	for i, r := range reqs {
+	for i, r := range todo {
 		r.seal = seals[i]
 	}
 	return nil
