@@ -39,6 +39,15 @@ func TestSealedBodiesAreStoredSealedAndReadInClear(t *testing.T) {
 	if _, err := store.Append(ctx, org); err != nil {
 		t.Fatal(err)
 	}
+	// The user's key is now cached: the next delivery is sealed on the
+	// appending goroutine (presealed), not in the group commit.
+	if k.CachedKey("user_sealed") == nil {
+		t.Fatal("the key the first append made is not cached")
+	}
+	d2 := delivery(t, "msg_sealed_2", "user.updated", "user_sealed")
+	if _, err := store.Append(ctx, d2); err != nil {
+		t.Fatal(err)
+	}
 	var body string
 	var sealed []byte
 	if err := db.QueryRowContext(ctx, `SELECT body, body_sealed FROM events WHERE delivery_id = 'msg_sealed'`).Scan(&body, &sealed); err != nil {
@@ -53,8 +62,12 @@ func TestSealedBodiesAreStoredSealedAndReadInClear(t *testing.T) {
 	}
 	kctx := schema.WithKeyring(ctx, k)
 	events, err := schema.ReadAfter(kctx, db, schema.Cursor{}, 10)
-	if err != nil || len(events) != 2 {
+	if err != nil || len(events) != 3 {
 		t.Fatalf("read: %v %d", err, len(events))
+	}
+	if p := events[2]; !bytes.Equal(p.Body, d2.Body) || len(p.Salt) != userkeys.SaltSize || bytes.Equal(p.Salt, events[0].Salt) ||
+		domain.BodyCommitment(p.Salt, d2.Body) != p.BodyCommitment() {
+		t.Fatalf("presealed delivery read back %q salt %x", p.Body, p.Salt)
 	}
 	e := events[0]
 	if !bytes.Equal(e.Body, d.Body) || e.Erased || len(e.Salt) != userkeys.SaltSize {
