@@ -72,3 +72,12 @@ func addRoutes(mux routeMux, d Deps, pg *pages, session func(http.Handler) http.
 
 	mux.Handle("/", session(handleNotFound(d.Log, pg)))
 }
+
+// MetricsRoutes is the handler of a process that serves no pages (`ledger
+// project`): GET /metrics from m and GET /healthz, nothing else.
+func MetricsRoutes(m *Metrics) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
+	mux.Handle("GET /healthz", handleHealthz())
+	return mux
+}

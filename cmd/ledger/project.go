@@ -2,10 +2,16 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
+	"net"
+	"net/http"
 	"sync"
+	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/audit"
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/handlers"
 	"github.com/clerk-ledger/clerk-ledger/projections"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/jmoiron/sqlx"
@@ -21,7 +27,9 @@ Merkle tree sealer) against DATABASE_URL until SIGINT or SIGTERM, without the
 web service, and with LEDGER_LOG_KEY signs checkpoints of the tree. serve
 and dev run them in-process already; run this to scale them apart. Any number of project processes (and services) may run against one
 database: each batch commits with its checkpoint under a per-projector lock, so
-no event is ever applied twice.`,
+no event is ever applied twice. With LEDGER_METRICS_ADDR (e.g. 127.0.0.1:9464)
+it serves GET /metrics (the projectors, the tree, the Go runtime and the
+pool, as serve's) and GET /healthz there; keep it to the private network.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			log, err := a.logger(cmd)
@@ -54,6 +62,11 @@ no event is ever applied twice.`,
 			} else if n > 0 {
 				log.Info("finished interrupted erasures", "users", n)
 			}
+			stopMetrics, err := serveMetrics(ctx, log, db, a.env("LEDGER_METRICS_ADDR"))
+			if err != nil {
+				return err
+			}
+			defer stopMetrics()
 			stop := startProjectors(ctx, log, db, lc)
 			<-ctx.Done()
 			stop()
@@ -81,4 +94,37 @@ func startProjectors(ctx context.Context, log *slog.Logger, db *sqlx.DB, lc logC
 		cancel()
 		wg.Wait()
 	}
+}
+
+// serveMetrics serves handlers.MetricsRoutes on addr in the background
+// (nothing for an empty addr) and returns the function that shuts it down.
+// Errors: EINVALID when addr cannot be listened on (one line naming
+// LEDGER_METRICS_ADDR), before any projector starts.
+func serveMetrics(ctx context.Context, log *slog.Logger, db *sqlx.DB, addr string) (stop func(), err error) {
+	if addr == "" {
+		return func() {}, nil
+	}
+	m, err := newMetrics(log, db, nil)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, domain.Errorf(domain.EINVALID, "LEDGER_METRICS_ADDR %q: %v", addr, err)
+	}
+	srv := &http.Server{Handler: handlers.MetricsRoutes(m), ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", "addr", addr, "error", err)
+		}
+	}()
+	log.Info("serving metrics", "addr", ln.Addr().String())
+	return func() {
+		shut, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(shut)
+		<-done
+	}, nil
 }
