@@ -12,14 +12,7 @@ import (
 // other key stays cached (a rebuild over more users than the cache holds
 // keeps hitting it).
 func TestFullCacheEvictsOneKey(t *testing.T) {
-	master, err := Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := Load(master)
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := newKeyring(t)
 	for i := range maxCached + 1 {
 		user := fmt.Sprintf("user_%05d", i)
 		w, err := k.NewDataKey(user)
@@ -47,22 +40,7 @@ func TestFullCacheEvictsOneKey(t *testing.T) {
 // the keyring, and a changed one is unwrapped again (refused if it does
 // not open), never answered from what the Opener holds.
 func TestOpenerChecksEachWrappedKey(t *testing.T) {
-	master, err := Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := Load(master)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := k.NewDataKey("user_1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sealed, _, err := k.Seal("user_1", w, "msg_1", []byte(`{"a":1}`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	k, w, sealed, _ := sealedOne(t)
 	o := k.Opener()
 	if _, body, erased, err := o.Open("user_1", w, "msg_1", sealed); err != nil || erased || string(body) != `{"a":1}` {
 		t.Fatalf("open: %q erased=%v err=%v", body, erased, err)
@@ -101,22 +79,7 @@ func TestOpenerChecksEachWrappedKey(t *testing.T) {
 // changed ciphertext or delivery id; Prepare keeps nothing of the sealed
 // bytes it was given.
 func TestPendingOpensWhatSealWrote(t *testing.T) {
-	master, err := Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := Load(master)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := k.NewDataKey("user_1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sealed, c, err := k.Seal("user_1", w, "msg_1", []byte(`{"a":1}`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	k, w, sealed, c := sealedOne(t)
 	o := k.Opener()
 	in := append([]byte(nil), sealed...)
 	p, erased, err := o.Prepare("user_1", w, "msg_1", in)
@@ -143,4 +106,34 @@ func TestPendingOpensWhatSealWrote(t *testing.T) {
 	} else if _, _, _, err := p.Open(nil); err == nil {
 		t.Fatal("a body opened as another delivery's")
 	}
+}
+
+// newKeyring returns a keyring of a fresh master key.
+func newKeyring(t *testing.T) *Keyring {
+	t.Helper()
+	master, err := Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := Load(master)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// sealedOne returns a fresh keyring, user_1's wrapped data key, and the
+// body {"a":1} of delivery msg_1 sealed under it with its commitment.
+func sealedOne(t *testing.T) (k *Keyring, wrapped, sealed []byte, commitment [domain.HashSize]byte) {
+	t.Helper()
+	k = newKeyring(t)
+	wrapped, err := k.NewDataKey("user_1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed, commitment, err = k.Seal("user_1", wrapped, "msg_1", []byte(`{"a":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k, wrapped, sealed, commitment
 }
