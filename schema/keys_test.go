@@ -234,3 +234,44 @@ func TestReadLeavesAfterReadsNoSealedBody(t *testing.T) {
 		t.Fatalf("a sealed event without its commitment read as a leaf: %v", err)
 	}
 }
+
+// TestNewKeysCommitAsyncOnlyTheirOwnTransaction: the statement that makes
+// an append's data keys commits with synchronous_commit off for its own
+// transaction only: on the store's one connection, the next statement (the
+// events INSERT and every later one) runs with the server's durable
+// setting, and the event and its key are both stored.
+func TestNewKeysCommitAsyncOnlyTheirOwnTransaction(t *testing.T) {
+	u := schematest.NewURL(t)
+	db := schematest.Open(t, u)
+	ctx := context.Background()
+	if _, err := schema.Migrate(ctx, db.DB); err != nil {
+		t.Fatal(err)
+	}
+	one, err := schema.Open(ctx, u, schema.PoolOptions{MaxOpen: 1, BinaryParameters: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer one.Close()
+	var before string
+	if err := one.GetContext(ctx, &before, `SHOW synchronous_commit`); err != nil {
+		t.Fatal(err)
+	}
+	store := schema.NewStore(one)
+	store.Keys = newKeyring(t)
+	for _, user := range []string{"user_async_1", "user_async_2"} {
+		if stored, err := store.Append(ctx, delivery(t, "msg_"+user, "user.created", user)); err != nil || !stored {
+			t.Fatalf("append for %s: stored=%v err=%v", user, stored, err)
+		}
+	}
+	var after string
+	if err := one.GetContext(ctx, &after, `SHOW synchronous_commit`); err != nil {
+		t.Fatal(err)
+	}
+	if after != before || after == "off" {
+		t.Fatalf("synchronous_commit on the store's connection after appends: %q (before: %q)", after, before)
+	}
+	var keys, events int
+	if err := db.QueryRowContext(ctx, `SELECT (SELECT count(*) FROM user_keys WHERE wrapped IS NOT NULL), (SELECT count(*) FROM events WHERE body_sealed IS NOT NULL)`).Scan(&keys, &events); err != nil || keys != 2 || events != 2 {
+		t.Fatalf("keys %d, sealed events %d: %v", keys, events, err)
+	}
+}
