@@ -307,7 +307,7 @@ func (s *Store) flush(batch []*appendReq) {
 }
 
 // preseal seals r's delivery on the appending goroutine when the store
-// seals and its user's key was read moments ago (Keyring.CachedKey), as
+// seals and its user's key was read moments ago (Keyring.SealCached), as
 // SealDeliveries would: the callers' goroutines seal in parallel, and a
 // group commit's flush, which runs one at a time per group, seals only the
 // deliveries whose key it must read or make.
@@ -315,13 +315,12 @@ func (s *Store) preseal(r *appendReq) error {
 	if s.Keys == nil || r.d.UserID == "" {
 		return nil
 	}
-	w := s.Keys.CachedKey(r.d.UserID)
-	if w == nil {
-		return nil
-	}
-	sealed, c, err := s.Keys.Seal(r.d.UserID, w, r.d.ID, r.d.Body)
+	sealed, c, ok, err := s.Keys.SealCached(r.d.UserID, r.d.ID, r.d.Body)
 	if err != nil {
 		return fmt.Errorf("seal delivery %s: %w", r.d.ID, err)
+	}
+	if !ok {
+		return nil
 	}
 	r.seal, r.presealed = Sealing{Sealed: sealed, Commitment: c[:]}, true
 	return nil

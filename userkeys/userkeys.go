@@ -226,17 +226,39 @@ func (k *Keyring) dataKey(user string, wrapped []byte) (cipher.AEAD, error) {
 // the database less than SealTTL ago (nil otherwise): the append path then
 // seals without asking the database. Entries past it are dropped.
 func (k *Keyring) CachedKey(user string) []byte {
+	c, ok := k.fresh(user)
+	if !ok {
+		return nil
+	}
+	return []byte(c.wrapped)
+}
+
+// fresh returns user's cache entry when its wrapped key was read from the
+// database less than SealTTL ago, dropping it when older.
+func (k *Keyring) fresh(user string) (cached, bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	c, ok := k.cache[user]
 	if !ok {
-		return nil
+		return cached{}, false
 	}
 	if time.Since(c.at) >= SealTTL {
 		delete(k.cache, user)
-		return nil
+		return cached{}, false
 	}
-	return []byte(c.wrapped)
+	return c, true
+}
+
+// SealCached is Seal under user's data key as CachedKey finds it, with one
+// look-up: ok is false, with nothing sealed, when CachedKey would return
+// nil (the caller then reads or makes the key, SealDeliveries).
+func (k *Keyring) SealCached(user, deliveryID string, body []byte) (sealed []byte, commitment [domain.HashSize]byte, ok bool, err error) {
+	c, ok := k.fresh(user)
+	if !ok {
+		return nil, commitment, false, nil
+	}
+	sealed, commitment, err = seal(c.aead, user, deliveryID, body)
+	return sealed, commitment, err == nil, err
 }
 
 // Forget drops user's data key from the cache (erasure in this process).
@@ -255,18 +277,25 @@ func (k *Keyring) Seal(user string, wrapped []byte, deliveryID string, body []by
 	if err != nil {
 		return nil, [domain.HashSize]byte{}, err
 	}
-	plain := make([]byte, SaltSize+len(body))
-	if _, err := rand.Read(plain[:SaltSize]); err != nil {
-		return nil, [domain.HashSize]byte{}, fmt.Errorf("seal body: %w", err)
-	}
-	copy(plain[SaltSize:], body)
-	out := make([]byte, 1+a.NonceSize(), 1+a.NonceSize()+len(plain)+a.Overhead())
+	return seal(a, user, deliveryID, body)
+}
+
+// seal is Seal with user's data key a. The sealed form is built in one
+// allocation: version, nonce and salt (one random read), then the body,
+// encrypted in place with the salt, then the tag.
+func seal(a cipher.AEAD, user, deliveryID string, body []byte) ([]byte, [domain.HashSize]byte, error) {
+	head := 1 + a.NonceSize()
+	out := make([]byte, head+SaltSize+len(body), head+SaltSize+len(body)+a.Overhead())
 	out[0] = sealedV1
-	if _, err := rand.Read(out[1:]); err != nil {
+	if _, err := rand.Read(out[1 : head+SaltSize]); err != nil {
 		return nil, [domain.HashSize]byte{}, fmt.Errorf("seal body: %w", err)
 	}
-	out = a.Seal(out, out[1:], plain, sealedAADOf(deliveryID, user))
-	return out, domain.BodyCommitment(plain[:SaltSize], body), nil
+	plain := out[head:]
+	copy(plain[SaltSize:], body)
+	c := domain.BodyCommitment(plain[:SaltSize], body)
+	// The ciphertext overwrites plain exactly (dst out[:head] appends there).
+	out = a.Seal(out[:head], out[1:head], plain, sealedAADOf(deliveryID, user))
+	return out, c, nil
 }
 
 // DiscardCommitment returns a commitment for a body that is not stored

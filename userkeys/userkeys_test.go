@@ -137,3 +137,49 @@ func sealedOne(t *testing.T) (k *Keyring, wrapped, sealed []byte, commitment [do
 	}
 	return k, wrapped, sealed, commitment
 }
+
+// TestSealCachedSealsOnlyFreshKeys: SealCached seals what Open opens (the
+// exact body, its commitment, a fresh salt and nonce each time) only while
+// the user's key was read less than SealTTL ago; an older, forgotten or
+// never-read key seals nothing and says so.
+func TestSealCachedSealsOnlyFreshKeys(t *testing.T) {
+	k := newKeyring(t)
+	if s, _, ok, err := k.SealCached("user_1", "msg_1", []byte(`{}`)); ok || err != nil || s != nil {
+		t.Fatalf("no key read yet: sealed=%v ok=%v err=%v", s != nil, ok, err)
+	}
+	k, w, _, _ := sealedOne(t) // Seal reads the key into the cache
+	body := []byte(`{"email":"a@example.com"}`)
+	s1, c1, ok, err := k.SealCached("user_1", "msg_2", body)
+	if err != nil || !ok {
+		t.Fatalf("fresh key: ok=%v err=%v", ok, err)
+	}
+	s2, c2, _, _ := k.SealCached("user_1", "msg_2", body)
+	if len(s1) != len(body)+Overhead || string(s1) == string(s2) || c1 == c2 {
+		t.Fatalf("sealed %d bytes (want %d), same bytes twice %v, same commitment twice %v", len(s1), len(body)+Overhead, string(s1) == string(s2), c1 == c2)
+	}
+	salt, got, erased, err := k.Opener().Open("user_1", w, "msg_2", s1)
+	if err != nil || erased || string(got) != string(body) || domain.BodyCommitment(salt, got) != c1 {
+		t.Fatalf("open: %q erased=%v err=%v", got, erased, err)
+	}
+	if _, _, _, err := k.Open("user_1", w, "msg_3", s1); err == nil {
+		t.Fatal("a body opened as another delivery's")
+	}
+	k.mu.Lock()
+	c := k.cache["user_1"]
+	c.at = c.at.Add(-SealTTL)
+	k.cache["user_1"] = c
+	k.mu.Unlock()
+	if s, _, ok, err := k.SealCached("user_1", "msg_4", body); ok || err != nil || s != nil {
+		t.Fatalf("key read SealTTL ago: sealed=%v ok=%v err=%v", s != nil, ok, err)
+	}
+	if k.CachedKey("user_1") != nil {
+		t.Fatal("the stale key stayed cached")
+	}
+	if _, _, err := k.Seal("user_1", w, "msg_5", body); err != nil {
+		t.Fatal(err)
+	}
+	k.Forget("user_1")
+	if _, _, ok, _ := k.SealCached("user_1", "msg_6", body); ok {
+		t.Fatal("a forgotten key sealed")
+	}
+}
