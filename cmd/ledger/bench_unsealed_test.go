@@ -3,7 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"math"
 	"net/http"
+	"net/url"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -105,5 +109,85 @@ func TestServeBenchUnsealedRefuses(t *testing.T) {
 	var n int
 	if err := db.Get(&n, `SELECT count(*) FROM events`); err != nil || n != 1 {
 		t.Errorf("%d events (err %v), want the 1 held", n, err)
+	}
+}
+
+// TestBenchIngestUnsealedShort runs `ledger bench ingest --unsealed`
+// briefly: it prints the unsealed run, then the sealed one, then ratios
+// that agree with the two runs' printed figures; the unsealed run's
+// database holds only bodies in clear, the sealed run's only sealed ones.
+func TestBenchIngestUnsealedShort(t *testing.T) {
+	u, err := url.Parse(schematest.ServerURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dropDatabases(t, "ledger_bench", "ledger_bench_unsealed") })
+	out, errOut, code := runLedger(t, map[string]string{"DATABASE_URL": u.String()}, "bench", "ingest", "--unsealed", "-d", "2s", "-c", "4")
+	if code != 0 {
+		t.Fatalf("bench ingest exited %d:\n%s%s", code, out, errOut)
+	}
+	for _, name := range []string{"ledger_bench", "ledger_bench_unsealed"} {
+		u.Path = "/" + name
+		db := schematest.Open(t, u.String())
+		var sealed, inClear int
+		if err := db.QueryRow(`SELECT count(*) FILTER (WHERE body_sealed IS NOT NULL), count(*) FILTER (WHERE body_sealed IS NULL) FROM events`).Scan(&sealed, &inClear); err != nil {
+			t.Fatal(err)
+		}
+		db.Close()
+		if name == "ledger_bench" && (sealed == 0 || inClear != 0) || name == "ledger_bench_unsealed" && (inClear == 0 || sealed != 0) {
+			t.Errorf("%s: %d sealed and %d clear events", name, sealed, inClear)
+		}
+	}
+	num := func(re string) []float64 {
+		t.Helper()
+		m := regexp.MustCompile(`(?m)` + re).FindStringSubmatchIndex(out)
+		if m == nil {
+			t.Fatalf("no line matching %s:\n%s", re, out)
+		}
+		var f []float64
+		for i := 2; i < len(m); i += 2 {
+			v, _ := strconv.ParseFloat(out[m[i]:m[i+1]], 64)
+			f = append(f, v)
+		}
+		return append(f, float64(m[0])) // and where the line is
+	}
+	rate := `\s+(\d+) deliveries/s  p50 [\d.]+ms  p95 [\d.]+ms  p99 [\d.]+ms  non-2xx (\d+)  errors (\d+)`
+	cpu := ` cpu per delivery: service \d+ µs  postgres \d+ µs  senders \(this process\) \d+ µs  = (\d+) µs`
+	plainRate, sealedRate := num(`^unsealed:`+rate), num(`^ledger:`+rate)
+	plainCPU, sealedCPU := num(`^unsealed`+cpu), num(`^ledger  `+cpu)
+	num(`^unsealed: server peak RSS: [\d.]+ MB$`)
+	num(`^unsealed: users projector lag while sending`)
+	ratio := num(`^sealed/unsealed: cost ([\d.]+) \(CPU per delivery, service\+postgres\+senders\), rate ([\d.]+)$`)
+	if plainRate[3] > sealedRate[3] || sealedRate[3] > ratio[2] {
+		t.Errorf("want the unsealed run, then the sealed one, then the ratios:\n%s", out)
+	}
+	for _, r := range [][]float64{plainRate, sealedRate} {
+		if r[0] <= 0 || r[1] != 0 || r[2] != 0 {
+			t.Errorf("a run sent %.0f/s with %.0f non-2xx and %.0f errors:\n%s", r[0], r[1], r[2], out)
+		}
+	}
+	// The ratios are of the printed figures (rounded: within 3%).
+	near := func(got, want float64) bool { return got > 0 && math.Abs(got-want) <= 0.03*want+0.006 }
+	if !near(ratio[0], sealedCPU[0]/plainCPU[0]) || !near(ratio[1], sealedRate[0]/plainRate[0]) {
+		t.Errorf("cost %.2f, rate %.2f; the runs give %.2f and %.2f:\n%s", ratio[0], ratio[1], sealedCPU[0]/plainCPU[0], sealedRate[0]/plainRate[0], out)
+	}
+	if _, _, code := runLedger(t, nil, "bench", "ingest", "--unsealed", "--url", "http://127.0.0.1:1/api/webhooks/clerk"); code == 0 {
+		t.Error("--unsealed with --url was accepted")
+	}
+}
+
+// dropDatabases drops the named databases of the test server (bench
+// ingest's scratch databases), with any connection still open to them.
+func dropDatabases(t *testing.T, names ...string) {
+	admin, err := schema.Open(context.Background(), schematest.ServerURL(), schema.PoolOptions{MaxOpen: 1})
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer admin.Close()
+	for _, name := range names {
+		if _, err := admin.Exec(`DROP DATABASE IF EXISTS ` + name + ` WITH (FORCE)`); err != nil {
+			t.Errorf("drop %s: %v", name, err)
+		}
 	}
 }
