@@ -48,6 +48,7 @@ type ingestOptions struct {
 	database    string
 	users       int // 0: every delivery about a new user
 	cpuProfile  string
+	unsealed    bool
 }
 
 func (a *app) benchIngestCmd() *cobra.Command {
@@ -66,7 +67,17 @@ server, when it runs on this machine) and this process (the senders).
 --baseline also runs, in the same invocation, plain single-row durable INSERTs
 of the same payloads at the same concurrency into a scratch table, and prints
 our rate as a ratio of it, with its CPU time per insert. --url targets a running service instead (with
---webhook-secret or CLERK_WEBHOOK_SIGNING_SECRET; no RSS then).`,
+--webhook-secret or CLERK_WEBHOOK_SIGNING_SECRET; no RSS then).
+
+--unsealed first runs the same load (concurrency, duration, --users,
+payloads) against a child service of the same build that stores bodies in
+clear (no master key, its own scratch database ledger_bench_unsealed),
+printing the same lines prefixed "unsealed", then the sealed run as above,
+and at the end "sealed/unsealed: cost X, rate Y": the sealed run's total CPU
+time per delivery (service + PostgreSQL + senders) and its deliveries/s,
+each over the unsealed run's. The unsealed run goes first so that what it
+leaves PostgreSQL to do (autovacuum, a checkpoint) can only weigh on the
+sealed run. Not with --url.`,
 		Example: "  ledger bench ingest --concurrency 32 --duration 20s --baseline",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -81,6 +92,7 @@ our rate as a ratio of it, with its CPU time per insert. --url targets a running
 	cmd.Flags().IntVarP(&o.concurrency, "concurrency", "c", 32, "concurrent senders")
 	cmd.Flags().DurationVarP(&o.duration, "duration", "d", 20*time.Second, "how long to send")
 	cmd.Flags().BoolVar(&o.baseline, "baseline", false, "also time plain durable INSERTs and print the ratio")
+	cmd.Flags().BoolVar(&o.unsealed, "unsealed", false, "first run the same load against a service storing bodies in clear and print the sealed/unsealed ratios")
 	cmd.Flags().IntVar(&o.users, "users", 0, "spread the deliveries over this many users (0: each about a new user, the worst case for sealing: a data key per delivery)")
 	cmd.Flags().StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the service to this file (go tool pprof)")
 	cmd.Flags().StringVar(&o.target, "url", "", "webhook URL of a running service (default: start one)")
@@ -126,11 +138,12 @@ func startChildService(ctx context.Context, dsn, secret string, extraEnv ...stri
 	if err != nil {
 		return nil, err
 	}
-	return startChildServiceExe(ctx, exe, dsn, secret, extraEnv...)
+	return startChildServiceExe(ctx, exe, dsn, secret, nil, extraEnv...)
 }
 
-// startChildServiceExe is startChildService running the ledger binary exe.
-func startChildServiceExe(ctx context.Context, exe, dsn, secret string, extraEnv ...string) (*childService, error) {
+// startChildServiceExe is startChildService running the ledger binary exe,
+// as `serve serveArgs...`.
+func startChildServiceExe(ctx context.Context, exe, dsn, secret string, serveArgs []string, extraEnv ...string) (*childService, error) {
 	addr, err := freeLocalAddr()
 	if err != nil {
 		return nil, err
@@ -153,7 +166,7 @@ func startChildServiceExe(ctx context.Context, exe, dsn, secret string, extraEnv
 			return nil, err
 		}
 	}
-	cmd := exec.Command(exe, "serve")
+	cmd := exec.Command(exe, append([]string{"serve"}, serveArgs...)...)
 	cmd.Env = append(os.Environ(), "LEDGER_MASTER_KEY="+masterKey, "LEDGER_LOG_KEY="+logKey, "DATABASE_URL="+dsn, "CLERK_WEBHOOK_SIGNING_SECRET="+secret, "LEDGER_ADDR="+addr, "LOG_LEVEL=warn",
 		"LEDGER_WEBHOOK_RATE_LIMIT=0", "LEDGER_API_RATE_LIMIT=0") // one sender address: measure ingest, not the limiter
 	cmd.Env = append(cmd.Env, extraEnv...)
@@ -282,32 +295,111 @@ func (l *latencies) quantile(q float64) time.Duration {
 	return l.d[min(len(l.d)-1, int(q*float64(len(l.d))))]
 }
 
+// ingestService is the service one run of bench ingest sends to.
+type ingestService struct {
+	label    string // names the run's lines: "ledger" (sealing) or "unsealed"
+	database string // the scratch database of the child service
+	unsealed bool   // the child stores bodies in clear (serve --bench-unsealed)
+}
+
+// ingestRun is what one run of bench ingest measured.
+type ingestRun struct {
+	target     string        // the webhook URL sent to
+	child      *childService // the service started for the run (nil with --url)
+	dsn        string        // its scratch database ("" with --url)
+	postmaster int           // its server's PID (0: unknown)
+	rate       float64       // deliveries answered per second
+	n          int64         // deliveries answered
+	cpu        cpuUse
+}
+
+// stop stops the run's child service, if it started one.
+func (r ingestRun) stop() {
+	if r.child != nil {
+		r.child.stop()
+	}
+}
+
 func (a *app) benchIngest(ctx context.Context, o ingestOptions) error {
-	target := o.target
-	var child *childService
-	var dsn string
-	if target == "" {
+	if o.unsealed && o.target != "" {
+		return domain.Errorf(domain.EINVALID, "--unsealed starts its own service and does not combine with --url")
+	}
+	p := newPayloads()
+	// The unsealed run goes first: what a run leaves behind (autovacuum,
+	// the checkpoint of its writes) then lands in the sealed run, which can
+	// make encryption look dearer, never cheaper.
+	var plain ingestRun
+	if o.unsealed {
 		var err error
-		dsn, err = benchDatabase(ctx, o.database, "ledger_bench")
-		if err != nil {
+		if plain, err = a.ingestOnce(ctx, o, p, ingestService{label: "unsealed", database: "ledger_bench_unsealed", unsealed: true}); err != nil {
 			return err
+		}
+		plain.stop()
+	}
+	run, err := a.ingestOnce(ctx, o, p, ingestService{label: "ledger", database: "ledger_bench"})
+	if err != nil {
+		return err
+	}
+	defer run.stop()
+	if o.baseline {
+		if err := a.ingestBaseline(ctx, o, p, run); err != nil {
+			return err
+		}
+	}
+	switch {
+	case !o.unsealed:
+	case run.n == 0 || plain.n == 0:
+		fmt.Fprintf(a.stdout, "sealed/unsealed: n/a (a run had no delivery answered)\n")
+	default:
+		fmt.Fprintf(a.stdout, "sealed/unsealed: cost %.2f (CPU per delivery, %s), rate %.2f\n",
+			run.cpu.perUnit(run.n)/plain.cpu.perUnit(plain.n), run.cpu.layers(), run.rate/plain.rate)
+	}
+	return nil
+}
+
+// ingestOnce starts the child service of svc (unless --url names one),
+// sends o's load to it, and prints the run's lines, labelled with
+// svc.label. The caller stops the returned run's service.
+func (a *app) ingestOnce(ctx context.Context, o ingestOptions, p *payloads, svc ingestService) (ingestRun, error) {
+	run := ingestRun{target: o.target}
+	if run.target == "" {
+		var err error
+		run.dsn, err = benchDatabase(ctx, o.database, svc.database)
+		if err != nil {
+			return ingestRun{}, err
 		}
 		o.secret = clerkgen.NewSecret()
-		var env []string
-		if o.cpuProfile != "" {
-			p, err := filepath.Abs(o.cpuProfile)
+		var env, args []string
+		if svc.unsealed {
+			// The child gets no master key (serve refuses one with the flag).
+			env, args = append(env, "LEDGER_MASTER_KEY="), append(args, "--"+benchUnsealedFlag)
+		} else if o.cpuProfile != "" {
+			prof, err := filepath.Abs(o.cpuProfile)
 			if err != nil {
-				return err
+				return ingestRun{}, err
 			}
-			env = append(env, "LEDGER_CPUPROFILE="+p)
+			env = append(env, "LEDGER_CPUPROFILE="+prof)
 		}
-		child, err = startChildService(ctx, dsn, o.secret, env...)
+		exe, err := os.Executable()
 		if err != nil {
-			return err
+			return ingestRun{}, err
 		}
-		defer child.stop()
-		target = "http://" + child.addr + "/api/webhooks/clerk"
+		if run.child, err = startChildServiceExe(ctx, exe, run.dsn, o.secret, args, env...); err != nil {
+			return ingestRun{}, err
+		}
+		run.target = "http://" + run.child.addr + "/api/webhooks/clerk"
 	}
+	if err := a.sendIngest(ctx, o, p, svc, &run); err != nil {
+		run.stop()
+		return ingestRun{}, err
+	}
+	return run, nil
+}
+
+// sendIngest sends o's load to run's target, prints what it measured and
+// sets run's postmaster and measures.
+func (a *app) sendIngest(ctx context.Context, o ingestOptions, p *payloads, svc ingestService, run *ingestRun) error {
+	target, child := run.target, run.child
 	if o.secret == "" {
 		return domain.Errorf(domain.EINVALID, "--url needs the service's signing secret: --webhook-secret or CLERK_WEBHOOK_SIGNING_SECRET")
 	}
@@ -315,23 +407,26 @@ func (a *app) benchIngest(ctx context.Context, o ingestOptions) error {
 	if err != nil {
 		return domain.Errorf(domain.EINVALID, "CLERK_WEBHOOK_SIGNING_SECRET is malformed")
 	}
-	p := newPayloads()
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: o.concurrency, MaxConnsPerHost: o.concurrency}, Timeout: 30 * time.Second}
-
-	fmt.Fprintf(a.stdout, "bench ingest: %d senders for %s -> %s\n", o.concurrency, o.duration, target)
+	// The sealing run's lines are as they always were; the unsealed run's
+	// each start with "unsealed".
+	head, cpuHead, pre, note := fmt.Sprintf("%-10s", svc.label+":"), fmt.Sprintf("%-9s", svc.label), "", ""
+	if svc.unsealed {
+		pre, note = head, " (bodies stored in clear, "+svc.database+")"
+	}
+	fmt.Fprintf(a.stdout, "%sbench ingest: %d senders for %s -> %s%s\n", pre, o.concurrency, o.duration, target, note)
 	// With the child's projectors off (LEDGER_PROJECTORS=off, which it
 	// inherits) there is no lag to sample, and counting an ever-growing
 	// backlog every 250 ms would load the PostgreSQL being measured.
 	projectorsOff := strings.EqualFold(strings.TrimSpace(a.env("LEDGER_PROJECTORS")), "off")
 	var lag *lagSampler
 	if child != nil && !projectorsOff {
-		if lag, err = startLagSampler(ctx, dsn); err != nil {
+		if lag, err = startLagSampler(ctx, run.dsn); err != nil {
 			return err
 		}
 	}
-	postmaster := 0
-	if dsn != "" {
-		postmaster = benchPostmaster(ctx, dsn)
+	if run.dsn != "" {
+		run.postmaster = benchPostmaster(ctx, run.dsn)
 	}
 	servicePID := 0
 	if child != nil {
@@ -339,7 +434,7 @@ func (a *app) benchIngest(ctx context.Context, o ingestOptions) error {
 	}
 	var non2xx atomic.Int64
 	runID := strconv.FormatInt(time.Now().UnixNano(), 36)
-	meter := startCPUMeter(servicePID, postmaster)
+	meter := startCPUMeter(servicePID, run.postmaster)
 	res := runLoad(ctx, o.concurrency, o.duration, func(w, i int) error {
 		id := fmt.Sprintf("msg_%s_%d_%d", runID, w, i)
 		user := fmt.Sprintf("user_b%s%04d%07d", runID, w, i)
@@ -348,45 +443,49 @@ func (a *app) benchIngest(ctx context.Context, o ingestOptions) error {
 		}
 		return postDelivery(ctx, client, target, signer, id, p.body(user), &non2xx)
 	})
-	cpu := meter.stop()
-	rate := float64(res.ok) / res.elapsed.Seconds()
-	fmt.Fprintf(a.stdout, "ledger:   %8.0f deliveries/s  p50 %s  p95 %s  p99 %s  non-2xx %d  errors %d  (%d in %s)\n",
-		rate, ms(res.lat.quantile(0.50)), ms(res.lat.quantile(0.95)), ms(res.lat.quantile(0.99)), non2xx.Load(), res.failed, res.ok, res.elapsed.Round(time.Millisecond))
-	fmt.Fprintf(a.stdout, "ledger   %s\n", cpu.line("delivery", res.ok, "service", "senders (this process)"))
+	run.cpu = meter.stop()
+	run.n, run.rate = res.ok, float64(res.ok)/res.elapsed.Seconds()
+	fmt.Fprintf(a.stdout, "%s%8.0f deliveries/s  p50 %s  p95 %s  p99 %s  non-2xx %d  errors %d  (%d in %s)\n",
+		head, run.rate, ms(res.lat.quantile(0.50)), ms(res.lat.quantile(0.95)), ms(res.lat.quantile(0.99)), non2xx.Load(), res.failed, res.ok, res.elapsed.Round(time.Millisecond))
+	fmt.Fprintf(a.stdout, "%s%s\n", cpuHead, run.cpu.line("delivery", res.ok, "service", "senders (this process)"))
 	if child != nil {
-		fmt.Fprintf(a.stdout, "server peak RSS: %.1f MB\n", float64(child.peakRSS())/1e6)
+		fmt.Fprintf(a.stdout, "%sserver peak RSS: %.1f MB\n", pre, float64(child.peakRSS())/1e6)
 	}
 	if child != nil && projectorsOff {
-		fmt.Fprintf(a.stdout, "projectors off in the service (LEDGER_PROJECTORS=off): no lag sampled\n")
+		fmt.Fprintf(a.stdout, "%sprojectors off in the service (LEDGER_PROJECTORS=off): no lag sampled\n", pre)
 	}
 	if lag != nil {
 		lag.stop()
 		caught := lag.catchUp(ctx, 30*time.Second)
 		for _, name := range lagProjectors {
 			m := lag.max[name]
-			fmt.Fprintf(a.stdout, "%s projector lag while sending (sampled every 250 ms): max %d events, max %.2f s; caught up %s after the last delivery\n",
-				name, m.events, m.seconds, caught[name])
+			fmt.Fprintf(a.stdout, "%s%s projector lag while sending (sampled every 250 ms): max %d events, max %.2f s; caught up %s after the last delivery\n",
+				pre, name, m.events, m.seconds, caught[name])
 		}
 	}
-	if !o.baseline {
-		return nil
-	}
-	if dsn == "" {
-		if dsn, err = benchDatabase(ctx, o.database, "ledger_bench"); err != nil {
+	return nil
+}
+
+// ingestBaseline runs insertBaseline on the sealing run's scratch database
+// (a fresh one with --url) and prints it and our rate as a ratio of it.
+func (a *app) ingestBaseline(ctx context.Context, o ingestOptions, p *payloads, run ingestRun) error {
+	var err error
+	if run.dsn == "" {
+		if run.dsn, err = benchDatabase(ctx, o.database, "ledger_bench"); err != nil {
 			return err
 		}
 	}
-	if postmaster == 0 {
-		postmaster = benchPostmaster(ctx, dsn)
+	if run.postmaster == 0 {
+		run.postmaster = benchPostmaster(ctx, run.dsn)
 	}
-	base, err := insertBaseline(ctx, dsn, p, o, postmaster)
+	base, err := insertBaseline(ctx, run.dsn, p, o, run.postmaster)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(a.stdout, "baseline: %8.0f inserts/s     p50 %s  p95 %s  p99 %s  (plain single-row durable INSERTs, same payloads and concurrency)\n",
 		base.rate, ms(base.p50), ms(base.p95), ms(base.p99))
 	fmt.Fprintf(a.stdout, "baseline %s\n", base.cpu.line("insert", base.n, "", "client (this process)"))
-	fmt.Fprintf(a.stdout, "ratio:    %.2f (ledger / baseline)\n", rate/base.rate)
+	fmt.Fprintf(a.stdout, "ratio:    %.2f (ledger / baseline)\n", run.rate/base.rate)
 	return nil
 }
 

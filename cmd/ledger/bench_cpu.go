@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -132,6 +133,38 @@ func (m *cpuMeter) stop() cpuUse {
 		servicePID: m.servicePID > 0, postmaster: m.postmasterPID > 0}
 }
 
+// total is the CPU time of every layer the meter saw.
+func (u cpuUse) total() time.Duration {
+	t := u.self
+	if u.servicePID {
+		t += u.service
+	}
+	if u.postmaster {
+		t += u.postgres
+	}
+	return t
+}
+
+// perUnit is total in µs per unit of n (0 for none).
+func (u cpuUse) perUnit(n int64) float64 {
+	if n <= 0 {
+		return 0
+	}
+	return float64(u.total().Microseconds()) / float64(n)
+}
+
+// layers names the layers total counts, "+"-joined.
+func (u cpuUse) layers() string {
+	var l []string
+	if u.servicePID {
+		l = append(l, "service")
+	}
+	if u.postmaster {
+		l = append(l, "postgres")
+	}
+	return strings.Join(append(l, "senders"), "+")
+}
+
 // line says what each layer cost per unit (µs of CPU per delivery) and how
 // much of the machine's cores they took together.
 func (u cpuUse) line(unit string, n int64, serviceName, selfName string) string {
@@ -140,14 +173,12 @@ func (u cpuUse) line(unit string, n int64, serviceName, selfName string) string 
 	}
 	per := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(n) }
 	out := fmt.Sprintf("cpu per %s:", unit)
-	total := u.self
+	total := u.total()
 	if u.servicePID {
 		out += fmt.Sprintf(" %s %.0f µs", serviceName, per(u.service))
-		total += u.service
 	}
 	if u.postmaster {
 		out += fmt.Sprintf("  postgres %.0f µs", per(u.postgres))
-		total += u.postgres
 	} else {
 		out += "  postgres n/a (not on this machine)"
 	}

@@ -106,7 +106,7 @@ func (a *app) benchFlood(ctx context.Context, o floodOptions) error {
 		}
 	}
 	secret := clerkgen.NewSecret()
-	child, err := startChildServiceExe(ctx, exe, dsn, secret)
+	child, err := startChildServiceExe(ctx, exe, dsn, secret, nil)
 	if err != nil {
 		return err
 	}

@@ -35,6 +35,10 @@ type config struct {
 	// Dev is set by `ledger dev`: with no Clerk keys on a loopback address
 	// the development sign-in is served.
 	Dev bool
+	// BenchUnsealed is set by serve's hidden --bench-unsealed (bench ingest
+	// --unsealed's child only): no master key, bodies stored in clear, on a
+	// database holding no event (serveKeyring).
+	BenchUnsealed bool
 	// Projectors runs the projectors inside serve (LEDGER_PROJECTORS, default
 	// on); off for web-only replicas when `ledger project` runs them.
 	Projectors bool

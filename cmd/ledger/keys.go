@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -52,6 +53,35 @@ func requireKeyring(ctx context.Context, db *sqlx.DB) (*userkeys.Keyring, error)
 		return nil, err
 	}
 	return k, nil
+}
+
+// benchUnsealedFlag is serve's hidden flag that runs it without a master key,
+// storing every body in clear: the service `ledger bench ingest --unsealed`
+// measures against the sealing one. It is no deployment's setting.
+const benchUnsealedFlag = "bench-unsealed"
+
+// serveKeyring returns the keyring serve seals and opens bodies with:
+// requireKeyring's, or with unsealed (--bench-unsealed) none, after
+// checking that no master key is set and that db (migrated) holds no event
+// yet, so that no ledger mixes bodies in clear into a sealed history; it
+// then logs a warning that bodies are stored in clear. Errors: EINVALID
+// (one line) for either refusal.
+func serveKeyring(ctx context.Context, log *slog.Logger, db *sqlx.DB, unsealed bool) (*userkeys.Keyring, error) {
+	if !unsealed {
+		return requireKeyring(ctx, db)
+	}
+	if schema.KeyringFrom(ctx) != nil {
+		return nil, domain.Errorf(domain.EINVALID, "--%s (for ledger bench ingest --unsealed only) stores bodies in clear and takes no master key: unset LEDGER_MASTER_KEY", benchUnsealedFlag)
+	}
+	var empty bool
+	if err := db.GetContext(ctx, &empty, `SELECT NOT EXISTS (SELECT 1 FROM events)`); err != nil {
+		return nil, fmt.Errorf("--%s: count events: %w", benchUnsealedFlag, err)
+	}
+	if !empty {
+		return nil, domain.Errorf(domain.EINVALID, "--%s (for ledger bench ingest --unsealed only) refuses a database that already holds events: it stores bodies in clear, on a fresh scratch database only", benchUnsealedFlag)
+	}
+	log.Warn("bodies are stored in clear, not sealed, and erasing a user does not remove them: --bench-unsealed is for ledger bench ingest --unsealed only", "bench_unsealed", true)
+	return nil, nil
 }
 
 // devMasterKey returns the master key kept in path, generating and saving

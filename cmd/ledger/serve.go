@@ -46,10 +46,16 @@ SIGINT or SIGTERM stops accepting, finishes requests in flight and exits.`,
 			if len(cfg.WebhookSecrets) == 0 {
 				return domain.Errorf(domain.EINVALID, "CLERK_WEBHOOK_SIGNING_SECRET is not set (Clerk dashboard > Webhooks > endpoint > Signing Secret)")
 			}
+			if cfg.BenchUnsealed, err = cmd.Flags().GetBool(benchUnsealedFlag); err != nil {
+				return err
+			}
 			return a.serve(cmd.Context(), log, cfg, nil)
 		},
 	}
 	addServiceFlags(cmd)
+	// Hidden: only bench ingest --unsealed's child sets it (keys.go).
+	cmd.Flags().Bool(benchUnsealedFlag, false, "benchmark only: store bodies in clear, without a master key, on a database holding no event")
+	cmd.Flags().MarkHidden(benchUnsealedFlag) // an error only for an undefined flag
 	return cmd
 }
 
@@ -99,7 +105,7 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 	if err := migrate(ctx, log, ingest); err != nil {
 		return err
 	}
-	keys, err := requireKeyring(ctx, ingest)
+	keys, err := serveKeyring(ctx, log, ingest, cfg.BenchUnsealed)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,193 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"math"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/clerk-ledger/clerk-ledger/clerkgen"
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
+)
+
+// serve --bench-unsealed on an empty database runs without a master key and
+// stores a signed delivery's body in clear: the exact bytes, nothing sealed.
+func TestServeBenchUnsealedStoresClear(t *testing.T) {
+	secret := clerkgen.NewSecret()
+	env := map[string]string{
+		"DATABASE_URL":                 schematest.NewURL(t),
+		"CLERK_WEBHOOK_SIGNING_SECRET": secret,
+		"LEDGER_ADDR":                  freeAddr(t),
+		"LEDGER_MASTER_KEY":            "",
+	}
+	logs := startService(t, env, "serve", "--"+benchUnsealedFlag)
+	if !strings.Contains(logs.String(), "bodies are stored in clear") {
+		t.Errorf("no warning that bodies are stored in clear:\n%s", logs.String())
+	}
+	body, err := clerkgen.Event("user.created", clerkgen.User{ID: "user_clear", Email: "clear@example.com", FirstName: "Clear"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := clerkgen.NewSigner(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodPost, "http://"+env["LEDGER_ADDR"]+"/api/webhooks/clerk", bytes.NewReader(body))
+	req.Header = signer.Headers("msg_clear", time.Now(), body)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("delivery: %d, want 200\n%s", res.StatusCode, logs.String())
+	}
+	db := schematest.Open(t, env["DATABASE_URL"])
+	var stored struct {
+		Body   []byte `db:"body"`
+		Clear  bool   `db:"clear"`
+		UserID string `db:"user_id"`
+	}
+	if err := db.Get(&stored, `SELECT convert_to(body, 'UTF8') AS body, body_sealed IS NULL AS clear, user_id FROM events WHERE delivery_id = 'msg_clear'`); err != nil {
+		t.Fatal(err)
+	}
+	if !stored.Clear || !bytes.Equal(stored.Body, body) || stored.UserID != "user_clear" {
+		t.Errorf("stored clear %v, user %q, body %q; want clear, user_clear, the sent bytes %q", stored.Clear, stored.UserID, stored.Body, body)
+	}
+	var keys int
+	if err := db.Get(&keys, `SELECT count(*) FROM user_keys`); err != nil || keys != 0 {
+		t.Errorf("%d data keys made (err %v), want 0", keys, err)
+	}
+}
+
+// serve --bench-unsealed refuses, in one line, a database that already
+// holds an event, and a set master key.
+func TestServeBenchUnsealedRefuses(t *testing.T) {
+	dsn := schematest.NewURL(t)
+	db := schematest.Open(t, dsn)
+	if _, err := schema.Migrate(context.Background(), db.DB); err != nil {
+		t.Fatal(err)
+	}
+	body, err := clerkgen.Event("user.created", clerkgen.User{ID: "user_held"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().Unix()
+	d, err := domain.NewDelivery("msg_held", now, "v1,x", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := schema.NewStore(db).AppendDelivery(withTestKeys(context.Background()), d); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"DATABASE_URL": dsn, "CLERK_WEBHOOK_SIGNING_SECRET": clerkgen.NewSecret(), "LEDGER_ADDR": freeAddr(t)}
+	cases := []struct {
+		masterKey string
+		want      string
+	}{
+		{"", "refuses a database that already holds events"},
+		{testMasterKey, "unset LEDGER_MASTER_KEY"},
+	}
+	for _, c := range cases {
+		env["LEDGER_MASTER_KEY"] = c.masterKey
+		var out, errOut bytes.Buffer
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		err := run(ctx, []string{"serve", "--" + benchUnsealedFlag}, envOf(env), &out, &errOut)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") || domain.ErrorCode(err) != domain.EINVALID {
+			t.Errorf("master key %q: err %v, want one EINVALID line with %q", c.masterKey, err, c.want)
+		}
+	}
+	var n int
+	if err := db.Get(&n, `SELECT count(*) FROM events`); err != nil || n != 1 {
+		t.Errorf("%d events (err %v), want the 1 held", n, err)
+	}
+}
+
+// TestBenchIngestUnsealedShort runs `ledger bench ingest --unsealed`
+// briefly: it prints the unsealed run, then the sealed one, then ratios
+// that agree with the two runs' printed figures; the unsealed run's
+// database holds only bodies in clear, the sealed run's only sealed ones.
+func TestBenchIngestUnsealedShort(t *testing.T) {
+	u, err := url.Parse(schematest.ServerURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dropDatabases(t, "ledger_bench", "ledger_bench_unsealed") })
+	out, errOut, code := runLedger(t, map[string]string{"DATABASE_URL": u.String()}, "bench", "ingest", "--unsealed", "-d", "2s", "-c", "4")
+	if code != 0 {
+		t.Fatalf("bench ingest exited %d:\n%s%s", code, out, errOut)
+	}
+	for _, name := range []string{"ledger_bench", "ledger_bench_unsealed"} {
+		u.Path = "/" + name
+		db := schematest.Open(t, u.String())
+		var sealed, inClear int
+		if err := db.QueryRow(`SELECT count(*) FILTER (WHERE body_sealed IS NOT NULL), count(*) FILTER (WHERE body_sealed IS NULL) FROM events`).Scan(&sealed, &inClear); err != nil {
+			t.Fatal(err)
+		}
+		db.Close()
+		if name == "ledger_bench" && (sealed == 0 || inClear != 0) || name == "ledger_bench_unsealed" && (inClear == 0 || sealed != 0) {
+			t.Errorf("%s: %d sealed and %d clear events", name, sealed, inClear)
+		}
+	}
+	num := func(re string) []float64 {
+		t.Helper()
+		m := regexp.MustCompile(`(?m)` + re).FindStringSubmatchIndex(out)
+		if m == nil {
+			t.Fatalf("no line matching %s:\n%s", re, out)
+		}
+		var f []float64
+		for i := 2; i < len(m); i += 2 {
+			v, _ := strconv.ParseFloat(out[m[i]:m[i+1]], 64)
+			f = append(f, v)
+		}
+		return append(f, float64(m[0])) // and where the line is
+	}
+	rate := `\s+(\d+) deliveries/s  p50 [\d.]+ms  p95 [\d.]+ms  p99 [\d.]+ms  non-2xx (\d+)  errors (\d+)`
+	cpu := ` cpu per delivery: service \d+ µs  postgres \d+ µs  senders \(this process\) \d+ µs  = (\d+) µs`
+	plainRate, sealedRate := num(`^unsealed:`+rate), num(`^ledger:`+rate)
+	plainCPU, sealedCPU := num(`^unsealed`+cpu), num(`^ledger  `+cpu)
+	num(`^unsealed: server peak RSS: [\d.]+ MB$`)
+	num(`^unsealed: users projector lag while sending`)
+	ratio := num(`^sealed/unsealed: cost ([\d.]+) \(CPU per delivery, service\+postgres\+senders\), rate ([\d.]+)$`)
+	if plainRate[3] > sealedRate[3] || sealedRate[3] > ratio[2] {
+		t.Errorf("want the unsealed run, then the sealed one, then the ratios:\n%s", out)
+	}
+	for _, r := range [][]float64{plainRate, sealedRate} {
+		if r[0] <= 0 || r[1] != 0 || r[2] != 0 {
+			t.Errorf("a run sent %.0f/s with %.0f non-2xx and %.0f errors:\n%s", r[0], r[1], r[2], out)
+		}
+	}
+	// The ratios are of the printed figures (rounded: within 3%).
+	near := func(got, want float64) bool { return got > 0 && math.Abs(got-want) <= 0.03*want+0.006 }
+	if !near(ratio[0], sealedCPU[0]/plainCPU[0]) || !near(ratio[1], sealedRate[0]/plainRate[0]) {
+		t.Errorf("cost %.2f, rate %.2f; the runs give %.2f and %.2f:\n%s", ratio[0], ratio[1], sealedCPU[0]/plainCPU[0], sealedRate[0]/plainRate[0], out)
+	}
+	if _, _, code := runLedger(t, nil, "bench", "ingest", "--unsealed", "--url", "http://127.0.0.1:1/api/webhooks/clerk"); code == 0 {
+		t.Error("--unsealed with --url was accepted")
+	}
+}
+
+// dropDatabases drops the named databases of the test server (bench
+// ingest's scratch databases), with any connection still open to them.
+func dropDatabases(t *testing.T, names ...string) {
+	admin, err := schema.Open(context.Background(), schematest.ServerURL(), schema.PoolOptions{MaxOpen: 1})
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer admin.Close()
+	for _, name := range names {
+		if _, err := admin.Exec(`DROP DATABASE IF EXISTS ` + name + ` WITH (FORCE)`); err != nil {
+			t.Errorf("drop %s: %v", name, err)
+		}
+	}
+}
