@@ -56,9 +56,19 @@ const (
 // about a user erased before it arrived.
 var Discarded = []byte{discarded}
 
-// maxCached bounds the unwrapped data keys a Keyring keeps (about 1 KB
-// each: the AES key schedule and GCM tables).
-const maxCached = 4096
+// maxCached bounds the data keys a Keyring keeps ready to use (about 1.4
+// KB each: the AES key schedule and GCM tables).
+const maxCached = 1024
+
+// maxDEKs bounds the unwrapped data keys a Keyring keeps without their
+// cipher (about 250 bytes each, with the map's share): a key that no
+// longer fits among the maxCached ready ones costs a cipher set-up to use
+// again (~0.6 µs), not a database read and an unwrap. Sealing for more
+// users than maxCached, as a service receiving updates about thousands
+// does, stays off the database. Both bounds together keep the keyring
+// under 6 MB (it was 4,096 ready keys alone): serve collects at GOGC 400,
+// so each MB it keeps live costs about five of RSS.
+const maxDEKs = 16 * maxCached
 
 // Keyring is the master key and a cache of unwrapped data keys. The cache
 // is keyed by user and checked against the wrapped key the caller read from
@@ -70,13 +80,21 @@ type Keyring struct {
 	id  string
 
 	mu    sync.Mutex
-	cache map[string]cached
+	cache map[string]cached   // ready to use (at most maxCached)
+	deks  map[string]dekEntry // every key in cache and more (at most maxDEKs)
 }
 
 type cached struct {
 	wrapped string
 	aead    cipher.AEAD
 	at      time.Time // when the wrapped key was last read from the database
+}
+
+// dekEntry is a data key kept unwrapped, without its cipher.
+type dekEntry struct {
+	wrapped string
+	dek     [32]byte
+	at      time.Time // as cached.at
 }
 
 // SealTTL is how long Sealing trusts a cached wrapped key without reading
@@ -95,7 +113,7 @@ func New(kek []byte) (*Keyring, error) {
 		return nil, err
 	}
 	sum := sha256.Sum256(append([]byte("clerk-ledger/kek-id/v1\n"), kek...))
-	return &Keyring{kek: a, id: hex.EncodeToString(sum[:])[:16], cache: map[string]cached{}}, nil
+	return &Keyring{kek: a, id: hex.EncodeToString(sum[:])[:16], cache: map[string]cached{}, deks: map[string]dekEntry{}}, nil
 }
 
 // Load reads a master key from v: the key text (KeyPrefix + base64 of 32
@@ -194,31 +212,48 @@ func (k *Keyring) Rewrap(user string, wrapped []byte, to *Keyring) ([]byte, erro
 func (k *Keyring) dataKey(user string, wrapped []byte) (cipher.AEAD, error) {
 	k.mu.Lock()
 	c, ok := k.cache[user]
+	d, dok := k.deks[user]
 	k.mu.Unlock()
 	if ok && c.wrapped == string(wrapped) {
 		return c.aead, nil
 	}
-	dek, err := k.unwrap(user, wrapped)
-	if err != nil {
-		return nil, err
+	if !dok || d.wrapped != string(wrapped) {
+		dek, err := k.unwrap(user, wrapped)
+		if err != nil {
+			return nil, err
+		}
+		d = dekEntry{wrapped: string(wrapped), at: time.Now()}
+		copy(d.dek[:], dek)
 	}
-	a, err := gcm(dek)
+	return k.ready(user, d)
+}
+
+// ready makes the cipher of d, user's data key, and keeps both (evicting
+// one entry of each when full).
+func (k *Keyring) ready(user string, d dekEntry) (cipher.AEAD, error) {
+	a, err := gcm(d.dek[:])
 	if err != nil {
 		return nil, err
 	}
 	k.mu.Lock()
-	if len(k.cache) >= maxCached {
-		// Full: one entry (where a map's iteration starts, at random)
-		// makes room. Clearing it all would make the next maxCached reads
-		// unwrap again: a rebuild over more users than that would hit
-		// the cache about half as often.
+	defer k.mu.Unlock()
+	// Full: one entry (where a map's iteration starts, at random) makes
+	// room. Clearing it all would make the next reads unwrap again: a
+	// rebuild over more users than fit would hit about half as often.
+	if _, ok := k.cache[user]; !ok && len(k.cache) >= maxCached {
 		for u := range k.cache {
 			delete(k.cache, u)
 			break
 		}
 	}
-	k.cache[user] = cached{wrapped: string(wrapped), aead: a, at: time.Now()}
-	k.mu.Unlock()
+	if _, ok := k.deks[user]; !ok && len(k.deks) >= maxDEKs {
+		for u := range k.deks {
+			delete(k.deks, u)
+			break
+		}
+	}
+	k.cache[user] = cached{wrapped: d.wrapped, aead: a, at: d.at}
+	k.deks[user] = d
 	return a, nil
 }
 
@@ -226,38 +261,52 @@ func (k *Keyring) dataKey(user string, wrapped []byte) (cipher.AEAD, error) {
 // the database less than SealTTL ago (nil otherwise): the append path then
 // seals without asking the database. Entries past it are dropped.
 func (k *Keyring) CachedKey(user string) []byte {
-	c, ok := k.fresh(user)
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	d, ok := k.deks[user]
 	if !ok {
 		return nil
 	}
-	return []byte(c.wrapped)
+	if time.Since(d.at) >= SealTTL {
+		delete(k.cache, user)
+		delete(k.deks, user)
+		return nil
+	}
+	return []byte(d.wrapped)
 }
 
-// fresh returns user's cache entry when its wrapped key was read from the
-// database less than SealTTL ago, dropping it when older.
-func (k *Keyring) fresh(user string) (cached, bool) {
+// fresh returns the cipher of user's data key when this keyring read the
+// wrapped key from the database less than SealTTL ago (making the cipher
+// when only the key is kept), dropping the key when older.
+func (k *Keyring) fresh(user string) (cipher.AEAD, bool, error) {
 	k.mu.Lock()
-	defer k.mu.Unlock()
-	c, ok := k.cache[user]
-	if !ok {
-		return cached{}, false
-	}
-	if time.Since(c.at) >= SealTTL {
+	d, ok := k.deks[user]
+	if ok && time.Since(d.at) >= SealTTL {
 		delete(k.cache, user)
-		return cached{}, false
+		delete(k.deks, user)
+		ok = false
 	}
-	return c, true
+	c, cok := k.cache[user]
+	k.mu.Unlock()
+	switch {
+	case !ok:
+		return nil, false, nil
+	case cok && c.wrapped == d.wrapped:
+		return c.aead, true, nil
+	}
+	a, err := k.ready(user, d)
+	return a, err == nil, err
 }
 
 // SealCached is Seal under user's data key as CachedKey finds it, with one
 // look-up: ok is false, with nothing sealed, when CachedKey would return
 // nil (the caller then reads or makes the key, SealDeliveries).
 func (k *Keyring) SealCached(user, deliveryID string, body []byte) (sealed []byte, commitment [domain.HashSize]byte, ok bool, err error) {
-	c, ok := k.fresh(user)
+	a, ok, err := k.fresh(user)
 	if !ok {
-		return nil, commitment, false, nil
+		return nil, commitment, false, err
 	}
-	sealed, commitment, err = seal(c.aead, user, deliveryID, body)
+	sealed, commitment, err = seal(a, user, deliveryID, body)
 	return sealed, commitment, err == nil, err
 }
 
@@ -265,6 +314,7 @@ func (k *Keyring) SealCached(user, deliveryID string, body []byte) (sealed []byt
 func (k *Keyring) Forget(user string) {
 	k.mu.Lock()
 	delete(k.cache, user)
+	delete(k.deks, user)
 	k.mu.Unlock()
 }
 
@@ -373,7 +423,7 @@ func openWith(a cipher.AEAD, aad []byte, user, deliveryID string, sealed []byte)
 }
 
 // maxOpenerKeys bounds the data keys one Opener keeps at hand.
-const maxOpenerKeys = 4 * maxCached
+const maxOpenerKeys = 16384
 
 // Opener opens the sealed bodies of one read, one at a time, as
 // Keyring.Open does, with less work per body: the data keys it used are

@@ -3,17 +3,20 @@ package userkeys
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
 )
 
-// TestFullCacheEvictsOneKey: once the cache holds maxCached keys, a new
-// user's key makes room by dropping one entry, not the whole cache: every
-// other key stays cached (a rebuild over more users than the cache holds
-// keeps hitting it).
+// TestFullCacheEvictsOneKey: once the keyring holds maxCached ciphers, a
+// new user's key makes room by dropping one cipher, not all of them, and
+// the dropped user's key stays among the unwrapped ones (maxDEKs): it
+// still seals without the database. Past maxDEKs one of those goes.
 func TestFullCacheEvictsOneKey(t *testing.T) {
 	k := newKeyring(t)
-	for i := range maxCached + 1 {
+	users := maxCached + 1
+	wrapped := make([][]byte, users)
+	for i := range users {
 		user := fmt.Sprintf("user_%05d", i)
 		w, err := k.NewDataKey(user)
 		if err != nil {
@@ -22,15 +25,34 @@ func TestFullCacheEvictsOneKey(t *testing.T) {
 		if _, _, err := k.Seal(user, w, "msg_1", []byte(`{}`)); err != nil {
 			t.Fatal(err)
 		}
+		wrapped[i] = w
 	}
-	cached := 0
-	for i := range maxCached + 1 {
-		if k.CachedKey(fmt.Sprintf("user_%05d", i)) != nil {
-			cached++
+	if len(k.cache) != maxCached {
+		t.Fatalf("%d ciphers kept after %d users, want %d", len(k.cache), users, maxCached)
+	}
+	for i := range users {
+		user := fmt.Sprintf("user_%05d", i)
+		if w := k.CachedKey(user); string(w) != string(wrapped[i]) {
+			t.Fatalf("%s: the key left the keyring with its cipher", user)
+		}
+		if _, _, ok, err := k.SealCached(user, "msg_2", []byte(`{}`)); !ok || err != nil {
+			t.Fatalf("%s: no seal from the kept key: ok=%v err=%v", user, ok, err)
 		}
 	}
-	if cached != maxCached {
-		t.Fatalf("%d keys cached after %d users, want %d", cached, maxCached+1, maxCached)
+	k.mu.Lock()
+	for i := len(k.deks); i < maxDEKs; i++ {
+		k.deks[fmt.Sprintf("user_x%06d", i)] = dekEntry{wrapped: "w", at: time.Now()}
+	}
+	k.mu.Unlock()
+	w, err := k.NewDataKey("user_last")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := k.Seal("user_last", w, "msg_1", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	if len(k.deks) != maxDEKs || k.CachedKey("user_last") == nil {
+		t.Fatalf("%d unwrapped keys kept past maxDEKs (%d), the new one kept %v", len(k.deks), maxDEKs, k.CachedKey("user_last") != nil)
 	}
 }
 
@@ -165,9 +187,9 @@ func TestSealCachedSealsOnlyFreshKeys(t *testing.T) {
 		t.Fatal("a body opened as another delivery's")
 	}
 	k.mu.Lock()
-	c := k.cache["user_1"]
-	c.at = c.at.Add(-SealTTL)
-	k.cache["user_1"] = c
+	d := k.deks["user_1"]
+	d.at = d.at.Add(-SealTTL)
+	k.deks["user_1"] = d
 	k.mu.Unlock()
 	if s, _, ok, err := k.SealCached("user_1", "msg_4", body); ok || err != nil || s != nil {
 		t.Fatalf("key read SealTTL ago: sealed=%v ok=%v err=%v", s != nil, ok, err)
