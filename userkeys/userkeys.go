@@ -472,13 +472,22 @@ func (o *Opener) dataKey(user string, wrapped []byte) (cipher.AEAD, error) {
 	if c, ok := o.keys[user]; ok && c.wrapped == string(wrapped) {
 		return c.aead, nil
 	}
+	_, held := o.keys[user]
+	if !held && len(o.keys) >= maxOpenerKeys {
+		// Full (a read over more users than it holds, as a rebuild's):
+		// the key is unwrapped for this body alone, past the keyring's
+		// cache, which such a read would only churn.
+		dek, err := o.k.unwrap(user, wrapped)
+		if err != nil {
+			return nil, err
+		}
+		return gcm(dek)
+	}
 	a, err := o.k.dataKey(user, wrapped)
 	if err != nil {
 		return nil, err
 	}
-	if _, ok := o.keys[user]; ok || len(o.keys) < maxOpenerKeys {
-		o.keys[user] = cached{wrapped: string(wrapped), aead: a}
-	}
+	o.keys[user] = cached{wrapped: string(wrapped), aead: a}
 	return a, nil
 }
 

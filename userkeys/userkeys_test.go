@@ -205,3 +205,40 @@ func TestSealCachedSealsOnlyFreshKeys(t *testing.T) {
 		t.Fatal("a forgotten key sealed")
 	}
 }
+
+// TestFullOpenerOpensPastItsKeys: an Opener holding maxOpenerKeys keys
+// opens a body of another user with a key unwrapped for that body alone:
+// the exact body, a tampered or changed wrapped key refused, and nothing
+// added to the keyring's cache (a bulk read does not churn it).
+func TestFullOpenerOpensPastItsKeys(t *testing.T) {
+	k, w, sealed, c := sealedOne(t)
+	k.Forget("user_1")
+	o := k.Opener()
+	for i := range maxOpenerKeys {
+		o.keys[fmt.Sprintf("user_x%06d", i)] = cached{wrapped: "w"}
+	}
+	for range 2 {
+		salt, body, erased, err := o.Open("user_1", w, "msg_1", sealed)
+		if err != nil || erased || string(body) != `{"a":1}` || domain.BodyCommitment(salt, body) != c {
+			t.Fatalf("open past a full Opener: %q erased=%v err=%v", body, erased, err)
+		}
+	}
+	if _, ok := o.keys["user_1"]; ok || len(o.keys) != maxOpenerKeys {
+		t.Fatalf("a full Opener kept another key (%d held)", len(o.keys))
+	}
+	if k.CachedKey("user_1") != nil {
+		t.Fatal("a full Opener's read filled the keyring's cache")
+	}
+	bad := append([]byte(nil), w...)
+	bad[len(bad)-1] ^= 1
+	if _, _, _, err := o.Open("user_1", bad, "msg_1", sealed); err == nil {
+		t.Fatal("a tampered wrapped key opened a body past a full Opener")
+	}
+	other, err := k.NewDataKey("user_1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := o.Open("user_1", other, "msg_1", sealed); err == nil {
+		t.Fatal("a body opened under a wrapped key it was not sealed with")
+	}
+}
