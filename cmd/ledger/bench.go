@@ -49,6 +49,7 @@ type ingestOptions struct {
 	users       int // 0: every delivery about a new user
 	cpuProfile  string
 	unsealed    bool
+	warmUsers   bool // with users: one untimed delivery about each first
 }
 
 func (a *app) benchIngestCmd() *cobra.Command {
@@ -85,6 +86,9 @@ is not counted in the sealed run. Not with --url.`,
 			if o.concurrency < 1 || o.duration <= 0 || o.users < 0 {
 				return domain.Errorf(domain.EINVALID, "--concurrency must be >= 1, --duration > 0 and --users >= 0")
 			}
+			if o.warmUsers && o.users == 0 {
+				return domain.Errorf(domain.EINVALID, "--warm-users needs --users N (without it every delivery is about a new user)")
+			}
 			o.secret = a.setting(cmd, "webhook-secret", "CLERK_WEBHOOK_SIGNING_SECRET")
 			o.database = a.setting(cmd, "database-url", "DATABASE_URL")
 			return a.benchIngest(cmd.Context(), o)
@@ -94,6 +98,7 @@ is not counted in the sealed run. Not with --url.`,
 	cmd.Flags().DurationVarP(&o.duration, "duration", "d", 20*time.Second, "how long to send")
 	cmd.Flags().BoolVar(&o.baseline, "baseline", false, "also time plain durable INSERTs and print the ratio")
 	cmd.Flags().BoolVar(&o.unsealed, "unsealed", false, "first run the same load against a service storing bodies in clear and print the sealed/unsealed ratios")
+	cmd.Flags().BoolVar(&o.warmUsers, "warm-users", false, "with --users: first send, untimed, one delivery about each user and wait for the projectors, so the timed run is about users the ledger knows (their data keys made)")
 	cmd.Flags().IntVar(&o.users, "users", 0, "spread the deliveries over this many users (0: each about a new user, the worst case for sealing: a data key per delivery)")
 	cmd.Flags().StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the service to this file (go tool pprof)")
 	cmd.Flags().StringVar(&o.target, "url", "", "webhook URL of a running service (default: start one)")
@@ -444,6 +449,20 @@ func (a *app) sendIngest(ctx context.Context, o ingestOptions, p *payloads, svc 
 	// inherits) there is no lag to sample, and counting an ever-growing
 	// backlog every 250 ms would load the PostgreSQL being measured.
 	projectorsOff := strings.EqualFold(strings.TrimSpace(a.env("LEDGER_PROJECTORS")), "off")
+	runID := strconv.FormatInt(time.Now().UnixNano(), 36)
+	// With --users the deliveries are about user(0) to user(users-1).
+	user := func(k int) string { return fmt.Sprintf("user_b%s%011d", runID, k) }
+	userOf := func(w, i int) string {
+		if o.users > 0 {
+			return user((i*o.concurrency + w) % o.users)
+		}
+		return fmt.Sprintf("user_b%s%04d%07d", runID, w, i)
+	}
+	if o.warmUsers {
+		if err := a.warmUsers(ctx, o, p, client, target, signer, runID, user, child != nil && !projectorsOff, run.dsn, pre); err != nil {
+			return err
+		}
+	}
 	var lag *lagSampler
 	if child != nil && !projectorsOff {
 		if lag, err = startLagSampler(ctx, run.dsn); err != nil {
@@ -458,15 +477,10 @@ func (a *app) sendIngest(ctx context.Context, o ingestOptions, p *payloads, svc 
 		servicePID = child.cmd.Process.Pid
 	}
 	var non2xx atomic.Int64
-	runID := strconv.FormatInt(time.Now().UnixNano(), 36)
 	meter := startCPUMeter(servicePID, run.postmaster)
 	res := runLoad(ctx, o.concurrency, o.duration, func(w, i int) error {
 		id := fmt.Sprintf("msg_%s_%d_%d", runID, w, i)
-		user := fmt.Sprintf("user_b%s%04d%07d", runID, w, i)
-		if o.users > 0 {
-			user = fmt.Sprintf("user_b%s%011d", runID, (i*o.concurrency+w)%o.users)
-		}
-		return postDelivery(ctx, client, target, signer, id, p.body(user), &non2xx)
+		return postDelivery(ctx, client, target, signer, id, p.body(userOf(w, i)), &non2xx)
 	})
 	run.cpu = meter.stop()
 	run.n, run.rate = res.ok, float64(res.ok)/res.elapsed.Seconds()
@@ -488,6 +502,45 @@ func (a *app) sendIngest(ctx context.Context, o ingestOptions, p *payloads, svc 
 				pre, name, m.events, m.seconds, caught[name])
 		}
 	}
+	return nil
+}
+
+// warmUsers sends, untimed, one delivery about each of o.users users
+// (user(0) to user(o.users-1), the timed run's), then waits for the projectors to catch up when
+// it can see them (waitProjectors, on dsn): the timed run is then about
+// users the ledger already knows, their data keys made. Any failed
+// delivery is an error.
+func (a *app) warmUsers(ctx context.Context, o ingestOptions, p *payloads, client *http.Client, target string, signer *clerkgen.Signer, runID string, user func(int) string, waitProjectors bool, dsn, pre string) error {
+	start := time.Now()
+	var next, failed, non2xx atomic.Int64
+	var wg sync.WaitGroup
+	for range o.concurrency {
+		wg.Go(func() {
+			for k := next.Add(1) - 1; k < int64(o.users) && ctx.Err() == nil; k = next.Add(1) - 1 {
+				id := fmt.Sprintf("msg_%s_warm_%d", runID, k)
+				if err := postDelivery(ctx, client, target, signer, id, p.body(user(int(k))), &non2xx); err != nil {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if n := failed.Load() + non2xx.Load(); n > 0 || ctx.Err() != nil {
+		return fmt.Errorf("warm up %d users: %d deliveries failed: %w", o.users, n, ctx.Err())
+	}
+	caught := ""
+	if waitProjectors {
+		l, err := startLagSampler(ctx, dsn)
+		if err != nil {
+			return err
+		}
+		l.stop()
+		times := l.catchUp(ctx, 60*time.Second)
+		for _, name := range lagProjectors {
+			caught += fmt.Sprintf(", %s projector caught up in %s", name, times[name])
+		}
+	}
+	fmt.Fprintf(a.stdout, "%swarm-up: one delivery about each of %d users in %s (not timed)%s\n", pre, o.users, time.Since(start).Round(time.Millisecond), caught)
 	return nil
 }
 

@@ -191,3 +191,38 @@ func dropDatabases(t *testing.T, names ...string) {
 		}
 	}
 }
+
+// TestBenchIngestWarmUsers: with --users N --warm-users, bench ingest first
+// sends one delivery about each of the N users, then times deliveries about
+// those same users only: the ledger ends with N users and N data keys, one
+// warm-up delivery each, and the warm-up line comes before the timed run's.
+// --warm-users without --users is refused.
+func TestBenchIngestWarmUsers(t *testing.T) {
+	u, err := url.Parse(schematest.ServerURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dropDatabases(t, "ledger_bench") })
+	out, errOut, code := runLedger(t, map[string]string{"DATABASE_URL": u.String()}, "bench", "ingest", "--users", "50", "--warm-users", "-d", "1s", "-c", "4")
+	if code != 0 {
+		t.Fatalf("bench ingest exited %d:\n%s%s", code, out, errOut)
+	}
+	warm := regexp.MustCompile(`(?m)^warm-up: one delivery about each of 50 users in \S+ \(not timed\), users projector caught up in \S+, tree projector caught up in \S+$`).FindStringIndex(out)
+	timed := regexp.MustCompile(`(?m)^ledger:\s+\d+ deliveries/s .* non-2xx 0  errors 0`).FindStringIndex(out)
+	if warm == nil || timed == nil || warm[0] > timed[0] {
+		t.Fatalf("want the warm-up line, then the timed run's:\n%s", out)
+	}
+	u.Path = "/ledger_bench"
+	db := schematest.Open(t, u.String())
+	defer db.Close()
+	var users, warmed, warmUsers, keys, total int
+	if err := db.QueryRow(`SELECT count(DISTINCT user_id), count(*) FILTER (WHERE delivery_id LIKE 'msg\_%\_warm\_%'), count(DISTINCT user_id) FILTER (WHERE delivery_id LIKE 'msg\_%\_warm\_%'), (SELECT count(*) FROM user_keys), count(*) FROM events`).Scan(&users, &warmed, &warmUsers, &keys, &total); err != nil {
+		t.Fatal(err)
+	}
+	if users != 50 || warmed != 50 || warmUsers != 50 || keys != 50 || total <= 50 {
+		t.Errorf("%d users, %d warm-up deliveries about %d users, %d data keys, %d events; want 50, 50, 50, 50 and more than 50", users, warmed, warmUsers, keys, total)
+	}
+	if _, _, code := runLedger(t, nil, "bench", "ingest", "--warm-users", "-d", "1s"); code == 0 {
+		t.Error("--warm-users without --users was accepted")
+	}
+}
