@@ -152,9 +152,10 @@ func settleDatabase(ctx context.Context, dsn string) error {
 
 // childService is a `ledger serve` child process for benchmarks.
 type childService struct {
-	cmd  *exec.Cmd
-	addr string
-	logs *os.File
+	cmd    *exec.Cmd
+	addr   string
+	logs   *os.File
+	exited chan struct{} // closed once the process has exited
 }
 
 func startChildService(ctx context.Context, dsn, secret string, extraEnv ...string) (*childService, error) {
@@ -198,7 +199,8 @@ func startChildServiceExe(ctx context.Context, exe, dsn, secret string, serveArg
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s serve: %w", filepath.Base(exe), err)
 	}
-	c := &childService{cmd: cmd, addr: addr, logs: logs}
+	c := &childService{cmd: cmd, addr: addr, logs: logs, exited: make(chan struct{})}
+	go func() { cmd.Wait(); close(c.exited) }()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		res, err := http.Get("http://" + addr + "/readyz")
@@ -212,11 +214,27 @@ func startChildServiceExe(ctx context.Context, exe, dsn, secret string, serveArg
 		case <-ctx.Done():
 			c.stop()
 			return nil, ctx.Err()
+		case <-c.exited:
+			deadline = time.Time{} // it stopped: no use waiting
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+	tail := c.logTail(2048)
 	c.stop()
-	return nil, fmt.Errorf("the child service never became ready (log: %s)", logs.Name())
+	return nil, fmt.Errorf("the child service never became ready; its log ends:\n%s", tail)
+}
+
+// logTail returns the last n bytes (at most) of the child's log, which stop
+// deletes.
+func (c *childService) logTail(n int64) string {
+	b, err := os.ReadFile(c.logs.Name())
+	if err != nil {
+		return "(log unreadable: " + err.Error() + ")"
+	}
+	if int64(len(b)) > n {
+		b = b[int64(len(b))-n:]
+	}
+	return strings.TrimSpace(string(b))
 }
 
 // peakRSS returns the child's peak resident set size in bytes (VmHWM).
@@ -224,13 +242,11 @@ func (c *childService) peakRSS() int64 { return procStatusBytes(c.cmd.Process.Pi
 
 func (c *childService) stop() {
 	c.cmd.Process.Signal(os.Interrupt)
-	done := make(chan struct{})
-	go func() { c.cmd.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-c.exited:
 	case <-time.After(20 * time.Second):
 		c.cmd.Process.Kill()
-		<-done
+		<-c.exited
 	}
 	c.logs.Close()
 	os.Remove(c.logs.Name())

@@ -226,3 +226,14 @@ func TestBenchIngestWarmUsers(t *testing.T) {
 		t.Error("--warm-users without --users was accepted")
 	}
 }
+
+// TestChildServiceFailureSaysWhy: a bench's child service that stops before
+// it is ready is reported with the end of its log (which is then deleted),
+// so the reason is on the bench's stderr: here --bench-unsealed refusing a
+// master key.
+func TestChildServiceFailureSaysWhy(t *testing.T) {
+	_, err := startChildServiceExe(context.Background(), ledgerBinary(t), schematest.NewURL(t), clerkgen.NewSecret(), []string{"--" + benchUnsealedFlag}, "LEDGER_MASTER_KEY="+testMasterKey)
+	if err == nil || !strings.Contains(err.Error(), "never became ready") || !strings.Contains(err.Error(), "takes no master key") {
+		t.Fatalf("err = %v; want the child's refusal in it", err)
+	}
+}

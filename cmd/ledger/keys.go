@@ -71,7 +71,7 @@ func serveKeyring(ctx context.Context, log *slog.Logger, db *sqlx.DB, unsealed b
 		return requireKeyring(ctx, db)
 	}
 	if schema.KeyringFrom(ctx) != nil {
-		return nil, domain.Errorf(domain.EINVALID, "--%s (for ledger bench ingest --unsealed only) stores bodies in clear and takes no master key: unset LEDGER_MASTER_KEY", benchUnsealedFlag)
+		return nil, domain.Errorf(domain.EINVALID, "--%s (for ledger bench ingest --unsealed only) stores bodies in clear and takes no master key: unset LEDGER_MASTER_KEY (in the environment and ./.env)", benchUnsealedFlag)
 	}
 	var empty bool
 	if err := db.GetContext(ctx, &empty, `SELECT NOT EXISTS (SELECT 1 FROM events)`); err != nil {
