@@ -171,6 +171,26 @@ func (s *Store) prepared(ctx context.Context, query string) (*sql.Stmt, error) {
 	return st, nil
 }
 
+// storeQueryer is the Store's pool as a Queryer whose statements are the
+// Store's prepared ones (prepared on first use on each connection): the
+// data keys' statement, sent at every group commit that seals for a user
+// whose key is not cached, is parsed and planned once, not each time.
+type storeQueryer struct{ s *Store }
+
+func (q storeQueryer) QueryxContext(ctx context.Context, query string, args ...any) (*sqlx.Rows, error) {
+	st, err := q.s.prepared(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return (&sqlx.Stmt{Stmt: st, Mapper: q.s.db.Mapper}).QueryxContext(ctx, args...)
+}
+
+// QueryRowxContext is the pool's (not prepared): the sealing path reads
+// rows, not a row.
+func (q storeQueryer) QueryRowxContext(ctx context.Context, query string, args ...any) *sqlx.Row {
+	return q.s.db.QueryRowxContext(ctx, query, args...)
+}
+
 // Append is AppendDelivery reporting only whether d was new (stored=true) or
 // already stored (stored=false: a duplicate or a conflict).
 func (s *Store) Append(ctx context.Context, d domain.Delivery) (stored bool, err error) {
@@ -347,7 +367,7 @@ func (s *Store) seal(reqs []*appendReq) error {
 	for i, r := range todo {
 		ds[i] = r.d
 	}
-	seals, err := sealDeliveries(ctx, s.db, s.Keys, ds, false)
+	seals, err := sealDeliveries(ctx, storeQueryer{s}, s.Keys, ds, false)
 	if err != nil {
 		return fmt.Errorf("append %d deliveries: %w", len(todo), Classify(err))
 	}
