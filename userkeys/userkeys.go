@@ -225,18 +225,24 @@ func (k *Keyring) dataKey(user string, wrapped []byte) (cipher.AEAD, error) {
 		d = dekEntry{wrapped: string(wrapped), at: time.Now()}
 		copy(d.dek[:], dek)
 	}
-	return k.ready(user, d)
+	return k.ready(user, d, false)
 }
 
 // ready makes the cipher of d, user's data key, and keeps both (evicting
-// one entry of each when full).
-func (k *Keyring) ready(user string, d dekEntry) (cipher.AEAD, error) {
+// one entry of each when full). With kept, d is an entry of k.deks: when
+// it is no longer there (Forget ran meanwhile: an erasure) the cipher
+// serves the caller once and nothing is kept, so an erasure in this
+// process drops the key for good, however it races.
+func (k *Keyring) ready(user string, d dekEntry, kept bool) (cipher.AEAD, error) {
 	a, err := gcm(d.dek[:])
 	if err != nil {
 		return nil, err
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if cur, ok := k.deks[user]; kept && (!ok || cur.wrapped != d.wrapped) {
+		return a, nil
+	}
 	// Full: one entry (where a map's iteration starts, at random) makes
 	// room. Clearing it all would make the next reads unwrap again: a
 	// rebuild over more users than fit would hit about half as often.
@@ -294,7 +300,7 @@ func (k *Keyring) fresh(user string) (cipher.AEAD, bool, error) {
 	case cok && c.wrapped == d.wrapped:
 		return c.aead, true, nil
 	}
-	a, err := k.ready(user, d)
+	a, err := k.ready(user, d, true)
 	return a, err == nil, err
 }
 

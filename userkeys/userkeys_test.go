@@ -242,3 +242,25 @@ func TestFullOpenerOpensPastItsKeys(t *testing.T) {
 		t.Fatal("a body opened under a wrapped key it was not sealed with")
 	}
 }
+
+// TestForgetWinsOverAPromotion: a key kept without its cipher that is
+// forgotten (an erasure in this process) while SealCached makes its cipher
+// is not put back: the cipher is not kept, and the user's key seals
+// nothing more.
+func TestForgetWinsOverAPromotion(t *testing.T) {
+	k, _, _, _ := sealedOne(t)
+	k.mu.Lock()
+	d := k.deks["user_1"]
+	delete(k.cache, "user_1") // the cipher evicted, the key kept
+	k.mu.Unlock()
+	k.Forget("user_1") // between fresh's look-up and its ready
+	if _, err := k.ready("user_1", d, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := k.cache["user_1"]; ok || k.CachedKey("user_1") != nil {
+		t.Fatal("a forgotten key was put back by the cipher made for it")
+	}
+	if _, _, ok, _ := k.SealCached("user_1", "msg_2", []byte(`{}`)); ok {
+		t.Fatal("a forgotten key sealed")
+	}
+}
