@@ -35,7 +35,7 @@ func (a *app) benchCmd() *cobra.Command {
 		Short: "Measure ingest and projection speed on this machine",
 	}
 	cmd.AddCommand(a.benchIngestCmd(), a.benchRebuildCmd(), a.benchSoakCmd(), a.benchFloodCmd(), a.benchRelayCmd())
-	cmd.AddCommand(a.benchImportCmd(), a.fakeAPICmd())
+	cmd.AddCommand(a.benchImportCmd(), a.fakeAPICmd(), a.ceilingServerCmd())
 	return cmd
 }
 
@@ -50,6 +50,7 @@ type ingestOptions struct {
 	cpuProfile  string
 	unsealed    bool
 	warmUsers   bool // with users: one untimed delivery about each first
+	ceiling     bool // also send to a server that verifies and stores nothing
 }
 
 func (a *app) benchIngestCmd() *cobra.Command {
@@ -79,7 +80,14 @@ time per delivery (service + PostgreSQL + senders) and its deliveries/s,
 each over the unsealed run's. The unsealed run goes first so that what it
 leaves PostgreSQL to do can only weigh on the sealed run; between the two,
 the unsealed database is vacuumed and the server checkpointed, so that work
-is not counted in the sealed run. Not with --url.`,
+is not counted in the sealed run. Not with --url.
+
+--ceiling then sends the same load to the service's HTTP surface alone
+(handlers.NewServer with its middleware, metrics and the webhook handler's
+Svix and envelope checks, in a child process) with a store that keeps
+nothing: no database, projector or sealer. Its rate over the baseline's is
+the most any ledger behind that surface could reach here, with the senders
+on the same cores.`,
 		Example: "  ledger bench ingest --concurrency 32 --duration 20s --baseline",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -99,6 +107,7 @@ is not counted in the sealed run. Not with --url.`,
 	cmd.Flags().BoolVar(&o.baseline, "baseline", false, "also time plain durable INSERTs and print the ratio")
 	cmd.Flags().BoolVar(&o.unsealed, "unsealed", false, "first run the same load against a service storing bodies in clear and print the sealed/unsealed ratios")
 	cmd.Flags().BoolVar(&o.warmUsers, "warm-users", false, "with --users: first send, untimed, one delivery about each user and wait for the projectors, so the timed run is about users the ledger knows (their data keys made)")
+	cmd.Flags().BoolVar(&o.ceiling, "ceiling", false, "also send the same load to the service's HTTP surface with a store that keeps nothing (no database, no projectors) and print its rate over the baseline's")
 	cmd.Flags().IntVar(&o.users, "users", 0, "spread the deliveries over this many users (0: each about a new user, the worst case for sealing: a data key per delivery)")
 	cmd.Flags().StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the service to this file (go tool pprof)")
 	cmd.Flags().StringVar(&o.target, "url", "", "webhook URL of a running service (default: start one)")
@@ -340,6 +349,9 @@ type ingestService struct {
 	label    string // names the run's lines: "ledger" (sealing) or "unsealed"
 	database string // the scratch database of the child service
 	unsealed bool   // the child stores bodies in clear (serve --bench-unsealed)
+	// ceilingPID, when not 0, is the ceiling server's process (bench
+	// ceiling-server): no database, no projectors, nothing stored.
+	ceilingPID int
 }
 
 // ingestRun is what one run of bench ingest measured.
@@ -387,8 +399,14 @@ func (a *app) benchIngest(ctx context.Context, o ingestOptions) error {
 		return err
 	}
 	defer run.stop()
+	var base *baselineResult
 	if o.baseline {
-		if err := a.ingestBaseline(ctx, o, p, run); err != nil {
+		if base, err = a.ingestBaseline(ctx, o, p, run); err != nil {
+			return err
+		}
+	}
+	if o.ceiling {
+		if err := a.ingestCeiling(ctx, o, p, run, base); err != nil {
 			return err
 		}
 	}
@@ -457,8 +475,11 @@ func (a *app) sendIngest(ctx context.Context, o ingestOptions, p *payloads, svc 
 	// The sealing run's lines are as they always were; the unsealed run's
 	// each start with "unsealed".
 	head, cpuHead, pre, note := fmt.Sprintf("%-10s", svc.label+":"), fmt.Sprintf("%-9s", svc.label), "", ""
-	if svc.unsealed {
+	switch {
+	case svc.unsealed:
 		pre, note = head, " (bodies stored in clear, "+svc.database+")"
+	case svc.ceilingPID != 0:
+		pre, note = head, " (the service's HTTP surface and Svix check, nothing stored)"
 	}
 	fmt.Fprintf(a.stdout, "%sbench ingest: %d senders for %s -> %s%s\n", pre, o.concurrency, o.duration, target, note)
 	// With the child's projectors off (LEDGER_PROJECTORS=off, which it
@@ -488,7 +509,7 @@ func (a *app) sendIngest(ctx context.Context, o ingestOptions, p *payloads, svc 
 	if run.dsn != "" {
 		run.postmaster = benchPostmaster(ctx, run.dsn)
 	}
-	servicePID := 0
+	servicePID := svc.ceilingPID
 	if child != nil {
 		servicePID = child.cmd.Process.Pid
 	}
@@ -503,8 +524,8 @@ func (a *app) sendIngest(ctx context.Context, o ingestOptions, p *payloads, svc 
 	fmt.Fprintf(a.stdout, "%s%8.0f deliveries/s  p50 %s  p95 %s  p99 %s  non-2xx %d  errors %d  (%d in %s)\n",
 		head, run.rate, ms(res.lat.quantile(0.50)), ms(res.lat.quantile(0.95)), ms(res.lat.quantile(0.99)), non2xx.Load(), res.failed, res.ok, res.elapsed.Round(time.Millisecond))
 	fmt.Fprintf(a.stdout, "%s%s\n", cpuHead, run.cpu.line("delivery", res.ok, "service", "senders (this process)"))
-	if child != nil {
-		fmt.Fprintf(a.stdout, "%sserver peak RSS: %.1f MB\n", pre, float64(child.peakRSS())/1e6)
+	if servicePID != 0 {
+		fmt.Fprintf(a.stdout, "%sserver peak RSS: %.1f MB\n", pre, float64(procStatusBytes(servicePID, "VmHWM:"))/1e6)
 	}
 	if child != nil && projectorsOff {
 		fmt.Fprintf(a.stdout, "%sprojectors off in the service (LEDGER_PROJECTORS=off): no lag sampled\n", pre)
@@ -562,11 +583,11 @@ func (a *app) warmUsers(ctx context.Context, o ingestOptions, p *payloads, clien
 
 // ingestBaseline runs insertBaseline on the sealing run's scratch database
 // (a fresh one with --url) and prints it and our rate as a ratio of it.
-func (a *app) ingestBaseline(ctx context.Context, o ingestOptions, p *payloads, run ingestRun) error {
+func (a *app) ingestBaseline(ctx context.Context, o ingestOptions, p *payloads, run ingestRun) (*baselineResult, error) {
 	var err error
 	if run.dsn == "" {
 		if run.dsn, err = benchDatabase(ctx, o.database, "ledger_bench"); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if run.postmaster == 0 {
@@ -574,13 +595,13 @@ func (a *app) ingestBaseline(ctx context.Context, o ingestOptions, p *payloads, 
 	}
 	base, err := insertBaseline(ctx, run.dsn, p, o, run.postmaster)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	fmt.Fprintf(a.stdout, "baseline: %8.0f inserts/s     p50 %s  p95 %s  p99 %s  (plain single-row durable INSERTs, same payloads and concurrency)\n",
 		base.rate, ms(base.p50), ms(base.p95), ms(base.p99))
 	fmt.Fprintf(a.stdout, "baseline %s\n", base.cpu.line("insert", base.n, "", "client (this process)"))
 	fmt.Fprintf(a.stdout, "ratio:    %.2f (ledger / baseline)\n", run.rate/base.rate)
-	return nil
+	return &base, nil
 }
 
 type baselineResult struct {
