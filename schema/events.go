@@ -7,10 +7,12 @@ import (
 	"crypto/sha256"
 	"database/sql"
 	"database/sql/driver"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -66,7 +68,24 @@ type Store struct {
 
 	stmtMu sync.Mutex
 	stmts  map[string]*sql.Stmt // prepared INSERTs by query text
+
+	// freshPaused (unix ns) is until when seal makes no fresh keys: set
+	// for freshPause when a fresh key's user turned out to have a key row
+	// (a user known to the ledger but not to this process's keyring).
+	freshPaused atomic.Int64
 }
+
+// freshPause is how long the store seals through the key statement alone
+// (provisionKeys, then the INSERT) after a fresh key found its user's row
+// taken: a stream about users the ledger knows but this process has not
+// cached (after a restart, or past userkeys.SealTTL) then costs one wasted
+// statement a second, not one per group commit.
+const freshPause = time.Second
+
+// errFreshTaken is the INSERT's answer when a fresh key's user already had
+// a key row: nothing of the group was stored, fresh keys of other users
+// may have been; the group is sealed again through provisionKeys.
+var errFreshTaken = errors.New("a fresh data key's user already has a key row")
 
 // appendReq is one delivery on its way into the ledger: an Append waiting
 // for its group commit, or a message made by DeliveryMessage. Its Watermill
@@ -85,6 +104,11 @@ type appendReq struct {
 	lead     chan struct{} // closed when this caller must flush for the others
 	// promoted is set (under Store.mu) when lead is closed.
 	promoted bool
+	// fresh, when not nil, is the new data key seal made for the user and
+	// sealed this delivery under: its row goes into user_keys in the same
+	// statement as the events (EventsSchema.InsertQuery), which stores the
+	// events only if every fresh key's row was new.
+	fresh *userkeys.Fresh
 }
 
 // NewStore returns a Store on db.
@@ -138,11 +162,15 @@ func (e appendExec) ExecContext(_ context.Context, query string, args ...any) (s
 		return nil, err
 	}
 	defer res.Close()
-	n := 0
+	n, taken := 0, false
 	var id sql.RawBytes // valid until the next Next
 	for res.Next() {
 		if err := res.Scan(&id); err != nil {
 			return nil, err
+		}
+		if id == nil { // the fresh keys' guard row (InsertQuery)
+			taken = true
+			continue
 		}
 		if r := rows[string(id)]; r != nil {
 			r.inserted = true
@@ -151,6 +179,9 @@ func (e appendExec) ExecContext(_ context.Context, query string, args ...any) (s
 	}
 	if err := res.Err(); err != nil {
 		return nil, err
+	}
+	if taken {
+		return nil, errFreshTaken
 	}
 	return driver.RowsAffected(n), nil
 }
@@ -346,18 +377,49 @@ func (s *Store) preseal(r *appendReq) error {
 	return nil
 }
 
-// seal sets the Sealing (SealDeliveries) of every request not presealed
-// when the store seals (Keys set), within AppendTimeout.
+// seal sets the Sealing of every request not presealed when the store
+// seals (Keys set), within AppendTimeout. A delivery about a user whose key
+// this process has not cached is sealed under a fresh key (userkeys.Fresh)
+// whose row the INSERT stores with the events, in one statement and one
+// commit: the key statement of SealDeliveries is saved for new users.
+// While freshPaused, and for the other deliveries, it is SealDeliveries.
 func (s *Store) seal(reqs []*appendReq) error {
 	if s.Keys == nil {
 		return nil
 	}
+	fresh := time.Now().UnixNano() >= s.freshPaused.Load()
+	var made map[string]*userkeys.Fresh
 	var todo []*appendReq
 	for _, r := range reqs {
-		if !r.presealed {
+		switch {
+		case r.presealed:
+		case fresh && r.d.UserID != "" && s.Keys.CachedKey(r.d.UserID) == nil:
+			f := made[r.d.UserID]
+			if f == nil {
+				var err error
+				if f, err = s.Keys.NewFresh(r.d.UserID); err != nil {
+					return fmt.Errorf("seal delivery %s: %w", r.d.ID, err)
+				}
+				if made == nil {
+					made = map[string]*userkeys.Fresh{}
+				}
+				made[r.d.UserID] = f
+			}
+			sealed, c, err := s.Keys.SealFresh(f, r.d.UserID, r.d.ID, r.d.Body)
+			if err != nil {
+				return fmt.Errorf("seal delivery %s: %w", r.d.ID, err)
+			}
+			r.seal, r.fresh = Sealing{Sealed: sealed, Commitment: c[:]}, f
+		default:
 			todo = append(todo, r)
 		}
 	}
+	return s.sealStored(todo)
+}
+
+// sealStored seals todo through SealDeliveries: keys read from the cache
+// or the database, new ones made in their own statement (provisionKeys).
+func (s *Store) sealStored(todo []*appendReq) error {
 	if len(todo) == 0 {
 		return nil
 	}
@@ -385,6 +447,28 @@ func (s *Store) seal(reqs []*appendReq) error {
 func (s *Store) insertGroup(reqs []*appendReq) {
 	err := s.insertOnce(reqs)
 	if err == nil {
+		s.keepFresh(reqs)
+		return
+	}
+	if errors.Is(err, errFreshTaken) {
+		// A fresh key's user has a key row (live, or destroyed by an
+		// erasure): seal those deliveries under the stored keys and insert
+		// the group again, now without fresh keys.
+		s.freshPaused.Store(time.Now().Add(freshPause).UnixNano())
+		var redo []*appendReq
+		for _, r := range reqs {
+			if r.fresh != nil {
+				r.fresh, r.seal = nil, Sealing{}
+				redo = append(redo, r)
+			}
+		}
+		if err := s.sealStored(redo); err != nil {
+			for _, r := range reqs {
+				r.err = err
+			}
+			return
+		}
+		s.insertGroup(reqs)
 		return
 	}
 	refused := Refused(err) || domain.ErrorCode(err) == domain.EINVALID
@@ -399,6 +483,17 @@ func (s *Store) insertGroup(reqs []*appendReq) {
 	}
 	for _, r := range reqs {
 		r.err = fmt.Errorf("append delivery %s: %w", r.d.ID, Classify(err))
+	}
+}
+
+// keepFresh caches the fresh keys of reqs, whose rows just committed.
+func (s *Store) keepFresh(reqs []*appendReq) {
+	var last *userkeys.Fresh
+	for _, r := range reqs {
+		if r.fresh != nil && r.fresh != last {
+			s.Keys.Keep(r.d.UserID, r.fresh)
+			last = r.fresh
+		}
 	}
 }
 

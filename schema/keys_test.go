@@ -235,11 +235,13 @@ func TestReadLeavesAfterReadsNoSealedBody(t *testing.T) {
 	}
 }
 
-// TestNewKeysCommitAsyncOnlyTheirOwnTransaction: the statement that makes
-// an append's data keys commits with synchronous_commit off for its own
-// transaction only: on the store's one connection, the next statement (the
-// events INSERT and every later one) runs with the server's durable
-// setting, and the event and its key are both stored.
+// TestNewKeysCommitAsyncOnlyTheirOwnTransaction: the key statement (the
+// path a group commit takes for a while after a fresh key found its user's
+// row taken, TestFreshKeyOfAKnownUserFallsBack) commits with
+// synchronous_commit off for its own transaction only: on the store's one
+// connection, the next statement (the events INSERT and every later one)
+// runs with the server's durable setting, and the event and its key are
+// both stored.
 func TestNewKeysCommitAsyncOnlyTheirOwnTransaction(t *testing.T) {
 	u := schematest.NewURL(t)
 	db := schematest.Open(t, u)
@@ -256,8 +258,20 @@ func TestNewKeysCommitAsyncOnlyTheirOwnTransaction(t *testing.T) {
 	if err := one.GetContext(ctx, &before, `SHOW synchronous_commit`); err != nil {
 		t.Fatal(err)
 	}
+	mine, other := twoKeyrings(t)
+	// A user another process made a key for: this store's fresh key for
+	// them is refused, which sends the next group commits through the key
+	// statement (for a second).
+	elsewhere := schema.NewStore(one)
+	elsewhere.Keys = other
+	if _, err := elsewhere.Append(ctx, delivery(t, "msg_known", "user.created", "user_known")); err != nil {
+		t.Fatal(err)
+	}
 	store := schema.NewStore(one)
-	store.Keys = newKeyring(t)
+	store.Keys = mine
+	if _, err := store.Append(ctx, delivery(t, "msg_known_2", "user.updated", "user_known")); err != nil {
+		t.Fatal(err)
+	}
 	// Eight new users, one append each: past the five runs after which
 	// PostgreSQL may plan the prepared key statement generically.
 	const users = 8
@@ -270,8 +284,15 @@ func TestNewKeysCommitAsyncOnlyTheirOwnTransaction(t *testing.T) {
 	// The key statement is the store's prepared one (parsed and planned
 	// once per connection, not at each group commit).
 	var prepared int
-	if err := one.GetContext(ctx, &prepared, `SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%INSERT INTO user_keys%'`); err != nil || prepared != 1 {
+	if err := one.GetContext(ctx, &prepared, `SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%commit_mode%'`); err != nil || prepared != 1 {
 		t.Fatalf("prepared key statements on the store's connection: %d (%v), want 1", prepared, err)
+	}
+	// While paused, the new users' keys were made by the key statement:
+	// each in its own transaction, before its event's.
+	var own int
+	if err := db.GetContext(ctx, &own, `SELECT count(*) FROM user_keys k JOIN events e ON e.user_id = k.user_id
+WHERE k.user_id LIKE 'user_async_%' AND k.xmin::text::bigint <> (e.transaction_id::text::numeric % 4294967296)::bigint`); err != nil || own != users {
+		t.Fatalf("%d of %d new users' keys committed in a transaction of their own (%v)", own, users, err)
 	}
 	var after string
 	if err := one.GetContext(ctx, &after, `SHOW synchronous_commit`); err != nil {
@@ -281,7 +302,7 @@ func TestNewKeysCommitAsyncOnlyTheirOwnTransaction(t *testing.T) {
 		t.Fatalf("synchronous_commit on the store's connection after appends: %q (before: %q)", after, before)
 	}
 	var keys, events int
-	if err := db.QueryRowContext(ctx, `SELECT (SELECT count(*) FROM user_keys WHERE wrapped IS NOT NULL), (SELECT count(*) FROM events WHERE body_sealed IS NOT NULL)`).Scan(&keys, &events); err != nil || keys != users || events != users {
+	if err := db.QueryRowContext(ctx, `SELECT (SELECT count(*) FROM user_keys WHERE wrapped IS NOT NULL AND user_id LIKE 'user_async_%'), (SELECT count(*) FROM events WHERE body_sealed IS NOT NULL AND user_id LIKE 'user_async_%')`).Scan(&keys, &events); err != nil || keys != users || events != users {
 		t.Fatalf("keys %d, sealed events %d: %v", keys, events, err)
 	}
 }

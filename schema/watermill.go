@@ -2,13 +2,16 @@ package schema
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	wmsql "github.com/ThreeDotsLabs/watermill-sql/v3/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/userkeys"
+	"github.com/lib/pq"
 )
 
 // Topic is the Watermill topic name of the ledger. EventsSchema maps it to the
@@ -90,15 +93,26 @@ func (s EventsSchema) InsertQuery(topic string, msgs message.Messages) (wmsql.Qu
 		return wmsql.Query{}, fmt.Errorf("events schema: unknown topic %q", topic)
 	}
 	cols, list := insertColumns, insertColumnList
+	var fresh []*appendReq // one request per fresh key (Store.seal)
+	seen := map[*userkeys.Fresh]bool{}
 	for _, m := range msgs {
-		if r, ok := rowFrom(m); ok && r.seal.Sealed != nil {
+		r, ok := rowFrom(m)
+		if ok && r.seal.Sealed != nil {
 			cols, list = insertColumns+sealedColumns, insertColumnList+sealedColumnList
-			break
+		}
+		if ok && r.fresh != nil && !seen[r.fresh] {
+			seen[r.fresh] = true
+			fresh = append(fresh, r)
 		}
 	}
 	var b []byte
-	b = append(b, `INSERT INTO events (`+list+`, transaction_id) VALUES `...)
-	args := make([]any, 0, len(msgs)*cols)
+	if len(fresh) == 0 {
+		b = append(b, `INSERT INTO events (`+list+`, transaction_id) VALUES `...)
+	} else {
+		b = append(b, freshKeysHead...)
+		b = append(b, `INSERT INTO events (`+list+`, transaction_id) SELECT v.*, pg_current_xact_id() FROM (VALUES `...)
+	}
+	args := make([]any, 0, len(msgs)*cols+3)
 	for i, m := range msgs {
 		r, ok := rowFrom(m)
 		if !ok {
@@ -112,18 +126,63 @@ func (s EventsSchema) InsertQuery(topic string, msgs message.Messages) (wmsql.Qu
 		}
 		b = append(b, '(')
 		for c := range cols {
+			if c > 0 {
+				b = append(b, ',')
+			}
 			b = append(b, '$')
 			b = strconv.AppendInt(b, int64(len(args)+c+1), 10)
-			b = append(b, ',')
+			if len(fresh) > 0 { // VALUES in a SELECT: no target column types the parameters
+				b = append(b, "::"+insertColumnTypes[c]...)
+			}
 		}
-		b = append(b, "pg_current_xact_id())"...)
+		if len(fresh) == 0 {
+			b = append(b, ",pg_current_xact_id()"...)
+		}
+		b = append(b, ')')
 		args = appendRowArgs(args, m.UUID, r, cols > insertColumns)
 	}
-	// RETURNING names the rows actually inserted: an executor that runs the
-	// statement as a query learns which deliveries were new. Exec ignores it.
-	b = append(b, ` ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id`...)
-	return wmsql.Query{Query: string(b), Args: args}, nil
+	if len(fresh) == 0 {
+		// RETURNING names the rows actually inserted: an executor that runs the
+		// statement as a query learns which deliveries were new. Exec ignores it.
+		b = append(b, ` ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id`...)
+		return wmsql.Query{Query: string(b), Args: args}, nil
+	}
+	// The fresh keys, in user order (two group commits making keys for the
+	// same users wait for each other's rows in the same order).
+	slices.SortFunc(fresh, func(x, y *appendReq) int { return strings.Compare(x.d.UserID, y.d.UserID) })
+	users, wrapped := make([]string, len(fresh)), make([][]byte, len(fresh))
+	for i, r := range fresh {
+		users[i], wrapped[i] = r.d.UserID, r.fresh.Wrapped
+	}
+	n := len(args)
+	b = append(b, `) AS v WHERE (SELECT ok FROM fresh_ok)
+  ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id)
+SELECT delivery_id FROM ins UNION ALL SELECT NULL FROM fresh_ok WHERE NOT ok`...)
+	q := strings.NewReplacer("$U", "$"+strconv.Itoa(n+1), "$W", "$"+strconv.Itoa(n+2), "$K", "$"+strconv.Itoa(n+3)).Replace(string(b))
+	args = append(args, pq.Array(users), pq.ByteaArray(wrapped), fresh[0].fresh.KEK)
+	return wmsql.Query{Query: q, Args: args}, nil
 }
+
+// freshKeysHead begins the INSERT of a group commit that carries fresh data
+// keys (Store.seal): their rows go into user_keys first, and the events are
+// inserted only if every one was new (fresh_ok); otherwise the statement
+// inserts no event and returns one NULL row, which tells the Store to seal
+// those deliveries again under the stored keys (errFreshTaken). Keys and
+// events commit together: no event outlives its key, and one WAL flush
+// covers both. $U, $W and $K (users, wrapped keys, master key id) are
+// numbered after the rows' parameters.
+const freshKeysHead = `WITH fresh AS (
+  INSERT INTO user_keys (user_id, wrapped, kek_id)
+  SELECT u, w, $K FROM unnest($U::text[], $W::bytea[]) AS t(u, w)
+  ON CONFLICT (user_id) DO NOTHING
+  RETURNING 1),
+fresh_ok AS (SELECT count(*) = cardinality($U::text[]) AS ok FROM fresh),
+ins AS (
+  `
+
+// insertColumnTypes are the SQL types of insertColumnList and
+// sealedColumnList, in order.
+var insertColumnTypes = [insertColumns + sealedColumns]string{"uuid", "text", "text", "text", "timestamptz", "text", "bigint", "text", "bytea", "bytea"}
 
 // SchemaInitializingQueries implements wmsql.SchemaAdapter. The events table
 // is created by migrations, so there is nothing to initialize.

@@ -82,6 +82,22 @@ type Keyring struct {
 	mu    sync.Mutex
 	cache map[string]cached   // ready to use (at most maxCached)
 	deks  map[string]dekEntry // every key in cache and more (at most maxDEKs)
+	// forgets counts Forget calls (under mu): Keep does not cache a fresh
+	// key when an erasure in this process ran since it was made.
+	forgets uint64
+}
+
+// Fresh is a new data key made by NewFresh, usable to seal before it is
+// stored: its row is inserted with the events it seals, and Keep caches it
+// once that commit succeeded. Not safe to share between users.
+type Fresh struct {
+	// Wrapped is the key wrapped by the master key (the user_keys row's).
+	Wrapped []byte
+	// KEK is the master key's id (the row's kek_id).
+	KEK     string
+	dek     [32]byte
+	aead    cipher.AEAD
+	forgets uint64 // Keyring.forgets when made
 }
 
 type cached struct {
@@ -243,6 +259,24 @@ func (k *Keyring) ready(user string, d dekEntry, kept bool) (cipher.AEAD, error)
 	if cur, ok := k.deks[user]; kept && (!ok || cur.wrapped != d.wrapped) {
 		return a, nil
 	}
+	k.store(user, d, a)
+	return a, nil
+}
+
+// keep stores d and its cipher a as user's unless Forget ran since the
+// count forgets was read (Keep).
+func (k *Keyring) keep(user string, d dekEntry, a cipher.AEAD, forgets uint64) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.forgets != forgets {
+		return
+	}
+	k.store(user, d, a)
+}
+
+// store puts d and its cipher a in the two tiers as user's, evicting one
+// entry of each when full. k.mu must be held.
+func (k *Keyring) store(user string, d dekEntry, a cipher.AEAD) {
 	// Full: one entry (where a map's iteration starts, at random) makes
 	// room. Clearing it all would make the next reads unwrap again: a
 	// rebuild over more users than fit would hit about half as often.
@@ -260,7 +294,6 @@ func (k *Keyring) ready(user string, d dekEntry, kept bool) (cipher.AEAD, error)
 	}
 	k.cache[user] = cached{wrapped: d.wrapped, aead: a, at: d.at}
 	k.deks[user] = d
-	return a, nil
 }
 
 // CachedKey returns user's wrapped data key when this keyring read it from
@@ -321,7 +354,42 @@ func (k *Keyring) Forget(user string) {
 	k.mu.Lock()
 	delete(k.cache, user)
 	delete(k.deks, user)
+	k.forgets++
 	k.mu.Unlock()
+}
+
+// NewFresh returns a new random data key for user, wrapped and ready to
+// seal (SealFresh), and caches nothing: a key whose row is not stored yet
+// must not seal other deliveries. Keep caches it once its row committed.
+func (k *Keyring) NewFresh(user string) (*Fresh, error) {
+	f := &Fresh{KEK: k.id}
+	if _, err := rand.Read(f.dek[:]); err != nil {
+		return nil, fmt.Errorf("generate data key: %w", err)
+	}
+	var err error
+	if f.Wrapped, err = k.wrap(user, f.dek[:]); err != nil {
+		return nil, err
+	}
+	if f.aead, err = gcm(f.dek[:]); err != nil {
+		return nil, err
+	}
+	k.mu.Lock()
+	f.forgets = k.forgets
+	k.mu.Unlock()
+	return f, nil
+}
+
+// SealFresh is Seal under the fresh key f (user's, from NewFresh).
+func (k *Keyring) SealFresh(f *Fresh, user, deliveryID string, body []byte) ([]byte, [domain.HashSize]byte, error) {
+	return seal(f.aead, user, deliveryID, body)
+}
+
+// Keep caches f as user's data key, read from the database now: call it
+// once f's row committed (stored by this process's statement). When an
+// erasure in this process (Forget) ran since f was made, nothing is kept:
+// the key may be the erased user's, destroyed meanwhile.
+func (k *Keyring) Keep(user string, f *Fresh) {
+	k.keep(user, dekEntry{wrapped: string(f.Wrapped), dek: f.dek, at: time.Now()}, f.aead, f.forgets)
 }
 
 // Seal encrypts body (delivery id's, about user) under user's data key,

@@ -1,6 +1,7 @@
 package userkeys
 
 import (
+	"bytes"
 	"fmt"
 	"testing"
 	"time"
@@ -262,5 +263,59 @@ func TestForgetWinsOverAPromotion(t *testing.T) {
 	}
 	if _, _, ok, _ := k.SealCached("user_1", "msg_2", []byte(`{}`)); ok {
 		t.Fatal("a forgotten key sealed")
+	}
+}
+
+// A fresh key seals before it is stored, is not cached until Keep (its row
+// committed), opens like any key from its wrapped form, and is not cached
+// by a Keep that follows an erasure (Forget) in this process.
+func TestFreshKeyIsCachedOnlyWhenKept(t *testing.T) {
+	master, err := Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := Load(master)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := Load(master) // another process of the ledger
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := k.NewFresh("user_f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.KEK != k.ID() || len(f.Wrapped) == 0 {
+		t.Fatalf("fresh key: kek %q, wrapped %d bytes", f.KEK, len(f.Wrapped))
+	}
+	body := []byte(`{"fresh":true}`)
+	sealed, c, err := k.SealFresh(f, "user_f", "msg_f", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.CachedKey("user_f") != nil {
+		t.Fatal("a fresh key is cached before Keep")
+	}
+	salt, got, erased, err := other.Open("user_f", f.Wrapped, "msg_f", sealed)
+	if err != nil || erased || !bytes.Equal(got, body) || domain.BodyCommitment(salt, body) != c {
+		t.Fatalf("open the fresh key's body elsewhere: %q erased=%v err=%v", got, erased, err)
+	}
+	k.Keep("user_f", f)
+	if w := k.CachedKey("user_f"); !bytes.Equal(w, f.Wrapped) {
+		t.Fatal("a kept fresh key is not cached")
+	}
+	if _, _, ok, err := k.SealCached("user_f", "msg_f2", body); !ok || err != nil {
+		t.Fatalf("a kept fresh key does not seal from the cache: %v", err)
+	}
+
+	g, err := k.NewFresh("user_g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.Forget("user_g") // an erasure between the key's making and its commit
+	k.Keep("user_g", g)
+	if k.CachedKey("user_g") != nil {
+		t.Fatal("a fresh key kept after an erasure in this process was cached")
 	}
 }
