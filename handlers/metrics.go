@@ -2,11 +2,13 @@ package handlers
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strconv"
 	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -47,7 +49,7 @@ func NewMetrics(reg *prometheus.Registry) (*Metrics, error) {
 		}, []string{"result"}),
 		commits: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "ledger_group_commit_duration_seconds",
-			Help:    "Time one group commit (a multi-row INSERT of waiting deliveries) took, by result (ok, error).",
+			Help:    "Time one group commit (a multi-row INSERT of waiting deliveries) took, by result (ok, error, resealed: a new user's data key was stored already, so the group was sealed again under it and inserted once more).",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 		}, []string{"result"}),
 		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -79,7 +81,10 @@ func (m *Metrics) ObserveDelivery(outcome string, _ string, _ time.Duration) {
 // schema.Store.OnCommit): its size and duration.
 func (m *Metrics) ObserveCommit(deliveries int, d time.Duration, err error) {
 	result := "ok"
-	if err != nil {
+	switch {
+	case errors.Is(err, schema.ErrKeyRowTaken):
+		result = "resealed"
+	case err != nil:
 		result = "error"
 	}
 	m.commits.WithLabelValues(result).Observe(d.Seconds())

@@ -51,7 +51,8 @@ type Store struct {
 	// MaxInFlight is the most INSERTs running at once (default 2).
 	MaxInFlight int
 	// OnCommit, when not nil, is told of every group commit: the deliveries
-	// it carried, how long its INSERT took, and its error (metrics). It is
+	// it carried, how long its INSERT took, and its error (metrics;
+	// ErrKeyRowTaken for an attempt that is sealed again and retried). It is
 	// called from the appending goroutines, possibly concurrently, and must
 	// not block. Set it before the first Append.
 	OnCommit func(deliveries int, d time.Duration, err error)
@@ -82,10 +83,11 @@ type Store struct {
 // statement a second, not one per group commit.
 const freshPause = time.Second
 
-// errFreshTaken is the INSERT's answer when a fresh key's user already had
-// a key row: nothing of the group was stored, fresh keys of other users
-// may have been; the group is sealed again through provisionKeys.
-var errFreshTaken = errors.New("a fresh data key's user already has a key row")
+// ErrKeyRowTaken is a group commit's INSERT's answer (to OnCommit) when a
+// fresh key's user already had a key row: nothing of the group was stored
+// (fresh keys of other users may have been), and the group is sealed again
+// under the stored keys and inserted once more. Appends never return it.
+var ErrKeyRowTaken = errors.New("a new data key's user already has a key row; the group is sealed again")
 
 // appendReq is one delivery on its way into the ledger: an Append waiting
 // for its group commit, or a message made by DeliveryMessage. Its Watermill
@@ -181,7 +183,7 @@ func (e appendExec) ExecContext(_ context.Context, query string, args ...any) (s
 		return nil, err
 	}
 	if taken {
-		return nil, errFreshTaken
+		return nil, ErrKeyRowTaken
 	}
 	return driver.RowsAffected(n), nil
 }
@@ -450,7 +452,7 @@ func (s *Store) insertGroup(reqs []*appendReq) {
 		s.keepFresh(reqs)
 		return
 	}
-	if errors.Is(err, errFreshTaken) {
+	if errors.Is(err, ErrKeyRowTaken) {
 		// A fresh key's user has a key row (live, or destroyed by an
 		// erasure): seal those deliveries under the stored keys and insert
 		// the group again, now without fresh keys.

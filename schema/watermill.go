@@ -167,7 +167,7 @@ SELECT delivery_id FROM ins UNION ALL SELECT NULL FROM fresh_ok WHERE NOT ok`...
 // keys (Store.seal): their rows go into user_keys first, and the events are
 // inserted only if every one was new (fresh_ok); otherwise the statement
 // inserts no event and returns one NULL row, which tells the Store to seal
-// those deliveries again under the stored keys (errFreshTaken). Keys and
+// those deliveries again under the stored keys (ErrKeyRowTaken). Keys and
 // events commit together: no event outlives its key, and one WAL flush
 // covers both. $U, $W and $K (users, wrapped keys, master key id) are
 // numbered after the rows' parameters.
