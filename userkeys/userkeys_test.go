@@ -134,15 +134,24 @@ func TestPendingOpensWhatSealWrote(t *testing.T) {
 // newKeyring returns a keyring of a fresh master key.
 func newKeyring(t *testing.T) *Keyring {
 	t.Helper()
+	return newKeyrings(t, 1)[0]
+}
+
+// newKeyrings returns n keyrings of one new master key: n processes of one
+// ledger, each with its own cache.
+func newKeyrings(t *testing.T, n int) []*Keyring {
+	t.Helper()
 	master, err := Generate()
 	if err != nil {
 		t.Fatal(err)
 	}
-	k, err := Load(master)
-	if err != nil {
-		t.Fatal(err)
+	out := make([]*Keyring, n)
+	for i := range out {
+		if out[i], err = Load(master); err != nil {
+			t.Fatal(err)
+		}
 	}
-	return k
+	return out
 }
 
 // sealedOne returns a fresh keyring, user_1's wrapped data key, and the
@@ -270,18 +279,8 @@ func TestForgetWinsOverAPromotion(t *testing.T) {
 // committed), opens like any key from its wrapped form, and is not cached
 // by a Keep that follows an erasure (Forget) in this process.
 func TestFreshKeyIsCachedOnlyWhenKept(t *testing.T) {
-	master, err := Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := Load(master)
-	if err != nil {
-		t.Fatal(err)
-	}
-	other, err := Load(master) // another process of the ledger
-	if err != nil {
-		t.Fatal(err)
-	}
+	rings := newKeyrings(t, 2)
+	k, other := rings[0], rings[1] // other: another process of the ledger
 	f, err := k.NewFresh("user_f")
 	if err != nil {
 		t.Fatal(err)
