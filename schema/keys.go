@@ -127,7 +127,8 @@ type Sealing struct {
 // Sealing for a delivery about no user, kept in clear). A delivery about a
 // user whose key was destroyed (erased) is discarded: Sealed is
 // userkeys.Discarded and the commitment is under a salt thrown away.
-// It is the one sealing step of every append path.
+// It is the sealing step of every append path; the Store also seals a
+// new user's deliveries under a fresh key stored with them (Store.seal).
 func SealDeliveries(ctx context.Context, q Queryer, k *userkeys.Keyring, ds []domain.Delivery) ([]Sealing, error) {
 	return sealDeliveries(ctx, q, k, ds, true)
 }
