@@ -88,7 +88,9 @@ func (m *Metrics) ObserveCommit(deliveries int, d time.Duration, err error) {
 		result = "error"
 	}
 	m.commits.WithLabelValues(result).Observe(d.Seconds())
-	m.batchSize.Observe(float64(deliveries))
+	if result != "resealed" { // the group is counted once, when inserted again
+		m.batchSize.Observe(float64(deliveries))
+	}
 }
 
 // Handler serves the registry in the Prometheus text format. A collector

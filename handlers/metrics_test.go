@@ -322,4 +322,8 @@ func TestObserveCommitResults(t *testing.T) {
 			t.Errorf("group commits with result %s: %v, want %v\n%s", result, n, want, text)
 		}
 	}
+	// A resealed group's size is counted when it is inserted again.
+	if n := got["ledger_group_commit_deliveries_count"]; n != 3 {
+		t.Errorf("group sizes observed: %v, want 3 (not the resealed attempt)\n%s", n, text)
+	}
 }

@@ -44,7 +44,9 @@ type Store struct {
 	schema EventsSchema
 	pub    *wmsql.Publisher
 	// AppendTimeout bounds one INSERT; past it the append fails as
-	// EUNAVAILABLE so the sender retries. Default 5 s.
+	// EUNAVAILABLE so the sender retries. Default 5 s. A group sealed again
+	// (ErrKeyRowTaken) runs a key statement and a second INSERT, each
+	// under its own AppendTimeout.
 	AppendTimeout time.Duration
 	// MaxBatch is the most deliveries one INSERT carries (default 200).
 	MaxBatch int

@@ -3,6 +3,7 @@ package schema
 import (
 	"context"
 	"database/sql"
+	"time"
 )
 
 // VerifyChainInRanges exposes verifyChain to the tests: the same check split
@@ -30,4 +31,10 @@ func MigrateTo(ctx context.Context, db *sql.DB, version int64) error {
 	}
 	_, err = p.UpTo(ctx, version)
 	return err
+}
+
+// PauseFreshKeys makes s seal through the key statement, not fresh keys,
+// for d (as after a fresh key found its user's row taken).
+func (s *Store) PauseFreshKeys(d time.Duration) {
+	s.freshPaused.Store(time.Now().Add(d).UnixNano())
 }

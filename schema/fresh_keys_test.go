@@ -3,9 +3,13 @@ package schema_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"net/url"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
@@ -168,6 +172,16 @@ func TestFreshKeyOfAKnownUserFallsBack(t *testing.T) {
 	if err := db.GetContext(ctx, &sealed, `SELECT body_sealed FROM events WHERE delivery_id = 'msg_gone_2'`); err != nil || !bytes.Equal(sealed, userkeys.Discarded) {
 		t.Errorf("the erased user's new body is stored as %x (%v), want discarded", sealed, err)
 	}
+	// The refusal paused fresh keys: a new user's key, moments later, is
+	// made by the key statement, in a transaction of its own.
+	if _, err := second.Append(ctx, delivery(t, "msg_brand_new", "user.created", "user_brand_new")); err != nil {
+		t.Fatal(err)
+	}
+	var sameTx bool
+	if err := db.GetContext(ctx, &sameTx, `SELECT k.xmin::text::bigint = (e.transaction_id::text::numeric % 4294967296)::bigint
+FROM user_keys k JOIN events e USING (user_id) WHERE k.user_id = 'user_brand_new'`); err != nil || sameTx {
+		t.Errorf("a new user's key right after a refusal was stored with its event (%v): fresh keys were not paused", err)
+	}
 	// The fallback ran the key statement.
 	var keyStatements int
 	if err := appends.GetContext(ctx, &keyStatements, `SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%commit_mode%'`); err != nil || keyStatements != 1 {
@@ -218,5 +232,240 @@ func TestFreshKeysRacingProcesses(t *testing.T) {
 		if e := got[d.ID]; !bytes.Equal(e.Body, d.Body) || e.Erased {
 			t.Errorf("%s reads back %q (erased %v)", d.ID, e.Body, e.Erased)
 		}
+	}
+}
+
+// commitResults records each group commit's error (OnCommit) of store.
+type commitResults struct {
+	mu   sync.Mutex
+	errs []error
+}
+
+func recordCommits(store *schema.Store) *commitResults {
+	c := &commitResults{}
+	store.OnCommit = func(_ int, _ time.Duration, err error) {
+		c.mu.Lock()
+		c.errs = append(c.errs, err)
+		c.mu.Unlock()
+	}
+	return c
+}
+
+func (c *commitResults) taken() (taken, ok int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, err := range c.errs {
+		switch {
+		case errors.Is(err, schema.ErrKeyRowTaken):
+			taken++
+		case err == nil:
+			ok++
+		}
+	}
+	return taken, ok
+}
+
+// The first delivery a process stores about a user erased by another
+// process is refused as a fresh key (the destroyed row is taken), then
+// stored discarded; the erased user gets no key, and nothing is cached.
+func TestFreshKeyOfAnErasedUserIsDiscarded(t *testing.T) {
+	db, appends := schematest.NewDBs(t)
+	ctx := context.Background()
+	if _, err := db.ExecContext(ctx, `INSERT INTO user_keys (user_id, wrapped, destroyed_at) VALUES ('user_erased', NULL, now())`); err != nil {
+		t.Fatal(err)
+	}
+	k := newKeyring(t)
+	store := schema.NewStore(appends)
+	store.Keys = k
+	commits := recordCommits(store)
+	d := delivery(t, "msg_after_erasure", "user.updated", "user_erased")
+	if res, err := store.AppendDelivery(ctx, d); err != nil || res != domain.AppendStored {
+		t.Fatalf("append: %v %v", res, err)
+	}
+	if taken, ok := commits.taken(); taken != 1 || ok != 1 {
+		t.Errorf("group commits: %d refused as taken, %d ok; want 1 and 1", taken, ok)
+	}
+	var sealed, wrapped []byte
+	if err := db.QueryRowContext(ctx, `SELECT e.body_sealed, k.wrapped FROM events e JOIN user_keys k USING (user_id) WHERE e.delivery_id = 'msg_after_erasure'`).Scan(&sealed, &wrapped); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(sealed, userkeys.Discarded) || wrapped != nil {
+		t.Errorf("stored body %x, key %x; want discarded and no key", sealed, wrapped)
+	}
+	if k.CachedKey("user_erased") != nil {
+		t.Error("a key is cached for the erased user")
+	}
+}
+
+// A group commit the database refuses because of some rows is split until
+// only they fail; with fresh keys for users whose deliveries land in
+// different halves, a later half meets the key row an earlier half stored
+// and is sealed again under it. Every innocent delivery is stored and opens
+// elsewhere, one key row per user, and every cached key is the stored one.
+func TestFreshKeysSurviveASplitGroup(t *testing.T) {
+	db, appends := schematest.NewDBs(t)
+	ctx := context.Background()
+	if _, err := db.Exec(`ALTER TABLE events ADD CONSTRAINT test_refuse_poison CHECK (delivery_id NOT LIKE 'msg_poison%')`); err != nil {
+		t.Fatal(err)
+	}
+	mine, other := twoKeyrings(t)
+	store := schema.NewStore(appends)
+	store.Keys = mine
+	release := holdFlusher(t, db, store)
+	commits := recordCommits(store)
+	users := []string{"user_split_a", "user_split_b", "user_split_c"}
+	var ds []domain.Delivery
+	for i := range 42 { // more than a prepared group: the split's first INSERTs send their text
+		ds = append(ds, delivery(t, fmt.Sprintf("msg_split_%02d", i), "user.updated", users[i%len(users)]))
+	}
+	ds = append(ds, delivery(t, "msg_poison_1", "user.updated", users[0]), delivery(t, "msg_poison_2", "user.updated", users[2]))
+	errs := make([]error, len(ds))
+	var wg sync.WaitGroup
+	for i, d := range ds {
+		wg.Go(func() { _, errs[i] = store.AppendDelivery(ctx, d) })
+	}
+	eventually(t, "every delivery queues behind the held group commit", func() bool { return store.Pending() == len(ds) })
+	release()
+	wg.Wait()
+	for i, d := range ds {
+		poison := strings.HasPrefix(d.ID, "msg_poison")
+		if poison && domain.ErrorCode(errs[i]) != domain.EINVALID || !poison && errs[i] != nil {
+			t.Errorf("%s: %v", d.ID, errs[i])
+		}
+	}
+	if taken, _ := commits.taken(); taken == 0 {
+		t.Error("no half met a key row stored by another half: the split did not exercise fresh keys")
+	}
+	got := readAll(t, db, other)
+	for _, d := range ds[:42] {
+		if e := got[d.ID]; !bytes.Equal(e.Body, d.Body) {
+			t.Errorf("%s reads back %q", d.ID, e.Body)
+		}
+	}
+	for _, u := range users {
+		var rows int
+		var stored []byte
+		if err := db.QueryRowContext(ctx, `SELECT count(*), (array_agg(wrapped))[1] FROM user_keys WHERE user_id = $1`, u).Scan(&rows, &stored); err != nil {
+			t.Fatal(err)
+		}
+		if rows != 1 {
+			t.Errorf("%s has %d key rows", u, rows)
+		}
+		if c := mine.CachedKey(u); c != nil && !bytes.Equal(c, stored) {
+			t.Errorf("%s: the cached key is not the stored one", u)
+		}
+	}
+}
+
+// One group with a new user and a user whose key another process made:
+// the refused statement keeps the new user's key row and no event, and the
+// group sealed again reads that row: every delivery opens.
+func TestFreshKeysInAMixedGroup(t *testing.T) {
+	db, appends := schematest.NewDBs(t)
+	ctx := context.Background()
+	mine, other := twoKeyrings(t)
+	elsewhere := schema.NewStore(appends)
+	elsewhere.Keys = other
+	if _, err := elsewhere.Append(ctx, delivery(t, "msg_mixed_known_0", "user.created", "user_mixed_known")); err != nil {
+		t.Fatal(err)
+	}
+	store := schema.NewStore(appends)
+	store.Keys = mine
+	release := holdFlusher(t, db, store)
+	commits := recordCommits(store)
+	var ds []domain.Delivery
+	for i := range 6 {
+		user := "user_mixed_new"
+		if i%2 == 1 {
+			user = "user_mixed_known"
+		}
+		ds = append(ds, delivery(t, fmt.Sprintf("msg_mixed_%d", i), "user.updated", user))
+	}
+	errs := make([]error, len(ds))
+	var wg sync.WaitGroup
+	for i, d := range ds {
+		wg.Go(func() { _, errs[i] = store.AppendDelivery(ctx, d) })
+	}
+	eventually(t, "every delivery queues behind the held group commit", func() bool { return store.Pending() == len(ds) })
+	release()
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("%s: %v", ds[i].ID, err)
+		}
+	}
+	// The held group commit (holdFlusher's) and ours, which was refused once.
+	if taken, ok := commits.taken(); taken != 1 || ok != 2 {
+		t.Errorf("group commits: %d refused as taken, %d ok; want 1 and 2", taken, ok)
+	}
+	got := readAll(t, db, other)
+	for _, d := range ds {
+		if e := got[d.ID]; !bytes.Equal(e.Body, d.Body) {
+			t.Errorf("%s reads back %q", d.ID, e.Body)
+		}
+	}
+}
+
+// Keys made by the key statement (SealDeliveries) and by a group commit's
+// fresh keys for the same new users, at the same time, are inserted in the
+// same (user) order: neither waits for the other in a cycle. A trigger
+// holds the fresh statement between its two key rows, so that the other
+// statement starts in between; in delivery order it would take the second
+// user's row first, and PostgreSQL would end one of them with a deadlock.
+func TestKeyStatementsTakeUsersInOneOrder(t *testing.T) {
+	u := schematest.NewURL(t)
+	db := schematest.Open(t, u)
+	ctx := context.Background()
+	if _, err := schema.Migrate(ctx, db.DB); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, `CREATE FUNCTION test_slow_key() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.user_id = 'user_order_b' AND current_setting('application_name') = 'fresh' THEN
+    PERFORM pg_sleep(1);
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER test_slow_key BEFORE INSERT ON user_keys FOR EACH ROW EXECUTE FUNCTION test_slow_key()`); err != nil {
+		t.Fatal(err)
+	}
+	appendURL, err := url.Parse(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := appendURL.Query()
+	q.Set("application_name", "fresh")
+	appendURL.RawQuery = q.Encode()
+	appends, err := schema.Open(ctx, appendURL.String(), schema.PoolOptions{MaxOpen: 2, BinaryParameters: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer appends.Close()
+	one, other := twoKeyrings(t)
+	store := schema.NewStore(appends)
+	store.Keys = one
+	release := holdFlusher(t, db, store)
+	freshErrs := make([]error, 2)
+	var wg sync.WaitGroup
+	for i, user := range []string{"user_order_a", "user_order_b"} {
+		wg.Go(func() {
+			_, freshErrs[i] = store.AppendDelivery(ctx, delivery(t, fmt.Sprintf("msg_order_x_%d", i), "user.created", user))
+		})
+	}
+	eventually(t, "both deliveries queue behind the held group commit", func() bool { return store.Pending() == 2 })
+	release()
+	eventually(t, "the fresh statement holds user_order_a's row and sleeps before user_order_b's", func() bool {
+		var n int
+		db.Get(&n, `SELECT count(*) FROM pg_stat_activity WHERE application_name = 'fresh' AND wait_event = 'PgSleep'`)
+		return n > 0
+	})
+	// In delivery order this batch names user_order_b first.
+	_, sealErr := schema.SealDeliveries(ctx, db, other, []domain.Delivery{
+		delivery(t, "msg_order_y_1", "user.updated", "user_order_b"),
+		delivery(t, "msg_order_y_2", "user.updated", "user_order_a"),
+	})
+	wg.Wait()
+	if sealErr != nil || freshErrs[0] != nil || freshErrs[1] != nil {
+		t.Fatalf("key statement: %v; fresh keys: %v, %v", sealErr, freshErrs[0], freshErrs[1])
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/userkeys"
@@ -162,6 +164,10 @@ func sealDeliveries(ctx context.Context, q Queryer, k *userkeys.Keyring, ds []do
 		}
 		users, wrapped = append(users, d.UserID), append(wrapped, w)
 	}
+	// In user order, as the event store's fresh keys (InsertQuery): two
+	// statements making keys for the same users wait for each other's rows
+	// in one order, never in a cycle (a deadlock, 40P01, for both groups).
+	sortByUser(users, wrapped)
 	// A key another append made meanwhile is invisible to the statement
 	// that waited for it: the next attempt reads it.
 	for attempt := 0; len(users) > 0; attempt++ {
@@ -200,6 +206,23 @@ func sealDeliveries(ctx context.Context, q Queryer, k *userkeys.Keyring, ds []do
 		out[i] = Sealing{Sealed: s, Commitment: c[:]}
 	}
 	return out, nil
+}
+
+// sortByUser sorts users (byte order, as their COLLATE "C" key) and
+// wrapped with them.
+func sortByUser(users []string, wrapped [][]byte) {
+	type pair struct {
+		user    string
+		wrapped []byte
+	}
+	ps := make([]pair, len(users))
+	for i := range users {
+		ps[i] = pair{users[i], wrapped[i]}
+	}
+	slices.SortFunc(ps, func(a, b pair) int { return strings.Compare(a.user, b.user) })
+	for i, p := range ps {
+		users[i], wrapped[i] = p.user, p.wrapped
+	}
 }
 
 // provisionKeys stores wrapped[i] as users[i]'s data key unless the user

@@ -272,6 +272,9 @@ func TestNewKeysCommitAsyncOnlyTheirOwnTransaction(t *testing.T) {
 	if _, err := store.Append(ctx, delivery(t, "msg_known_2", "user.updated", "user_known")); err != nil {
 		t.Fatal(err)
 	}
+	// The refusal paused fresh keys for a second; hold the pause however
+	// slow this machine is.
+	store.PauseFreshKeys(time.Minute)
 	// Eight new users, one append each: past the five runs after which
 	// PostgreSQL may plan the prepared key statement generically.
 	const users = 8
