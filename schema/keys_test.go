@@ -309,3 +309,36 @@ WHERE k.user_id LIKE 'user_async_%' AND k.xmin::text::bigint <> (e.transaction_i
 		t.Fatalf("keys %d, sealed events %d: %v", keys, events, err)
 	}
 }
+
+// CheckKeyring refuses a ledger holding a live data key wrapped by another
+// master key whether that key's id sorts before or after this one's, names
+// how many there are, ignores destroyed keys, and accepts a ledger whose
+// live keys are all this master key's.
+func TestCheckKeyringFindsOtherMasterKeysOnBothSides(t *testing.T) {
+	db := schematest.NewDB(t)
+	ctx := context.Background()
+	k := newKeyring(t)
+	mine, err := k.NewDataKey("user_mine")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, `INSERT INTO user_keys (user_id, wrapped, kek_id) VALUES ('user_mine', $1, $2),
+  ('user_destroyed', NULL, '')`, mine, k.ID()); err != nil {
+		t.Fatal(err)
+	}
+	if err := schema.CheckKeyring(ctx, db, k); err != nil {
+		t.Fatalf("this master key's ledger (and a destroyed key of none): %v", err)
+	}
+	for _, other := range []string{"", "0", "~~~~"} { // before and after any hex id
+		if _, err := db.ExecContext(ctx, `INSERT INTO user_keys (user_id, wrapped, kek_id) VALUES ('user_other_1', '\x01', $1), ('user_other_2', '\x02', $1)`, other); err != nil {
+			t.Fatal(err)
+		}
+		err := schema.CheckKeyring(ctx, db, k)
+		if domain.ErrorCode(err) != domain.EINVALID || !strings.Contains(err.Error(), "2 data keys are wrapped by key id "+other) {
+			t.Errorf("keys wrapped by %q: %v", other, err)
+		}
+		if _, err := db.ExecContext(ctx, `DELETE FROM user_keys WHERE user_id LIKE 'user_other_%'`); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
