@@ -108,7 +108,7 @@ type appendReq struct {
 	lead     chan struct{} // closed when this caller must flush for the others
 	// promoted is set (under Store.mu) when lead is closed.
 	promoted bool
-	// fresh, when not nil, is the new data key seal made for the user and
+	// fresh, when not nil, is the new data key Store.seal made for the user and
 	// sealed this delivery under: its row goes into user_keys in the same
 	// statement as the events (EventsSchema.InsertQuery), which stores the
 	// events only if every fresh key's row was new.
