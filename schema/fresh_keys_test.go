@@ -41,17 +41,75 @@ func twoKeyrings(t *testing.T) (*userkeys.Keyring, *userkeys.Keyring) {
 // connection, whose prepared statements a test can then list.
 func newOneConnDBs(t *testing.T) (db, one *sqlx.DB) {
 	t.Helper()
+	return newStoreDBs(t, 1, "")
+}
+
+// newStoreDBs is schematest.NewDBs with the store's pool of conns
+// connections named appName (when not "") in pg_stat_activity.
+func newStoreDBs(t *testing.T, conns int, appName string) (db, appends *sqlx.DB) {
+	t.Helper()
 	u := schematest.NewURL(t)
 	db = schematest.Open(t, u)
 	if _, err := schema.Migrate(context.Background(), db.DB); err != nil {
 		t.Fatal(err)
 	}
-	one, err := schema.Open(context.Background(), u, schema.PoolOptions{MaxOpen: 1, BinaryParameters: true})
+	if appName != "" {
+		pu, err := url.Parse(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q := pu.Query()
+		q.Set("application_name", appName)
+		pu.RawQuery = q.Encode()
+		u = pu.String()
+	}
+	appends, err := schema.Open(context.Background(), u, schema.PoolOptions{MaxOpen: conns, BinaryParameters: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { one.Close() })
-	return db, one
+	t.Cleanup(func() { appends.Close() })
+	return db, appends
+}
+
+// appendHeld appends ds from one goroutine each while store's group commit
+// is held (holdFlusher), releases it once all wait, and returns each
+// append's error: one group commit of all of ds.
+func appendHeld(t *testing.T, db *sqlx.DB, store *schema.Store, ds []domain.Delivery) []error {
+	t.Helper()
+	release := holdFlusher(t, db, store)
+	errs := make([]error, len(ds))
+	var wg sync.WaitGroup
+	for i, d := range ds {
+		wg.Go(func() { _, errs[i] = store.AppendDelivery(context.Background(), d) })
+	}
+	eventually(t, "every delivery queues behind the held group commit", func() bool { return store.Pending() == len(ds) })
+	release()
+	wg.Wait()
+	return errs
+}
+
+// keyMadeElsewhere stores a first delivery (id) about user through a store
+// of keyring other on appends: another process of the ledger makes the
+// user's key, which this test's keyring has never seen.
+func keyMadeElsewhere(t *testing.T, appends *sqlx.DB, other *userkeys.Keyring, id, user string) {
+	t.Helper()
+	elsewhere := schema.NewStore(appends)
+	elsewhere.Keys = other
+	if _, err := elsewhere.Append(context.Background(), delivery(t, id, "user.created", user)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkReadBack reads db with k and checks that each of ds reads back as
+// sent, not erased.
+func checkReadBack(t *testing.T, db schema.Queryer, k *userkeys.Keyring, ds []domain.Delivery) {
+	t.Helper()
+	got := readAll(t, db, k)
+	for _, d := range ds {
+		if e := got[d.ID]; !bytes.Equal(e.Body, d.Body) || e.Erased {
+			t.Errorf("%s reads back %q (erased %v)", d.ID, e.Body, e.Erased)
+		}
+	}
 }
 
 // readAll reads every event of db opened with k, by delivery id.
@@ -109,12 +167,7 @@ FROM user_keys k JOIN events e ON e.user_id = k.user_id WHERE k.wrapped IS NOT N
 	if err := appends.GetContext(ctx, &sync, `SHOW synchronous_commit`); err != nil || sync == "off" {
 		t.Fatalf("synchronous_commit on the store's connection: %q (%v)", sync, err)
 	}
-	got := readAll(t, db, k)
-	for _, d := range sent {
-		if e := got[d.ID]; !bytes.Equal(e.Body, d.Body) {
-			t.Errorf("%s reads back %q", d.ID, e.Body)
-		}
-	}
+	checkReadBack(t, db, k, sent)
 }
 
 // A delivery about a user the ledger knows but this process does not (its
@@ -224,15 +277,10 @@ func TestFreshKeysRacingProcesses(t *testing.T) {
 	if err := db.GetContext(ctx, &keys, `SELECT count(*) FROM user_keys`); err != nil || keys != users {
 		t.Fatalf("%d key rows (%v), want one per user (%d)", keys, err, users)
 	}
-	got := readAll(t, db, one)
-	if len(got) != len(sent) || len(sent) != users*each*len(stores) {
-		t.Fatalf("%d events read, %d sent", len(got), len(sent))
+	if len(sent) != users*each*len(stores) {
+		t.Fatalf("%d deliveries stored of %d", len(sent), users*each*len(stores))
 	}
-	for _, d := range sent {
-		if e := got[d.ID]; !bytes.Equal(e.Body, d.Body) || e.Erased {
-			t.Errorf("%s reads back %q (erased %v)", d.ID, e.Body, e.Erased)
-		}
-	}
+	checkReadBack(t, db, one, sent)
 }
 
 // commitResults records each group commit's error (OnCommit) of store.
@@ -311,7 +359,6 @@ func TestFreshKeysSurviveASplitGroup(t *testing.T) {
 	mine, other := twoKeyrings(t)
 	store := schema.NewStore(appends)
 	store.Keys = mine
-	release := holdFlusher(t, db, store)
 	commits := recordCommits(store)
 	users := []string{"user_split_a", "user_split_b", "user_split_c"}
 	var ds []domain.Delivery
@@ -319,14 +366,7 @@ func TestFreshKeysSurviveASplitGroup(t *testing.T) {
 		ds = append(ds, delivery(t, fmt.Sprintf("msg_split_%02d", i), "user.updated", users[i%len(users)]))
 	}
 	ds = append(ds, delivery(t, "msg_poison_1", "user.updated", users[0]), delivery(t, "msg_poison_2", "user.updated", users[2]))
-	errs := make([]error, len(ds))
-	var wg sync.WaitGroup
-	for i, d := range ds {
-		wg.Go(func() { _, errs[i] = store.AppendDelivery(ctx, d) })
-	}
-	eventually(t, "every delivery queues behind the held group commit", func() bool { return store.Pending() == len(ds) })
-	release()
-	wg.Wait()
+	errs := appendHeld(t, db, store, ds)
 	for i, d := range ds {
 		poison := strings.HasPrefix(d.ID, "msg_poison")
 		if poison && domain.ErrorCode(errs[i]) != domain.EINVALID || !poison && errs[i] != nil {
@@ -336,12 +376,7 @@ func TestFreshKeysSurviveASplitGroup(t *testing.T) {
 	if taken, _ := commits.taken(); taken == 0 {
 		t.Error("no half met a key row stored by another half: the split did not exercise fresh keys")
 	}
-	got := readAll(t, db, other)
-	for _, d := range ds[:42] {
-		if e := got[d.ID]; !bytes.Equal(e.Body, d.Body) {
-			t.Errorf("%s reads back %q", d.ID, e.Body)
-		}
-	}
+	checkReadBack(t, db, other, ds[:42])
 	for _, u := range users {
 		var rows int
 		var stored []byte
@@ -362,16 +397,10 @@ func TestFreshKeysSurviveASplitGroup(t *testing.T) {
 // group sealed again reads that row: every delivery opens.
 func TestFreshKeysInAMixedGroup(t *testing.T) {
 	db, appends := schematest.NewDBs(t)
-	ctx := context.Background()
 	mine, other := twoKeyrings(t)
-	elsewhere := schema.NewStore(appends)
-	elsewhere.Keys = other
-	if _, err := elsewhere.Append(ctx, delivery(t, "msg_mixed_known_0", "user.created", "user_mixed_known")); err != nil {
-		t.Fatal(err)
-	}
+	keyMadeElsewhere(t, appends, other, "msg_mixed_known_0", "user_mixed_known")
 	store := schema.NewStore(appends)
 	store.Keys = mine
-	release := holdFlusher(t, db, store)
 	commits := recordCommits(store)
 	var ds []domain.Delivery
 	for i := range 6 {
@@ -381,15 +410,7 @@ func TestFreshKeysInAMixedGroup(t *testing.T) {
 		}
 		ds = append(ds, delivery(t, fmt.Sprintf("msg_mixed_%d", i), "user.updated", user))
 	}
-	errs := make([]error, len(ds))
-	var wg sync.WaitGroup
-	for i, d := range ds {
-		wg.Go(func() { _, errs[i] = store.AppendDelivery(ctx, d) })
-	}
-	eventually(t, "every delivery queues behind the held group commit", func() bool { return store.Pending() == len(ds) })
-	release()
-	wg.Wait()
-	for i, err := range errs {
+	for i, err := range appendHeld(t, db, store, ds) {
 		if err != nil {
 			t.Errorf("%s: %v", ds[i].ID, err)
 		}
@@ -398,12 +419,7 @@ func TestFreshKeysInAMixedGroup(t *testing.T) {
 	if taken, ok := commits.taken(); taken != 1 || ok != 2 {
 		t.Errorf("group commits: %d refused as taken, %d ok; want 1 and 2", taken, ok)
 	}
-	got := readAll(t, db, other)
-	for _, d := range ds {
-		if e := got[d.ID]; !bytes.Equal(e.Body, d.Body) {
-			t.Errorf("%s reads back %q", d.ID, e.Body)
-		}
-	}
+	checkReadBack(t, db, other, ds)
 }
 
 // Keys made by the key statement (SealDeliveries) and by a group commit's
@@ -413,12 +429,8 @@ func TestFreshKeysInAMixedGroup(t *testing.T) {
 // statement starts in between; in delivery order it would take the second
 // user's row first, and PostgreSQL would end one of them with a deadlock.
 func TestKeyStatementsTakeUsersInOneOrder(t *testing.T) {
-	u := schematest.NewURL(t)
-	db := schematest.Open(t, u)
+	db, appends := newStoreDBs(t, 2, "fresh")
 	ctx := context.Background()
-	if _, err := schema.Migrate(ctx, db.DB); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := db.ExecContext(ctx, `CREATE FUNCTION test_slow_key() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   IF NEW.user_id = 'user_order_b' AND current_setting('application_name') = 'fresh' THEN
@@ -429,18 +441,6 @@ END $$;
 CREATE TRIGGER test_slow_key BEFORE INSERT ON user_keys FOR EACH ROW EXECUTE FUNCTION test_slow_key()`); err != nil {
 		t.Fatal(err)
 	}
-	appendURL, err := url.Parse(u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := appendURL.Query()
-	q.Set("application_name", "fresh")
-	appendURL.RawQuery = q.Encode()
-	appends, err := schema.Open(ctx, appendURL.String(), schema.PoolOptions{MaxOpen: 2, BinaryParameters: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer appends.Close()
 	one, other := twoKeyrings(t)
 	store := schema.NewStore(appends)
 	store.Keys = one

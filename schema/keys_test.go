@@ -243,17 +243,8 @@ func TestReadLeavesAfterReadsNoSealedBody(t *testing.T) {
 // runs with the server's durable setting, and the event and its key are
 // both stored.
 func TestNewKeysCommitAsyncOnlyTheirOwnTransaction(t *testing.T) {
-	u := schematest.NewURL(t)
-	db := schematest.Open(t, u)
+	db, one := newOneConnDBs(t)
 	ctx := context.Background()
-	if _, err := schema.Migrate(ctx, db.DB); err != nil {
-		t.Fatal(err)
-	}
-	one, err := schema.Open(ctx, u, schema.PoolOptions{MaxOpen: 1, BinaryParameters: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer one.Close()
 	var before string
 	if err := one.GetContext(ctx, &before, `SHOW synchronous_commit`); err != nil {
 		t.Fatal(err)
@@ -262,11 +253,7 @@ func TestNewKeysCommitAsyncOnlyTheirOwnTransaction(t *testing.T) {
 	// A user another process made a key for: this store's fresh key for
 	// them is refused, which sends the next group commits through the key
 	// statement (for a second).
-	elsewhere := schema.NewStore(one)
-	elsewhere.Keys = other
-	if _, err := elsewhere.Append(ctx, delivery(t, "msg_known", "user.created", "user_known")); err != nil {
-		t.Fatal(err)
-	}
+	keyMadeElsewhere(t, one, other, "msg_known", "user_known")
 	store := schema.NewStore(one)
 	store.Keys = mine
 	if _, err := store.Append(ctx, delivery(t, "msg_known_2", "user.updated", "user_known")); err != nil {
