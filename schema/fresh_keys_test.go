@@ -469,3 +469,50 @@ CREATE TRIGGER test_slow_key BEFORE INSERT ON user_keys FOR EACH ROW EXECUTE FUN
 		t.Fatalf("key statement: %v; fresh keys: %v, %v", sealErr, freshErrs[0], freshErrs[1])
 	}
 }
+
+// Hostile but signed deliveries about new users, in one group commit with
+// fresh keys: JSON escapes PostgreSQL refuses in text and jsonb (\u0000, a
+// lone surrogate) are stored sealed byte for byte beside an innocent
+// delivery, and a delivery the store cannot take (a user id over the limit,
+// a raw NUL) is refused alone with a clear EINVALID, before it joins the
+// group.
+func TestFreshKeysTakeHostileDeliveries(t *testing.T) {
+	db, appends := schematest.NewDBs(t)
+	k := newKeyring(t)
+	store := schema.NewStore(appends)
+	store.Keys = k
+	mk := func(id, user, name string) domain.Delivery {
+		body := []byte(`{"type":"user.updated","object":"event","timestamp":1716883200000,"data":{"id":"` + user + `","object":"user","first_name":"` + name + `"}}`)
+		d, err := domain.NewDelivery(id, time.Now().Unix(), "v1,sig", body)
+		if err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+		return d
+	}
+	ds := []domain.Delivery{
+		mk("msg_hostile_nul", "user_hostile_1", `a\u0000b`),
+		mk("msg_hostile_surrogate", "user_hostile_2", `\ud800`),
+		mk("msg_hostile_innocent", "user_hostile_3", "Ada"),
+	}
+	for i, err := range appendHeld(t, db, store, ds) {
+		if err != nil {
+			t.Errorf("%s: %v", ds[i].ID, err)
+		}
+	}
+	checkReadBack(t, db, k, ds)
+
+	long := ds[2]
+	long.ID, long.UserID = "msg_hostile_long", "user_"+strings.Repeat("x", domain.MaxUserIDBytes)
+	nul := ds[2]
+	nul.ID, nul.Body = "msg_hostile_raw_nul", append([]byte(nil), ds[2].Body...)
+	nul.Body[len(nul.Body)-3] = 0
+	for _, d := range []domain.Delivery{long, nul} {
+		if _, err := store.AppendDelivery(context.Background(), d); domain.ErrorCode(err) != domain.EINVALID {
+			t.Errorf("%s: %v, want EINVALID", d.ID, err)
+		}
+	}
+	var n int
+	if err := db.Get(&n, `SELECT count(*) FROM events WHERE delivery_id LIKE 'msg_hostile_%'`); err != nil || n != 3 {
+		t.Errorf("%d hostile-test events stored (%v), want the 3 valid ones", n, err)
+	}
+}

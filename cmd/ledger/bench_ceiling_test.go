@@ -3,12 +3,9 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"math"
 	"net/http"
 	"os"
 	"os/exec"
-	"regexp"
-	"strconv"
 	"testing"
 	"time"
 
@@ -97,15 +94,7 @@ func TestBenchIngestCeilingShort(t *testing.T) {
 	}
 	num := func(re string) []float64 {
 		t.Helper()
-		m := regexp.MustCompile(`(?m)` + re).FindStringSubmatch(out)
-		if m == nil {
-			t.Fatalf("no line matching %s:\n%s", re, out)
-		}
-		var f []float64
-		for _, s := range m[1:] {
-			v, _ := strconv.ParseFloat(s, 64)
-			f = append(f, v)
-		}
+		f, _ := printedNumbers(t, out, re)
 		return f
 	}
 	rate := `\s+(\d+) deliveries/s  p50 [\d.]+ms  p95 [\d.]+ms  p99 [\d.]+ms  non-2xx (\d+)  errors (\d+)`
@@ -117,7 +106,6 @@ func TestBenchIngestCeilingShort(t *testing.T) {
 	if ceiling[0] <= 0 || ceiling[1] != 0 || ceiling[2] != 0 {
 		t.Errorf("ceiling run: %.0f/s, %.0f non-2xx, %.0f errors:\n%s", ceiling[0], ceiling[1], ceiling[2], out)
 	}
-	near := func(got, want float64) bool { return got > 0 && math.Abs(got-want) <= 0.03*want+0.006 }
 	if !near(ratios[0], ceiling[0]/base[0]) || !near(ratios[1], ledger[0]/ceiling[0]) {
 		t.Errorf("ratios %.2f, %.2f; the runs give %.2f and %.2f:\n%s", ratios[0], ratios[1], ceiling[0]/base[0], ledger[0]/ceiling[0], out)
 	}

@@ -140,16 +140,8 @@ func TestBenchIngestUnsealedShort(t *testing.T) {
 	}
 	num := func(re string) []float64 {
 		t.Helper()
-		m := regexp.MustCompile(`(?m)` + re).FindStringSubmatchIndex(out)
-		if m == nil {
-			t.Fatalf("no line matching %s:\n%s", re, out)
-		}
-		var f []float64
-		for i := 2; i < len(m); i += 2 {
-			v, _ := strconv.ParseFloat(out[m[i]:m[i+1]], 64)
-			f = append(f, v)
-		}
-		return append(f, float64(m[0])) // and where the line is
+		f, at := printedNumbers(t, out, re)
+		return append(f, float64(at)) // and where the line is
 	}
 	rate := `\s+(\d+) deliveries/s  p50 [\d.]+ms  p95 [\d.]+ms  p99 [\d.]+ms  non-2xx (\d+)  errors (\d+)`
 	cpu := ` cpu per delivery: service \d+ µs  postgres \d+ µs  senders \(this process\) \d+ µs  = (\d+) µs`
@@ -167,7 +159,6 @@ func TestBenchIngestUnsealedShort(t *testing.T) {
 		}
 	}
 	// The ratios are of the printed figures (rounded: within 3%).
-	near := func(got, want float64) bool { return got > 0 && math.Abs(got-want) <= 0.03*want+0.006 }
 	if !near(ratio[0], sealedCPU[0]/plainCPU[0]) || !near(ratio[1], sealedRate[0]/plainRate[0]) {
 		t.Errorf("cost %.2f, rate %.2f; the runs give %.2f and %.2f:\n%s", ratio[0], ratio[1], sealedCPU[0]/plainCPU[0], sealedRate[0]/plainRate[0], out)
 	}
@@ -175,6 +166,27 @@ func TestBenchIngestUnsealedShort(t *testing.T) {
 		t.Error("--unsealed with --url was accepted")
 	}
 }
+
+// printedNumbers finds the first line of out matching re (multi-line
+// mode) and returns its groups as numbers and where the line starts; no
+// such line fails t.
+func printedNumbers(t *testing.T, out, re string) ([]float64, int) {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)` + re).FindStringSubmatchIndex(out)
+	if m == nil {
+		t.Fatalf("no line matching %s:\n%s", re, out)
+	}
+	var f []float64
+	for i := 2; i < len(m); i += 2 {
+		v, _ := strconv.ParseFloat(out[m[i]:m[i+1]], 64)
+		f = append(f, v)
+	}
+	return f, m[0]
+}
+
+// near reports whether a printed ratio got is want, a ratio of printed
+// (rounded) figures, within 3%.
+func near(got, want float64) bool { return got > 0 && math.Abs(got-want) <= 0.03*want+0.006 }
 
 // dropDatabases drops the named databases of the test server (bench
 // ingest's scratch databases), with any connection still open to them.
