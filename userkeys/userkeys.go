@@ -543,10 +543,10 @@ func (o *Opener) Open(user string, wrapped []byte, deliveryID string, sealed []b
 // dataKey is Keyring.dataKey, asked only for a key this Opener does not
 // hold as wrapped.
 func (o *Opener) dataKey(user string, wrapped []byte) (cipher.AEAD, error) {
-	if c, ok := o.keys[user]; ok && c.wrapped == string(wrapped) {
+	c, held := o.keys[user] // one look-up: a read past its keys misses most
+	if held && c.wrapped == string(wrapped) {
 		return c.aead, nil
 	}
-	_, held := o.keys[user]
 	if !held && len(o.keys) >= maxOpenerKeys {
 		// Full (a read over more users than it holds, as a rebuild's):
 		// the key is unwrapped for this body alone, past the keyring's
