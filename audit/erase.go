@@ -29,10 +29,10 @@ type EraseResult struct {
 const MaxReasonBytes = 1000
 
 // Erase erases a user by crypto-shredding (see README, Erasure): it
-// destroys the user's data key, records the erasure and appends the
-// erasure event (schema.BeginErasure), then turns the users row into a
-// tombstone and removes the user's addresses, memberships, projection
-// failures and the values naming them in the access log
+// destroys the user's data key, records the erasure, appends the erasure
+// event and redacts the values naming the user in the access log
+// (schema.BeginErasure), then turns the users row into a tombstone and
+// removes the user's addresses, memberships and projection failures
 // (schema.CompleteErasure), and drops the key from this process's cache.
 // Every event of the user stays, its body unreadable from then on. It is
 // idempotent: erasing an erased user finishes a cleanup a crash left

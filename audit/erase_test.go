@@ -336,3 +336,27 @@ func TestEraseDeletedBefore(t *testing.T) {
 		t.Fatalf("second pass: %v %v", got, err)
 	}
 }
+
+// TestEraseRecoveryAfterTheProjectorsPassedTheErasure: the process dies
+// between the key's destruction and the cleanup, and a projector (another
+// process's, or serve's own, which start before its recovery) applies the
+// erasure event first: the users projector drops her addresses from
+// user_emails and tombstones her row. The recovery must still find the
+// address an auditor searched for and redact it in the access log.
+func TestEraseRecoveryAfterTheProjectorsPassedTheErasure(t *testing.T) {
+	l := newEraseLedger(t)
+	l.history()
+	if err := schema.RecordAccess(l.ctx, l.db, schema.Access{Actor: "user_auditor", Channel: schema.ChannelPage, Action: schema.ActionEvents, Filters: map[string]string{"email": "ada.lovelace@example.com"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, created, err := schema.BeginErasure(l.ctx, l.db, schema.Erasure{UserID: "user_ada", At: time.Now(), By: "cli:op", Reason: "test"}); err != nil || !created {
+		t.Fatal(err)
+	}
+	l.catchUp() // the projectors pass the erasure event before the recovery
+	if n, err := l.svc.RecoverErasures(l.ctx); err != nil || n != 1 {
+		t.Fatalf("recover: %d %v", n, err)
+	}
+	if found := l.plaintextLeft(adaPII); len(found) > 0 {
+		t.Errorf("plaintext of the erased user left after recovery:\n%s", strings.Join(found, "\n"))
+	}
+}

@@ -56,9 +56,12 @@ func ErasureDeliveryID(user string) string { return "ledger_erasure_" + user }
 // BeginErasure is the first step of erasing e.UserID, one transaction: it
 // destroys the user's data key (user_keys.wrapped becomes NULL; the row
 // stays, so that no delivery racing the erasure makes a new key), records
-// the erasure (e.At, e.By, e.Reason) with completed_at NULL, and appends
-// the erasure event (source "ledger", domain.ErasureEventBody: no personal
-// data). It returns the stored erasure and created=false, doing nothing,
+// the erasure (e.At, e.By, e.Reason) with completed_at NULL, appends the
+// erasure event (source "ledger", domain.ErasureEventBody: no personal
+// data), and replaces with "[erased]" every audit access filter value
+// naming one of the user's emails, names or phone number (the projectors
+// may pass the erasure event before CompleteErasure runs, and drop what
+// names them). It returns the stored erasure and created=false, doing nothing,
 // when the user was erased already. Errors: ENOTFOUND when the ledger has
 // no event about the user; EINVALID for an empty id or reason.
 func BeginErasure(ctx context.Context, db *sqlx.DB, e Erasure) (Erasure, bool, error) {
@@ -103,6 +106,13 @@ VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, $6, '', $7, pg_current_xact_id())
 		e.DeliveryID, domain.ErasureEventType, e.UserID, e.At, string(domain.ErasureEventBody(e.UserID, e.At)), e.At.Unix(), SourceLedger); err != nil {
 		return Erasure{}, false, fmt.Errorf("erase user %s: append the erasure event: %w", e.UserID, Classify(err))
 	}
+	// The access log is redacted here, with the key's destruction, not in
+	// the cleanup: once this commits a projector may pass the erasure event
+	// first (dropping her addresses and tombstoning her row), and after a
+	// crash the recovery would find nothing left to redact with.
+	if err := redactAccessOf(ctx, tx, e.UserID); err != nil {
+		return Erasure{}, false, fmt.Errorf("erase user %s: %w", e.UserID, err)
+	}
 	if err := tx.Commit(); err != nil {
 		return Erasure{}, false, fmt.Errorf("erase user %s: %w", e.UserID, Classify(err))
 	}
@@ -112,9 +122,7 @@ VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, $6, '', $7, pg_current_xact_id())
 // CompleteErasure is the second step of erasing user, one transaction: the
 // users row becomes the tombstone (domain.ErasedTombstone at the erasure
 // time), the user's emails, memberships (and their organizations' member
-// counts) and projection failures go, and every audit access entry whose
-// filters name one of the user's emails, names or phone number has that
-// value replaced by "[erased]"; then completed_at is set. It is
+// counts) and projection failures go; then completed_at is set. It is
 // idempotent: a second run finds nothing left to clean. Errors: ENOTFOUND
 // when the user was not erased (BeginErasure).
 func CompleteErasure(ctx context.Context, db *sqlx.DB, user string) error {
@@ -137,18 +145,15 @@ func CompleteErasure(ctx context.Context, db *sqlx.DB, user string) error {
 		return err
 	}
 	row := rows[user]
-	terms := personalTerms(row.User)
 	row.User.ID = user
 	row.User = domain.ErasedTombstone(row.User, e.At)
 	row.LastPosition = max(row.LastPosition, position)
 	if err := users.Upsert(ctx, tx, []UserRow{row}); err != nil {
 		return err
 	}
-	emails, err := deleteReturning(ctx, tx, `DELETE FROM user_emails WHERE user_id = $1 RETURNING email`, user)
-	if err != nil {
-		return fmt.Errorf("clean up after erasing %s: emails: %w", user, err)
+	if _, err := tx.ExecContext(ctx, `DELETE FROM user_emails WHERE user_id = $1`, user); err != nil {
+		return fmt.Errorf("clean up after erasing %s: emails: %w", user, Classify(err))
 	}
-	terms = append(terms, emails...)
 	orgs, err := deleteReturning(ctx, tx, `DELETE FROM organization_memberships WHERE user_id = $1 RETURNING organization_id`, user)
 	if err != nil {
 		return fmt.Errorf("clean up after erasing %s: memberships: %w", user, err)
@@ -161,13 +166,27 @@ func CompleteErasure(ctx context.Context, db *sqlx.DB, user string) error {
 	if _, err := tx.ExecContext(ctx, `DELETE FROM projection_failures f USING events e WHERE e.position = f.position AND e.user_id = $1`, user); err != nil {
 		return fmt.Errorf("clean up after erasing %s: projection failures: %w", user, Classify(err))
 	}
-	if err := redactAccess(ctx, tx, terms); err != nil {
-		return fmt.Errorf("clean up after erasing %s: %w", user, err)
-	}
 	if _, err := tx.ExecContext(ctx, `UPDATE erasures SET completed_at = now() WHERE user_id = $1 AND completed_at IS NULL`, user); err != nil {
 		return fmt.Errorf("clean up after erasing %s: %w", user, Classify(err))
 	}
 	return tx.Commit()
+}
+
+// redactAccessOf redacts in the access log (redactAccess) the values of
+// user an auditor may have searched for: those of the users row
+// (personalTerms) and every address of user_emails. BeginErasure calls it
+// while both still hold them.
+func redactAccessOf(ctx context.Context, tx *sqlx.Tx, user string) error {
+	rows, err := LiveUsers().Load(ctx, tx, []string{user})
+	if err != nil {
+		return fmt.Errorf("redact the access log: %w", err)
+	}
+	terms := personalTerms(rows[user].User)
+	emails, err := queryStrings(ctx, tx, `SELECT email FROM user_emails WHERE user_id = $1`, user)
+	if err != nil {
+		return fmt.Errorf("redact the access log: emails: %w", err)
+	}
+	return redactAccess(ctx, tx, append(terms, emails...))
 }
 
 // personalTerms are the values of u that an auditor may have searched for.
