@@ -360,3 +360,57 @@ func TestEraseRecoveryAfterTheProjectorsPassedTheErasure(t *testing.T) {
 		t.Errorf("plaintext of the erased user left after recovery:\n%s", strings.Join(found, "\n"))
 	}
 }
+
+// TestEraseOrganizationsCheckAndRebuildAgree: a membership event carries
+// its organization object, a snapshot of it. When the erased member's
+// membership event is the newest event about the organization (here it
+// also carries the organization's newest name), the live organizations
+// row must still be what a rebuild, which can no longer read that event,
+// makes of it: check finds no difference and a rebuild changes nothing.
+//
+// Not fixed yet (it fails without the skip): the live organizations row
+// keeps the snapshot and last position of the erased member's event,
+// which a rebuild cannot read; making the live row agree needs the
+// organization folded again from every other event about it, and
+// membership events are found by organization only by opening them all.
+func TestEraseOrganizationsCheckAndRebuildAgree(t *testing.T) {
+	t.Skip("known defect: after an erasure, check organizations reports, and a rebuild changes, an organization whose newest event was the erased member's membership event")
+	l := newEraseLedger(t)
+	ada := clerkgen.User{ID: "user_ada", Email: "ada.lovelace@example.com", FirstName: "Augusta", LastName: "Lovelace", CreatedAt: at(0), UpdatedAt: at(0)}
+	bob := clerkgen.User{ID: "user_bob", Email: "bob@example.com", FirstName: "Bob", LastName: "Builder", CreatedAt: at(0), UpdatedAt: at(0)}
+	acme := clerkgen.Organization{ID: "org_acme", Name: "Acme", Slug: "acme", CreatedAt: at(0), UpdatedAt: at(0)}
+	l.add(clerkgen.Event("user.created", ada, at(0)))
+	l.add(clerkgen.Event("user.created", bob, at(0)))
+	l.add(clerkgen.OrganizationEvent("organization.created", acme, at(0)))
+	l.add(clerkgen.MembershipEvent("organizationMembership.created", clerkgen.Membership{ID: "orgmem_bob", Organization: acme, User: bob, CreatedAt: at(1), UpdatedAt: at(1)}, at(1)))
+	renamed := acme
+	renamed.Name, renamed.UpdatedAt = "Acme Renamed", at(2)
+	l.add(clerkgen.MembershipEvent("organizationMembership.created", clerkgen.Membership{ID: "orgmem_ada", Organization: renamed, User: ada, CreatedAt: at(2), UpdatedAt: at(2)}, at(2)))
+	l.catchUp()
+	if _, err := l.svc.Erase(l.ctx, auditor, audit.EraseInput{UserID: "user_ada", Reason: "DSR-7"}); err != nil {
+		t.Fatal(err)
+	}
+	l.catchUp()
+	p := projections.NewOrganizations()
+	c, err := projections.Check(l.ctx, l.db, p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Differences) != 0 {
+		t.Errorf("check organizations after the erasure: %+v", c.Differences)
+	}
+	before, err := schema.GetOrganization(l.ctx, l.db, "org_acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := projections.Rebuild(l.ctx, l.db, p, nil); err != nil {
+		t.Fatal(err)
+	}
+	after, err := schema.GetOrganization(l.ctx, l.db, "org_acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(before) != fmt.Sprint(after) {
+		t.Errorf("a rebuild after the erasure changed the organization:\nlive:    %+v\nrebuilt: %+v", before, after)
+	}
+}
