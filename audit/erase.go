@@ -88,9 +88,10 @@ func (s *Service) RecoverErasures(ctx context.Context) (int, error) {
 	return len(users), nil
 }
 
-// EraseDeletedBefore erases every user deleted (user.deleted) before t and
-// not erased yet, at most limit, as actor (LEDGER_ERASE_AFTER_DELETE); it
-// returns the users it erased.
+// EraseDeletedBefore erases every user deleted in Clerk (user.deleted, or
+// user.snapshot_deleted from reconcile) before t and not erased yet, at
+// most limit, as actor (LEDGER_ERASE_AFTER_DELETE); it returns the users
+// it erased.
 func (s *Service) EraseDeletedBefore(ctx context.Context, a Actor, t time.Time, limit int) ([]string, error) {
 	users, err := schema.DeletedBefore(ctx, s.db, t, limit)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -412,5 +413,43 @@ func TestEraseOrganizationsCheckAndRebuildAgree(t *testing.T) {
 	}
 	if fmt.Sprint(before) != fmt.Sprint(after) {
 		t.Errorf("a rebuild after the erasure changed the organization:\nlive:    %+v\nrebuilt: %+v", before, after)
+	}
+}
+
+// TestEraseDeletedBeforeFindsUsersReconcileSawGone: Clerk's user.deleted
+// webhook never arrived (Svix gave up), and reconcile recorded that the
+// Backend API no longer has the user (user.snapshot_deleted): the user
+// is deleted in Clerk as much as one whose webhook came, the users fold
+// deletes them, and LEDGER_ERASE_AFTER_DELETE erases them too.
+func TestEraseDeletedBeforeFindsUsersReconcileSawGone(t *testing.T) {
+	l := newEraseLedger(t)
+	l.history() // Bob is never deleted by a webhook
+	gone, err := domain.NewSnapshotDeleted("user_bob", at(3), "not listed by GET /v1/users; GET /v1/users/{id} answered 404")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := l.db.BeginTxx(l.ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if _, err := schema.AppendSnapshots(l.ctx, tx, []domain.Delivery{gone}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	l.catchUp()
+	if u, err := schema.GetUser(l.ctx, l.db, "user_bob"); err != nil || !u.Deleted {
+		t.Fatalf("Bob is not deleted in the users table: %+v %v", u, err)
+	}
+	auto := audit.Actor{ID: "ledger:auto", Channel: schema.ChannelCLI}
+	got, err := l.svc.EraseDeletedBefore(l.ctx, auto, at(4), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, []string{"user_ada", "user_bob"}) {
+		t.Fatalf("erased %v, want [user_ada user_bob]", got)
 	}
 }

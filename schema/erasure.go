@@ -286,13 +286,15 @@ func PendingErasures(ctx context.Context, q Queryer) ([]string, error) {
 	return out, nil
 }
 
-// DeletedBefore returns the users deleted (a user.deleted event) before t
-// and not erased, at most limit (LEDGER_ERASE_AFTER_DELETE).
+// DeletedBefore returns the users deleted in Clerk before t and not
+// erased, at most limit (LEDGER_ERASE_AFTER_DELETE): those with a
+// user.deleted event, or a user.snapshot_deleted (reconcile found the
+// user gone from the Backend API: the webhook never came) before t.
 func DeletedBefore(ctx context.Context, q Queryer, t time.Time, limit int) ([]string, error) {
 	out, err := queryStrings(ctx, q, `SELECT DISTINCT e.user_id FROM events e
-WHERE e.type = 'user.deleted' AND e.user_id IS NOT NULL AND e.occurred_at < $1
+WHERE e.type = ANY($3) AND e.user_id IS NOT NULL AND e.occurred_at < $1
   AND NOT EXISTS (SELECT 1 FROM erasures r WHERE r.user_id = e.user_id)
-LIMIT $2`, t, limit)
+LIMIT $2`, t, limit, pq.Array([]string{"user.deleted", domain.TypeUserSnapshotDeleted}))
 	if err != nil {
 		return nil, fmt.Errorf("read deleted users: %w", err)
 	}

@@ -53,8 +53,9 @@ type config struct {
 	// serve runs the relay when Relay.URL is set.
 	Relay relay.Config
 
-	// EraseAfterDelete, when not 0, is how long after a user.deleted serve
-	// erases the user (LEDGER_ERASE_AFTER_DELETE; erase.go).
+	// EraseAfterDelete, when not 0, is how long after a user.deleted (or
+	// reconcile's user.snapshot_deleted) serve erases the user
+	// (LEDGER_ERASE_AFTER_DELETE; erase.go).
 	EraseAfterDelete time.Duration
 }
 
