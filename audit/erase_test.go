@@ -453,3 +453,30 @@ func TestEraseDeletedBeforeFindsUsersReconcileSawGone(t *testing.T) {
 		t.Fatalf("erased %v, want [user_ada user_bob]", got)
 	}
 }
+
+// TestEraseRedactsPrefixSearchesForHerAddress: the workspace's search
+// takes an address prefix ending in "*" ("ada.lovelace@*" finds every
+// account of hers); the access log records it as typed. Once she is
+// erased, a prefix of her address is redacted like the address itself;
+// a prefix of no address of hers (or of Bob's) is left alone.
+func TestEraseRedactsPrefixSearchesForHerAddress(t *testing.T) {
+	l := newEraseLedger(t)
+	l.history()
+	for _, email := range []string{"Ada.Lovelace@*", "ada.lovelace@example.c*", "bob@*"} {
+		if _, err := l.svc.Search(l.ctx, auditor, audit.EventQuery{}, email, 0, func(int, schema.AuditEvent) {}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if found := l.plaintextLeft([]string{"ada.lovelace@"}); len(found) == 0 {
+		t.Fatal("the access log does not hold the searches: the test cannot fail")
+	}
+	if _, err := l.svc.Erase(l.ctx, auditor, audit.EraseInput{UserID: "user_ada", Reason: "DSR-9"}); err != nil {
+		t.Fatal(err)
+	}
+	if found := l.plaintextLeft([]string{"ada.lovelace@"}); len(found) > 0 {
+		t.Errorf("a search by a prefix of her address is left:\n%s", strings.Join(found, "\n"))
+	}
+	if found := l.plaintextLeft([]string{"bob@*"}); len(found) == 0 {
+		t.Error("a search for Bob's addresses was redacted too")
+	}
+}

@@ -186,7 +186,10 @@ func redactAccessOf(ctx context.Context, tx *sqlx.Tx, user string) error {
 	if err != nil {
 		return fmt.Errorf("redact the access log: emails: %w", err)
 	}
-	return redactAccess(ctx, tx, append(terms, emails...))
+	if e := NormalizeEmail(rows[user].User.Email); e != "" {
+		emails = append(emails, e)
+	}
+	return redactAccess(ctx, tx, append(terms, emails...), emails)
 }
 
 // personalTerms are the values of u that an auditor may have searched for.
@@ -223,9 +226,11 @@ func queryStrings(ctx context.Context, q Queryer, query string, args ...any) ([]
 }
 
 // redactAccess replaces, in every audit access entry, each filter value
-// that contains one of terms (case-insensitively) with "[erased]".
-func redactAccess(ctx context.Context, tx *sqlx.Tx, terms []string) error {
-	if len(terms) == 0 {
+// that contains one of terms (case-insensitively), or that is a prefix
+// search (Search: a prefix ending in "*") whose prefix, 3 characters or
+// more, starts one of emails (normalized, NormalizeEmail), with "[erased]".
+func redactAccess(ctx context.Context, tx *sqlx.Tx, terms, emails []string) error {
+	if len(terms) == 0 && len(emails) == 0 {
 		return nil
 	}
 	for i := range terms {
@@ -235,10 +240,10 @@ func redactAccess(ctx context.Context, tx *sqlx.Tx, terms []string) error {
 		return fmt.Errorf("redact the access log: %w", Classify(err))
 	}
 	_, err := tx.ExecContext(ctx, `UPDATE audit_access a SET filters = (
-  SELECT jsonb_object_agg(f.key, CASE WHEN EXISTS (SELECT 1 FROM unnest($1::text[]) t(s) WHERE strpos(lower(f.value #>> '{}'), t.s) > 0)
+  SELECT jsonb_object_agg(f.key, CASE WHEN `+redactedValue(`(f.value #>> '{}')`)+`
     THEN to_jsonb('[erased]'::text) ELSE f.value END)
   FROM jsonb_each(a.filters) f)
-WHERE EXISTS (SELECT 1 FROM jsonb_each_text(a.filters) f, unnest($1::text[]) t(s) WHERE strpos(lower(f.value), t.s) > 0)`, pq.Array(terms))
+WHERE EXISTS (SELECT 1 FROM jsonb_each_text(a.filters) f WHERE `+redactedValue(`f.value`)+`)`, pq.Array(terms), pq.Array(emails))
 	if err != nil {
 		return fmt.Errorf("redact the access log: %w", Classify(err))
 	}
@@ -246,6 +251,15 @@ WHERE EXISTS (SELECT 1 FROM jsonb_each_text(a.filters) f, unnest($1::text[]) t(s
 		return fmt.Errorf("redact the access log: %w", Classify(err))
 	}
 	return nil
+}
+
+// redactedValue is redactAccess's condition on the filter value v (a text
+// expression): it contains one of $1, or it is a prefix search of one of
+// the addresses $2.
+func redactedValue(v string) string {
+	return `(EXISTS (SELECT 1 FROM unnest($1::text[]) t(s) WHERE strpos(lower(` + v + `), t.s) > 0)
+    OR (right(` + v + `, 1) = '*' AND length(` + v + `) > 3
+        AND EXISTS (SELECT 1 FROM unnest($2::text[]) m(s) WHERE starts_with(m.s, lower(left(` + v + `, -1))))))`
 }
 
 // GetErasure returns the erasure of user. Errors: ENOTFOUND when the user
