@@ -480,3 +480,24 @@ func TestEraseRedactsPrefixSearchesForHerAddress(t *testing.T) {
 		t.Error("a search for Bob's addresses was redacted too")
 	}
 }
+
+// TestEraseSealsADeliveryWithAnOddFieldBesideItsUser: a session event
+// names its user in data.user_id, and carries a field the subject's
+// decoding also reads (public_user_data) with another JSON type than a
+// membership's object. Its user is still the one data.user_id names: the
+// body is sealed under her key, so erasing her leaves no IP or browser of
+// it (it was stored in clear, for no user).
+func TestEraseSealsADeliveryWithAnOddFieldBesideItsUser(t *testing.T) {
+	l := newEraseLedger(t)
+	l.history()
+	l.add([]byte(`{"type":"session.created","object":"event","timestamp":`+fmt.Sprint(at(2).UnixMilli())+
+		`,"data":{"id":"sess_2","object":"session","user_id":"user_ada","public_user_data":"n/a","latest_activity":{"ip_address":"198.51.100.23","browser_name":"Ladybird/0.9"}}}`), nil)
+	l.catchUp()
+	if _, err := l.svc.Erase(l.ctx, auditor, audit.EraseInput{UserID: "user_ada", Reason: "DSR-11"}); err != nil {
+		t.Fatal(err)
+	}
+	l.catchUp()
+	if found := l.plaintextLeft([]string{"198.51.100.23", "Ladybird/0.9"}); len(found) > 0 {
+		t.Errorf("a delivery about the erased user kept in clear:\n%s", strings.Join(found, "\n"))
+	}
+}

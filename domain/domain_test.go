@@ -141,6 +141,10 @@ func TestParseEnvelopeAndSubject(t *testing.T) {
 		{`{"type":"session.created","data":{"id":"sess_1","user_id":"user_2"}}`, "user_2", true},
 		{`{"type":"organizationMembership.created","data":{"id":"m","public_user_data":{"user_id":"user_3"}}}`, "user_3", true},
 		{`{"type":"organization.created","data":{"id":"org_1","created_by":"user_4"}}`, "", true},
+		// A subject field of another type is skipped, not the subject.
+		{`{"type":"session.created","data":{"id":"sess_1","user_id":"user_5","public_user_data":"n/a"}}`, "user_5", true},
+		{`{"type":"user.updated","data":{"id":"user_6","user_id":6,"payer":[1]}}`, "user_6", true},
+		{`{"type":"session.created","data":{"id":"sess_1","user_id":7,"public_user_data":{"user_id":"user_7"}}}`, "user_7", true},
 		{`{"type":"user.created"}`, "", false},
 		{`{"data":{}}`, "", false},
 		{`{"type":"user.created","data":null}`, "", false},

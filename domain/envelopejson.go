@@ -1,11 +1,15 @@
 package domain
 
-import "encoding/json"
+import (
+	"encoding/json"
+	"errors"
+)
 
 // decodeEnvelope decodes a webhook body into its Envelope and the fields
 // naming its subject user, exactly as json.Unmarshal into Envelope, then of
-// its Data into subjectData, would: same results, and err exactly when the
-// first json.Unmarshal fails (subjectOK false when the second does).
+// its Data into subjectData (decodeSubject), would: same results, and err
+// exactly when the first json.Unmarshal fails (subjectOK false when the
+// second does).
 //
 // Most bodies take a single pass of the scanner (see decodeUserEnvelope),
 // which validates the whole document, keeps Data as a slice of body (it is
@@ -19,8 +23,27 @@ func decodeEnvelope(body []byte) (env Envelope, subj subjectData, subjectOK bool
 	if err := json.Unmarshal(body, &env); err != nil {
 		return env, subjectData{}, false, err
 	}
-	subjectOK = json.Unmarshal(env.Data, &subj) == nil
+	subj, subjectOK = decodeSubject(env.Data)
 	return env, subj, subjectOK, nil
+}
+
+// decodeSubject decodes data into subjectData as json.Unmarshal does,
+// except that a field of another JSON type than subjectData's (a
+// "public_user_data" string beside a session's "user_id", say) is left
+// empty rather than losing every other field: ok is false only when data
+// does not decode at all. The subject is what the event's user is sealed
+// under; one odd field must not leave a body about a user in clear.
+func decodeSubject(data []byte) (d subjectData, ok bool) {
+	err := json.Unmarshal(data, &d)
+	if err == nil {
+		return d, true
+	}
+	var typeErr *json.UnmarshalTypeError
+	if errors.As(err, &typeErr) {
+		// encoding/json skips the field and decodes the rest.
+		return d, true
+	}
+	return subjectData{}, false
 }
 
 // scanEnvelope is the fast path of decodeEnvelope; ok is false when it could

@@ -3,6 +3,7 @@ package domain
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"testing"
 )
 
@@ -13,6 +14,8 @@ var envelopeSeeds = []string{
 	`{"data":{"id":"sub_1","payer":{"user_id":"user_3","email":"a@b"}},"type":"subscription.created","timestamp":1}`,
 	`{"data":{"id":"user_4","object":"user"},"type":"email.created","timestamp":1716883200}`,
 	`{"data":{"public_user_data":null,"payer":null},"type":"x"}`,
+	`{"data":{"id":"sess_1","user_id":"user_1","public_user_data":"n/a"},"type":"session.created"}`,
+	`{"data":{"id":"user_1","object":"user","user_id":5,"payer":[1]},"type":"user.updated"}`,
 	`{"data":{"public_user_data":{"User_ID":"u"}},"type":"x"}`,
 	`{"data":{"public_user_data":{"user_id":"u","user_id":"v"}},"type":"x"}`,
 	`{"data":{"user_id":7},"type":"x"}`,
@@ -71,7 +74,16 @@ func checkEnvelope(t *testing.T, b []byte) bool {
 	var want Envelope
 	wantErr := json.Unmarshal(b, &want)
 	var wantSubj subjectData
-	wantSubjOK := wantErr == nil && json.Unmarshal(want.Data, &wantSubj) == nil
+	wantSubjOK := false
+	if wantErr == nil {
+		// encoding/json, a field of another type skipped (decodeSubject).
+		err := json.Unmarshal(want.Data, &wantSubj)
+		var typeErr *json.UnmarshalTypeError
+		wantSubjOK = err == nil || errors.As(err, &typeErr)
+		if !wantSubjOK {
+			wantSubj = subjectData{}
+		}
+	}
 	same := func(env Envelope, subj subjectData, subjOK bool) bool {
 		return env.Type == want.Type && env.Object == want.Object && env.Timestamp == want.Timestamp &&
 			env.InstanceID == want.InstanceID && bytes.Equal(env.Data, want.Data) &&

@@ -102,8 +102,8 @@ func (e Envelope) SubjectUserID() string {
 
 // subject is SubjectUserID and the field it was read from.
 func (e Envelope) subject() (id, field string) {
-	var d subjectData
-	if err := json.Unmarshal(e.Data, &d); err != nil {
+	d, ok := decodeSubject(e.Data)
+	if !ok {
 		return "", ""
 	}
 	return e.subjectOf(d)
