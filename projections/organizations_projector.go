@@ -196,8 +196,20 @@ func (p *Organizations) Apply(ctx context.Context, tx *sqlx.Tx, events []domain.
 		if err != nil {
 			return nil, err
 		}
-		for _, id := range orgsOf {
-			recount[id] = true
+		// A membership event carries its organization's object: the row
+		// may show an erased member's event, which a rebuild can no longer
+		// read. Those organizations are folded again from what can be.
+		shaped, err := schema.OrganizationsShapedBy(ctx, tx, p.orgs, erased)
+		if err != nil {
+			return nil, err
+		}
+		again := map[string]bool{}
+		for _, id := range append(orgsOf, shaped...) {
+			recount[id], again[id] = true, true
+		}
+		delete(again, "")
+		if err := p.foldAgain(ctx, tx, keys(again), lastOf(events)); err != nil {
+			return nil, err
 		}
 	}
 	delete(recount, "")
@@ -207,6 +219,56 @@ func (p *Organizations) Apply(ctx context.Context, tx *sqlx.Tx, events []domain.
 		}
 	}
 	return failures, nil
+}
+
+// foldAgain replaces the rows of the organizations ids with their fold
+// from the empty state over every event up to upTo, as a rebuild folds
+// them: an erased member's events are about nothing now, and an
+// organization no event makes any more is deleted. It reads every
+// organization event up to upTo (opening the sealed membership events),
+// so it runs only for an erasure.
+func (p *Organizations) foldAgain(ctx context.Context, tx *sqlx.Tx, ids []string, upTo schema.Cursor) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	want := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		want[id] = true
+	}
+	s := newOrgStates()
+	err := schema.StreamEvents(ctx, tx, schema.Cursor{}, upTo, domain.OrganizationEventTypes(), func(e domain.Event) error {
+		if x, f := parseOrg(e); f == nil && want[x.OrganizationID()] {
+			foldRow(s.orgs, x.OrganizationID(), schema.After(e), func(r *schema.OrganizationRow) {
+				r.Organization = domain.ApplyOrganization(r.Organization, x)
+			})
+		}
+		return ctx.Err()
+	})
+	if err != nil {
+		return fmt.Errorf("fold %d organizations again after an erasure: %w", len(ids), err)
+	}
+	var gone []string
+	for _, id := range ids {
+		if s.orgs[id] == nil {
+			gone = append(gone, id)
+		}
+	}
+	if err := p.orgs.Delete(ctx, tx, gone); err != nil {
+		return err
+	}
+	orgs, _ := s.rows()
+	return p.orgs.Upsert(ctx, tx, orgs)
+}
+
+// lastOf returns the greatest cursor of events (not empty).
+func lastOf(events []domain.Event) schema.Cursor {
+	var c schema.Cursor
+	for _, e := range events {
+		if a := schema.After(e); c.Less(a) {
+			c = a
+		}
+	}
+	return c
 }
 
 func keys(m map[string]bool) []string {

@@ -121,6 +121,23 @@ func RecountMembers(ctx context.Context, q Execer, orgs OrganizationsTable, mems
 	return nil
 }
 
+// OrganizationsShapedBy returns the ids of the organizations in orgs whose
+// row an event about one of users shaped: its winning snapshot
+// (version_delivery_id) or its last event (last_position) is one of theirs.
+// A membership event carries its organization's object, so an erased
+// member's event can be what the row shows; the organizations projector
+// folds those rows again when the member is erased. Each organization
+// costs two index probes of events.
+func OrganizationsShapedBy(ctx context.Context, q Queryer, orgs OrganizationsTable, users []string) ([]string, error) {
+	out, err := queryStrings(ctx, q, `SELECT o.id FROM `+orgs.ident()+` o
+WHERE EXISTS (SELECT 1 FROM events e WHERE e.delivery_id = o.version_delivery_id AND e.user_id = ANY($1))
+   OR EXISTS (SELECT 1 FROM events e WHERE e.position = o.last_position AND e.user_id = ANY($1))`, pq.Array(users))
+	if err != nil {
+		return nil, fmt.Errorf("read the organizations shaped by %d users: %w", len(users), err)
+	}
+	return out, nil
+}
+
 // GetOrganization returns the projected organization with that id.
 // Errors: ENOTFOUND when none has been projected.
 func GetOrganization(ctx context.Context, q Queryer, id string) (OrganizationRow, error) {
