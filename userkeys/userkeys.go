@@ -229,6 +229,7 @@ func (k *Keyring) dataKey(user string, wrapped []byte) (cipher.AEAD, error) {
 	k.mu.Lock()
 	c, ok := k.cache[user]
 	d, dok := k.deks[user]
+	forgets := k.forgets
 	k.mu.Unlock()
 	if ok && c.wrapped == string(wrapped) {
 		return c.aead, nil
@@ -241,21 +242,25 @@ func (k *Keyring) dataKey(user string, wrapped []byte) (cipher.AEAD, error) {
 		d = dekEntry{wrapped: string(wrapped), at: time.Now()}
 		copy(d.dek[:], dek)
 	}
-	return k.ready(user, d, false)
+	return k.ready(user, d, false, forgets)
 }
 
 // ready makes the cipher of d, user's data key, and keeps both (evicting
-// one entry of each when full). With kept, d is an entry of k.deks: when
-// it is no longer there (Forget ran meanwhile: an erasure) the cipher
-// serves the caller once and nothing is kept, so an erasure in this
-// process drops the key for good, however it races.
-func (k *Keyring) ready(user string, d dekEntry, kept bool) (cipher.AEAD, error) {
+// one entry of each when full), unless Forget ran since the caller read
+// forgets (k.forgets, under k.mu) or, with kept (d is an entry of
+// k.deks), d is no longer there: then the cipher serves the caller once
+// and nothing is kept, so an erasure in this process drops the key for
+// good, however it races with a read that was unwrapping it.
+func (k *Keyring) ready(user string, d dekEntry, kept bool, forgets uint64) (cipher.AEAD, error) {
 	a, err := gcm(d.dek[:])
 	if err != nil {
 		return nil, err
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if k.forgets != forgets {
+		return a, nil
+	}
 	if cur, ok := k.deks[user]; kept && (!ok || cur.wrapped != d.wrapped) {
 		return a, nil
 	}
@@ -326,6 +331,7 @@ func (k *Keyring) fresh(user string) (cipher.AEAD, bool, error) {
 		ok = false
 	}
 	c, cok := k.cache[user]
+	forgets := k.forgets
 	k.mu.Unlock()
 	switch {
 	case !ok:
@@ -333,7 +339,7 @@ func (k *Keyring) fresh(user string) (cipher.AEAD, bool, error) {
 	case cok && c.wrapped == d.wrapped:
 		return c.aead, true, nil
 	}
-	a, err := k.ready(user, d, true)
+	a, err := k.ready(user, d, true, forgets)
 	return a, err == nil, err
 }
 

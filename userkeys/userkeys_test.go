@@ -262,9 +262,10 @@ func TestForgetWinsOverAPromotion(t *testing.T) {
 	k.mu.Lock()
 	d := k.deks["user_1"]
 	delete(k.cache, "user_1") // the cipher evicted, the key kept
+	forgets := k.forgets
 	k.mu.Unlock()
 	k.Forget("user_1") // between fresh's look-up and its ready
-	if _, err := k.ready("user_1", d, true); err != nil {
+	if _, err := k.ready("user_1", d, true, forgets); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := k.cache["user_1"]; ok || k.CachedKey("user_1") != nil {
@@ -272,6 +273,32 @@ func TestForgetWinsOverAPromotion(t *testing.T) {
 	}
 	if _, _, ok, _ := k.SealCached("user_1", "msg_2", []byte(`{}`)); ok {
 		t.Fatal("a forgotten key sealed")
+	}
+}
+
+// TestForgetWinsOverAnUnwrap: a read that unwraps a user's key from its
+// row while an erasure in this process forgets the user (dataKey: the
+// look-up, the unwrap, then ready) does not cache the key again; the read
+// itself still opens its body (its statement saw the key before the
+// erasure).
+func TestForgetWinsOverAnUnwrap(t *testing.T) {
+	k, wrapped, _, _ := sealedOne(t)
+	k.Forget("user_1") // the cache empty: the next read unwraps
+	k.mu.Lock()
+	forgets := k.forgets // dataKey's look-up
+	k.mu.Unlock()
+	dek, err := k.unwrap("user_1", wrapped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := dekEntry{wrapped: string(wrapped), at: time.Now()}
+	copy(d.dek[:], dek)
+	k.Forget("user_1") // the erasure, while the read unwraps
+	if _, err := k.ready("user_1", d, false, forgets); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := k.cache["user_1"]; ok || k.CachedKey("user_1") != nil {
+		t.Fatal("a key forgotten while a read unwrapped it was cached again")
 	}
 }
 
