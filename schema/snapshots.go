@@ -287,10 +287,11 @@ ON CONFLICT (kind, object_id, position) DO UPDATE SET reason = EXCLUDED.reason, 
 
 // SetImportPlace records that every page of the pass of kind before offset
 // next is stored (the place only moves forward), and the pass finished when
-// finished.
+// finished. A place behind the recorded one (a writer racing the one that
+// stored the later pages) changes nothing: not the place, not the finish.
 func SetImportPlace(ctx context.Context, q Execer, kind string, next int, finished bool) error {
 	_, err := q.ExecContext(ctx, `UPDATE clerk_imports SET updated_at = now(), next_offset = GREATEST(next_offset, $2),
-  finished_at = CASE WHEN $3 THEN now() END
+  finished_at = CASE WHEN $2 < next_offset THEN finished_at WHEN $3 THEN now() END
 WHERE kind = $1`, kind, next, finished)
 	if err != nil {
 		return fmt.Errorf("advance import %s: %w", kind, Classify(err))

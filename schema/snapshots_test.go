@@ -107,3 +107,29 @@ func TestAppendSnapshotsRacingWriters(t *testing.T) {
 		t.Fatalf("%d events, %v", n, err)
 	}
 }
+
+// Two import writers record their places in either order (each after its
+// own page's transaction): a late, smaller place must neither move the
+// place back nor take back the finish the last page recorded.
+func TestSetImportPlaceLatePlaceKeepsTheFinish(t *testing.T) {
+	db := schematest.NewDB(t)
+	ctx := context.Background()
+	if err := schema.StartImport(ctx, db, "users", 530); err != nil {
+		t.Fatal(err)
+	}
+	// The writer of the last page (400..530) records first; the writer of
+	// the page before it (300..400), racing it, second.
+	if err := schema.SetImportPlace(ctx, db, "users", 530, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := schema.SetImportPlace(ctx, db, "users", 400, false); err != nil {
+		t.Fatal(err)
+	}
+	st, ok, err := schema.ReadImport(ctx, db, "users")
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if st.NextOffset != 530 || !st.Finished {
+		t.Fatalf("import state %+v: want place 530, finished (the next import must start a new pass, not resume at the end)", st)
+	}
+}
