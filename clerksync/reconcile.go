@@ -100,6 +100,15 @@ func (s *Syncer) reconcile(ctx context.Context, o ReconcileOptions, run *schema.
 	}
 	run.LedgerUsers = int64(live)
 	listed := make(map[string]bool, len(versions))
+	// seen is each listed user's greatest updated_at so far and the count
+	// it went to: a user seen twice in one pass (the list shifted) is
+	// compared again when the later sighting is newer (it changed in
+	// between), and counted once, as that sighting.
+	type sighting struct {
+		updatedAt int64
+		counted   *int64
+	}
+	seen := make(map[string]sighting, len(versions))
 	err = s.eachPage(ctx, s.api.ListUsersInto, 0, func(p *clerkapi.Page) error {
 		var repairs []domain.Delivery
 		for _, f := range p.Failures {
@@ -110,12 +119,18 @@ func (s *Syncer) reconcile(ctx context.Context, o ReconcileOptions, run *schema.
 			}
 		}
 		for _, u := range p.Users {
-			if listed[u.ID] {
-				continue // seen twice in one pass (the list shifted)
+			if prev, ok := seen[u.ID]; ok {
+				if u.UpdatedAt <= prev.updatedAt {
+					continue // seen twice in one pass (the list shifted), unchanged
+				}
+				*prev.counted-- // counted again below, as the newer sighting
+			} else {
+				run.ClerkUsers++
 			}
 			listed[u.ID] = true
-			run.ClerkUsers++
-			if d, ok := s.compare(run, versions, u); ok {
+			d, ok, counted := s.compare(run, versions, u)
+			seen[u.ID] = sighting{updatedAt: u.UpdatedAt, counted: counted}
+			if ok {
 				repairs = append(repairs, d)
 			}
 		}
@@ -145,7 +160,7 @@ func (s *Syncer) reconcile(ctx context.Context, o ReconcileOptions, run *schema.
 		u, err := s.api.GetUser(ctx, id)
 		switch domain.ErrorCode(err) {
 		case "":
-			if d, ok := s.compare(run, versions, u); ok {
+			if d, ok, _ := s.compare(run, versions, u); ok {
 				repairs = append(repairs, d)
 			}
 			run.ClerkUsers++
@@ -171,31 +186,31 @@ func (s *Syncer) reconcile(ctx context.Context, o ReconcileOptions, run *schema.
 }
 
 // compare counts u against the projection and returns the snapshot that
-// repairs it, if any.
-func (s *Syncer) compare(run *schema.ReconcileRun, versions map[string]schema.UserVersion, u clerkapi.User) (domain.Delivery, bool) {
+// repairs it, if any, and the count of run it added one to.
+func (s *Syncer) compare(run *schema.ReconcileRun, versions map[string]schema.UserVersion, u clerkapi.User) (domain.Delivery, bool, *int64) {
 	v, ok := versions[u.ID]
 	switch {
 	case ok && (v.Deleted || v.Erased):
 		// An erased user's tombstone has no version to compare: whatever
 		// Clerk holds now would only be stored discarded, run after run.
 		run.DeletedHere++
-		return domain.Delivery{}, false
+		return domain.Delivery{}, false, &run.DeletedHere
 	case ok && v.UpdatedAt >= u.UpdatedAt:
 		run.Same++
-		return domain.Delivery{}, false
+		return domain.Delivery{}, false, &run.Same
 	}
 	d, err := domain.NewSnapshot(u.ID, u.UpdatedAt, u.Raw)
 	if err != nil {
 		run.Failed++
 		s.log.Warn("clerk user not reconciled", "user_id", u.ID, "reason", reason(err))
-		return domain.Delivery{}, false
+		return domain.Delivery{}, false, &run.Failed
 	}
 	if ok {
 		run.Stale++
-	} else {
-		run.Missing++
+		return d, true, &run.Stale
 	}
-	return d, true
+	run.Missing++
+	return d, true, &run.Missing
 }
 
 // repair appends ds in one transaction unless it is a dry run, counting

@@ -196,3 +196,49 @@ func TestReconcileRunsOneAtATime(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A user seen twice in one pass (a user created with a past created_at,
+// as a migration does, shifted the list by one) who changed between the
+// two sightings is compared with the newer sighting: the pass must not
+// keep the older copy and call the user the same.
+func TestReconcileSeenTwiceKeepsTheNewerSighting(t *testing.T) {
+	e := newEnv(t, 30)
+	ctx := context.Background()
+	if _, err := e.sync.ImportUsers(ctx, clerksync.ImportOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.project()
+	list := e.api.List()
+	moved := list[9].ID // the last user of page 0, listed again first on page 1
+	e.api.OnList(func(offset, limit int) {
+		if offset != 10 {
+			return
+		}
+		e.api.OnList(nil)
+		migrated, err := e.api.Get(list[0].ID)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		migrated.ID, migrated.CreatedAt, migrated.UpdatedAt = "user_migrated_from_elsewhere", list[0].CreatedAt-1, 0
+		if err := e.api.Put(migrated); err != nil {
+			t.Error(err)
+		}
+		if err := e.api.Update(moved, func(u *clerkapitest.User) { u.LastName = ptr("ChangedMidPass") }); err != nil {
+			t.Error(err)
+		}
+	})
+	e.sync.PageSize = 10
+	run, err := e.sync.Reconcile(ctx, clerksync.ReconcileOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The migrated user lands before the offset (not listed this pass).
+	if run.Stale != 1 || run.Same != 29 || run.ClerkUsers != 30 || run.Repaired != 1 {
+		t.Fatalf("run %+v: want %s stale (changed between its two sightings), counted once", run, moved)
+	}
+	e.project()
+	if u := e.user(moved); u.LastName != "ChangedMidPass" {
+		t.Fatalf("user seen twice: last name %q, want the newer sighting's", u.LastName)
+	}
+}
