@@ -217,7 +217,7 @@ func ProofTarget(ctx context.Context, q Queryer, position, size int64) (LogCheck
   COALESCE(e.position, 0), COALESCE(e.transaction_id, '0'::xid8), COALESCE(e.delivery_id, ''), COALESCE(e.type, ''), COALESCE(e.user_id, ''),
   COALESCE(e.occurred_at, 'epoch'), COALESCE(e.received_at, 'epoch'), COALESCE(e.body, ''), COALESCE(e.svix_timestamp, 0), COALESCE(e.svix_signature, ''), COALESCE(e.source, ''),
   `+eSealColumns+`
-FROM (SELECT `+checkpointColumns+` FROM log_checkpoints WHERE $2 = 0 OR tree_size = $2 ORDER BY tree_size DESC LIMIT 1) c
+FROM (SELECT `+checkpointColumns+` FROM log_checkpoints WHERE $2::bigint = 0 OR tree_size = $2::bigint ORDER BY tree_size DESC LIMIT 1) c
 LEFT JOIN events e ON e.position = $1
 LEFT JOIN log_leaves l ON l.position = e.position`, position, size)
 	var (
