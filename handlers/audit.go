@@ -115,17 +115,13 @@ func exportEvents(w http.ResponseWriter, r *http.Request, log *slog.Logger, svc 
 	}
 }
 
-// parseAt parses the optional at parameter (RFC 3339).
+// parseAt parses the optional at parameter (RFC 3339, parseTimeText).
 func parseAt(r *http.Request) (time.Time, error) {
 	s := strings.TrimSpace(r.URL.Query().Get("at"))
 	if s == "" {
 		return time.Time{}, nil
 	}
-	t, err := time.Parse(time.RFC3339Nano, s)
-	if err != nil {
-		return time.Time{}, domain.Errorf(domain.EINVALID, "at %q is not an RFC 3339 time (e.g. 2024-05-28T12:00:00Z)", s)
-	}
-	return t, nil
+	return parseTimeText("at", s)
 }
 
 // checkUserID returns EINVALID unless id (from a path) is 1 to 200 bytes

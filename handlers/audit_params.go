@@ -61,11 +61,24 @@ func parseTimeParam(v url.Values, name string) (time.Time, error) {
 	if s == "" {
 		return time.Time{}, nil
 	}
+	return parseTimeText(name, s)
+}
+
+// parseTimeText parses s, the parameter name, as RFC 3339 and returns it in
+// UTC. Errors: EINVALID naming it when s does not parse or its instant in
+// UTC falls outside the years 0000 to 9999 (RFC 3339 lets an offset carry
+// 9999-12-31T23:59:59-23:59 into the year 10000, which answers cannot
+// encode as JSON).
+func parseTimeText(name, s string) (time.Time, error) {
 	t, err := time.Parse(time.RFC3339Nano, s)
 	if err != nil {
 		return time.Time{}, domain.Errorf(domain.EINVALID, "%s %q is not an RFC 3339 time (e.g. 2024-05-28T12:00:00Z)", name, s)
 	}
-	return t.UTC(), nil
+	t = t.UTC()
+	if y := t.Year(); y < 0 || y > 9999 {
+		return time.Time{}, domain.Errorf(domain.EINVALID, "%s %q is outside the years 0000 to 9999 in UTC", name, s)
+	}
+	return t, nil
 }
 
 // parseUserPage reads order (time, the default, or ledger), limit (default

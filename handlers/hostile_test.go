@@ -3,6 +3,7 @@ package handlers
 import (
 	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/clerk-ledger/clerk-ledger/clerkgen"
@@ -30,5 +31,33 @@ func TestProofOfHugeTreeSizeIs404(t *testing.T) {
 	}
 	if res, body := e.get(t, listedAuditor, "/api/audit/events/1/proof?size=1"); res.StatusCode != http.StatusOK {
 		t.Errorf("size=1 (the kept checkpoint): %d %s", res.StatusCode, body)
+	}
+}
+
+// TestViewAtOutsideJSONYearsIs400: an `at` whose instant in UTC falls
+// outside the years 0000 to 9999 (RFC 3339 allows 9999-12-31T23:59:59-23:59,
+// which is in the year 10000 in UTC) is a 400 naming it. (Before, the view
+// ran and its answer, which gives `at` in UTC, failed to encode after the
+// 200 was sent: an empty 200.)
+func TestViewAtOutsideJSONYearsIs400(t *testing.T) {
+	e := newAuditEnv(t)
+	e.append(t, "msg_a", "user.created", clerkgen.User{ID: "user_a", Email: "a@example.com"}, tBase)
+	e.visible(t, 1)
+	for _, at := range []string{"9999-12-31T23:59:59-23:59", "0000-01-01T00:00:00%2B00:01"} {
+		for _, path := range []string{"/api/audit/users/user_a", "/api/audit/users/user_a/organizations", "/api/audit/organizations/org_a", "/api/audit/events"} {
+			param := "at"
+			if path == "/api/audit/events" {
+				param = "until"
+			}
+			res, body := e.get(t, listedAuditor, path+"?"+param+"="+at)
+			var eb errorBody
+			if res.StatusCode != http.StatusBadRequest || json.Unmarshal(body, &eb) != nil || eb.Error.Code != domain.EINVALID || !strings.Contains(eb.Error.Message, param) {
+				t.Errorf("%s?%s=%s: %d %q, want 400 naming %s", path, param, at, res.StatusCode, body, param)
+			}
+		}
+	}
+	// The last instant of 9999 in UTC is still a view.
+	if res, body := e.get(t, listedAuditor, "/api/audit/users/user_a?at=9999-12-31T23:59:59Z"); res.StatusCode != http.StatusOK || !json.Valid(body) {
+		t.Errorf("at the end of 9999: %d %q", res.StatusCode, body)
 	}
 }
