@@ -197,7 +197,7 @@ func handleAuditOrganization(log *slog.Logger, svc *audit.Service) http.HandlerF
 			writeError(w, r, log, domain.Errorf(domain.ENOTFOUND, "the ledger has no event about organization %s by then", id))
 			return
 		}
-		writeJSON(w, http.StatusOK, h)
+		writeAnswer(w, r, log, h)
 	}
 }
 
@@ -218,7 +218,7 @@ func handleAuditUserOrganizations(log *slog.Logger, svc *audit.Service) http.Han
 			writeError(w, r, log, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, res)
+		writeAnswer(w, r, log, res)
 	}
 }
 
@@ -252,7 +252,7 @@ func handleAuditUser(log *slog.Logger, svc *audit.Service) http.HandlerFunc {
 			writeError(w, r, log, domain.Errorf(domain.ENOTFOUND, "the ledger has no event about user %s by then", h.UserID))
 			return
 		}
-		writeJSON(w, http.StatusOK, h)
+		writeAnswer(w, r, log, h)
 	}
 }
 
@@ -331,7 +331,7 @@ func handleAuditVerify(log *slog.Logger, svc *audit.Service) http.HandlerFunc {
 			writeError(w, r, log, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, newVerifyAnswer(res))
+		writeAnswer(w, r, log, newVerifyAnswer(res))
 	}
 }
 

@@ -83,7 +83,7 @@ func handleAuditEventProof(log *slog.Logger, svc *audit.Service) http.HandlerFun
 			writeError(w, r, log, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, p)
+		writeAnswer(w, r, log, p)
 	}
 }
 
@@ -162,6 +162,6 @@ func handleAuditConsistency(log *slog.Logger, svc *audit.Service) http.HandlerFu
 			writeError(w, r, log, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, p)
+		writeAnswer(w, r, log, p)
 	}
 }

@@ -5,6 +5,7 @@ package handlers
 
 import (
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 
@@ -65,7 +66,24 @@ func answerError(w http.ResponseWriter, err error) {
 	writeJSON(w, status, body)
 }
 
-// writeJSON answers v as JSON with status.
+// writeAnswer answers v, a route's data, as JSON with 200. It encodes v
+// before anything is sent, so a value JSON cannot hold (a time past the
+// year 9999 read from a stored event) is an internal error, logged by
+// writeError, rather than a 200 with an empty body.
+func writeAnswer(w http.ResponseWriter, r *http.Request, log *slog.Logger, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		writeError(w, r, log, fmt.Errorf("encode the answer: %w", err))
+		return
+	}
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+// writeJSON answers v as JSON with status; v must be a value that always
+// encodes (an error body, a status), else use writeAnswer.
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")

@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -59,5 +60,29 @@ func TestViewAtOutsideJSONYearsIs400(t *testing.T) {
 	// The last instant of 9999 in UTC is still a view.
 	if res, body := e.get(t, listedAuditor, "/api/audit/users/user_a?at=9999-12-31T23:59:59Z"); res.StatusCode != http.StatusOK || !json.Valid(body) {
 		t.Errorf("at the end of 9999: %d %q", res.StatusCode, body)
+	}
+}
+
+// TestAnswerThatCannotEncodeIsNotAnEmpty200: a stored, signed user.created
+// whose last_sign_in_at is in the year 10000 folds into a state JSON cannot
+// hold. The user's audit view must then say it failed, as a JSON error,
+// rather than send 200 and an empty body. (Still an error: see the
+// review's report; the view of such a user is not served.)
+func TestAnswerThatCannotEncodeIsNotAnEmpty200(t *testing.T) {
+	e := newAuditEnv(t)
+	body := []byte(`{"type":"user.created","object":"event","timestamp":1716897600000,"data":{"id":"user_f","object":"user",` +
+		`"created_at":1716897600000,"updated_at":1716897600000,"last_sign_in_at":253402300800000,"email_addresses":[]}}`)
+	d, err := domain.NewDelivery("msg_f", tBase.Unix(), e.signer.Headers("msg_f", tBase, body).Get("svix-signature"), body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.store.Append(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	e.visible(t, 1)
+	res, b := e.get(t, listedAuditor, "/api/audit/users/user_f")
+	var eb errorBody
+	if res.StatusCode == http.StatusOK || json.Unmarshal(b, &eb) != nil || eb.Error.Code == "" {
+		t.Errorf("view of a state JSON cannot hold: %d %q, want a JSON error", res.StatusCode, b)
 	}
 }

@@ -100,6 +100,6 @@ func handleMe(log *slog.Logger, db *sqlx.DB, fetch UserFetcher) http.HandlerFunc
 			me.Organizations = append(me.Organizations, meOrganization{ID: o.Organization.ID, Name: o.Organization.Name,
 				Slug: o.Organization.Slug, Role: o.Membership.Role, Permissions: o.Membership.Permissions, JoinedAt: timePtr(o.Membership.CreatedAt)})
 		}
-		writeJSON(w, http.StatusOK, me)
+		writeAnswer(w, r, log, me)
 	}
 }
