@@ -455,12 +455,26 @@ func tombstone(u User) User {
 	}
 }
 
+// msTime is the Clerk time ms (milliseconds since the epoch), 0 being no
+// time. A time outside the years 0000 to 9999 is no time either: Clerk
+// sends none, and RFC 3339 and JSON cannot write one, so a delivery
+// carrying one (in last_sign_in_at, say) must not make every answer that
+// shows the read model fail to encode. Every fold reads times through it,
+// so projector, rebuild, check and point-in-time agree.
 func msTime(ms int64) time.Time {
-	if ms == 0 {
+	if ms == 0 || ms < minClerkMillis || ms > maxClerkMillis {
 		return time.Time{}
 	}
 	return time.UnixMilli(ms).UTC()
 }
+
+// The first and last milliseconds of the years 0000 to 9999 (UTC) since
+// the epoch: time.Date(0, 1, 1, ...) and time.Date(9999, 12, 31, 23, 59,
+// 59, 999e6, time.UTC) as UnixMilli.
+const (
+	minClerkMillis = -62167219200000
+	maxClerkMillis = 253402300799999
+)
 
 // UserKey returns the id of the user a user event is about: its user_id
 // column, or for an event stored without one, the id in its data. It
