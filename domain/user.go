@@ -379,14 +379,13 @@ func (d UserEvent) Apply(u User) (User, Outcome) {
 	}
 	if u.Deleted {
 		// A snapshot never resurrects a tombstone; it may only tell when the
-		// account was created, which is the same in every snapshot.
-		if c := msTime(dt.CreatedAt); !c.IsZero() && (u.CreatedAt.IsZero() || c.Before(u.CreatedAt)) {
-			u.CreatedAt = c
-		}
+		// account was created (see earliestCreated).
+		u.CreatedAt = earliestCreated(u.CreatedAt, dt.CreatedAt)
 		return u, OutcomeAfterDeletion
 	}
 	v := Version{UpdatedAt: dt.UpdatedAt, OccurredAt: occurred, DeliveryID: e.DeliveryID}
 	if u.Version != (Version{}) && !u.Version.Less(v) {
+		u.CreatedAt = earliestCreated(u.CreatedAt, dt.CreatedAt)
 		return u, OutcomeOlder
 	}
 	email, verified := "", false
@@ -422,7 +421,7 @@ func (d UserEvent) Apply(u User) (User, Outcome) {
 		Username:       StorableText(str(dt.Username)),
 		ImageURL:       StorableText(str(dt.ImageURL)),
 		PublicMetadata: append(json.RawMessage(nil), StorableJSON(meta)...),
-		CreatedAt:      msTime(dt.CreatedAt),
+		CreatedAt:      earliestCreated(u.CreatedAt, dt.CreatedAt),
 		UpdatedAt:      msTime(dt.UpdatedAt),
 		Version:        v,
 
@@ -453,6 +452,18 @@ func tombstone(u User) User {
 
 		PrivateMetadata: json.RawMessage(`{}`),
 	}
+}
+
+// earliestCreated is the earlier of at and the created_at ms of a snapshot
+// (0: the snapshot tells none). A user's created_at is the earliest any of
+// its snapshots tells, whichever snapshot wins and whether the user is
+// deleted: a tombstone cannot tell which snapshot was newest, so the
+// newest snapshot's created_at would depend on the order of delivery.
+func earliestCreated(at time.Time, ms int64) time.Time {
+	if c := msTime(ms); !c.IsZero() && (at.IsZero() || c.Before(at)) {
+		return c
+	}
+	return at
 }
 
 // msTime is the Clerk time ms (milliseconds since the epoch), 0 being no
