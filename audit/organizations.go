@@ -373,7 +373,9 @@ func userOrganizationsView(ctx context.Context, db *sqlx.DB, userID string, at t
 	}
 	err := readOnly(ctx, db, "the organizations of user "+userID, func(tx *sqlx.Tx) error {
 		f := domain.NewOrganizationFold()
-		memTypes := []string{"organizationMembership.created", "organizationMembership.updated", "organizationMembership.deleted"}
+		// Every membership type the organizations projector folds, the
+		// Backend API's snapshots (stored for their user) included.
+		memTypes := []string{"organizationMembership.created", "organizationMembership.updated", "organizationMembership.deleted", domain.TypeMembershipSnapshot}
 		_, err := schema.EachEvent(ctx, tx, schema.EventFilter{UserID: userID, Types: memTypes, Until: occurredBy(at)}, func(e domain.Event) error {
 			x, err := domain.ParseOrganizationEvent(e)
 			if err != nil {
