@@ -34,7 +34,8 @@ const MaxSnapshotBatch = 65535 / snapshotColumns
 // NOTHING instead. It is the one place such events are written; it does
 // not go through the webhook's group commit (a page of 500 is one COPY
 // already), and commits nothing itself: the caller commits tx, with
-// whatever else belongs with the page (the import's place).
+// whatever else belongs with the page (its failures; the import's place
+// moves after, over pages all stored: clerksync).
 //
 // Errors: EINVALID (nothing stored) when a delivery fails Delivery.Check
 // or there are more than MaxSnapshotBatch; the database's errors through
