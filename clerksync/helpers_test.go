@@ -51,6 +51,17 @@ func newEnv(t *testing.T, users int) *env {
 	return e
 }
 
+// newImportedEnv is newEnv with its users imported and projected.
+func newImportedEnv(t *testing.T, users int) *env {
+	t.Helper()
+	e := newEnv(t, users)
+	if _, err := e.sync.ImportUsers(e.ctx, clerksync.ImportOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.project()
+	return e
+}
+
 // project runs the users projector until it has read every visible event.
 func (e *env) project() {
 	e.t.Helper()

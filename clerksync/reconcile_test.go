@@ -89,12 +89,8 @@ func TestReconcileFindsAndRepairsEachKindOfDrift(t *testing.T) {
 // A broken answer (an empty list: a wrong instance's key, a bug) must not
 // mark everyone deleted.
 func TestReconcileSafetyLimitHoldsBackMassDeletion(t *testing.T) {
-	e := newEnv(t, 100)
+	e := newImportedEnv(t, 100)
 	ctx := context.Background()
-	if _, err := e.sync.ImportUsers(ctx, clerksync.ImportOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	e.project()
 	for _, en := range e.api.List() {
 		e.api.Delete(en.ID)
 	}
@@ -118,12 +114,8 @@ func TestReconcileSafetyLimitHoldsBackMassDeletion(t *testing.T) {
 // A user the listing pass skipped (a deletion ahead shifted the pages)
 // but GET still returns is not gone.
 func TestReconcileConfirmsGoneWithGet(t *testing.T) {
-	e := newEnv(t, 30)
+	e := newImportedEnv(t, 30)
 	ctx := context.Background()
-	if _, err := e.sync.ImportUsers(ctx, clerksync.ImportOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	e.project()
 	list := e.api.List()
 	// While page 0 is read, user 0 is deleted: the page at offset 10 starts
 	// one user later, so user 10 is never listed.
@@ -202,12 +194,8 @@ func TestReconcileRunsOneAtATime(t *testing.T) {
 // two sightings is compared with the newer sighting: the pass must not
 // keep the older copy and call the user the same.
 func TestReconcileSeenTwiceKeepsTheNewerSighting(t *testing.T) {
-	e := newEnv(t, 30)
+	e := newImportedEnv(t, 30)
 	ctx := context.Background()
-	if _, err := e.sync.ImportUsers(ctx, clerksync.ImportOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	e.project()
 	list := e.api.List()
 	moved := list[9].ID // the last user of page 0, listed again first on page 1
 	e.api.OnList(func(offset, limit int) {
