@@ -76,8 +76,7 @@ func writeAnswer(w http.ResponseWriter, r *http.Request, log *slog.Logger, v any
 		writeError(w, r, log, fmt.Errorf("encode the answer: %w", err))
 		return
 	}
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
+	jsonHeaders(w)
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(append(b, '\n'))
 }
@@ -85,8 +84,14 @@ func writeAnswer(w http.ResponseWriter, r *http.Request, log *slog.Logger, v any
 // writeJSON answers v as JSON with status; v must be a value that always
 // encodes (an error body, a status), else use writeAnswer.
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
+	jsonHeaders(w)
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// jsonHeaders sets the headers of every JSON answer: the type, and no
+// caching (answers name users and are per auditor).
+func jsonHeaders(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
 }
