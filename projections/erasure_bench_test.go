@@ -2,6 +2,7 @@ package projections
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -19,7 +20,17 @@ import (
 //
 //	go test ./projections -run '^$' -bench RebuildUsersSealed -benchtime 4x
 func BenchmarkRebuildUsersSealed(b *testing.B) {
-	ds := history(b, 23, 5000, 100000)
+	// 5,000 users: an Opener (16,384 keys) holds every one; 25,000: it
+	// holds fewer than the users, as in the 1M-event bench rebuild.
+	for _, size := range []struct{ users, events int }{{5000, 100000}, {25000, 200000}} {
+		b.Run(fmt.Sprintf("users=%d/events=%d", size.users, size.events), func(b *testing.B) {
+			benchRebuildSealed(b, size.users, size.events)
+		})
+	}
+}
+
+func benchRebuildSealed(b *testing.B, users, n int) {
+	ds := history(b, 23, users, n)
 	k := schematest.NewKeyring(b)
 	seed := func(ctx context.Context) *sqlx.DB {
 		db := schematest.NewDB(b)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/clerk-ledger/clerk-ledger/userkeys"
 	"github.com/jmoiron/sqlx"
 )
 
@@ -138,6 +139,7 @@ func (p *Users) Apply(ctx context.Context, tx *sqlx.Tx, events []domain.Event) (
 type userState struct {
 	u    domain.User
 	last schema.Cursor
+	key  userkeys.Slot // the user's data key, in a fold that opens bodies itself
 }
 
 // row is s as the users table stores it.
@@ -365,32 +367,49 @@ func (b *bulkFold) load(ctx context.Context, tx *sqlx.Tx, after, upTo schema.Cur
 
 // fold reads every user event in (after, upTo] with one sequential scan and
 // folds it in memory from the zero state: a reader goroutine routes events
-// by user to worker goroutines, each owning a shard of users. The fold is
+// by user to worker goroutines, each owning a shard of users. A sealed body
+// is opened by the worker that owns its user, with the data key it keeps in
+// the user's state (userkeys.Slot): the key is unwrapped once per user, not
+// looked up per body, and the decryption runs on every worker. The fold is
 // order-insensitive, so the scan needs no ORDER BY; last is tracked as the
 // greatest cursor. progress, when not nil, is called with the number of
 // events read so far (from the reader goroutine, every few thousand events).
+// A body that does not open stops the fold with its error.
 func (p *Users) fold(ctx context.Context, q schema.Queryer, after, upTo schema.Cursor, progress func(int64)) (*bulkFold, error) {
 	workers := max(1, p.workers)
 	const chunk = 512
-	chans := make([]chan []domain.Event, workers)
+	ctx, stop := context.WithCancelCause(ctx) // a worker's error stops the reader
+	defer stop(nil)
+	chans := make([]chan []schema.Streamed, workers)
 	out := &bulkFold{p: p, shards: make([]map[string]*userState, workers)}
 	fails := make([][]Failure, workers)
+	errs := make([]error, workers) // a body that did not open, per worker
 	var wg sync.WaitGroup
 	for w := range workers {
-		chans[w] = make(chan []domain.Event, 8)
+		chans[w] = make(chan []schema.Streamed, 8)
 		out.shards[w] = map[string]*userState{}
 		wg.Go(func() {
 			m := out.shards[w]
+			var aad []byte
 			for evs := range chans[w] {
-				for _, e := range evs {
-					k, f := userKey(e)
+				for i := range evs {
+					if errs[w] != nil {
+						break // drain: the reader stops at its next event
+					}
+					k, f := userKey(evs[i].Event) // a sealed event has its user_id
 					if f == nil {
 						s := m[k]
 						if s == nil {
 							s = &userState{}
 							m[k] = s
 						}
-						f = s.apply(e, nil)
+						var err error
+						if aad, err = evs[i].Open(&s.key, aad); err != nil {
+							errs[w] = err
+							stop(err)
+							break
+						}
+						f = s.apply(evs[i].Event, nil)
 					}
 					if f != nil {
 						fails[w] = append(fails[w], *f)
@@ -399,24 +418,24 @@ func (p *Users) fold(ctx context.Context, q schema.Queryer, after, upTo schema.C
 			}
 		})
 	}
-	pending := make([][]domain.Event, workers)
+	pending := make([][]schema.Streamed, workers)
 	flush := func(w int) {
 		if len(pending[w]) > 0 {
 			chans[w] <- pending[w]
-			pending[w] = make([]domain.Event, 0, chunk)
+			pending[w] = make([]schema.Streamed, 0, chunk)
 		}
 	}
-	err := schema.StreamEvents(ctx, q, after, upTo, domain.UserEventTypes(), func(e domain.Event) error {
+	err := schema.StreamSealed(ctx, q, after, upTo, domain.UserEventTypes(), func(s schema.Streamed) error {
 		w := 0 // a poison event naming no user goes to shard 0 to be recorded
-		if e.UserID == "" {
-			if k, f := userKey(e); f == nil {
-				e.UserID = k // stored without user_id: route by the id in its data
+		if s.Event.UserID == "" {
+			if k, f := userKey(s.Event); f == nil {
+				s.Event.UserID = k // stored without user_id: route by the id in its data
 			}
 		}
-		if e.UserID != "" {
-			w = p.shardOf(e.UserID, workers)
+		if s.Event.UserID != "" {
+			w = p.shardOf(s.Event.UserID, workers)
 		}
-		pending[w] = append(pending[w], e)
+		pending[w] = append(pending[w], s)
 		if len(pending[w]) >= chunk {
 			flush(w)
 		}
@@ -431,6 +450,12 @@ func (p *Users) fold(ctx context.Context, q schema.Queryer, after, upTo schema.C
 		close(chans[w])
 	}
 	wg.Wait()
+	for _, werr := range errs {
+		if werr != nil {
+			err = werr // the reader stopped for it (or finished first)
+			break
+		}
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -208,48 +208,35 @@ func rangeArgs(after, upTo Cursor, types []string) []any {
 // goroutine of their own while the next rows are read (one call at a time,
 // in the scan's order, all before StreamEvents returns).
 func StreamEvents(ctx context.Context, q Queryer, after, upTo Cursor, types []string, fn func(domain.Event) error) error {
-	rows, err := q.QueryxContext(ctx, `SELECT e.position, e.transaction_id, e.delivery_id, e.type, COALESCE(e.user_id, ''), e.occurred_at, e.body, `+kSealColumns+`
-FROM events e`+kJoin+` WHERE `+rangeWhere, rangeArgs(after, upTo, types)...)
-	if err != nil {
-		return fmt.Errorf("stream ledger %s..%s: %w", after, upTo, Classify(err))
-	}
-	defer rows.Close()
 	o := KeyringFrom(ctx).Opener()
 	if o == nil {
-		for rows.Next() {
-			var s streamed
-			if err := scanStreamed(nil, rows, &s); err != nil {
-				return err
-			}
-			if err := fn(s.e); err != nil {
-				return err
-			}
-		}
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("stream ledger %s..%s: %w", after, upTo, Classify(err))
-		}
-		return nil
+		return StreamSealed(ctx, q, after, upTo, types, func(s Streamed) error { return fn(s.Event) })
 	}
+	rows, err := streamRows(ctx, q, after, upTo, types)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
 
-	batches := make(chan []streamed, 4)
+	batches := make(chan []Streamed, 4)
 	stop := make(chan struct{}) // closed by the opening goroutine when it fails
 	done := make(chan error, 1)
 	go func() { done <- openStreamed(batches, stop, fn) }()
 	readErr := func() error {
 		defer close(batches)
-		batch := make([]streamed, 0, streamBatch)
+		batch := make([]Streamed, 0, streamBatch)
 		send := func() bool {
 			select {
 			case batches <- batch:
-				batch = make([]streamed, 0, streamBatch)
+				batch = make([]Streamed, 0, streamBatch)
 				return true
 			case <-stop:
 				return false
 			}
 		}
 		for rows.Next() {
-			batch = append(batch, streamed{})
-			if err := scanStreamed(o, rows, &batch[len(batch)-1]); err != nil {
+			batch = append(batch, Streamed{})
+			if err := scanStreamed(o, (*userkeys.Opener).Prepare, rows, &batch[len(batch)-1]); err != nil {
 				return err
 			}
 			if len(batch) == streamBatch && !send() {
@@ -270,23 +257,82 @@ FROM events e`+kJoin+` WHERE `+rangeWhere, rangeArgs(after, upTo, types)...)
 	return readErr
 }
 
+// StreamSealed is StreamEvents for a reader that opens the sealed bodies
+// itself (Streamed.Open), on goroutines of its own that each keep the keys
+// of the users they fold (a rebuild's, whose workers own a share of the
+// users each): fn, called on the reading goroutine, gets every event as
+// read, a sealed body not opened yet (Streamed.Sealed). Without a keyring
+// in ctx a sealed event is an error, as in StreamEvents.
+func StreamSealed(ctx context.Context, q Queryer, after, upTo Cursor, types []string, fn func(Streamed) error) error {
+	rows, err := streamRows(ctx, q, after, upTo, types)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	o := KeyringFrom(ctx).Opener()
+	for rows.Next() {
+		var s Streamed
+		if err := scanStreamed(o, (*userkeys.Opener).Defer, rows, &s); err != nil {
+			return err
+		}
+		if err := fn(s); err != nil {
+			return err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("stream ledger %s..%s: %w", after, upTo, Classify(err))
+	}
+	return nil
+}
+
+// streamRows runs the query of StreamEvents.
+func streamRows(ctx context.Context, q Queryer, after, upTo Cursor, types []string) (*sqlx.Rows, error) {
+	rows, err := q.QueryxContext(ctx, `SELECT e.position, e.transaction_id, e.delivery_id, e.type, COALESCE(e.user_id, ''), e.occurred_at, e.body, `+kSealColumns+`
+FROM events e`+kJoin+` WHERE `+rangeWhere, rangeArgs(after, upTo, types)...)
+	if err != nil {
+		return nil, fmt.Errorf("stream ledger %s..%s: %w", after, upTo, Classify(err))
+	}
+	return rows, nil
+}
+
 // streamBatch is how many events StreamEvents hands at a time from its
 // reading goroutine to the one that opens them.
 const streamBatch = 256
 
-// streamed is an event StreamEvents read, with its sealed body still to
-// decrypt (p) when sealed.
-type streamed struct {
-	e      domain.Event
+// Streamed is an event StreamSealed read: whole when its body is in clear
+// or erased, else with the body still sealed (Sealed), opened by Open.
+type Streamed struct {
+	Event  domain.Event
 	p      userkeys.Pending
 	sealed bool
 }
 
+// Sealed reports whether s's body is still sealed (Event.Body is nil
+// until Open).
+func (s *Streamed) Sealed() bool { return s.sealed }
+
+// Open opens s's sealed body into s.Event (Body, Salt) with the data key
+// in slot, which must be kept for s.Event.UserID alone, building the
+// associated data in aad's memory, and returns aad's memory to use again.
+// A body that does not open is an error naming the event. It does nothing
+// for a body not sealed.
+func (s *Streamed) Open(slot *userkeys.Slot, aad []byte) ([]byte, error) {
+	if !s.sealed {
+		return aad, nil
+	}
+	salt, body, aad, err := s.p.OpenIn(slot, aad)
+	if err != nil {
+		return aad, fmt.Errorf("open event %d: %w", s.Event.Position, err)
+	}
+	s.Event.Body, s.Event.Salt, s.sealed, s.p = body, salt, false, userkeys.Pending{}
+	return aad, nil
+}
+
 // scanStreamed scans StreamEvents' row into s: a clear or erased event
 // whole; without o (no keyring) a sealed one is an error, with o its body
-// is left to decrypt (s.p).
-func scanStreamed(o *userkeys.Opener, rows *sqlx.Rows, s *streamed) error {
-	e := &s.e
+// is left to decrypt (s.p), made by prepare (Opener.Prepare or Defer).
+func scanStreamed(o *userkeys.Opener, prepare func(*userkeys.Opener, string, []byte, string, []byte) (userkeys.Pending, bool, error), rows *sqlx.Rows, s *Streamed) error {
+	e := &s.Event
 	var sl sealed
 	if err := rows.Scan(append([]any{&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.Body}, sl.rowsDest()...)...); err != nil {
 		return fmt.Errorf("stream ledger: scan event: %w", Classify(err))
@@ -296,7 +342,7 @@ func scanStreamed(o *userkeys.Opener, rows *sqlx.Rows, s *streamed) error {
 		return openRowBody(o, e, &sl)
 	}
 	e.Body, e.Commitment = nil, sl.commitment
-	p, erased, err := o.Prepare(e.UserID, sl.wrapped, e.DeliveryID, sl.body)
+	p, erased, err := prepare(o, e.UserID, sl.wrapped, e.DeliveryID, sl.body)
 	if err != nil {
 		return fmt.Errorf("open event %d: %w", e.Position, err)
 	}
@@ -307,11 +353,11 @@ func scanStreamed(o *userkeys.Opener, rows *sqlx.Rows, s *streamed) error {
 // openStreamed opens each batch's sealed bodies and calls fn with its
 // events, until batches is closed or it fails: then it closes stop and
 // returns the error (fn's as is).
-func openStreamed(batches <-chan []streamed, stop chan<- struct{}, fn func(domain.Event) error) error {
+func openStreamed(batches <-chan []Streamed, stop chan<- struct{}, fn func(domain.Event) error) error {
 	var aad []byte
 	for b := range batches {
 		for i := range b {
-			e := &b[i].e
+			e := &b[i].Event
 			if b[i].sealed {
 				salt, body, buf, err := b[i].p.Open(aad)
 				if aad = buf; err != nil {

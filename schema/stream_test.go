@@ -11,6 +11,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
+	"github.com/clerk-ledger/clerk-ledger/userkeys"
 )
 
 // TestStreamEventsSealed: StreamEvents over a sealed ledger of several
@@ -92,6 +93,84 @@ func TestStreamEventsSealed(t *testing.T) {
 	}
 	// Without the keyring a sealed event is an error, not a body.
 	if err := schema.StreamEvents(context.Background(), db, schema.Cursor{}, head, nil, func(domain.Event) error { return nil }); domain.ErrorCode(err) != domain.EUNAVAILABLE {
+		t.Fatalf("streamed a sealed ledger without the keyring: %v", err)
+	}
+}
+
+// TestStreamSealedLeavesBodiesToOpen: StreamSealed hands every event of a
+// sealed ledger once, a sealed body not opened yet (Sealed, no Body), which
+// Open fills with the exact body using one Slot per user; an erased user's
+// events come Erased and not Sealed; Open does nothing to a clear event;
+// without the keyring a sealed event is an error.
+func TestStreamSealedLeavesBodiesToOpen(t *testing.T) {
+	db := schematest.NewDB(t)
+	k := newKeyring(t)
+	ctx := schema.WithKeyring(context.Background(), k)
+	const n = 300
+	bd := make([]schema.Backdated, n)
+	want := map[string][]byte{}
+	for i := range bd {
+		d := historyEvent(t, i)
+		bd[i] = schema.Backdated{Delivery: d, ReceivedAt: time.Now()}
+		want[d.ID] = d.Body
+	}
+	tx, err := db.Beginx()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := schema.CopyDeliveries(ctx, tx, bd); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE user_keys SET wrapped = NULL WHERE user_id = 'user_2'`); err != nil {
+		t.Fatal(err)
+	}
+	schematest.WaitVisible(t, db)
+	head, err := schema.GateHead(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slots := map[string]*userkeys.Slot{}
+	var aad []byte
+	sealed, erased, calls := 0, 0, 0
+	if err := schema.StreamSealed(ctx, db, schema.Cursor{}, head, nil, func(s schema.Streamed) error {
+		calls++
+		e := s.Event
+		switch {
+		case e.UserID == "user_2" && e.Type != "organization.created":
+			if !e.Erased || s.Sealed() || e.Body != nil {
+				t.Fatalf("%s of the erased user: erased=%v sealed=%v body %q", e.DeliveryID, e.Erased, s.Sealed(), e.Body)
+			}
+			erased++
+			return nil
+		case s.Sealed():
+			if e.Body != nil {
+				t.Fatalf("%s: a sealed event came with a body", e.DeliveryID)
+			}
+			sealed++
+		}
+		slot := slots[e.UserID]
+		if slot == nil {
+			slot = &userkeys.Slot{}
+			slots[e.UserID] = slot
+		}
+		var err error
+		if aad, err = s.Open(slot, aad); err != nil {
+			return err
+		}
+		if s.Sealed() || !bytes.Equal(s.Event.Body, want[e.DeliveryID]) {
+			t.Fatalf("%s: sealed=%v body %q, want %q", e.DeliveryID, s.Sealed(), s.Event.Body, want[e.DeliveryID])
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if calls != n || sealed == 0 || erased == 0 || sealed+erased == n {
+		t.Fatalf("%d events streamed (want %d): %d sealed, %d erased, the rest clear", calls, n, sealed, erased)
+	}
+	if err := schema.StreamSealed(context.Background(), db, schema.Cursor{}, head, nil, func(schema.Streamed) error { return nil }); domain.ErrorCode(err) != domain.EUNAVAILABLE {
 		t.Fatalf("streamed a sealed ledger without the keyring: %v", err)
 	}
 }

@@ -575,9 +575,11 @@ func (o *Opener) dataKey(user string, wrapped []byte) (cipher.AEAD, error) {
 // decrypted yet: Open decrypts it, on any goroutine. It holds its own copy
 // of the ciphertext, which becomes the plaintext.
 type Pending struct {
-	a                cipher.AEAD
+	a                cipher.AEAD // nil when deferred (Defer): OpenIn finds it
 	user, deliveryID string
 	nonce, buf       []byte // buf: the ciphertext and tag, opened in place
+	k                *Keyring
+	wrapped          []byte // the user's wrapped key, when deferred
 }
 
 // Prepare is the first half of Open, on the Opener's goroutine: it checks
@@ -601,10 +603,79 @@ func (o *Opener) Prepare(user string, wrapped []byte, deliveryID string, sealed 
 	return Pending{a: a, user: user, deliveryID: deliveryID, nonce: buf[:ns:ns], buf: buf[ns:]}, false, nil
 }
 
+// Defer is Prepare leaving the data key to find to the goroutine that
+// opens the body (Pending.OpenIn), which keeps it in a Slot of its own per
+// user: a read over more users than an Opener holds (a rebuild's fold,
+// whose workers each own a share of the users) then neither looks the key
+// up on the reading goroutine nor sets up a cipher there. It checks sealed
+// and wrapped as Open does (erased, or an error, ends there) and keeps
+// nothing of them (they may be the driver's buffer): the Pending holds its
+// own copy of both, in one allocation.
+func (o *Opener) Defer(user string, wrapped []byte, deliveryID string, sealed []byte) (p Pending, erased bool, err error) {
+	if erased, err := checkSealed(o.k, o.keys, user, wrapped, deliveryID, sealed); erased || err != nil {
+		return Pending{}, erased, err
+	}
+	if len(sealed) < Overhead {
+		return Pending{}, false, fmt.Errorf("sealed body of delivery %s is truncated", deliveryID)
+	}
+	const ns = 12 // AES-GCM's standard nonce (Overhead counts it)
+	buf := append(append(make([]byte, 0, len(sealed)-1+len(wrapped)), sealed[1:]...), wrapped...)
+	n := len(sealed) - 1
+	return Pending{k: o.k, user: user, deliveryID: deliveryID, nonce: buf[:ns:ns], buf: buf[ns:n:n], wrapped: buf[n:]}, false, nil
+}
+
+// Slot is one user's data key as kept by the goroutine that opens that
+// user's deferred bodies (Pending.OpenIn), next to its own state for the
+// user: the first body unwraps the key, the next ones only set up its
+// cipher. The zero Slot holds no key. A Slot is for one user and is not
+// safe for concurrent use; it lives as long as its holder's state (an
+// erasure destroys the key row, and the reads after it find no key).
+type Slot struct {
+	held    bool
+	wrapped [wrappedSize]byte // inline: comparing it reads no other memory
+	dek     [32]byte
+}
+
+// wrappedSize is the size of a wrapped data key: nonce, key and tag.
+const wrappedSize = 12 + 32 + 16
+
+// holds reports whether s holds the key wrapped as wrapped.
+func (s *Slot) holds(wrapped []byte) bool {
+	return s.held && len(wrapped) == wrappedSize && [wrappedSize]byte(wrapped) == s.wrapped
+}
+
+// OpenIn is Open for a deferred Pending (Defer), with the data key of
+// slot, which must be the user's: when the slot does not hold the key
+// wrapped as the body's row read it, the key is unwrapped into it first.
+// A Pending made by Prepare ignores slot.
+func (p *Pending) OpenIn(slot *Slot, aad []byte) (salt, body, aadBuf []byte, err error) {
+	if p.a == nil {
+		if !slot.holds(p.wrapped) {
+			dek, err := p.k.unwrap(p.user, p.wrapped)
+			if err != nil {
+				return nil, nil, aad, err
+			}
+			if len(p.wrapped) != wrappedSize || len(dek) != len(slot.dek) {
+				return nil, nil, aad, fmt.Errorf("the data key of user %s has an unknown size", p.user)
+			}
+			slot.held, slot.wrapped = true, [wrappedSize]byte(p.wrapped)
+			copy(slot.dek[:], dek)
+		}
+		if p.a, err = gcm(slot.dek[:]); err != nil {
+			return nil, nil, aad, err
+		}
+	}
+	return p.Open(aad)
+}
+
 // Open decrypts p in place and returns the salt and the body (one slice,
 // kept by the caller), building the associated data in aad's memory, and
 // aad's memory to use again. Any failure is an error, as Keyring.Open's.
+// A deferred Pending (Defer) is opened with OpenIn.
 func (p *Pending) Open(aad []byte) (salt, body, aadBuf []byte, err error) {
+	if p.a == nil {
+		return nil, nil, aad, fmt.Errorf("sealed body of delivery %s: no data key found for it (Pending.OpenIn)", p.deliveryID)
+	}
 	if n := len(sealedAAD) + len(p.deliveryID) + 1 + len(p.user); cap(aad) < n {
 		aad = make([]byte, 0, n)
 	}

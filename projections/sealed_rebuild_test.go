@@ -1,0 +1,94 @@
+package projections
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
+)
+
+// TestSealedRebuildOpensEveryBodyOnce: over a sealed ledger (bodies opened
+// by the fold's workers, each with its users' keys: userkeys.Slot), a
+// rebuild and a check give exactly the live projection; a key row changed to
+// another key stops the rebuild with an error naming the event whose body
+// does not open, and leaves the live table and no table aside.
+func TestSealedRebuildOpensEveryBodyOnce(t *testing.T) {
+	db := schematest.NewDB(t)
+	k := schematest.NewKeyring(t)
+	ctx := schema.WithKeyring(context.Background(), k)
+	ds := history(t, 7, 300, 3000)
+	bd := make([]schema.Backdated, len(ds))
+	for i, d := range ds {
+		d.Signature = "v1,test"
+		bd[i] = schema.Backdated{Delivery: d, ReceivedAt: time.Now()}
+	}
+	tx, err := db.Beginx()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := schema.CopyDeliveries(ctx, tx, bd); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	var sealed int
+	if err := db.Get(&sealed, `SELECT count(*) FROM events WHERE body_sealed IS NOT NULL`); err != nil || sealed == 0 {
+		t.Fatalf("sealed events: %d, %v", sealed, err)
+	}
+	waitVisible(t, db)
+	r := NewRunner(db, nil, NewUsers())
+	if err := r.CatchUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	snapshot := func() string {
+		t.Helper()
+		var s string
+		if err := db.Get(&s, `SELECT string_agg(to_jsonb(u)::text, E'\n' ORDER BY id) FROM users u`); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	live := snapshot()
+	chk, err := Check(ctx, db, NewUsers(), nil)
+	if err != nil || len(chk.Differences) != 0 {
+		t.Fatalf("check of the sealed ledger: %v, %+v", err, chk.Differences)
+	}
+	res, err := Rebuild(ctx, db, NewUsers(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Users != 300 || snapshot() != live {
+		t.Fatalf("rebuild of the sealed ledger: %d users, equal to live: %v", res.Users, snapshot() == live)
+	}
+
+	// Another key in one user's row: their bodies no longer open.
+	var user string
+	if err := db.Get(&user, `SELECT user_id FROM user_keys ORDER BY user_id LIMIT 1`); err != nil {
+		t.Fatal(err)
+	}
+	other, err := k.NewDataKey(user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE user_keys SET wrapped = $1 WHERE user_id = $2`, other, user); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Rebuild(ctx, db, NewUsers(), nil)
+	if err == nil || !strings.Contains(err.Error(), "open event ") || !strings.Contains(err.Error(), "does not open") {
+		t.Fatalf("rebuild with a body that does not open: %v", err)
+	}
+	if snapshot() != live {
+		t.Fatal("the failed rebuild changed the live table")
+	}
+	var aside bool
+	if err := db.Get(&aside, `SELECT to_regclass('users_rebuild') IS NOT NULL`); err != nil || aside {
+		t.Fatalf("a table aside was left: %v %v", aside, err)
+	}
+	if _, err := Check(ctx, db, NewUsers(), nil); err == nil {
+		t.Fatal("check folded a body that does not open")
+	}
+}
