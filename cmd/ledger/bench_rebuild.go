@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,7 +24,8 @@ import (
 // benchRebuildCmd is `ledger bench rebuild`; attach it under `bench`.
 func (a *app) benchRebuildCmd() *cobra.Command {
 	var users, events int
-	var dbName, cpuProfile string
+	var dbName, cpuProfile, versus string
+	var rounds int
 	cmd := &cobra.Command{
 		Use:   "rebuild",
 		Short: "Time a users rebuild against a set-based SQL baseline on the same data",
@@ -34,7 +36,13 @@ domain.Apply, build aside, swap) on a database of --events deliveries about
 event of each user wins, extracted with jsonb), and prints both times, our time
 as a ratio of the baseline's, events/s and this process's peak RSS during our
 rebuild. It works in its own database (--db-name) on the DATABASE_URL server,
-created and seeded (ledger seed) when empty; a later run reuses the data.`,
+created and seeded (ledger seed) when empty; a later run reuses the data.
+
+With --versus CLEAR_DB (--db-name then a database seeded with LEDGER_MASTER_KEY
+set, CLEAR_DB one of the same history seeded without it), it measures what
+sealing costs a rebuild instead: --rounds rounds, each rebuilding CLEAR_DB then
+--db-name in this one process, and prints each round's times and sealed/clear,
+then the median ratio (alternating keeps the shared machine's drift out of it).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dsn, err := a.requireDatabaseURL(cmd)
@@ -116,31 +124,24 @@ created and seeded (ledger seed) when empty; a later run reuses the data.`,
 				return err
 			}
 			defer undoGC()
+			if versus != "" {
+				if !sealed {
+					return domain.Errorf(domain.EINVALID, "--versus compares a sealed database with a clear one: %s holds no sealed event (seed it with LEDGER_MASTER_KEY set)", dbName)
+				}
+				return a.rebuildVersus(ctx, u, db, versus, rounds)
+			}
 			stopProfile, err := startCPUProfile(cpuProfile)
 			if err != nil {
 				return err
 			}
 			defer stopProfile()
-			resetPeakRSS()
-			var phases []string
-			var phase string
-			var phaseStart time.Time
-			res, err := projections.Rebuild(ctx, db, projections.NewUsers(), func(p string, done, total int64) {
-				if p != phase {
-					if phase != "" {
-						phases = append(phases, fmt.Sprintf("%s %s", phase, time.Since(phaseStart).Round(time.Millisecond)))
-					}
-					phase, phaseStart = p, time.Now()
-				}
-			})
+			res, phases, peak, err := timeRebuild(ctx, db)
 			if err != nil {
 				return err
 			}
-			phases = append(phases, fmt.Sprintf("%s %s", phase, time.Since(phaseStart).Round(time.Millisecond)))
-			peak := peakRSS()
 			fmt.Fprintf(a.stdout, "ours (fold with domain.Apply, build aside, swap): %d users from %d events in %s (%.0f events/s), peak RSS %s\n",
 				res.Users, res.Events, res.Duration.Round(time.Millisecond), float64(res.Events)/res.Duration.Seconds(), peak)
-			fmt.Fprintf(a.stdout, "  phases: %s\n", strings.Join(phases, ", "))
+			fmt.Fprintf(a.stdout, "  phases: %s\n", phases)
 			if base > 0 {
 				fmt.Fprintf(a.stdout, "ratio ours/baseline: %.2f\n", res.Duration.Seconds()/base.Seconds())
 			}
@@ -151,7 +152,81 @@ created and seeded (ledger seed) when empty; a later run reuses the data.`,
 	cmd.Flags().IntVar(&events, "events", 1000000, "deliveries to seed when the database is empty")
 	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of our rebuild to this file (go tool pprof)")
 	cmd.Flags().StringVar(&dbName, "db-name", "ledger_bench_rebuild", "database to use on the DATABASE_URL server")
+	cmd.Flags().StringVar(&versus, "versus", "", "a database of the same history in clear (seeded by this command without LEDGER_MASTER_KEY): rebuild it and --db-name, sealed, in alternating rounds and print sealed/clear")
+	cmd.Flags().IntVar(&rounds, "rounds", 5, "rounds of --versus")
 	return cmd
+}
+
+// timeRebuild rebuilds db's users projection and returns the result, its
+// phases' times and this process's peak RSS during it.
+func timeRebuild(ctx context.Context, db *sqlx.DB) (projections.RebuildResult, string, string, error) {
+	resetPeakRSS()
+	var phases []string
+	var phase string
+	var phaseStart time.Time
+	res, err := projections.Rebuild(ctx, db, projections.NewUsers(), func(p string, done, total int64) {
+		if p != phase {
+			if phase != "" {
+				phases = append(phases, fmt.Sprintf("%s %s", phase, time.Since(phaseStart).Round(time.Millisecond)))
+			}
+			phase, phaseStart = p, time.Now()
+		}
+	})
+	if err != nil {
+		return res, "", "", err
+	}
+	phases = append(phases, fmt.Sprintf("%s %s", phase, time.Since(phaseStart).Round(time.Millisecond)))
+	return res, strings.Join(phases, ", "), peakRSS(), nil
+}
+
+// rebuildVersus is bench rebuild --versus: rounds of a rebuild of the clear
+// database named clearName (on u's server) then of sealedDB, printing each
+// round and the median sealed/clear time. The clear database must hold the
+// same number of events and none sealed.
+func (a *app) rebuildVersus(ctx context.Context, u *url.URL, sealedDB *sqlx.DB, clearName string, rounds int) error {
+	if rounds < 1 {
+		return domain.Errorf(domain.EINVALID, "--rounds must be at least 1")
+	}
+	cu := *u
+	cu.Path = "/" + clearName
+	clearDB, err := schema.Open(ctx, cu.String(), schema.PoolOptions{MaxOpen: 8})
+	if err != nil {
+		return err
+	}
+	defer clearDB.Close()
+	var nSealed, nClear int64
+	var clearSealed bool
+	if err := sealedDB.GetContext(ctx, &nSealed, `SELECT count(*) FROM events`); err != nil {
+		return fmt.Errorf("count events: %w", schema.Classify(err))
+	}
+	if err := clearDB.QueryRowxContext(ctx, `SELECT count(*), EXISTS (SELECT 1 FROM events WHERE body_sealed IS NOT NULL) FROM events`).Scan(&nClear, &clearSealed); err != nil {
+		return fmt.Errorf("database %s (--versus): %w", clearName, schema.Classify(err))
+	}
+	if clearSealed || nClear != nSealed {
+		return domain.Errorf(domain.EINVALID, "--versus %s must hold the same history in clear: it holds %d events (sealed: %v), against %d (seed it with LEDGER_MASTER_KEY unset: ledger bench rebuild --db-name %s)", clearName, nClear, clearSealed, nSealed, clearName)
+	}
+	ratios := make([]float64, 0, rounds)
+	for i := range rounds {
+		c, cphases, cpeak, err := timeRebuild(ctx, clearDB)
+		if err != nil {
+			return fmt.Errorf("rebuild %s: %w", clearName, err)
+		}
+		s, sphases, speak, err := timeRebuild(ctx, sealedDB)
+		if err != nil {
+			return err
+		}
+		r := s.Duration.Seconds() / c.Duration.Seconds()
+		ratios = append(ratios, r)
+		fmt.Fprintf(a.stdout, "round %d: clear %s (%s; peak RSS %s), sealed %s (%s; peak RSS %s): sealed/clear %.2f\n", i+1,
+			c.Duration.Round(time.Millisecond), cphases, cpeak, s.Duration.Round(time.Millisecond), sphases, speak, r)
+	}
+	slices.Sort(ratios)
+	med := ratios[len(ratios)/2]
+	if len(ratios)%2 == 0 {
+		med = (ratios[len(ratios)/2-1] + med) / 2
+	}
+	fmt.Fprintf(a.stdout, "sealed/clear over %d rounds: median %.2f (min %.2f, max %.2f)\n", rounds, med, ratios[0], ratios[len(ratios)-1])
+	return nil
 }
 
 // resetPeakRSS resets the kernel's high-water mark of this process's
