@@ -51,6 +51,7 @@ type ingestOptions struct {
 	unsealed    bool
 	warmUsers   bool // with users: one untimed delivery about each first
 	ceiling     bool // also send to a server that verifies and stores nothing
+	rounds      int  // pairs of --unsealed runs (1: one pair)
 }
 
 func (a *app) benchIngestCmd() *cobra.Command {
@@ -75,12 +76,15 @@ our rate as a ratio of it, with its CPU time per insert. --url targets a running
 payloads) against a child service of the same build that stores bodies in
 clear (no master key, its own scratch database ledger_bench_unsealed),
 printing the same lines prefixed "unsealed", then the sealed run as above,
-and at the end "sealed/unsealed: cost X, rate Y": the sealed run's total CPU
+and after it "sealed/unsealed: cost X, rate Y": the sealed run's total CPU
 time per delivery (service + PostgreSQL + senders) and its deliveries/s,
 each over the unsealed run's. The unsealed run goes first so that what it
 leaves PostgreSQL to do can only weigh on the sealed run; between the two,
 the unsealed database is vacuumed and the server checkpointed, so that work
-is not counted in the sealed run. Not with --url.
+is not counted in the sealed run. Not with --url. --rounds N repeats the pair
+N times (the sealed run settled like the unsealed one before the next pair),
+printing each pair's ratios and then "sealed/unsealed over N rounds: median
+cost X": on a shared machine one pair's ratio moves with the load of others.
 
 --ceiling then sends the same load to the service's HTTP surface alone
 (handlers.NewServer with its middleware, metrics and the webhook handler's
@@ -106,6 +110,7 @@ on the same cores.`,
 	cmd.Flags().DurationVarP(&o.duration, "duration", "d", 20*time.Second, "how long to send")
 	cmd.Flags().BoolVar(&o.baseline, "baseline", false, "also time plain durable INSERTs and print the ratio")
 	cmd.Flags().BoolVar(&o.unsealed, "unsealed", false, "first run the same load against a service storing bodies in clear and print the sealed/unsealed ratios")
+	cmd.Flags().IntVar(&o.rounds, "rounds", 1, "with --unsealed: pairs of runs (unsealed, then sealed), each pair's ratio printed, then their median")
 	cmd.Flags().BoolVar(&o.warmUsers, "warm-users", false, "with --users: first send, untimed, one delivery about each user and wait for the projectors, so the timed run is about users the ledger knows (their data keys made)")
 	cmd.Flags().BoolVar(&o.ceiling, "ceiling", false, "also send the same load to the service's HTTP surface with a store that keeps nothing (no database, no projectors) and print its rate over the baseline's")
 	cmd.Flags().IntVar(&o.users, "users", 0, "spread the deliveries over this many users (0: each about a new user, the worst case for sealing: a data key per delivery)")
@@ -376,31 +381,64 @@ func (a *app) benchIngest(ctx context.Context, o ingestOptions) error {
 	if o.unsealed && o.target != "" {
 		return domain.Errorf(domain.EINVALID, "--unsealed starts its own service and does not combine with --url")
 	}
+	if o.rounds > 1 && !o.unsealed {
+		return domain.Errorf(domain.EINVALID, "--rounds repeats the pair of runs of --unsealed")
+	}
 	p := newPayloads()
 	// The unsealed run goes first: what a run leaves behind (autovacuum,
 	// the checkpoint of its writes) then lands in the sealed run, which can
-	// make encryption look dearer, never cheaper.
-	var plain ingestRun
-	if o.unsealed {
+	// make encryption look dearer, never cheaper. With --rounds the pairs
+	// follow each other, each sealed run settled before the next pair.
+	var run ingestRun
+	var costs []float64
+	for i := range max(1, o.rounds) {
+		if i > 0 {
+			run.stop()
+			if err := settleDatabase(ctx, run.dsn); err != nil {
+				return err
+			}
+		}
+		var plain ingestRun
+		if o.unsealed {
+			var err error
+			if plain, err = a.ingestOnce(ctx, o, p, ingestService{label: "unsealed", database: "ledger_bench_unsealed", unsealed: true}); err != nil {
+				return err
+			}
+			plain.stop()
+			// What the unsealed run left PostgreSQL to do (vacuuming its
+			// rows, writing its pages) is done now, not during the sealed
+			// run, whose CPU meter counts every process of the server.
+			if err := settleDatabase(ctx, plain.dsn); err != nil {
+				return err
+			}
+		}
 		var err error
-		if plain, err = a.ingestOnce(ctx, o, p, ingestService{label: "unsealed", database: "ledger_bench_unsealed", unsealed: true}); err != nil {
+		if run, err = a.ingestOnce(ctx, o, p, ingestService{label: "ledger", database: "ledger_bench"}); err != nil {
 			return err
 		}
-		plain.stop()
-		// What the unsealed run left PostgreSQL to do (vacuuming its
-		// rows, writing its pages) is done now, not during the sealed run,
-		// whose CPU meter counts every process of the server.
-		if err := settleDatabase(ctx, plain.dsn); err != nil {
-			return err
+		switch {
+		case !o.unsealed:
+		case run.n == 0 || plain.n == 0:
+			fmt.Fprintf(a.stdout, "sealed/unsealed: n/a (a run had no delivery answered)\n")
+		default:
+			cost := run.cpu.perUnit(run.n) / plain.cpu.perUnit(plain.n)
+			costs = append(costs, cost)
+			fmt.Fprintf(a.stdout, "sealed/unsealed: cost %.2f (CPU per delivery, %s), rate %.2f\n",
+				cost, run.cpu.layers(), run.rate/plain.rate)
 		}
-	}
-	run, err := a.ingestOnce(ctx, o, p, ingestService{label: "ledger", database: "ledger_bench"})
-	if err != nil {
-		return err
 	}
 	defer run.stop()
+	if o.rounds > 1 && len(costs) > 0 {
+		slices.Sort(costs)
+		med := costs[len(costs)/2]
+		if len(costs)%2 == 0 {
+			med = (costs[len(costs)/2-1] + med) / 2
+		}
+		fmt.Fprintf(a.stdout, "sealed/unsealed over %d rounds: median cost %.2f (min %.2f, max %.2f)\n", len(costs), med, costs[0], costs[len(costs)-1])
+	}
 	var base *baselineResult
 	if o.baseline {
+		var err error
 		if base, err = a.ingestBaseline(ctx, o, p, run); err != nil {
 			return err
 		}
@@ -409,14 +447,6 @@ func (a *app) benchIngest(ctx context.Context, o ingestOptions) error {
 		if err := a.ingestCeiling(ctx, o, p, run, base); err != nil {
 			return err
 		}
-	}
-	switch {
-	case !o.unsealed:
-	case run.n == 0 || plain.n == 0:
-		fmt.Fprintf(a.stdout, "sealed/unsealed: n/a (a run had no delivery answered)\n")
-	default:
-		fmt.Fprintf(a.stdout, "sealed/unsealed: cost %.2f (CPU per delivery, %s), rate %.2f\n",
-			run.cpu.perUnit(run.n)/plain.cpu.perUnit(plain.n), run.cpu.layers(), run.rate/plain.rate)
 	}
 	return nil
 }

@@ -249,3 +249,31 @@ func TestChildServiceFailureSaysWhy(t *testing.T) {
 		t.Fatalf("err = %v; want the child's refusal in it", err)
 	}
 }
+
+// TestBenchIngestUnsealedRounds: --rounds 2 runs two pairs, unsealed then
+// sealed, prints each pair's ratios and then their median; --rounds without
+// --unsealed is refused.
+func TestBenchIngestUnsealedRounds(t *testing.T) {
+	u, err := url.Parse(schematest.ServerURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dropDatabases(t, "ledger_bench", "ledger_bench_unsealed") })
+	out, errOut, code := runLedger(t, map[string]string{"DATABASE_URL": u.String()}, "bench", "ingest", "--unsealed", "--rounds", "2", "-d", "1s", "-c", "4")
+	if code != 0 {
+		t.Fatalf("bench ingest exited %d:\n%s%s", code, out, errOut)
+	}
+	pairs := regexp.MustCompile(`(?m)^unsealed:\s+\d+ deliveries/s[^\n]*\n(?:.*\n)*?ledger:\s+\d+ deliveries/s[^\n]*\n(?:.*\n)*?sealed/unsealed: cost ([\d.]+) `).FindAllStringSubmatch(out, -1)
+	if len(pairs) != 2 {
+		t.Fatalf("want two pairs of runs, each with its ratio:\n%s", out)
+	}
+	med, _ := printedNumbers(t, out, `^sealed/unsealed over 2 rounds: median cost ([\d.]+) \(min ([\d.]+), max ([\d.]+)\)$`)
+	a, _ := strconv.ParseFloat(pairs[0][1], 64)
+	b, _ := strconv.ParseFloat(pairs[1][1], 64)
+	if !near(med[1], min(a, b)) || !near(med[2], max(a, b)) || !near(med[0], (a+b)/2) {
+		t.Errorf("median line %v for the pairs' %.2f and %.2f:\n%s", med, a, b, out)
+	}
+	if _, errOut, code := runLedger(t, nil, "bench", "ingest", "--rounds", "2", "-d", "1s"); code == 0 || !strings.Contains(errOut, "--rounds") {
+		t.Errorf("--rounds without --unsealed: exit %d, %s", code, errOut)
+	}
+}
