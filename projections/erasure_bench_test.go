@@ -34,21 +34,7 @@ func benchRebuildSealed(b *testing.B, users, n int) {
 	k := schematest.NewKeyring(b)
 	seed := func(ctx context.Context) *sqlx.DB {
 		db := schematest.NewDB(b)
-		bd := make([]schema.Backdated, len(ds))
-		for i, d := range ds {
-			d.Signature = "v1,test"
-			bd[i] = schema.Backdated{Delivery: d, ReceivedAt: time.Now()}
-		}
-		tx, err := db.Beginx()
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := schema.CopyDeliveries(ctx, tx, bd); err != nil {
-			b.Fatal(err)
-		}
-		if err := tx.Commit(); err != nil {
-			b.Fatal(err)
-		}
+		loadIn(b, ctx, db, ds)
 		if _, err := db.Exec(`VACUUM ANALYZE events`); err != nil {
 			b.Fatal(err)
 		}

@@ -37,6 +37,13 @@ func history(t testing.TB, seed uint64, users, events int) []domain.Delivery {
 // load appends ds to the ledger with COPY in one transaction.
 func load(t testing.TB, db *sqlx.DB, ds []domain.Delivery) {
 	t.Helper()
+	loadIn(t, context.Background(), db, ds)
+}
+
+// loadIn is load with ctx: with a keyring in it (schema.WithKeyring), the
+// bodies about a user are sealed.
+func loadIn(t testing.TB, ctx context.Context, db *sqlx.DB, ds []domain.Delivery) {
+	t.Helper()
 	if len(ds) == 0 {
 		return
 	}
@@ -52,7 +59,7 @@ func load(t testing.TB, db *sqlx.DB, ds []domain.Delivery) {
 		t.Fatal(err)
 	}
 	defer tx.Rollback()
-	if err := schema.CopyDeliveries(context.Background(), tx, bd); err != nil {
+	if err := schema.CopyDeliveries(ctx, tx, bd); err != nil {
 		t.Fatal(err)
 	}
 	if err := tx.Commit(); err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
@@ -19,22 +18,7 @@ func TestSealedRebuildOpensEveryBodyOnce(t *testing.T) {
 	db := schematest.NewDB(t)
 	k := schematest.NewKeyring(t)
 	ctx := schema.WithKeyring(context.Background(), k)
-	ds := history(t, 7, 300, 3000)
-	bd := make([]schema.Backdated, len(ds))
-	for i, d := range ds {
-		d.Signature = "v1,test"
-		bd[i] = schema.Backdated{Delivery: d, ReceivedAt: time.Now()}
-	}
-	tx, err := db.Beginx()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := schema.CopyDeliveries(ctx, tx, bd); err != nil {
-		t.Fatal(err)
-	}
-	if err := tx.Commit(); err != nil {
-		t.Fatal(err)
-	}
+	loadIn(t, ctx, db, history(t, 7, 300, 3000))
 	var sealed int
 	if err := db.Get(&sealed, `SELECT count(*) FROM events WHERE body_sealed IS NOT NULL`); err != nil || sealed == 0 {
 		t.Fatalf("sealed events: %d, %v", sealed, err)

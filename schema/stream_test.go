@@ -12,41 +12,15 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
 	"github.com/clerk-ledger/clerk-ledger/userkeys"
+	"github.com/jmoiron/sqlx"
 )
 
 // TestStreamEventsSealed: StreamEvents over a sealed ledger of several
 // batches hands every event once, with its exact body, an erased user's events as Erased with no
 // body; fn's error stops it, is returned as is, and no call follows it.
 func TestStreamEventsSealed(t *testing.T) {
-	db := schematest.NewDB(t)
-	k := newKeyring(t)
-	ctx := schema.WithKeyring(context.Background(), k)
 	const n = 700 // more than two of StreamEvents' batches
-	bd := make([]schema.Backdated, n)
-	want := map[string][]byte{}
-	for i := range bd {
-		d := historyEvent(t, i)
-		bd[i] = schema.Backdated{Delivery: d, ReceivedAt: time.Now()}
-		want[d.ID] = d.Body
-	}
-	tx, err := db.Beginx()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := schema.CopyDeliveries(ctx, tx, bd); err != nil {
-		t.Fatal(err)
-	}
-	if err := tx.Commit(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Exec(`UPDATE user_keys SET wrapped = NULL WHERE user_id = 'user_2'`); err != nil {
-		t.Fatal(err)
-	}
-	schematest.WaitVisible(t, db)
-	head, err := schema.GateHead(ctx, db)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, ctx, head, want := sealedHistory(t, n)
 	var got []domain.Event
 	if err := schema.StreamEvents(ctx, db, schema.Cursor{}, head, nil, func(e domain.Event) error {
 		got = append(got, e)
@@ -79,7 +53,7 @@ func TestStreamEventsSealed(t *testing.T) {
 	}
 	stop := errors.New("stop")
 	calls := 0
-	err = schema.StreamEvents(ctx, db, schema.Cursor{}, head, nil, func(e domain.Event) error {
+	err := schema.StreamEvents(ctx, db, schema.Cursor{}, head, nil, func(e domain.Event) error {
 		if calls++; calls == 300 {
 			return stop
 		}
@@ -103,35 +77,8 @@ func TestStreamEventsSealed(t *testing.T) {
 // events come Erased and not Sealed; Open does nothing to a clear event;
 // without the keyring a sealed event is an error.
 func TestStreamSealedLeavesBodiesToOpen(t *testing.T) {
-	db := schematest.NewDB(t)
-	k := newKeyring(t)
-	ctx := schema.WithKeyring(context.Background(), k)
 	const n = 300
-	bd := make([]schema.Backdated, n)
-	want := map[string][]byte{}
-	for i := range bd {
-		d := historyEvent(t, i)
-		bd[i] = schema.Backdated{Delivery: d, ReceivedAt: time.Now()}
-		want[d.ID] = d.Body
-	}
-	tx, err := db.Beginx()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := schema.CopyDeliveries(ctx, tx, bd); err != nil {
-		t.Fatal(err)
-	}
-	if err := tx.Commit(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Exec(`UPDATE user_keys SET wrapped = NULL WHERE user_id = 'user_2'`); err != nil {
-		t.Fatal(err)
-	}
-	schematest.WaitVisible(t, db)
-	head, err := schema.GateHead(ctx, db)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, ctx, head, want := sealedHistory(t, n)
 	slots := map[string]*userkeys.Slot{}
 	var aad []byte
 	sealed, erased, calls := 0, 0, 0
@@ -173,4 +120,40 @@ func TestStreamSealedLeavesBodiesToOpen(t *testing.T) {
 	if err := schema.StreamSealed(context.Background(), db, schema.Cursor{}, head, nil, func(schema.Streamed) error { return nil }); domain.ErrorCode(err) != domain.EUNAVAILABLE {
 		t.Fatalf("streamed a sealed ledger without the keyring: %v", err)
 	}
+}
+
+// sealedHistory returns a new database holding n history events (sealed
+// under a new keyring, user_2's key destroyed), a context with the
+// keyring, the gate head once they are all visible, and each delivery's
+// body by id.
+func sealedHistory(t *testing.T, n int) (*sqlx.DB, context.Context, schema.Cursor, map[string][]byte) {
+	t.Helper()
+	db := schematest.NewDB(t)
+	ctx := schema.WithKeyring(context.Background(), newKeyring(t))
+	bd := make([]schema.Backdated, n)
+	want := map[string][]byte{}
+	for i := range bd {
+		d := historyEvent(t, i)
+		bd[i] = schema.Backdated{Delivery: d, ReceivedAt: time.Now()}
+		want[d.ID] = d.Body
+	}
+	tx, err := db.Beginx()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := schema.CopyDeliveries(ctx, tx, bd); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE user_keys SET wrapped = NULL WHERE user_id = 'user_2'`); err != nil {
+		t.Fatal(err)
+	}
+	schematest.WaitVisible(t, db)
+	head, err := schema.GateHead(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return db, ctx, head, want
 }
