@@ -81,10 +81,12 @@ time per delivery (service + PostgreSQL + senders) and its deliveries/s,
 each over the unsealed run's. The unsealed run goes first so that what it
 leaves PostgreSQL to do can only weigh on the sealed run; between the two,
 the unsealed database is vacuumed and the server checkpointed, so that work
-is not counted in the sealed run. Not with --url. --rounds N repeats the pair
-N times (the sealed run settled like the unsealed one before the next pair),
-printing each pair's ratios and then "sealed/unsealed over N rounds: median
-cost X": on a shared machine one pair's ratio moves with the load of others.
+is not counted in the sealed run. Not with --url. --rounds N runs N pairs,
+alternating their order (unsealed first, then sealed first, ...), every run's
+service stopped and its database settled before the next run, and prints each
+pair's ratios and then "sealed/unsealed over N rounds: median cost X": on a
+shared machine one pair's ratio moves with the load of others, and the first
+run of a session finds the machine colder than the rest.
 
 --ceiling then sends the same load to the service's HTTP surface alone
 (handlers.NewServer with its middleware, metrics and the webhook handler's
@@ -110,7 +112,7 @@ on the same cores.`,
 	cmd.Flags().DurationVarP(&o.duration, "duration", "d", 20*time.Second, "how long to send")
 	cmd.Flags().BoolVar(&o.baseline, "baseline", false, "also time plain durable INSERTs and print the ratio")
 	cmd.Flags().BoolVar(&o.unsealed, "unsealed", false, "first run the same load against a service storing bodies in clear and print the sealed/unsealed ratios")
-	cmd.Flags().IntVar(&o.rounds, "rounds", 1, "with --unsealed: pairs of runs (unsealed, then sealed), each pair's ratio printed, then their median")
+	cmd.Flags().IntVar(&o.rounds, "rounds", 1, "with --unsealed: pairs of runs (unsealed then sealed, then the other way round, ...), each pair's ratio printed, then their median")
 	cmd.Flags().BoolVar(&o.warmUsers, "warm-users", false, "with --users: first send, untimed, one delivery about each user and wait for the projectors, so the timed run is about users the ledger knows (their data keys made)")
 	cmd.Flags().BoolVar(&o.ceiling, "ceiling", false, "also send the same load to the service's HTTP surface with a store that keeps nothing (no database, no projectors) and print its rate over the baseline's")
 	cmd.Flags().IntVar(&o.users, "users", 0, "spread the deliveries over this many users (0: each about a new user, the worst case for sealing: a data key per delivery)")
@@ -386,35 +388,43 @@ func (a *app) benchIngest(ctx context.Context, o ingestOptions) error {
 	}
 	p := newPayloads()
 	// The unsealed run goes first: what a run leaves behind (autovacuum,
-	// the checkpoint of its writes) then lands in the sealed run, which can
-	// make encryption look dearer, never cheaper. With --rounds the pairs
-	// follow each other, each sealed run settled before the next pair.
+	// the checkpoint of its writes) is settled before the next (vacuumed,
+	// checkpointed), and what is left of it lands in the sealed run, which
+	// can make encryption look dearer, never cheaper. With --rounds the
+	// pairs alternate their order (unsealed first, then sealed first, ...),
+	// so a machine warming up or slowing down over the rounds weighs on
+	// both alike.
 	var run ingestRun
 	var costs []float64
 	for i := range max(1, o.rounds) {
-		if i > 0 {
-			run.stop()
-			if err := settleDatabase(ctx, run.dsn); err != nil {
-				return err
-			}
+		order := []bool{false} // sealed alone
+		if o.unsealed {
+			order = []bool{i%2 == 0, i%2 == 1} // unsealed first in odd rounds
 		}
 		var plain ingestRun
-		if o.unsealed {
-			var err error
-			if plain, err = a.ingestOnce(ctx, o, p, ingestService{label: "unsealed", database: "ledger_bench_unsealed", unsealed: true}); err != nil {
+		for _, unsealed := range order {
+			svc := ingestService{label: "ledger", database: "ledger_bench"}
+			if unsealed {
+				svc = ingestService{label: "unsealed", database: "ledger_bench_unsealed", unsealed: true}
+			}
+			r, err := a.ingestOnce(ctx, o, p, svc)
+			if err != nil {
 				return err
 			}
-			plain.stop()
-			// What the unsealed run left PostgreSQL to do (vacuuming its
-			// rows, writing its pages) is done now, not during the sealed
-			// run, whose CPU meter counts every process of the server.
-			if err := settleDatabase(ctx, plain.dsn); err != nil {
-				return err
+			if unsealed {
+				plain = r
+			} else {
+				run = r
 			}
-		}
-		var err error
-		if run, err = a.ingestOnce(ctx, o, p, ingestService{label: "ledger", database: "ledger_bench"}); err != nil {
-			return err
+			if o.unsealed {
+				// What the run left PostgreSQL to do (vacuuming its rows,
+				// writing its pages) is done now, not during the next run,
+				// whose CPU meter counts every process of the server.
+				r.stop()
+				if err := settleDatabase(ctx, r.dsn); err != nil {
+					return err
+				}
+			}
 		}
 		switch {
 		case !o.unsealed:
@@ -427,7 +437,9 @@ func (a *app) benchIngest(ctx context.Context, o ingestOptions) error {
 				cost, run.cpu.layers(), run.rate/plain.rate)
 		}
 	}
-	defer run.stop()
+	if !o.unsealed {
+		defer run.stop()
+	}
 	if o.rounds > 1 && len(costs) > 0 {
 		slices.Sort(costs)
 		med := costs[len(costs)/2]

@@ -40,9 +40,10 @@ created and seeded (ledger seed) when empty; a later run reuses the data.
 
 With --versus CLEAR_DB (--db-name then a database seeded with LEDGER_MASTER_KEY
 set, CLEAR_DB one of the same history seeded without it), it measures what
-sealing costs a rebuild instead: --rounds rounds, each rebuilding CLEAR_DB then
---db-name in this one process, and prints each round's times and sealed/clear,
-then the median ratio (alternating keeps the shared machine's drift out of it).`,
+sealing costs a rebuild instead: --rounds rounds in this one process, each
+rebuilding CLEAR_DB and --db-name (clear first, then sealed first, ...), and
+prints each round's times and sealed/clear, then the median ratio (alternating
+keeps the shared machine's drift out of it).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dsn, err := a.requireDatabaseURL(cmd)
@@ -180,8 +181,8 @@ func timeRebuild(ctx context.Context, db *sqlx.DB) (projections.RebuildResult, s
 }
 
 // rebuildVersus is bench rebuild --versus: rounds of a rebuild of the clear
-// database named clearName (on u's server) then of sealedDB, printing each
-// round and the median sealed/clear time. The clear database must hold the
+// database named clearName (on u's server) and of sealedDB, in alternating
+// order, printing each round and the median sealed/clear time. The clear database must hold the
 // same number of events and none sealed.
 func (a *app) rebuildVersus(ctx context.Context, u *url.URL, sealedDB *sqlx.DB, clearName string, rounds int) error {
 	if rounds < 1 {
@@ -207,17 +208,27 @@ func (a *app) rebuildVersus(ctx context.Context, u *url.URL, sealedDB *sqlx.DB, 
 	}
 	ratios := make([]float64, 0, rounds)
 	for i := range rounds {
-		c, cphases, cpeak, err := timeRebuild(ctx, clearDB)
-		if err != nil {
-			return fmt.Errorf("rebuild %s: %w", clearName, err)
-		}
-		s, sphases, speak, err := timeRebuild(ctx, sealedDB)
-		if err != nil {
-			return err
+		// The order alternates (clear first, then sealed first, ...), so
+		// a machine warming up or slowing down weighs on both alike.
+		var c, s projections.RebuildResult
+		var cphases, cpeak, sphases, speak string
+		for _, clear := range []bool{i%2 == 0, i%2 == 1} {
+			var err error
+			if clear {
+				if c, cphases, cpeak, err = timeRebuild(ctx, clearDB); err != nil {
+					return fmt.Errorf("rebuild %s: %w", clearName, err)
+				}
+			} else if s, sphases, speak, err = timeRebuild(ctx, sealedDB); err != nil {
+				return err
+			}
 		}
 		r := s.Duration.Seconds() / c.Duration.Seconds()
 		ratios = append(ratios, r)
-		fmt.Fprintf(a.stdout, "round %d: clear %s (%s; peak RSS %s), sealed %s (%s; peak RSS %s): sealed/clear %.2f\n", i+1,
+		first := "clear"
+		if i%2 == 1 {
+			first = "sealed"
+		}
+		fmt.Fprintf(a.stdout, "round %d (%s first): clear %s (%s; peak RSS %s), sealed %s (%s; peak RSS %s): sealed/clear %.2f\n", i+1, first,
 			c.Duration.Round(time.Millisecond), cphases, cpeak, s.Duration.Round(time.Millisecond), sphases, speak, r)
 	}
 	slices.Sort(ratios)

@@ -13,7 +13,7 @@ import (
 )
 
 // TestBenchRebuildVersus: `bench rebuild --versus` seeds the sealed
-// database, rebuilds it and the clear one in alternating rounds and prints
+// database, rebuilds it and the clear one in rounds of alternating order and prints
 // each round's sealed/clear and their median; it refuses a clear --db-name,
 // a --versus database that is sealed or holds another history, and no
 // rounds.
@@ -53,7 +53,10 @@ func TestBenchRebuildVersus(t *testing.T) {
 	if err != nil {
 		t.Fatalf("--versus: %v\n%s", err, out)
 	}
-	rounds := regexp.MustCompile(`(?m)^round [123]: clear \S+ \(fold .*\), sealed \S+ \(fold .*\): sealed/clear [0-9.]+$`).FindAllString(out, -1)
+	if !strings.Contains(out, "round 1 (clear first): ") || !strings.Contains(out, "round 2 (sealed first): ") || !strings.Contains(out, "round 3 (clear first): ") {
+		t.Fatalf("the rounds do not alternate their order:\n%s", out)
+	}
+	rounds := regexp.MustCompile(`(?m)^round [123] \((?:clear|sealed) first\): clear \S+ \(fold .*\), sealed \S+ \(fold .*\): sealed/clear [0-9.]+$`).FindAllString(out, -1)
 	if len(rounds) != 3 || !regexp.MustCompile(`(?m)^sealed/clear over 3 rounds: median [0-9.]+ \(min [0-9.]+, max [0-9.]+\)$`).MatchString(out) {
 		t.Fatalf("--versus printed:\n%s", out)
 	}
