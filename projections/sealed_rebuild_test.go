@@ -2,23 +2,44 @@ package projections
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
 )
 
 // TestSealedRebuildOpensEveryBodyOnce: over a sealed ledger (bodies opened
-// by the fold's workers, each with its users' keys: userkeys.Slot), a
-// rebuild and a check give exactly the live projection; a key row changed to
+// by the fold's workers, each with its users' keys: userkeys.Slot) that
+// holds every poison case, a rebuild and a check give exactly the live
+// projection and its poison events; a key row changed to
 // another key stops the rebuild with an error naming the event whose body
 // does not open, and leaves the live table and no table aside.
 func TestSealedRebuildOpensEveryBodyOnce(t *testing.T) {
 	db := schematest.NewDB(t)
 	k := schematest.NewKeyring(t)
 	ctx := schema.WithKeyring(context.Background(), k)
-	loadIn(t, ctx, db, history(t, 7, 300, 3000))
+	// The history, and every poison case (NUL bytes, lone surrogates, values
+	// PostgreSQL refuses, ...) sealed under its own user.
+	ds := history(t, 7, 300, 3000)
+	for i, c := range poisonCases() {
+		id := fmt.Sprintf("user_case%02d", i)
+		for j, typ := range []string{"user.created", "user.updated"} {
+			f := userFields{}
+			if j == 1 {
+				f = c.f
+			}
+			d, err := domain.NewDelivery(fmt.Sprintf("msg_%s_%d", id, j), time.Now().Unix(), "v1,test", userEventBody(typ, id, int64(1000*(j+1)), f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ds = append(ds, d)
+		}
+	}
+	loadIn(t, ctx, db, ds)
 	var sealed int
 	if err := db.Get(&sealed, `SELECT count(*) FROM events WHERE body_sealed IS NOT NULL`); err != nil || sealed == 0 {
 		t.Fatalf("sealed events: %d, %v", sealed, err)
@@ -41,12 +62,16 @@ func TestSealedRebuildOpensEveryBodyOnce(t *testing.T) {
 	if err != nil || len(chk.Differences) != 0 {
 		t.Fatalf("check of the sealed ledger: %v, %+v", err, chk.Differences)
 	}
+	var liveFailures int
+	if err := db.Get(&liveFailures, `SELECT count(*) FROM projection_failures WHERE projector = 'users'`); err != nil {
+		t.Fatal(err)
+	}
 	res, err := Rebuild(ctx, db, NewUsers(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Users != 300 || snapshot() != live {
-		t.Fatalf("rebuild of the sealed ledger: %d users, equal to live: %v", res.Users, snapshot() == live)
+	if res.Users != 300+len(poisonCases()) || snapshot() != live || res.Failures != liveFailures || liveFailures == 0 {
+		t.Fatalf("rebuild of the sealed ledger: %d users, %d poison events (live %d), equal to live: %v", res.Users, res.Failures, liveFailures, snapshot() == live)
 	}
 
 	// Another key in one user's row: their bodies no longer open.

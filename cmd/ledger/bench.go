@@ -383,6 +383,9 @@ func (a *app) benchIngest(ctx context.Context, o ingestOptions) error {
 	if o.unsealed && o.target != "" {
 		return domain.Errorf(domain.EINVALID, "--unsealed starts its own service and does not combine with --url")
 	}
+	if o.rounds < 1 {
+		return domain.Errorf(domain.EINVALID, "--rounds must be at least 1")
+	}
 	if o.rounds > 1 && !o.unsealed {
 		return domain.Errorf(domain.EINVALID, "--rounds repeats the pair of runs of --unsealed")
 	}

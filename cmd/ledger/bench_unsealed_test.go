@@ -252,7 +252,8 @@ func TestChildServiceFailureSaysWhy(t *testing.T) {
 
 // TestBenchIngestUnsealedRounds: --rounds 2 runs two pairs, the first
 // unsealed then sealed, the second sealed then unsealed, prints each pair's
-// ratios and then their median; --rounds without --unsealed is refused.
+// ratios and then their median; --rounds without --unsealed, or below 1,
+// is refused.
 func TestBenchIngestUnsealedRounds(t *testing.T) {
 	u, err := url.Parse(schematest.ServerURL())
 	if err != nil {
@@ -277,5 +278,10 @@ func TestBenchIngestUnsealedRounds(t *testing.T) {
 	}
 	if _, errOut, code := runLedger(t, nil, "bench", "ingest", "--rounds", "2", "-d", "1s"); code == 0 || !strings.Contains(errOut, "--rounds") {
 		t.Errorf("--rounds without --unsealed: exit %d, %s", code, errOut)
+	}
+	for _, n := range []string{"0", "-1"} {
+		if _, errOut, code := runLedger(t, nil, "bench", "ingest", "--unsealed", "--rounds", n, "-d", "1s"); code == 0 || !strings.Contains(errOut, "--rounds must be at least 1") {
+			t.Errorf("--rounds %s: exit %d, %s", n, code, errOut)
+		}
 	}
 }
