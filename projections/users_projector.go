@@ -140,6 +140,7 @@ type userState struct {
 	u    domain.User
 	last schema.Cursor
 	key  userkeys.Slot // the user's data key, in a fold that opens bodies itself
+	seen bool          // an event of the user was folded (not only its key read)
 }
 
 // row is s as the users table stores it.
@@ -403,6 +404,7 @@ func (p *Users) fold(ctx context.Context, q schema.Queryer, after, upTo schema.C
 							s = &userState{}
 							m[k] = s
 						}
+						s.seen = true
 						var err error
 						if aad, err = evs[i].Open(&s.key, aad); err != nil {
 							errs[w] = err
@@ -425,7 +427,18 @@ func (p *Users) fold(ctx context.Context, q schema.Queryer, after, upTo schema.C
 			pending[w] = make([]schema.Streamed, 0, chunk)
 		}
 	}
-	err := schema.StreamSealed(ctx, q, after, upTo, domain.UserEventTypes(), func(s schema.Streamed) error {
+	// Every data key is read before the first event is sent to a worker:
+	// each goes into its user's state in the shard of the worker that will
+	// open the user's bodies (the send orders these writes before it).
+	key := func(user string, wrapped []byte) error {
+		s := &userState{}
+		if err := s.key.Hold(wrapped); err != nil {
+			return fmt.Errorf("the data key of user %s: %w", user, err)
+		}
+		out.shards[p.shardOf(user, workers)][user] = s
+		return nil
+	}
+	err := schema.StreamSealed(ctx, q, after, upTo, domain.UserEventTypes(), key, func(s schema.Streamed) error {
 		w := 0 // a poison event naming no user goes to shard 0 to be recorded
 		if s.Event.UserID == "" {
 			if k, f := userKey(s.Event); f == nil {
@@ -466,7 +479,11 @@ func (p *Users) fold(ctx context.Context, q schema.Queryer, after, upTo schema.C
 		out.failures = append(out.failures, f...)
 	}
 	for _, m := range out.shards {
-		out.nrows += len(m)
+		for _, s := range m {
+			if s.seen {
+				out.nrows++
+			}
+		}
 	}
 	return out, nil
 }

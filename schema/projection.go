@@ -210,7 +210,7 @@ func rangeArgs(after, upTo Cursor, types []string) []any {
 func StreamEvents(ctx context.Context, q Queryer, after, upTo Cursor, types []string, fn func(domain.Event) error) error {
 	o := KeyringFrom(ctx).Opener()
 	if o == nil {
-		return StreamSealed(ctx, q, after, upTo, types, func(s Streamed) error { return fn(s.Event) })
+		return StreamSealed(ctx, q, after, upTo, types, nil, func(s Streamed) error { return fn(s.Event) })
 	}
 	rows, err := streamRows(ctx, q, after, upTo, types)
 	if err != nil {
@@ -236,7 +236,7 @@ func StreamEvents(ctx context.Context, q Queryer, after, upTo Cursor, types []st
 		}
 		for rows.Next() {
 			batch = append(batch, Streamed{})
-			if err := scanStreamed(o, (*userkeys.Opener).Prepare, rows, &batch[len(batch)-1]); err != nil {
+			if err := scanStreamed(o.Prepare, rows, &batch[len(batch)-1]); err != nil {
 				return err
 			}
 			if len(batch) == streamBatch && !send() {
@@ -260,19 +260,39 @@ func StreamEvents(ctx context.Context, q Queryer, after, upTo Cursor, types []st
 // StreamSealed is StreamEvents for a reader that opens the sealed bodies
 // itself (Streamed.Open), on goroutines of its own that each keep the keys
 // of the users they fold (a rebuild's, whose workers own a share of the
-// users each): fn, called on the reading goroutine, gets every event as
-// read, a sealed body not opened yet (Streamed.Sealed). Without a keyring
-// in ctx a sealed event is an error, as in StreamEvents.
-func StreamSealed(ctx context.Context, q Queryer, after, upTo Cursor, types []string, fn func(Streamed) error) error {
-	rows, err := streamRows(ctx, q, after, upTo, types)
+// users): with a keyring in ctx, it first calls key with the wrapped data
+// key of every user who has one (a destroyed key is not given: that user's
+// bodies open as erased), then fn, on the same goroutine, with every event
+// as read, a sealed body not opened yet (Streamed.Sealed). The keys are
+// read before the events: a key is stored with or before the first event
+// sealed under it, so every event up to an upTo from GateHead finds its
+// key, and when q is a transaction both reads share its snapshot. Reading
+// the keys once, rather than joining them to every event, keeps the scan
+// as cheap as a clear ledger's (a join with 100k keys outgrows work_mem:
+// PostgreSQL then spills the events to disk, or scans them in parallel on
+// the cores the fold needs). Without a keyring in ctx key is not called,
+// and a sealed event is an error, as in StreamEvents. key's or fn's error
+// stops the read and is returned as is.
+func StreamSealed(ctx context.Context, q Queryer, after, upTo Cursor, types []string, key func(user string, wrapped []byte) error, fn func(Streamed) error) error {
+	k := KeyringFrom(ctx)
+	var prepare preparer
+	if k != nil {
+		if err := streamKeys(ctx, q, key); err != nil {
+			return err
+		}
+		prepare = func(user string, _ []byte, deliveryID string, sealed []byte) (userkeys.Pending, bool, error) {
+			return k.Defer(user, deliveryID, sealed)
+		}
+	}
+	rows, err := q.QueryxContext(ctx, `SELECT e.position, e.transaction_id, e.delivery_id, e.type, COALESCE(e.user_id, ''), e.occurred_at, e.body, e.body_sealed, NULL::bytea, NULL::bytea
+FROM events e WHERE `+rangeWhere, rangeArgs(after, upTo, types)...)
 	if err != nil {
-		return err
+		return fmt.Errorf("stream ledger %s..%s: %w", after, upTo, Classify(err))
 	}
 	defer rows.Close()
-	o := KeyringFrom(ctx).Opener()
 	for rows.Next() {
 		var s Streamed
-		if err := scanStreamed(o, (*userkeys.Opener).Defer, rows, &s); err != nil {
+		if err := scanStreamed(prepare, rows, &s); err != nil {
 			return err
 		}
 		if err := fn(s); err != nil {
@@ -281,6 +301,30 @@ func StreamSealed(ctx context.Context, q Queryer, after, upTo Cursor, types []st
 	}
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("stream ledger %s..%s: %w", after, upTo, Classify(err))
+	}
+	return nil
+}
+
+// streamKeys calls key with every user's wrapped data key not destroyed
+// (StreamSealed).
+func streamKeys(ctx context.Context, q Queryer, key func(user string, wrapped []byte) error) error {
+	rows, err := q.QueryxContext(ctx, `SELECT user_id, wrapped FROM user_keys WHERE wrapped IS NOT NULL`)
+	if err != nil {
+		return fmt.Errorf("read the data keys: %w", Classify(err))
+	}
+	defer rows.Close()
+	var user string
+	var wrapped sql.RawBytes
+	for rows.Next() {
+		if err := rows.Scan(&user, &wrapped); err != nil {
+			return fmt.Errorf("read the data keys: %w", Classify(err))
+		}
+		if err := key(user, wrapped); err != nil {
+			return err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read the data keys: %w", Classify(err))
 	}
 	return nil
 }
@@ -312,7 +356,9 @@ type Streamed struct {
 func (s *Streamed) Sealed() bool { return s.sealed }
 
 // Open opens s's sealed body into s.Event (Body, Salt) with the data key
-// in slot, which must be kept for s.Event.UserID alone, building the
+// in slot, which must be kept for s.Event.UserID alone and given the key
+// StreamSealed read for that user (Slot.Hold); a slot given none makes the
+// event Erased (the key was destroyed), with no body. It builds the
 // associated data in aad's memory, and returns aad's memory to use again.
 // A body that does not open is an error naming the event. It does nothing
 // for a body not sealed.
@@ -320,29 +366,34 @@ func (s *Streamed) Open(slot *userkeys.Slot, aad []byte) ([]byte, error) {
 	if !s.sealed {
 		return aad, nil
 	}
-	salt, body, aad, err := s.p.OpenIn(slot, aad)
+	salt, body, aad, erased, err := s.p.OpenIn(slot, aad)
 	if err != nil {
 		return aad, fmt.Errorf("open event %d: %w", s.Event.Position, err)
 	}
-	s.Event.Body, s.Event.Salt, s.sealed, s.p = body, salt, false, userkeys.Pending{}
+	s.Event.Body, s.Event.Salt, s.Event.Erased, s.sealed, s.p = body, salt, erased, false, userkeys.Pending{}
 	return aad, nil
 }
 
-// scanStreamed scans StreamEvents' row into s: a clear or erased event
-// whole; without o (no keyring) a sealed one is an error, with o its body
-// is left to decrypt (s.p), made by prepare (Opener.Prepare or Defer).
-func scanStreamed(o *userkeys.Opener, prepare func(*userkeys.Opener, string, []byte, string, []byte) (userkeys.Pending, bool, error), rows *sqlx.Rows, s *Streamed) error {
+// preparer makes the Pending of a sealed body read with its user's
+// wrapped key (nil for a read that does not select it): Opener.Prepare,
+// or Keyring.Defer.
+type preparer func(user string, wrapped []byte, deliveryID string, sealed []byte) (userkeys.Pending, bool, error)
+
+// scanStreamed scans a StreamEvents or StreamSealed row into s: a clear or
+// erased event whole; without prepare (no keyring) a sealed one is an
+// error, with it its body is left to decrypt (s.p).
+func scanStreamed(prepare preparer, rows *sqlx.Rows, s *Streamed) error {
 	e := &s.Event
 	var sl sealed
 	if err := rows.Scan(append([]any{&e.Position, &e.TxID, &e.DeliveryID, &e.Type, &e.UserID, &e.OccurredAt, &e.Body}, sl.rowsDest()...)...); err != nil {
 		return fmt.Errorf("stream ledger: scan event: %w", Classify(err))
 	}
 	e.OccurredAt = e.OccurredAt.UTC()
-	if sl.body == nil || o == nil {
-		return openRowBody(o, e, &sl)
+	if sl.body == nil || prepare == nil {
+		return openRowBody(nil, e, &sl)
 	}
 	e.Body, e.Commitment = nil, sl.commitment
-	p, erased, err := prepare(o, e.UserID, sl.wrapped, e.DeliveryID, sl.body)
+	p, erased, err := prepare(e.UserID, sl.wrapped, e.DeliveryID, sl.body)
 	if err != nil {
 		return fmt.Errorf("open event %d: %w", e.Position, err)
 	}

@@ -71,53 +71,90 @@ func TestStreamEventsSealed(t *testing.T) {
 	}
 }
 
-// TestStreamSealedLeavesBodiesToOpen: StreamSealed hands every event of a
-// sealed ledger once, a sealed body not opened yet (Sealed, no Body), which
-// Open fills with the exact body using one Slot per user; an erased user's
-// events come Erased and not Sealed; Open does nothing to a clear event;
-// without the keyring a sealed event is an error.
+// TestStreamSealedLeavesBodiesToOpen: StreamSealed first gives every
+// user's data key once (not the erased user's: destroyed), then hands every
+// event of a sealed ledger once, a sealed body not opened yet (Sealed, no
+// Body), which Open fills with the exact body using one Slot per user
+// holding its key; the erased user's events open as Erased with no body,
+// as does a body whose user's slot was given no key; Open does nothing to a
+// clear event; without the keyring a sealed event is an error and no key
+// is read; key's error stops the read.
 func TestStreamSealedLeavesBodiesToOpen(t *testing.T) {
 	const n = 300
 	db, ctx, head, want := sealedHistory(t, n)
 	slots := map[string]*userkeys.Slot{}
+	key := func(user string, wrapped []byte) error {
+		if slots[user] != nil {
+			t.Fatalf("the key of %s given twice", user)
+		}
+		slots[user] = &userkeys.Slot{}
+		return slots[user].Hold(wrapped)
+	}
 	var aad []byte
 	sealed, erased, calls := 0, 0, 0
-	if err := schema.StreamSealed(ctx, db, schema.Cursor{}, head, nil, func(s schema.Streamed) error {
-		calls++
-		e := s.Event
-		switch {
-		case e.UserID == "user_2" && e.Type != "organization.created":
-			if !e.Erased || s.Sealed() || e.Body != nil {
-				t.Fatalf("%s of the erased user: erased=%v sealed=%v body %q", e.DeliveryID, e.Erased, s.Sealed(), e.Body)
+	if err := schema.StreamSealed(ctx, db, schema.Cursor{}, head, nil, key, func(s schema.Streamed) error {
+		if calls++; calls == 1 {
+			if len(slots) == 0 || slots["user_2"] != nil {
+				t.Fatalf("before the first event: the keys of %d users, the erased user's %v", len(slots), slots["user_2"] != nil)
 			}
-			erased++
-			return nil
-		case s.Sealed():
-			if e.Body != nil {
-				t.Fatalf("%s: a sealed event came with a body", e.DeliveryID)
+		}
+		e := s.Event
+		if s.Sealed() {
+			if e.Body != nil || e.Erased {
+				t.Fatalf("%s: a sealed event came with a body (%q) or erased", e.DeliveryID, e.Body)
 			}
 			sealed++
 		}
 		slot := slots[e.UserID]
 		if slot == nil {
-			slot = &userkeys.Slot{}
-			slots[e.UserID] = slot
+			slot = &userkeys.Slot{} // no key given: the erased user
 		}
 		var err error
 		if aad, err = s.Open(slot, aad); err != nil {
 			return err
 		}
-		if s.Sealed() || !bytes.Equal(s.Event.Body, want[e.DeliveryID]) {
-			t.Fatalf("%s: sealed=%v body %q, want %q", e.DeliveryID, s.Sealed(), s.Event.Body, want[e.DeliveryID])
+		if e := s.Event; e.UserID == "user_2" && e.Type != "organization.created" {
+			if !e.Erased || s.Sealed() || e.Body != nil {
+				t.Fatalf("%s of the erased user: erased=%v sealed=%v body %q", e.DeliveryID, e.Erased, s.Sealed(), e.Body)
+			}
+			erased++
+			return nil
+		}
+		if s.Sealed() || s.Event.Erased || !bytes.Equal(s.Event.Body, want[e.DeliveryID]) {
+			t.Fatalf("%s: sealed=%v erased=%v body %q, want %q", e.DeliveryID, s.Sealed(), s.Event.Erased, s.Event.Body, want[e.DeliveryID])
 		}
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if calls != n || sealed == 0 || erased == 0 || sealed+erased == n {
-		t.Fatalf("%d events streamed (want %d): %d sealed, %d erased, the rest clear", calls, n, sealed, erased)
+	if calls != n || sealed == 0 || erased == 0 || sealed == n {
+		t.Fatalf("%d events streamed (want %d): %d sealed, %d of them erased, the rest clear", calls, n, sealed, erased)
 	}
-	if err := schema.StreamSealed(context.Background(), db, schema.Cursor{}, head, nil, func(schema.Streamed) error { return nil }); domain.ErrorCode(err) != domain.EUNAVAILABLE {
+	// A user's body opened with a slot given no key is erased, not an error.
+	opened := 0
+	if err := schema.StreamSealed(ctx, db, schema.Cursor{}, head, nil, func(string, []byte) error { return nil }, func(s schema.Streamed) error {
+		if !s.Sealed() {
+			return nil
+		}
+		if _, err := s.Open(&userkeys.Slot{}, nil); err != nil || !s.Event.Erased || s.Event.Body != nil {
+			t.Fatalf("%s with no key: erased=%v body %q err=%v", s.Event.DeliveryID, s.Event.Erased, s.Event.Body, err)
+		}
+		opened++
+		return nil
+	}); err != nil || opened != sealed {
+		t.Fatalf("without keys: %d of %d sealed events erased, err=%v", opened, sealed, err)
+	}
+	stop := errors.New("stop")
+	if err := schema.StreamSealed(ctx, db, schema.Cursor{}, head, nil, func(string, []byte) error { return stop }, func(schema.Streamed) error {
+		t.Fatal("an event streamed after key's error")
+		return nil
+	}); err != stop {
+		t.Fatalf("key's error: %v", err)
+	}
+	if err := schema.StreamSealed(context.Background(), db, schema.Cursor{}, head, nil, func(string, []byte) error {
+		t.Fatal("a key read without the keyring")
+		return nil
+	}, func(schema.Streamed) error { return nil }); domain.ErrorCode(err) != domain.EUNAVAILABLE {
 		t.Fatalf("streamed a sealed ledger without the keyring: %v", err)
 	}
 }

@@ -468,13 +468,19 @@ func (k *Keyring) Open(user string, wrapped []byte, deliveryID string, sealed []
 // when sealed is Discarded or wrapped is nil (then user's key is dropped
 // from k's cache and from keys), an error for an unknown format.
 func checkSealed(k *Keyring, keys map[string]cached, user string, wrapped []byte, deliveryID string, sealed []byte) (erased bool, err error) {
-	if len(sealed) == 1 && sealed[0] == discarded {
-		return true, nil
-	}
-	if wrapped == nil {
+	if wrapped == nil && !isDiscarded(sealed) {
 		// Destroyed (maybe by another process): drop any cached copy.
 		delete(keys, user)
 		k.Forget(user)
+		return true, nil
+	}
+	return checkFormat(deliveryID, sealed)
+}
+
+// checkFormat reports whether sealed is Discarded (erased), and is an error
+// when it is of an unknown format.
+func checkFormat(deliveryID string, sealed []byte) (erased bool, err error) {
+	if isDiscarded(sealed) {
 		return true, nil
 	}
 	if len(sealed) == 0 || sealed[0] != sealedV1 {
@@ -482,6 +488,8 @@ func checkSealed(k *Keyring, keys map[string]cached, user string, wrapped []byte
 	}
 	return false, nil
 }
+
+func isDiscarded(sealed []byte) bool { return len(sealed) == 1 && sealed[0] == discarded }
 
 // openWith decrypts sealed (version 1) with a, building the associated data
 // in aad's memory, and returns the plaintext (salt || body, a fresh slice)
@@ -571,15 +579,14 @@ func (o *Opener) dataKey(user string, wrapped []byte) (cipher.AEAD, error) {
 	return a, nil
 }
 
-// Pending is a sealed body whose data key an Opener found (Prepare), not
-// decrypted yet: Open decrypts it, on any goroutine. It holds its own copy
-// of the ciphertext, which becomes the plaintext.
+// Pending is a sealed body not decrypted yet: its data key found by an
+// Opener (Prepare), or left to the goroutine that opens it (Defer). It
+// holds its own copy of the ciphertext, which becomes the plaintext.
 type Pending struct {
 	a                cipher.AEAD // nil when deferred (Defer): OpenIn finds it
 	user, deliveryID string
 	nonce, buf       []byte // buf: the ciphertext and tag, opened in place
 	k                *Keyring
-	wrapped          []byte // the user's wrapped key, when deferred
 }
 
 // Prepare is the first half of Open, on the Opener's goroutine: it checks
@@ -603,69 +610,84 @@ func (o *Opener) Prepare(user string, wrapped []byte, deliveryID string, sealed 
 	return Pending{a: a, user: user, deliveryID: deliveryID, nonce: buf[:ns:ns], buf: buf[ns:]}, false, nil
 }
 
-// Defer is Prepare leaving the data key to find to the goroutine that
-// opens the body (Pending.OpenIn), which keeps it in a Slot of its own per
-// user: a read over more users than an Opener holds (a rebuild's fold,
-// whose workers each own a share of the users) then neither looks the key
-// up on the reading goroutine nor sets up a cipher there. It checks sealed
-// and wrapped as Open does (erased, or an error, ends there) and keeps
-// nothing of them (they may be the driver's buffer): the Pending holds its
-// own copy of both, in one allocation.
-func (o *Opener) Defer(user string, wrapped []byte, deliveryID string, sealed []byte) (p Pending, erased bool, err error) {
-	if erased, err := checkSealed(o.k, o.keys, user, wrapped, deliveryID, sealed); erased || err != nil {
+// Defer is Prepare for a reader that keeps its users' data keys itself,
+// each in a Slot next to its own state for the user (a rebuild's fold,
+// whose workers each own a share of the users): it checks sealed alone (a
+// discarded body is erased; an unknown format or a truncated body is an
+// error) and keeps nothing of it (it may be the driver's buffer); the
+// Pending it returns is opened by OpenIn with the user's Slot. Nothing is
+// looked up: it is safe for concurrent use.
+func (k *Keyring) Defer(user, deliveryID string, sealed []byte) (p Pending, erased bool, err error) {
+	if erased, err := checkFormat(deliveryID, sealed); erased || err != nil {
 		return Pending{}, erased, err
 	}
 	if len(sealed) < Overhead {
 		return Pending{}, false, fmt.Errorf("sealed body of delivery %s is truncated", deliveryID)
 	}
 	const ns = 12 // AES-GCM's standard nonce (Overhead counts it)
-	buf := append(append(make([]byte, 0, len(sealed)-1+len(wrapped)), sealed[1:]...), wrapped...)
-	n := len(sealed) - 1
-	return Pending{k: o.k, user: user, deliveryID: deliveryID, nonce: buf[:ns:ns], buf: buf[ns:n:n], wrapped: buf[n:]}, false, nil
+	buf := append([]byte(nil), sealed[1:]...)
+	return Pending{k: k, user: user, deliveryID: deliveryID, nonce: buf[:ns:ns], buf: buf[ns:]}, false, nil
 }
 
 // Slot is one user's data key as kept by the goroutine that opens that
 // user's deferred bodies (Pending.OpenIn), next to its own state for the
-// user: the first body unwraps the key, the next ones only set up its
-// cipher. The zero Slot holds no key. A Slot is for one user and is not
-// safe for concurrent use; it lives as long as its holder's state (an
-// erasure destroys the key row, and the reads after it find no key).
+// user: Hold gives it the key as wrapped, the first body unwraps it, the
+// next ones only set up its cipher. The zero Slot holds no key: the user
+// has none, or it was destroyed (erased). A Slot is for one user and is
+// not safe for concurrent use.
 type Slot struct {
-	held    bool
-	wrapped [wrappedSize]byte // inline: comparing it reads no other memory
+	state   uint8             // slotEmpty, slotWrapped or slotOpen
+	wrapped [wrappedSize]byte // inline: no memory of its own to collect
 	dek     [32]byte
 }
+
+const (
+	slotEmpty   = iota // no key: the user's bodies are erased
+	slotWrapped        // wrapped holds the key, not unwrapped yet
+	slotOpen           // dek holds the key
+)
 
 // wrappedSize is the size of a wrapped data key: nonce, key and tag.
 const wrappedSize = 12 + 32 + 16
 
-// holds reports whether s holds the key wrapped as wrapped.
-func (s *Slot) holds(wrapped []byte) bool {
-	return s.held && len(wrapped) == wrappedSize && [wrappedSize]byte(wrapped) == s.wrapped
+// Hold gives s the user's data key as its row stores it (wrapped, not
+// nil), to unwrap on its first use; a key of another size is an error.
+func (s *Slot) Hold(wrapped []byte) error {
+	if len(wrapped) != wrappedSize {
+		return domain.Errorf(domain.EINVALID, "a wrapped data key of %d bytes (want %d)", len(wrapped), wrappedSize)
+	}
+	s.state, s.wrapped, s.dek = slotWrapped, [wrappedSize]byte(wrapped), [32]byte{}
+	return nil
 }
 
 // OpenIn is Open for a deferred Pending (Defer), with the data key of
-// slot, which must be the user's: when the slot does not hold the key
-// wrapped as the body's row read it, the key is unwrapped into it first.
-// A Pending made by Prepare ignores slot.
-func (p *Pending) OpenIn(slot *Slot, aad []byte) (salt, body, aadBuf []byte, err error) {
+// slot, which must be the user's, given its key by Hold: the key is
+// unwrapped into the slot the first time. A slot holding no key means the
+// key was destroyed: erased is true and nothing is opened. A key that does
+// not unwrap (a wrong master key, a changed row) or a body that does not
+// open is an error. A Pending made by Prepare ignores slot.
+func (p *Pending) OpenIn(slot *Slot, aad []byte) (salt, body, aadBuf []byte, erased bool, err error) {
 	if p.a == nil {
-		if !slot.holds(p.wrapped) {
-			dek, err := p.k.unwrap(p.user, p.wrapped)
+		switch slot.state {
+		case slotEmpty:
+			return nil, nil, aad, true, nil
+		case slotWrapped:
+			dek, err := p.k.unwrap(p.user, slot.wrapped[:])
 			if err != nil {
-				return nil, nil, aad, err
+				return nil, nil, aad, false, err
 			}
-			if len(p.wrapped) != wrappedSize || len(dek) != len(slot.dek) {
-				return nil, nil, aad, fmt.Errorf("the data key of user %s has an unknown size", p.user)
+			if len(dek) != len(slot.dek) {
+				return nil, nil, aad, false, fmt.Errorf("the data key of user %s has an unknown size", p.user)
 			}
-			slot.held, slot.wrapped = true, [wrappedSize]byte(p.wrapped)
 			copy(slot.dek[:], dek)
+			slot.state = slotOpen
 		}
 		if p.a, err = gcm(slot.dek[:]); err != nil {
-			return nil, nil, aad, err
+			return nil, nil, aad, false, err
 		}
 	}
-	return p.Open(aad)
+	salt, body, aad, err = p.Open(aad)
+	return salt, body, aad, false, err
 }
 
 // Open decrypts p in place and returns the salt and the body (one slice,

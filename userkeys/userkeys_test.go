@@ -131,96 +131,100 @@ func TestPendingOpensWhatSealWrote(t *testing.T) {
 	}
 }
 
-// TestDeferredOpensInItsUsersSlot: Defer then Pending.OpenIn is Open with
-// the key kept in the caller's Slot: the exact body; Defer keeps nothing
-// of the driver's buffers; the slot's key serves the user's next body
-// without an unwrap (a slot holding it is not asked for the wrapped key
-// again) and is replaced when the row's wrapped key changes (a rotation),
-// never used for a body sealed under another; a destroyed key is erased;
-// truncated bodies, tampered keys and ciphertexts are errors; a deferred
-// Pending does not open without its slot.
+// TestDeferredOpensInItsUsersSlot: Keyring.Defer then Pending.OpenIn is
+// Open with the key kept in the caller's Slot: the exact body; Defer keeps
+// nothing of the driver's buffer; a slot given no key (Hold) opens the
+// body as erased; the slot unwraps its key once and serves the user's next
+// body without an unwrap; Hold replaces the key (a rotated row opens the
+// same bodies, another key opens none); a tampered or missized key, a
+// changed ciphertext, a truncated body and an unknown format are errors;
+// a discarded body is erased; a deferred Pending does not open without
+// its slot.
 func TestDeferredOpensInItsUsersSlot(t *testing.T) {
 	k, w, sealed, c := sealedOne(t)
-	o := k.Opener()
-	in, win := append([]byte(nil), sealed...), append([]byte(nil), w...)
-	p, erased, err := o.Defer("user_1", win, "msg_1", in)
+	in := append([]byte(nil), sealed...)
+	p, erased, err := k.Defer("user_1", "msg_1", in)
 	if err != nil || erased {
 		t.Fatalf("defer: erased=%v err=%v", erased, err)
 	}
-	clear(in) // the driver's buffers, reused
-	clear(win)
+	clear(in) // the driver's buffer, reused
 	if _, _, _, err := p.Open(nil); err == nil {
 		t.Fatal("a deferred body opened without its slot")
 	}
 	var slot Slot
-	salt, body, _, err := p.OpenIn(&slot, nil)
-	if err != nil || string(body) != `{"a":1}` || domain.BodyCommitment(salt, body) != c {
-		t.Fatalf("open: %q err=%v", body, err)
+	if _, body, _, erased, err := p.OpenIn(&slot, nil); err != nil || !erased || body != nil {
+		t.Fatalf("a slot given no key: erased=%v body %q err=%v", erased, body, err)
 	}
-	if !slot.holds(w) {
+	if err := slot.Hold(w); err != nil {
+		t.Fatal(err)
+	}
+	salt, body, _, erased, err := p.OpenIn(&slot, nil)
+	if err != nil || erased || string(body) != `{"a":1}` || domain.BodyCommitment(salt, body) != c {
+		t.Fatalf("open: %q erased=%v err=%v", body, erased, err)
+	}
+	if slot.state != slotOpen || slot.wrapped != [wrappedSize]byte(w) {
 		t.Fatal("the slot did not keep the key it unwrapped")
 	}
-	// The next body of the user opens from the slot: a slot holding the
-	// key does not unwrap (here: a keyring that could not).
+	// The next body of the user opens from the slot without an unwrap
+	// (here: with a keyring that could not unwrap it).
 	second, _, err := k.Seal("user_1", w, "msg_2", []byte(`{"b":2}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, _, err = o.Defer("user_1", w, "msg_2", second)
-	if err != nil {
+	if p, _, err = newKeyring(t).Defer("user_1", "msg_2", second); err != nil {
 		t.Fatal(err)
 	}
-	p.k = newKeyring(t) // another master key: an unwrap would fail
-	if _, body, _, err := p.OpenIn(&slot, nil); err != nil || string(body) != `{"b":2}` {
+	if _, body, _, _, err := p.OpenIn(&slot, nil); err != nil || string(body) != `{"b":2}` {
 		t.Fatalf("second body from the slot: %q err=%v", body, err)
 	}
-	// A rotated row (the same key wrapped anew) replaces the slot's key.
+	// The same key wrapped anew (a rotation) opens the same bodies.
 	rotated, err := k.Rewrap("user_1", w, k)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p, _, err = o.Defer("user_1", rotated, "msg_1", sealed); err != nil {
-		t.Fatal(err)
+	open := func(wrapped, sealed []byte) ([]byte, error) {
+		t.Helper()
+		var s Slot
+		if err := s.Hold(wrapped); err != nil {
+			return nil, err
+		}
+		p, _, err := k.Defer("user_1", "msg_1", sealed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, body, _, _, err := p.OpenIn(&s, nil)
+		return body, err
 	}
-	if _, body, _, err := p.OpenIn(&slot, nil); err != nil || string(body) != `{"a":1}` || !slot.holds(rotated) || slot.holds(w) {
+	if body, err := open(rotated, sealed); err != nil || string(body) != `{"a":1}` {
 		t.Fatalf("after a rotation: %q err=%v", body, err)
 	}
-	// A new key for the user (the row changed): its bodies do not open
-	// with the slot's, and the slot's key is not used for them.
 	other, err := k.NewDataKey("user_1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p, _, err = o.Defer("user_1", other, "msg_1", sealed); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, _, err := p.OpenIn(&slot, nil); err == nil {
+	if _, err := open(other, sealed); err == nil {
 		t.Fatal("a body opened under a wrapped key it was not sealed with")
 	}
 	bad := append([]byte(nil), w...)
 	bad[len(bad)-1] ^= 1
-	if p, _, err = o.Defer("user_1", bad, "msg_1", sealed); err != nil {
-		t.Fatal(err)
-	}
-	var empty Slot
-	if _, _, _, err := p.OpenIn(&empty, nil); err == nil {
+	if _, err := open(bad, sealed); err == nil {
 		t.Fatal("a tampered wrapped key opened a body")
+	}
+	if _, err := open(w[:len(w)-1], sealed); err == nil {
+		t.Fatal("a slot held a wrapped key of the wrong size")
 	}
 	badBody := append([]byte(nil), sealed...)
 	badBody[len(badBody)-1] ^= 1
-	if p, _, err = o.Defer("user_1", w, "msg_1", badBody); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, _, err := p.OpenIn(&Slot{}, nil); err == nil {
+	if _, err := open(w, badBody); err == nil {
 		t.Fatal("a changed ciphertext opened")
 	}
-	if _, erased, err := o.Defer("user_1", nil, "msg_1", sealed); err != nil || !erased {
-		t.Fatalf("destroyed key: erased=%v err=%v", erased, err)
+	if _, erased, err := k.Defer("user_1", "msg_1", Discarded); err != nil || !erased {
+		t.Fatalf("discarded body: erased=%v err=%v", erased, err)
 	}
-	if _, _, err := o.Defer("user_1", w, "msg_1", sealed[:Overhead-1]); err == nil {
+	if _, _, err := k.Defer("user_1", "msg_1", sealed[:Overhead-1]); err == nil {
 		t.Fatal("a truncated body was deferred")
 	}
-	if _, _, err := o.Defer("user_1", w, "msg_1", []byte{9, 1, 2}); err == nil {
+	if _, _, err := k.Defer("user_1", "msg_1", []byte{9, 1, 2}); err == nil {
 		t.Fatal("a body of an unknown format was deferred")
 	}
 }
