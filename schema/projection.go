@@ -270,13 +270,17 @@ func StreamEvents(ctx context.Context, q Queryer, after, upTo Cursor, types []st
 // the keys once, rather than joining them to every event, keeps the scan
 // as cheap as a clear ledger's (a join with 100k keys outgrows work_mem:
 // PostgreSQL then spills the events to disk, or scans them in parallel on
-// the cores the fold needs). Without a keyring in ctx key is not called,
-// and a sealed event is an error, as in StreamEvents. key's or fn's error
+// the cores the fold needs). With a keyring key must not be nil (without
+// the keys every body would open as erased); without one key is not
+// called, and a sealed event is an error, as in StreamEvents. key's or fn's error
 // stops the read and is returned as is.
 func StreamSealed(ctx context.Context, q Queryer, after, upTo Cursor, types []string, key func(user string, wrapped []byte) error, fn func(Streamed) error) error {
 	k := KeyringFrom(ctx)
 	var prepare preparer
 	if k != nil {
+		if key == nil {
+			return fmt.Errorf("stream ledger %s..%s: no function to give the data keys to", after, upTo)
+		}
 		if err := streamKeys(ctx, q, key); err != nil {
 			return err
 		}

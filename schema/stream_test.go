@@ -78,7 +78,8 @@ func TestStreamEventsSealed(t *testing.T) {
 // holding its key; the erased user's events open as Erased with no body,
 // as does a body whose user's slot was given no key; Open does nothing to a
 // clear event; without the keyring a sealed event is an error and no key
-// is read; key's error stops the read.
+// is read; key's error stops the read, and with the keyring a nil key is
+// an error.
 func TestStreamSealedLeavesBodiesToOpen(t *testing.T) {
 	const n = 300
 	db, ctx, head, want := sealedHistory(t, n)
@@ -150,6 +151,12 @@ func TestStreamSealedLeavesBodiesToOpen(t *testing.T) {
 		return nil
 	}); err != stop {
 		t.Fatalf("key's error: %v", err)
+	}
+	if err := schema.StreamSealed(ctx, db, schema.Cursor{}, head, nil, nil, func(schema.Streamed) error {
+		t.Fatal("an event streamed with nowhere to give the keys")
+		return nil
+	}); err == nil {
+		t.Fatal("a sealed ledger streamed with the keyring and no key function")
 	}
 	if err := schema.StreamSealed(context.Background(), db, schema.Cursor{}, head, nil, func(string, []byte) error {
 		t.Fatal("a key read without the keyring")
