@@ -116,7 +116,7 @@ on the same cores.`,
 	cmd.Flags().BoolVar(&o.warmUsers, "warm-users", false, "with --users: first send, untimed, one delivery about each user and wait for the projectors, so the timed run is about users the ledger knows (their data keys made)")
 	cmd.Flags().BoolVar(&o.ceiling, "ceiling", false, "also send the same load to the service's HTTP surface with a store that keeps nothing (no database, no projectors) and print its rate over the baseline's")
 	cmd.Flags().IntVar(&o.users, "users", 0, "spread the deliveries over this many users (0: each about a new user, the worst case for sealing: a data key per delivery)")
-	cmd.Flags().StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the service to this file (go tool pprof)")
+	cmd.Flags().StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the service to this file (go tool pprof); with --unsealed, the unsealed service's to FILE.unsealed")
 	cmd.Flags().StringVar(&o.target, "url", "", "webhook URL of a running service (default: start one)")
 	cmd.Flags().String("webhook-secret", "", "signing secret of the --url service")
 	return cmd
@@ -482,10 +482,14 @@ func (a *app) ingestOnce(ctx context.Context, o ingestOptions, p *payloads, svc 
 		if svc.unsealed {
 			// The child gets no master key (serve refuses one with the flag).
 			env, args = append(env, "LEDGER_MASTER_KEY="), append(args, "--"+benchUnsealedFlag)
-		} else if o.cpuProfile != "" {
+		}
+		if o.cpuProfile != "" {
 			prof, err := filepath.Abs(o.cpuProfile)
 			if err != nil {
 				return ingestRun{}, err
+			}
+			if svc.unsealed {
+				prof += ".unsealed" // the last run of each kind is kept
 			}
 			env = append(env, "LEDGER_CPUPROFILE="+prof)
 		}

@@ -6,6 +6,8 @@ import (
 	"math"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -260,9 +262,18 @@ func TestBenchIngestUnsealedRounds(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dropDatabases(t, "ledger_bench", "ledger_bench_unsealed") })
-	out, errOut, code := runLedger(t, map[string]string{"DATABASE_URL": u.String()}, "bench", "ingest", "--unsealed", "--rounds", "2", "-d", "1s", "-c", "4")
+	prof := filepath.Join(t.TempDir(), "cpu.prof")
+	out, errOut, code := runLedger(t, map[string]string{"DATABASE_URL": u.String()}, "bench", "ingest", "--unsealed", "--rounds", "2", "-d", "1s", "-c", "4", "--cpuprofile", prof)
 	if code != 0 {
 		t.Fatalf("bench ingest exited %d:\n%s%s", code, out, errOut)
+	}
+	// Both services are profiled: the sealed one to the file, the unsealed
+	// one beside it (gzipped pprof protobufs).
+	for _, f := range []string{prof, prof + ".unsealed"} {
+		b, err := os.ReadFile(f)
+		if err != nil || len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b {
+			t.Errorf("CPU profile %s: %d bytes, %v", f, len(b), err)
+		}
 	}
 	run := func(label string) string { return `(?m)^` + label + `:\s+\d+ deliveries/s[^\n]*\n(?:.*\n)*?` }
 	pairs := regexp.MustCompile(run("unsealed") + run("ledger") + `sealed/unsealed: cost ([\d.]+) (?:.*\n)*?` + run("ledger") + run("unsealed") + `sealed/unsealed: cost ([\d.]+) `).FindStringSubmatch(out)
