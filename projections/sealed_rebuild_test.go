@@ -1,14 +1,12 @@
 package projections
 
 import (
-	"context"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
-	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
 )
 
@@ -18,11 +16,10 @@ import (
 // projection and its poison events (a key with no event adds no user); a
 // key row changed to
 // another key stops the rebuild with an error naming the event whose body
-// does not open, and leaves the live table and no table aside.
+// does not open, and leaves the live table and no table aside; a key row
+// cut short stops rebuild and check naming its user.
 func TestSealedRebuildOpensEveryBodyOnce(t *testing.T) {
-	db := schematest.NewDB(t)
-	k := schematest.NewKeyring(t)
-	ctx := schema.WithKeyring(context.Background(), k)
+	db, k, ctx := schematest.NewSealedDB(t)
 	// The history, and every poison case (NUL bytes, lone surrogates, values
 	// PostgreSQL refuses, ...) sealed under its own user.
 	ds := history(t, 7, 300, 3000)
@@ -109,5 +106,21 @@ func TestSealedRebuildOpensEveryBodyOnce(t *testing.T) {
 	}
 	if _, err := Check(ctx, db, NewUsers(), nil); err == nil {
 		t.Fatal("check folded a body that does not open")
+	}
+
+	// A key row cut short (not a wrapped key at all): the fold refuses it
+	// as it reads the keys, naming the user, before it folds any event.
+	if _, err := db.Exec(`UPDATE user_keys SET wrapped = '\x0102' WHERE user_id = $1`, user); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Rebuild(ctx, db, NewUsers(), nil)
+	if err == nil || !strings.Contains(err.Error(), "the data key of user "+user) || !strings.Contains(err.Error(), "2 bytes") {
+		t.Fatalf("rebuild with a key row cut short: %v", err)
+	}
+	if snapshot() != live {
+		t.Fatal("the failed rebuild changed the live table")
+	}
+	if _, err := Check(ctx, db, NewUsers(), nil); err == nil || !strings.Contains(err.Error(), "the data key of user "+user) {
+		t.Fatalf("check with a key row cut short: %v", err)
 	}
 }

@@ -2,7 +2,6 @@ package relay_test
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -21,9 +20,7 @@ import (
 // payload (content_omitted: erased), the user's email appears in no
 // message, and the other users' events carry their exact bodies.
 func TestRelayPublishesNoPlaintextOfAnErasedUser(t *testing.T) {
-	db := schematest.NewDB(t)
-	k := schematest.NewKeyring(t)
-	ctx := schema.WithKeyring(context.Background(), k)
+	db, k, ctx := schematest.NewSealedDB(t)
 	store := schema.NewStore(db)
 	store.Keys = k
 	secret := []byte("erasable.person@example.org")

@@ -37,9 +37,7 @@ const awkward = "Back\\slash \"quoted\"\tand\nnew line 100% Zoë Ünï 😀"
 // duplicates (or a conflict for other bytes), and the log built over them
 // verifies with the key and without it.
 func TestMixedSealedAndClearGroupCommits(t *testing.T) {
-	db := schematest.NewDB(t)
-	k := schematest.NewKeyring(t)
-	ctx := schema.WithKeyring(context.Background(), k)
+	db, k, ctx := schematest.NewSealedDB(t)
 	t0 := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
 
 	want := map[string][]byte{}
@@ -292,9 +290,7 @@ GROUP BY transaction_id HAVING bool_or(body_sealed IS NULL) AND bool_or(body_sea
 // DO NOTHING with its sealed rows, and every row is stored once, sealed
 // exactly when it is about a user, under the key that opens it.
 func TestAppendSnapshotsRacingWritersSealed(t *testing.T) {
-	db := schematest.NewDB(t)
-	k := schematest.NewKeyring(t)
-	ctx := schema.WithKeyring(context.Background(), k)
+	db, _, ctx := schematest.NewSealedDB(t)
 	ds := snapshots(t, 40)
 	for i := range 10 {
 		upd := int64(1700000000000 + i)

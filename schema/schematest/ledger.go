@@ -230,3 +230,12 @@ func NewKeyring(tb testing.TB) *userkeys.Keyring {
 	}
 	return k
 }
+
+// NewSealedDB returns a new test database (NewDB), a keyring of a fresh
+// master key (NewKeyring), and a context carrying it (schema.WithKeyring):
+// a ledger whose bodies about users are sealed.
+func NewSealedDB(t testing.TB) (*sqlx.DB, *userkeys.Keyring, context.Context) {
+	t.Helper()
+	k := NewKeyring(t)
+	return NewDB(t), k, schema.WithKeyring(context.Background(), k)
+}
