@@ -86,8 +86,8 @@ type Store struct {
 const freshPause = time.Second
 
 // ErrKeyRowTaken is a group commit's INSERT's answer (to OnCommit) when a
-// fresh key's user already had a key row: nothing of the group was stored
-// (fresh keys of other users may have been), and the group is sealed again
+// fresh key's user already had a key row: the statement failed, storing
+// nothing (no key and no event), and the group is sealed again
 // under the stored keys and inserted once more. Appends never return it.
 var ErrKeyRowTaken = errors.New("a new data key's user already has a key row; the group is sealed again")
 
@@ -163,18 +163,14 @@ func (e appendExec) ExecContext(_ context.Context, query string, args ...any) (s
 		res, err = e.s.db.QueryContext(ctx, query, args...)
 	}
 	if err != nil {
-		return nil, err
+		return nil, keyRowTaken(err)
 	}
 	defer res.Close()
-	n, taken := 0, false
+	n := 0
 	var id sql.RawBytes // valid until the next Next
 	for res.Next() {
 		if err := res.Scan(&id); err != nil {
 			return nil, err
-		}
-		if id == nil { // the fresh keys' guard row (InsertQuery)
-			taken = true
-			continue
 		}
 		if r := rows[string(id)]; r != nil {
 			r.inserted = true
@@ -182,12 +178,18 @@ func (e appendExec) ExecContext(_ context.Context, query string, args ...any) (s
 		}
 	}
 	if err := res.Err(); err != nil {
-		return nil, err
-	}
-	if taken {
-		return nil, ErrKeyRowTaken
+		return nil, keyRowTaken(err)
 	}
 	return driver.RowsAffected(n), nil
+}
+
+// keyRowTaken is err, or ErrKeyRowTaken when err is a fresh key's row
+// refused because its user has one (isKeyRowTaken).
+func keyRowTaken(err error) error {
+	if isKeyRowTaken(err) {
+		return ErrKeyRowTaken
+	}
+	return err
 }
 
 // prepared returns the Store's prepared statement of query, preparing it on

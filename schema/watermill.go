@@ -1,6 +1,7 @@
 package schema
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -106,12 +107,10 @@ func (s EventsSchema) InsertQuery(topic string, msgs message.Messages) (wmsql.Qu
 		}
 	}
 	var b []byte
-	if len(fresh) == 0 {
-		b = append(b, `INSERT INTO events (`+list+`, transaction_id) VALUES `...)
-	} else {
+	if len(fresh) > 0 {
 		b = append(b, freshKeysHead...)
-		b = append(b, `INSERT INTO events (`+list+`, transaction_id) SELECT v.*, pg_current_xact_id() FROM (VALUES `...)
 	}
+	b = append(b, `INSERT INTO events (`+list+`, transaction_id) VALUES `...)
 	args := make([]any, 0, len(msgs)*cols+3)
 	for i, m := range msgs {
 		r, ok := rowFrom(m)
@@ -131,20 +130,14 @@ func (s EventsSchema) InsertQuery(topic string, msgs message.Messages) (wmsql.Qu
 			}
 			b = append(b, '$')
 			b = strconv.AppendInt(b, int64(len(args)+c+1), 10)
-			if len(fresh) > 0 { // VALUES in a SELECT: no target column types the parameters
-				b = append(b, "::"+insertColumnTypes[c]...)
-			}
 		}
-		if len(fresh) == 0 {
-			b = append(b, ",pg_current_xact_id()"...)
-		}
-		b = append(b, ')')
+		b = append(b, ",pg_current_xact_id())"...)
 		args = appendRowArgs(args, m.UUID, r, cols > insertColumns)
 	}
+	// RETURNING names the rows actually inserted: an executor that runs the
+	// statement as a query learns which deliveries were new. Exec ignores it.
+	b = append(b, ` ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id`...)
 	if len(fresh) == 0 {
-		// RETURNING names the rows actually inserted: an executor that runs the
-		// statement as a query learns which deliveries were new. Exec ignores it.
-		b = append(b, ` ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id`...)
 		return wmsql.Query{Query: string(b), Args: args}, nil
 	}
 	// The fresh keys, in user order (two group commits making keys for the
@@ -155,34 +148,38 @@ func (s EventsSchema) InsertQuery(topic string, msgs message.Messages) (wmsql.Qu
 		users[i], wrapped[i] = r.d.UserID, r.fresh.Wrapped
 	}
 	n := len(args)
-	b = append(b, `) AS v WHERE (SELECT ok FROM fresh_ok)
-  ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id)
-SELECT delivery_id FROM ins UNION ALL SELECT NULL FROM fresh_ok WHERE NOT ok`...)
 	q := strings.NewReplacer("$U", "$"+strconv.Itoa(n+1), "$W", "$"+strconv.Itoa(n+2), "$K", "$"+strconv.Itoa(n+3)).Replace(string(b))
 	args = append(args, pq.Array(users), pq.ByteaArray(wrapped), fresh[0].fresh.KEK)
 	return wmsql.Query{Query: q, Args: args}, nil
 }
 
 // freshKeysHead begins the INSERT of a group commit that carries fresh data
-// keys (Store.seal): their rows go into user_keys first, and the events are
-// inserted only if every one was new (fresh_ok); otherwise the statement
-// inserts no event and returns one NULL row, which tells the Store to seal
-// those deliveries again under the stored keys (ErrKeyRowTaken). Keys and
-// events commit together: no event outlives its key, and one WAL flush
-// covers both. $U, $W and $K (users, wrapped keys, master key id) are
-// numbered after the rows' parameters.
+// keys (Store.seal): their rows go into user_keys in the same statement as
+// the events, with a plain INSERT, so a user who has a key row already
+// (live, made by another append, or destroyed by an erasure) fails the
+// whole statement on user_keys' primary key: no event is stored under a key
+// that is not, and the Store seals those deliveries again under the stored
+// keys (ErrKeyRowTaken, isKeyRowTaken). Keys and events commit together: no
+// event outlives its key, and one WAL flush covers both. $U, $W and $K
+// (users, wrapped keys, master key id) are numbered after the rows'
+// parameters. A plain INSERT, not ON CONFLICT DO NOTHING with a guard on
+// how many rows it made: the speculative insertion and the guard cost
+// PostgreSQL more than the rare failed statement does.
 const freshKeysHead = `WITH fresh AS (
   INSERT INTO user_keys (user_id, wrapped, kek_id)
-  SELECT u, w, $K FROM unnest($U::text[], $W::bytea[]) AS t(u, w)
-  ON CONFLICT (user_id) DO NOTHING
-  RETURNING 1),
-fresh_ok AS (SELECT count(*) = cardinality($U::text[]) AS ok FROM fresh),
-ins AS (
-  `
+  SELECT u, w, $K FROM unnest($U::text[], $W::bytea[]) AS t(u, w))
+`
 
-// insertColumnTypes are the SQL types of insertColumnList and
-// sealedColumnList, in order.
-var insertColumnTypes = [insertColumns + sealedColumns]string{"uuid", "text", "text", "text", "timestamptz", "text", "bigint", "text", "bytea", "bytea"}
+// keyRowConstraint is the constraint a fresh key's row fails on when its
+// user has a key row already.
+const keyRowConstraint = "user_keys_pkey"
+
+// isKeyRowTaken reports whether err is a fresh key's INSERT failing on
+// user_keys' primary key (freshKeysHead).
+func isKeyRowTaken(err error) bool {
+	var pe *pq.Error
+	return errors.As(err, &pe) && pe.Code == "23505" && pe.Constraint == keyRowConstraint
+}
 
 // SchemaInitializingQueries implements wmsql.SchemaAdapter. The events table
 // is created by migrations, so there is nothing to initialize.
