@@ -224,7 +224,13 @@ func (k *Keyring) Rewrap(user string, wrapped []byte, to *Keyring) ([]byte, erro
 	return to.wrap(user, dek)
 }
 
-// dataKey returns the AEAD of user's data key, wrapped as given.
+// dataKey returns the AEAD of user's data key, wrapped as given. A key
+// kept unwrapped without its cipher (evicted from the ready tier) gets a
+// cipher for this read alone: putting it back would evict another, and a
+// read of a key that left the ready tier (the users projector a few
+// thousand deliveries behind ingest, each about a new user) is seldom
+// followed by another soon. Sealing puts it back (fresh). A key unwrapped
+// from the database is kept in both tiers.
 func (k *Keyring) dataKey(user string, wrapped []byte) (cipher.AEAD, error) {
 	k.mu.Lock()
 	c, ok := k.cache[user]
@@ -234,14 +240,15 @@ func (k *Keyring) dataKey(user string, wrapped []byte) (cipher.AEAD, error) {
 	if ok && c.wrapped == string(wrapped) {
 		return c.aead, nil
 	}
-	if !dok || d.wrapped != string(wrapped) {
-		dek, err := k.unwrap(user, wrapped)
-		if err != nil {
-			return nil, err
-		}
-		d = dekEntry{wrapped: string(wrapped), at: time.Now()}
-		copy(d.dek[:], dek)
+	if dok && d.wrapped == string(wrapped) {
+		return gcm(d.dek[:])
 	}
+	dek, err := k.unwrap(user, wrapped)
+	if err != nil {
+		return nil, err
+	}
+	d = dekEntry{wrapped: string(wrapped), at: time.Now()}
+	copy(d.dek[:], dek)
 	return k.ready(user, d, false, forgets)
 }
 
