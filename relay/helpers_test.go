@@ -17,6 +17,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/relay"
 	"github.com/clerk-ledger/clerk-ledger/relay/natstest"
 	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
 	"github.com/jmoiron/sqlx"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -271,4 +272,14 @@ func status(t *testing.T, db *sqlx.DB) projections.Status {
 	}
 	t.Fatal("no relay status")
 	return projections.Status{}
+}
+
+// copyEvents is schematest.CopyEvents, then waits until the events are
+// readable below the xid8 gate: a transaction open elsewhere in the cluster
+// (another package's tests) would otherwise hide them from the reads that
+// follow, and a test would see an empty ledger.
+func copyEvents(t *testing.T, db *sqlx.DB, n int, gen func(i int) domain.Delivery) {
+	t.Helper()
+	schematest.CopyEvents(t, db, n, gen)
+	schematest.WaitVisible(t, db)
 }

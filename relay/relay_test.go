@@ -67,7 +67,7 @@ func TestRelayHeadersOfOddStoredValues(t *testing.T) {
 	db := schematest.NewDB(t)
 	srv := natstest.Start(t)
 	_, js := srv.Connect(t)
-	schematest.CopyEvents(t, db, 200, func(i int) domain.Delivery { return rawDelivery("raw", i) })
+	copyEvents(t, db, 200, func(i int) domain.Delivery { return rawDelivery("raw", i) })
 	log, _ := newLogger()
 	if err := projections.NewRunner(db, log, newRelay(t, srv, log, relay.Config{})).CatchUp(context.Background()); err != nil {
 		t.Fatal(err)
@@ -104,7 +104,7 @@ func TestRelayResumesFromTheStreamAfterACrash(t *testing.T) {
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: relay.DefaultStream, Subjects: []string{"ledger.>"}, Duplicates: time.Second}); err != nil {
 		t.Fatal(err)
 	}
-	schematest.CopyEvents(t, db, 50, func(i int) domain.Delivery { return delivery("crash", i) })
+	copyEvents(t, db, 50, func(i int) domain.Delivery { return delivery("crash", i) })
 	events := ledger(t, db)
 	log, logs := newLogger()
 	rel := newRelay(t, srv, log, relay.Config{})
@@ -140,7 +140,7 @@ func TestRelayRepublishIsDroppedByJetStream(t *testing.T) {
 	srv := natstest.Start(t)
 	_, js := srv.Connect(t)
 	ctx := context.Background()
-	schematest.CopyEvents(t, db, 50, func(i int) domain.Delivery { return delivery("dup", i) })
+	copyEvents(t, db, 50, func(i int) domain.Delivery { return delivery("dup", i) })
 	events := ledger(t, db)
 	log, _ := newLogger()
 	rel := newRelay(t, srv, log, relay.Config{})
@@ -200,7 +200,7 @@ func TestRelayPublishesBodiesTooLargeForNATSWithoutThem(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			schematest.CopyEvents(t, db, 40, func(i int) domain.Delivery { return big(tc.name[:6], i) })
+			copyEvents(t, db, 40, func(i int) domain.Delivery { return big(tc.name[:6], i) })
 			events := ledger(t, db)
 			log, _ := newLogger()
 			if err := projections.NewRunner(db, log, newRelay(t, srv, log, relay.Config{})).CatchUp(ctx); err != nil {
@@ -225,7 +225,7 @@ func TestRelayWaitsWhileNATSIsDown(t *testing.T) {
 	srv := natstest.Start(t)
 	log, _ := newLogger()
 	runRelay(t, db, log, newRelay(t, srv, log, relay.Config{AckWait: time.Second}))
-	schematest.CopyEvents(t, db, 100, func(i int) domain.Delivery { return delivery("down1", i) })
+	copyEvents(t, db, 100, func(i int) domain.Delivery { return delivery("down1", i) })
 	{
 		_, js := srv.Connect(t)
 		waitCount(t, js, relay.DefaultStream, 100, 20*time.Second)
@@ -264,7 +264,7 @@ func TestRelayRefusesAStreamWithOtherSubjects(t *testing.T) {
 	srv := natstest.Start(t)
 	_, js := srv.Connect(t)
 	ctx := context.Background()
-	schematest.CopyEvents(t, db, 5, func(i int) domain.Delivery { return delivery("subj", i) })
+	copyEvents(t, db, 5, func(i int) domain.Delivery { return delivery("subj", i) })
 	for _, tc := range []struct {
 		stream   string
 		subjects []string
@@ -315,7 +315,7 @@ func TestRelayStopsAtAForeignMessage(t *testing.T) {
 	srv := natstest.Start(t)
 	_, js := srv.Connect(t)
 	ctx := context.Background()
-	schematest.CopyEvents(t, db, 10, func(i int) domain.Delivery { return delivery("for1", i) })
+	copyEvents(t, db, 10, func(i int) domain.Delivery { return delivery("for1", i) })
 	rel := newRelay(t, srv, nil, relay.Config{})
 	run := projections.NewRunner(db, nil, rel)
 	if err := run.CatchUp(ctx); err != nil {
@@ -324,7 +324,7 @@ func TestRelayStopsAtAForeignMessage(t *testing.T) {
 	if _, err := js.Publish(ctx, "ledger.user.updated", []byte(`{}`)); err != nil {
 		t.Fatal(err)
 	}
-	schematest.CopyEvents(t, db, 10, func(i int) domain.Delivery { return delivery("for2", i) })
+	copyEvents(t, db, 10, func(i int) domain.Delivery { return delivery("for2", i) })
 	_, err := run.Step(ctx, rel)
 	if err == nil || !strings.Contains(err.Error(), `its last message (sequence 11, subject ledger.user.updated) was not published by a relay`) {
 		t.Errorf("batch after a foreign message: %v", err)
@@ -408,7 +408,7 @@ func TestDurableConsumerFollowsUserEvents(t *testing.T) {
 	_, js := srv.Connect(t)
 	log, _ := newLogger()
 	runRelay(t, db, log, newRelay(t, srv, log, relay.Config{}))
-	schematest.CopyEvents(t, db, 300, func(i int) domain.Delivery { return delivery("cons1", i) })
+	copyEvents(t, db, 300, func(i int) domain.Delivery { return delivery("cons1", i) })
 	waitCount(t, js, relay.DefaultStream, 300, 20*time.Second)
 
 	ctx := context.Background()
@@ -451,7 +451,7 @@ func TestDurableConsumerFollowsUserEvents(t *testing.T) {
 	cc := consume()
 	take(len(want))
 	cc.Stop()
-	schematest.CopyEvents(t, db, 300, func(i int) domain.Delivery { return delivery("cons2", i) })
+	copyEvents(t, db, 300, func(i int) domain.Delivery { return delivery("cons2", i) })
 	waitCount(t, js, relay.DefaultStream, 600, 20*time.Second)
 	userEvents()
 	cc = consume() // the same durable: resumes after the last ack

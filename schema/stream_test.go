@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -200,4 +201,64 @@ func sealedHistory(t *testing.T, n int) (*sqlx.DB, context.Context, schema.Curso
 		t.Fatal(err)
 	}
 	return db, ctx, head, want
+}
+
+// TestReadBatchSealed: ReadBatch, which reads its users' data keys after
+// the events in one statement, hands every event of a sealed ledger once
+// in ledger order, of every type or of the types asked, each with its
+// exact body and its stored commitment; the erased user's sealed events
+// come as Erased with no body, and its events kept in clear with theirs.
+// A batch read without the keyring refuses sealed events (EUNAVAILABLE).
+func TestReadBatchSealed(t *testing.T) {
+	const n = 300
+	db, ctx, _, want := sealedHistory(t, n)
+	for _, types := range [][]string{nil, domain.UserEventTypes()} {
+		var got []domain.Event
+		c := schema.Cursor{}
+		for {
+			b, err := schema.ReadBatch(ctx, db, c, types, 70)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, b.Events...)
+			c = b.Next
+			if !b.Full {
+				break
+			}
+		}
+		wantN, erased := 0, 0
+		for i := range n {
+			if d := historyEvent(t, i); types == nil || slices.Contains(types, d.Type) {
+				wantN++
+			}
+		}
+		if len(got) != wantN {
+			t.Fatalf("types %v: read %d events, want %d", types, len(got), wantN)
+		}
+		for i, e := range got {
+			if i > 0 && !schema.After(got[i-1]).Less(schema.After(e)) {
+				t.Fatalf("types %v: %s after %s: not in ledger order", types, e.DeliveryID, got[i-1].DeliveryID)
+			}
+			sealed := e.UserID != "" && e.Type != "organization.created"
+			switch {
+			case sealed && len(e.Commitment) != domain.HashSize:
+				t.Fatalf("%s: sealed, read without its commitment", e.DeliveryID)
+			case e.UserID == "user_2" && sealed:
+				if !e.Erased || e.Body != nil || e.Salt != nil {
+					t.Fatalf("%s of the erased user: erased=%v body %q", e.DeliveryID, e.Erased, e.Body)
+				}
+				erased++
+			case e.Erased || !bytes.Equal(e.Body, want[e.DeliveryID]):
+				t.Fatalf("%s: erased=%v body %q, want %q", e.DeliveryID, e.Erased, e.Body, want[e.DeliveryID])
+			}
+		}
+		if erased == 0 {
+			t.Fatalf("types %v: no event of the erased user read", types)
+		}
+	}
+	for _, types := range [][]string{nil, domain.UserEventTypes()} {
+		if _, err := schema.ReadBatch(context.Background(), db, schema.Cursor{}, types, 70); domain.ErrorCode(err) != domain.EUNAVAILABLE {
+			t.Fatalf("types %v: a sealed batch read without the keyring: %v", types, err)
+		}
+	}
 }
