@@ -52,6 +52,7 @@ type ingestOptions struct {
 	warmUsers   bool // with users: one untimed delivery about each first
 	ceiling     bool // also send to a server that verifies and stores nothing
 	rounds      int  // pairs of --unsealed runs (1: one pair)
+	sideBySide  bool // with unsealed: both services take their loads at once
 }
 
 func (a *app) benchIngestCmd() *cobra.Command {
@@ -88,6 +89,17 @@ pair's ratios and then "sealed/unsealed over N rounds: median cost X": on a
 shared machine one pair's ratio moves with the load of others, and the first
 run of a session finds the machine colder than the rest.
 
+--side-by-side (with --unsealed) runs the two services at the same time
+instead, each on its own scratch database with --concurrency senders of
+its own, so that a machine whose speed moves (other tenants, steal time)
+moves both alike; each round prints both sides' rates and CPU per delivery
+and "side by side, sealed/unsealed: cost X", and --rounds N repeats it and
+prints the median. PostgreSQL's CPU is split by database: each side's
+backends are its own, the rest of the server's (WAL writer, checkpointer)
+is shared in proportion to them; the senders' is split by deliveries. It
+needs PostgreSQL on this machine. Not with --url, --warm-users, --baseline,
+--ceiling or --cpuprofile.
+
 --ceiling then sends the same load to the service's HTTP surface alone
 (handlers.NewServer with its middleware, metrics and the webhook handler's
 Svix and envelope checks, in a child process) with a store that keeps
@@ -113,6 +125,7 @@ on the same cores.`,
 	cmd.Flags().BoolVar(&o.baseline, "baseline", false, "also time plain durable INSERTs and print the ratio")
 	cmd.Flags().BoolVar(&o.unsealed, "unsealed", false, "first run the same load against a service storing bodies in clear and print the sealed/unsealed ratios")
 	cmd.Flags().IntVar(&o.rounds, "rounds", 1, "with --unsealed: pairs of runs (unsealed then sealed, then the other way round, ...), each pair's ratio printed, then their median")
+	cmd.Flags().BoolVar(&o.sideBySide, "side-by-side", false, "with --unsealed: run the unsealed and the sealing service at the same time, each with --concurrency senders, and compare their CPU per delivery within the same window")
 	cmd.Flags().BoolVar(&o.warmUsers, "warm-users", false, "with --users: first send, untimed, one delivery about each user and wait for the projectors, so the timed run is about users the ledger knows (their data keys made)")
 	cmd.Flags().BoolVar(&o.ceiling, "ceiling", false, "also send the same load to the service's HTTP surface with a store that keeps nothing (no database, no projectors) and print its rate over the baseline's")
 	cmd.Flags().IntVar(&o.users, "users", 0, "spread the deliveries over this many users (0: each about a new user, the worst case for sealing: a data key per delivery)")
@@ -390,6 +403,12 @@ func (a *app) benchIngest(ctx context.Context, o ingestOptions) error {
 		return domain.Errorf(domain.EINVALID, "--rounds repeats the pair of runs of --unsealed")
 	}
 	p := newPayloads()
+	if o.sideBySide {
+		if !o.unsealed || o.warmUsers || o.baseline || o.ceiling || o.cpuProfile != "" {
+			return domain.Errorf(domain.EINVALID, "--side-by-side needs --unsealed and does not combine with --warm-users, --baseline, --ceiling or --cpuprofile")
+		}
+		return a.ingestSideBySide(ctx, o, p)
+	}
 	// The unsealed run goes first: what a run leaves behind (autovacuum,
 	// the checkpoint of its writes) is settled before the next (vacuumed,
 	// checkpointed), and what is left of it lands in the sealed run, which
@@ -473,40 +492,52 @@ func (a *app) ingestOnce(ctx context.Context, o ingestOptions, p *payloads, svc 
 	run := ingestRun{target: o.target}
 	if run.target == "" {
 		var err error
-		run.dsn, err = benchDatabase(ctx, o.database, svc.database)
-		if err != nil {
+		if run, o.secret, err = a.startIngestChild(ctx, o, svc); err != nil {
 			return ingestRun{}, err
 		}
-		o.secret = clerkgen.NewSecret()
-		var env, args []string
-		if svc.unsealed {
-			// The child gets no master key (serve refuses one with the flag).
-			env, args = append(env, "LEDGER_MASTER_KEY="), append(args, "--"+benchUnsealedFlag)
-		}
-		if o.cpuProfile != "" {
-			prof, err := filepath.Abs(o.cpuProfile)
-			if err != nil {
-				return ingestRun{}, err
-			}
-			if svc.unsealed {
-				prof += ".unsealed" // the last run of each kind is kept
-			}
-			env = append(env, "LEDGER_CPUPROFILE="+prof)
-		}
-		exe, err := os.Executable()
-		if err != nil {
-			return ingestRun{}, err
-		}
-		if run.child, err = startChildServiceExe(ctx, exe, run.dsn, o.secret, args, env...); err != nil {
-			return ingestRun{}, err
-		}
-		run.target = "http://" + run.child.addr + "/api/webhooks/clerk"
 	}
 	if err := a.sendIngest(ctx, o, p, svc, &run); err != nil {
 		run.stop()
 		return ingestRun{}, err
 	}
 	return run, nil
+}
+
+// startIngestChild makes svc's scratch database and starts its child
+// service on it, with a new signing secret, which it returns. The caller
+// stops the run's service.
+func (a *app) startIngestChild(ctx context.Context, o ingestOptions, svc ingestService) (ingestRun, string, error) {
+	var run ingestRun
+	var err error
+	run.dsn, err = benchDatabase(ctx, o.database, svc.database)
+	if err != nil {
+		return ingestRun{}, "", err
+	}
+	secret := clerkgen.NewSecret()
+	var env, args []string
+	if svc.unsealed {
+		// The child gets no master key (serve refuses one with the flag).
+		env, args = append(env, "LEDGER_MASTER_KEY="), append(args, "--"+benchUnsealedFlag)
+	}
+	if o.cpuProfile != "" {
+		prof, err := filepath.Abs(o.cpuProfile)
+		if err != nil {
+			return ingestRun{}, "", err
+		}
+		if svc.unsealed {
+			prof += ".unsealed" // the last run of each kind is kept
+		}
+		env = append(env, "LEDGER_CPUPROFILE="+prof)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return ingestRun{}, "", err
+	}
+	if run.child, err = startChildServiceExe(ctx, exe, run.dsn, secret, args, env...); err != nil {
+		return ingestRun{}, "", err
+	}
+	run.target = "http://" + run.child.addr + "/api/webhooks/clerk"
+	return run, secret, nil
 }
 
 // sendIngest sends o's load to run's target, prints what it measured and

@@ -296,3 +296,53 @@ func TestBenchIngestUnsealedRounds(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchIngestSideBySide: --side-by-side runs the unsealed and the
+// sealing service at once on their own databases (each holds only its
+// kind of body), prints each side's line with its CPU per delivery, and a
+// cost that is the ratio of the two totals printed; it refuses to run
+// without --unsealed or with a flag it does not combine with.
+func TestBenchIngestSideBySide(t *testing.T) {
+	u, err := url.Parse(schematest.ServerURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dropDatabases(t, "ledger_bench", "ledger_bench_unsealed") })
+	out, errOut, code := runLedger(t, map[string]string{"DATABASE_URL": u.String()}, "bench", "ingest", "--unsealed", "--side-by-side", "-d", "2s", "-c", "4")
+	if code != 0 {
+		t.Fatalf("bench ingest exited %d:\n%s%s", code, out, errOut)
+	}
+	for _, name := range []string{"ledger_bench", "ledger_bench_unsealed"} {
+		u.Path = "/" + name
+		db := schematest.Open(t, u.String())
+		var sealed, inClear int
+		if err := db.QueryRow(`SELECT count(*) FILTER (WHERE body_sealed IS NOT NULL), count(*) FILTER (WHERE body_sealed IS NULL) FROM events`).Scan(&sealed, &inClear); err != nil {
+			t.Fatal(err)
+		}
+		db.Close()
+		if name == "ledger_bench" && (sealed == 0 || inClear != 0) || name == "ledger_bench_unsealed" && (inClear == 0 || sealed != 0) {
+			t.Errorf("%s: %d sealed and %d clear events", name, sealed, inClear)
+		}
+	}
+	side := `\s+(\d+) deliveries/s  p50 [\d.]+ms  p99 [\d.]+ms  non-2xx (\d+)  errors (\d+)  cpu per delivery: service (\d+) µs  postgres (\d+) µs \+ shared (\d+) µs  senders (\d+) µs  = (\d+) µs  server peak RSS [\d.]+ MB$`
+	plain, _ := printedNumbers(t, out, `^unsealed:`+side)
+	sealed, _ := printedNumbers(t, out, `^ledger:`+side)
+	round, _ := printedNumbers(t, out, `^side by side, round 1: 4 senders to each service for 2s; PostgreSQL ([\d.]+) s of CPU, ([\d.]+) s of it shared`)
+	ratio, _ := printedNumbers(t, out, `^side by side, sealed/unsealed: cost ([\d.]+) \(CPU per delivery, service\+postgres\+senders\), ([\d.]+) \(service and its own backends alone\)$`)
+	for _, r := range [][]float64{plain, sealed} {
+		if r[0] <= 0 || r[1] != 0 || r[2] != 0 || r[3] <= 0 || r[4] <= 0 || r[6] <= 0 {
+			t.Errorf("a side sent %.0f/s with %.0f non-2xx and %.0f errors, service %.0f µs, postgres %.0f µs, senders %.0f µs:\n%s", r[0], r[1], r[2], r[3], r[4], r[6], out)
+		}
+	}
+	if round[0] <= 0 || round[1] > round[0] {
+		t.Errorf("PostgreSQL %.2f s, %.2f s of it shared:\n%s", round[0], round[1], out)
+	}
+	if !near(ratio[0], sealed[7]/plain[7]) || !near(ratio[1], (sealed[3]+sealed[4])/(plain[3]+plain[4])) {
+		t.Errorf("cost %.2f and %.2f; the sides give %.2f and %.2f:\n%s", ratio[0], ratio[1], sealed[7]/plain[7], (sealed[3]+sealed[4])/(plain[3]+plain[4]), out)
+	}
+	for _, args := range [][]string{{"--side-by-side"}, {"--unsealed", "--side-by-side", "--baseline"}, {"--unsealed", "--side-by-side", "--users", "5", "--warm-users"}} {
+		if _, errOut, code := runLedger(t, map[string]string{"DATABASE_URL": u.String()}, append([]string{"bench", "ingest", "-d", "1s"}, args...)...); code == 0 || !strings.Contains(errOut, "--side-by-side needs --unsealed") {
+			t.Errorf("bench ingest %v: exit %d, %q", args, code, errOut)
+		}
+	}
+}
