@@ -15,14 +15,7 @@ import (
 func BenchmarkIngestNewUsers(b *testing.B) {
 	for _, lag := range []int{100, 2000} {
 		b.Run(fmt.Sprintf("lag=%d", lag), func(b *testing.B) {
-			text, err := Generate()
-			if err != nil {
-				b.Fatal(err)
-			}
-			k, err := Load(text)
-			if err != nil {
-				b.Fatal(err)
-			}
+			k := newKeyring(b)
 			body := bytes.Repeat([]byte("x"), 1290)
 			type row struct {
 				user, id        string

@@ -13,19 +13,13 @@ import (
 func BenchmarkOpen(b *testing.B) {
 	for _, users := range []int{1000, 5000} {
 		b.Run(fmt.Sprintf("users=%d", users), func(b *testing.B) {
-			text, err := Generate()
-			if err != nil {
-				b.Fatal(err)
-			}
-			k, err := Load(text)
-			if err != nil {
-				b.Fatal(err)
-			}
+			k := newKeyring(b)
 			type row struct {
 				user, id        string
 				wrapped, sealed []byte
 			}
 			wrapped := make([][]byte, users)
+			var err error
 			for u := range users {
 				if wrapped[u], err = k.NewDataKey(fmt.Sprintf("user_2%027d", u)); err != nil {
 					b.Fatal(err)

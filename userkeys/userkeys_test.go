@@ -230,14 +230,14 @@ func TestDeferredOpensInItsUsersSlot(t *testing.T) {
 }
 
 // newKeyring returns a keyring of a fresh master key.
-func newKeyring(t *testing.T) *Keyring {
+func newKeyring(t testing.TB) *Keyring {
 	t.Helper()
 	return newKeyrings(t, 1)[0]
 }
 
 // newKeyrings returns n keyrings of one new master key: n processes of one
 // ledger, each with its own cache.
-func newKeyrings(t *testing.T, n int) []*Keyring {
+func newKeyrings(t testing.TB, n int) []*Keyring {
 	t.Helper()
 	master, err := Generate()
 	if err != nil {

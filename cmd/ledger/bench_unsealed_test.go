@@ -128,18 +128,7 @@ func TestBenchIngestUnsealedShort(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("bench ingest exited %d:\n%s%s", code, out, errOut)
 	}
-	for _, name := range []string{"ledger_bench", "ledger_bench_unsealed"} {
-		u.Path = "/" + name
-		db := schematest.Open(t, u.String())
-		var sealed, inClear int
-		if err := db.QueryRow(`SELECT count(*) FILTER (WHERE body_sealed IS NOT NULL), count(*) FILTER (WHERE body_sealed IS NULL) FROM events`).Scan(&sealed, &inClear); err != nil {
-			t.Fatal(err)
-		}
-		db.Close()
-		if name == "ledger_bench" && (sealed == 0 || inClear != 0) || name == "ledger_bench_unsealed" && (inClear == 0 || sealed != 0) {
-			t.Errorf("%s: %d sealed and %d clear events", name, sealed, inClear)
-		}
-	}
+	checkBenchBodies(t, *u)
 	num := func(re string) []float64 {
 		t.Helper()
 		f, at := printedNumbers(t, out, re)
@@ -312,18 +301,7 @@ func TestBenchIngestSideBySide(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("bench ingest exited %d:\n%s%s", code, out, errOut)
 	}
-	for _, name := range []string{"ledger_bench", "ledger_bench_unsealed"} {
-		u.Path = "/" + name
-		db := schematest.Open(t, u.String())
-		var sealed, inClear int
-		if err := db.QueryRow(`SELECT count(*) FILTER (WHERE body_sealed IS NOT NULL), count(*) FILTER (WHERE body_sealed IS NULL) FROM events`).Scan(&sealed, &inClear); err != nil {
-			t.Fatal(err)
-		}
-		db.Close()
-		if name == "ledger_bench" && (sealed == 0 || inClear != 0) || name == "ledger_bench_unsealed" && (inClear == 0 || sealed != 0) {
-			t.Errorf("%s: %d sealed and %d clear events", name, sealed, inClear)
-		}
-	}
+	checkBenchBodies(t, *u)
 	side := `\s+(\d+) deliveries/s  p50 [\d.]+ms  p99 [\d.]+ms  non-2xx (\d+)  errors (\d+)  cpu per delivery: service (\d+) µs  postgres (\d+) µs \+ shared (\d+) µs  senders (\d+) µs  = (\d+) µs  server peak RSS [\d.]+ MB$`
 	plain, _ := printedNumbers(t, out, `^unsealed:`+side)
 	sealed, _ := printedNumbers(t, out, `^ledger:`+side)
@@ -343,6 +321,26 @@ func TestBenchIngestSideBySide(t *testing.T) {
 	for _, args := range [][]string{{"--side-by-side"}, {"--unsealed", "--side-by-side", "--baseline"}, {"--unsealed", "--side-by-side", "--users", "5", "--warm-users"}} {
 		if _, errOut, code := runLedger(t, map[string]string{"DATABASE_URL": u.String()}, append([]string{"bench", "ingest", "-d", "1s"}, args...)...); code == 0 || !strings.Contains(errOut, "--side-by-side needs --unsealed") {
 			t.Errorf("bench ingest %v: exit %d, %q", args, code, errOut)
+		}
+	}
+}
+
+// checkBenchBodies checks the scratch databases of bench ingest --unsealed
+// on the server of u: the sealing run's (ledger_bench) holds only sealed
+// bodies, the unsealed run's (ledger_bench_unsealed) only bodies in clear,
+// and neither is empty.
+func checkBenchBodies(t *testing.T, u url.URL) {
+	t.Helper()
+	for _, name := range []string{"ledger_bench", "ledger_bench_unsealed"} {
+		u.Path = "/" + name
+		db := schematest.Open(t, u.String())
+		var sealed, inClear int
+		if err := db.QueryRow(`SELECT count(*) FILTER (WHERE body_sealed IS NOT NULL), count(*) FILTER (WHERE body_sealed IS NULL) FROM events`).Scan(&sealed, &inClear); err != nil {
+			t.Fatal(err)
+		}
+		db.Close()
+		if name == "ledger_bench" && (sealed == 0 || inClear != 0) || name == "ledger_bench_unsealed" && (inClear == 0 || sealed != 0) {
+			t.Errorf("%s: %d sealed and %d clear events", name, sealed, inClear)
 		}
 	}
 }
