@@ -7,7 +7,6 @@ import (
 	"os"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
 )
 
 // This file holds bench ingest --unsealed --side-by-side: the sealing and
@@ -216,7 +216,7 @@ func (s *backendSampler) sample(ctx context.Context) error {
 		PID      int    `db:"pid"`
 		Database string `db:"datname"`
 	}
-	if err := s.db.SelectContext(ctx, &rows, `SELECT pid, datname FROM pg_stat_activity WHERE datname = ANY($1) AND pid <> pg_backend_pid()`, "{"+strings.Join(s.dbs, ",")+"}"); err != nil {
+	if err := s.db.SelectContext(ctx, &rows, `SELECT pid, datname FROM pg_stat_activity WHERE datname = ANY($1) AND pid <> pg_backend_pid()`, pq.Array(s.dbs)); err != nil {
 		return fmt.Errorf("list the benchmark's backends: %w", schema.Classify(err))
 	}
 	s.mu.Lock()
