@@ -443,3 +443,62 @@ func TestFreshKeyIsCachedOnlyWhenKept(t *testing.T) {
 		t.Fatal("a fresh key kept after an erasure in this process was cached")
 	}
 }
+
+// TestReadOfAnUnwrappedKeyEvictsNothing: a body opened with a key kept
+// only unwrapped (its cipher evicted from the ready ones) opens with a
+// cipher made for that read, and no ready cipher is evicted for it; a seal
+// with the key (SealCached) makes it ready again.
+func TestReadOfAnUnwrappedKeyEvictsNothing(t *testing.T) {
+	k := newKeyring(t)
+	wrapped := map[string][]byte{}
+	for i := range maxCached {
+		user := fmt.Sprintf("user_%05d", i)
+		w, err := k.NewDataKey(user)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := k.Seal(user, w, "msg_1", []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+		wrapped[user] = w
+	}
+	sealed, _, err := k.Seal("user_00000", wrapped["user_00000"], "msg_2", []byte(`{"a":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.mu.Lock()
+	delete(k.cache, "user_00000") // evicted from the ready ones, kept unwrapped
+	k.mu.Unlock()
+	w, err := k.NewDataKey("user_new")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := k.Seal("user_new", w, "msg_1", []byte(`{}`)); err != nil { // fills the ready ones again
+		t.Fatal(err)
+	}
+	before := map[string]bool{}
+	for u := range k.cache {
+		before[u] = true
+	}
+	if len(before) != maxCached {
+		t.Fatalf("%d ready ciphers, want %d", len(before), maxCached)
+	}
+	_, body, erased, err := k.Open("user_00000", wrapped["user_00000"], "msg_2", sealed)
+	if err != nil || erased || string(body) != `{"a":1}` {
+		t.Fatalf("open with the unwrapped key: %q erased=%v err=%v", body, erased, err)
+	}
+	if _, ok := k.cache["user_00000"]; ok || len(k.cache) != maxCached {
+		t.Fatalf("the read made its key ready again (%d ready)", len(k.cache))
+	}
+	for u := range before {
+		if _, ok := k.cache[u]; !ok {
+			t.Fatalf("the read evicted %s's ready cipher", u)
+		}
+	}
+	if _, _, ok, err := k.SealCached("user_00000", "msg_3", []byte(`{}`)); !ok || err != nil {
+		t.Fatalf("seal with the unwrapped key: ok=%v err=%v", ok, err)
+	}
+	if _, ok := k.cache["user_00000"]; !ok {
+		t.Fatal("sealing did not make the key ready again")
+	}
+}
