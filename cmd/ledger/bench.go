@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -324,21 +323,14 @@ func (p *payloads) body(userID string) []byte {
 	return bytes.Join(p.parts, []byte(userID))
 }
 
-// postDelivery sends one delivery signed like Svix and counts a non-2xx
-// answer in non2xx; it returns only transport errors.
-func postDelivery(ctx context.Context, client *http.Client, target string, signer *clerkgen.Signer, id string, body []byte, non2xx *atomic.Int64) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
+// postDelivery sends one delivery through d and counts a non-2xx answer in
+// non2xx; it returns only transport errors.
+func postDelivery(ctx context.Context, d *deliverer, id string, body []byte, non2xx *atomic.Int64) error {
+	status, err := d.post(ctx, id, body)
 	if err != nil {
 		return err
 	}
-	req.Header = signer.Headers(id, time.Now(), body)
-	res, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	io.Copy(io.Discard, res.Body)
-	res.Body.Close()
-	if res.StatusCode/100 != 2 {
+	if status/100 != 2 {
 		non2xx.Add(1)
 	}
 	return nil
@@ -551,7 +543,11 @@ func (a *app) sendIngest(ctx context.Context, o ingestOptions, p *payloads, svc 
 	if err != nil {
 		return domain.Errorf(domain.EINVALID, "CLERK_WEBHOOK_SIGNING_SECRET is malformed")
 	}
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: o.concurrency, MaxConnsPerHost: o.concurrency}, Timeout: 30 * time.Second}
+	client, err := newDeliverer(target, signer, o.concurrency)
+	if err != nil {
+		return domain.Errorf(domain.EINVALID, "%v", err)
+	}
+	defer client.close()
 	// The sealing run's lines are as they always were; the unsealed run's
 	// each start with "unsealed".
 	head, cpuHead, pre, note := fmt.Sprintf("%-10s", svc.label+":"), fmt.Sprintf("%-9s", svc.label), "", ""
@@ -576,7 +572,7 @@ func (a *app) sendIngest(ctx context.Context, o ingestOptions, p *payloads, svc 
 		return fmt.Sprintf("user_b%s%04d%07d", runID, w, i)
 	}
 	if o.warmUsers {
-		if err := a.warmUsers(ctx, o, p, client, target, signer, runID, user, child != nil && !projectorsOff, run.dsn, pre); err != nil {
+		if err := a.warmUsers(ctx, o, p, client, runID, user, child != nil && !projectorsOff, run.dsn, pre); err != nil {
 			return err
 		}
 	}
@@ -597,7 +593,7 @@ func (a *app) sendIngest(ctx context.Context, o ingestOptions, p *payloads, svc 
 	meter := startCPUMeter(servicePID, run.postmaster)
 	res := runLoad(ctx, o.concurrency, o.duration, func(w, i int) error {
 		id := fmt.Sprintf("msg_%s_%d_%d", runID, w, i)
-		return postDelivery(ctx, client, target, signer, id, p.body(userOf(w, i)), &non2xx)
+		return postDelivery(ctx, client, id, p.body(userOf(w, i)), &non2xx)
 	})
 	run.cpu = meter.stop()
 	run.n, run.rate = res.ok, float64(res.ok)/res.elapsed.Seconds()
@@ -627,7 +623,7 @@ func (a *app) sendIngest(ctx context.Context, o ingestOptions, p *payloads, svc 
 // it can see them (waitProjectors, on dsn): the timed run is then about
 // users the ledger already knows, their data keys made. Any failed
 // delivery is an error.
-func (a *app) warmUsers(ctx context.Context, o ingestOptions, p *payloads, client *http.Client, target string, signer *clerkgen.Signer, runID string, user func(int) string, waitProjectors bool, dsn, pre string) error {
+func (a *app) warmUsers(ctx context.Context, o ingestOptions, p *payloads, client *deliverer, runID string, user func(int) string, waitProjectors bool, dsn, pre string) error {
 	start := time.Now()
 	var next, failed, non2xx atomic.Int64
 	var wg sync.WaitGroup
@@ -635,7 +631,7 @@ func (a *app) warmUsers(ctx context.Context, o ingestOptions, p *payloads, clien
 		wg.Go(func() {
 			for k := next.Add(1) - 1; k < int64(o.users) && ctx.Err() == nil; k = next.Add(1) - 1 {
 				id := fmt.Sprintf("msg_%s_warm_%d", runID, k)
-				if err := postDelivery(ctx, client, target, signer, id, p.body(user(int(k))), &non2xx); err != nil {
+				if err := postDelivery(ctx, client, id, p.body(user(int(k))), &non2xx); err != nil {
 					failed.Add(1)
 				}
 			}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net/http"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -229,12 +228,16 @@ func (a *app) benchRelayIngest(ctx context.Context, o relayBenchOptions, js jets
 	defer db.Close()
 	lag := sampleLag(ctx, db, relay.Name, projections.UsersName)
 	p := newPayloads()
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: o.concurrency, MaxConnsPerHost: o.concurrency}, Timeout: 30 * time.Second}
+	client, err := newDeliverer(target, signer, o.concurrency)
+	if err != nil {
+		return err
+	}
+	defer client.close()
 	var non2xx atomic.Int64
 	runID := strconv.FormatInt(time.Now().UnixNano(), 36)
 	fmt.Fprintf(a.stdout, "ingest with the relay in serve: %d senders for %s -> %s\n", o.concurrency, o.ingest, target)
 	res := runLoad(ctx, o.concurrency, o.ingest, func(w, i int) error {
-		return postDelivery(ctx, client, target, signer, fmt.Sprintf("msg_%s_%d_%d", runID, w, i), p.body(fmt.Sprintf("user_r%s%04d%07d", runID, w, i)), &non2xx)
+		return postDelivery(ctx, client, fmt.Sprintf("msg_%s_%d_%d", runID, w, i), p.body(fmt.Sprintf("user_r%s%04d%07d", runID, w, i)), &non2xx)
 	})
 	worst := lag.stop()
 	fmt.Fprintf(a.stdout, "ingest:   %8.0f deliveries/s  p50 %s  p99 %s  non-2xx %d  errors %d  (%d in %s)\n",

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"os"
 	"slices"
 	"strconv"
@@ -108,7 +107,11 @@ func (a *app) sideBySideRound(ctx context.Context, o ingestOptions, p *payloads,
 		if err != nil {
 			return 0, err
 		}
-		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: o.concurrency, MaxConnsPerHost: o.concurrency}, Timeout: 30 * time.Second}
+		client, err := newDeliverer(s.run.target, signer, o.concurrency)
+		if err != nil {
+			return 0, err
+		}
+		defer client.close()
 		runID := strconv.FormatInt(time.Now().UnixNano(), 36) + strconv.Itoa(i)
 		userOf := func(w, n int) string {
 			if o.users > 0 {
@@ -121,7 +124,7 @@ func (a *app) sideBySideRound(ctx context.Context, o ingestOptions, p *payloads,
 			defer wg.Done()
 			s.res = runLoad(ctx, o.concurrency, o.duration, func(w, n int) error {
 				id := fmt.Sprintf("msg_%s_%d_%d", runID, w, n)
-				return postDelivery(ctx, client, s.run.target, signer, id, p.body(userOf(w, n)), &s.non2xx)
+				return postDelivery(ctx, client, id, p.body(userOf(w, n)), &s.non2xx)
 			})
 		}()
 	}

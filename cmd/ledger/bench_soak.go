@@ -99,13 +99,17 @@ func (a *app) benchSoak(ctx context.Context, o soakOptions) error {
 		return err
 	}
 	target := "http://" + child.addr + "/api/webhooks/clerk"
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: o.concurrency, MaxConnsPerHost: o.concurrency}, Timeout: 30 * time.Second}
+	client, err := newDeliverer(target, signer, o.concurrency)
+	if err != nil {
+		return err
+	}
+	defer client.close()
 	p := newPayloads()
 	runID := strconv.FormatInt(time.Now().UnixNano(), 36)
 	var non2xx atomic.Int64
 	send := func(tag string, w, i int) error {
 		id := fmt.Sprintf("msg_%s%s_%d_%d", runID, tag, w, i)
-		return postDelivery(ctx, client, target, signer, id, p.body(fmt.Sprintf("user_s%s%s%04d%07d", runID, tag, w, i%5000)), &non2xx)
+		return postDelivery(ctx, client, id, p.body(fmt.Sprintf("user_s%s%s%04d%07d", runID, tag, w, i%5000)), &non2xx)
 	}
 
 	rate := o.rate
