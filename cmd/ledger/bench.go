@@ -558,10 +558,19 @@ func (a *app) sendIngest(ctx context.Context, o ingestOptions, p *payloads, svc 
 		pre, note = head, " (the service's HTTP surface and Svix check, nothing stored)"
 	}
 	fmt.Fprintf(a.stdout, "%sbench ingest: %d senders for %s -> %s%s\n", pre, o.concurrency, o.duration, target, note)
-	// With the child's projectors off (LEDGER_PROJECTORS=off, which it
-	// inherits) there is no lag to sample, and counting an ever-growing
-	// backlog every 250 ms would load the PostgreSQL being measured.
-	projectorsOff := strings.EqualFold(strings.TrimSpace(a.env("LEDGER_PROJECTORS")), "off")
+	// The child inherits LEDGER_PROJECTORS. The lag is sampled (and
+	// warm-up waits for it) only of the child started here and of the
+	// users projector and tree sealer when it runs them: counting the
+	// ever-growing backlog of one that runs nowhere every 250 ms would load
+	// the PostgreSQL being measured.
+	running, err := parseProjectors(a.env("LEDGER_PROJECTORS"))
+	if err != nil {
+		return err
+	}
+	var sampled []string
+	if child != nil {
+		sampled = lagProjectorsOf(running)
+	}
 	runID := strconv.FormatInt(time.Now().UnixNano(), 36)
 	// With --users the deliveries are about user(0) to user(users-1).
 	user := func(k int) string { return fmt.Sprintf("user_b%s%011d", runID, k) }
@@ -572,13 +581,13 @@ func (a *app) sendIngest(ctx context.Context, o ingestOptions, p *payloads, svc 
 		return fmt.Sprintf("user_b%s%04d%07d", runID, w, i)
 	}
 	if o.warmUsers {
-		if err := a.warmUsers(ctx, o, p, client, runID, user, child != nil && !projectorsOff, run.dsn, pre); err != nil {
+		if err := a.warmUsers(ctx, o, p, client, runID, user, sampled, run.dsn, pre); err != nil {
 			return err
 		}
 	}
 	var lag *lagSampler
-	if child != nil && !projectorsOff {
-		if lag, err = startLagSampler(ctx, run.dsn); err != nil {
+	if len(sampled) > 0 {
+		if lag, err = startLagSampler(ctx, run.dsn, sampled); err != nil {
 			return err
 		}
 	}
@@ -603,13 +612,18 @@ func (a *app) sendIngest(ctx context.Context, o ingestOptions, p *payloads, svc 
 	if servicePID != 0 {
 		fmt.Fprintf(a.stdout, "%sserver peak RSS: %.1f MB\n", pre, float64(procStatusBytes(servicePID, "VmHWM:"))/1e6)
 	}
-	if child != nil && projectorsOff {
+	switch {
+	case child != nil && len(running) == 0:
 		fmt.Fprintf(a.stdout, "%sprojectors off in the service (LEDGER_PROJECTORS=off): no lag sampled\n", pre)
+	case child != nil && len(sampled) == 0:
+		fmt.Fprintf(a.stdout, "%sprojectors in the service: %s (LEDGER_PROJECTORS); no lag sampled\n", pre, strings.Join(running, ", "))
+	case child != nil && len(running) < len(projectorNames()):
+		fmt.Fprintf(a.stdout, "%sprojectors in the service: %s (LEDGER_PROJECTORS)\n", pre, strings.Join(running, ", "))
 	}
 	if lag != nil {
 		lag.stop()
 		caught := lag.catchUp(ctx, 30*time.Second)
-		for _, name := range lagProjectors {
+		for _, name := range sampled {
 			m := lag.max[name]
 			fmt.Fprintf(a.stdout, "%s%s projector lag while sending (sampled every 250 ms): max %d events, max %.2f s; caught up %s after the last delivery\n",
 				pre, name, m.events, m.seconds, caught[name])
@@ -623,7 +637,7 @@ func (a *app) sendIngest(ctx context.Context, o ingestOptions, p *payloads, svc 
 // it can see them (waitProjectors, on dsn): the timed run is then about
 // users the ledger already knows, their data keys made. Any failed
 // delivery is an error.
-func (a *app) warmUsers(ctx context.Context, o ingestOptions, p *payloads, client *deliverer, runID string, user func(int) string, waitProjectors bool, dsn, pre string) error {
+func (a *app) warmUsers(ctx context.Context, o ingestOptions, p *payloads, client *deliverer, runID string, user func(int) string, waitFor []string, dsn, pre string) error {
 	start := time.Now()
 	var next, failed, non2xx atomic.Int64
 	var wg sync.WaitGroup
@@ -642,14 +656,14 @@ func (a *app) warmUsers(ctx context.Context, o ingestOptions, p *payloads, clien
 		return fmt.Errorf("warm up %d users: %d deliveries failed: %w", o.users, n, ctx.Err())
 	}
 	caught := ""
-	if waitProjectors {
-		l, err := startLagSampler(ctx, dsn)
+	if len(waitFor) > 0 {
+		l, err := startLagSampler(ctx, dsn, waitFor)
 		if err != nil {
 			return err
 		}
 		l.stop()
 		times := l.catchUp(ctx, 60*time.Second)
-		for _, name := range lagProjectors {
+		for _, name := range waitFor {
 			caught += fmt.Sprintf(", %s projector caught up in %s", name, times[name])
 		}
 	}
@@ -765,16 +779,25 @@ func ms(d time.Duration) string {
 	return fmt.Sprintf("%.1fms", float64(d.Microseconds())/1000)
 }
 
-// lagProjectors are the projectors whose lag bench ingest reports: the
-// users projection and the tree sealer.
-var lagProjectors = []string{projections.UsersName, projections.TreeName}
+// lagProjectorsOf returns the projectors of running (names) whose lag bench
+// ingest reports: the users projection and the tree sealer, when they run.
+func lagProjectorsOf(running []string) []string {
+	var out []string
+	for _, name := range []string{projections.UsersName, projections.TreeName} {
+		if slices.Contains(running, name) {
+			out = append(out, name)
+		}
+	}
+	return out
+}
 
-// lagSampler polls the projectors' status during a benchmark and keeps the
-// worst lag seen of each of lagProjectors.
+// lagSampler polls the status of some projectors during a benchmark and
+// keeps the worst lag seen of each.
 type lagSampler struct {
-	db   *sqlx.DB
-	halt func() // stops the sampling goroutine and waits for it
-	max  map[string]lagMax
+	db    *sqlx.DB
+	names []string // the projectors sampled
+	halt  func()   // stops the sampling goroutine and waits for it
+	max   map[string]lagMax
 }
 
 type lagMax struct {
@@ -782,12 +805,12 @@ type lagMax struct {
 	seconds float64
 }
 
-func startLagSampler(ctx context.Context, dsn string) (*lagSampler, error) {
+func startLagSampler(ctx context.Context, dsn string, names []string) (*lagSampler, error) {
 	db, err := schema.Open(ctx, dsn, schema.PoolOptions{MaxOpen: 1})
 	if err != nil {
 		return nil, err
 	}
-	l := &lagSampler{db: db, max: map[string]lagMax{}}
+	l := &lagSampler{db: db, names: names, max: map[string]lagMax{}}
 	l.halt = goEvery(ctx, 250*time.Millisecond, 250*time.Millisecond, func(ctx context.Context) {
 		for name, s := range l.status(ctx) {
 			m := l.max[name]
@@ -797,15 +820,15 @@ func startLagSampler(ctx context.Context, dsn string) (*lagSampler, error) {
 	return l, nil
 }
 
-// status reads the status of lagProjectors (none on an error).
+// status reads the status of l's projectors (none on an error).
 func (l *lagSampler) status(ctx context.Context) map[string]projections.Status {
-	st, err := projections.ReadStatus(ctx, l.db, lagProjectors...)
+	st, err := projections.ReadStatus(ctx, l.db, l.names...)
 	if err != nil {
 		return nil
 	}
 	out := map[string]projections.Status{}
 	for _, s := range st {
-		if slices.Contains(lagProjectors, s.Name) {
+		if slices.Contains(l.names, s.Name) {
 			out[s.Name] = s
 		}
 	}
@@ -817,13 +840,13 @@ func (l *lagSampler) stop() {
 	l.halt()
 }
 
-// catchUp waits until each of lagProjectors has no lag and says how long
+// catchUp waits until each of l's projectors has no lag and says how long
 // that took for each, then closes the sampler's database.
 func (l *lagSampler) catchUp(ctx context.Context, limit time.Duration) map[string]string {
 	defer l.db.Close()
 	start := time.Now()
 	out := map[string]string{}
-	for time.Since(start) < limit && len(out) < len(lagProjectors) {
+	for time.Since(start) < limit && len(out) < len(l.names) {
 		for name, s := range l.status(ctx) {
 			if _, done := out[name]; !done && s.LagEvents == 0 {
 				out[name] = time.Since(start).Round(time.Millisecond).String()
@@ -831,7 +854,7 @@ func (l *lagSampler) catchUp(ctx context.Context, limit time.Duration) map[strin
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	for _, name := range lagProjectors {
+	for _, name := range l.names {
 		if _, done := out[name]; !done {
 			out[name] = "not within " + limit.String()
 		}

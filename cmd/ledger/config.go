@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -39,9 +40,10 @@ type config struct {
 	// --unsealed's child only): no master key, bodies stored in clear, on a
 	// database holding no event (serveKeyring).
 	BenchUnsealed bool
-	// Projectors runs the projectors inside serve (LEDGER_PROJECTORS, default
-	// on); off for web-only replicas when `ledger project` runs them.
-	Projectors bool
+	// Projectors are the names of the projectors serve runs in its process
+	// (LEDGER_PROJECTORS, parseProjectors: all by default; none, "off", for
+	// web-only replicas when `ledger project` runs them).
+	Projectors []string
 	// Pools is the database connection budget (LEDGER_DB_*_CONNS,
 	// LEDGER_EXPORT_IDLE_TIMEOUT); see loadPools.
 	Pools pools
@@ -104,13 +106,8 @@ func (a *app) loadConfig(cmd *cobra.Command) (config, error) {
 		return c, err
 	}
 	c.Pools = pools
-	switch v := strings.ToLower(strings.TrimSpace(a.env("LEDGER_PROJECTORS"))); v {
-	case "", "on", "true", "1":
-		c.Projectors = true
-	case "off", "false", "0":
-		c.Projectors = false
-	default:
-		return c, domain.Errorf(domain.EINVALID, "LEDGER_PROJECTORS %q is not on or off", v)
+	if c.Projectors, err = parseProjectors(a.env("LEDGER_PROJECTORS")); err != nil {
+		return c, err
 	}
 	if c.DatabaseURL != "" {
 		if err := checkDatabaseURL(c.DatabaseURL); err != nil {
@@ -250,4 +247,31 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// parseProjectors reads LEDGER_PROJECTORS: "", on, true or 1 is every
+// projector (projections.Default, in its order); off, false or 0 none; any
+// other value a comma-separated list of projector names, each at most once,
+// run in this process while another process (`ledger project` with the
+// rest) runs the others. Errors: EINVALID naming the setting and the name it
+// does not know, or the one given twice.
+func parseProjectors(v string) ([]string, error) {
+	switch v = strings.ToLower(strings.TrimSpace(v)); v {
+	case "", "on", "true", "1":
+		return projectorNames(), nil
+	case "off", "false", "0":
+		return nil, nil
+	}
+	var names []string
+	for _, n := range strings.Split(v, ",") {
+		n = strings.TrimSpace(n)
+		switch {
+		case !slices.Contains(projectorNames(), n):
+			return nil, domain.Errorf(domain.EINVALID, "LEDGER_PROJECTORS %q: %q is no projector (on, off, or a list of: %s)", v, n, strings.Join(projectorNames(), ", "))
+		case slices.Contains(names, n):
+			return nil, domain.Errorf(domain.EINVALID, "LEDGER_PROJECTORS %q names %s twice", v, n)
+		}
+		names = append(names, n)
+	}
+	return names, nil
 }

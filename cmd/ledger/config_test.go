@@ -3,11 +3,13 @@ package main
 import (
 	"bytes"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/handlers"
+	"github.com/clerk-ledger/clerk-ledger/projections"
 )
 
 // TestRateLimitSettings: defaults when unset, 0 disables, R:B and R parse,
@@ -58,8 +60,8 @@ func TestRateLimitSettings(t *testing.T) {
 	}
 }
 
-// TestProjectorsSetting: on by default, off for web-only replicas, anything
-// else refused naming the setting.
+// TestProjectorsSetting: all on by default, none (off) for web-only
+// replicas, or a list of names; anything else refused naming the setting.
 func TestProjectorsSetting(t *testing.T) {
 	load := func(v string) (config, error) {
 		a := &app{stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}, env: func(k string) string {
@@ -70,13 +72,19 @@ func TestProjectorsSetting(t *testing.T) {
 		}}
 		return a.loadConfig(a.serveCmd())
 	}
-	for v, want := range map[string]bool{"": true, "on": true, "OFF": false, "false": false, "1": true} {
+	all := []string{projections.UsersName, projections.OrganizationsName, projections.TreeName, projections.WorkspaceName}
+	for v, want := range map[string][]string{"": all, "on": all, "OFF": nil, "false": nil, "1": all,
+		"users": {projections.UsersName}, " tree , Users": {projections.TreeName, projections.UsersName}} {
 		c, err := load(v)
-		if err != nil || c.Projectors != want {
-			t.Errorf("LEDGER_PROJECTORS=%q: projectors %t, %v; want %t", v, c.Projectors, err, want)
+		if err != nil || !slices.Equal(c.Projectors, want) {
+			t.Errorf("LEDGER_PROJECTORS=%q: projectors %q, %v; want %q", v, c.Projectors, err, want)
 		}
 	}
-	if _, err := load("sometimes"); domain.ErrorCode(err) != domain.EINVALID || !strings.Contains(err.Error(), "LEDGER_PROJECTORS") {
-		t.Errorf("LEDGER_PROJECTORS=sometimes: %v", err)
+	for v, says := range map[string]string{"sometimes": `"sometimes" is no projector`, "users,": `"" is no projector`,
+		"users,tree,users": "names users twice", "users;tree": `"users;tree" is no projector`} {
+		_, err := load(v)
+		if domain.ErrorCode(err) != domain.EINVALID || !strings.Contains(err.Error(), "LEDGER_PROJECTORS") || !strings.Contains(err.Error(), says) {
+			t.Errorf("LEDGER_PROJECTORS=%q: %v, want EINVALID saying %s", v, err, says)
+		}
 	}
 }

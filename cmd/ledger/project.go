@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,7 +27,9 @@ func (a *app) projectCmd() *cobra.Command {
 		Long: `project applies pending migrations, then runs the projectors (users and the
 Merkle tree sealer) against DATABASE_URL until SIGINT or SIGTERM, without the
 web service, and with LEDGER_LOG_KEY signs checkpoints of the tree. serve
-and dev run them in-process already; run this to scale them apart. Any number of project processes (and services) may run against one
+and dev run them in-process already; run this to scale them apart.
+LEDGER_PROJECTORS lists the ones this process runs (e.g. users,tree; all by
+default), so they can be split over processes. Any number of project processes (and services) may run against one
 database: each batch commits with its checkpoint under a per-projector lock, so
 no event is ever applied twice. With LEDGER_METRICS_ADDR (e.g. 127.0.0.1:9464)
 it serves GET /metrics (the projectors, the tree, the Go runtime and the
@@ -43,6 +47,13 @@ pool, as serve's) and GET /healthz there; keep it to the private network.`,
 			lc, err := loadLogConfig(a.env)
 			if err != nil {
 				return err
+			}
+			names, err := parseProjectors(a.env("LEDGER_PROJECTORS"))
+			if err != nil {
+				return err
+			}
+			if len(names) == 0 {
+				return domain.Errorf(domain.EINVALID, "LEDGER_PROJECTORS is off: ledger project would run no projector (unset it, or list the ones to run here)")
 			}
 			ctx := cmd.Context()
 			db, err := schema.Open(ctx, dsn, schema.PoolOptions{MaxOpen: 4})
@@ -67,7 +78,7 @@ pool, as serve's) and GET /healthz there; keep it to the private network.`,
 				return err
 			}
 			defer stopMetrics()
-			stop := startProjectors(ctx, log, db, lc)
+			stop := startProjectors(ctx, log, db, lc, names)
 			<-ctx.Done()
 			stop()
 			return nil
@@ -75,19 +86,31 @@ pool, as serve's) and GET /healthz there; keep it to the private network.`,
 	}
 }
 
-// startProjectors runs the default projectors on db in the background, and
-// with lc's key the checkpoint signer, and returns the function that stops
-// them and waits until they have stopped (a batch in flight is rolled back,
-// never half applied).
-func startProjectors(ctx context.Context, log *slog.Logger, db *sqlx.DB, lc logConfig) (stop func()) {
+// startProjectors runs the default projectors named in names
+// (parseProjectors) on db in the background, and, when the tree sealer is
+// one of them, with lc's key the checkpoint signer; it returns the function
+// that stops them and waits until they have stopped (a batch in flight is
+// rolled back, never half applied).
+func startProjectors(ctx context.Context, log *slog.Logger, db *sqlx.DB, lc logConfig, names []string) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
+	var run []projections.Projector
+	for _, p := range projections.Default() {
+		if slices.Contains(names, p.Name()) {
+			run = append(run, p)
+		}
+	}
+	if len(run) < len(projections.Default()) {
+		log.Info("running some projectors in this process (LEDGER_PROJECTORS)", "projectors", strings.Join(names, ","))
+	}
 	var wg sync.WaitGroup
-	wg.Go(func() { projections.NewRunner(db, log, projections.Default()...).Run(ctx) })
-	if lc.Signer != nil {
+	wg.Go(func() { projections.NewRunner(db, log, run...).Run(ctx) })
+	switch {
+	case !slices.Contains(names, projections.TreeName):
+	case lc.Signer != nil:
 		cp := projections.NewCheckpointer(db, log, lc.Signer, lc.Origin)
 		cp.Dir, cp.Interval = lc.Dir, lc.Interval
 		wg.Go(func() { cp.Run(ctx) })
-	} else {
+	default:
 		log.Warn("LEDGER_LOG_KEY is not set: the Merkle tree is built but no checkpoint is signed")
 	}
 	return func() {

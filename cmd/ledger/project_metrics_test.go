@@ -1,8 +1,10 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -56,5 +58,42 @@ func TestProjectServesMetrics(t *testing.T) {
 	_, errOut, code := runLedger(t, penv, "project")
 	if code == 0 || !strings.Contains(errOut, "LEDGER_METRICS_ADDR") || strings.Count(strings.TrimSpace(errOut), "\n") > 0 {
 		t.Fatalf("a bad LEDGER_METRICS_ADDR: exit %d, stderr %q", code, errOut)
+	}
+}
+
+// TestProjectRunsTheProjectorsListed: with LEDGER_PROJECTORS=users,
+// `ledger project` runs the users projector and no other (the tree sealer
+// makes no checkpoint), so two processes can split the projectors; off
+// would run none and is refused with one line naming the setting.
+func TestProjectRunsTheProjectorsListed(t *testing.T) {
+	dsn := schematest.NewURL(t)
+	env := map[string]string{"DATABASE_URL": dsn, "LOG_LEVEL": "warn"}
+	if out, errOut, code := runLedger(t, env, "seed", "--users", "20", "--events", "200", "--seed", "4"); code != 0 {
+		t.Fatalf("seed: exit %d\n%s%s", code, out, errOut)
+	}
+	db := schematest.Open(t, dsn)
+	penv := map[string]string{"DATABASE_URL": dsn, "LOG_LEVEL": "warn", "LEDGER_PROJECTORS": "users"}
+	p := startLedger(t, penv, "project")
+	waitFor(t, 30*time.Second, "the users projector applied the seeded events", func() (bool, string) {
+		var n int
+		err := db.Get(&n, `SELECT count(*) FROM users`)
+		return err == nil && n == 20, fmt.Sprint(n, err)
+	})
+	p.stop()
+	var names []string
+	if err := db.Select(&names, `SELECT name FROM projection_checkpoints ORDER BY name`); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(names, []string{"users"}) {
+		t.Fatalf("checkpoints of %q, want only users", names)
+	}
+	var leaves int
+	if err := db.Get(&leaves, `SELECT count(*) FROM log_leaves`); err != nil || leaves != 0 {
+		t.Fatalf("the tree sealer ran: %d leaves, %v", leaves, err)
+	}
+	penv["LEDGER_PROJECTORS"] = "off"
+	_, errOut, code := runLedger(t, penv, "project")
+	if code == 0 || !strings.Contains(errOut, "LEDGER_PROJECTORS is off") || strings.Count(strings.TrimSpace(errOut), "\n") > 0 {
+		t.Fatalf("ledger project with LEDGER_PROJECTORS=off: exit %d, stderr %q", code, errOut)
 	}
 }

@@ -137,8 +137,8 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 	if err != nil {
 		return err
 	}
-	if cfg.Projectors {
-		defer startProjectors(ctx, log, ingest, cfg.Log)()
+	if len(cfg.Projectors) > 0 {
+		defer startProjectors(ctx, log, ingest, cfg.Log, cfg.Projectors)()
 	} else {
 		log.Info("projectors off in this process (LEDGER_PROJECTORS=off): run `ledger project`")
 	}
