@@ -113,11 +113,22 @@ func (p *Users) Apply(ctx context.Context, tx *sqlx.Tx, events []domain.Event) (
 	}
 	folded, seen := p.foldParallel(states, events, keys)
 	failures = append(failures, folded...)
-	rows := make([]schema.UserRow, 0, len(states))
-	for _, st := range states {
-		rows = append(rows, st.row())
+	// Users the table does not hold yet go in with one COPY, the others
+	// with the upsert: a COPY takes about half the time (Table.InsertNew). The batch
+	// holds the projector's lock and the erasures' shared lock, so no other
+	// writer adds a user between the Load and the COPY.
+	fresh, known := make([]schema.UserRow, 0, len(states)), make([]schema.UserRow, 0, len(stored))
+	for id, st := range states {
+		if _, ok := stored[id]; ok {
+			known = append(known, st.row())
+		} else {
+			fresh = append(fresh, st.row())
+		}
 	}
-	if err := p.table.Upsert(ctx, tx, rows); err != nil {
+	if err := p.table.InsertNew(ctx, tx, fresh); err != nil {
+		return nil, err
+	}
+	if err := p.table.Upsert(ctx, tx, known); err != nil {
 		return nil, err
 	}
 	if err := schema.AddEmails(ctx, tx, seen); err != nil {

@@ -1,0 +1,70 @@
+package schema_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
+	"github.com/jmoiron/sqlx"
+)
+
+// BenchmarkUsersWriteNew measures writing a projector batch of 1,000 users
+// the table does not hold, each batch in its own transaction: InsertNew
+// (one COPY) against Upsert (INSERT … SELECT FROM unnest … ON CONFLICT),
+// in alternating rounds of the same run, and logs each round's ratio:
+//
+//	go test ./schema -run '^$' -bench UsersWriteNew -benchtime 40x
+func BenchmarkUsersWriteNew(b *testing.B) {
+	db := schematest.NewDB(b)
+	ctx := context.Background()
+	live := schema.LiveUsers()
+	at := time.Date(2026, 12, 2, 21, 0, 0, 0, time.UTC)
+	batch := 0
+	rows := func() []schema.UserRow {
+		batch++
+		out := make([]schema.UserRow, 1000)
+		for i := range out {
+			out[i] = schema.UserRow{User: domain.User{ID: fmt.Sprintf("user_%05d_%04d", batch, i), Email: fmt.Sprintf("grace%d.%d@example.com", batch, i),
+				FirstName: "Grace", LastName: "Hopper", Username: "grace", ImageURL: "https://img.clerk.com/grace",
+				PublicMetadata: json.RawMessage(`{"plan":"pro","team":"compilers"}`), CreatedAt: at, UpdatedAt: at, LastSignInAt: at, LastActiveAt: at,
+				EmailVerified: true, Version: domain.Version{UpdatedAt: 1, OccurredAt: 2, DeliveryID: "msg_bench"}}, LastPosition: int64(i)}
+		}
+		return out
+	}
+	write := func(b *testing.B, f func(context.Context, *sqlx.Tx, []schema.UserRow) error) float64 {
+		var took time.Duration
+		for range b.N {
+			rs := rows()
+			start := time.Now()
+			tx, err := db.BeginTxx(ctx, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := f(ctx, tx, rs); err != nil {
+				b.Fatal(err)
+			}
+			if err := tx.Commit(); err != nil {
+				b.Fatal(err)
+			}
+			took += time.Since(start)
+		}
+		us := float64(took.Microseconds()) / float64(b.N*1000)
+		b.ReportMetric(us, "µs/row")
+		return us
+	}
+	for round := range 2 {
+		var upsert, insert float64
+		b.Run(fmt.Sprintf("round%d/upsert", round), func(b *testing.B) {
+			upsert = write(b, func(ctx context.Context, tx *sqlx.Tx, rs []schema.UserRow) error { return live.Upsert(ctx, tx, rs) })
+		})
+		b.Run(fmt.Sprintf("round%d/insertnew", round), func(b *testing.B) { insert = write(b, live.InsertNew) })
+		if upsert > 0 {
+			b.Logf("round %d: InsertNew %.1f µs a row, Upsert %.1f: ratio %.2f", round, insert, upsert, insert/upsert)
+		}
+	}
+}
