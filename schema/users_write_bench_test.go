@@ -2,12 +2,10 @@ package schema_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"testing"
 	"time"
 
-	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
 	"github.com/jmoiron/sqlx"
@@ -29,10 +27,7 @@ func BenchmarkUsersWriteNew(b *testing.B) {
 		batch++
 		out := make([]schema.UserRow, 1000)
 		for i := range out {
-			out[i] = schema.UserRow{User: domain.User{ID: fmt.Sprintf("user_%05d_%04d", batch, i), Email: fmt.Sprintf("grace%d.%d@example.com", batch, i),
-				FirstName: "Grace", LastName: "Hopper", Username: "grace", ImageURL: "https://img.clerk.com/grace",
-				PublicMetadata: json.RawMessage(`{"plan":"pro","team":"compilers"}`), CreatedAt: at, UpdatedAt: at, LastSignInAt: at, LastActiveAt: at,
-				EmailVerified: true, Version: domain.Version{UpdatedAt: 1, OccurredAt: 2, DeliveryID: "msg_bench"}}, LastPosition: int64(i)}
+			out[i] = userRow(fmt.Sprintf("user_%05d_%04d", batch, i), fmt.Sprintf("ada%d.%d@example.com", batch, i), at)
 		}
 		return out
 	}
@@ -41,14 +36,7 @@ func BenchmarkUsersWriteNew(b *testing.B) {
 		for range b.N {
 			rs := rows()
 			start := time.Now()
-			tx, err := db.BeginTxx(ctx, nil)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := f(ctx, tx, rs); err != nil {
-				b.Fatal(err)
-			}
-			if err := tx.Commit(); err != nil {
+			if err := inTx(b, db, func(tx *sqlx.Tx) error { return f(ctx, tx, rs) }); err != nil {
 				b.Fatal(err)
 			}
 			took += time.Since(start)
