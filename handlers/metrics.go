@@ -49,7 +49,7 @@ func NewMetrics(reg *prometheus.Registry) (*Metrics, error) {
 		}, []string{"result"}),
 		commits: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "ledger_group_commit_duration_seconds",
-			Help:    "Time one group commit (a multi-row INSERT of waiting deliveries) took, by result (ok, error, resealed: a new user's data key was stored already, so the group was sealed again under it and inserted once more).",
+			Help:    "Time one group commit (a multi-row INSERT of waiting deliveries) took, by result (ok, error, resealed: a new user's data key was stored already, so the group was sealed again under it and inserted once more; redelivered: a delivery of the group was stored already, so the group was inserted once more skipping it).",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 		}, []string{"result"}),
 		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -84,11 +84,13 @@ func (m *Metrics) ObserveCommit(deliveries int, d time.Duration, err error) {
 	switch {
 	case errors.Is(err, schema.ErrKeyRowTaken):
 		result = "resealed"
+	case errors.Is(err, schema.ErrDeliveryTaken):
+		result = "redelivered"
 	case err != nil:
 		result = "error"
 	}
 	m.commits.WithLabelValues(result).Observe(d.Seconds())
-	if result != "resealed" { // the group is counted once, when inserted again
+	if result == "ok" || result == "error" { // a group tried again is counted once, when inserted again
 		m.batchSize.Observe(float64(deliveries))
 	}
 }

@@ -301,10 +301,11 @@ func TestRequestIDInJSONLogs(t *testing.T) {
 	}
 }
 
-// A group commit is counted by result: ok, error, or resealed (a new
-// user's data key was stored already: the group was sealed again under it
-// and inserted once more), so a restart's fallbacks do not look like
-// failed commits.
+// A group commit is counted by result: ok, error, resealed (a new user's
+// data key was stored already: the group was sealed again under it and
+// inserted once more) or redelivered (a delivery of the group was stored
+// already: the group was inserted once more skipping it), so fallbacks do
+// not look like failed commits.
 func TestObserveCommitResults(t *testing.T) {
 	m, err := NewMetrics(prometheus.NewRegistry())
 	if err != nil {
@@ -313,17 +314,18 @@ func TestObserveCommitResults(t *testing.T) {
 	m.ObserveCommit(3, time.Millisecond, nil)
 	m.ObserveCommit(2, time.Millisecond, fmt.Errorf("publish: %w", schema.ErrKeyRowTaken))
 	m.ObserveCommit(2, time.Millisecond, fmt.Errorf("publish: %w", io.ErrUnexpectedEOF))
+	m.ObserveCommit(4, time.Millisecond, fmt.Errorf("publish: %w", schema.ErrDeliveryTaken))
 	m.ObserveCommit(1, time.Millisecond, nil)
 	srv := httptest.NewServer(m.Handler())
 	defer srv.Close()
 	got, text := scrapeMetrics(t, srv.URL)
-	for result, want := range map[string]float64{"ok": 2, "resealed": 1, "error": 1} {
+	for result, want := range map[string]float64{"ok": 2, "resealed": 1, "redelivered": 1, "error": 1} {
 		if n := got[`ledger_group_commit_duration_seconds_count{result="`+result+`"}`]; n != want {
 			t.Errorf("group commits with result %s: %v, want %v\n%s", result, n, want, text)
 		}
 	}
-	// A resealed group's size is counted when it is inserted again.
+	// A group tried again is counted when it is inserted again.
 	if n := got["ledger_group_commit_deliveries_count"]; n != 3 {
-		t.Errorf("group sizes observed: %v, want 3 (not the resealed attempt)\n%s", n, text)
+		t.Errorf("group sizes observed: %v, want 3 (not the resealed or redelivered attempt)\n%s", n, text)
 	}
 }

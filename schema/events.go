@@ -42,7 +42,11 @@ import (
 type Store struct {
 	db     *sqlx.DB
 	schema EventsSchema
-	pub    *wmsql.Publisher
+	pub    *wmsql.Publisher // ON CONFLICT (delivery_id) DO NOTHING
+	// plainPub publishes without ON CONFLICT (EventsSchema.Plain): a group
+	// with a delivery stored already fails (ErrDeliveryTaken) and goes
+	// again through pub.
+	plainPub *wmsql.Publisher
 	// AppendTimeout bounds one INSERT; past it the append fails as
 	// EUNAVAILABLE so the sender retries. Default 5 s. A group sealed again
 	// (ErrKeyRowTaken) runs a key statement and a second INSERT, each
@@ -76,6 +80,10 @@ type Store struct {
 	// for freshPause when a fresh key's user turned out to have a key row
 	// (a user known to the ledger but not to this process's keyring).
 	freshPaused atomic.Int64
+	// plainPaused (unix ns) is until when groups go straight through pub:
+	// set for freshPause when a group found a delivery stored already
+	// (redeliveries come in runs, as Svix retries a backlog).
+	plainPaused atomic.Int64
 }
 
 // freshPause is how long the store seals through the key statement alone
@@ -90,6 +98,13 @@ const freshPause = time.Second
 // nothing (no key and no event), and the group is sealed again
 // under the stored keys and inserted once more. Appends never return it.
 var ErrKeyRowTaken = errors.New("a new data key's user already has a key row; the group is sealed again")
+
+// ErrDeliveryTaken is a group commit's INSERT's answer (to OnCommit) when
+// it ran without ON CONFLICT (EventsSchema.Plain) and a delivery of the
+// group was stored already: the statement stored nothing, and the group is
+// inserted again with ON CONFLICT DO NOTHING, which tells the redelivery
+// apart. Appends never return it.
+var ErrDeliveryTaken = errors.New("a delivery of the group is stored already; the group is inserted again, skipping it")
 
 // appendReq is one delivery on its way into the ledger: an Append waiting
 // for its group commit, or a message made by DeliveryMessage. Its Watermill
@@ -120,6 +135,9 @@ func NewStore(db *sqlx.DB) *Store {
 	s := &Store{db: db, AppendTimeout: 5 * time.Second, MaxBatch: 200, MaxInFlight: 2, stmts: map[string]*sql.Stmt{}}
 	// NewPublisher fails only on a nil executor or schema adapter.
 	s.pub, _ = wmsql.NewPublisher(appendExec{DB: db, s: s}, wmsql.PublisherConfig{SchemaAdapter: s.schema}, nil)
+	plain := s.schema
+	plain.Plain = true
+	s.plainPub, _ = wmsql.NewPublisher(appendExec{DB: db, s: s}, wmsql.PublisherConfig{SchemaAdapter: plain}, nil)
 	return s
 }
 
@@ -163,7 +181,7 @@ func (e appendExec) ExecContext(_ context.Context, query string, args ...any) (s
 		res, err = e.s.db.QueryContext(ctx, query, args...)
 	}
 	if err != nil {
-		return nil, keyRowTaken(err)
+		return nil, rowTaken(err)
 	}
 	defer res.Close()
 	n := 0
@@ -178,16 +196,20 @@ func (e appendExec) ExecContext(_ context.Context, query string, args ...any) (s
 		}
 	}
 	if err := res.Err(); err != nil {
-		return nil, keyRowTaken(err)
+		return nil, rowTaken(err)
 	}
 	return driver.RowsAffected(n), nil
 }
 
-// keyRowTaken is err, or ErrKeyRowTaken when err is a fresh key's row
-// refused because its user has one (isKeyRowTaken).
-func keyRowTaken(err error) error {
-	if isKeyRowTaken(err) {
+// rowTaken is err, or ErrKeyRowTaken when err is a fresh key's row
+// refused because its user has one (isKeyRowTaken), or ErrDeliveryTaken
+// when a Plain INSERT found a delivery stored (isDeliveryTaken).
+func rowTaken(err error) error {
+	switch {
+	case isKeyRowTaken(err):
 		return ErrKeyRowTaken
+	case isDeliveryTaken(err):
+		return ErrDeliveryTaken
 	}
 	return err
 }
@@ -340,7 +362,7 @@ func (s *Store) flush(batch []*appendReq) {
 		}
 		return
 	}
-	s.insertGroup(uniq)
+	s.insertGroup(uniq, false)
 
 	// Every copy that was not the one inserted is a redelivery: compare its
 	// body with the stored row's.
@@ -449,11 +471,19 @@ func (s *Store) sealStored(todo []*appendReq) error {
 // marks the ones it inserted. When the database refuses the INSERT because
 // of some row's values, the group is split in two and each half inserted on
 // its own, down to single deliveries: only an offender gets an error (r.err),
-// as EINVALID. Any other failure is every request's error.
-func (s *Store) insertGroup(reqs []*appendReq) {
-	err := s.insertOnce(reqs)
+// as EINVALID. Any other failure is every request's error. The INSERT goes
+// without ON CONFLICT (EventsSchema.Plain) unless dedupe, or a group found
+// a delivery stored moments ago (plainPaused); a group that finds one is
+// inserted again with it.
+func (s *Store) insertGroup(reqs []*appendReq, dedupe bool) {
+	err := s.insertOnce(reqs, dedupe)
 	if err == nil {
 		s.keepFresh(reqs)
+		return
+	}
+	if errors.Is(err, ErrDeliveryTaken) {
+		s.plainPaused.Store(time.Now().Add(freshPause).UnixNano())
+		s.insertGroup(reqs, true)
 		return
 	}
 	if errors.Is(err, ErrKeyRowTaken) {
@@ -474,14 +504,14 @@ func (s *Store) insertGroup(reqs []*appendReq) {
 			}
 			return
 		}
-		s.insertGroup(reqs)
+		s.insertGroup(reqs, dedupe)
 		return
 	}
 	refused := Refused(err) || domain.ErrorCode(err) == domain.EINVALID
 	if refused && len(reqs) > 1 {
 		mid := len(reqs) / 2
-		s.insertGroup(reqs[:mid])
-		s.insertGroup(reqs[mid:])
+		s.insertGroup(reqs[:mid], dedupe)
+		s.insertGroup(reqs[mid:], dedupe)
 		return
 	}
 	if refused && domain.ErrorCode(err) != domain.EINVALID {
@@ -503,15 +533,20 @@ func (s *Store) keepFresh(reqs []*appendReq) {
 	}
 }
 
-// insertOnce publishes reqs as one Watermill Publish: one multi-row INSERT.
-func (s *Store) insertOnce(reqs []*appendReq) error {
+// insertOnce publishes reqs as one Watermill Publish: one multi-row INSERT,
+// without ON CONFLICT unless a group found a delivery stored moments ago.
+func (s *Store) insertOnce(reqs []*appendReq, dedupe bool) error {
 	msgs := make(message.Messages, 0, len(reqs))
 	for _, r := range reqs {
 		r.inserted = false
 		msgs = append(msgs, rowMessage(r))
 	}
 	start := time.Now()
-	err := s.pub.Publish(Topic, msgs...)
+	pub := s.plainPub
+	if dedupe || start.UnixNano() < s.plainPaused.Load() {
+		pub = s.pub
+	}
+	err := pub.Publish(Topic, msgs...)
 	if s.OnCommit != nil {
 		s.OnCommit(len(reqs), time.Since(start), err)
 	}

@@ -158,6 +158,9 @@ func TestReadAfterNeverSkipsLateCommit(t *testing.T) {
 	if err := late.Commit(); err != nil {
 		t.Fatal(err)
 	}
+	// The gate is cluster-wide: another test's open transaction may hold
+	// both back a moment longer.
+	schematest.WaitReadable(t, db, 2)
 	got, err = schema.ReadAfter(ctx, db, schema.Cursor{}, 10)
 	if err != nil {
 		t.Fatal(err)

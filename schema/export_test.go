@@ -38,3 +38,7 @@ func MigrateTo(ctx context.Context, db *sql.DB, version int64) error {
 func (s *Store) PauseFreshKeys(d time.Duration) {
 	s.freshPaused.Store(time.Now().Add(d).UnixNano())
 }
+
+// ResumePlainInserts ends s's run of ON CONFLICT inserts (plainPaused), as
+// when its pause has passed.
+func (s *Store) ResumePlainInserts() { s.plainPaused.Store(0) }

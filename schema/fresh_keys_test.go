@@ -299,18 +299,22 @@ func recordCommits(store *schema.Store) *commitResults {
 	return c
 }
 
-func (c *commitResults) taken() (taken, ok int) {
+func (c *commitResults) taken() (taken, ok int) { return c.count(schema.ErrKeyRowTaken) }
+
+// count returns how many group commits c saw end in target, and how many
+// without error.
+func (c *commitResults) count(target error) (matched, ok int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, err := range c.errs {
 		switch {
-		case errors.Is(err, schema.ErrKeyRowTaken):
-			taken++
+		case errors.Is(err, target):
+			matched++
 		case err == nil:
 			ok++
 		}
 	}
-	return taken, ok
+	return matched, ok
 }
 
 // The first delivery a process stores about a user erased by another

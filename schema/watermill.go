@@ -46,6 +46,13 @@ type EventsSchema struct {
 	// Keys opens sealed bodies in UnmarshalMessage (nil: a sealed row is
 	// an error).
 	Keys *userkeys.Keyring
+	// Plain leaves ON CONFLICT out of the INSERT: a delivery id already
+	// stored fails the whole statement on events' unique delivery id
+	// (isDeliveryTaken), storing nothing. The Store's first attempt at a
+	// group: the speculative insertion ON CONFLICT makes of every row costs
+	// PostgreSQL more than the rare failed statement does (a redelivery's
+	// group is inserted again with ON CONFLICT).
+	Plain bool
 }
 
 // insertColumnList is the columns of events an append writes, in the order
@@ -136,7 +143,10 @@ func (s EventsSchema) InsertQuery(topic string, msgs message.Messages) (wmsql.Qu
 	}
 	// RETURNING names the rows actually inserted: an executor that runs the
 	// statement as a query learns which deliveries were new. Exec ignores it.
-	b = append(b, ` ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id`...)
+	if !s.Plain {
+		b = append(b, ` ON CONFLICT (delivery_id) DO NOTHING`...)
+	}
+	b = append(b, ` RETURNING delivery_id`...)
 	if len(fresh) == 0 {
 		return wmsql.Query{Query: string(b), Args: args}, nil
 	}
@@ -179,6 +189,17 @@ const keyRowConstraint = "user_keys_pkey"
 func isKeyRowTaken(err error) bool {
 	var pe *pq.Error
 	return errors.As(err, &pe) && pe.Code == "23505" && pe.Constraint == keyRowConstraint
+}
+
+// deliveryIDConstraint is events' unique delivery id, which a Plain INSERT
+// fails on when a delivery of the group is stored already.
+const deliveryIDConstraint = "events_delivery_id_key"
+
+// isDeliveryTaken reports whether err is a Plain INSERT failing on events'
+// unique delivery id.
+func isDeliveryTaken(err error) bool {
+	var pe *pq.Error
+	return errors.As(err, &pe) && pe.Code == "23505" && pe.Constraint == deliveryIDConstraint
 }
 
 // SchemaInitializingQueries implements wmsql.SchemaAdapter. The events table

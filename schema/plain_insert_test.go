@@ -1,0 +1,78 @@
+package schema_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+
+	"github.com/clerk-ledger/clerk-ledger/domain"
+	"github.com/clerk-ledger/clerk-ledger/schema"
+	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
+)
+
+// A group commit goes without ON CONFLICT first: a group holding a
+// redelivery fails on the unique delivery id (ErrDeliveryTaken, told to
+// OnCommit), stores nothing, and is inserted again with ON CONFLICT, so the
+// redelivery is answered a duplicate and the rest of its group is stored,
+// each once; groups right after go straight through ON CONFLICT; once the
+// pause has passed, a redelivery is found by the failing INSERT again.
+func TestGroupWithARedeliveryIsInsertedAgainSkippingIt(t *testing.T) {
+	db, appends := schematest.NewDBs(t)
+	ctx := context.Background()
+	store := schema.NewStore(appends)
+	store.Keys = newKeyring(t)
+	commits := recordCommits(store)
+	results := func() (taken, ok int) { return commits.count(schema.ErrDeliveryTaken) }
+
+	first := delivery(t, "msg_a", "user.created", "user_a")
+	if res, err := store.AppendDelivery(ctx, first); err != nil || res != domain.AppendStored {
+		t.Fatalf("msg_a: %v %v", res, err)
+	}
+	if taken, ok := results(); taken != 0 || ok != 1 {
+		t.Fatalf("a new delivery: %d taken, %d ok commits, want one plain INSERT", taken, ok)
+	}
+
+	// One group: the redelivery of msg_a and two new deliveries.
+	group := []domain.Delivery{first, delivery(t, "msg_b", "user.created", "user_b"), delivery(t, "msg_c", "user.updated", "user_a")}
+	release := holdFlusher(t, db, store)
+	got := make([]domain.AppendResult, len(group))
+	errs := make([]error, len(group))
+	var wg sync.WaitGroup
+	for i, d := range group {
+		wg.Go(func() { got[i], errs[i] = store.AppendDelivery(ctx, d) })
+	}
+	eventually(t, "the group queues behind the held group commit", func() bool { return store.Pending() == len(group) })
+	before, beforeOK := results()
+	release()
+	wg.Wait()
+	want := []domain.AppendResult{domain.AppendDuplicate, domain.AppendStored, domain.AppendStored}
+	for i := range group {
+		if errs[i] != nil || got[i] != want[i] {
+			t.Errorf("%s: %v %v, want %v", group[i].ID, got[i], errs[i], want[i])
+		}
+	}
+	if taken, ok := results(); taken != before+1 || ok != beforeOK+2 { // msg_block's and the group's
+		t.Fatalf("the group: %d taken, %d ok commits (before %d, %d), want one failed plain INSERT and its retry", taken, ok, before, beforeOK)
+	}
+	var n int
+	if err := db.Get(&n, `SELECT count(*) FROM events WHERE delivery_id IN ('msg_a', 'msg_b', 'msg_c')`); err != nil || n != 3 {
+		t.Fatalf("%d rows stored (%v), want 3", n, err)
+	}
+
+	// Right after, a redelivery goes straight through ON CONFLICT.
+	taken0, _ := results()
+	if res, err := store.AppendDelivery(ctx, first); err != nil || res != domain.AppendDuplicate {
+		t.Fatalf("msg_a again: %v %v", res, err)
+	}
+	if taken, _ := results(); taken != taken0 {
+		t.Fatal("a redelivery right after another failed a plain INSERT again")
+	}
+	// Past the pause, the plain INSERT finds it again.
+	store.ResumePlainInserts()
+	if res, err := store.AppendDelivery(ctx, first); err != nil || res != domain.AppendDuplicate {
+		t.Fatalf("msg_a past the pause: %v %v", res, err)
+	}
+	if taken, _ := results(); taken != taken0+1 {
+		t.Fatal("past the pause, a redelivery did not go through a plain INSERT first")
+	}
+}
