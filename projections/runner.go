@@ -46,9 +46,18 @@ type gapless interface{ gapless() }
 // read or opened for it.
 type leafReader interface{ leavesOnly() }
 
-// readBatch reads p's next batch after cp: its types, or only the leaves
-// of a leafReader.
+// batchReader is implemented by a projector that reads its batches itself
+// (the users projector, taking the bodies its process just stored).
+type batchReader interface {
+	readBatch(ctx context.Context, tx *sqlx.Tx, cp schema.Cursor, limit int) (schema.Batch, error)
+}
+
+// readBatch reads p's next batch after cp: its types, only the leaves of a
+// leafReader, or as a batchReader reads it.
 func readBatch(ctx context.Context, tx *sqlx.Tx, p Projector, cp schema.Cursor, limit int) (schema.Batch, error) {
+	if r, ok := p.(batchReader); ok {
+		return r.readBatch(ctx, tx, cp, limit)
+	}
 	if _, ok := p.(leafReader); ok {
 		return schema.ReadLeafBatch(ctx, tx, cp, limit)
 	}

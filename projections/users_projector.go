@@ -31,6 +31,12 @@ type Users struct {
 	table   schema.UsersTable
 	workers int
 	seed    maphash.Seed // shards users among the fold's workers
+
+	// Bodies, when not nil, holds the sealed bodies this process's event
+	// store just committed (schema.Store.Bodies): the projector's batches
+	// take them from there instead of reading them (schema.ReadBatchTaking).
+	// Set it before the Runner starts.
+	Bodies *schema.Bodies
 }
 
 // NewUsers returns the users projector writing the live users table.
@@ -43,6 +49,11 @@ func (p *Users) Name() string { return UsersName }
 
 // Types implements Projector: only user.* events.
 func (p *Users) Types() []string { return domain.UserEventTypes() }
+
+// readBatch implements batchReader: ReadBatchTaking with p.Bodies.
+func (p *Users) readBatch(ctx context.Context, tx *sqlx.Tx, cp schema.Cursor, limit int) (schema.Batch, error) {
+	return schema.ReadBatchTaking(ctx, tx, cp, p.Types(), limit, p.Bodies)
+}
 
 // Table is the table the projector writes.
 func (p *Users) Table() schema.UsersTable { return p.table }

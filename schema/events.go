@@ -68,6 +68,10 @@ type Store struct {
 	// ledger without LEDGER_MASTER_KEY: tests, the no-encryption bench
 	// baseline). Set it before the first Append.
 	Keys *userkeys.Keyring
+	// Bodies, when not nil, is handed the sealed body of every row the
+	// Store inserts, once committed, for a projector of this process to
+	// take (ReadBatchTaking). Set it before the first Append.
+	Bodies *Bodies
 
 	mu       sync.Mutex
 	pending  []*appendReq
@@ -363,6 +367,13 @@ func (s *Store) flush(batch []*appendReq) {
 		return
 	}
 	s.insertGroup(uniq, false)
+	if s.Bodies != nil {
+		for _, r := range uniq {
+			if r.err == nil && r.inserted && r.seal.Sealed != nil {
+				s.Bodies.keep(r.d.ID, r.seal.Sealed)
+			}
+		}
+	}
 
 	// Every copy that was not the one inserted is a redelivery: compare its
 	// body with the stored row's.

@@ -39,6 +39,10 @@ func (s *Store) PauseFreshKeys(d time.Duration) {
 	s.freshPaused.Store(time.Now().Add(d).UnixNano())
 }
 
+// Keep and Take expose Bodies' keep and take to the tests.
+func (b *Bodies) Keep(id string, sealed []byte) { b.keep(id, sealed) }
+func (b *Bodies) Take(id string) []byte         { return b.take(id) }
+
 // ResumePlainInserts ends s's run of ON CONFLICT inserts (plainPaused), as
 // when its pause has passed.
 func (s *Store) ResumePlainInserts() { s.plainPaused.Store(0) }

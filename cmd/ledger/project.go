@@ -78,7 +78,7 @@ pool, as serve's) and GET /healthz there; keep it to the private network.`,
 				return err
 			}
 			defer stopMetrics()
-			stop := startProjectors(ctx, log, db, lc, names)
+			stop := startProjectors(ctx, log, db, lc, names, nil)
 			<-ctx.Done()
 			stop()
 			return nil
@@ -90,14 +90,20 @@ pool, as serve's) and GET /healthz there; keep it to the private network.`,
 // (parseProjectors) on db in the background, and, when the tree sealer is
 // one of them, with lc's key the checkpoint signer; it returns the function
 // that stops them and waits until they have stopped (a batch in flight is
-// rolled back, never half applied).
-func startProjectors(ctx context.Context, log *slog.Logger, db *sqlx.DB, lc logConfig, names []string) (stop func()) {
+// rolled back, never half applied). bodies, when not nil, is the event
+// store's (schema.Store.Bodies) in this process: the users projector takes
+// its bodies from there.
+func startProjectors(ctx context.Context, log *slog.Logger, db *sqlx.DB, lc logConfig, names []string, bodies *schema.Bodies) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	var run []projections.Projector
 	for _, p := range projections.Default() {
-		if slices.Contains(names, p.Name()) {
-			run = append(run, p)
+		if !slices.Contains(names, p.Name()) {
+			continue
 		}
+		if u, ok := p.(*projections.Users); ok {
+			u.Bodies = bodies
+		}
+		run = append(run, p)
 	}
 	if len(run) < len(projections.Default()) {
 		log.Info("running some projectors in this process (LEDGER_PROJECTORS)", "projectors", strings.Join(names, ","))

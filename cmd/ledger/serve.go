@@ -7,11 +7,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/clerk-ledger/clerk-ledger/audit"
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/handlers"
+	"github.com/clerk-ledger/clerk-ledger/projections"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/svixsig"
 	"github.com/jmoiron/sqlx"
@@ -123,6 +125,13 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 	defer appends.Close()
 	store := schema.NewStore(appends)
 	store.Keys = keys
+	// The users projector running here takes the sealed bodies the store
+	// just committed from memory instead of reading them back.
+	var bodies *schema.Bodies
+	if keys != nil && slices.Contains(cfg.Projectors, projections.UsersName) {
+		bodies = schema.NewBodies(schema.DefaultBodiesEntries, schema.DefaultBodiesBytes)
+		store.Bodies = bodies
+	}
 	metrics, err := newMetrics(log, db, ingest)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
@@ -138,7 +147,7 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 		return err
 	}
 	if len(cfg.Projectors) > 0 {
-		defer startProjectors(ctx, log, ingest, cfg.Log, cfg.Projectors)()
+		defer startProjectors(ctx, log, ingest, cfg.Log, cfg.Projectors, bodies)()
 	} else {
 		log.Info("projectors off in this process (LEDGER_PROJECTORS=off): run `ledger project`")
 	}
