@@ -142,7 +142,20 @@ func (p *Users) Apply(ctx context.Context, tx *sqlx.Tx, events []domain.Event) (
 	if err := p.table.Upsert(ctx, tx, known); err != nil {
 		return nil, err
 	}
-	if err := schema.AddEmails(ctx, tx, seen); err != nil {
+	// So too their addresses: a pair of a user new to the table is new to
+	// user_emails (schema.AddNewEmails).
+	var newSeen, knownSeen []schema.EmailSighting
+	for _, x := range seen {
+		if _, ok := stored[x.UserID]; ok {
+			knownSeen = append(knownSeen, x)
+		} else {
+			newSeen = append(newSeen, x)
+		}
+	}
+	if err := schema.AddNewEmails(ctx, tx, newSeen); err != nil {
+		return nil, err
+	}
+	if err := schema.AddEmails(ctx, tx, knownSeen); err != nil {
 		return nil, err
 	}
 	// An erased user's addresses go (their events cannot be read any

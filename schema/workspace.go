@@ -2,6 +2,7 @@ package schema
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -49,6 +50,70 @@ ON CONFLICT (email, user_id) DO UPDATE SET
 		pq.Array(emails), pq.Array(users), pq.Array(positions), pq.Array(ats))
 	if err != nil {
 		return fmt.Errorf("add %d email sightings: %w", len(s), Classify(err))
+	}
+	return nil
+}
+
+// AddNewEmails is AddEmails for the sightings of users whose pairs
+// user_emails does not hold yet (the users projector's users new to the
+// users table): each pair's earliest and latest sighting go in with one
+// COPY, about half an upsert's work a row. Should a pair be stored after all
+// (23505), the COPY is rolled back to a savepoint and the sightings
+// recorded with AddEmails, so the rows are AddEmails' either way. Other
+// errors are the COPY's (Refused for a value PostgreSQL refuses).
+func AddNewEmails(ctx context.Context, tx *sqlx.Tx, s []EmailSighting) error {
+	if len(s) == 0 {
+		return nil
+	}
+	type pair struct{ email, user string }
+	type seen struct {
+		first      int64
+		from, till time.Time
+	}
+	pairs := make(map[pair]*seen, len(s))
+	order := make([]pair, 0, len(s))
+	for _, x := range s {
+		k := pair{x.Email, x.UserID}
+		p := pairs[k]
+		if p == nil {
+			pairs[k] = &seen{first: x.Position, from: x.At, till: x.At}
+			order = append(order, k)
+			continue
+		}
+		p.first = min(p.first, x.Position)
+		if x.At.Before(p.from) {
+			p.from = x.At
+		}
+		if x.At.After(p.till) {
+			p.till = x.At
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `SAVEPOINT new_emails`); err != nil {
+		return fmt.Errorf("add %d new email sightings: %w", len(s), Classify(err))
+	}
+	err := func() error {
+		stmt, err := tx.PrepareContext(ctx, pq.CopyIn("user_emails", "email", "user_id", "first_position", "first_seen", "last_seen"))
+		if err != nil {
+			return err
+		}
+		defer stmt.Close()
+		for _, k := range order {
+			p := pairs[k]
+			if _, err := stmt.ExecContext(ctx, k.email, k.user, p.first, p.from, p.till); err != nil {
+				return err
+			}
+		}
+		_, err = stmt.ExecContext(ctx)
+		return err
+	}()
+	if pe := (*pq.Error)(nil); errors.As(err, &pe) && pe.Code == "23505" {
+		if _, err := tx.ExecContext(ctx, `ROLLBACK TO SAVEPOINT new_emails`); err != nil {
+			return fmt.Errorf("add %d new email sightings: %w", len(s), Classify(err))
+		}
+		return AddEmails(ctx, tx, s)
+	}
+	if err != nil {
+		return fmt.Errorf("add %d new email sightings: %w", len(s), Classify(err))
 	}
 	return nil
 }
