@@ -56,3 +56,40 @@ func BenchmarkUsersWriteNew(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkEmailsWriteNew writes batches of 1,000 sightings of new (email,
+// user) pairs into user_emails with the upsert (AddEmails) and with the COPY
+// of a batch's new users' addresses (AddNewEmails), in alternating rounds,
+// each batch in its own transaction (commit included), and logs the ratio.
+func BenchmarkEmailsWriteNew(b *testing.B) {
+	db := schematest.NewDB(b)
+	ctx := context.Background()
+	at := time.Date(2026, 12, 3, 7, 0, 0, 0, time.UTC)
+	batch := 0
+	write := func(b *testing.B, f func(context.Context, *sqlx.Tx, []schema.EmailSighting) error) float64 {
+		var took time.Duration
+		for range b.N {
+			batch++
+			s := make([]schema.EmailSighting, 1000)
+			for i := range s {
+				s[i] = schema.EmailSighting{Email: fmt.Sprintf("ada%d.%d@example.com", batch, i), UserID: fmt.Sprintf("user_%05d_%04d", batch, i), Position: int64(batch*1000 + i), At: at}
+			}
+			start := time.Now()
+			if err := inTx(b, db, func(tx *sqlx.Tx) error { return f(ctx, tx, s) }); err != nil {
+				b.Fatal(err)
+			}
+			took += time.Since(start)
+		}
+		us := float64(took.Microseconds()) / float64(b.N*1000)
+		b.ReportMetric(us, "µs/row")
+		return us
+	}
+	for round := range 2 {
+		var upsert, copied float64
+		b.Run(fmt.Sprintf("round%d/upsert", round), func(b *testing.B) { upsert = write(b, schema.AddEmails) })
+		b.Run(fmt.Sprintf("round%d/addnew", round), func(b *testing.B) { copied = write(b, schema.AddNewEmails) })
+		if upsert > 0 {
+			b.Logf("round %d: AddNewEmails %.1f µs a row, AddEmails %.1f: ratio %.2f", round, copied, upsert, copied/upsert)
+		}
+	}
+}
