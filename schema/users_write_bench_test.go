@@ -19,7 +19,6 @@ import (
 //	go test ./schema -run '^$' -bench UsersWriteNew -benchtime 40x
 func BenchmarkUsersWriteNew(b *testing.B) {
 	db := schematest.NewDB(b)
-	ctx := context.Background()
 	live := schema.LiveUsers()
 	at := time.Date(2026, 12, 2, 21, 0, 0, 0, time.UTC)
 	batch := 0
@@ -32,18 +31,7 @@ func BenchmarkUsersWriteNew(b *testing.B) {
 		return out
 	}
 	write := func(b *testing.B, f func(context.Context, *sqlx.Tx, []schema.UserRow) error) float64 {
-		var took time.Duration
-		for range b.N {
-			rs := rows()
-			start := time.Now()
-			if err := inTx(b, db, func(tx *sqlx.Tx) error { return f(ctx, tx, rs) }); err != nil {
-				b.Fatal(err)
-			}
-			took += time.Since(start)
-		}
-		us := float64(took.Microseconds()) / float64(b.N*1000)
-		b.ReportMetric(us, "µs/row")
-		return us
+		return perRow(b, db, rows, f)
 	}
 	for round := range 2 {
 		var upsert, insert float64
@@ -63,26 +51,18 @@ func BenchmarkUsersWriteNew(b *testing.B) {
 // each batch in its own transaction (commit included), and logs the ratio.
 func BenchmarkEmailsWriteNew(b *testing.B) {
 	db := schematest.NewDB(b)
-	ctx := context.Background()
 	at := time.Date(2026, 12, 3, 7, 0, 0, 0, time.UTC)
 	batch := 0
-	write := func(b *testing.B, f func(context.Context, *sqlx.Tx, []schema.EmailSighting) error) float64 {
-		var took time.Duration
-		for range b.N {
-			batch++
-			s := make([]schema.EmailSighting, 1000)
-			for i := range s {
-				s[i] = schema.EmailSighting{Email: fmt.Sprintf("ada%d.%d@example.com", batch, i), UserID: fmt.Sprintf("user_%05d_%04d", batch, i), Position: int64(batch*1000 + i), At: at}
-			}
-			start := time.Now()
-			if err := inTx(b, db, func(tx *sqlx.Tx) error { return f(ctx, tx, s) }); err != nil {
-				b.Fatal(err)
-			}
-			took += time.Since(start)
+	sightings := func() []schema.EmailSighting {
+		batch++
+		s := make([]schema.EmailSighting, 1000)
+		for i := range s {
+			s[i] = schema.EmailSighting{Email: fmt.Sprintf("ada%d.%d@example.com", batch, i), UserID: fmt.Sprintf("user_%05d_%04d", batch, i), Position: int64(batch*1000 + i), At: at}
 		}
-		us := float64(took.Microseconds()) / float64(b.N*1000)
-		b.ReportMetric(us, "µs/row")
-		return us
+		return s
+	}
+	write := func(b *testing.B, f func(context.Context, *sqlx.Tx, []schema.EmailSighting) error) float64 {
+		return perRow(b, db, sightings, f)
 	}
 	for round := range 2 {
 		var upsert, copied float64
@@ -92,4 +72,23 @@ func BenchmarkEmailsWriteNew(b *testing.B) {
 			b.Logf("round %d: AddNewEmails %.1f µs a row, AddEmails %.1f: ratio %.2f", round, copied, upsert, copied/upsert)
 		}
 	}
+}
+
+// perRow writes b.N batches made by batch with write, each in its own
+// transaction (commit included), and reports and returns the time a row.
+func perRow[T any](b *testing.B, db *sqlx.DB, batch func() []T, write func(context.Context, *sqlx.Tx, []T) error) float64 {
+	var took time.Duration
+	rows := 0
+	for range b.N {
+		rs := batch()
+		start := time.Now()
+		if err := inTx(b, db, func(tx *sqlx.Tx) error { return write(context.Background(), tx, rs) }); err != nil {
+			b.Fatal(err)
+		}
+		took += time.Since(start)
+		rows += len(rs)
+	}
+	us := float64(took.Microseconds()) / float64(max(rows, 1))
+	b.ReportMetric(us, "µs/row")
+	return us
 }
