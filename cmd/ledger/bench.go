@@ -69,7 +69,12 @@ server, when it runs on this machine) and this process (the senders).
 
 --baseline also runs, in the same invocation, plain single-row durable INSERTs
 of the same payloads at the same concurrency into a scratch table, and prints
-our rate as a ratio of it, with its CPU time per insert. --url targets a running service instead (with
+our rate as a ratio of it, with its CPU time per insert. With --rounds N
+it runs N pairs of the two, alternating their order (the ledger first, then
+the baseline first, ...), each run's service stopped and its database
+settled before the next, and prints each pair's ratio and then "ledger/
+baseline over N rounds: median ratio X" (not with --url, --ceiling,
+--warm-users or --cpuprofile). --url targets a running service instead (with
 --webhook-secret or CLERK_WEBHOOK_SIGNING_SECRET; no RSS then).
 
 --unsealed first runs the same load (concurrency, duration, --users,
@@ -123,7 +128,7 @@ on the same cores.`,
 	cmd.Flags().DurationVarP(&o.duration, "duration", "d", 20*time.Second, "how long to send")
 	cmd.Flags().BoolVar(&o.baseline, "baseline", false, "also time plain durable INSERTs and print the ratio")
 	cmd.Flags().BoolVar(&o.unsealed, "unsealed", false, "first run the same load against a service storing bodies in clear and print the sealed/unsealed ratios")
-	cmd.Flags().IntVar(&o.rounds, "rounds", 1, "with --unsealed: pairs of runs (unsealed then sealed, then the other way round, ...), each pair's ratio printed, then their median")
+	cmd.Flags().IntVar(&o.rounds, "rounds", 1, "with --unsealed or --baseline: pairs of runs (unsealed then sealed, or the ledger then the baseline, then the other way round, ...), each pair's ratio printed, then their median")
 	cmd.Flags().BoolVar(&o.sideBySide, "side-by-side", false, "with --unsealed: run the unsealed and the sealing service at the same time, each with --concurrency senders, and compare their CPU per delivery within the same window")
 	cmd.Flags().BoolVar(&o.warmUsers, "warm-users", false, "with --users: first send, untimed, one delivery about each user and wait for the projectors, so the timed run is about users the ledger knows (their data keys made)")
 	cmd.Flags().BoolVar(&o.ceiling, "ceiling", false, "also send the same load to the service's HTTP surface with a store that keeps nothing (no database, no projectors) and print its rate over the baseline's")
@@ -391,8 +396,14 @@ func (a *app) benchIngest(ctx context.Context, o ingestOptions) error {
 	if o.rounds < 1 {
 		return domain.Errorf(domain.EINVALID, "--rounds must be at least 1")
 	}
-	if o.rounds > 1 && !o.unsealed {
-		return domain.Errorf(domain.EINVALID, "--rounds repeats the pair of runs of --unsealed")
+	if o.rounds > 1 && !o.unsealed && !o.baseline {
+		return domain.Errorf(domain.EINVALID, "--rounds repeats the pair of runs of --unsealed or --baseline")
+	}
+	if o.rounds > 1 && o.baseline && !o.unsealed {
+		if o.target != "" || o.ceiling || o.warmUsers || o.cpuProfile != "" {
+			return domain.Errorf(domain.EINVALID, "--rounds with --baseline does not combine with --url, --ceiling, --warm-users or --cpuprofile")
+		}
+		return a.ingestBaselineRounds(ctx, o, newPayloads())
 	}
 	p := newPayloads()
 	if o.sideBySide {
@@ -455,12 +466,8 @@ func (a *app) benchIngest(ctx context.Context, o ingestOptions) error {
 		defer run.stop()
 	}
 	if o.rounds > 1 && len(costs) > 0 {
-		slices.Sort(costs)
-		med := costs[len(costs)/2]
-		if len(costs)%2 == 0 {
-			med = (costs[len(costs)/2-1] + med) / 2
-		}
-		fmt.Fprintf(a.stdout, "sealed/unsealed over %d rounds: median cost %.2f (min %.2f, max %.2f)\n", len(costs), med, costs[0], costs[len(costs)-1])
+		med, lo, hi := medianOf(costs)
+		fmt.Fprintf(a.stdout, "sealed/unsealed over %d rounds: median cost %.2f (min %.2f, max %.2f)\n", len(costs), med, lo, hi)
 	}
 	var base *baselineResult
 	if o.baseline {
@@ -687,11 +694,79 @@ func (a *app) ingestBaseline(ctx context.Context, o ingestOptions, p *payloads, 
 	if err != nil {
 		return nil, err
 	}
+	a.printBaseline(base)
+	fmt.Fprintf(a.stdout, "ratio:    %.2f (ledger / baseline)\n", run.rate/base.rate)
+	return &base, nil
+}
+
+// ingestBaselineRounds runs o.rounds pairs of the ledger's run and the
+// baseline's, alternating their order (the ledger first, then the
+// baseline first, ...), each run's service stopped and its database
+// settled before the next run, and prints each pair's ratio and then their
+// median: on a shared machine the speed moves between two runs more than
+// between the two runs of a pair alternated over rounds.
+func (a *app) ingestBaselineRounds(ctx context.Context, o ingestOptions, p *payloads) error {
+	var ratios []float64
+	for i := range o.rounds {
+		var run ingestRun
+		var base baselineResult
+		ledger := func() error {
+			r, err := a.ingestOnce(ctx, o, p, ingestService{label: "ledger", database: "ledger_bench"})
+			if err != nil {
+				return err
+			}
+			r.stop()
+			run = r
+			return settleDatabase(ctx, r.dsn)
+		}
+		baseline := func() error {
+			dsn, err := benchDatabase(ctx, o.database, "ledger_bench")
+			if err != nil {
+				return err
+			}
+			if base, err = insertBaseline(ctx, dsn, p, o, benchPostmaster(ctx, dsn)); err != nil {
+				return err
+			}
+			a.printBaseline(base)
+			return settleDatabase(ctx, dsn)
+		}
+		first, second, order := ledger, baseline, "the ledger first"
+		if i%2 == 1 {
+			first, second, order = baseline, ledger, "the baseline first"
+		}
+		if err := first(); err != nil {
+			return err
+		}
+		if err := second(); err != nil {
+			return err
+		}
+		if base.rate == 0 {
+			return errors.New("the baseline made no insert")
+		}
+		ratios = append(ratios, run.rate/base.rate)
+		fmt.Fprintf(a.stdout, "round %d (%s): ratio %.2f (ledger / baseline)\n", i+1, order, run.rate/base.rate)
+	}
+	med, lo, hi := medianOf(ratios)
+	fmt.Fprintf(a.stdout, "ledger/baseline over %d rounds: median ratio %.2f (min %.2f, max %.2f)\n", len(ratios), med, lo, hi)
+	return nil
+}
+
+// medianOf returns the median, the least and the greatest of xs (not
+// empty), which it sorts.
+func medianOf(xs []float64) (med, lo, hi float64) {
+	slices.Sort(xs)
+	med = xs[len(xs)/2]
+	if len(xs)%2 == 0 {
+		med = (xs[len(xs)/2-1] + med) / 2
+	}
+	return med, xs[0], xs[len(xs)-1]
+}
+
+// printBaseline prints the baseline's lines.
+func (a *app) printBaseline(base baselineResult) {
 	fmt.Fprintf(a.stdout, "baseline: %8.0f inserts/s     p50 %s  p95 %s  p99 %s  (plain single-row durable INSERTs, same payloads and concurrency)\n",
 		base.rate, ms(base.p50), ms(base.p95), ms(base.p99))
 	fmt.Fprintf(a.stdout, "baseline %s\n", base.cpu.line("insert", base.n, "", "client (this process)"))
-	fmt.Fprintf(a.stdout, "ratio:    %.2f (ledger / baseline)\n", run.rate/base.rate)
-	return &base, nil
 }
 
 type baselineResult struct {
