@@ -33,7 +33,9 @@ import (
 // at most MaxInFlight INSERTs at a time. No goroutine runs in the background:
 // a caller whose delivery is waiting becomes the one that flushes.
 //
-// One Watermill publisher serves the Store's lifetime. Each group commit is
+// Two Watermill publishers serve the Store's lifetime, one writing the
+// INSERT without ON CONFLICT (EventsSchema.Plain, a group's first attempt)
+// and one with it (a group holding a redelivery). Each group commit is
 // one Publish of one message per delivery; the message carries its delivery
 // typed (DeliveryMessage), so EventsSchema writes the columns from typed
 // values, and the Store's executor runs the INSERT on a prepared statement
