@@ -88,8 +88,9 @@ func userRow(t testing.TB, db *sqlx.DB, id string) map[string]string {
 	return out
 }
 
-// bigEmail is an email whose index entry (lower(email)) exceeds a btree
-// page's third (2,704 bytes): PostgreSQL refuses the row with 54000.
+// bigEmail is an incompressible email address of 9.6 kB (as a JSON string):
+// an index entry of it exceeds a btree page's third (2,704 bytes), so an
+// index on its column refuses the row with 54000.
 func bigEmail() string {
 	var b strings.Builder
 	for i := range 150 {
@@ -134,8 +135,10 @@ func poisonCases() []poisonCase {
 		// The safety net: values the fold keeps that PostgreSQL refuses.
 		{name: "number beyond numeric in private_metadata", f: userFields{Private: `{"n":1e1000000}`}, refused: "22003"},
 		{name: "external_id too large for its index", update: true, f: userFields{ExternalID: bigEmail()}, refused: "54000"},
-		{name: "email too large for its index", f: userFields{Email: bigEmail()}, refused: "54000"},
-		{name: "email too large for its index, update", update: true, f: userFields{Email: bigEmail()}, refused: "54000"},
+		// users keeps no index on email (migration 00021), so an address no
+		// index could take is kept; user_emails skips addresses that long.
+		{name: "email too large for an index", f: userFields{Email: bigEmail()}, want: map[string]string{"email": strings.Trim(bigEmail(), `"`)}},
+		{name: "email too large for an index, update", update: true, f: userFields{Email: bigEmail()}, want: map[string]string{"email": strings.Trim(bigEmail(), `"`)}},
 		{name: "number beyond numeric in public_metadata", f: userFields{Meta: `{"n":1e1000000}`}, refused: "22003"},
 		// A created_at beyond timestamptz (and JSON: past the year 9999) is
 		// no longer refused: it folds as no time (domain.msTime,
