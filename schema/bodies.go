@@ -54,15 +54,16 @@ func NewBodies(maxEntries, maxBytes int) *Bodies {
 }
 
 // keep keeps sealed, the stored body of delivery id, making room by dropping
-// the oldest bodies kept. b keeps sealed itself: the caller must not change it.
+// the oldest bodies kept; a body held for id already stays. b keeps sealed
+// itself: the caller must not change it.
 func (b *Bodies) keep(id string, sealed []byte) {
 	if len(sealed) > maxKeptBody || len(sealed) > b.maxBytes {
 		return
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if s, ok := b.m[id]; ok { // a delivery id is stored once; kept again, the newer stays
-		b.bytes -= len(s)
+	if _, ok := b.m[id]; ok {
+		return // a delivery id is stored once: the body held is its body
 	}
 	for b.n == len(b.ring) || (b.bytes+len(sealed) > b.maxBytes && b.n > 0) {
 		old := b.ring[b.head]

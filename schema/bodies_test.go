@@ -134,6 +134,18 @@ func TestBodiesKeepsTheNewestWithinItsBounds(t *testing.T) {
 	if b.Take("big") != nil {
 		t.Fatal("a body over the byte bound was kept")
 	}
+	// The same id kept twice holds the first body, counted once.
+	twice := schema.NewBodies(2, 30)
+	twice.Keep("a", body(10, 'a'))
+	twice.Keep("a", body(20, 'b'))
+	twice.Keep("c", body(10, 'c'))
+	if got := twice.Take("a"); !bytes.Equal(got, body(10, 'a')) || twice.Take("c") == nil {
+		t.Fatalf("kept twice: a is %q", got)
+	}
+	twice.Keep("d", body(30, 'd'))
+	if twice.Take("d") == nil {
+		t.Fatal("30 bytes did not fit in an empty Bodies of 30")
+	}
 	huge := schema.NewBodies(10, 1<<30)
 	huge.Keep("huge", body(1<<20, 'h'))
 	if huge.Len() != 0 {
