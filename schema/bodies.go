@@ -3,6 +3,7 @@ package schema
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 
@@ -26,6 +27,7 @@ import (
 // runs in another process, then reads from the table); a body is dropped
 // once taken. It is safe for concurrent use.
 type Bodies struct {
+	types    []string // the types kept (nil: every type)
 	mu       sync.Mutex
 	m        map[string][]byte // sealed body by delivery id
 	ring     []string          // delivery ids in the order kept (some taken)
@@ -46,18 +48,20 @@ const (
 // Clerk's user events are a few kB) is read from the table.
 const maxKeptBody = 64 << 10
 
-// NewBodies returns an empty Bodies holding at most maxEntries bodies and
-// maxBytes of them (each at least 1).
-func NewBodies(maxEntries, maxBytes int) *Bodies {
+// NewBodies returns an empty Bodies that keeps the bodies of events of types
+// (the types its reader reads; nil keeps every type), at most maxEntries
+// bodies and maxBytes of them (each at least 1).
+func NewBodies(types []string, maxEntries, maxBytes int) *Bodies {
 	maxEntries = max(1, maxEntries)
-	return &Bodies{m: make(map[string][]byte, maxEntries), ring: make([]string, maxEntries), maxBytes: max(1, maxBytes)}
+	return &Bodies{types: types, m: make(map[string][]byte, maxEntries), ring: make([]string, maxEntries), maxBytes: max(1, maxBytes)}
 }
 
-// keep keeps sealed, the stored body of delivery id, making room by dropping
-// the oldest bodies kept; a body held for id already stays. b keeps sealed
-// itself: the caller must not change it.
-func (b *Bodies) keep(id string, sealed []byte) {
-	if len(sealed) > maxKeptBody || len(sealed) > b.maxBytes {
+// keep keeps sealed, the stored body of delivery id (an event of type typ),
+// making room by dropping the oldest bodies kept, unless b keeps no event
+// of that type; a body held for id already stays. b keeps sealed itself:
+// the caller must not change it.
+func (b *Bodies) keep(id, typ string, sealed []byte) {
+	if len(sealed) > maxKeptBody || len(sealed) > b.maxBytes || (b.types != nil && !slices.Contains(b.types, typ)) {
 		return
 	}
 	b.mu.Lock()
@@ -117,7 +121,9 @@ LIMIT $6`
 // bodies did not hold are read from the table in a second statement on q.
 // A nil bodies is ReadBatch.
 func ReadBatchTaking(ctx context.Context, q Queryer, c Cursor, types []string, limit int, bodies *Bodies) (Batch, error) {
-	if bodies == nil || len(types) == 0 {
+	if bodies == nil || len(types) == 0 || bodies.Len() == 0 {
+		// Nothing to take (after a restart, or a reader far behind): the
+		// plain read costs one statement, not two.
 		return ReadBatch(ctx, q, c, types, limit)
 	}
 	head, err := GateHead(ctx, q)

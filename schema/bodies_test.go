@@ -25,7 +25,7 @@ func TestReadBatchTakingReadsWhatReadBatchReads(t *testing.T) {
 	ctx := schema.WithKeyring(context.Background(), k)
 	store := schema.NewStore(appends)
 	store.Keys = k
-	bodies := schema.NewBodies(100, 1<<20)
+	bodies := schema.NewBodies(domain.UserEventTypes(), 100, 1<<20)
 	store.Bodies = bodies
 	users := []string{"user_a", "user_b", "user_gone"}
 	for i := range 12 {
@@ -96,7 +96,7 @@ func TestReadBatchTakingReadsWhatReadBatchReads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := schema.ReadBatchTaking(ctx, db, schema.Cursor{}, types, 5, schema.NewBodies(10, 1<<20))
+	got, err := schema.ReadBatchTaking(ctx, db, schema.Cursor{}, types, 5, schema.NewBodies(nil, 10, 1<<20))
 	if err != nil || !reflect.DeepEqual(got, part) {
 		t.Fatalf("limit 5: %v, equal %v", err, reflect.DeepEqual(got, part))
 	}
@@ -106,10 +106,10 @@ func TestReadBatchTakingReadsWhatReadBatchReads(t *testing.T) {
 // when it holds its most bodies or bytes, keeps no body larger than the
 // bound allows, and a body taken is gone.
 func TestBodiesKeepsTheNewestWithinItsBounds(t *testing.T) {
-	b := schema.NewBodies(3, 100)
+	b := schema.NewBodies(nil, 3, 100)
 	body := func(n int, c byte) []byte { return bytes.Repeat([]byte{c}, n) }
 	for i, id := range []string{"a", "b", "c", "d"} {
-		b.Keep(id, body(10, byte('a'+i)))
+		b.Keep(id, "user.updated", body(10, byte('a'+i)))
 	}
 	if b.Len() != 3 || b.Take("a") != nil {
 		t.Fatalf("3 entries: holds %d, the oldest still there", b.Len())
@@ -121,40 +121,48 @@ func TestBodiesKeepsTheNewestWithinItsBounds(t *testing.T) {
 		t.Fatalf("b taken twice, or %d left", b.Len())
 	}
 	// 20 bytes held (c, d): 85 more make room by dropping c only.
-	b.Keep("e", body(85, 'e'))
+	b.Keep("e", "user.updated", body(85, 'e'))
 	if b.Len() != 2 || b.Take("c") != nil {
 		t.Fatalf("100 bytes: c should have made room for e (%d held)", b.Len())
 	}
 	// 95 held (d, e): 40 more drop both.
-	b.Keep("f", body(40, 'f'))
+	b.Keep("f", "user.updated", body(40, 'f'))
 	if b.Len() != 1 || b.Take("d") != nil || b.Take("e") != nil || b.Take("f") == nil {
 		t.Fatal("100 bytes: d and e should have made room for f")
 	}
-	b.Keep("big", body(101, 'x'))
+	b.Keep("big", "user.updated", body(101, 'x'))
 	if b.Take("big") != nil {
 		t.Fatal("a body over the byte bound was kept")
 	}
 	// The same id kept twice holds the first body, counted once.
-	twice := schema.NewBodies(2, 30)
-	twice.Keep("a", body(10, 'a'))
-	twice.Keep("a", body(20, 'b'))
-	twice.Keep("c", body(10, 'c'))
+	twice := schema.NewBodies(nil, 2, 30)
+	twice.Keep("a", "user.updated", body(10, 'a'))
+	twice.Keep("a", "user.updated", body(20, 'b'))
+	twice.Keep("c", "user.updated", body(10, 'c'))
 	if got := twice.Take("a"); !bytes.Equal(got, body(10, 'a')) || twice.Take("c") == nil {
 		t.Fatalf("kept twice: a is %q", got)
 	}
-	twice.Keep("d", body(30, 'd'))
+	twice.Keep("d", "user.updated", body(30, 'd'))
 	if twice.Take("d") == nil {
 		t.Fatal("30 bytes did not fit in an empty Bodies of 30")
 	}
-	huge := schema.NewBodies(10, 1<<30)
-	huge.Keep("huge", body(1<<20, 'h'))
+	// A Bodies for some types keeps no other type's body.
+	users := schema.NewBodies([]string{"user.updated"}, 10, 1000)
+	users.Keep("s", "session.created", body(10, 's'))
+	users.Keep("u", "user.updated", body(10, 'u'))
+	if users.Len() != 1 || users.Take("s") != nil || users.Take("u") == nil {
+		t.Fatal("a session event's body was kept by a Bodies of user.updated")
+	}
+	huge := schema.NewBodies(nil, 10, 1<<30)
+	huge.Keep("huge", "user.updated", body(1<<20, 'h'))
 	if huge.Len() != 0 {
 		t.Fatal("a 1 MiB body was kept")
 	}
-	// Taken slots are reused: many keeps and takes never hold more than the bound.
+	// Taken bodies' slots are dropped when they reach the oldest: many keeps
+	// and takes never hold more than the bound.
 	for i := range 1000 {
 		id := fmt.Sprint("k", i)
-		b.Keep(id, body(10, 'k'))
+		b.Keep(id, "user.updated", body(10, 'k'))
 		if i%2 == 0 {
 			b.Take(id)
 		}

@@ -372,7 +372,7 @@ func (s *Store) flush(batch []*appendReq) {
 	if s.Bodies != nil {
 		for _, r := range uniq {
 			if r.err == nil && r.inserted && r.seal.Sealed != nil {
-				s.Bodies.keep(r.d.ID, r.seal.Sealed)
+				s.Bodies.keep(r.d.ID, r.d.Type, r.seal.Sealed)
 			}
 		}
 	}
@@ -494,7 +494,7 @@ func (s *Store) insertGroup(reqs []*appendReq, dedupe bool) {
 		s.keepFresh(reqs)
 		return
 	}
-	if errors.Is(err, ErrDeliveryTaken) {
+	if errors.Is(err, ErrDeliveryTaken) && !dedupe {
 		s.plainPaused.Store(time.Now().Add(freshPause).UnixNano())
 		s.insertGroup(reqs, true)
 		return

@@ -40,8 +40,8 @@ func (s *Store) PauseFreshKeys(d time.Duration) {
 }
 
 // Keep and Take expose Bodies' keep and take to the tests.
-func (b *Bodies) Keep(id string, sealed []byte) { b.keep(id, sealed) }
-func (b *Bodies) Take(id string) []byte         { return b.take(id) }
+func (b *Bodies) Keep(id, typ string, sealed []byte) { b.keep(id, typ, sealed) }
+func (b *Bodies) Take(id string) []byte              { return b.take(id) }
 
 // ResumePlainInserts ends s's run of ON CONFLICT inserts (plainPaused), as
 // when its pause has passed.

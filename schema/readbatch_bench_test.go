@@ -93,7 +93,7 @@ func BenchmarkReadBatchSealed(b *testing.B) {
 // handOver returns Bodies holding the sealed body of each of the n events
 // of db, as the event store hands them over after its commits.
 func handOver(b *testing.B, db *sqlx.DB, n int) *schema.Bodies {
-	bodies := schema.NewBodies(n, n*4096)
+	bodies := schema.NewBodies(nil, n, n*4096)
 	rows, err := db.Query(`SELECT delivery_id, body_sealed FROM events WHERE body_sealed IS NOT NULL`)
 	if err != nil {
 		b.Fatal(err)
@@ -105,7 +105,7 @@ func handOver(b *testing.B, db *sqlx.DB, n int) *schema.Bodies {
 		if err := rows.Scan(&id, &sealed); err != nil {
 			b.Fatal(err)
 		}
-		bodies.Keep(id, sealed)
+		bodies.Keep(id, "", sealed)
 	}
 	if err := rows.Err(); err != nil {
 		b.Fatal(err)

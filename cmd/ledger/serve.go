@@ -129,7 +129,7 @@ func (a *app) serve(ctx context.Context, log *slog.Logger, cfg config, ready fun
 	// just committed from memory instead of reading them back.
 	var bodies *schema.Bodies
 	if keys != nil && slices.Contains(cfg.Projectors, projections.UsersName) {
-		bodies = schema.NewBodies(schema.DefaultBodiesEntries, schema.DefaultBodiesBytes)
+		bodies = schema.NewBodies(domain.UserEventTypes(), schema.DefaultBodiesEntries, schema.DefaultBodiesBytes)
 		store.Bodies = bodies
 	}
 	metrics, err := newMetrics(log, db, ingest)
