@@ -2,6 +2,7 @@ package schema_test
 
 import (
 	"context"
+	"strconv"
 	"sync"
 	"testing"
 
@@ -74,5 +75,58 @@ func TestGroupWithARedeliveryIsInsertedAgainSkippingIt(t *testing.T) {
 	}
 	if taken, _ := results(); taken != taken0+1 {
 		t.Fatal("past the pause, a redelivery did not go through a plain INSERT first")
+	}
+}
+
+// A group holding both a redelivery and a row PostgreSQL refuses (a CHECK
+// only this test adds): whichever the plain INSERT fails on first, the
+// redelivery is answered a duplicate, the offender alone EINVALID, and
+// every other delivery stored once.
+func TestGroupWithARedeliveryAndARefusedRow(t *testing.T) {
+	db, appends := schematest.NewDBs(t)
+	ctx := context.Background()
+	if _, err := db.Exec(`ALTER TABLE events ADD CONSTRAINT test_refuse_poison CHECK (delivery_id NOT LIKE 'msg_poison%')`); err != nil {
+		t.Fatal(err)
+	}
+	store := schema.NewStore(appends)
+	store.Keys = newKeyring(t)
+	first := delivery(t, "msg_m", "user.created", "user_m")
+	if res, err := store.AppendDelivery(ctx, first); err != nil || res != domain.AppendStored {
+		t.Fatalf("msg_m: %v %v", res, err)
+	}
+	group := []domain.Delivery{first, delivery(t, "msg_poison", "user.updated", "user_p")}
+	for i := range 6 {
+		group = append(group, delivery(t, "msg_ok_"+strconv.Itoa(i), "user.updated", "user_ok_"+strconv.Itoa(i)))
+	}
+	release := holdFlusher(t, db, store)
+	got := make([]domain.AppendResult, len(group))
+	errs := make([]error, len(group))
+	var wg sync.WaitGroup
+	for i, d := range group {
+		wg.Go(func() { got[i], errs[i] = store.AppendDelivery(ctx, d) })
+	}
+	eventually(t, "the group queues behind the held group commit", func() bool { return store.Pending() == len(group) })
+	store.ResumePlainInserts()
+	release()
+	wg.Wait()
+	for i, d := range group {
+		switch {
+		case i == 0:
+			if errs[i] != nil || got[i] != domain.AppendDuplicate {
+				t.Errorf("%s: %v %v, want a duplicate", d.ID, got[i], errs[i])
+			}
+		case i == 1:
+			if domain.ErrorCode(errs[i]) != domain.EINVALID {
+				t.Errorf("%s: %v %v, want EINVALID", d.ID, got[i], errs[i])
+			}
+		default:
+			if errs[i] != nil || got[i] != domain.AppendStored {
+				t.Errorf("%s: %v %v, want stored", d.ID, got[i], errs[i])
+			}
+		}
+	}
+	var n int
+	if err := db.Get(&n, `SELECT count(*) FROM events WHERE delivery_id = 'msg_m' OR delivery_id LIKE 'msg_ok_%'`); err != nil || n != 7 {
+		t.Fatalf("%d rows (%v), want msg_m once and the 6 others", n, err)
 	}
 }

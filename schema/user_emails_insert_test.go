@@ -38,8 +38,8 @@ func emailRows(t testing.TB, db *sqlx.DB) string {
 // TestAddNewEmailsIsAddEmails: the COPY of new pairs gives the rows the
 // upsert gives, a pair sighted several times widened to its earliest and
 // latest; a pair stored after all falls back to the upsert in the same
-// transaction, which stays usable; a value PostgreSQL refuses is Refused
-// and stores nothing.
+// transaction, which stays usable; a value PostgreSQL refuses (NUL, lone
+// surrogate, too long for an index row) is Refused and stores nothing.
 func TestAddNewEmailsIsAddEmails(t *testing.T) {
 	ctx := context.Background()
 	at := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -87,8 +87,9 @@ func TestAddNewEmailsIsAddEmails(t *testing.T) {
 		t.Fatalf("with a pair taken, AddNewEmails:\n%s\nAddEmails:\n%s", got, want)
 	}
 
-	// Refused: a NUL, and an address too long for an index row.
-	for _, bad := range []string{"nul\x00@example.com", incompressible(10_000)} {
+	// Refused: a NUL, a lone surrogate (CESU bytes, not UTF-8), and an
+	// address too long for an index row.
+	for _, bad := range []string{"nul\x00@example.com", "lone\xed\xa0\x80@example.com", incompressible(10_000)} {
 		before := emailRows(t, copied)
 		err := inTx(t, copied, func(tx *sqlx.Tx) error {
 			return schema.AddNewEmails(ctx, tx, []schema.EmailSighting{{Email: "ok@example.com", UserID: "user_o", Position: 20, At: at}, {Email: bad, UserID: "user_o", Position: 21, At: at}})
