@@ -48,10 +48,11 @@ type ingestOptions struct {
 	users       int // 0: every delivery about a new user
 	cpuProfile  string
 	unsealed    bool
-	warmUsers   bool // with users: one untimed delivery about each first
-	ceiling     bool // also send to a server that verifies and stores nothing
-	rounds      int  // pairs of --unsealed runs (1: one pair)
-	sideBySide  bool // with unsealed: both services take their loads at once
+	warmUsers   bool   // with users: one untimed delivery about each first
+	ceiling     bool   // also send to a server that verifies and stores nothing
+	rounds      int    // pairs of runs of --unsealed, --baseline or --against (1: one pair)
+	sideBySide  bool   // with unsealed: both services take their loads at once
+	against     string // another ledger build to compare this one with (absolute path)
 }
 
 func (a *app) benchIngestCmd() *cobra.Command {
@@ -109,7 +110,18 @@ needs PostgreSQL on this machine. Not with --url, --warm-users, --baseline,
 Svix and envelope checks, in a child process) with a store that keeps
 nothing: no database, projector or sealer. Its rate over the baseline's is
 the most any ledger behind that surface could reach here, with the senders
-on the same cores.`,
+on the same cores.
+
+--against BUILD runs the same load against the ledger build at BUILD (made
+with go build -o BUILD ./cmd/ledger from another commit), on its own
+scratch database (ledger_bench_other), and this build, in --rounds N pairs
+alternating their order (this build first, then the other, ...), each run's
+service stopped and its database settled before the next. Each pair prints
+"this/other: cost X, own Y, rate Z": this build's total CPU per delivery,
+its service and PostgreSQL CPU per CPU second of its senders (who do the
+same work in both runs, so the machine's speed during each run cancels
+out), and its deliveries/s, each over the other build's; then their
+medians. Not with --url, --unsealed, --baseline, --ceiling or --side-by-side.`,
 		Example: "  ledger bench ingest --concurrency 32 --duration 20s --baseline",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -128,13 +140,14 @@ on the same cores.`,
 	cmd.Flags().DurationVarP(&o.duration, "duration", "d", 20*time.Second, "how long to send")
 	cmd.Flags().BoolVar(&o.baseline, "baseline", false, "also time plain durable INSERTs and print the ratio")
 	cmd.Flags().BoolVar(&o.unsealed, "unsealed", false, "first run the same load against a service storing bodies in clear and print the sealed/unsealed ratios")
-	cmd.Flags().IntVar(&o.rounds, "rounds", 1, "with --unsealed or --baseline: pairs of runs (unsealed then sealed, or the ledger then the baseline, then the other way round, ...), each pair's ratio printed, then their median")
+	cmd.Flags().IntVar(&o.rounds, "rounds", 1, "with --unsealed, --baseline or --against: pairs of runs (unsealed then sealed, the ledger then the baseline, or this build then the other, then the other way round, ...), each pair's ratio printed, then their median")
 	cmd.Flags().BoolVar(&o.sideBySide, "side-by-side", false, "with --unsealed: run the unsealed and the sealing service at the same time, each with --concurrency senders, and compare their CPU per delivery within the same window")
 	cmd.Flags().BoolVar(&o.warmUsers, "warm-users", false, "with --users: first send, untimed, one delivery about each user and wait for the projectors, so the timed run is about users the ledger knows (their data keys made)")
 	cmd.Flags().BoolVar(&o.ceiling, "ceiling", false, "also send the same load to the service's HTTP surface with a store that keeps nothing (no database, no projectors) and print its rate over the baseline's")
 	cmd.Flags().IntVar(&o.users, "users", 0, "spread the deliveries over this many users (0: each about a new user, the worst case for sealing: a data key per delivery)")
-	cmd.Flags().StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the service to this file (go tool pprof); with --unsealed, the unsealed service's to FILE.unsealed")
+	cmd.Flags().StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the service to this file (go tool pprof); with --unsealed, the unsealed service's to FILE.unsealed; with --against, the other build's to FILE.other")
 	cmd.Flags().StringVar(&o.target, "url", "", "webhook URL of a running service (default: start one)")
+	cmd.Flags().StringVar(&o.against, "against", "", "another ledger build (a file made by go build) to compare this one with, in --rounds pairs of alternating runs")
 	cmd.Flags().String("webhook-secret", "", "signing secret of the --url service")
 	return cmd
 }
@@ -363,9 +376,10 @@ func (l *latencies) quantile(q float64) time.Duration {
 
 // ingestService is the service one run of bench ingest sends to.
 type ingestService struct {
-	label    string // names the run's lines: "ledger" (sealing) or "unsealed"
+	label    string // names the run's lines: "ledger" (sealing), "unsealed" or "other" (--against)
 	database string // the scratch database of the child service
 	unsealed bool   // the child stores bodies in clear (serve --bench-unsealed)
+	exe      string // the child's build ("": this one)
 	// ceilingPID, when not 0, is the ceiling server's process (bench
 	// ceiling-server): no database, no projectors, nothing stored.
 	ceilingPID int
@@ -396,8 +410,19 @@ func (a *app) benchIngest(ctx context.Context, o ingestOptions) error {
 	if o.rounds < 1 {
 		return domain.Errorf(domain.EINVALID, "--rounds must be at least 1")
 	}
+	if o.against != "" {
+		if o.target != "" || o.unsealed || o.baseline || o.ceiling || o.sideBySide {
+			return domain.Errorf(domain.EINVALID, "--against starts both builds' services itself and does not combine with --url, --unsealed, --baseline, --ceiling or --side-by-side")
+		}
+		exe, err := otherExecutable(o.against)
+		if err != nil {
+			return err
+		}
+		o.against = exe
+		return a.ingestAgainstRounds(ctx, o, newPayloads())
+	}
 	if o.rounds > 1 && !o.unsealed && !o.baseline {
-		return domain.Errorf(domain.EINVALID, "--rounds repeats the pair of runs of --unsealed or --baseline")
+		return domain.Errorf(domain.EINVALID, "--rounds repeats the pair of runs of --unsealed, --baseline or --against")
 	}
 	if o.rounds > 1 && o.baseline && !o.unsealed {
 		if o.target != "" || o.ceiling || o.warmUsers || o.cpuProfile != "" {
@@ -523,14 +548,19 @@ func (a *app) startIngestChild(ctx context.Context, o ingestOptions, svc ingestS
 		if err != nil {
 			return ingestRun{}, "", err
 		}
-		if svc.unsealed {
+		switch {
+		case svc.unsealed:
 			prof += ".unsealed" // the last run of each kind is kept
+		case svc.exe != "":
+			prof += ".other"
 		}
 		env = append(env, "LEDGER_CPUPROFILE="+prof)
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		return ingestRun{}, "", err
+	exe := svc.exe
+	if exe == "" {
+		if exe, err = os.Executable(); err != nil {
+			return ingestRun{}, "", err
+		}
 	}
 	if run.child, err = startChildServiceExe(ctx, exe, run.dsn, secret, args, env...); err != nil {
 		return ingestRun{}, "", err
@@ -563,6 +593,8 @@ func (a *app) sendIngest(ctx context.Context, o ingestOptions, p *payloads, svc 
 		pre, note = head, " (bodies stored in clear, "+svc.database+")"
 	case svc.ceilingPID != 0:
 		pre, note = head, " (the service's HTTP surface and Svix check, nothing stored)"
+	case svc.exe != "":
+		pre, note = head, " (the build "+svc.exe+", "+svc.database+")"
 	}
 	fmt.Fprintf(a.stdout, "%sbench ingest: %d senders for %s -> %s%s\n", pre, o.concurrency, o.duration, target, note)
 	// The child inherits LEDGER_PROJECTORS. The lag is sampled (and
