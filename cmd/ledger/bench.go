@@ -380,6 +380,7 @@ type ingestService struct {
 	database string // the scratch database of the child service
 	unsealed bool   // the child stores bodies in clear (serve --bench-unsealed)
 	exe      string // the child's build ("": this one)
+	self     bool   // exe is a copy of this build (--against): its lines are the ledger's
 	// ceilingPID, when not 0, is the ceiling server's process (bench
 	// ceiling-server): no database, no projectors, nothing stored.
 	ceilingPID int
@@ -551,7 +552,7 @@ func (a *app) startIngestChild(ctx context.Context, o ingestOptions, svc ingestS
 		switch {
 		case svc.unsealed:
 			prof += ".unsealed" // the last run of each kind is kept
-		case svc.exe != "":
+		case svc.exe != "" && !svc.self:
 			prof += ".other"
 		}
 		env = append(env, "LEDGER_CPUPROFILE="+prof)
@@ -593,7 +594,7 @@ func (a *app) sendIngest(ctx context.Context, o ingestOptions, p *payloads, svc 
 		pre, note = head, " (bodies stored in clear, "+svc.database+")"
 	case svc.ceilingPID != 0:
 		pre, note = head, " (the service's HTTP surface and Svix check, nothing stored)"
-	case svc.exe != "":
+	case svc.exe != "" && !svc.self:
 		pre, note = head, " (the build "+svc.exe+", "+svc.database+")"
 	}
 	fmt.Fprintf(a.stdout, "%sbench ingest: %d senders for %s -> %s%s\n", pre, o.concurrency, o.duration, target, note)
