@@ -9,6 +9,7 @@ import (
 	"github.com/clerk-ledger/clerk-ledger/domain"
 	"github.com/clerk-ledger/clerk-ledger/schema"
 	"github.com/clerk-ledger/clerk-ledger/schema/schematest"
+	"github.com/jmoiron/sqlx"
 )
 
 // A group commit goes without ON CONFLICT first: a group holding a
@@ -35,17 +36,8 @@ func TestGroupWithARedeliveryIsInsertedAgainSkippingIt(t *testing.T) {
 
 	// One group: the redelivery of msg_a and two new deliveries.
 	group := []domain.Delivery{first, delivery(t, "msg_b", "user.created", "user_b"), delivery(t, "msg_c", "user.updated", "user_a")}
-	release := holdFlusher(t, db, store)
-	got := make([]domain.AppendResult, len(group))
-	errs := make([]error, len(group))
-	var wg sync.WaitGroup
-	for i, d := range group {
-		wg.Go(func() { got[i], errs[i] = store.AppendDelivery(ctx, d) })
-	}
-	eventually(t, "the group queues behind the held group commit", func() bool { return store.Pending() == len(group) })
-	before, beforeOK := results()
-	release()
-	wg.Wait()
+	var before, beforeOK int
+	got, errs := appendAsOneGroup(t, db, store, group, func() { before, beforeOK = results() })
 	want := []domain.AppendResult{domain.AppendDuplicate, domain.AppendStored, domain.AppendStored}
 	for i := range group {
 		if errs[i] != nil || got[i] != want[i] {
@@ -98,17 +90,7 @@ func TestGroupWithARedeliveryAndARefusedRow(t *testing.T) {
 	for i := range 6 {
 		group = append(group, delivery(t, "msg_ok_"+strconv.Itoa(i), "user.updated", "user_ok_"+strconv.Itoa(i)))
 	}
-	release := holdFlusher(t, db, store)
-	got := make([]domain.AppendResult, len(group))
-	errs := make([]error, len(group))
-	var wg sync.WaitGroup
-	for i, d := range group {
-		wg.Go(func() { got[i], errs[i] = store.AppendDelivery(ctx, d) })
-	}
-	eventually(t, "the group queues behind the held group commit", func() bool { return store.Pending() == len(group) })
-	store.ResumePlainInserts()
-	release()
-	wg.Wait()
+	got, errs := appendAsOneGroup(t, db, store, group, store.ResumePlainInserts)
 	for i, d := range group {
 		switch {
 		case i == 0:
@@ -129,4 +111,24 @@ func TestGroupWithARedeliveryAndARefusedRow(t *testing.T) {
 	if err := db.Get(&n, `SELECT count(*) FROM events WHERE delivery_id = 'msg_m' OR delivery_id LIKE 'msg_ok_%'`); err != nil || n != 7 {
 		t.Fatalf("%d rows (%v), want msg_m once and the 6 others", n, err)
 	}
+}
+
+// appendAsOneGroup appends group concurrently while the store's flusher is
+// held (holdFlusher), so that every delivery queues for the same group
+// commit; once all are pending it calls beforeRelease, releases the flusher
+// and returns each delivery's result and error, in group's order.
+func appendAsOneGroup(t *testing.T, db *sqlx.DB, store *schema.Store, group []domain.Delivery, beforeRelease func()) ([]domain.AppendResult, []error) {
+	t.Helper()
+	release := holdFlusher(t, db, store)
+	got := make([]domain.AppendResult, len(group))
+	errs := make([]error, len(group))
+	var wg sync.WaitGroup
+	for i, d := range group {
+		wg.Go(func() { got[i], errs[i] = store.AppendDelivery(context.Background(), d) })
+	}
+	eventually(t, "the group queues behind the held group commit", func() bool { return store.Pending() == len(group) })
+	beforeRelease()
+	release()
+	wg.Wait()
+	return got, errs
 }
